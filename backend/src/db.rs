@@ -1,0 +1,56 @@
+//! Postgres access. Every query goes through PgBouncer except migrations.
+//!
+//! PgBouncer here is Debian 12's 1.18, run in `pool_mode = session` (see
+//! `deploy/pgbouncer.ini`): sqlx names and caches prepared statements per connection, which
+//! transaction pooling in 1.18 breaks ("prepared statement already exists", and worse, unnamed
+//! statements answered with another client's rows). Session pooling keeps one server connection
+//! per client connection, so sqlx's statement cache is safe. The `pgbouncer_safety` integration
+//! test guards this.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+
+/// How long a request waits for a free pooled connection before failing.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The embedded migrations from `migrations/` at the workspace root.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// A pool to PgBouncer. Connections are opened lazily so a process can start (and say it is not
+/// ready) while the database is still coming up.
+pub fn connect_pool(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = url.parse()?;
+    let options = options
+        .application_name("haberci-backend")
+        .log_statements(tracing::log::LevelFilter::Trace);
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(DEFAULT_ACQUIRE_TIMEOUT)
+        .idle_timeout(Some(Duration::from_secs(60)))
+        .connect_lazy_with(options))
+}
+
+/// Applies pending migrations directly to Postgres; returns how many were applied.
+pub async fn migrate(url: &str) -> Result<usize, sqlx::migrate::MigrateError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .map_err(sqlx::migrate::MigrateError::Execute)?;
+    let applied_before = applied_count(&pool).await;
+    MIGRATOR.run(&pool).await?;
+    let applied_after = applied_count(&pool).await;
+    pool.close().await;
+    Ok(applied_after.saturating_sub(applied_before))
+}
+
+async fn applied_count(pool: &PgPool) -> usize {
+    // The table does not exist before the first run; that counts as zero.
+    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await
+        .map(|n| usize::try_from(n).unwrap_or(0))
+        .unwrap_or(0)
+}

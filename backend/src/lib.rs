@@ -1,0 +1,19 @@
+//! Haberci's backend tier. One binary, `haberci-backend`, with three subcommands:
+//!
+//! - `api` ([`api`]): the HTTP JSON API, built as [`api::app`] so tests drive the router without
+//!   a socket. Reached by clients only through a gateway, which proxies `/v1/*` to it.
+//! - `worker` ([`worker`]): consumes the message streams from Redis and persists them (#6); today
+//!   it connects to its dependencies and reports ready.
+//! - `migrate` ([`db::migrate`]): applies `migrations/` directly to Postgres (never through
+//!   PgBouncer: DDL and advisory locks need a real session).
+//!
+//! Invariant: the backend is the only Postgres user, and it never terminates a client
+//! connection. Its pool goes through PgBouncer ([`db::connect_pool`]).
+//!
+//! Other modules: [`config`] (settings from `HABERCI_*` env vars), [`redis`] (the fred client).
+
+pub mod api;
+pub mod config;
+pub mod db;
+pub mod redis;
+pub mod worker;

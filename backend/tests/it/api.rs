@@ -1,0 +1,66 @@
+//! The API router, driven without a socket, on real Postgres (through PgBouncer) and Redis.
+
+use axum::body::Body;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+use haberci_backend::api::{self, AppState};
+
+use crate::env;
+
+fn state(redis_url: &str) -> AppState {
+    AppState {
+        db: haberci_backend::db::connect_pool(&env("HABERCI_TEST_DATABASE_URL"), 2).unwrap(),
+        redis: haberci_backend::redis::connect(redis_url).unwrap(),
+    }
+}
+
+async fn call(state: AppState, path: &str) -> (StatusCode, serde_json::Value) {
+    let response = api::app(state)
+        .oneshot(Request::get(path).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+#[tokio::test]
+async fn ready_when_postgres_and_redis_answer() {
+    let (status, body) = call(state(&env("HABERCI_TEST_REDIS_URL")), "/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["postgres"], "ok");
+    assert_eq!(body["redis"], "ok");
+}
+
+#[tokio::test]
+async fn not_ready_when_redis_is_down() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let (status, body) = call(state(&format!("redis://127.0.0.1:{port}")), "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["postgres"], "ok");
+    assert_eq!(body["redis"], "unavailable");
+}
+
+#[tokio::test]
+async fn version_and_health() {
+    let (status, body) = call(state(&env("HABERCI_TEST_REDIS_URL")), "/v1/version").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, serde_json::to_value(api::VERSION).unwrap());
+    let (status, body) = call(state(&env("HABERCI_TEST_REDIS_URL")), "/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "ok");
+}
+
+#[tokio::test]
+async fn unknown_routes_get_the_json_error_shape() {
+    let (status, body) = call(state(&env("HABERCI_TEST_REDIS_URL")), "/v1/nothing-here").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        body,
+        serde_json::json!({"error": {"code": "not_found", "message": "not found", "field": null}})
+    );
+}

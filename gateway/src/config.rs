@@ -1,0 +1,134 @@
+//! The gateway's settings, from `HABERCI_*` variables, all checked before anything binds.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use haberci_certs::CertPaths;
+use haberci_kit::config::{ConfigError, Env};
+
+pub const DEFAULT_TCP_ADDR: &str = "[::]:8443";
+pub const DEFAULT_UDP_ADDR: &str = "[::]:4433";
+pub const DEFAULT_BACKEND_URL: &str = "http://127.0.0.1:58080";
+pub const DEFAULT_CERT_DIR: &str = ".dev/certs";
+pub const DEFAULT_CERT_RELOAD_INTERVAL_MS: u64 = 1_000;
+/// Largest request body the gateway forwards (1 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+pub const DEFAULT_BACKEND_TIMEOUT_MS: u64 = 10_000;
+/// A QUIC connection with no packets for this long is closed.
+pub const DEFAULT_QUIC_IDLE_TIMEOUT_MS: u64 = 30_000;
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// `HABERCI_GATEWAY_TCP_ADDR`: TLS over TCP (HTTP/1.1, HTTP/2, WebSocket).
+    pub tcp_addr: SocketAddr,
+    /// `HABERCI_GATEWAY_UDP_ADDR`: the QUIC endpoint. Dual-stack `[::]` by default: Chromium
+    /// resolves `localhost` to `::1` and fails against an IPv4-only socket.
+    pub udp_addr: SocketAddr,
+    /// `Alt-Svc` value sent on TCP responses; derived from `HABERCI_GATEWAY_ALT_SVC_PORT`
+    /// (default: the UDP port).
+    pub alt_svc: String,
+    /// `HABERCI_BACKEND_URL`: base URL of the backend API.
+    pub backend_url: http::Uri,
+    /// `HABERCI_BACKEND_TIMEOUT_MS`: how long a proxied request may take.
+    pub backend_timeout: Duration,
+    /// `HABERCI_CERT_DIR`: where `haberci-certs` wrote the certificates.
+    pub cert_paths: CertPaths,
+    /// `HABERCI_CERT_RELOAD_INTERVAL_MS`: how often certificate files are checked for changes.
+    pub cert_reload_interval: Duration,
+    /// `HABERCI_MAX_BODY_BYTES`.
+    pub max_body_bytes: usize,
+    /// `HABERCI_QUIC_IDLE_TIMEOUT_MS`.
+    pub quic_idle_timeout: Duration,
+}
+
+impl GatewayConfig {
+    pub fn from_env(mut env: Env<'_>) -> Result<Self, ConfigError> {
+        let tcp_addr = env.parse_or("HABERCI_GATEWAY_TCP_ADDR", addr(DEFAULT_TCP_ADDR));
+        let udp_addr = env.parse_or("HABERCI_GATEWAY_UDP_ADDR", addr(DEFAULT_UDP_ADDR));
+        let alt_svc_port = env.parse_or("HABERCI_GATEWAY_ALT_SVC_PORT", udp_addr.port());
+        let backend_url: http::Uri =
+            env.parse_or("HABERCI_BACKEND_URL", http::Uri::from_static(DEFAULT_BACKEND_URL));
+        if backend_url.scheme_str() != Some("http") || backend_url.authority().is_none() {
+            env.problem(format!(
+                "HABERCI_BACKEND_URL must be an http://host:port URL, got {backend_url}"
+            ));
+        }
+        let backend_timeout = Duration::from_millis(
+            env.parse_or("HABERCI_BACKEND_TIMEOUT_MS", DEFAULT_BACKEND_TIMEOUT_MS),
+        );
+        let cert_dir = env.string_or("HABERCI_CERT_DIR", DEFAULT_CERT_DIR);
+        let cert_reload_interval = Duration::from_millis(env.parse_or(
+            "HABERCI_CERT_RELOAD_INTERVAL_MS",
+            DEFAULT_CERT_RELOAD_INTERVAL_MS,
+        ));
+        if cert_reload_interval.is_zero() {
+            env.problem("HABERCI_CERT_RELOAD_INTERVAL_MS must be above 0");
+        }
+        let max_body_bytes = env.parse_or("HABERCI_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES);
+        let quic_idle_timeout = Duration::from_millis(
+            env.parse_or("HABERCI_QUIC_IDLE_TIMEOUT_MS", DEFAULT_QUIC_IDLE_TIMEOUT_MS),
+        );
+        env.finish()?;
+        Ok(GatewayConfig {
+            tcp_addr,
+            udp_addr,
+            alt_svc: alt_svc_value(alt_svc_port),
+            backend_url,
+            backend_timeout,
+            cert_paths: CertPaths::new(cert_dir),
+            cert_reload_interval,
+            max_body_bytes,
+            quic_idle_timeout,
+        })
+    }
+
+    /// Settings for tests: ephemeral ports on loopback, certificates in `cert_dir`.
+    pub fn for_tests(cert_dir: &std::path::Path, backend_url: http::Uri) -> Self {
+        GatewayConfig {
+            tcp_addr: addr("127.0.0.1:0"),
+            udp_addr: addr("[::]:0"),
+            alt_svc: alt_svc_value(4433),
+            backend_url,
+            backend_timeout: Duration::from_millis(DEFAULT_BACKEND_TIMEOUT_MS),
+            cert_paths: CertPaths::new(cert_dir),
+            cert_reload_interval: Duration::from_millis(100),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            quic_idle_timeout: Duration::from_millis(DEFAULT_QUIC_IDLE_TIMEOUT_MS),
+        }
+    }
+}
+
+fn alt_svc_value(port: u16) -> String {
+    format!("h3=\":{port}\"; ma=86400")
+}
+
+fn addr(text: &str) -> SocketAddr {
+    // Invariant: only called with the literal defaults above, which parse.
+    text.parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse() {
+        let config = GatewayConfig::from_env(Env::from_pairs(&[])).expect("defaults are valid");
+        assert_eq!(config.tcp_addr.to_string(), DEFAULT_TCP_ADDR);
+        assert_eq!(config.udp_addr.to_string(), DEFAULT_UDP_ADDR);
+        assert_eq!(config.alt_svc, "h3=\":4433\"; ma=86400");
+    }
+
+    #[test]
+    fn every_bad_setting_is_reported() {
+        let pairs = [
+            ("HABERCI_GATEWAY_TCP_ADDR", "8443"),
+            ("HABERCI_BACKEND_URL", "ftp://x"),
+            ("HABERCI_CERT_RELOAD_INTERVAL_MS", "0"),
+            ("HABERCI_MAX_BODY_BYTES", "lots"),
+        ];
+        let err = GatewayConfig::from_env(Env::from_pairs(&pairs)).expect_err("bad");
+        assert_eq!(err.problems.len(), 4, "{err}");
+    }
+}

@@ -1,0 +1,82 @@
+//! The one router every HTTP version is served by (HTTP/1.1 and HTTP/2 from [`crate::tcp`],
+//! HTTP/3 from [`crate::h3server`]), so the public API is identical on all three.
+//!
+//! - `GET /healthz`: the gateway process is alive.
+//! - `GET /readyz`: the backend API answers its own `/readyz`.
+//! - anything under `/v1/`: proxied to the backend ([`crate::proxy`]).
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use serde_json::json;
+
+use crate::config::GatewayConfig;
+use crate::proxy::Backend;
+
+/// The peer address of the connection a request arrived on; every transport inserts it as a
+/// request extension.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+#[derive(Clone)]
+pub struct GatewayState {
+    pub backend: Backend,
+}
+
+impl GatewayState {
+    pub fn new(config: &GatewayConfig) -> Self {
+        GatewayState {
+            backend: Backend::new(
+                config.backend_url.clone(),
+                config.backend_timeout,
+                config.max_body_bytes,
+            ),
+        }
+    }
+}
+
+pub fn router(state: GatewayState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/v1/{*rest}", any(proxy))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// The JSON error shape every Haberci response uses.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({ "error": { "code": code, "message": message, "field": null } })),
+    )
+        .into_response()
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<GatewayState>) -> Response {
+    if state.backend.ready().await {
+        axum::Json(json!({ "status": "ok", "backend": "ok" })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "status": "unavailable", "backend": "unavailable" })),
+        )
+            .into_response()
+    }
+}
+
+async fn proxy(State(state): State<GatewayState>, request: Request) -> Response {
+    state.backend.forward(request).await
+}
+
+async fn not_found() -> Response {
+    error_response(StatusCode::NOT_FOUND, "not_found", "not found")
+}

@@ -1,0 +1,88 @@
+//! Haberci's edge. A gateway terminates every client connection and relays to the backend tier;
+//! it never opens a Postgres connection.
+//!
+//! Module map:
+//! - [`config`]: [`GatewayConfig`] from `HABERCI_*` variables, parsed before anything binds.
+//! - [`tls`]: the certificate store shared by both listeners, reloaded when the files change or
+//!   on SIGHUP, without dropping open connections.
+//! - [`http`]: the one axum router every HTTP version is served by: `/healthz`, `/readyz`, and
+//!   [`proxy`] of every other `/v1/*` request to the backend API.
+//! - [`tcp`]: TLS on TCP with ALPN `h2` / `http/1.1`; every response carries `Alt-Svc: h3`.
+//! - [`quic`]: one quinn endpoint on UDP; each connection is dispatched by its negotiated ALPN
+//!   to [`h3server`] (`h3`) or [`native`] (`haberci/1`). Unknown ALPNs fail the TLS handshake.
+//!
+//! [`Gateway::start`] binds everything and returns the bound addresses, so tests run a gateway
+//! in-process on port 0.
+
+pub mod config;
+pub mod h3server;
+pub mod http;
+pub mod native;
+pub mod proxy;
+pub mod quic;
+pub mod tcp;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use haberci_kit::shutdown::Shutdown;
+use tokio::task::JoinSet;
+
+pub use config::GatewayConfig;
+
+/// ALPN of HTTP/3.
+pub const ALPN_H3: &[u8] = b"h3";
+/// ALPN of the native QUIC protocol.
+pub const ALPN_NATIVE: &[u8] = b"haberci/1";
+
+/// A running gateway.
+pub struct Gateway {
+    pub tcp_addr: SocketAddr,
+    pub udp_addr: SocketAddr,
+    pub certs: Arc<tls::CertStore>,
+    tasks: JoinSet<()>,
+}
+
+impl Gateway {
+    /// Loads certificates, binds both listeners, and starts serving until `shutdown`.
+    pub async fn start(config: GatewayConfig, shutdown: Shutdown) -> anyhow::Result<Gateway> {
+        let certs = Arc::new(tls::CertStore::load(config.cert_paths.clone())?);
+        let state = http::GatewayState::new(&config);
+        let router = http::router(state);
+
+        let tcp_listener = tokio::net::TcpListener::bind(config.tcp_addr)
+            .await
+            .map_err(|err| anyhow::anyhow!("cannot bind TCP {}: {err}", config.tcp_addr))?;
+        let tcp_addr = tcp_listener.local_addr()?;
+        let endpoint = quic::bind(&config, &certs)?;
+        let udp_addr = endpoint.local_addr()?;
+
+        let mut tasks = JoinSet::new();
+        tasks.spawn(tls::watch(
+            certs.clone(),
+            config.cert_reload_interval,
+            shutdown.clone(),
+        ));
+        tasks.spawn(tcp::serve(
+            tcp_listener,
+            certs.clone(),
+            router.clone(),
+            config.alt_svc.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(quic::serve(endpoint, router, shutdown));
+        tracing::info!(%tcp_addr, %udp_addr, "gateway listening");
+        Ok(Gateway {
+            tcp_addr,
+            udp_addr,
+            certs,
+            tasks,
+        })
+    }
+
+    /// Waits until every listener has stopped (after shutdown).
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}

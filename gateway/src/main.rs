@@ -1,0 +1,44 @@
+//! `haberci-gateway`: parses config, sets up logging and the runtime, and runs the gateway.
+
+use std::process::ExitCode;
+
+use haberci_gateway::{Gateway, GatewayConfig};
+use haberci_kit::config::{EXIT_BAD_CONFIG, Env};
+
+fn main() -> ExitCode {
+    haberci_kit::telemetry::init("gateway");
+    haberci_kit::crypto::install_crypto_provider();
+    let config = match GatewayConfig::from_env(Env::process()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("haberci-gateway: {err}");
+            return ExitCode::from(EXIT_BAD_CONFIG as u8);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("haberci-gateway: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let shutdown = haberci_kit::shutdown::on_signals();
+        match Gateway::start(config, shutdown).await {
+            Ok(gateway) => {
+                tracing::info!("gateway ready");
+                gateway.wait().await;
+                tracing::info!("gateway stopped");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                tracing::error!(error = format!("{err:#}"), "gateway failed to start");
+                eprintln!("haberci-gateway: {err:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

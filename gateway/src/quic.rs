@@ -1,0 +1,98 @@
+//! One quinn endpoint on UDP. Each connection is dispatched by the ALPN it negotiated:
+//! `h3` → [`crate::h3server`], `haberci/1` → [`crate::native`]. rustls refuses any other ALPN
+//! during the handshake, so nothing else gets this far.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use haberci_kit::shutdown::Shutdown;
+use quinn::crypto::rustls::{HandshakeData, QuicServerConfig};
+use quinn::{Endpoint, IdleTimeout, TransportConfig, VarInt};
+
+use crate::config::GatewayConfig;
+use crate::tls::CertStore;
+
+/// Streams a peer may open at once. quinn reserves state for every stream ID a peer may
+/// open, so these stay small: a chat session needs one bidi stream, an HTTP/3 client a few
+/// request streams; HTTP/3 needs three unidirectional streams (control, QPACK encoder and
+/// decoder) and WebTransport a few more.
+pub const MAX_BIDI_STREAMS: u32 = 16;
+pub const MAX_UNI_STREAMS: u32 = 8;
+/// Per-stream and per-connection receive windows (flow control), sized for chat frames.
+pub const STREAM_RECEIVE_WINDOW: u32 = 64 * 1024;
+pub const CONNECTION_RECEIVE_WINDOW: u32 = 128 * 1024;
+pub const SEND_WINDOW: u64 = 64 * 1024;
+/// How long a handshake may take before the connection is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Application close code used when the endpoint shuts down.
+pub const CLOSE_SHUTDOWN: u32 = 0;
+
+/// Binds the endpoint with the gateway's TLS and transport settings.
+pub fn bind(config: &GatewayConfig, certs: &CertStore) -> anyhow::Result<Endpoint> {
+    let crypto = QuicServerConfig::try_from(crate::tls::quic_server_config(certs))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(VarInt::from_u32(MAX_BIDI_STREAMS))
+        .max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS))
+        .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
+        .receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
+        .send_window(SEND_WINDOW)
+        .max_idle_timeout(Some(IdleTimeout::try_from(config.quic_idle_timeout)?));
+    server.transport_config(Arc::new(transport));
+    Endpoint::server(server, config.udp_addr)
+        .map_err(|err| anyhow::anyhow!("cannot bind UDP {}: {err}", config.udp_addr))
+}
+
+/// Accepts connections until shutdown, then closes the endpoint.
+pub async fn serve(endpoint: Endpoint, router: Router, shutdown: Shutdown) {
+    loop {
+        let incoming = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => break,
+            },
+        };
+        let router = router.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let peer = incoming.remote_address();
+            let connection = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+                Ok(Ok(connection)) => connection,
+                Ok(Err(err)) => {
+                    tracing::debug!(%peer, %err, "quic handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "quic handshake timed out");
+                    return;
+                }
+            };
+            match negotiated_alpn(&connection).as_deref() {
+                Some(crate::ALPN_H3) => {
+                    crate::h3server::serve_connection(connection, router, shutdown).await
+                }
+                Some(crate::ALPN_NATIVE) => crate::native::serve_connection(connection).await,
+                other => {
+                    // Unreachable while rustls enforces the ALPN list; kept as a guard.
+                    tracing::warn!(%peer, alpn = ?other, "quic connection without a known ALPN");
+                    connection.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"unknown alpn");
+                }
+            }
+        });
+    }
+    endpoint.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"server shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+}
+
+/// The ALPN the handshake settled on.
+pub fn negotiated_alpn(connection: &quinn::Connection) -> Option<Vec<u8>> {
+    connection
+        .handshake_data()?
+        .downcast::<HandshakeData>()
+        .ok()?
+        .protocol
+}

@@ -1,0 +1,236 @@
+//! Certificates for both listeners, reloadable without a restart.
+//!
+//! The TCP listener presents `server.pem`; the QUIC endpoint presents `wt.pem`, the short-lived
+//! ECDSA P-256 leaf that browsers accept by hash for WebTransport (see the `haberci-certs`
+//! crate). Each lives in an [`ArcSwap`] behind a rustls [`ResolvesServerCert`], so a reload
+//! swaps what *new* handshakes see while established connections keep their sessions.
+//!
+//! [`watch`] polls the files' metadata and also reloads on SIGHUP. A half-written or invalid
+//! pair is logged and skipped: the previous certificate stays in service.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use haberci_certs::CertPaths;
+use haberci_kit::shutdown::Shutdown;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{path} holds no certificate")]
+    NoCertificate { path: PathBuf },
+    #[error("unusable private key in {path}: {source}")]
+    Key {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("{cert} and {key} do not belong together: {source}")]
+    Mismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+/// One certificate slot: what the next handshake will present.
+pub struct Slot(ArcSwap<CertifiedKey>);
+
+impl fmt::Debug for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Slot").finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for Slot {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// Both listeners' certificates and where they come from.
+#[derive(Debug)]
+pub struct CertStore {
+    paths: CertPaths,
+    /// Presented on TCP.
+    pub tcp: Arc<Slot>,
+    /// Presented on QUIC (HTTP/3, WebTransport, native).
+    pub quic: Arc<Slot>,
+    stamp: std::sync::Mutex<Stamp>,
+}
+
+/// Metadata of the four files; a change in any of them triggers a reload.
+type Stamp = Vec<Option<(SystemTime, u64)>>;
+
+impl CertStore {
+    pub fn load(paths: CertPaths) -> Result<Self, TlsError> {
+        let stamp = stamp(&paths);
+        let tcp = load_pair(&paths.server_cert(), &paths.server_key())?;
+        let quic = load_pair(&paths.wt_cert(), &paths.wt_key())?;
+        Ok(CertStore {
+            paths,
+            tcp: Arc::new(Slot(ArcSwap::from_pointee(tcp))),
+            quic: Arc::new(Slot(ArcSwap::from_pointee(quic))),
+            stamp: std::sync::Mutex::new(stamp),
+        })
+    }
+
+    /// Reloads both pairs if any file changed since the last load. Returns whether anything
+    /// was swapped in.
+    pub fn reload_if_changed(&self) -> bool {
+        let now = stamp(&self.paths);
+        {
+            let Ok(mut last) = self.stamp.lock() else {
+                return false;
+            };
+            if *last == now {
+                return false;
+            }
+            *last = now;
+        }
+        self.reload()
+    }
+
+    /// Loads both pairs from disk and swaps in each one that is valid.
+    pub fn reload(&self) -> bool {
+        let mut swapped = false;
+        for (slot, cert, key) in [
+            (&self.tcp, self.paths.server_cert(), self.paths.server_key()),
+            (&self.quic, self.paths.wt_cert(), self.paths.wt_key()),
+        ] {
+            match load_pair(&cert, &key) {
+                Ok(pair) => {
+                    if slot.0.load().cert != pair.cert {
+                        slot.0.store(Arc::new(pair));
+                        tracing::info!(cert = %cert.display(), "certificate reloaded");
+                        swapped = true;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "certificate reload skipped; keeping the current one")
+                }
+            }
+        }
+        swapped
+    }
+
+    /// The DER of the certificate the QUIC endpoint presents now.
+    pub fn quic_cert_der(&self) -> CertificateDer<'static> {
+        self.quic.0.load().cert[0].clone()
+    }
+
+    /// The DER of the certificate the TCP listener presents now.
+    pub fn tcp_cert_der(&self) -> CertificateDer<'static> {
+        self.tcp.0.load().cert[0].clone()
+    }
+}
+
+fn stamp(paths: &CertPaths) -> Stamp {
+    [
+        paths.server_cert(),
+        paths.server_key(),
+        paths.wt_cert(),
+        paths.wt_key(),
+    ]
+    .iter()
+    .map(|p| {
+        std::fs::metadata(p)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())))
+    })
+    .collect()
+}
+
+fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| TlsError::Read {
+            path: cert.to_path_buf(),
+            source,
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: cert.to_path_buf(),
+        });
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Read {
+        path: key.to_path_buf(),
+        source,
+    })?;
+    let signing_key =
+        rustls::crypto::ring::sign::any_supported_type(&key_der).map_err(|source| {
+            TlsError::Key {
+                path: key.to_path_buf(),
+                source,
+            }
+        })?;
+    let pair = CertifiedKey::new(chain, signing_key);
+    pair.keys_match().map_err(|source| TlsError::Mismatch {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        source,
+    })?;
+    Ok(pair)
+}
+
+/// Reloads certificates when their files change or on SIGHUP, until shutdown.
+pub async fn watch(store: Arc<CertStore>, interval: Duration, shutdown: Shutdown) {
+    #[cfg(unix)]
+    let mut hangup =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        #[cfg(unix)]
+        let sighup = async {
+            match hangup.as_mut() {
+                Some(signal) => signal.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let sighup = std::future::pending::<Option<()>>();
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => { store.reload_if_changed(); }
+            _ = sighup => {
+                tracing::info!("SIGHUP: reloading certificates");
+                store.reload();
+            }
+        }
+    }
+}
+
+/// rustls config for TLS over TCP: ALPN `h2`, then `http/1.1`.
+pub fn tcp_server_config(store: &CertStore) -> rustls::ServerConfig {
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_cert_resolver(store.tcp.clone());
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config
+}
+
+/// rustls config for QUIC: TLS 1.3 only, ALPN `h3` and `haberci/1`. A client offering neither
+/// fails the handshake with `no_application_protocol`.
+pub fn quic_server_config(store: &CertStore) -> rustls::ServerConfig {
+    let mut config =
+        rustls::ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+            .with_no_client_auth()
+            .with_cert_resolver(store.quic.clone());
+    config.alpn_protocols = vec![crate::ALPN_H3.to_vec(), crate::ALPN_NATIVE.to_vec()];
+    config.max_early_data_size = 0;
+    config
+}

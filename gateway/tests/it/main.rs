@@ -1,0 +1,10 @@
+//! Gateway integration tests: a real gateway in-process on ephemeral ports, real TLS, real QUIC,
+//! and a real backend API against the Postgres, PgBouncer and Redis that `./dev test` started.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+mod alpn;
+mod certs_reload;
+mod http_versions;
+mod proxy;

@@ -1,0 +1,13 @@
+//! Process plumbing shared by every Haberci binary. Nothing here knows about messaging.
+//!
+//! - [`config`]: reads `HABERCI_*` environment variables into typed settings and collects
+//!   *every* bad setting into one error, so a misconfigured process says everything wrong at once
+//!   and exits with [`config::EXIT_BAD_CONFIG`] (64, `EX_USAGE`).
+//! - [`telemetry`]: structured logs (`tracing`), human or JSON.
+//! - [`crypto`]: installs the one rustls crypto provider (ring) as the process default.
+//! - [`shutdown`]: a cancellation token tripped by SIGINT/SIGTERM, passed down to every task.
+
+pub mod config;
+pub mod crypto;
+pub mod shutdown;
+pub mod telemetry;
