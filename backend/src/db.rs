@@ -34,22 +34,22 @@ pub fn connect_pool(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Err
 
 /// Applies pending migrations directly to Postgres; returns how many were applied.
 pub async fn migrate(url: &str) -> Result<usize, sqlx::migrate::MigrateError> {
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(url)
+    use sqlx::Connection;
+    // One connection, one attempt: a migration run is a command, not a service that waits.
+    let mut conn = sqlx::PgConnection::connect(url)
         .await
         .map_err(sqlx::migrate::MigrateError::Execute)?;
-    let applied_before = applied_count(&pool).await;
-    MIGRATOR.run(&pool).await?;
-    let applied_after = applied_count(&pool).await;
-    pool.close().await;
+    let applied_before = applied_count(&mut conn).await;
+    MIGRATOR.run(&mut conn).await?;
+    let applied_after = applied_count(&mut conn).await;
+    let _ = conn.close().await;
     Ok(applied_after.saturating_sub(applied_before))
 }
 
-async fn applied_count(pool: &PgPool) -> usize {
+async fn applied_count(conn: &mut sqlx::PgConnection) -> usize {
     // The table does not exist before the first run; that counts as zero.
     sqlx::query_scalar::<_, i64>("SELECT count(*) FROM _sqlx_migrations WHERE success")
-        .fetch_one(pool)
+        .fetch_one(conn)
         .await
         .map(|n| usize::try_from(n).unwrap_or(0))
         .unwrap_or(0)

@@ -137,6 +137,7 @@ pub fn ensure(paths: &CertPaths, now: OffsetDateTime) -> Result<Report, CertErro
     // A new CA invalidates every leaf it signed before.
     let server = renewal(
         ca,
+        &paths.server_cert(),
         validity(&paths.server_cert(), &paths.server_key()),
         now,
         SERVER_RENEW_BEFORE,
@@ -153,6 +154,7 @@ pub fn ensure(paths: &CertPaths, now: OffsetDateTime) -> Result<Report, CertErro
 
     let wt = renewal(
         ca,
+        &paths.wt_cert(),
         validity(&paths.wt_cert(), &paths.wt_key()),
         now,
         WT_RENEW_BEFORE,
@@ -186,14 +188,17 @@ pub fn validity_window(cert_path: &Path) -> Option<(OffsetDateTime, OffsetDateTi
     Some((validity.not_before.to_datetime(), validity.not_after.to_datetime()))
 }
 
+/// What to do with a leaf: create it when its file is missing, renew it when it is unusable,
+/// expiring, or signed by a CA that was just replaced.
 fn renewal(
     ca: Action,
+    cert: &Path,
     leaf_not_after: Option<OffsetDateTime>,
     now: OffsetDateTime,
     renew_before: Duration,
 ) -> Action {
     match (ca, leaf_not_after) {
-        (_, None) => Action::Created,
+        (_, None) if !cert.exists() => Action::Created,
         (Action::Kept, Some(t)) if t - now > renew_before => Action::Kept,
         _ => Action::Renewed,
     }

@@ -29,6 +29,8 @@ pub struct Stack {
     pub gateway_udp: SocketAddr,
     pub certs: CertPaths,
     pub gateway: Arc<haberci_gateway::tls::CertStore>,
+    // Dropping the gateway aborts its tasks; it lives as long as the stack.
+    _running: Gateway,
     _dir: tempfile::TempDir,
     shutdown: Shutdown,
 }
@@ -56,6 +58,10 @@ pub async fn start(kind: BackendKind) -> Stack {
 
 pub async fn start_with_backend(backend: SocketAddr) -> Stack {
     haberci_kit::crypto::install_crypto_provider();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("HABERCI_LOG"))
+        .with_test_writer()
+        .try_init();
     let dir = tempfile::tempdir().unwrap();
     let certs = CertPaths::new(dir.path());
     haberci_certs::ensure(&certs, time::OffsetDateTime::now_utc()).unwrap();
@@ -69,6 +75,7 @@ pub async fn start_with_backend(backend: SocketAddr) -> Stack {
         gateway_tcp: gateway.tcp_addr,
         gateway_udp: gateway.udp_addr,
         gateway: gateway.certs.clone(),
+        _running: gateway,
         certs,
         _dir: dir,
         shutdown,
