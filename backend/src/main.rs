@@ -9,7 +9,10 @@ use haberci_backend::config::{ApiConfig, MigrateConfig, WorkerConfig};
 use haberci_kit::config::{ConfigError, EXIT_BAD_CONFIG, Env};
 
 #[derive(Parser)]
-#[command(version, about = "Haberci backend: HTTP API, message worker, migrations")]
+#[command(
+    version,
+    about = "Haberci backend: HTTP API, message worker, migrations"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -77,7 +80,8 @@ fn bad_config<T>(result: Result<T, ConfigError>) -> anyhow::Result<T> {
 
 async fn run_api(config: ApiConfig) -> anyhow::Result<()> {
     let shutdown = haberci_kit::shutdown::on_signals();
-    let db = haberci_backend::db::connect_pool(&config.store.database_url, config.store.db_pool_size)?;
+    let db =
+        haberci_backend::db::connect_pool(&config.store.database_url, config.store.db_pool_size)?;
     let redis = haberci_backend::redis::connect(&config.store.redis_url)?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "api listening");

@@ -14,7 +14,9 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> anyhow::Result<()>
     let redis = crate::redis::connect(&config.store.redis_url)?;
     // Wait until both dependencies answer, retrying, so "ready" means ready.
     loop {
-        let pg = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&db).await;
+        let pg = sqlx::query_scalar::<_, i32>("SELECT 1")
+            .fetch_one(&db)
+            .await;
         let rd = redis.ping::<String>(None).await;
         match (pg, rd) {
             (Ok(_), Ok(_)) => break,

@@ -163,7 +163,10 @@ pub fn ensure(paths: &CertPaths, now: OffsetDateTime) -> Result<Report, CertErro
         let (cert_pem, key_pem, der) =
             issue_leaf(&issuer, now, WT_MAX_VALIDITY, "haberci webtransport")?;
         write_pair(&paths.wt_cert(), &cert_pem, &paths.wt_key(), &key_pem)?;
-        write_atomic(&paths.wt_hash(), format!("{}\n", sha256_hex(&der)).as_bytes())?;
+        write_atomic(
+            &paths.wt_hash(),
+            format!("{}\n", sha256_hex(&der)).as_bytes(),
+        )?;
     }
 
     Ok(Report { ca, server, wt })
@@ -185,7 +188,10 @@ pub fn validity_window(cert_path: &Path) -> Option<(OffsetDateTime, OffsetDateTi
     let der = rustls_pki_types::CertificateDer::from_pem_file(cert_path).ok()?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
     let validity = cert.validity();
-    Some((validity.not_before.to_datetime(), validity.not_after.to_datetime()))
+    Some((
+        validity.not_before.to_datetime(),
+        validity.not_after.to_datetime(),
+    ))
 }
 
 /// What to do with a leaf: create it when its file is missing, renew it when it is unusable,
@@ -240,9 +246,8 @@ fn issue_ca(now: OffsetDateTime) -> Result<(String, String), CertError> {
 }
 
 fn load_issuer(paths: &CertPaths) -> Result<Issuer<'static, KeyPair>, CertError> {
-    let read = |path: PathBuf| {
-        fs::read_to_string(&path).map_err(|source| CertError::Io { path, source })
-    };
+    let read =
+        |path: PathBuf| fs::read_to_string(&path).map_err(|source| CertError::Io { path, source });
     let key = KeyPair::from_pem(&read(paths.ca_key())?).map_err(rcgen_err("read CA key"))?;
     Issuer::from_ca_cert_pem(&read(paths.ca_cert())?, key).map_err(rcgen_err("read CA"))
 }
@@ -337,9 +342,9 @@ mod tests {
         assert_eq!(report.server, Action::Kept);
         let new_hash = fs::read_to_string(paths.wt_hash()).unwrap();
         assert_ne!(old_hash, new_hash);
-        let der = rustls_pki_types::CertificateDer::from(
-            pem_der(&fs::read_to_string(paths.wt_cert()).unwrap()),
-        );
+        let der = rustls_pki_types::CertificateDer::from(pem_der(
+            &fs::read_to_string(paths.wt_cert()).unwrap(),
+        ));
         assert_eq!(new_hash.trim(), sha256_hex(&der));
     }
 

@@ -46,8 +46,10 @@ impl GatewayConfig {
         let tcp_addr = env.parse_or("HABERCI_GATEWAY_TCP_ADDR", addr(DEFAULT_TCP_ADDR));
         let udp_addr = env.parse_or("HABERCI_GATEWAY_UDP_ADDR", addr(DEFAULT_UDP_ADDR));
         let alt_svc_port = env.parse_or("HABERCI_GATEWAY_ALT_SVC_PORT", udp_addr.port());
-        let backend_url: http::Uri =
-            env.parse_or("HABERCI_BACKEND_URL", http::Uri::from_static(DEFAULT_BACKEND_URL));
+        let backend_url: http::Uri = env.parse_or(
+            "HABERCI_BACKEND_URL",
+            http::Uri::from_static(DEFAULT_BACKEND_URL),
+        );
         if backend_url.scheme_str() != Some("http") || backend_url.authority().is_none() {
             env.problem(format!(
                 "HABERCI_BACKEND_URL must be an http://host:port URL, got {backend_url}"

@@ -189,8 +189,7 @@ fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
 /// Reloads certificates when their files change or on SIGHUP, until shutdown.
 pub async fn watch(store: Arc<CertStore>, interval: Duration, shutdown: Shutdown) {
     #[cfg(unix)]
-    let mut hangup =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -81,5 +81,9 @@ async fn pgbouncer_runs_in_session_mode_and_backends_are_distinct_per_connection
             pids.insert(pid);
         }
     }
-    assert_eq!(pids.len(), 2, "each client connection keeps its own server session");
+    assert_eq!(
+        pids.len(),
+        2,
+        "each client connection keeps its own server session"
+    );
 }

@@ -37,7 +37,11 @@ async fn unknown_alpn_is_refused_in_the_handshake() {
     match err {
         ConnectionError::ConnectionClosed(close) => {
             // TLS alert 120 (no_application_protocol) carried as QUIC CRYPTO_ERROR 0x100 + 120.
-            assert_eq!(close.error_code, quinn::TransportErrorCode::crypto(120), "{close:?}");
+            assert_eq!(
+                close.error_code,
+                quinn::TransportErrorCode::crypto(120),
+                "{close:?}"
+            );
         }
         other => panic!("expected the server to close the handshake, got {other:?}"),
     }

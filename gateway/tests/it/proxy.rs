@@ -10,7 +10,12 @@ use serde_json::json;
 
 use crate::support::{self, ALL_VERSIONS, BackendKind, Version};
 
-async fn echo(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Json<serde_json::Value> {
+async fn echo(
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Json<serde_json::Value> {
     let headers: serde_json::Map<String, serde_json::Value> = headers
         .iter()
         .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or("<binary>"))))
@@ -58,7 +63,10 @@ async fn client_ip_comes_from_the_connection_and_cannot_be_spoofed() {
         let reply = support::request(&stack, version, request).await;
         let headers = &reply.json()["headers"];
         let ip = headers["x-haberci-client-ip"].as_str().unwrap();
-        assert!(ip == "127.0.0.1" || ip == "::ffff:127.0.0.1", "{version:?}: {ip}");
+        assert!(
+            ip == "127.0.0.1" || ip == "::ffff:127.0.0.1",
+            "{version:?}: {ip}"
+        );
         assert!(headers.get("x-haberci-user").is_none(), "{version:?}");
     }
 }
@@ -81,7 +89,10 @@ async fn hop_by_hop_headers_are_not_forwarded() {
 #[tokio::test]
 async fn oversized_bodies_are_refused_with_413() {
     let stack = echo_stack().await;
-    let big = RawBytes::from(vec![b'x'; haberci_gateway::config::DEFAULT_MAX_BODY_BYTES + 1]);
+    let big = RawBytes::from(vec![
+        b'x';
+        haberci_gateway::config::DEFAULT_MAX_BODY_BYTES + 1
+    ]);
     for version in ALL_VERSIONS {
         let request = http::Request::post("https://localhost/v1/upload")
             .body(Full::new(big.clone()))

@@ -66,10 +66,7 @@ pub async fn start_with_backend(backend: SocketAddr) -> Stack {
     let certs = CertPaths::new(dir.path());
     haberci_certs::ensure(&certs, time::OffsetDateTime::now_utc()).unwrap();
     let shutdown = Shutdown::new();
-    let config = GatewayConfig::for_tests(
-        dir.path(),
-        format!("http://{backend}").parse().unwrap(),
-    );
+    let config = GatewayConfig::for_tests(dir.path(), format!("http://{backend}").parse().unwrap());
     let gateway = Gateway::start(config, shutdown.clone()).await.unwrap();
     Stack {
         gateway_tcp: gateway.tcp_addr,
@@ -180,12 +177,10 @@ impl TcpClient {
                 TcpSender::H1(sender)
             }
             _ => {
-                let (sender, conn) = hyper::client::conn::http2::handshake(
-                    hyper_util::rt::TokioExecutor::new(),
-                    io,
-                )
-                .await
-                .unwrap();
+                let (sender, conn) =
+                    hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                        .await
+                        .unwrap();
                 tokio::spawn(conn);
                 TcpSender::H2(sender)
             }
@@ -238,12 +233,10 @@ impl QuicClient {
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         endpoint.set_default_client_config(config);
         let target = SocketAddr::from(([127, 0, 0, 1], addr.port()));
-        let connection = tokio::time::timeout(
-            TIMEOUT,
-            endpoint.connect(target, "localhost").unwrap(),
-        )
-        .await
-        .expect("quic handshake in time")?;
+        let connection =
+            tokio::time::timeout(TIMEOUT, endpoint.connect(target, "localhost").unwrap())
+                .await
+                .expect("quic handshake in time")?;
         Ok(QuicClient {
             _endpoint: endpoint,
             connection,
@@ -270,11 +263,10 @@ pub struct H3Client {
 impl H3Client {
     pub async fn connect(addr: SocketAddr, roots: rustls::RootCertStore) -> Self {
         let quic = QuicClient::connect(addr, roots, b"h3").await.unwrap();
-        let (mut driver, sender) = h3::client::new(h3_quinn::Connection::new(
-            quic.connection.clone(),
-        ))
-        .await
-        .unwrap();
+        let (mut driver, sender) =
+            h3::client::new(h3_quinn::Connection::new(quic.connection.clone()))
+                .await
+                .unwrap();
         tokio::spawn(async move {
             let _ = futures::future::poll_fn(|cx| driver.poll_close(cx)).await;
         });
