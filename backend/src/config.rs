@@ -1,8 +1,14 @@
 //! The backend's settings, read from `HABERCI_*` variables before anything connects or binds.
 
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
 
 use haberci_kit::config::{ConfigError, Env};
+use haberci_kit::http::CorsOrigins;
+use ipnet::IpNet;
 
 pub const DEFAULT_API_ADDR: &str = "127.0.0.1:58080";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:56379";
@@ -55,6 +61,11 @@ pub struct ApiConfig {
     /// `HABERCI_API_ADDR`: where the API listens (plain HTTP; only gateways reach it).
     pub listen: SocketAddr,
     pub store: StoreConfig,
+    /// `HABERCI_JWT_KEY_DIR`: the directory of Ed25519 signing keys (`<kid>.pem`).
+    pub jwt_key_dir: PathBuf,
+    /// `HABERCI_JWT_SIGNING_KID`: which key signs (default: the one whose kid sorts last).
+    pub jwt_signing_kid: Option<String>,
+    pub settings: ApiSettings,
 }
 
 impl ApiConfig {
@@ -64,8 +75,287 @@ impl ApiConfig {
             SocketAddr::from(([127, 0, 0, 1], 58080)),
         );
         let store = StoreConfig::read(&mut env);
+        let jwt_key_dir = PathBuf::from(env.string_or("HABERCI_JWT_KEY_DIR", DEFAULT_JWT_KEY_DIR));
+        let jwt_signing_kid = env.raw("HABERCI_JWT_SIGNING_KID");
+        let settings = ApiSettings::read(&mut env);
         env.finish()?;
-        Ok(ApiConfig { listen, store })
+        Ok(ApiConfig {
+            listen,
+            store,
+            jwt_key_dir,
+            jwt_signing_kid,
+            settings,
+        })
+    }
+}
+
+pub const DEFAULT_JWT_KEY_DIR: &str = ".dev/jwt";
+/// Largest request body the API reads (64 KiB; every JSON body it takes is small).
+pub const DEFAULT_API_MAX_BODY_BYTES: usize = 64 * 1024;
+/// Access tokens live 15 minutes.
+pub const DEFAULT_ACCESS_TOKEN_TTL_SECS: u64 = 15 * 60;
+/// A session (and its refresh token) lives 30 days after its last refresh.
+pub const DEFAULT_REFRESH_TOKEN_TTL_SECS: u64 = 30 * 24 * 3600;
+/// How long an active session stays cached in Redis; bounds how stale the cache can be if a
+/// revocation could not be written to it.
+pub const DEFAULT_SESSION_CACHE_TTL_SECS: u64 = 120;
+/// Gateways that may set `x-haberci-client-ip`: loopback.
+pub const DEFAULT_TRUSTED_PROXIES: &str = "127.0.0.0/8,::1/128";
+pub const DEFAULT_RATE_REGISTER_IP: &str = "10/3600s";
+pub const DEFAULT_RATE_LOGIN_IP: &str = "10/60s";
+pub const DEFAULT_RATE_LOGIN_ACCOUNT: &str = "10/300s";
+pub const DEFAULT_RATE_REFRESH_IP: &str = "60/60s";
+pub const DEFAULT_RATE_REFRESH_ACCOUNT: &str = "30/60s";
+
+/// What the API router needs besides its connections: HTTP surface and auth settings.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// `HABERCI_API_MAX_BODY_BYTES`.
+    pub max_body_bytes: usize,
+    /// `HABERCI_CORS_ORIGINS`.
+    pub cors: CorsOrigins,
+    pub auth: AuthSettings,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            max_body_bytes: DEFAULT_API_MAX_BODY_BYTES,
+            cors: CorsOrigins::default(),
+            auth: AuthSettings::default(),
+        }
+    }
+}
+
+impl ApiSettings {
+    pub fn read(env: &mut Env<'_>) -> Self {
+        let max_body_bytes = env.parse_or("HABERCI_API_MAX_BODY_BYTES", DEFAULT_API_MAX_BODY_BYTES);
+        let cors = CorsOrigins::read(env);
+        let auth = AuthSettings::read(env);
+        ApiSettings {
+            max_body_bytes,
+            cors,
+            auth,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// `HABERCI_ACCESS_TOKEN_TTL_SECS`.
+    pub access_ttl: Duration,
+    /// `HABERCI_REFRESH_TOKEN_TTL_SECS`.
+    pub refresh_ttl: Duration,
+    /// `HABERCI_SESSION_CACHE_TTL_SECS`.
+    pub session_cache_ttl: Duration,
+    /// `HABERCI_PASSWORD_HASH_CONCURRENCY`: argon2 hashes computed at once (default: CPUs).
+    pub hash_concurrency: usize,
+    /// `HABERCI_TRUSTED_PROXIES`: comma-separated CIDRs of gateways whose
+    /// `x-haberci-client-ip` header is believed.
+    pub trusted_proxies: TrustedProxies,
+    pub limits: RateLimits,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            access_ttl: Duration::from_secs(DEFAULT_ACCESS_TOKEN_TTL_SECS),
+            refresh_ttl: Duration::from_secs(DEFAULT_REFRESH_TOKEN_TTL_SECS),
+            session_cache_ttl: Duration::from_secs(DEFAULT_SESSION_CACHE_TTL_SECS),
+            hash_concurrency: default_hash_concurrency(),
+            trusted_proxies: default_parse(DEFAULT_TRUSTED_PROXIES),
+            limits: RateLimits::default(),
+        }
+    }
+}
+
+fn default_hash_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Parses a literal default. Invariant: only called with the `DEFAULT_*` constants above,
+/// which parse (the `defaults_parse` test checks).
+fn default_parse<T: FromStr + Default>(text: &str) -> T {
+    text.parse().unwrap_or_default()
+}
+
+impl AuthSettings {
+    pub fn read(env: &mut Env<'_>) -> Self {
+        let secs = |env: &mut Env<'_>, key: &str, default: u64| {
+            let value = env.parse_or(key, default);
+            if value == 0 {
+                env.problem(format!("{key} must be above 0"));
+            }
+            Duration::from_secs(value)
+        };
+        let access_ttl = secs(
+            env,
+            "HABERCI_ACCESS_TOKEN_TTL_SECS",
+            DEFAULT_ACCESS_TOKEN_TTL_SECS,
+        );
+        let refresh_ttl = secs(
+            env,
+            "HABERCI_REFRESH_TOKEN_TTL_SECS",
+            DEFAULT_REFRESH_TOKEN_TTL_SECS,
+        );
+        let session_cache_ttl = secs(
+            env,
+            "HABERCI_SESSION_CACHE_TTL_SECS",
+            DEFAULT_SESSION_CACHE_TTL_SECS,
+        );
+        let hash_concurrency = env.parse_or(
+            "HABERCI_PASSWORD_HASH_CONCURRENCY",
+            default_hash_concurrency(),
+        );
+        if hash_concurrency == 0 {
+            env.problem("HABERCI_PASSWORD_HASH_CONCURRENCY must be at least 1");
+        }
+        let trusted_proxies = env.parse_or(
+            "HABERCI_TRUSTED_PROXIES",
+            default_parse(DEFAULT_TRUSTED_PROXIES),
+        );
+        let limits = RateLimits::read(env);
+        AuthSettings {
+            access_ttl,
+            refresh_ttl,
+            session_cache_ttl,
+            hash_concurrency,
+            trusted_proxies,
+            limits,
+        }
+    }
+}
+
+/// Rate limits of the auth endpoints, each `N/<period>` (e.g. `10/60s`, `5/1m`, `20/1h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    /// `HABERCI_RATE_REGISTER_IP`.
+    pub register_ip: Rate,
+    /// `HABERCI_RATE_LOGIN_IP`.
+    pub login_ip: Rate,
+    /// `HABERCI_RATE_LOGIN_ACCOUNT`: per username or email tried.
+    pub login_account: Rate,
+    /// `HABERCI_RATE_REFRESH_IP`.
+    pub refresh_ip: Rate,
+    /// `HABERCI_RATE_REFRESH_ACCOUNT`: per user.
+    pub refresh_account: Rate,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            register_ip: default_parse(DEFAULT_RATE_REGISTER_IP),
+            login_ip: default_parse(DEFAULT_RATE_LOGIN_IP),
+            login_account: default_parse(DEFAULT_RATE_LOGIN_ACCOUNT),
+            refresh_ip: default_parse(DEFAULT_RATE_REFRESH_IP),
+            refresh_account: default_parse(DEFAULT_RATE_REFRESH_ACCOUNT),
+        }
+    }
+}
+
+impl RateLimits {
+    pub fn read(env: &mut Env<'_>) -> Self {
+        let d = RateLimits::default();
+        RateLimits {
+            register_ip: env.parse_or("HABERCI_RATE_REGISTER_IP", d.register_ip),
+            login_ip: env.parse_or("HABERCI_RATE_LOGIN_IP", d.login_ip),
+            login_account: env.parse_or("HABERCI_RATE_LOGIN_ACCOUNT", d.login_account),
+            refresh_ip: env.parse_or("HABERCI_RATE_REFRESH_IP", d.refresh_ip),
+            refresh_account: env.parse_or("HABERCI_RATE_REFRESH_ACCOUNT", d.refresh_account),
+        }
+    }
+
+    /// The same limit everywhere; for tests and benchmarks.
+    pub fn uniform(rate: Rate) -> Self {
+        RateLimits {
+            register_ip: rate,
+            login_ip: rate,
+            login_account: rate,
+            refresh_ip: rate,
+            refresh_account: rate,
+        }
+    }
+}
+
+/// At most `count` requests per `period`, with bursts up to `count` (GCRA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub period: Duration,
+}
+
+impl Default for Rate {
+    fn default() -> Self {
+        Rate {
+            count: 10,
+            period: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Rate {
+    pub fn new(count: u32, period: Duration) -> Self {
+        Rate { count, period }
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}s", self.count, self.period.as_secs())
+    }
+}
+
+impl FromStr for Rate {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let usage = "expected N/<period> like 10/60s, 5/1m or 20/1h";
+        let (count, period) = text.trim().split_once('/').ok_or(usage)?;
+        let count: u32 = count.trim().parse().map_err(|_| usage)?;
+        let period = period.trim();
+        let (number, unit) = period.split_at(period.len().saturating_sub(1));
+        let scale = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            _ => return Err(usage.into()),
+        };
+        let number: u64 = number.parse().map_err(|_| usage)?;
+        if count == 0 || number == 0 {
+            return Err("count and period must be above 0".into());
+        }
+        Ok(Rate {
+            count,
+            period: Duration::from_secs(number * scale),
+        })
+    }
+}
+
+/// Address ranges of trusted gateways.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(pub Vec<IpNet>);
+
+impl TrustedProxies {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+}
+
+impl FromStr for TrustedProxies {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        text.split(',')
+            .map(str::trim)
+            .filter(|part| !part.is_empty())
+            .map(|part| {
+                part.parse::<IpNet>()
+                    .or_else(|_| part.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| format!("{part:?} is not a CIDR range or an IP address"))
+            })
+            .collect::<Result<_, _>>()
+            .map(TrustedProxies)
     }
 }
 
@@ -134,6 +424,55 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} missing from {text}");
         }
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let limits = RateLimits::default();
+        assert_eq!(limits.login_ip, Rate::new(10, Duration::from_secs(60)));
+        assert_eq!(limits.register_ip.to_string(), DEFAULT_RATE_REGISTER_IP);
+        assert_eq!(limits.login_account.to_string(), DEFAULT_RATE_LOGIN_ACCOUNT);
+        assert_eq!(limits.refresh_ip.to_string(), DEFAULT_RATE_REFRESH_IP);
+        assert_eq!(
+            limits.refresh_account.to_string(),
+            DEFAULT_RATE_REFRESH_ACCOUNT
+        );
+        let proxies = AuthSettings::default().trusted_proxies;
+        assert!(proxies.contains("127.0.0.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))));
+        assert!(
+            proxies.contains(
+                "::ffff:127.0.0.9"
+                    .parse()
+                    .unwrap_or(IpAddr::from([0, 0, 0, 0]))
+            )
+        );
+        assert!(proxies.contains("::1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))));
+        assert!(!proxies.contains("10.0.0.1".parse().unwrap_or(IpAddr::from([127, 0, 0, 1]))));
+    }
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!("5/1m".parse(), Ok(Rate::new(5, Duration::from_secs(60))));
+        assert_eq!(
+            "20/1h".parse(),
+            Ok(Rate::new(20, Duration::from_secs(3600)))
+        );
+        for bad in ["", "5", "5/", "0/60s", "5/0s", "5/60", "x/60s", "5/60d"] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bad_auth_settings_are_listed() {
+        let pairs = [
+            ("HABERCI_DATABASE_URL", "postgres://x@y/z"),
+            ("HABERCI_RATE_LOGIN_IP", "lots"),
+            ("HABERCI_TRUSTED_PROXIES", "127.0.0.0/8,gateway"),
+            ("HABERCI_CORS_ORIGINS", "*"),
+            ("HABERCI_ACCESS_TOKEN_TTL_SECS", "0"),
+        ];
+        let err = ApiConfig::from_env(Env::from_pairs(&pairs)).expect_err("bad config");
+        assert_eq!(err.problems.len(), 4, "{err}");
     }
 
     #[test]

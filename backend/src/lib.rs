@@ -10,9 +10,13 @@
 //! Invariant: the backend is the only Postgres user, and it never terminates a client
 //! connection. Its pool goes through PgBouncer ([`db::connect_pool`]).
 //!
-//! Other modules: [`config`] (settings from `HABERCI_*` env vars), [`redis`] (the fred client).
+//! Other modules: [`config`] (settings from `HABERCI_*` env vars), [`redis`] (the fred client),
+//! [`accounts`] (users: validated names and profile fields, their table queries), [`auth`]
+//! (passwords, sessions and refresh tokens, the session cache, rate limits, audit lines).
 
+pub mod accounts;
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod redis;

@@ -1,6 +1,7 @@
-//! `haberci-backend api | worker | migrate`. Parses config, sets up logging and the runtime,
-//! and calls into the library.
+//! `haberci-backend api | worker | migrate | keys`. Parses config, sets up logging and the
+//! runtime, and calls into the library.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -26,10 +27,33 @@ enum Command {
     Worker,
     /// Apply database migrations directly to Postgres.
     Migrate,
+    /// Manage the Ed25519 keys that sign access tokens.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key in DIR unless it already holds one (idempotent).
+    Ensure {
+        #[arg(long, env = "HABERCI_JWT_KEY_DIR")]
+        dir: PathBuf,
+    },
+    /// Add a new key to DIR (rotation: it is published at once, and signs once it sorts last
+    /// or is named by HABERCI_JWT_SIGNING_KID).
+    New {
+        #[arg(long, env = "HABERCI_JWT_KEY_DIR")]
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Keys { command } = &cli.command {
+        return keys(command);
+    }
     haberci_kit::telemetry::init("backend");
     haberci_kit::crypto::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -49,6 +73,8 @@ fn main() -> ExitCode {
                 let config = bad_config(WorkerConfig::from_env(Env::process()))?;
                 haberci_backend::worker::run(config, haberci_kit::shutdown::on_signals()).await
             }
+            // Handled above, before logging and the runtime start.
+            Command::Keys { .. } => Ok(()),
             Command::Migrate => {
                 let config = bad_config(MigrateConfig::from_env(Env::process()))?;
                 let applied = haberci_backend::db::migrate(&config.database_url).await?;
@@ -80,15 +106,49 @@ fn bad_config<T>(result: Result<T, ConfigError>) -> anyhow::Result<T> {
 
 async fn run_api(config: ApiConfig) -> anyhow::Result<()> {
     let shutdown = haberci_kit::shutdown::on_signals();
+    let keys =
+        haberci_token::KeySet::load_dir(&config.jwt_key_dir, config.jwt_signing_kid.as_deref())
+            .map_err(|err| anyhow::anyhow!("access-token keys (HABERCI_JWT_KEY_DIR): {err}"))?;
+    tracing::info!(kids = ?keys.kids(), signing = %keys.signing_kid(), "access-token keys loaded");
     let db =
         haberci_backend::db::connect_pool(&config.store.database_url, config.store.db_pool_size)?;
     let redis = haberci_backend::redis::connect(&config.store.redis_url)?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "api listening");
-    let app = api::app(AppState { db, redis });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
+    let app = api::app(AppState::new(db, redis, config.settings, keys));
+    api::serve(listener, app, shutdown).await?;
     tracing::info!("api stopped");
     Ok(())
+}
+
+/// `keys ensure | new`: key ids are UTC timestamps, so the newest key sorts last.
+fn keys(command: &KeysCommand) -> ExitCode {
+    let now = time::OffsetDateTime::now_utc();
+    let kid = format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    );
+    let (dir, only_if_empty) = match command {
+        KeysCommand::Ensure { dir } => (dir, true),
+        KeysCommand::New { dir } => (dir, false),
+    };
+    if only_if_empty && haberci_token::keys::has_keys(dir) {
+        println!("jwt keys: present in {}", dir.display());
+        return ExitCode::SUCCESS;
+    }
+    match haberci_token::keys::write_new_key(dir, &kid) {
+        Ok(path) => {
+            println!("jwt keys: created {}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("haberci-backend: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use haberci_certs::CertPaths;
 use haberci_kit::config::{ConfigError, Env};
+use haberci_kit::http::CorsOrigins;
 
 pub const DEFAULT_TCP_ADDR: &str = "[::]:8443";
 pub const DEFAULT_UDP_ADDR: &str = "[::]:4433";
@@ -39,6 +40,8 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// `HABERCI_QUIC_IDLE_TIMEOUT_MS`.
     pub quic_idle_timeout: Duration,
+    /// `HABERCI_CORS_ORIGINS`: browser origins allowed to call the API (comma-separated).
+    pub cors: CorsOrigins,
 }
 
 impl GatewayConfig {
@@ -70,6 +73,7 @@ impl GatewayConfig {
         let quic_idle_timeout = Duration::from_millis(
             env.parse_or("HABERCI_QUIC_IDLE_TIMEOUT_MS", DEFAULT_QUIC_IDLE_TIMEOUT_MS),
         );
+        let cors = CorsOrigins::read(&mut env);
         env.finish()?;
         Ok(GatewayConfig {
             tcp_addr,
@@ -81,6 +85,7 @@ impl GatewayConfig {
             cert_reload_interval,
             max_body_bytes,
             quic_idle_timeout,
+            cors,
         })
     }
 
@@ -96,6 +101,7 @@ impl GatewayConfig {
             cert_reload_interval: Duration::from_millis(100),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             quic_idle_timeout: Duration::from_millis(DEFAULT_QUIC_IDLE_TIMEOUT_MS),
+            cors: CorsOrigins::default(),
         }
     }
 }

@@ -81,11 +81,14 @@ where
         }
     }
     let response = if too_large {
-        error_response(
+        // Answered here, not by the router: the security headers are added by hand.
+        let mut response = error_response(
             http::StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             "request body is larger than the server accepts",
-        )
+        );
+        haberci_kit::http::set_security_headers(response.headers_mut());
+        response
     } else {
         let mut request = request.map(|()| Body::from(body.freeze()));
         request.extensions_mut().insert(ClientAddr(peer));

@@ -4,6 +4,9 @@
 //! - `GET /healthz`: the gateway process is alive.
 //! - `GET /readyz`: the backend API answers its own `/readyz`.
 //! - anything under `/v1/`: proxied to the backend ([`crate::proxy`]).
+//!
+//! Every response, proxied or not and on every HTTP version, carries the security headers and
+//! follows the CORS allow-list (`haberci_kit::http::harden`, the same rules as the backend).
 
 use std::net::SocketAddr;
 
@@ -13,6 +16,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use serde_json::json;
+
+use haberci_kit::http::CorsOrigins;
 
 use crate::config::GatewayConfig;
 use crate::proxy::Backend;
@@ -25,6 +30,7 @@ pub struct ClientAddr(pub SocketAddr);
 #[derive(Clone)]
 pub struct GatewayState {
     pub backend: Backend,
+    pub cors: CorsOrigins,
 }
 
 impl GatewayState {
@@ -35,17 +41,20 @@ impl GatewayState {
                 config.backend_timeout,
                 config.max_body_bytes,
             ),
+            cors: config.cors.clone(),
         }
     }
 }
 
 pub fn router(state: GatewayState) -> Router {
-    Router::new()
+    let cors = state.cors.clone();
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/{*rest}", any(proxy))
         .fallback(not_found)
-        .with_state(state)
+        .with_state(state);
+    haberci_kit::http::harden(router, &cors)
 }
 
 /// The JSON error shape every Haberci response uses.

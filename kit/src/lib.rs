@@ -5,9 +5,12 @@
 //!   and exits with [`config::EXIT_BAD_CONFIG`] (64, `EX_USAGE`).
 //! - [`telemetry`]: structured logs (`tracing`), human or JSON.
 //! - [`crypto`]: installs the one rustls crypto provider (ring) as the process default.
+//! - [`http`]: the rules every HTTP response follows (security headers, CORS allow-list), shared
+//!   by the gateway and the backend API.
 //! - [`shutdown`]: a cancellation token tripped by SIGINT/SIGTERM, passed down to every task.
 
 pub mod config;
 pub mod crypto;
+pub mod http;
 pub mod shutdown;
 pub mod telemetry;

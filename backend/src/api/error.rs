@@ -1,10 +1,19 @@
 //! One place turns errors into responses. Every error body has the same shape:
-//! `{"error": {"code": "...", "message": "...", "field": null}}`.
+//! `{"error": {"code": "...", "message": "...", "field": null}}` ([`ErrorBody`]).
+//!
+//! API boundary: no response carries SQL, a stack trace, or an internal message; those go to the
+//! log ([`ApiError::Internal`]).
+
+use std::time::Duration;
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::auth::password::HashError;
+use crate::auth::sessions::SessionError;
 
 /// An error a handler returns. Each variant says whose fault it is.
 #[derive(Debug, thiserror::Error)]
@@ -12,7 +21,50 @@ pub enum ApiError {
     /// Client: no such route or resource.
     #[error("not found")]
     NotFound,
-    /// Us: a dependency (Postgres, Redis) is down or slow; the client may retry.
+    /// Client: the route exists, not with this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// Client: the body is not valid JSON.
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    /// Client: the body was not declared `application/json`.
+    #[error("expected content-type application/json")]
+    UnsupportedMediaType,
+    /// Client: the body is larger than the API reads.
+    #[error("request body is larger than the server accepts")]
+    BodyTooLarge,
+    /// Client: a field is missing, has the wrong type, or holds an invalid value.
+    #[error("{message}")]
+    InvalidField {
+        field: Option<String>,
+        message: String,
+    },
+    /// Client: no `Authorization: Bearer` access token.
+    #[error("authentication required")]
+    Unauthenticated,
+    /// Client: the access token is forged, expired, or otherwise refused.
+    #[error("invalid access token")]
+    InvalidToken,
+    /// Client: the access token's session was revoked or has ended.
+    #[error("session revoked")]
+    SessionRevoked,
+    /// Client: unknown user or wrong password (never said which).
+    #[error("invalid username, email or password")]
+    InvalidCredentials,
+    /// Client: the refresh token is unknown, expired, or its session is over.
+    #[error("invalid refresh token")]
+    InvalidRefreshToken,
+    /// Client (or a thief): a spent refresh token was presented; its session is now revoked.
+    #[error("refresh token reused; the session has been revoked")]
+    RefreshTokenReused,
+    /// Client: a unique value (the field) is taken.
+    #[error("{field} is already taken")]
+    Conflict { field: &'static str },
+    /// Client: too many requests; retry after the given time.
+    #[error("too many requests; retry later")]
+    RateLimited { retry_after: Duration },
+    /// Us: a dependency (Postgres, Redis, the hashing pool) is down, slow or saturated; the
+    /// client may retry.
     #[error("{0} unavailable")]
     Unavailable(&'static str),
     /// Us: a bug or an unexpected failure. Logged with detail; the client sees no detail.
@@ -20,22 +72,46 @@ pub enum ApiError {
     Internal(#[source] anyhow::Error),
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Detail<'a>,
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
 }
 
-#[derive(Serialize)]
-struct Detail<'a> {
-    code: &'a str,
-    message: String,
-    field: Option<&'a str>,
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable machine-readable code, e.g. `invalid_field`, `rate_limited`.
+    pub code: String,
+    /// A human-readable explanation.
+    pub message: String,
+    /// The request field at fault, when there is one.
+    pub field: Option<String>,
 }
 
 impl ApiError {
+    pub fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+        ApiError::InvalidField {
+            field: Some(field.to_owned()),
+            message: message.into(),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unauthenticated
+            | ApiError::InvalidToken
+            | ApiError::SessionRevoked
+            | ApiError::InvalidCredentials
+            | ApiError::InvalidRefreshToken
+            | ApiError::RefreshTokenReused => StatusCode::UNAUTHORIZED,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -44,8 +120,29 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::BodyTooLarge => "body_too_large",
+            ApiError::InvalidField { .. } => "invalid_field",
+            ApiError::Unauthenticated => "unauthenticated",
+            ApiError::InvalidToken => "invalid_token",
+            ApiError::SessionRevoked => "session_revoked",
+            ApiError::InvalidCredentials => "invalid_credentials",
+            ApiError::InvalidRefreshToken => "invalid_refresh_token",
+            ApiError::RefreshTokenReused => "refresh_token_reused",
+            ApiError::Conflict { .. } => "conflict",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
+        }
+    }
+
+    fn field(&self) -> Option<String> {
+        match self {
+            ApiError::InvalidField { field, .. } => field.clone(),
+            ApiError::Conflict { field } => Some((*field).to_owned()),
+            _ => None,
         }
     }
 }
@@ -56,13 +153,74 @@ impl IntoResponse for ApiError {
             // API boundary: the detail stays in the log; the response carries none of it.
             tracing::error!(error = format!("{err:#}"), "internal error");
         }
-        let body = Body {
-            error: Detail {
-                code: self.code(),
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_owned(),
                 message: self.to_string(),
-                field: None,
+                field: self.field(),
             },
         };
-        (self.status(), Json(body)).into_response()
+        let mut response = (self.status(), Json(body)).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::RateLimited { retry_after } => {
+                // Whole seconds, rounded up, at least 1 (RFC 9110 §10.2.3).
+                let secs = retry_after.as_millis().div_ceil(1000).max(1);
+                if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+                    headers.insert(header::RETRY_AFTER, value);
+                }
+            }
+            ApiError::Unavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::Unauthenticated => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::InvalidToken | ApiError::SessionRevoked => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                tracing::warn!(%err, "postgres unavailable");
+                ApiError::Unavailable("database")
+            }
+            err => ApiError::Internal(err.into()),
+        }
+    }
+}
+
+impl From<fred::error::Error> for ApiError {
+    fn from(err: fred::error::Error) -> Self {
+        tracing::warn!(%err, "redis unavailable");
+        ApiError::Unavailable("cache")
+    }
+}
+
+impl From<HashError> for ApiError {
+    fn from(err: HashError) -> Self {
+        match err {
+            HashError::Busy => ApiError::Unavailable("password hashing"),
+            HashError::Failed(why) => ApiError::Internal(anyhow::anyhow!(why)),
+        }
+    }
+}
+
+impl From<SessionError> for ApiError {
+    fn from(err: SessionError) -> Self {
+        match err {
+            SessionError::Db(err) => err.into(),
+            SessionError::Random => ApiError::Internal(anyhow::anyhow!("no randomness")),
+        }
     }
 }

@@ -1,23 +1,40 @@
-//! The HTTP API. [`app`] builds the whole router from an [`AppState`]; `main` binds it, tests
-//! call it directly.
+//! The HTTP API. [`app`] builds the whole router from an [`AppState`]; `main` serves it with
+//! [`serve`] (which records each connection's peer address, needed to trust a gateway's
+//! client-IP header), tests call it directly.
 //!
-//! Routes today: `GET /healthz` (alive), `GET /readyz` (Postgres through PgBouncer and Redis
-//! answer), `GET /v1/version`. Errors leave through [`error::ApiError`] only.
+//! Routes: `GET /healthz` (alive), `GET /readyz` (Postgres through PgBouncer and Redis answer),
+//! `GET /v1/version`, the account and auth endpoints ([`auth`], [`users`]), and
+//! `GET /v1/openapi.json`, the OpenAPI 3.1 document generated from the handlers' annotations.
+//!
+//! The HTTP surface: every response carries the security headers and CORS allow-list of
+//! `haberci_kit::http`; bodies are capped at `max_body_bytes`; errors (including unknown routes,
+//! wrong methods and bad bodies) leave through [`error::ApiError`] only.
 
+pub mod auth;
 pub mod error;
+pub mod extract;
+pub mod openapi;
+pub mod users;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use fred::prelude::*;
+use haberci_kit::shutdown::Shutdown;
+use haberci_token::KeySet;
 use serde::Serialize;
 use sqlx::PgPool;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub use error::ApiError;
+use crate::config::ApiSettings;
+pub use error::{ApiError, ErrorBody};
 
 /// How long a readiness probe waits for each dependency.
 pub const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -27,16 +44,95 @@ pub const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct AppState {
     pub db: PgPool,
     pub redis: fred::clients::Client,
+    pub auth: Arc<crate::auth::Auth>,
+    pub settings: Arc<ApiSettings>,
+}
+
+impl AppState {
+    pub fn new(
+        db: PgPool,
+        redis: fred::clients::Client,
+        settings: ApiSettings,
+        keys: KeySet,
+    ) -> AppState {
+        AppState {
+            db,
+            redis,
+            auth: Arc::new(crate::auth::Auth::new(settings.auth.clone(), keys)),
+            settings: Arc::new(settings),
+        }
+    }
+}
+
+/// The routes and the OpenAPI document describing them, from one list.
+fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(auth::register))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::refresh))
+        .routes(routes!(auth::logout))
+        .routes(routes!(auth::logout_all))
+        .routes(routes!(auth::list_sessions))
+        .routes(routes!(auth::revoke_session))
+        .routes(routes!(auth::jwks))
+        .routes(routes!(users::me, users::update_me))
+        .routes(routes!(users::profile))
+        .split_for_parts()
+}
+
+/// The OpenAPI document of the API (what `GET /v1/openapi.json` serves).
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    let (_, mut document) = routes();
+    openapi::finish(&mut document);
+    document
 }
 
 /// The API router.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let (api, mut document) = routes();
+    openapi::finish(&mut document);
+    let document = Arc::new(document);
+    let settings = state.settings.clone();
+    let router = api
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/version", get(version))
+        .route(
+            "/v1/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move { Json(document.as_ref().clone()) }
+            }),
+        )
         .fallback(not_found)
-        .with_state(state)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .layer(axum::middleware::map_response(no_store_by_default))
+        .with_state(state);
+    haberci_kit::http::harden(router, &settings.cors)
+}
+
+/// API answers are per-user data: not cached unless a handler says otherwise.
+async fn no_store_by_default(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Serves `app` on `listener` until `shutdown`, recording each connection's peer address.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -62,6 +158,10 @@ async fn version() -> Json<Version> {
 
 async fn not_found() -> ApiError {
     ApiError::NotFound
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }
 
 #[derive(Debug, Serialize)]

@@ -10,10 +10,12 @@ use haberci_backend::api::{self, AppState};
 use crate::env;
 
 fn state(redis_url: &str) -> AppState {
-    AppState {
-        db: haberci_backend::db::connect_pool(&env("HABERCI_TEST_DATABASE_URL"), 2).unwrap(),
-        redis: haberci_backend::redis::connect(redis_url).unwrap(),
-    }
+    AppState::new(
+        haberci_backend::db::connect_pool(&env("HABERCI_TEST_DATABASE_URL"), 2).unwrap(),
+        haberci_backend::redis::connect(redis_url).unwrap(),
+        haberci_backend::config::ApiSettings::default(),
+        haberci_token::KeySet::generate("test").unwrap(),
+    )
 }
 
 async fn call(state: AppState, path: &str) -> (StatusCode, serde_json::Value) {

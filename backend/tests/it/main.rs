@@ -2,7 +2,15 @@
 //! `./dev test`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 mod api;
+mod auth_lifecycle;
+mod auth_rate_limits;
+mod auth_sessions;
+mod auth_tokens;
+mod auth_validation;
+mod http_surface;
 mod migrations;
 mod pgbouncer_safety;
 

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod accounts;
 mod alpn;
 mod certs_reload;
 mod http_versions;

@@ -57,6 +57,18 @@ pub async fn start(kind: BackendKind) -> Stack {
 }
 
 pub async fn start_with_backend(backend: SocketAddr) -> Stack {
+    start_with_config(backend, |_| {}).await
+}
+
+/// A real backend behind a gateway whose settings `configure` adjusts.
+pub async fn start_real_with(configure: impl FnOnce(&mut GatewayConfig)) -> Stack {
+    start_with_config(spawn_real_backend().await, configure).await
+}
+
+pub async fn start_with_config(
+    backend: SocketAddr,
+    configure: impl FnOnce(&mut GatewayConfig),
+) -> Stack {
     haberci_kit::crypto::install_crypto_provider();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("HABERCI_LOG"))
@@ -66,7 +78,9 @@ pub async fn start_with_backend(backend: SocketAddr) -> Stack {
     let certs = CertPaths::new(dir.path());
     haberci_certs::ensure(&certs, time::OffsetDateTime::now_utc()).unwrap();
     let shutdown = Shutdown::new();
-    let config = GatewayConfig::for_tests(dir.path(), format!("http://{backend}").parse().unwrap());
+    let mut config =
+        GatewayConfig::for_tests(dir.path(), format!("http://{backend}").parse().unwrap());
+    configure(&mut config);
     let gateway = Gateway::start(config, shutdown.clone()).await.unwrap();
     Stack {
         gateway_tcp: gateway.tcp_addr,
@@ -88,8 +102,20 @@ pub fn free_addr() -> SocketAddr {
 async fn spawn_real_backend() -> SocketAddr {
     let db = haberci_backend::db::connect_pool(&env("HABERCI_TEST_DATABASE_URL"), 4).unwrap();
     let redis = haberci_backend::redis::connect(&env("HABERCI_TEST_REDIS_URL")).unwrap();
-    let app = haberci_backend::api::app(haberci_backend::api::AppState { db, redis });
-    serve_router(app).await
+    // Every request reaches this backend from 127.0.0.1 (through the gateway), so its rate
+    // limits are generous; the backend's own tests check the limits with unique addresses.
+    let mut settings = haberci_backend::config::ApiSettings::default();
+    settings.auth.limits = haberci_backend::config::RateLimits::uniform(
+        haberci_backend::config::Rate::new(100_000, Duration::from_secs(60)),
+    );
+    let keys = haberci_token::KeySet::generate("gateway-test").unwrap();
+    let app = haberci_backend::api::app(haberci_backend::api::AppState::new(
+        db, redis, settings, keys,
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(haberci_backend::api::serve(listener, app, Shutdown::new()));
+    addr
 }
 
 /// Serves `router` on an ephemeral loopback port.

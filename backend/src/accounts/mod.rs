@@ -1,0 +1,11 @@
+//! Accounts: who a user is. [`names`] holds the types that can only be valid (usernames,
+//! emails, passwords, profile fields, ids); [`store`] reads and writes the `users` and
+//! `credentials` tables.
+
+pub mod names;
+pub mod store;
+
+pub use names::{
+    AvatarRef, Bio, DisplayName, Email, FamilyId, Invalid, LoginName, Password, SessionId, UserId,
+    Username,
+};

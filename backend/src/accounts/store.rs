@@ -1,0 +1,147 @@
+//! Queries on `users` and `credentials`. Every value written comes from a parsed type in
+//! [`super::names`], so what is read back is valid too.
+
+use sqlx::{PgExecutor, PgPool};
+use time::OffsetDateTime;
+
+use super::names::{AvatarRef, Bio, DisplayName, Email, LoginName, UserId, Username};
+
+/// A user as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UserRecord {
+    pub id: UserId,
+    pub username: String,
+    pub email: String,
+    pub display_name: String,
+    pub bio: String,
+    pub avatar_ref: Option<String>,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+const USER_COLUMNS: &str = "id, username::text AS username, email::text AS email, display_name, bio, avatar_ref, created_at, updated_at";
+
+/// What registration stores.
+pub struct NewUser<'a> {
+    pub id: UserId,
+    pub username: &'a Username,
+    pub email: &'a Email,
+    pub display_name: &'a DisplayName,
+    pub password_hash: &'a str,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InsertError {
+    /// A unique constraint said no; the field it guards.
+    #[error("{0} is taken")]
+    Taken(&'static str),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Inserts the user and their credential (call inside a transaction).
+pub async fn insert_user(
+    tx: &mut sqlx::PgConnection,
+    new: &NewUser<'_>,
+) -> Result<UserRecord, InsertError> {
+    let user = sqlx::query_as::<_, UserRecord>(&format!(
+        "INSERT INTO users (id, username, email, display_name) VALUES ($1, $2, $3, $4)
+         RETURNING {USER_COLUMNS}"
+    ))
+    .bind(new.id)
+    .bind(new.username.as_str())
+    .bind(new.email.as_str())
+    .bind(new.display_name.as_str())
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(taken)?;
+    sqlx::query("INSERT INTO credentials (user_id, password_hash) VALUES ($1, $2)")
+        .bind(new.id)
+        .bind(new.password_hash)
+        .execute(&mut *tx)
+        .await?;
+    Ok(user)
+}
+
+fn taken(err: sqlx::Error) -> InsertError {
+    if let sqlx::Error::Database(db) = &err {
+        match db.constraint() {
+            Some("users_username_key") => return InsertError::Taken("username"),
+            Some("users_email_key") => return InsertError::Taken("email"),
+            _ => {}
+        }
+    }
+    InsertError::Db(err)
+}
+
+/// The user id and password hash for a login name, if such a user exists.
+pub async fn credentials(
+    db: &PgPool,
+    login: &LoginName,
+) -> Result<Option<(UserId, String)>, sqlx::Error> {
+    let column = match login {
+        LoginName::Username(_) => "u.username",
+        LoginName::Email(_) => "u.email",
+    };
+    sqlx::query_as::<_, (UserId, String)>(&format!(
+        "SELECT u.id, c.password_hash FROM users u JOIN credentials c ON c.user_id = u.id
+         WHERE {column} = $1::citext"
+    ))
+    .bind(login.as_str())
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn by_id(db: impl PgExecutor<'_>, id: UserId) -> Result<Option<UserRecord>, sqlx::Error> {
+    sqlx::query_as::<_, UserRecord>(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+pub async fn by_username(
+    db: &PgPool,
+    username: &Username,
+) -> Result<Option<UserRecord>, sqlx::Error> {
+    sqlx::query_as::<_, UserRecord>(&format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE username = $1::citext"
+    ))
+    .bind(username.as_str())
+    .fetch_optional(db)
+    .await
+}
+
+/// A profile change; `None` leaves a field as it is. `avatar_ref: Some(None)` clears it.
+#[derive(Debug, Default)]
+pub struct ProfileUpdate {
+    pub display_name: Option<DisplayName>,
+    pub bio: Option<Bio>,
+    pub avatar_ref: Option<Option<AvatarRef>>,
+}
+
+pub async fn update_profile(
+    db: &PgPool,
+    id: UserId,
+    update: &ProfileUpdate,
+) -> Result<Option<UserRecord>, sqlx::Error> {
+    let (set_avatar, avatar) = match &update.avatar_ref {
+        None => (false, None),
+        Some(value) => (true, value.as_ref().map(|a| a.as_str().to_owned())),
+    };
+    sqlx::query_as::<_, UserRecord>(&format!(
+        "UPDATE users SET
+            display_name = COALESCE($2, display_name),
+            bio = COALESCE($3, bio),
+            avatar_ref = CASE WHEN $4 THEN $5 ELSE avatar_ref END,
+            updated_at = now()
+         WHERE id = $1
+         RETURNING {USER_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(update.display_name.as_ref().map(|d| d.as_str().to_owned()))
+    .bind(update.bio.as_ref().map(|b| b.as_str().to_owned()))
+    .bind(set_avatar)
+    .bind(avatar)
+    .fetch_optional(db)
+    .await
+}

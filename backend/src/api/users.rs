@@ -1,0 +1,143 @@
+//! `/v1/me` and `/v1/users/{username}`: profiles.
+
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Deserializer, Serialize};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+use super::extract::{ApiJson, ApiPath, Authenticated};
+use super::{ApiError, AppState};
+use crate::accounts::store::{self, ProfileUpdate, UserRecord};
+use crate::accounts::{AvatarRef, Bio, DisplayName, UserId, Username};
+
+/// My account.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserView {
+    #[schema(value_type = String, format = Uuid)]
+    pub id: UserId,
+    pub username: String,
+    pub email: String,
+    pub display_name: String,
+    pub bio: String,
+    pub avatar_ref: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: OffsetDateTime,
+}
+
+impl From<UserRecord> for UserView {
+    fn from(user: UserRecord) -> Self {
+        UserView {
+            id: user.id,
+            username: user.username,
+            email: user.email,
+            display_name: user.display_name,
+            bio: user.bio,
+            avatar_ref: user.avatar_ref,
+            created_at: user.created_at,
+            updated_at: user.updated_at,
+        }
+    }
+}
+
+/// Someone's public profile.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProfileView {
+    pub username: String,
+    pub display_name: String,
+    pub bio: String,
+    pub avatar_ref: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+}
+
+/// `PATCH /v1/me`: absent fields stay as they are; `avatar_ref: null` removes the avatar.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateMeRequest {
+    #[serde(default)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 64)]
+    pub display_name: Option<DisplayName>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>, max_length = 500)]
+    pub bio: Option<Bio>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, pattern = "^[A-Za-z0-9._:/-]{1,256}$")]
+    pub avatar_ref: Option<Option<AvatarRef>>,
+}
+
+/// A field that is present (even as `null`) becomes `Some(..)`; absent stays `None`.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// My account.
+#[utoipa::path(get, path = "/v1/me", tag = "users",
+    security(("bearer" = [])),
+    responses((status = 200, description = "My account", body = UserView)))]
+pub async fn me(
+    State(state): State<AppState>,
+    me: Authenticated,
+) -> Result<Json<UserView>, ApiError> {
+    let user = store::by_id(&state.db, me.user)
+        .await?
+        .ok_or(ApiError::SessionRevoked)?;
+    Ok(Json(user.into()))
+}
+
+/// Change my display name, bio or avatar.
+#[utoipa::path(patch, path = "/v1/me", tag = "users",
+    security(("bearer" = [])),
+    request_body = UpdateMeRequest,
+    responses((status = 200, description = "My updated account", body = UserView)))]
+pub async fn update_me(
+    State(state): State<AppState>,
+    me: Authenticated,
+    ApiJson(request): ApiJson<UpdateMeRequest>,
+) -> Result<Json<UserView>, ApiError> {
+    let update = ProfileUpdate {
+        display_name: request.display_name,
+        bio: request.bio,
+        avatar_ref: request.avatar_ref,
+    };
+    let user = store::update_profile(&state.db, me.user, &update)
+        .await?
+        .ok_or(ApiError::SessionRevoked)?;
+    Ok(Json(user.into()))
+}
+
+/// Someone's public profile (for signed-in users).
+#[utoipa::path(get, path = "/v1/users/{username}", tag = "users",
+    security(("bearer" = [])),
+    params(("username" = String, Path, description = "A username (case-insensitive)")),
+    responses(
+        (status = 200, description = "The profile", body = ProfileView),
+        (status = 404, description = "No such user", body = super::ErrorBody),
+    ))]
+pub async fn profile(
+    State(state): State<AppState>,
+    _me: Authenticated,
+    ApiPath(username): ApiPath<String>,
+) -> Result<Json<ProfileView>, ApiError> {
+    // A name that cannot be a username names no one.
+    let username = Username::parse(&username).map_err(|_| ApiError::NotFound)?;
+    let user = store::by_username(&state.db, &username)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(ProfileView {
+        username: user.username,
+        display_name: user.display_name,
+        bio: user.bio,
+        avatar_ref: user.avatar_ref,
+        created_at: user.created_at,
+    }))
+}

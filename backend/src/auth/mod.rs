@@ -1,0 +1,121 @@
+//! Authentication: passwords, access tokens, sessions and refresh tokens, rate limits, and the
+//! client address they are keyed by.
+//!
+//! - [`password`]: argon2id hashing on a bounded blocking pool.
+//! - [`sessions`]: sessions and rotating refresh tokens in Postgres, the Redis session cache,
+//!   revocation announcements on Redis.
+//! - [`rate_limit`]: GCRA buckets in Redis, shared by every backend process.
+//! - [`audit`]: the fixed-format log lines fail2ban matches.
+//!
+//! Access tokens are signed and verified by the `haberci-token` crate (which the gateway can use
+//! without the database); [`Auth`] holds the keys.
+
+pub mod audit;
+pub mod password;
+pub mod rate_limit;
+pub mod sessions;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use haberci_token::{Claims, KeySet, Verifier};
+use time::OffsetDateTime;
+
+use crate::accounts::{SessionId, UserId};
+use crate::config::{AuthSettings, TrustedProxies};
+
+/// The header a gateway puts the client's address in.
+pub const CLIENT_IP_HEADER: &str = "x-haberci-client-ip";
+
+/// Everything the auth endpoints share.
+pub struct Auth {
+    pub settings: AuthSettings,
+    pub keys: KeySet,
+    pub verifier: Verifier,
+    pub passwords: password::PasswordHasher,
+    pub limiter: rate_limit::RateLimiter,
+}
+
+impl Auth {
+    pub fn new(settings: AuthSettings, keys: KeySet) -> Auth {
+        let verifier = keys.verifier();
+        let passwords = password::PasswordHasher::new(settings.hash_concurrency);
+        Auth {
+            settings,
+            keys,
+            verifier,
+            passwords,
+            limiter: rate_limit::RateLimiter::default(),
+        }
+    }
+
+    /// A signed access token for `session` of `user`, and its lifetime in seconds.
+    pub fn access_token(&self, user: UserId, session: SessionId) -> (String, i64) {
+        let ttl = i64::try_from(self.settings.access_ttl.as_secs()).unwrap_or(900);
+        let claims = Claims::new(user.0, session.0, unix_now(), ttl);
+        (self.keys.sign(&claims), ttl)
+    }
+
+    /// How long a revoked session stays marked in the cache: as long as one of its access
+    /// tokens can still verify.
+    pub fn revoked_marker_ttl(&self) -> Duration {
+        self.settings.access_ttl
+            + Duration::from_secs(haberci_token::CLOCK_SKEW_LEEWAY_SECS.unsigned_abs() + 60)
+    }
+}
+
+pub fn unix_now() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// The client's address: the gateway's `x-haberci-client-ip` when the connection comes from a
+/// trusted gateway (`HABERCI_TRUSTED_PROXIES`), else the connection's own peer address.
+///
+/// API boundary: anyone else could write that header, so from an untrusted peer it is ignored.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
+    let peer = peer.to_canonical();
+    if !trusted.contains(peer) {
+        return peer;
+    }
+    headers
+        .get(CLIENT_IP_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<IpAddr>().ok())
+        .map_or(peer, |ip| ip.to_canonical())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_ip_header_is_believed_only_from_trusted_peers() {
+        let trusted: TrustedProxies = "127.0.0.0/8,::1".parse().unwrap_or_default();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CLIENT_IP_HEADER,
+            axum::http::HeaderValue::from_static("198.51.100.4"),
+        );
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &headers, &trusted),
+            ip("198.51.100.4")
+        );
+        assert_eq!(client_ip(ip("::1"), &headers, &trusted), ip("198.51.100.4"));
+        assert_eq!(
+            client_ip(ip("::ffff:127.0.0.1"), &headers, &trusted),
+            ip("198.51.100.4")
+        );
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), &headers, &trusted),
+            ip("203.0.113.9")
+        );
+        let mut junk = HeaderMap::new();
+        junk.insert(
+            CLIENT_IP_HEADER,
+            axum::http::HeaderValue::from_static("not-an-ip"),
+        );
+        assert_eq!(client_ip(ip("127.0.0.1"), &junk, &trusted), ip("127.0.0.1"));
+    }
+}

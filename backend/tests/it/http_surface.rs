@@ -1,0 +1,152 @@
+//! Rules every API response follows: security headers, CORS allow-list, JSON errors for unknown
+//! routes and methods, and the OpenAPI document.
+
+use axum::body::Body;
+use http::{Request, StatusCode};
+
+use crate::support::{Api, roomy_settings};
+
+const SECURITY_HEADERS: [(&str, &str); 4] = [
+    (
+        "strict-transport-security",
+        "max-age=63072000; includeSubDomains",
+    ),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+    (
+        "content-security-policy",
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
+];
+
+#[tokio::test]
+async fn every_response_carries_the_security_headers() {
+    let api = Api::new();
+    let replies = [
+        api.get("/healthz", None).await,
+        api.get("/v1/version", None).await,
+        api.get("/v1/nothing", None).await,
+        api.get("/v1/me", None).await,
+        api.post("/v1/auth/login", serde_json::json!({})).await,
+        api.get("/v1/openapi.json", None).await,
+    ];
+    for reply in replies {
+        for (name, value) in SECURITY_HEADERS {
+            assert_eq!(
+                reply.headers.get(name).map(|v| v.to_str().unwrap()),
+                Some(value),
+                "{name} on {}",
+                reply.status
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn unknown_methods_and_routes_get_json_errors() {
+    let api = Api::new();
+    let reply = api.get("/v1/auth/login", None).await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
+    let reply = api.call("PUT", "/v1/me", serde_json::json!({}), None).await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    let reply = api.get("/v1/users", None).await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+}
+
+#[tokio::test]
+async fn cors_answers_only_listed_origins_and_never_a_wildcard() {
+    let mut settings = roomy_settings();
+    settings.cors = haberci_kit::http::CorsOrigins::list(&["https://app.example"]).unwrap();
+    let api = Api::with_settings(settings);
+    let preflight = |origin: &str| {
+        Request::options("/v1/auth/login")
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "content-type, authorization",
+            )
+            .body(Body::empty())
+            .unwrap()
+    };
+    let allowed = api.send(preflight("https://app.example")).await;
+    assert_eq!(
+        allowed.headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(allowed.headers["access-control-allow-credentials"], "true");
+    let methods = allowed.headers["access-control-allow-methods"]
+        .to_str()
+        .unwrap();
+    assert!(methods.contains("POST"), "{methods}");
+
+    let refused = api.send(preflight("https://evil.example")).await;
+    assert!(refused.headers.get("access-control-allow-origin").is_none());
+
+    let simple = api
+        .send(
+            Request::get("/v1/version")
+                .header("origin", "https://app.example")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(
+        simple.headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let other = api
+        .send(
+            Request::get("/v1/version")
+                .header("origin", "https://evil.example")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert!(other.headers.get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn openapi_document_lists_every_endpoint() {
+    let api = Api::new();
+    let reply = api.get("/v1/openapi.json", None).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(
+        reply.str("/openapi").starts_with("3.1"),
+        "{}",
+        reply.json["openapi"]
+    );
+    let paths = reply.json["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/v1/auth/register", "post"),
+        ("/v1/auth/login", "post"),
+        ("/v1/auth/refresh", "post"),
+        ("/v1/auth/logout", "post"),
+        ("/v1/auth/logout-all", "post"),
+        ("/v1/auth/sessions", "get"),
+        ("/v1/auth/sessions/{id}", "delete"),
+        ("/v1/auth/jwks", "get"),
+        ("/v1/me", "get"),
+        ("/v1/me", "patch"),
+        ("/v1/users/{username}", "get"),
+    ] {
+        let operation = &paths[path][method];
+        assert!(operation.is_object(), "{method} {path} missing");
+        assert!(
+            operation["responses"]["503"].is_object(),
+            "{method} {path}: shared errors"
+        );
+    }
+    assert!(paths["/v1/auth/login"]["post"]["responses"]["429"].is_object());
+    assert!(paths["/v1/me"]["get"]["responses"]["401"].is_object());
+    assert_eq!(
+        reply.json["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+}

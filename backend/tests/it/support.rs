@@ -1,0 +1,198 @@
+//! Driving the API router like a gateway would: each request carries the peer address of the
+//! connection (`ConnectInfo`) and, from a trusted (loopback) peer, the client's IP in
+//! `x-haberci-client-ip`. Every test uses its own random client IP and usernames, so tests
+//! running in parallel (nextest: one process each) never share a rate-limit bucket or a name.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use haberci_backend::api::{self, AppState};
+use haberci_backend::config::{ApiSettings, Rate, RateLimits};
+
+use crate::env;
+
+/// Bounds every wait on an event.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A peer address the default settings trust (a gateway on loopback).
+pub const GATEWAY: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40_000);
+
+/// An address in fd00::/8 that no other test uses.
+pub fn unique_ip() -> IpAddr {
+    let random = uuid::Uuid::new_v4().as_u128();
+    IpAddr::V6(Ipv6Addr::from((0xfd << 120) | (random >> 8)))
+}
+
+/// A valid username no other test uses.
+pub fn unique_name(prefix: &str) -> String {
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}_{}", &random[..16])
+}
+
+/// Settings whose limits never get in a test's way.
+pub fn roomy_settings() -> ApiSettings {
+    let mut settings = ApiSettings::default();
+    settings.auth.limits = RateLimits::uniform(Rate::new(10_000, Duration::from_secs(60)));
+    settings
+}
+
+pub fn state(settings: ApiSettings) -> AppState {
+    AppState::new(
+        haberci_backend::db::connect_pool(&env("HABERCI_TEST_DATABASE_URL"), 4).unwrap(),
+        haberci_backend::redis::connect(&env("HABERCI_TEST_REDIS_URL")).unwrap(),
+        settings,
+        haberci_token::KeySet::generate("test-key").unwrap(),
+    )
+}
+
+/// One API instance ("a backend process") and the client IP its requests come from.
+pub struct Api {
+    pub state: AppState,
+    pub router: Router,
+    pub client_ip: IpAddr,
+    pub peer: SocketAddr,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub json: Value,
+}
+
+impl Reply {
+    /// The `error.code` of an error body.
+    pub fn code(&self) -> &str {
+        self.json["error"]["code"]
+            .as_str()
+            .unwrap_or("<no error code>")
+    }
+
+    pub fn field(&self) -> Option<&str> {
+        self.json["error"]["field"].as_str()
+    }
+
+    pub fn str(&self, pointer: &str) -> String {
+        self.json
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no string at {pointer} in {}", self.json))
+            .to_owned()
+    }
+}
+
+impl Api {
+    pub fn new() -> Api {
+        Api::with_settings(roomy_settings())
+    }
+
+    pub fn with_settings(settings: ApiSettings) -> Api {
+        let state = state(settings);
+        Api {
+            router: api::app(state.clone()),
+            state,
+            client_ip: unique_ip(),
+            peer: GATEWAY,
+        }
+    }
+
+    /// Another instance on the same Postgres and Redis, as a second process would be.
+    pub fn second_process(&self, settings: ApiSettings) -> Api {
+        Api {
+            client_ip: self.client_ip,
+            ..Api::with_settings(settings)
+        }
+    }
+
+    pub async fn send(&self, mut request: Request<Body>) -> Reply {
+        request.extensions_mut().insert(ConnectInfo(self.peer));
+        request.headers_mut().insert(
+            "x-haberci-client-ip",
+            self.client_ip.to_string().parse().unwrap(),
+        );
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let json = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body).unwrap_or_else(|err| {
+                panic!("not JSON ({err}): {}", String::from_utf8_lossy(&body))
+            })
+        };
+        Reply {
+            status,
+            headers,
+            json,
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        let mut request = Request::get(path);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        self.send(request.body(Body::empty()).unwrap()).await
+    }
+
+    pub async fn call(&self, method: &str, path: &str, body: Value, token: Option<&str>) -> Reply {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        self.send(request.body(Body::from(body.to_string())).unwrap())
+            .await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.call("POST", path, body, None).await
+    }
+
+    /// Registers a fresh user; returns it with its password.
+    pub async fn register(&self) -> (Account, Reply) {
+        let username = unique_name("user");
+        let account = Account {
+            email: format!("{username}@example.com"),
+            username,
+            password: "correct horse battery staple".into(),
+        };
+        let reply = self
+            .post(
+                "/v1/auth/register",
+                json!({
+                    "username": account.username,
+                    "email": account.email,
+                    "password": account.password,
+                    "display_name": "Test User",
+                }),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.json);
+        (account, reply)
+    }
+
+    pub async fn login(&self, account: &Account) -> Reply {
+        self.post(
+            "/v1/auth/login",
+            json!({ "username_or_email": account.username, "password": account.password }),
+        )
+        .await
+    }
+}
+
+pub struct Account {
+    pub username: String,
+    pub email: String,
+    pub password: String,
+}
