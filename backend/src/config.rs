@@ -43,9 +43,18 @@ impl StoreConfig {
             env.problem("HABERCI_DB_POOL_SIZE must be at least 1");
         }
         let redis_url = env.string_or("HABERCI_REDIS_URL", DEFAULT_REDIS_URL);
-        if !redis_url.starts_with("redis://") && !redis_url.starts_with("rediss://") {
+        // fred is built without a TLS feature (one TLS stack in the workspace, see the root
+        // Cargo.toml), and would then connect to a rediss:// URL in clear text.
+        if redis_url.starts_with("rediss://") {
             env.problem(format!(
-                "HABERCI_REDIS_URL must be a redis:// URL, got {redis_url:?}"
+                "HABERCI_REDIS_URL {:?}: rediss:// (TLS) is not supported by this build; use \
+                 redis:// on a private network or through a TLS tunnel",
+                redact(&redis_url)
+            ));
+        } else if !redis_url.starts_with("redis://") {
+            env.problem(format!(
+                "HABERCI_REDIS_URL must be a redis:// URL, got {:?}",
+                redact(&redis_url)
             ));
         }
         StoreConfig {
@@ -102,6 +111,7 @@ pub const DEFAULT_SESSION_CACHE_TTL_SECS: u64 = 120;
 /// Gateways that may set `x-haberci-client-ip`: loopback.
 pub const DEFAULT_TRUSTED_PROXIES: &str = "127.0.0.0/8,::1/128";
 pub const DEFAULT_RATE_REGISTER_IP: &str = "10/3600s";
+pub const DEFAULT_RATE_REGISTER_ACCOUNT: &str = "5/3600s";
 pub const DEFAULT_RATE_LOGIN_IP: &str = "10/60s";
 pub const DEFAULT_RATE_LOGIN_ACCOUNT: &str = "10/300s";
 pub const DEFAULT_RATE_REFRESH_IP: &str = "60/60s";
@@ -150,6 +160,9 @@ pub struct AuthSettings {
     pub session_cache_ttl: Duration,
     /// `HABERCI_PASSWORD_HASH_CONCURRENCY`: argon2 hashes computed at once (default: CPUs).
     pub hash_concurrency: usize,
+    /// `HABERCI_PASSWORD_HASH_QUEUE_TIMEOUT_MS`: how long a request waits for a hashing slot
+    /// before it is answered 503. Must stay below the gateway's `HABERCI_BACKEND_TIMEOUT_MS`.
+    pub hash_queue_timeout: Duration,
     /// `HABERCI_TRUSTED_PROXIES`: comma-separated CIDRs of gateways whose
     /// `x-haberci-client-ip` header is believed.
     pub trusted_proxies: TrustedProxies,
@@ -163,6 +176,7 @@ impl Default for AuthSettings {
             refresh_ttl: Duration::from_secs(DEFAULT_REFRESH_TOKEN_TTL_SECS),
             session_cache_ttl: Duration::from_secs(DEFAULT_SESSION_CACHE_TTL_SECS),
             hash_concurrency: default_hash_concurrency(),
+            hash_queue_timeout: crate::auth::password::DEFAULT_HASH_QUEUE_TIMEOUT,
             trusted_proxies: default_parse(DEFAULT_TRUSTED_PROXIES),
             limits: RateLimits::default(),
         }
@@ -210,6 +224,14 @@ impl AuthSettings {
         if hash_concurrency == 0 {
             env.problem("HABERCI_PASSWORD_HASH_CONCURRENCY must be at least 1");
         }
+        let default_queue_ms =
+            u64::try_from(crate::auth::password::DEFAULT_HASH_QUEUE_TIMEOUT.as_millis())
+                .unwrap_or(u64::MAX);
+        let queue_ms = env.parse_or("HABERCI_PASSWORD_HASH_QUEUE_TIMEOUT_MS", default_queue_ms);
+        if queue_ms == 0 {
+            env.problem("HABERCI_PASSWORD_HASH_QUEUE_TIMEOUT_MS must be above 0");
+        }
+        let hash_queue_timeout = Duration::from_millis(queue_ms);
         let trusted_proxies = env.parse_or(
             "HABERCI_TRUSTED_PROXIES",
             default_parse(DEFAULT_TRUSTED_PROXIES),
@@ -220,6 +242,7 @@ impl AuthSettings {
             refresh_ttl,
             session_cache_ttl,
             hash_concurrency,
+            hash_queue_timeout,
             trusted_proxies,
             limits,
         }
@@ -231,6 +254,8 @@ impl AuthSettings {
 pub struct RateLimits {
     /// `HABERCI_RATE_REGISTER_IP`.
     pub register_ip: Rate,
+    /// `HABERCI_RATE_REGISTER_ACCOUNT`: per username and per email asked for.
+    pub register_account: Rate,
     /// `HABERCI_RATE_LOGIN_IP`.
     pub login_ip: Rate,
     /// `HABERCI_RATE_LOGIN_ACCOUNT`: per username or email tried.
@@ -245,6 +270,7 @@ impl Default for RateLimits {
     fn default() -> Self {
         RateLimits {
             register_ip: default_parse(DEFAULT_RATE_REGISTER_IP),
+            register_account: default_parse(DEFAULT_RATE_REGISTER_ACCOUNT),
             login_ip: default_parse(DEFAULT_RATE_LOGIN_IP),
             login_account: default_parse(DEFAULT_RATE_LOGIN_ACCOUNT),
             refresh_ip: default_parse(DEFAULT_RATE_REFRESH_IP),
@@ -258,6 +284,7 @@ impl RateLimits {
         let d = RateLimits::default();
         RateLimits {
             register_ip: env.parse_or("HABERCI_RATE_REGISTER_IP", d.register_ip),
+            register_account: env.parse_or("HABERCI_RATE_REGISTER_ACCOUNT", d.register_account),
             login_ip: env.parse_or("HABERCI_RATE_LOGIN_IP", d.login_ip),
             login_account: env.parse_or("HABERCI_RATE_LOGIN_ACCOUNT", d.login_account),
             refresh_ip: env.parse_or("HABERCI_RATE_REFRESH_IP", d.refresh_ip),
@@ -269,6 +296,7 @@ impl RateLimits {
     pub fn uniform(rate: Rate) -> Self {
         RateLimits {
             register_ip: rate,
+            register_account: rate,
             login_ip: rate,
             login_account: rate,
             refresh_ip: rate,
@@ -276,6 +304,10 @@ impl RateLimits {
         }
     }
 }
+
+/// The longest rate-limit period accepted: a year. Longer ones are typos, and would overflow the
+/// millisecond arithmetic of the rate-limit script.
+pub const MAX_RATE_PERIOD_SECS: u64 = 366 * 24 * 3600;
 
 /// At most `count` requests per `period`, with bursts up to `count` (GCRA).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -313,20 +345,22 @@ impl FromStr for Rate {
         let (count, period) = text.trim().split_once('/').ok_or(usage)?;
         let count: u32 = count.trim().parse().map_err(|_| usage)?;
         let period = period.trim();
-        let (number, unit) = period.split_at(period.len().saturating_sub(1));
-        let scale = match unit {
-            "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            _ => return Err(usage.into()),
-        };
+        // By suffix, not by byte offset: the last character may be multi-byte (`10/60µ`).
+        let (number, scale) = [("s", 1u64), ("m", 60), ("h", 3600)]
+            .into_iter()
+            .find_map(|(unit, scale)| period.strip_suffix(unit).map(|n| (n, scale)))
+            .ok_or(usage)?;
         let number: u64 = number.parse().map_err(|_| usage)?;
         if count == 0 || number == 0 {
             return Err("count and period must be above 0".into());
         }
+        let secs = number
+            .checked_mul(scale)
+            .filter(|&secs| secs <= MAX_RATE_PERIOD_SECS)
+            .ok_or("period is too long (at most 1 year)")?;
         Ok(Rate {
             count,
-            period: Duration::from_secs(number * scale),
+            period: Duration::from_secs(secs),
         })
     }
 }
@@ -362,13 +396,56 @@ impl FromStr for TrustedProxies {
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub store: StoreConfig,
+    pub prune: PruneSettings,
 }
 
 impl WorkerConfig {
     pub fn from_env(mut env: Env<'_>) -> Result<Self, ConfigError> {
         let store = StoreConfig::read(&mut env);
+        let prune = PruneSettings::read(&mut env);
         env.finish()?;
-        Ok(WorkerConfig { store })
+        Ok(WorkerConfig { store, prune })
+    }
+}
+
+/// When the worker deletes ended sessions and spent refresh tokens
+/// ([`crate::auth::sessions::prune`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PruneSettings {
+    /// `HABERCI_PRUNE_INTERVAL_SECS`.
+    pub interval: Duration,
+    /// `HABERCI_REFRESH_TOKEN_GRACE_SECS`.
+    pub token_grace: Duration,
+    /// `HABERCI_SESSION_RETENTION_SECS`.
+    pub session_retention: Duration,
+}
+
+impl Default for PruneSettings {
+    fn default() -> Self {
+        use crate::auth::sessions as s;
+        PruneSettings {
+            interval: s::DEFAULT_PRUNE_INTERVAL,
+            token_grace: s::DEFAULT_REFRESH_TOKEN_GRACE,
+            session_retention: s::DEFAULT_SESSION_RETENTION,
+        }
+    }
+}
+
+impl PruneSettings {
+    pub fn read(env: &mut Env<'_>) -> Self {
+        let d = PruneSettings::default();
+        let mut secs = |key: &str, default: Duration| {
+            let value = env.parse_or(key, default.as_secs());
+            if value == 0 {
+                env.problem(format!("{key} must be above 0"));
+            }
+            Duration::from_secs(value)
+        };
+        PruneSettings {
+            interval: secs("HABERCI_PRUNE_INTERVAL_SECS", d.interval),
+            token_grace: secs("HABERCI_REFRESH_TOKEN_GRACE_SECS", d.token_grace),
+            session_retention: secs("HABERCI_SESSION_RETENTION_SECS", d.session_retention),
+        }
     }
 }
 
@@ -431,6 +508,10 @@ mod tests {
         let limits = RateLimits::default();
         assert_eq!(limits.login_ip, Rate::new(10, Duration::from_secs(60)));
         assert_eq!(limits.register_ip.to_string(), DEFAULT_RATE_REGISTER_IP);
+        assert_eq!(
+            limits.register_account.to_string(),
+            DEFAULT_RATE_REGISTER_ACCOUNT
+        );
         assert_eq!(limits.login_account.to_string(), DEFAULT_RATE_LOGIN_ACCOUNT);
         assert_eq!(limits.refresh_ip.to_string(), DEFAULT_RATE_REFRESH_IP);
         assert_eq!(
@@ -460,6 +541,67 @@ mod tests {
         for bad in ["", "5", "5/", "0/60s", "5/0s", "5/60", "x/60s", "5/60d"] {
             assert!(bad.parse::<Rate>().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn odd_rates_are_config_problems_not_panics() {
+        // A multi-byte last character used to panic in `split_at`; a huge period overflowed.
+        for bad in [
+            "10/60µ",
+            "10/µ",
+            "10/é",
+            "10/18446744073709551615h",
+            "10/5124095576030432h",
+            "10/31623000s",
+        ] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad:?}");
+            let pairs = [
+                ("HABERCI_DATABASE_URL", "postgres://x@y/z"),
+                ("HABERCI_RATE_LOGIN_IP", bad),
+            ];
+            let err = ApiConfig::from_env(Env::from_pairs(&pairs)).expect_err("bad config");
+            assert!(err.to_string().contains("HABERCI_RATE_LOGIN_IP"), "{err}");
+            assert_eq!(err.problems.len(), 1, "{err}");
+        }
+        assert_eq!(
+            "1/8784h".parse(),
+            Ok(Rate::new(1, Duration::from_secs(MAX_RATE_PERIOD_SECS)))
+        );
+    }
+
+    #[test]
+    fn redis_urls_are_redacted_and_tls_is_refused() {
+        let pairs = [
+            ("HABERCI_DATABASE_URL", "postgres://x@y/z"),
+            ("HABERCI_REDIS_URL", "http://user:hunter2@redis:6379"),
+        ];
+        let err = WorkerConfig::from_env(Env::from_pairs(&pairs)).expect_err("bad config");
+        let text = err.to_string();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("user:***@redis"), "{text}");
+
+        let pairs = [
+            ("HABERCI_DATABASE_URL", "postgres://x@y/z"),
+            ("HABERCI_REDIS_URL", "rediss://:hunter2@redis:6380"),
+        ];
+        let err = WorkerConfig::from_env(Env::from_pairs(&pairs)).expect_err("bad config");
+        let text = err.to_string();
+        assert!(text.contains("rediss:// (TLS) is not supported"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn worker_settings_have_defaults_and_refuse_zero() {
+        let pairs = [("HABERCI_DATABASE_URL", "postgres://x@y/z")];
+        let config = WorkerConfig::from_env(Env::from_pairs(&pairs)).expect("defaults");
+        assert_eq!(config.prune, PruneSettings::default());
+        let pairs = [
+            ("HABERCI_DATABASE_URL", "postgres://x@y/z"),
+            ("HABERCI_PRUNE_INTERVAL_SECS", "0"),
+            ("HABERCI_SESSION_RETENTION_SECS", "0"),
+        ];
+        let err = WorkerConfig::from_env(Env::from_pairs(&pairs)).expect_err("bad config");
+        assert_eq!(err.problems.len(), 2, "{err}");
     }
 
     #[test]

@@ -3,9 +3,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use haberci_backend::api::{self, AppState};
+use haberci_backend::auth::keys::{DEFAULT_KEY_POLL_INTERVAL, KeyStore};
 use haberci_backend::config::{ApiConfig, MigrateConfig, WorkerConfig};
 use haberci_kit::config::{ConfigError, EXIT_BAD_CONFIG, Env};
 
@@ -106,16 +108,24 @@ fn bad_config<T>(result: Result<T, ConfigError>) -> anyhow::Result<T> {
 
 async fn run_api(config: ApiConfig) -> anyhow::Result<()> {
     let shutdown = haberci_kit::shutdown::on_signals();
-    let keys =
-        haberci_token::KeySet::load_dir(&config.jwt_key_dir, config.jwt_signing_kid.as_deref())
-            .map_err(|err| anyhow::anyhow!("access-token keys (HABERCI_JWT_KEY_DIR): {err}"))?;
-    tracing::info!(kids = ?keys.kids(), signing = %keys.signing_kid(), "access-token keys loaded");
+    let keys = KeyStore::load_dir(&config.jwt_key_dir, config.jwt_signing_kid.as_deref())
+        .map_err(|err| anyhow::anyhow!("access-token keys (HABERCI_JWT_KEY_DIR): {err}"))?;
+    let keys = Arc::new(keys);
+    {
+        let current = keys.current();
+        tracing::info!(kids = ?current.set.kids(), signing = %current.set.signing_kid(), "access-token keys loaded");
+    }
+    tokio::spawn(haberci_backend::auth::keys::watch(
+        keys.clone(),
+        DEFAULT_KEY_POLL_INTERVAL,
+        shutdown.clone(),
+    ));
     let db =
         haberci_backend::db::connect_pool(&config.store.database_url, config.store.db_pool_size)?;
     let redis = haberci_backend::redis::connect(&config.store.redis_url)?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "api listening");
-    let app = api::app(AppState::new(db, redis, config.settings, keys));
+    let app = api::app(AppState::with_keys(db, redis, config.settings, keys));
     api::serve(listener, app, shutdown).await?;
     tracing::info!("api stopped");
     Ok(())

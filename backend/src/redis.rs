@@ -1,5 +1,12 @@
 //! The Redis client (fred). One client per purpose: a blocking `XREADGROUP` needs a connection
 //! of its own, and pub/sub subscribers are separate clients too (#6).
+//!
+//! Invariant: Redis is never on the critical path of correctness, and never allowed to stall a
+//! request. The client keeps reconnecting in the background (also when Redis is down at
+//! start-up: `fail_fast = false`), and every command fails after
+//! [`DEFAULT_COMMAND_TIMEOUT`] instead of waiting for a reconnection. Callers degrade as
+//! docs/OPERATIONS.md ("Redis outage") says: the session check reads Postgres, revocation
+//! announcements are logged and skipped, login and registration answer 503.
 
 use std::time::Duration;
 
@@ -7,14 +14,24 @@ use fred::prelude::*;
 
 /// Connect timeout for each attempt.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long any one command may take, queueing during a reconnection included. A healthy
+/// Redis answers in well under a millisecond; this only bounds an outage.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Builds a client that reconnects forever with capped backoff, and starts connecting it.
 /// Returns before the first connection succeeds, so readiness can report a Redis that is down.
 pub fn connect(url: &str) -> Result<Client, fred::error::Error> {
-    let config = Config::from_url(url)?;
+    let mut config = Config::from_url(url)?;
+    // fred's default (`true`) gives up for good when the first connection fails, leaving a
+    // client that never reconnects if Redis was down when the process started.
+    config.fail_fast = false;
     let client = Builder::from_config(config)
         .with_connection_config(|c| {
             c.connection_timeout = DEFAULT_CONNECT_TIMEOUT;
+            c.internal_command_timeout = DEFAULT_CONNECT_TIMEOUT;
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = DEFAULT_COMMAND_TIMEOUT;
         })
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
         .build()?;

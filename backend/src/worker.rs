@@ -1,23 +1,38 @@
 //! The message worker. #6 makes it consume `msg:in:{shard}` streams; today it connects to
-//! Postgres (through PgBouncer) and Redis, says it is ready, and waits for shutdown.
+//! Postgres (through PgBouncer) and Redis, says it is ready, and prunes spent auth rows
+//! ([`crate::auth::sessions::prune`]) every [`PruneSettings::interval`] until shutdown.
 
 use std::time::Duration;
 
 use fred::prelude::*;
 use haberci_kit::shutdown::Shutdown;
+use sqlx::PgPool;
+use time::OffsetDateTime;
 
-use crate::config::WorkerConfig;
+use crate::auth::sessions::{self, PruneCutoffs};
+use crate::config::{PruneSettings, WorkerConfig};
+
+/// Pause between two dependency checks while waiting for Postgres and Redis.
+pub const DEFAULT_DEPENDENCY_RETRY: Duration = Duration::from_millis(500);
 
 /// Runs until `shutdown` is cancelled.
 pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> anyhow::Result<()> {
     let db = crate::db::connect_pool(&config.store.database_url, 2)?;
     let redis = crate::redis::connect(&config.store.redis_url)?;
     // Wait until both dependencies answer, retrying, so "ready" means ready.
+    // Invariant: every wait here is inside a `select!` with shutdown, so SIGTERM is honoured
+    // while Postgres or Redis is down (each probe is bounded too, but not by shutdown).
     loop {
-        let pg = sqlx::query_scalar::<_, i32>("SELECT 1")
-            .fetch_one(&db)
-            .await;
-        let rd = redis.ping::<String>(None).await;
+        let probe = async {
+            tokio::join!(
+                sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&db),
+                redis.ping::<String>(None)
+            )
+        };
+        let (pg, rd) = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            results = probe => results,
+        };
         match (pg, rd) {
             (Ok(_), Ok(_)) => break,
             (pg, rd) => {
@@ -26,13 +41,41 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> anyhow::Result<()>
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::time::sleep(DEFAULT_DEPENDENCY_RETRY) => {}
         }
     }
     tracing::info!("worker ready");
-    shutdown.cancelled().await;
+    let mut prune_tick = tokio::time::interval(config.prune.interval);
+    prune_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = prune_tick.tick() => {
+                // A pass finishes its current batch even when shutdown arrives meanwhile: each
+                // batch is one short DELETE.
+                prune_once(&db, &config.prune).await;
+            }
+        }
+    }
     tracing::info!("worker stopping");
     db.close().await;
     let _ = redis.quit().await;
     Ok(())
+}
+
+async fn prune_once(db: &PgPool, settings: &PruneSettings) {
+    let cutoffs = PruneCutoffs::at(
+        OffsetDateTime::now_utc(),
+        settings.token_grace,
+        settings.session_retention,
+    );
+    match sessions::prune(db, cutoffs, sessions::DEFAULT_PRUNE_BATCH).await {
+        Ok(pruned) if pruned.is_empty() => tracing::debug!("prune: nothing to delete"),
+        Ok(pruned) => tracing::info!(
+            refresh_tokens = pruned.refresh_tokens,
+            sessions = pruned.sessions,
+            "pruned spent refresh tokens and ended sessions"
+        ),
+        Err(err) => tracing::warn!(%err, "prune failed; retrying next interval"),
+    }
 }

@@ -21,8 +21,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CidrSubnet, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    NameConstraints, SanType,
 };
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
@@ -234,6 +235,19 @@ fn issue_ca(now: OffsetDateTime) -> Result<(String, String), CertError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = dn("Haberci development CA");
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    // A developer who trusts this CA trusts it for the loopback names only: a leaked CA key
+    // cannot be used to impersonate other sites.
+    params.name_constraints = Some(NameConstraints {
+        permitted_subtrees: vec![
+            GeneralSubtree::DnsName("localhost".into()),
+            GeneralSubtree::IpAddress(CidrSubnet::V4([127, 0, 0, 0], [255, 0, 0, 0])),
+            GeneralSubtree::IpAddress(CidrSubnet::V6(
+                std::net::Ipv6Addr::LOCALHOST.octets(),
+                [0xff; 16],
+            )),
+        ],
+        excluded_subtrees: Vec::new(),
+    });
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
@@ -281,20 +295,36 @@ fn issue_leaf(
     Ok((cert.pem(), key.serialize_pem(), cert.der().to_vec()))
 }
 
+/// Permissions of a certificate (anyone may read it) and of a private key (only the owner).
+const PUBLIC_MODE: u32 = 0o644;
+const PRIVATE_MODE: u32 = 0o600;
+
 fn write_pair(cert: &Path, cert_pem: &str, key: &Path, key_pem: &str) -> Result<(), CertError> {
     // Key first: a reader that sees a new certificate must find its key already in place.
-    write_atomic(key, key_pem.as_bytes())?;
+    write_file(key, key_pem.as_bytes(), PRIVATE_MODE)?;
     write_atomic(cert, cert_pem.as_bytes())
 }
 
 /// Writes through a temporary file and a rename, so a watcher never reads half a file.
 fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), CertError> {
+    write_file(path, contents, PUBLIC_MODE)
+}
+
+fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let io = |source| CertError::Io {
         path: path.to_path_buf(),
         source,
     };
     let tmp = path.with_extension("tmp");
-    let mut file = fs::File::create(&tmp).map_err(io)?;
+    let _ = fs::remove_file(&tmp);
+    // Invariant: a private key is never readable by others, not even for an instant.
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io)?;
     file.write_all(contents).map_err(io)?;
     file.sync_all().map_err(io)?;
     fs::rename(&tmp, path).map_err(io)
@@ -346,6 +376,20 @@ mod tests {
             &fs::read_to_string(paths.wt_cert()).unwrap(),
         ));
         assert_eq!(new_hash.trim(), sha256_hex(&der));
+    }
+
+    #[test]
+    fn private_keys_are_readable_by_the_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let paths = CertPaths::new(dir.path());
+        ensure(&paths, OffsetDateTime::now_utc()).unwrap();
+        for key in [paths.ca_key(), paths.server_key(), paths.wt_key()] {
+            let mode = fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", key.display());
+        }
+        let mode = fs::metadata(paths.ca_cert()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
     }
 
     #[test]

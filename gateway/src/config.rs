@@ -17,6 +17,12 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 pub const DEFAULT_BACKEND_TIMEOUT_MS: u64 = 10_000;
 /// A QUIC connection with no packets for this long is closed.
 pub const DEFAULT_QUIC_IDLE_TIMEOUT_MS: u64 = 30_000;
+/// TCP connections held at once. The process may hold 20,000 open files (hard limit here);
+/// the rest is left for the backend pool, Redis, logs and certificates.
+pub const DEFAULT_MAX_TCP_CONNECTIONS: usize = 16_000;
+/// How long a client may take to send a request's headers (slowloris guard), on TCP and
+/// HTTP/3 alike.
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -25,9 +31,9 @@ pub struct GatewayConfig {
     /// `HABERCI_GATEWAY_UDP_ADDR`: the QUIC endpoint. Dual-stack `[::]` by default: Chromium
     /// resolves `localhost` to `::1` and fails against an IPv4-only socket.
     pub udp_addr: SocketAddr,
-    /// `Alt-Svc` value sent on TCP responses; derived from `HABERCI_GATEWAY_ALT_SVC_PORT`
-    /// (default: the UDP port).
-    pub alt_svc: String,
+    /// `HABERCI_GATEWAY_ALT_SVC_PORT`: the port advertised in `Alt-Svc: h3` on TCP responses;
+    /// `None` advertises the port the UDP endpoint is bound to.
+    pub alt_svc_port: Option<u16>,
     /// `HABERCI_BACKEND_URL`: base URL of the backend API.
     pub backend_url: http::Uri,
     /// `HABERCI_BACKEND_TIMEOUT_MS`: how long a proxied request may take.
@@ -42,13 +48,19 @@ pub struct GatewayConfig {
     pub quic_idle_timeout: Duration,
     /// `HABERCI_CORS_ORIGINS`: browser origins allowed to call the API (comma-separated).
     pub cors: CorsOrigins,
+    /// `HABERCI_MAX_TCP_CONNECTIONS`: above it, new TCP connections wait in the kernel backlog.
+    pub max_tcp_connections: usize,
+    /// `HABERCI_HEADER_READ_TIMEOUT_MS`.
+    pub header_read_timeout: Duration,
 }
 
 impl GatewayConfig {
     pub fn from_env(mut env: Env<'_>) -> Result<Self, ConfigError> {
         let tcp_addr = env.parse_or("HABERCI_GATEWAY_TCP_ADDR", addr(DEFAULT_TCP_ADDR));
         let udp_addr = env.parse_or("HABERCI_GATEWAY_UDP_ADDR", addr(DEFAULT_UDP_ADDR));
-        let alt_svc_port = env.parse_or("HABERCI_GATEWAY_ALT_SVC_PORT", udp_addr.port());
+        let alt_svc_port = env
+            .raw("HABERCI_GATEWAY_ALT_SVC_PORT")
+            .map(|_| env.parse_or("HABERCI_GATEWAY_ALT_SVC_PORT", udp_addr.port()));
         let backend_url: http::Uri = env.parse_or(
             "HABERCI_BACKEND_URL",
             http::Uri::from_static(DEFAULT_BACKEND_URL),
@@ -74,11 +86,23 @@ impl GatewayConfig {
             env.parse_or("HABERCI_QUIC_IDLE_TIMEOUT_MS", DEFAULT_QUIC_IDLE_TIMEOUT_MS),
         );
         let cors = CorsOrigins::read(&mut env);
+        let max_tcp_connections =
+            env.parse_or("HABERCI_MAX_TCP_CONNECTIONS", DEFAULT_MAX_TCP_CONNECTIONS);
+        if max_tcp_connections == 0 {
+            env.problem("HABERCI_MAX_TCP_CONNECTIONS must be at least 1");
+        }
+        let header_read_timeout = Duration::from_millis(env.parse_or(
+            "HABERCI_HEADER_READ_TIMEOUT_MS",
+            DEFAULT_HEADER_READ_TIMEOUT_MS,
+        ));
+        if header_read_timeout.is_zero() {
+            env.problem("HABERCI_HEADER_READ_TIMEOUT_MS must be above 0");
+        }
         env.finish()?;
         Ok(GatewayConfig {
             tcp_addr,
             udp_addr,
-            alt_svc: alt_svc_value(alt_svc_port),
+            alt_svc_port,
             backend_url,
             backend_timeout,
             cert_paths: CertPaths::new(cert_dir),
@@ -86,6 +110,8 @@ impl GatewayConfig {
             max_body_bytes,
             quic_idle_timeout,
             cors,
+            max_tcp_connections,
+            header_read_timeout,
         })
     }
 
@@ -94,7 +120,7 @@ impl GatewayConfig {
         GatewayConfig {
             tcp_addr: addr("127.0.0.1:0"),
             udp_addr: addr("[::]:0"),
-            alt_svc: alt_svc_value(4433),
+            alt_svc_port: None,
             backend_url,
             backend_timeout: Duration::from_millis(DEFAULT_BACKEND_TIMEOUT_MS),
             cert_paths: CertPaths::new(cert_dir),
@@ -102,11 +128,14 @@ impl GatewayConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             quic_idle_timeout: Duration::from_millis(DEFAULT_QUIC_IDLE_TIMEOUT_MS),
             cors: CorsOrigins::default(),
+            max_tcp_connections: DEFAULT_MAX_TCP_CONNECTIONS,
+            header_read_timeout: Duration::from_millis(DEFAULT_HEADER_READ_TIMEOUT_MS),
         }
     }
 }
 
-fn alt_svc_value(port: u16) -> String {
+/// The `Alt-Svc` header value advertising HTTP/3 on `port`.
+pub fn alt_svc_value(port: u16) -> String {
     format!("h3=\":{port}\"; ma=86400")
 }
 
@@ -125,7 +154,8 @@ mod tests {
         let config = GatewayConfig::from_env(Env::from_pairs(&[])).expect("defaults are valid");
         assert_eq!(config.tcp_addr.to_string(), DEFAULT_TCP_ADDR);
         assert_eq!(config.udp_addr.to_string(), DEFAULT_UDP_ADDR);
-        assert_eq!(config.alt_svc, "h3=\":4433\"; ma=86400");
+        assert_eq!(config.alt_svc_port, None);
+        assert_eq!(alt_svc_value(4433), "h3=\":4433\"; ma=86400");
     }
 
     #[test]

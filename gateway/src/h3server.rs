@@ -1,6 +1,7 @@
 //! HTTP/3 on a QUIC connection (ALPN `h3`), served by the same router as TCP.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -11,12 +12,30 @@ use tower::ServiceExt;
 
 use crate::http::{ClientAddr, error_response};
 
-/// Largest HTTP/3 request body read into memory before routing.
-pub const MAX_H3_BODY_BYTES: usize = 1 << 20;
+/// Largest header section (after QPACK decoding) a request may carry. h3 buffers a whole
+/// HEADERS frame before decoding it, so this bounds memory per request stream.
+pub const MAX_FIELD_SECTION_SIZE: u64 = 16 * 1024;
+/// A request body must arrive whole within this.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub async fn serve_connection(connection: quinn::Connection, router: Router, shutdown: Shutdown) {
+/// Bounds on what one HTTP/3 request may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request body read into memory before routing (`HABERCI_MAX_BODY_BYTES`).
+    pub max_body_bytes: usize,
+    /// A request's headers must arrive within this.
+    pub header_read_timeout: Duration,
+}
+
+pub async fn serve_connection(
+    connection: quinn::Connection,
+    router: Router,
+    limits: Limits,
+    shutdown: Shutdown,
+) {
     let peer = connection.remote_address();
     let mut h3 = match h3::server::builder()
+        .max_field_section_size(MAX_FIELD_SECTION_SIZE)
         .build::<_, Bytes>(h3_quinn::Connection::new(connection))
         .await
     {
@@ -43,14 +62,20 @@ pub async fn serve_connection(connection: quinn::Connection, router: Router, shu
         };
         let router = router.clone();
         tokio::spawn(async move {
-            let (request, stream) = match resolver.resolve_request().await {
-                Ok(pair) => pair,
-                Err(err) => {
+            let resolved =
+                tokio::time::timeout(limits.header_read_timeout, resolver.resolve_request()).await;
+            let (request, stream) = match resolved {
+                Ok(Ok(pair)) => pair,
+                Ok(Err(err)) => {
                     tracing::debug!(%peer, %err, "h3 request header failed");
                     return;
                 }
+                Err(_) => {
+                    tracing::debug!(%peer, "h3 request header timed out");
+                    return;
+                }
             };
-            if let Err(err) = handle_request(request, stream, router, peer).await {
+            if let Err(err) = handle_request(request, stream, router, limits, peer).await {
                 tracing::debug!(%peer, %err, "h3 request failed");
             }
         });
@@ -61,26 +86,32 @@ async fn handle_request<S>(
     request: http::Request<()>,
     mut stream: h3::server::RequestStream<S, Bytes>,
     router: Router,
+    limits: Limits,
     peer: SocketAddr,
 ) -> Result<(), h3::error::StreamError>
 where
     S: h3::quic::BidiStream<Bytes>,
 {
-    let mut body = BytesMut::new();
-    let mut too_large = false;
-    while let Some(mut chunk) = stream.recv_data().await? {
-        if body.len() + chunk.remaining() > MAX_H3_BODY_BYTES {
-            too_large = true;
-            break;
+    let read = tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        read_body(&mut stream, limits.max_body_bytes),
+    )
+    .await;
+    let body = match read {
+        Ok(result) => result?,
+        Err(_) => {
+            tracing::debug!(%peer, "h3 request body timed out");
+            return Ok(());
         }
-        while chunk.has_remaining() {
-            let part = chunk.chunk();
-            body.extend_from_slice(part);
-            let n = part.len();
-            chunk.advance(n);
+    };
+    let response = if let Some(body) = body {
+        let mut request = request.map(|()| Body::from(body));
+        request.extensions_mut().insert(ClientAddr(peer));
+        match router.oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
         }
-    }
-    let response = if too_large {
+    } else {
         // Answered here, not by the router: the security headers are added by hand.
         let mut response = error_response(
             http::StatusCode::PAYLOAD_TOO_LARGE,
@@ -89,13 +120,6 @@ where
         );
         haberci_kit::http::set_security_headers(response.headers_mut());
         response
-    } else {
-        let mut request = request.map(|()| Body::from(body.freeze()));
-        request.extensions_mut().insert(ClientAddr(peer));
-        match router.oneshot(request).await {
-            Ok(response) => response,
-            Err(never) => match never {},
-        }
     };
     let (parts, mut body) = response.into_parts();
     stream
@@ -115,4 +139,27 @@ where
         }
     }
     stream.finish().await
+}
+
+/// Reads the whole request body; `None` when it exceeds `max` (reading stops there).
+async fn read_body<S>(
+    stream: &mut h3::server::RequestStream<S, Bytes>,
+    max: usize,
+) -> Result<Option<Bytes>, h3::error::StreamError>
+where
+    S: h3::quic::BidiStream<Bytes>,
+{
+    let mut body = BytesMut::new();
+    while let Some(mut chunk) = stream.recv_data().await? {
+        if body.len() + chunk.remaining() > max {
+            return Ok(None);
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            body.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(Some(body.freeze()))
 }

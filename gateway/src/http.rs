@@ -53,6 +53,7 @@ pub fn router(state: GatewayState) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/{*rest}", any(proxy))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);
     haberci_kit::http::harden(router, &cors)
 }
@@ -84,6 +85,14 @@ async fn readyz(State(state): State<GatewayState>) -> Response {
 
 async fn proxy(State(state): State<GatewayState>, request: Request) -> Response {
     state.backend.forward(request).await
+}
+
+async fn method_not_allowed() -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this path",
+    )
 }
 
 async fn not_found() -> Response {

@@ -68,10 +68,22 @@ impl Gateway {
             tcp_listener,
             certs.clone(),
             router.clone(),
-            config.alt_svc.clone(),
+            config::alt_svc_value(config.alt_svc_port.unwrap_or(udp_addr.port())),
+            tcp::Limits {
+                max_connections: config.max_tcp_connections,
+                header_read_timeout: config.header_read_timeout,
+            },
             shutdown.clone(),
         ));
-        tasks.spawn(quic::serve(endpoint, router, shutdown));
+        tasks.spawn(quic::serve(
+            endpoint,
+            router,
+            h3server::Limits {
+                max_body_bytes: config.max_body_bytes,
+                header_read_timeout: config.header_read_timeout,
+            },
+            shutdown,
+        ));
         tracing::info!(%tcp_addr, %udp_addr, "gateway listening");
         Ok(Gateway {
             tcp_addr,

@@ -47,7 +47,12 @@ pub fn bind(config: &GatewayConfig, certs: &CertStore) -> anyhow::Result<Endpoin
 }
 
 /// Accepts connections until shutdown, then closes the endpoint.
-pub async fn serve(endpoint: Endpoint, router: Router, shutdown: Shutdown) {
+pub async fn serve(
+    endpoint: Endpoint,
+    router: Router,
+    h3_limits: crate::h3server::Limits,
+    shutdown: Shutdown,
+) {
     loop {
         let incoming = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -73,7 +78,7 @@ pub async fn serve(endpoint: Endpoint, router: Router, shutdown: Shutdown) {
             };
             match negotiated_alpn(&connection).as_deref() {
                 Some(crate::ALPN_H3) => {
-                    crate::h3server::serve_connection(connection, router, shutdown).await
+                    crate::h3server::serve_connection(connection, router, h3_limits, shutdown).await
                 }
                 Some(crate::ALPN_NATIVE) => crate::native::serve_connection(connection).await,
                 other => {

@@ -8,7 +8,7 @@ use axum::Router;
 use axum::http::{HeaderValue, header};
 use haberci_kit::shutdown::Shutdown;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -22,18 +22,55 @@ use crate::tls::CertStore;
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open connections get to finish at shutdown.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 pings an idle connection this often and drops it when a ping goes unanswered for
+/// [`H2_KEEP_ALIVE_TIMEOUT`]: dead peers do not hold file descriptors.
+pub const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent requests on one HTTP/2 connection.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 64;
+
+/// Bounds on what TCP clients may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections held at once; past it, `accept` waits (the kernel backlog absorbs bursts).
+    pub max_connections: usize,
+    /// A request's headers must arrive within this (slowloris guard).
+    pub header_read_timeout: Duration,
+}
 
 pub async fn serve(
     listener: TcpListener,
     certs: Arc<CertStore>,
     router: Router,
     alt_svc: String,
+    limits: Limits,
     shutdown: Shutdown,
 ) {
     let acceptor = TlsAcceptor::from(Arc::new(crate::tls::tcp_server_config(&certs)));
     let alt_svc = HeaderValue::from_str(&alt_svc).unwrap_or(HeaderValue::from_static("clear"));
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Invariant: hyper only enforces timeouts when it has a timer; without one the header read
+    // timeout is silently off.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT)
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS);
     loop {
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -51,7 +88,10 @@ pub async fn serve(
         let router = router.clone();
         let alt_svc = alt_svc.clone();
         let watcher = graceful.watcher();
+        let builder = builder.clone();
         tokio::spawn(async move {
+            // The slot is released when this connection's task ends.
+            let _slot = slot;
             let tls =
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => tls,
@@ -75,7 +115,6 @@ pub async fn serve(
                     Ok::<_, std::convert::Infallible>(response)
                 }
             });
-            let builder = auto::Builder::new(TokioExecutor::new());
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
             if let Err(err) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(%peer, %err, "http connection ended with an error");

@@ -70,10 +70,14 @@ pub struct CertStore {
     /// Presented on QUIC (HTTP/3, WebTransport, native).
     pub quic: Arc<Slot>,
     stamp: std::sync::Mutex<Stamp>,
+    /// Counts reloads that swapped something in; tests and operators can wait on it.
+    generation: tokio::sync::watch::Sender<u64>,
 }
 
-/// Metadata of the four files; a change in any of them triggers a reload.
-type Stamp = Vec<Option<(SystemTime, u64)>>;
+/// Metadata of the four files (inode, change time, modification time, length); a change in
+/// any of them triggers a reload. The inode and ctime catch a same-size replacement that keeps
+/// the modification time (`cp -p`, a restore from an archive).
+type Stamp = Vec<Option<(u64, i64, SystemTime, u64)>>;
 
 impl CertStore {
     pub fn load(paths: CertPaths) -> Result<Self, TlsError> {
@@ -85,6 +89,7 @@ impl CertStore {
             tcp: Arc::new(Slot(ArcSwap::from_pointee(tcp))),
             quic: Arc::new(Slot(ArcSwap::from_pointee(quic))),
             stamp: std::sync::Mutex::new(stamp),
+            generation: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -124,7 +129,15 @@ impl CertStore {
                 }
             }
         }
+        if swapped {
+            self.generation.send_modify(|g| *g += 1);
+        }
         swapped
+    }
+
+    /// A receiver that sees the reload generation change each time a certificate is swapped in.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     /// The DER of the certificate the QUIC endpoint presents now.
@@ -147,9 +160,15 @@ fn stamp(paths: &CertPaths) -> Stamp {
     ]
     .iter()
     .map(|p| {
-        std::fs::metadata(p)
-            .ok()
-            .and_then(|m| Some((m.modified().ok()?, m.len())))
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).ok().and_then(|m| {
+            Some((
+                m.ino(),
+                m.ctime_nsec() + m.ctime() * 1_000_000_000,
+                m.modified().ok()?,
+                m.len(),
+            ))
+        })
     })
     .collect()
 }

@@ -18,6 +18,6 @@ pids_after=$(cat .dev/run/*.pid .dev/pgbouncer/pgbouncer.pid .dev/redis/redis.pi
 
 headers=$(curl -fsS -D - -o /dev/null --cacert .dev/certs/ca.pem "https://localhost:${HABERCI_GATEWAY_TCP_PORT:-8443}/healthz")
 grep -q '^HTTP/[0-9.]* 200' <<<"$headers" || { echo "healthz: $headers"; exit 1; }
-grep -qi '^alt-svc: h3=":4433"' <<<"$headers" || { echo "no Alt-Svc: $headers"; exit 1; }
+grep -qi "^alt-svc: h3=\":${HABERCI_GATEWAY_UDP_PORT:-4433}\"" <<<"$headers" || { echo "no Alt-Svc: $headers"; exit 1; }
 curl -fsS --cacert .dev/certs/ca.pem "https://localhost:${HABERCI_GATEWAY_TCP_PORT:-8443}/v1/version" | grep -q '"name":"haberci"'
 echo "up_idempotent: ok"

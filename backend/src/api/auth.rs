@@ -15,7 +15,7 @@ use super::{ApiError, AppState};
 use crate::accounts::store::{self, InsertError, NewUser};
 use crate::accounts::{DisplayName, Email, LoginName, Password, SessionId, UserId, Username};
 use crate::auth::audit::{self, LoginFailure};
-use crate::auth::rate_limit::{Bucket, Decision};
+use crate::auth::rate_limit::{Account, Bucket, Decision};
 use crate::auth::sessions::{self, Issued, Origin, RefreshToken, Rotation};
 
 /// `POST /v1/auth/register`.
@@ -144,10 +144,36 @@ pub struct JwkView {
     pub use_: Option<String>,
 }
 
-async fn limit(state: &AppState, buckets: &[Bucket]) -> Result<(), ApiError> {
-    match state.auth.limiter.check(&state.redis, buckets).await? {
-        Decision::Allowed => Ok(()),
-        Decision::Limited { retry_after } => Err(ApiError::RateLimited { retry_after }),
+/// What a rate-limit check does when Redis cannot answer (docs/OPERATIONS.md, "Redis outage").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WhenRedisIsDown {
+    /// Fail closed: `503 unavailable` with `Retry-After`. For login and registration, whose
+    /// limits are what stops password guessing and account-creation floods.
+    Refuse,
+    /// Fail open, with a warning. For refresh: refresh tokens are 256-bit random (nothing to
+    /// guess), so its limits only shed load, and refusing would log every client out once its
+    /// access token expired.
+    Allow,
+}
+
+async fn limit(
+    state: &AppState,
+    buckets: &[Bucket],
+    when_down: WhenRedisIsDown,
+) -> Result<(), ApiError> {
+    match state.auth.limiter.check(&state.redis, buckets).await {
+        Ok(Decision::Allowed) => Ok(()),
+        Ok(Decision::Limited { retry_after }) => Err(ApiError::RateLimited { retry_after }),
+        Err(err) => match when_down {
+            WhenRedisIsDown::Refuse => {
+                tracing::warn!(%err, "rate limiter unavailable (redis); refusing the request");
+                Err(ApiError::Unavailable("rate limiter"))
+            }
+            WhenRedisIsDown::Allow => {
+                tracing::warn!(%err, "rate limiter unavailable (redis); allowing the request");
+                Ok(())
+            }
+        },
     }
 }
 
@@ -177,7 +203,8 @@ fn no_store(mut response: Response) -> Response {
     responses(
         (status = 201, description = "Registered and logged in", body = Registered),
         (status = 409, description = "Username or email taken (`field` says which)", body = super::ErrorBody),
-        (status = 429, description = "Too many registrations from this address", body = super::ErrorBody),
+        (status = 429, description = "Too many registrations from this address or for this username or email", body = super::ErrorBody),
+        (status = 503, description = "`unavailable`: a dependency is down or password hashing is saturated; retry after `Retry-After`", body = super::ErrorBody),
     ))]
 pub async fn register(
     State(state): State<AppState>,
@@ -188,12 +215,20 @@ pub async fn register(
     let rates = &state.auth.settings.limits;
     limit(
         &state,
-        &[Bucket::new(
-            "register",
-            "ip",
-            &ip.to_string(),
-            rates.register_ip,
-        )],
+        &[
+            Bucket::ip("register", ip, rates.register_ip),
+            Bucket::account(
+                "register",
+                Account::Name(request.username.as_str()),
+                rates.register_account,
+            ),
+            Bucket::account(
+                "register",
+                Account::Name(request.email.as_str()),
+                rates.register_account,
+            ),
+        ],
+        WhenRedisIsDown::Refuse,
     )
     .await?;
     let password_hash = state.auth.passwords.hash(&request.password).await?;
@@ -231,6 +266,7 @@ pub async fn register(
         (status = 200, description = "Logged in: a new session", body = Tokens),
         (status = 401, description = "`invalid_credentials`: unknown user or wrong password", body = super::ErrorBody),
         (status = 429, description = "Too many attempts from this address or for this account", body = super::ErrorBody),
+        (status = 503, description = "`unavailable`: a dependency is down or password hashing is saturated; retry after `Retry-After`", body = super::ErrorBody),
     ))]
 pub async fn login(
     State(state): State<AppState>,
@@ -240,17 +276,22 @@ pub async fn login(
 ) -> Result<Response, ApiError> {
     let rates = &state.auth.settings.limits;
     let name = request.username_or_email.as_str();
+    // Resolved before the limit so that an account's username and email draw on one budget.
+    let found = store::credentials(&state.db, &request.username_or_email).await?;
+    let account = match &found {
+        Some((user, _)) => Account::User(*user),
+        None => Account::Name(name),
+    };
     let buckets = [
-        Bucket::new("login", "ip", &ip.to_string(), rates.login_ip),
-        Bucket::new("login", "account", name, rates.login_account),
+        Bucket::ip("login", ip, rates.login_ip),
+        Bucket::account("login", account, rates.login_account),
     ];
-    if let Err(err) = limit(&state, &buckets).await {
+    if let Err(err) = limit(&state, &buckets, WhenRedisIsDown::Refuse).await {
         if matches!(err, ApiError::RateLimited { .. }) {
             audit::login_failed(ip, name, LoginFailure::RateLimited);
         }
         return Err(err);
     }
-    let found = store::credentials(&state.db, &request.username_or_email).await?;
     let (user, stored) = match found {
         Some((user, hash)) => (Some(user), Some(hash)),
         None => (None, None),
@@ -294,12 +335,8 @@ pub async fn refresh(
     let rates = &state.auth.settings.limits;
     limit(
         &state,
-        &[Bucket::new(
-            "refresh",
-            "ip",
-            &ip.to_string(),
-            rates.refresh_ip,
-        )],
+        &[Bucket::ip("refresh", ip, rates.refresh_ip)],
+        WhenRedisIsDown::Allow,
     )
     .await?;
     let token = request.refresh_token.as_str();
@@ -311,12 +348,12 @@ pub async fn refresh(
     };
     limit(
         &state,
-        &[Bucket::new(
+        &[Bucket::account(
             "refresh",
-            "account",
-            &owner.to_string(),
+            Account::User(owner),
             rates.refresh_account,
         )],
+        WhenRedisIsDown::Allow,
     )
     .await?;
     let origin = Origin {
@@ -420,12 +457,18 @@ pub async fn revoke_session(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The public keys that verify access tokens. Verifiers refetch it when they meet an unknown
-/// `kid`, so a new key is published before it signs.
+/// The public keys that verify access tokens: every key in this backend's key directory
+/// (`HABERCI_JWT_KEY_DIR`), as loaded now. The set is reloaded without a restart, on SIGHUP and
+/// when the directory changes (polled every few seconds), so a key added there is published
+/// here within one poll interval; an invalid directory keeps the previous set.
+///
+/// Today only backends verify access tokens, each with its own key directory; nothing fetches
+/// this document yet. Gateways verifying tokens themselves (#6) will fetch it and refetch it on
+/// an unknown `kid` (it is cacheable for 60 s). See docs/OPERATIONS.md for rotation.
 #[utoipa::path(get, path = "/v1/auth/jwks", tag = "auth",
     responses((status = 200, description = "JSON Web Key Set", body = JwksView)))]
 pub async fn jwks(State(state): State<AppState>) -> Response {
-    let jwks = state.auth.keys.jwks();
+    let jwks = state.auth.keys.current().set.jwks();
     let body = JwksView {
         keys: jwks
             .keys

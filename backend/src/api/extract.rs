@@ -189,6 +189,8 @@ impl FromRequestParts<AppState> for Authenticated {
             .ok_or(ApiError::Unauthenticated)?;
         let claims = state
             .auth
+            .keys
+            .current()
             .verifier
             .verify(token, crate::auth::unix_now())
             .map_err(|err| {

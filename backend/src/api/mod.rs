@@ -49,11 +49,27 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// State with a fixed key set (tests, benchmarks).
     pub fn new(
         db: PgPool,
         redis: fred::clients::Client,
         settings: ApiSettings,
         keys: KeySet,
+    ) -> AppState {
+        AppState::with_keys(
+            db,
+            redis,
+            settings,
+            Arc::new(crate::auth::keys::KeyStore::fixed(keys)),
+        )
+    }
+
+    /// State whose keys can be reloaded through `keys` ([`crate::auth::keys::watch`]).
+    pub fn with_keys(
+        db: PgPool,
+        redis: fred::clients::Client,
+        settings: ApiSettings,
+        keys: Arc<crate::auth::keys::KeyStore>,
     ) -> AppState {
         AppState {
             db,

@@ -6,20 +6,23 @@
 //!   revocation announcements on Redis.
 //! - [`rate_limit`]: GCRA buckets in Redis, shared by every backend process.
 //! - [`audit`]: the fixed-format log lines fail2ban matches.
+//! - [`keys`]: the access-token key set, reloaded on SIGHUP and when its directory changes.
 //!
 //! Access tokens are signed and verified by the `haberci-token` crate (which the gateway can use
 //! without the database); [`Auth`] holds the keys.
 
 pub mod audit;
+pub mod keys;
 pub mod password;
 pub mod rate_limit;
 pub mod sessions;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::HeaderMap;
-use haberci_token::{Claims, KeySet, Verifier};
+use haberci_token::Claims;
 use time::OffsetDateTime;
 
 use crate::accounts::{SessionId, UserId};
@@ -31,20 +34,21 @@ pub const CLIENT_IP_HEADER: &str = "x-haberci-client-ip";
 /// Everything the auth endpoints share.
 pub struct Auth {
     pub settings: AuthSettings,
-    pub keys: KeySet,
-    pub verifier: Verifier,
+    /// Signs and verifies access tokens; swapped on reload ([`keys::watch`]).
+    pub keys: Arc<keys::KeyStore>,
     pub passwords: password::PasswordHasher,
     pub limiter: rate_limit::RateLimiter,
 }
 
 impl Auth {
-    pub fn new(settings: AuthSettings, keys: KeySet) -> Auth {
-        let verifier = keys.verifier();
-        let passwords = password::PasswordHasher::new(settings.hash_concurrency);
+    pub fn new(settings: AuthSettings, keys: Arc<keys::KeyStore>) -> Auth {
+        let passwords = password::PasswordHasher::with_queue_timeout(
+            settings.hash_concurrency,
+            settings.hash_queue_timeout,
+        );
         Auth {
             settings,
             keys,
-            verifier,
             passwords,
             limiter: rate_limit::RateLimiter::default(),
         }
@@ -54,7 +58,7 @@ impl Auth {
     pub fn access_token(&self, user: UserId, session: SessionId) -> (String, i64) {
         let ttl = i64::try_from(self.settings.access_ttl.as_secs()).unwrap_or(900);
         let claims = Claims::new(user.0, session.0, unix_now(), ttl);
-        (self.keys.sign(&claims), ttl)
+        (self.keys.current().set.sign(&claims), ttl)
     }
 
     /// How long a revoked session stays marked in the cache: as long as one of its access

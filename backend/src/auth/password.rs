@@ -14,19 +14,23 @@ use std::time::Duration;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use ring::rand::{SecureRandom, SystemRandom};
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::accounts::Password;
 
 pub const ARGON2_MEMORY_KIB: u32 = 19_456;
 pub const ARGON2_ITERATIONS: u32 = 2;
 pub const ARGON2_PARALLELISM: u32 = 1;
-/// How long a request waits for a hashing slot before it is answered 503.
-pub const DEFAULT_HASH_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request waits for a hashing slot before it is answered 503
+/// (`HABERCI_PASSWORD_HASH_QUEUE_TIMEOUT_MS`).
+///
+/// Invariant: well below the gateway's backend timeout (`HABERCI_BACKEND_TIMEOUT_MS`, 10 s), so
+/// a saturated pool answers `503` with `Retry-After` before the gateway gives up with `504`.
+pub const DEFAULT_HASH_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
-    /// Every hashing slot stayed busy for [`DEFAULT_HASH_QUEUE_TIMEOUT`].
+    /// Every hashing slot stayed busy for the queue timeout.
     #[error("password hashing is saturated")]
     Busy,
     #[error("password hashing failed: {0}")]
@@ -38,13 +42,20 @@ pub struct PasswordHasher {
     argon: Argon2<'static>,
     permits: Arc<Semaphore>,
     queue_timeout: Duration,
-    /// A hash of a random password, verified against when the user does not exist so that an
-    /// unknown user costs the same time as a wrong password.
-    dummy: Arc<OnceCell<String>>,
+    /// A PHC string with the stated parameters, a random salt and a random digest, verified
+    /// against when the user does not exist so that an unknown user costs the same time as a
+    /// wrong password. Made at construction (start-up), so the first unknown-user login costs
+    /// no extra hash either.
+    dummy: Arc<str>,
 }
 
 impl PasswordHasher {
+    /// A hasher with [`DEFAULT_HASH_QUEUE_TIMEOUT`].
     pub fn new(concurrency: usize) -> PasswordHasher {
+        PasswordHasher::with_queue_timeout(concurrency, DEFAULT_HASH_QUEUE_TIMEOUT)
+    }
+
+    pub fn with_queue_timeout(concurrency: usize, queue_timeout: Duration) -> PasswordHasher {
         // Invariant: the constants above are within argon2's accepted ranges.
         let params = Params::new(
             ARGON2_MEMORY_KIB,
@@ -56,8 +67,8 @@ impl PasswordHasher {
         PasswordHasher {
             argon: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
-            queue_timeout: DEFAULT_HASH_QUEUE_TIMEOUT,
-            dummy: Arc::new(OnceCell::new()),
+            queue_timeout,
+            dummy: dummy_phc().into(),
         }
     }
 
@@ -104,7 +115,7 @@ impl PasswordHasher {
     pub async fn verify(&self, password: &str, stored: Option<String>) -> Result<bool, HashError> {
         let (stored, real) = match stored {
             Some(stored) => (stored, true),
-            None => (self.dummy_hash().await?, false),
+            None => (self.dummy.to_string(), false),
         };
         let password = password.to_owned();
         let matched = self
@@ -116,26 +127,25 @@ impl PasswordHasher {
             .await?;
         Ok(matched && real)
     }
-
-    async fn dummy_hash(&self) -> Result<String, HashError> {
-        self.dummy
-            .get_or_try_init(|| async {
-                let mut random = [0u8; 16];
-                SystemRandom::new()
-                    .fill(&mut random)
-                    .map_err(|_| HashError::Failed("no randomness".into()))?;
-                let password = Password::parse(&base64_16(&random))
-                    .map_err(|e| HashError::Failed(e.to_string()))?;
-                self.hash(&password).await
-            })
-            .await
-            .cloned()
-    }
 }
 
-fn base64_16(bytes: &[u8; 16]) -> String {
+/// `$argon2id$v=19$m=19456,t=2,p=1$<salt>$<digest>` with a random 128-bit salt and a random
+/// 256-bit digest: verifying against it costs one full argon2id computation with the stated
+/// parameters, like a real hash, and no password matches it (no preimage of a random digest is
+/// known; the chance of a match is 2^-256). Costs nothing to make, so it is made at start-up.
+fn dummy_phc() -> String {
     use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    let mut random = [0u8; 48];
+    // Invariant: without randomness the constant bytes are just as unmatchable (nobody knows a
+    // preimage of an all-zero digest either); the salt only varies the work, not the answer.
+    let _ = SystemRandom::new().fill(&mut random);
+    let (salt, digest) = random.split_at(16);
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+    format!(
+        "$argon2id$v=19$m={ARGON2_MEMORY_KIB},t={ARGON2_ITERATIONS},p={ARGON2_PARALLELISM}${}${}",
+        b64.encode(salt),
+        b64.encode(digest)
+    )
 }
 
 #[cfg(test)]
@@ -161,11 +171,16 @@ mod tests {
         );
         assert!(
             !hasher
-                .verify("correct horse battery!", Some(hash))
+                .verify("correct horse battery!", Some(hash.clone()))
                 .await
                 .unwrap()
         );
         assert!(!hasher.verify("correct horse battery", None).await.unwrap());
+        // The dummy is made at construction and has a real hash's shape and parameters.
+        let dummy = PasswordHash::new(&hasher.dummy).unwrap();
+        assert_eq!(dummy.algorithm.as_str(), "argon2id");
+        assert_eq!(hasher.dummy.get(..31), hash.get(..31));
+        assert_eq!(dummy.hash.map(|h| h.len()), Some(32));
         assert!(
             !hasher
                 .verify("x", Some("not a phc string".into()))

@@ -9,16 +9,58 @@
 //! a refused request costs nothing. It reads Redis' `TIME`, so processes need no common clock.
 //!
 //! Keys: `rl:{action}:{dimension}:{count}/{period}s:{subject}`, e.g.
-//! `rl:login:ip:10/60s:203.0.113.7` or `rl:login:account:10/300s:alice`. The limit is part of
-//! the key so that processes configured differently (or a changed setting) never misread each
-//! other's TAT. Each key expires when its bucket is full again.
+//! `rl:login:ip:10/60s:203.0.113.7`, `rl:login:ip:10/60s:2001:db8:1:2::/64` or
+//! `rl:login:account:10/300s:user:0192…`. The limit is part of the key so that processes
+//! configured differently (or a changed setting) never misread each other's TAT. Each key
+//! expires when its bucket is full again. Subjects: [`ip_subject`] and [`Account`].
 
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
 use fred::clients::Client;
 use fred::types::scripts::Script;
 
+use crate::accounts::UserId;
 use crate::config::Rate;
+
+/// Prefix length an IPv6 client is bucketed by: a /64 is the smallest block a site or
+/// subscriber gets (RFC 6177), and anyone holding one can use all 2^64 of its addresses.
+pub const IPV6_BUCKET_PREFIX: u8 = 64;
+
+/// The subject of a per-IP bucket. Invariant: every address of one IPv6 /64 maps to the same
+/// subject (`2001:db8:1:2::/64`), so rotating through one's own /64 buys no extra attempts; an
+/// IPv4 address (also when written IPv4-mapped, `::ffff:a.b.c.d`) is its own subject (/32).
+pub fn ip_subject(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX << (128 - u32::from(IPV6_BUCKET_PREFIX));
+            let network = Ipv6Addr::from(u128::from(v6) & mask);
+            format!("{network}/{IPV6_BUCKET_PREFIX}")
+        }
+    }
+}
+
+/// The subject of a per-account bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Account<'a> {
+    /// An existing account, whatever name it was reached by: its username and its email share
+    /// one budget.
+    User(UserId),
+    /// A normalized username or email that names no account (yet).
+    Name(&'a str),
+}
+
+impl fmt::Display for Account<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The prefixes keep the two kinds apart (a username never parses as a UUID anyway).
+        match self {
+            Account::User(id) => write!(f, "user:{id}"),
+            Account::Name(name) => write!(f, "name:{name}"),
+        }
+    }
+}
 
 /// KEYS: one per bucket. ARGV: for bucket i, its interval (ms) at 2i-1 and period (ms) at 2i.
 /// Returns 0 when allowed (and consumed), else the milliseconds to wait.
@@ -62,6 +104,16 @@ impl Bucket {
             ),
             rate,
         }
+    }
+
+    /// The per-client-IP bucket of `action` ([`ip_subject`]).
+    pub fn ip(action: &str, ip: IpAddr, rate: Rate) -> Bucket {
+        Bucket::new(action, "ip", &ip_subject(ip), rate)
+    }
+
+    /// The per-account bucket of `action`.
+    pub fn account(action: &str, account: Account<'_>, rate: Rate) -> Bucket {
+        Bucket::new(action, "account", &account.to_string(), rate)
     }
 }
 
@@ -108,5 +160,47 @@ impl RateLimiter {
                 retry_after: Duration::from_millis(wait_ms.unsigned_abs()),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))
+    }
+
+    #[test]
+    fn ipv6_clients_share_a_bucket_per_64_and_ipv4_clients_have_their_own() {
+        let rate = Rate::new(10, Duration::from_secs(60));
+        let key = |text: &str| Bucket::ip("login", ip(text), rate).key;
+        assert_eq!(
+            key("2001:db8:1:2::1"),
+            "rl:login:ip:10/60s:2001:db8:1:2::/64"
+        );
+        assert_eq!(
+            key("2001:db8:1:2::1"),
+            key("2001:db8:1:2:ffff:ffff:ffff:fffe"),
+            "one /64, one bucket"
+        );
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("203.0.113.7"), "rl:login:ip:10/60s:203.0.113.7");
+        assert_ne!(key("203.0.113.7"), key("203.0.113.8"));
+        assert_eq!(key("::ffff:203.0.113.7"), key("203.0.113.7"));
+    }
+
+    #[test]
+    fn account_subjects_keep_users_and_names_apart() {
+        let rate = Rate::new(10, Duration::from_secs(300));
+        let id = UserId(uuid::Uuid::nil());
+        assert_eq!(
+            Bucket::account("login", Account::User(id), rate).key,
+            "rl:login:account:10/300s:user:00000000-0000-0000-0000-000000000000"
+        );
+        assert_eq!(
+            Bucket::account("login", Account::Name("alice"), rate).key,
+            "rl:login:account:10/300s:name:alice"
+        );
     }
 }

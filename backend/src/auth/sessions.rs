@@ -328,19 +328,23 @@ struct Announcement {
 /// Marks revoked sessions in the cache and publishes them. Postgres already holds the
 /// revocation; a Redis failure here is logged, and the cache's TTL bounds how long a stale
 /// "active" entry can outlive it.
+///
+/// Invariant: never waits on an unreachable Redis for more than one command timeout
+/// ([`crate::redis::DEFAULT_COMMAND_TIMEOUT`]): at the first failure the remaining sessions are
+/// skipped (and counted in one log line) instead of each timing out in turn.
 pub async fn announce(redis: &Client, revoked: &Revoked, marker_ttl: Duration) {
     let Some(reason) = revoked.reason else {
         return;
     };
-    for &(session_id, user_id) in &revoked.sessions {
+    let px = i64::try_from(marker_ttl.as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1);
+    for (done, &(session_id, user_id)) in revoked.sessions.iter().enumerate() {
         let entry = Cached {
             user_id,
             revoked: true,
             expires_at: 0,
         };
-        let px = i64::try_from(marker_ttl.as_millis())
-            .unwrap_or(i64::MAX)
-            .max(1);
         let set: Result<(), _> = redis
             .set(
                 cache_key(session_id),
@@ -350,18 +354,29 @@ pub async fn announce(redis: &Client, revoked: &Revoked, marker_ttl: Duration) {
                 false,
             )
             .await;
-        if let Err(err) = set {
-            tracing::error!(%err, session = %session_id, "could not mark a revoked session in the cache");
-        }
-        let message = Announcement {
-            session_id,
-            user_id,
-            reason,
+        let published = match set {
+            Ok(()) => {
+                let message = Announcement {
+                    session_id,
+                    user_id,
+                    reason,
+                };
+                let message = serde_json::to_string(&message).unwrap_or_default();
+                redis
+                    .publish::<i64, _, _>(REVOCATION_CHANNEL, message)
+                    .await
+                    .map(|_| ())
+            }
+            Err(err) => Err(err),
         };
-        let message = serde_json::to_string(&message).unwrap_or_default();
-        let published: Result<i64, _> = redis.publish(REVOCATION_CHANNEL, message).await;
         if let Err(err) = published {
-            tracing::error!(%err, session = %session_id, "could not publish a revocation");
+            tracing::error!(
+                %err,
+                session = %session_id,
+                skipped = revoked.sessions.len() - done - 1,
+                "redis unavailable: revocation not cached or not published (Postgres has it)"
+            );
+            return;
         }
     }
 }
@@ -397,6 +412,9 @@ pub async fn status(
 ) -> Result<Status, sqlx::Error> {
     let key = cache_key(session);
     let now = OffsetDateTime::now_utc().unix_timestamp();
+    // Whether to fill the cache after asking Postgres: not when Redis just failed, so an
+    // outage costs one command timeout per request, not two.
+    let mut fill = true;
     match redis.get::<Option<String>, _>(&key).await {
         Ok(Some(json)) => match serde_json::from_str::<Cached>(&json) {
             Ok(entry) if entry.revoked => return Ok(Status::Revoked),
@@ -405,7 +423,10 @@ pub async fn status(
             Err(err) => tracing::warn!(%err, %key, "unreadable session cache entry"),
         },
         Ok(None) => {}
-        Err(err) => tracing::warn!(%err, "session cache unavailable; asking Postgres"),
+        Err(err) => {
+            fill = false;
+            tracing::warn!(%err, "session cache unavailable; asking Postgres");
+        }
     }
     let row = sqlx::query_as::<_, (UserId, OffsetDateTime, Option<OffsetDateTime>)>(
         "SELECT user_id, expires_at, revoked_at FROM sessions WHERE id = $1",
@@ -424,7 +445,7 @@ pub async fn status(
     } else {
         Status::Active(user_id)
     };
-    if let Status::Active(_) = status {
+    if let (Status::Active(_), true) = (status, fill) {
         let ttl = cache_ttl
             .as_secs()
             .min(u64::try_from(expires_at - now).unwrap_or(1))
@@ -472,4 +493,98 @@ pub async fn list(db: &PgPool, user: UserId) -> Result<Vec<SessionRecord>, sqlx:
     .bind(user)
     .fetch_all(db)
     .await
+}
+
+/// How often the worker prunes (docs/OPERATIONS.md, "Pruning").
+pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(5 * 60);
+/// How long a refresh token is kept after it expired or its session ended: a spent token
+/// presented within this time still counts as reuse (logged, family revoked) rather than
+/// unknown.
+pub const DEFAULT_REFRESH_TOKEN_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long a revoked or expired session row is kept (for the user's and the operator's
+/// history) before it is deleted with its remaining refresh tokens.
+pub const DEFAULT_SESSION_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Rows one `DELETE` removes at most, so a pass never holds many locks or a long transaction.
+pub const DEFAULT_PRUNE_BATCH: u32 = 1000;
+/// Batches per table and pass; what is left waits for the next pass.
+pub const MAX_PRUNE_BATCHES: u32 = 100;
+
+/// What a pruning pass may delete: rows that ended before these instants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PruneCutoffs {
+    /// Refresh tokens that expired, or whose session was revoked or expired, before this.
+    pub tokens_before: OffsetDateTime,
+    /// Sessions revoked or expired before this (their remaining tokens go with them).
+    pub sessions_before: OffsetDateTime,
+}
+
+impl PruneCutoffs {
+    pub fn at(now: OffsetDateTime, token_grace: Duration, session_retention: Duration) -> Self {
+        PruneCutoffs {
+            tokens_before: now - token_grace,
+            sessions_before: now - session_retention,
+        }
+    }
+}
+
+/// Rows a pruning pass deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub refresh_tokens: u64,
+    pub sessions: u64,
+}
+
+impl Pruned {
+    pub fn is_empty(&self) -> bool {
+        self.refresh_tokens == 0 && self.sessions == 0
+    }
+}
+
+/// Deletes refresh tokens and sessions that ended before `cutoffs`, in `DELETE`s of at most
+/// `batch` rows (up to [`MAX_PRUNE_BATCHES`] each). Rows locked by a concurrent refresh are
+/// skipped (`SKIP LOCKED`), so several workers may prune at once.
+///
+/// Invariant: only rows that can no longer authenticate anything are deleted. A token is
+/// deleted only once it expired, or its session ended, more than the grace period ago; a
+/// session only once it was revoked or expired more than the retention period ago.
+pub async fn prune(db: &PgPool, cutoffs: PruneCutoffs, batch: u32) -> Result<Pruned, sqlx::Error> {
+    let batch = i64::from(batch.max(1));
+    let mut pruned = Pruned::default();
+    for _ in 0..MAX_PRUNE_BATCHES {
+        let deleted = sqlx::query(
+            "DELETE FROM refresh_tokens WHERE token_hash IN (
+                 SELECT t.token_hash FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id
+                 WHERE t.expires_at < $1 OR s.revoked_at < $1 OR s.expires_at < $1
+                 LIMIT $2
+                 FOR UPDATE OF t SKIP LOCKED)",
+        )
+        .bind(cutoffs.tokens_before)
+        .bind(batch)
+        .execute(db)
+        .await?
+        .rows_affected();
+        pruned.refresh_tokens += deleted;
+        if deleted < batch.unsigned_abs() {
+            break;
+        }
+    }
+    for _ in 0..MAX_PRUNE_BATCHES {
+        let deleted = sqlx::query(
+            "DELETE FROM sessions WHERE id IN (
+                 SELECT id FROM sessions
+                 WHERE revoked_at < $1 OR expires_at < $1
+                 LIMIT $2
+                 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(cutoffs.sessions_before)
+        .bind(batch)
+        .execute(db)
+        .await?
+        .rows_affected();
+        pruned.sessions += deleted;
+        if deleted < batch.unsigned_abs() {
+            break;
+        }
+    }
+    Ok(pruned)
 }

@@ -246,3 +246,44 @@ async fn profiles_are_edited_and_looked_up() {
     }
     assert_eq!(api.get(&path, None).await.code(), "unauthenticated");
 }
+
+#[tokio::test]
+async fn two_concurrent_refreshes_with_one_token_one_rotates_and_the_family_is_revoked() {
+    let api = Api::new();
+    let (_, registered) = api.register().await;
+    let body = json!({ "refresh_token": registered.str("/tokens/refresh_token") });
+    let (a, b) = tokio::join!(
+        api.post("/v1/auth/refresh", body.clone()),
+        api.post("/v1/auth/refresh", body)
+    );
+    let (winner, loser) = if a.status == StatusCode::OK {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    // Exactly one succeeds: the token row is locked while it is spent, so the other use sees it
+    // spent, which is a reuse.
+    assert_eq!(winner.status, StatusCode::OK, "{}", winner.json);
+    assert_eq!(
+        (loser.status, loser.code()),
+        (StatusCode::UNAUTHORIZED, "refresh_token_reused"),
+        "{}",
+        loser.json
+    );
+    // The reuse revoked the family, the winner's fresh tokens included.
+    let next = api
+        .post(
+            "/v1/auth/refresh",
+            json!({ "refresh_token": winner.str("/refresh_token") }),
+        )
+        .await;
+    assert_eq!(
+        (next.status, next.code()),
+        (StatusCode::UNAUTHORIZED, "invalid_refresh_token")
+    );
+    let me = api.get("/v1/me", Some(&winner.str("/access_token"))).await;
+    assert_eq!(
+        (me.status, me.code()),
+        (StatusCode::UNAUTHORIZED, "session_revoked")
+    );
+}

@@ -192,3 +192,113 @@ async fn every_failed_login_logs_one_fail2ban_line() {
     assert!(lines[1].ends_with(&bad), "{}", lines[1]);
     assert!(lines[2].ends_with(&limited), "{}", lines[2]);
 }
+
+#[tokio::test]
+async fn ipv6_clients_in_one_64_share_a_bucket() {
+    let settings = with(|s| s.auth.limits.login_ip = Rate::new(2, Duration::from_secs(60)));
+    let mut api = Api::with_settings(settings);
+    let std::net::IpAddr::V6(base) = unique_ip() else {
+        unreachable!("unique_ip is IPv6")
+    };
+    let prefix = u128::from(base) & (u128::MAX << 64);
+    let in_prefix = |low: u128| std::net::IpAddr::V6((prefix | low).into());
+    for (n, low) in [(1, 1u128), (2, 0xdead_beef), (3, u128::from(u64::MAX))] {
+        api.client_ip = in_prefix(low);
+        let reply = api
+            .post("/v1/auth/login", login_body(&unique_name("v6")))
+            .await;
+        let want = if n < 3 {
+            "invalid_credentials"
+        } else {
+            "rate_limited"
+        };
+        assert_eq!(reply.code(), want, "attempt {n} from {}", api.client_ip);
+    }
+    // The neighbouring /64 has its own bucket.
+    api.client_ip = std::net::IpAddr::V6((prefix ^ (1 << 64)).into());
+    let reply = api
+        .post("/v1/auth/login", login_body(&unique_name("v6")))
+        .await;
+    assert_eq!(reply.code(), "invalid_credentials");
+}
+
+#[tokio::test]
+async fn an_accounts_username_and_email_share_one_login_budget() {
+    let settings = with(|s| s.auth.limits.login_account = Rate::new(2, Duration::from_secs(60)));
+    let mut api = Api::with_settings(settings);
+    let (account, _) = api.register().await;
+    for name in [&account.username, &account.email] {
+        api.client_ip = unique_ip();
+        let reply = api.post("/v1/auth/login", login_body(name)).await;
+        assert_eq!(reply.code(), "invalid_credentials", "{name}");
+    }
+    for name in [&account.username, &account.email] {
+        api.client_ip = unique_ip();
+        let reply = api.post("/v1/auth/login", login_body(name)).await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            "{name}: no second budget under the other name"
+        );
+    }
+}
+
+#[tokio::test]
+async fn registrations_are_limited_per_username_and_per_email() {
+    let settings = with(|s| {
+        s.auth.limits.register_account = Rate::new(1, Duration::from_secs(3600));
+    });
+    let mut api = Api::with_settings(settings);
+    let (account, _) = api.register().await;
+    // From other addresses: the same username (another email), then the same email (another
+    // username), each refused before any hashing or database work.
+    for (username, email) in [
+        (
+            account.username.clone(),
+            format!("{}@example.org", unique_name("e")),
+        ),
+        (unique_name("u"), account.email.clone()),
+    ] {
+        api.client_ip = unique_ip();
+        let reply = api
+            .post(
+                "/v1/auth/register",
+                json!({ "username": username, "email": email, "password": "long enough", "display_name": "R" }),
+            )
+            .await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            "{username} {email}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_saturated_hashing_pool_answers_503_with_retry_after() {
+    // One hashing slot and a short queue: of many concurrent logins, one gets the slot and the
+    // ones still queued when the wait runs out get 503 (before any gateway would time out).
+    let settings = with(|s| {
+        s.auth.hash_concurrency = 1;
+        s.auth.hash_queue_timeout = Duration::from_millis(200);
+    });
+    let api = Api::with_settings(settings);
+    let replies = futures::future::join_all(
+        (0..16).map(|_| api.post("/v1/auth/login", login_body(&unique_name("flood")))),
+    )
+    .await;
+    let mut busy = 0;
+    for reply in &replies {
+        match reply.status {
+            StatusCode::UNAUTHORIZED => assert_eq!(reply.code(), "invalid_credentials"),
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(reply.code(), "unavailable", "{}", reply.json);
+                assert_eq!(reply.headers["retry-after"], "1");
+                busy += 1;
+            }
+            other => panic!("unexpected {other}: {}", reply.json),
+        }
+    }
+    assert!(busy >= 1, "no 503 among {} logins", replies.len());
+    assert!(busy < replies.len(), "the slot served someone");
+}

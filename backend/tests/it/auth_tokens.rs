@@ -28,7 +28,8 @@ async fn forged_expired_and_tampered_tokens_are_refused() {
     let user: Uuid = registered.str("/user/id").parse().unwrap();
     let session: Uuid = registered.str("/tokens/session_id").parse().unwrap();
     let valid = registered.str("/tokens/access_token");
-    let keys = &api.state.auth.keys;
+    let keys = api.state.auth.keys.current();
+    let keys = &keys.set;
     let kid = keys.signing_kid().to_string();
     let claims = json!({ "sub": user, "sid": session, "iat": now(), "exp": now() + 900 });
     let unsigned = |header: serde_json::Value| {

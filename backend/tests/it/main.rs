@@ -5,7 +5,9 @@
 mod support;
 
 mod api;
+mod auth_key_rotation;
 mod auth_lifecycle;
+mod auth_prune;
 mod auth_rate_limits;
 mod auth_sessions;
 mod auth_tokens;
@@ -13,6 +15,7 @@ mod auth_validation;
 mod http_surface;
 mod migrations;
 mod pgbouncer_safety;
+mod redis_outage;
 
 pub fn env(key: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| {

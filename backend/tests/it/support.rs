@@ -4,6 +4,7 @@
 //! running in parallel (nextest: one process each) never share a rate-limit bucket or a name.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -15,6 +16,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use haberci_backend::api::{self, AppState};
+use haberci_backend::auth::keys::KeyStore;
 use haberci_backend::config::{ApiSettings, Rate, RateLimits};
 
 use crate::env;
@@ -51,6 +53,39 @@ pub fn state(settings: ApiSettings) -> AppState {
         settings,
         haberci_token::KeySet::generate("test-key").unwrap(),
     )
+}
+
+/// State on the test database, with Redis at `redis_url` and the given keys.
+pub fn state_with(settings: ApiSettings, redis_url: &str, keys: Arc<KeyStore>) -> AppState {
+    AppState::with_keys(
+        haberci_backend::db::connect_pool(&env("HABERCI_TEST_DATABASE_URL"), 4).unwrap(),
+        haberci_backend::redis::connect(redis_url).unwrap(),
+        settings,
+        keys,
+    )
+}
+
+/// A `redis://` URL where nothing listens: a port bound, then released.
+pub fn dead_redis_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("redis://{addr}")
+}
+
+/// A directory under the system temp dir, removed when dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        TempDir(std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4())))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// One API instance ("a backend process") and the client IP its requests come from.
@@ -94,7 +129,10 @@ impl Api {
     }
 
     pub fn with_settings(settings: ApiSettings) -> Api {
-        let state = state(settings);
+        Api::from_state(state(settings))
+    }
+
+    pub fn from_state(state: AppState) -> Api {
         Api {
             router: api::app(state.clone()),
             state,

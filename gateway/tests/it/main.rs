@@ -8,4 +8,5 @@ mod accounts;
 mod alpn;
 mod certs_reload;
 mod http_versions;
+mod limits;
 mod proxy;

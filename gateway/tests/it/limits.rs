@@ -1,0 +1,104 @@
+//! Bounds on what a client may hold or send: header read timeout, body limits on every HTTP
+//! version (with and without a declared length), and JSON errors for the gateway's own refusals.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{self, ALL_VERSIONS, BackendKind, TIMEOUT};
+
+/// A raw TLS connection speaking HTTP/1.1 by hand.
+async fn raw_tls(stack: &support::Stack) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let roots = support::ca_roots(&[&stack.certs.ca_cert()]);
+    let config = Arc::new(support::client_tls(roots, &[b"http/1.1"]));
+    let tcp = tokio::net::TcpStream::connect(stack.gateway_tcp)
+        .await
+        .unwrap();
+    tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// Reads until the server closes the connection; returns what it sent.
+async fn read_to_close(
+    stream: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    let stack = support::start_with_config(support::free_addr(), |config| {
+        config.header_read_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let mut stream = raw_tls(&stack).await;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+        .await
+        .unwrap();
+    stream.flush().await.unwrap();
+    let answer = tokio::time::timeout(TIMEOUT, read_to_close(&mut stream))
+        .await
+        .expect("the gateway closes a connection whose headers never end");
+    assert!(!answer.contains("200 OK"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_chunked_body_over_the_limit_is_refused_with_413() {
+    let echo = support::serve_router(axum::Router::new().fallback(|| async { "seen" })).await;
+    let stack = support::start_with_config(echo, |config| config.max_body_bytes = 1_000).await;
+    let mut stream = raw_tls(&stack).await;
+    let chunk = vec![b'x'; 1_500];
+    let mut request = b"POST /v1/upload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+    request.extend_from_slice(&chunk);
+    request.extend_from_slice(b"\r\n0\r\n\r\n");
+    stream.write_all(&request).await.unwrap();
+    let answer = tokio::time::timeout(TIMEOUT, read_to_close(&mut stream))
+        .await
+        .expect("an answer in time");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("body_too_large"), "{answer}");
+}
+
+#[tokio::test]
+async fn the_configured_body_limit_holds_on_every_http_version() {
+    let echo = support::serve_router(axum::Router::new().fallback(|| async { "seen" })).await;
+    let stack = support::start_with_config(echo, |config| config.max_body_bytes = 1_000).await;
+    for version in ALL_VERSIONS {
+        for (size, status) in [(1_000, 200), (1_001, 413)] {
+            let request = http::Request::post("https://localhost/v1/upload")
+                .body(Full::new(Bytes::from(vec![b'x'; size])))
+                .unwrap();
+            let reply = support::request(&stack, version, request).await;
+            assert_eq!(reply.status, status, "{version:?} with {size} bytes");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_method_gets_a_json_405_on_every_http_version() {
+    let stack = support::start(BackendKind::Down).await;
+    for version in ALL_VERSIONS {
+        let request = http::Request::post("https://localhost/healthz")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let reply = support::request(&stack, version, request).await;
+        assert_eq!(reply.status, 405, "{version:?}");
+        assert_eq!(reply.json()["error"]["code"], "method_not_allowed");
+        assert_eq!(reply.headers["x-content-type-options"], "nosniff");
+    }
+}
