@@ -31,6 +31,7 @@ pub async fn serve_connection(
     connection: quinn::Connection,
     router: Router,
     limits: Limits,
+    requests: tokio_util::task::TaskTracker,
     shutdown: Shutdown,
 ) {
     let peer = connection.remote_address();
@@ -45,11 +46,17 @@ pub async fn serve_connection(
             return;
         }
     };
+    let mut draining = false;
     loop {
         let resolver = tokio::select! {
-            _ = shutdown.cancelled() => {
-                let _ = h3.shutdown(0).await;
-                return;
+            // On shutdown: send GOAWAY and keep the connection (dropping it closes it) until
+            // the requests in flight are answered; `accept` then ends.
+            _ = shutdown.cancelled(), if !draining => {
+                draining = true;
+                if h3.shutdown(0).await.is_err() {
+                    return;
+                }
+                continue;
             }
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => resolver,
@@ -61,7 +68,7 @@ pub async fn serve_connection(
             },
         };
         let router = router.clone();
-        tokio::spawn(async move {
+        requests.spawn(async move {
             let resolved =
                 tokio::time::timeout(limits.header_read_timeout, resolver.resolve_request()).await;
             let (request, stream) = match resolved {

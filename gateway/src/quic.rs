@@ -9,6 +9,7 @@ use axum::Router;
 use haberci_kit::shutdown::Shutdown;
 use quinn::crypto::rustls::{HandshakeData, QuicServerConfig};
 use quinn::{Endpoint, IdleTimeout, TransportConfig, VarInt};
+use tokio_util::task::TaskTracker;
 
 use crate::config::GatewayConfig;
 use crate::tls::CertStore;
@@ -28,6 +29,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Application close code used when the endpoint shuts down.
 pub const CLOSE_SHUTDOWN: u32 = 0;
+/// How long requests in flight get to finish at shutdown before the endpoint closes.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Binds the endpoint with the gateway's TLS and transport settings.
 pub fn bind(config: &GatewayConfig, certs: &CertStore) -> anyhow::Result<Endpoint> {
@@ -53,6 +56,8 @@ pub async fn serve(
     h3_limits: crate::h3server::Limits,
     shutdown: Shutdown,
 ) {
+    // Every connection and request task, so shutdown can let them finish before closing.
+    let tasks = TaskTracker::new();
     loop {
         let incoming = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -63,7 +68,8 @@ pub async fn serve(
         };
         let router = router.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        let requests = tasks.clone();
+        tasks.spawn(async move {
             let peer = incoming.remote_address();
             let connection = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
                 Ok(Ok(connection)) => connection,
@@ -78,7 +84,10 @@ pub async fn serve(
             };
             match negotiated_alpn(&connection).as_deref() {
                 Some(crate::ALPN_H3) => {
-                    crate::h3server::serve_connection(connection, router, h3_limits, shutdown).await
+                    crate::h3server::serve_connection(
+                        connection, router, h3_limits, requests, shutdown,
+                    )
+                    .await
                 }
                 Some(crate::ALPN_NATIVE) => crate::native::serve_connection(connection).await,
                 other => {
@@ -88,6 +97,16 @@ pub async fn serve(
                 }
             }
         });
+    }
+    // Refuse new connections, let requests in flight finish (HTTP/3 connections have been sent
+    // GOAWAY), then close whatever is left.
+    endpoint.set_server_config(None);
+    tasks.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("quic requests still running after the drain timeout");
     }
     endpoint.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"server shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;

@@ -10,3 +10,4 @@ mod certs_reload;
 mod http_versions;
 mod limits;
 mod proxy;
+mod shutdown;

@@ -35,6 +35,13 @@ pub struct Stack {
     shutdown: Shutdown,
 }
 
+impl Stack {
+    /// Starts the gateway's shutdown (as SIGTERM would).
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+}
+
 impl Drop for Stack {
     fn drop(&mut self) {
         self.shutdown.cancel();
