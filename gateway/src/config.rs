@@ -7,6 +7,8 @@ use haberci_certs::CertPaths;
 use haberci_kit::config::{ConfigError, Env};
 use haberci_kit::http::CorsOrigins;
 
+use crate::session::SessionConfig;
+
 pub const DEFAULT_TCP_ADDR: &str = "[::]:8443";
 pub const DEFAULT_UDP_ADDR: &str = "[::]:4433";
 pub const DEFAULT_BACKEND_URL: &str = "http://127.0.0.1:58080";
@@ -52,6 +54,9 @@ pub struct GatewayConfig {
     pub max_tcp_connections: usize,
     /// `HABERCI_HEADER_READ_TIMEOUT_MS`.
     pub header_read_timeout: Duration,
+    /// Realtime sessions: `HABERCI_SESSION_HELLO_TIMEOUT_MS`, `HABERCI_SESSION_IDLE_TIMEOUT_MS`,
+    /// `HABERCI_SESSION_SEND_RATE` (sends per second) and `HABERCI_SESSION_SEND_BURST`.
+    pub session: SessionConfig,
 }
 
 impl GatewayConfig {
@@ -98,6 +103,7 @@ impl GatewayConfig {
         if header_read_timeout.is_zero() {
             env.problem("HABERCI_HEADER_READ_TIMEOUT_MS must be above 0");
         }
+        let session = read_session(&mut env);
         env.finish()?;
         Ok(GatewayConfig {
             tcp_addr,
@@ -112,6 +118,7 @@ impl GatewayConfig {
             cors,
             max_tcp_connections,
             header_read_timeout,
+            session,
         })
     }
 
@@ -130,7 +137,38 @@ impl GatewayConfig {
             cors: CorsOrigins::default(),
             max_tcp_connections: DEFAULT_MAX_TCP_CONNECTIONS,
             header_read_timeout: Duration::from_millis(DEFAULT_HEADER_READ_TIMEOUT_MS),
+            session: SessionConfig::default(),
         }
+    }
+}
+
+fn read_session(env: &mut Env<'_>) -> SessionConfig {
+    let defaults = SessionConfig::default();
+    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let hello_timeout = Duration::from_millis(env.parse_or(
+        "HABERCI_SESSION_HELLO_TIMEOUT_MS",
+        millis(defaults.hello_timeout),
+    ));
+    let idle_timeout = Duration::from_millis(env.parse_or(
+        "HABERCI_SESSION_IDLE_TIMEOUT_MS",
+        millis(defaults.idle_timeout),
+    ));
+    let send_rate_per_sec = env.parse_or("HABERCI_SESSION_SEND_RATE", defaults.send_rate_per_sec);
+    let send_burst = env.parse_or("HABERCI_SESSION_SEND_BURST", defaults.send_burst);
+    if hello_timeout.is_zero() || idle_timeout.is_zero() {
+        env.problem(
+            "HABERCI_SESSION_HELLO_TIMEOUT_MS and HABERCI_SESSION_IDLE_TIMEOUT_MS must be above 0",
+        );
+    }
+    if send_burst == 0 {
+        env.problem("HABERCI_SESSION_SEND_BURST must be at least 1");
+    }
+    SessionConfig {
+        hello_timeout,
+        idle_timeout,
+        send_rate_per_sec,
+        send_burst,
+        ..defaults
     }
 }
 

@@ -9,17 +9,23 @@
 //!   [`proxy`] of every other `/v1/*` request to the backend API.
 //! - [`tcp`]: TLS on TCP with ALPN `h2` / `http/1.1`; every response carries `Alt-Svc: h3`.
 //! - [`quic`]: one quinn endpoint on UDP; each connection is dispatched by its negotiated ALPN
-//!   to [`h3server`] (`h3`) or [`native`] (`haberci/1`). Unknown ALPNs fail the TLS handshake.
+//!   to [`h3server`] (`h3`) or [`native`] (`haberci/1`, a [`session::Session`] on one bidi
+//!   stream). Unknown ALPNs fail the TLS handshake.
+//! - [`session`]: the sans-IO realtime session state machine the three transports share
+//!   (handshake, ping, in-band token refresh, expiry, timeouts, send rate); today driven by
+//!   [`native`] only. [`auth`] keeps the token verifier in step with the backend's JWKS.
 //!
 //! [`Gateway::start`] binds everything and returns the bound addresses, so tests run a gateway
 //! in-process on port 0.
 
+pub mod auth;
 pub mod config;
 pub mod h3server;
 pub mod http;
 pub mod native;
 pub mod proxy;
 pub mod quic;
+pub mod session;
 pub mod tcp;
 pub mod tls;
 
@@ -41,6 +47,8 @@ pub struct Gateway {
     pub tcp_addr: SocketAddr,
     pub udp_addr: SocketAddr,
     pub certs: Arc<tls::CertStore>,
+    /// The access-token keys realtime sessions are verified with.
+    pub keys: Arc<auth::TokenKeys>,
     tasks: JoinSet<()>,
 }
 
@@ -49,6 +57,8 @@ impl Gateway {
     pub async fn start(config: GatewayConfig, shutdown: Shutdown) -> anyhow::Result<Gateway> {
         let certs = Arc::new(tls::CertStore::load(config.cert_paths.clone())?);
         let state = http::GatewayState::new(&config);
+        let keys = Arc::new(auth::TokenKeys::default());
+        let backend = state.backend.clone();
         let router = http::router(state);
 
         let tcp_listener = tokio::net::TcpListener::bind(config.tcp_addr)
@@ -59,6 +69,7 @@ impl Gateway {
         let udp_addr = endpoint.local_addr()?;
 
         let mut tasks = JoinSet::new();
+        tasks.spawn(auth::refresh(keys.clone(), backend, shutdown.clone()));
         tasks.spawn(tls::watch(
             certs.clone(),
             config.cert_reload_interval,
@@ -82,6 +93,10 @@ impl Gateway {
                 max_body_bytes: config.max_body_bytes,
                 header_read_timeout: config.header_read_timeout,
             },
+            quic::Native {
+                keys: keys.clone(),
+                session: config.session,
+            },
             shutdown,
         ));
         tracing::info!(%tcp_addr, %udp_addr, "gateway listening");
@@ -89,6 +104,7 @@ impl Gateway {
             tcp_addr,
             udp_addr,
             certs,
+            keys,
             tasks,
         })
     }

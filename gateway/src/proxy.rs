@@ -17,6 +17,9 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::http::{ClientAddr, error_response};
 
+/// Largest JWKS document accepted from the backend.
+const MAX_JWKS_BYTES: usize = 64 * 1024;
+
 /// Header carrying the client's IP to the backend.
 pub const CLIENT_IP_HEADER: &str = "x-haberci-client-ip";
 
@@ -75,6 +78,26 @@ impl Backend {
             tokio::time::timeout(Duration::from_secs(3), self.client.request(request)).await,
             Ok(Ok(response)) if response.status() == StatusCode::OK
         )
+    }
+
+    /// The backend's published access-token keys (`GET /v1/auth/jwks`), or `None` when the
+    /// backend cannot be reached or answers something else.
+    pub async fn jwks(&self) -> Option<haberci_token::Jwks> {
+        let uri = self.uri("/v1/auth/jwks").ok()?;
+        let request = http::Request::get(uri).body(Body::empty()).ok()?;
+        let response = tokio::time::timeout(Duration::from_secs(3), self.client.request(request))
+            .await
+            .ok()?
+            .ok()?;
+        if response.status() != StatusCode::OK {
+            return None;
+        }
+        let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
+            .collect()
+            .await
+            .ok()?
+            .to_bytes();
+        serde_json::from_slice(&body).ok()
     }
 
     /// Sends `request` to the backend and relays its answer.

@@ -1,14 +1,18 @@
 //! One QUIC endpoint, dispatched by ALPN: `h3` is HTTP/3 (tested in `http_versions`),
 //! `haberci/1` reaches the native path, anything else is refused in the TLS handshake.
 
-use haberci_gateway::native::CLOSE_NOT_YET_SERVED;
+use haberci_wire::ErrorCode;
 use quinn::{ConnectionError, VarInt};
 
 use crate::support::{self, BackendKind, QuicClient, TIMEOUT};
 
 #[tokio::test]
 async fn native_alpn_reaches_the_native_path() {
-    let stack = support::start(BackendKind::Down).await;
+    // The native path waits for the client's stream; opening none ends in `idle_timeout`.
+    let stack = support::start_with_config(support::free_addr(), |config| {
+        config.session.hello_timeout = std::time::Duration::from_millis(200);
+    })
+    .await;
     let roots = support::ca_roots(&[&stack.certs.ca_cert()]);
     let client = QuicClient::connect(stack.gateway_udp, roots, b"haberci/1")
         .await
@@ -20,7 +24,10 @@ async fn native_alpn_reaches_the_native_path() {
         .expect("closed in time");
     match closed {
         ConnectionError::ApplicationClosed(close) => {
-            assert_eq!(close.error_code, VarInt::from_u32(CLOSE_NOT_YET_SERVED));
+            assert_eq!(
+                close.error_code,
+                VarInt::from_u64(ErrorCode::IdleTimeout.quic_code()).unwrap()
+            );
         }
         other => panic!("expected an application close, got {other:?}"),
     }

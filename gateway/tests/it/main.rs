@@ -9,5 +9,6 @@ mod alpn;
 mod certs_reload;
 mod http_versions;
 mod limits;
+mod native;
 mod proxy;
 mod shutdown;

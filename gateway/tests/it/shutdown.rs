@@ -14,15 +14,16 @@ async fn requests_in_flight_finish_after_shutdown_begins() {
         let release = Arc::new(Notify::new());
         let backend = {
             let (arrived, release) = (arrived.clone(), release.clone());
-            support::serve_router(axum::Router::new().fallback(move || {
+            // Only this path is slow: the gateway's own calls (its JWKS fetch) must not count.
+            let slow = axum::routing::get(move || {
                 let (arrived, release) = (arrived.clone(), release.clone());
                 async move {
                     arrived.notify_one();
                     release.notified().await;
                     "finished"
                 }
-            }))
-            .await
+            });
+            support::serve_router(axum::Router::new().route("/v1/slow", slow)).await
         };
         let stack = Arc::new(support::start_with_backend(backend).await);
         let pending = {

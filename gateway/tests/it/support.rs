@@ -29,6 +29,7 @@ pub struct Stack {
     pub gateway_udp: SocketAddr,
     pub certs: CertPaths,
     pub gateway: Arc<haberci_gateway::tls::CertStore>,
+    pub keys: Arc<haberci_gateway::auth::TokenKeys>,
     // Dropping the gateway aborts its tasks; it lives as long as the stack.
     _running: Gateway,
     _dir: tempfile::TempDir,
@@ -93,6 +94,7 @@ pub async fn start_with_config(
         gateway_tcp: gateway.tcp_addr,
         gateway_udp: gateway.udp_addr,
         gateway: gateway.certs.clone(),
+        keys: gateway.keys.clone(),
         _running: gateway,
         certs,
         _dir: dir,

@@ -1,0 +1,860 @@
+//! The realtime session state machine: one per client connection, whatever the transport.
+//!
+//! Sans-IO (STYLE: quinn-proto): frames and clock readings go in ([`Session::handle_frame`],
+//! [`Session::handle_timeout`]), outputs come out ([`Session::poll_output`]). No sockets, no
+//! clocks, no tasks, so every case is a deterministic unit test. The QUIC, WebTransport and
+//! WebSocket adapters only move frames and obey [`Output::Close`].
+//!
+//! Status: this is the session core of the realtime work (#6). It handles the handshake
+//! (`Hello` + access token → `Welcome`, or `Closing`), `Ping`, in-band `RefreshAuth`, token
+//! expiry, the idle and hello timeouts, the per-session send rate, and turns every
+//! authenticated `Send`, `Ack`, `Read`, `Typing` and `PresenceWatch` into a [`Relay`] output
+//! for the Redis relay. The transport adapters and the relay are not wired to it yet.
+//!
+//! Invariant: after [`Output::Close`] the session emits nothing more and ignores all input.
+
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use haberci_token::{Verifier, VerifyError};
+use haberci_wire::{
+    Ack, ClientFrame, ClientMsgId, ClientTyping, Closing, ErrorCode, ErrorFrame, Hello, Limits,
+    Pong, PresenceWatch, Read, ResumePosition, SendMessage, ServerFrame, SessionId, Timestamp,
+    UserId, Welcome, WireError,
+};
+
+/// A session that has not sent `Hello` within this is closed (`idle_timeout`).
+pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// A session that sends nothing for this long is closed (`idle_timeout`). Clients ping every
+/// 15 s (UDP NAT bindings often expire after ≈ 30 s), so three pings may be lost.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
+/// Sustained `Send`s per second, and the burst above it.
+pub const DEFAULT_SEND_RATE_PER_SEC: u32 = 20;
+pub const DEFAULT_SEND_BURST: u32 = 40;
+/// Most users one `PresenceWatch` may name.
+pub const MAX_PRESENCE_WATCH: usize = 256;
+/// Advised wait before reconnecting to a draining server.
+pub const DRAIN_RETRY_AFTER_MS: u32 = 1_000;
+
+#[derive(Debug, Clone, Copy)]
+pub struct SessionConfig {
+    pub hello_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_frame_size: u32,
+    pub send_rate_per_sec: u32,
+    pub send_burst: u32,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            hello_timeout: DEFAULT_HELLO_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_frame_size: u32::try_from(haberci_wire::DEFAULT_MAX_FRAME_SIZE).unwrap_or(u32::MAX),
+            send_rate_per_sec: DEFAULT_SEND_RATE_PER_SEC,
+            send_burst: DEFAULT_SEND_BURST,
+        }
+    }
+}
+
+/// Both clocks, read by the caller: `instant` for deadlines, `unix_ms` for tokens and
+/// timestamps sent to the client.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub instant: Instant,
+    pub unix_ms: i64,
+}
+
+/// Who an authenticated session belongs to (from the access token's `sub` and `sid`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub user: UserId,
+    pub session: SessionId,
+}
+
+/// Work for the relay (Redis streams in, pub/sub out), always on behalf of `identity`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Relay {
+    /// The session is open: subscribe its user's channel and send what it missed after
+    /// `resume`, in order, before live traffic.
+    Opened {
+        identity: Identity,
+        resume: Vec<ResumePosition>,
+    },
+    Send(Identity, SendMessage),
+    Ack(Identity, Ack),
+    Read(Identity, Read),
+    Typing(Identity, ClientTyping),
+    PresenceWatch(Identity, PresenceWatch),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Write this frame to the client.
+    Frame(ServerFrame),
+    Relay(Relay),
+    /// Flush the frames before this, then close the connection with this code (QUIC
+    /// application code / WebSocket close code from the code table).
+    Close(ErrorCode),
+}
+
+#[derive(Debug)]
+enum State {
+    AwaitingHello {
+        deadline: Instant,
+    },
+    Open {
+        identity: Identity,
+        token_deadline: Instant,
+        idle_deadline: Instant,
+        sends: TokenBucket,
+    },
+    Closed,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    config: SessionConfig,
+    state: State,
+    out: VecDeque<Output>,
+}
+
+impl Session {
+    pub fn new(config: SessionConfig, now: Now) -> Self {
+        Session {
+            config,
+            state: State::AwaitingHello {
+                deadline: now.instant + config.hello_timeout,
+            },
+            out: VecDeque::new(),
+        }
+    }
+
+    /// The identity once `Hello` was accepted.
+    pub fn identity(&self) -> Option<Identity> {
+        match &self.state {
+            State::Open { identity, .. } => Some(*identity),
+            _ => None,
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When [`Session::handle_timeout`] must be called next.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        match &self.state {
+            State::AwaitingHello { deadline } => Some(*deadline),
+            State::Open {
+                token_deadline,
+                idle_deadline,
+                ..
+            } => Some((*token_deadline).min(*idle_deadline)),
+            State::Closed => None,
+        }
+    }
+
+    /// One decoded frame from the client, or the reason it could not be decoded.
+    pub fn handle_frame(
+        &mut self,
+        frame: Result<ClientFrame, WireError>,
+        verifier: &Verifier,
+        now: Now,
+    ) {
+        if let State::Open { idle_deadline, .. } = &mut self.state {
+            *idle_deadline = now.instant + self.config.idle_timeout;
+        }
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(err) => return self.refuse(&err),
+        };
+        let identity = match &self.state {
+            State::Closed => return,
+            State::AwaitingHello { .. } => None,
+            State::Open { identity, .. } => Some(*identity),
+        };
+        match (identity, frame) {
+            (None, ClientFrame::Hello(hello)) => self.hello(hello, verifier, now),
+            (None, _) => self.close(ErrorCode::Unauthenticated, "the first frame must be Hello"),
+            (Some(_), ClientFrame::Hello(_)) => {
+                self.close(ErrorCode::BadFrame, "Hello was already sent")
+            }
+            (Some(_), ClientFrame::Ping(ping)) => self
+                .out
+                .push_back(Output::Frame(ServerFrame::Pong(Pong { nonce: ping.nonce }))),
+            (Some(_), ClientFrame::RefreshAuth(refresh)) => {
+                self.refresh(&refresh.access_token, verifier, now)
+            }
+            (Some(identity), ClientFrame::Send(send)) => {
+                if self.take_send(now) {
+                    self.relay(Relay::Send(identity, send));
+                } else {
+                    let message = format!(
+                        "more than {} sends per second; resend the same client_msg_id later",
+                        self.config.send_rate_per_sec
+                    );
+                    self.error(ErrorCode::RateLimited, message, Some(send.client_msg_id));
+                }
+            }
+            (Some(identity), ClientFrame::Ack(ack)) => self.relay(Relay::Ack(identity, ack)),
+            (Some(identity), ClientFrame::Read(read)) => self.relay(Relay::Read(identity, read)),
+            (Some(identity), ClientFrame::Typing(typing)) => {
+                // Ephemeral: over the rate it is dropped, never answered.
+                if self.take_send(now) {
+                    self.relay(Relay::Typing(identity, typing));
+                }
+            }
+            (Some(identity), ClientFrame::PresenceWatch(watch)) => {
+                if watch.user_ids.len() > MAX_PRESENCE_WATCH {
+                    let message = format!("PresenceWatch names at most {MAX_PRESENCE_WATCH} users");
+                    self.error(ErrorCode::InvalidField, message, None);
+                } else {
+                    self.relay(Relay::PresenceWatch(identity, watch));
+                }
+            }
+        }
+    }
+
+    fn relay(&mut self, relay: Relay) {
+        self.out.push_back(Output::Relay(relay));
+    }
+
+    fn error(&mut self, code: ErrorCode, message: String, client_msg_id: Option<ClientMsgId>) {
+        self.out
+            .push_back(Output::Frame(ServerFrame::Error(ErrorFrame {
+                code,
+                message,
+                client_msg_id,
+            })));
+    }
+
+    /// Takes one token from the send bucket; `false` when the client is over its rate.
+    fn take_send(&mut self, now: Now) -> bool {
+        match &mut self.state {
+            State::Open { sends, .. } => sends.take(now.instant),
+            _ => false,
+        }
+    }
+
+    /// Call at [`Session::next_timeout`] (or later).
+    pub fn handle_timeout(&mut self, now: Now) {
+        match &self.state {
+            State::AwaitingHello { deadline } if now.instant >= *deadline => {
+                self.close(ErrorCode::IdleTimeout, "no Hello in time")
+            }
+            State::Open { token_deadline, .. } if now.instant >= *token_deadline => self.close(
+                ErrorCode::TokenExpired,
+                "the access token expired; refresh it and reconnect",
+            ),
+            State::Open { idle_deadline, .. } if now.instant >= *idle_deadline => self.close(
+                ErrorCode::IdleTimeout,
+                "nothing received; send Ping more often",
+            ),
+            _ => {}
+        }
+    }
+
+    /// The session's access was revoked (logout, refresh-token reuse).
+    pub fn revoke(&mut self) {
+        self.close(ErrorCode::Unauthenticated, "the session was revoked");
+    }
+
+    /// The server is shutting down: the client reconnects elsewhere and resumes.
+    pub fn drain(&mut self) {
+        if !self.is_closed() {
+            self.out
+                .push_back(Output::Frame(ServerFrame::Closing(Closing {
+                    code: ErrorCode::ServerDraining,
+                    reason: "server shutting down; reconnect and resume".into(),
+                    retry_after_ms: NonZeroU32::new(DRAIN_RETRY_AFTER_MS),
+                    supported_versions: Vec::new(),
+                })));
+            self.finish(ErrorCode::ServerDraining);
+        }
+    }
+
+    fn hello(&mut self, hello: Hello, verifier: &Verifier, now: Now) {
+        if !haberci_wire::is_supported_version(hello.protocol_version) {
+            self.out
+                .push_back(Output::Frame(ServerFrame::Closing(Closing {
+                    code: ErrorCode::UnsupportedVersion,
+                    reason: format!(
+                        "protocol version {} is not spoken here",
+                        hello.protocol_version
+                    ),
+                    retry_after_ms: None,
+                    supported_versions: haberci_wire::SUPPORTED_VERSIONS.to_vec(),
+                })));
+            return self.finish(ErrorCode::UnsupportedVersion);
+        }
+        let Some((identity, expires_ms)) = self.authenticate(&hello.access_token, verifier, now)
+        else {
+            return;
+        };
+        let (Some(server_time), Some(token_expires_at)) = (
+            Timestamp::from_unix_millis(now.unix_ms),
+            Timestamp::from_unix_millis(expires_ms),
+        ) else {
+            return self.close(ErrorCode::Internal, "clock out of range");
+        };
+        self.state = State::Open {
+            identity,
+            token_deadline: deadline(now, expires_ms),
+            idle_deadline: now.instant + self.config.idle_timeout,
+            sends: TokenBucket::new(
+                self.config.send_rate_per_sec,
+                self.config.send_burst,
+                now.instant,
+            ),
+        };
+        self.out
+            .push_back(Output::Frame(ServerFrame::Welcome(Welcome {
+                session_id: identity.session,
+                user_id: identity.user,
+                protocol_version: haberci_wire::PROTOCOL_VERSION,
+                server_time,
+                token_expires_at,
+                limits: Limits {
+                    max_frame_size: self.config.max_frame_size,
+                    send_rate_per_sec: self.config.send_rate_per_sec,
+                    send_burst: self.config.send_burst,
+                    idle_timeout_ms: u32::try_from(self.config.idle_timeout.as_millis())
+                        .unwrap_or(u32::MAX),
+                },
+            })));
+        self.out.push_back(Output::Relay(Relay::Opened {
+            identity,
+            resume: hello.resume,
+        }));
+    }
+
+    fn refresh(&mut self, token: &str, verifier: &Verifier, now: Now) {
+        let Some((fresh, expires_ms)) = self.authenticate(token, verifier, now) else {
+            return;
+        };
+        if let State::Open {
+            identity,
+            token_deadline,
+            ..
+        } = &mut self.state
+        {
+            // Invariant: a session never changes hands; a token of another session is refused.
+            if fresh != *identity {
+                return self.close(
+                    ErrorCode::Unauthenticated,
+                    "RefreshAuth carried another session's token",
+                );
+            }
+            *token_deadline = deadline(now, expires_ms);
+        }
+    }
+
+    /// Verifies `token`; on failure closes the session and returns `None`.
+    fn authenticate(
+        &mut self,
+        token: &str,
+        verifier: &Verifier,
+        now: Now,
+    ) -> Option<(Identity, i64)> {
+        match verifier.verify(token, now.unix_ms.div_euclid(1000)) {
+            Ok(claims) => match (UserId::new(claims.sub), SessionId::new(claims.sid)) {
+                (Some(user), Some(session)) => {
+                    Some((Identity { user, session }, claims.exp.saturating_mul(1000)))
+                }
+                _ => {
+                    self.close(ErrorCode::Unauthenticated, "the token names no user");
+                    None
+                }
+            },
+            Err(VerifyError::Expired) => {
+                self.close(
+                    ErrorCode::TokenExpired,
+                    "the access token expired; refresh it and reconnect",
+                );
+                None
+            }
+            Err(err) => {
+                tracing::debug!(reason = err.reason(), "session token refused");
+                self.close(ErrorCode::Unauthenticated, "the access token is not valid");
+                None
+            }
+        }
+    }
+
+    /// A frame that could not be decoded: `Error` for a non-fatal problem, `Closing` for a
+    /// fatal one (the stream is out of sync, or the client is broken).
+    fn refuse(&mut self, err: &WireError) {
+        if self.is_closed() {
+            return;
+        }
+        let code = err.code();
+        if code.is_fatal() {
+            self.close(code, &err.to_string());
+        } else {
+            self.error(code, err.to_string(), err.client_msg_id());
+        }
+    }
+
+    fn close(&mut self, code: ErrorCode, reason: &str) {
+        if self.is_closed() {
+            return;
+        }
+        self.out
+            .push_back(Output::Frame(ServerFrame::Closing(Closing {
+                code,
+                reason: reason.to_owned(),
+                retry_after_ms: None,
+                supported_versions: Vec::new(),
+            })));
+        self.finish(code);
+    }
+
+    fn finish(&mut self, code: ErrorCode) {
+        self.out.push_back(Output::Close(code));
+        self.state = State::Closed;
+    }
+}
+
+/// The monotonic instant at which a token expiring at `expires_ms` (Unix) runs out.
+fn deadline(now: Now, expires_ms: i64) -> Instant {
+    let left = u64::try_from(expires_ms.saturating_sub(now.unix_ms)).unwrap_or(0);
+    now.instant + Duration::from_millis(left)
+}
+
+/// A token bucket on the caller's clock: `rate` tokens per second, at most `burst` saved.
+#[derive(Debug)]
+struct TokenBucket {
+    rate_per_sec: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate_per_sec: u32, burst: u32, now: Instant) -> Self {
+        let burst = f64::from(burst.max(1));
+        TokenBucket {
+            rate_per_sec: f64::from(rate_per_sec),
+            burst,
+            tokens: burst,
+            at: now,
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate_per_sec).min(self.burst);
+        self.at = now.max(self.at);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use haberci_token::{Claims, KeySet};
+    use haberci_wire::{ConversationId, Ping, RefreshAuth, Seq};
+    use uuid::Uuid;
+
+    const T0_MS: i64 = 1_800_000_000_000;
+
+    struct Harness {
+        keys: KeySet,
+        verifier: Verifier,
+        start: Instant,
+        session: Session,
+        user: Uuid,
+        sid: Uuid,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            let keys = KeySet::generate("test-key").unwrap();
+            let verifier = keys.verifier();
+            let start = Instant::now();
+            let session = Session::new(SessionConfig::default(), at(start, 0));
+            Harness {
+                keys,
+                verifier,
+                start,
+                session,
+                user: Uuid::now_v7(),
+                sid: Uuid::now_v7(),
+            }
+        }
+
+        fn now(&self, after_ms: u64) -> Now {
+            at(self.start, after_ms)
+        }
+
+        /// A token for this harness's user and session, issued at `after_ms`, living `ttl`.
+        fn token(&self, after_ms: u64, ttl_secs: i64) -> String {
+            let now_secs = self.now(after_ms).unix_ms / 1000;
+            self.keys
+                .sign(&Claims::new(self.user, self.sid, now_secs, ttl_secs))
+        }
+
+        fn send(&mut self, frame: ClientFrame, after_ms: u64) -> Vec<Output> {
+            let now = self.now(after_ms);
+            self.session.handle_frame(Ok(frame), &self.verifier, now);
+            self.drain()
+        }
+
+        fn tick(&mut self, after_ms: u64) -> Vec<Output> {
+            let now = self.now(after_ms);
+            self.session.handle_timeout(now);
+            self.drain()
+        }
+
+        fn drain(&mut self) -> Vec<Output> {
+            std::iter::from_fn(|| self.session.poll_output()).collect()
+        }
+
+        fn open(&mut self) {
+            let token = self.token(0, 900);
+            let out = self.send(hello(token, 1), 0);
+            assert!(
+                matches!(out[0], Output::Frame(ServerFrame::Welcome(_))),
+                "{out:?}"
+            );
+        }
+    }
+
+    fn at(start: Instant, after_ms: u64) -> Now {
+        Now {
+            instant: start + Duration::from_millis(after_ms),
+            unix_ms: T0_MS + after_ms as i64,
+        }
+    }
+
+    fn hello(token: String, version: u32) -> ClientFrame {
+        ClientFrame::Hello(Hello {
+            access_token: token,
+            protocol_version: version,
+            client_name: "test".into(),
+            client_version: "0".into(),
+            resume: Vec::new(),
+        })
+    }
+
+    fn ack() -> ClientFrame {
+        ClientFrame::Ack(Ack {
+            conversation_id: ConversationId::new(Uuid::now_v7()).unwrap(),
+            seq: Seq::new(3).unwrap(),
+        })
+    }
+
+    fn send_frame(n: u128) -> ClientFrame {
+        ClientFrame::Send(SendMessage {
+            client_msg_id: ClientMsgId::new(Uuid::from_u128(n + 1)).unwrap(),
+            recipient: haberci_wire::Recipient::User(UserId::new(Uuid::now_v7()).unwrap()),
+            kind: haberci_wire::MessageKind::Text,
+            content: "hi".into(),
+            media: None,
+        })
+    }
+
+    /// The close code, checking the Closing frame comes right before the Close.
+    fn closed_with(out: &[Output]) -> ErrorCode {
+        match out {
+            [
+                ..,
+                Output::Frame(ServerFrame::Closing(closing)),
+                Output::Close(code),
+            ] => {
+                assert_eq!(closing.code, *code);
+                *code
+            }
+            other => panic!("expected Closing then Close, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn hello_with_a_valid_token_opens_the_session() {
+        let mut h = Harness::new();
+        let token = h.token(0, 900);
+        let out = h.send(hello(token, 1), 5);
+        let Output::Frame(ServerFrame::Welcome(welcome)) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(welcome.user_id.as_uuid(), h.user);
+        assert_eq!(welcome.session_id.as_uuid(), h.sid);
+        assert_eq!(welcome.server_time.unix_millis(), T0_MS + 5);
+        assert_eq!(
+            welcome.token_expires_at.unix_millis(),
+            (T0_MS / 1000 + 900) * 1000
+        );
+        assert_eq!(welcome.limits.send_rate_per_sec, DEFAULT_SEND_RATE_PER_SEC);
+        let identity = h.session.identity().unwrap();
+        assert_eq!(
+            out[1],
+            Output::Relay(Relay::Opened {
+                identity,
+                resume: Vec::new()
+            })
+        );
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn handshake_refusals_close_with_their_code() {
+        let other_keys = KeySet::generate("test-key").unwrap();
+        type Case = (
+            &'static str,
+            fn(&Harness, &KeySet) -> ClientFrame,
+            ErrorCode,
+        );
+        let cases: [Case; 6] = [
+            (
+                "frame before Hello",
+                |_, _| ack(),
+                ErrorCode::Unauthenticated,
+            ),
+            (
+                "garbage token",
+                |_, _| hello("x.y.z".into(), 1),
+                ErrorCode::Unauthenticated,
+            ),
+            (
+                "token signed by another key",
+                |h, other| {
+                    let claims = Claims::new(h.user, h.sid, T0_MS / 1000, 900);
+                    hello(other.sign(&claims), 1)
+                },
+                ErrorCode::Unauthenticated,
+            ),
+            (
+                "expired token",
+                |h, _| hello(h.token(0, -3600), 1),
+                ErrorCode::TokenExpired,
+            ),
+            (
+                "unsupported version",
+                |h, _| hello(h.token(0, 900), 99),
+                ErrorCode::UnsupportedVersion,
+            ),
+            (
+                "ping before Hello",
+                |_, _| ClientFrame::Ping(Ping { nonce: 1 }),
+                ErrorCode::Unauthenticated,
+            ),
+        ];
+        for (case, frame, code) in cases {
+            let mut h = Harness::new();
+            let frame = frame(&h, &other_keys);
+            let out = h.send(frame, 0);
+            assert_eq!(closed_with(&out), code, "{case}");
+            assert!(h.session.is_closed(), "{case}");
+            assert!(h.session.identity().is_none(), "{case}");
+        }
+    }
+
+    #[test]
+    fn unsupported_version_lists_the_versions_spoken() {
+        let mut h = Harness::new();
+        let token = h.token(0, 900);
+        let out = h.send(hello(token, 7), 0);
+        let Output::Frame(ServerFrame::Closing(closing)) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(closing.supported_versions, haberci_wire::SUPPORTED_VERSIONS);
+    }
+
+    #[test]
+    fn nothing_comes_out_after_close() {
+        let mut h = Harness::new();
+        let out = h.send(ack(), 0);
+        closed_with(&out);
+        assert!(h.send(ClientFrame::Ping(Ping { nonce: 1 }), 1).is_empty());
+        assert!(h.tick(60_000).is_empty());
+        assert_eq!(h.session.next_timeout(), None);
+    }
+
+    #[test]
+    fn no_hello_in_time_closes_with_idle_timeout() {
+        let mut h = Harness::new();
+        assert_eq!(
+            h.session.next_timeout(),
+            Some(h.start + DEFAULT_HELLO_TIMEOUT)
+        );
+        assert!(h.tick(9_999).is_empty());
+        let out = h.tick(10_000);
+        assert_eq!(closed_with(&out), ErrorCode::IdleTimeout);
+    }
+
+    #[test]
+    fn ping_is_answered_and_keeps_the_session_alive() {
+        let mut h = Harness::new();
+        h.open();
+        let out = h.send(ClientFrame::Ping(Ping { nonce: 42 }), 40_000);
+        assert_eq!(out, [Output::Frame(ServerFrame::Pong(Pong { nonce: 42 }))]);
+        // 45 s after the ping, not after the Hello.
+        assert!(h.tick(84_999).is_empty());
+        assert_eq!(closed_with(&h.tick(85_000)), ErrorCode::IdleTimeout);
+    }
+
+    #[test]
+    fn a_second_hello_is_a_bad_frame() {
+        let mut h = Harness::new();
+        h.open();
+        let token = h.token(0, 900);
+        assert_eq!(
+            closed_with(&h.send(hello(token, 1), 1)),
+            ErrorCode::BadFrame
+        );
+    }
+
+    #[test]
+    fn token_expiry_closes_unless_refreshed_in_band() {
+        let mut h = Harness::new();
+        let token = h.token(0, 60);
+        h.send(hello(token, 1), 0);
+        // Keep the session busy so only the token can end it.
+        for t in (10_000..60_000).step_by(10_000) {
+            h.send(ClientFrame::Ping(Ping { nonce: 0 }), t);
+        }
+        assert_eq!(closed_with(&h.tick(60_000)), ErrorCode::TokenExpired);
+
+        let mut h = Harness::new();
+        let token = h.token(0, 60);
+        h.send(hello(token, 1), 0);
+        let fresh = h.token(50_000, 900);
+        let out = h.send(
+            ClientFrame::RefreshAuth(RefreshAuth {
+                access_token: fresh,
+            }),
+            50_000,
+        );
+        assert!(out.is_empty(), "{out:?}");
+        assert!(h.tick(60_000).is_empty(), "the refreshed token still runs");
+    }
+
+    #[test]
+    fn refresh_with_another_sessions_token_is_refused() {
+        let mut h = Harness::new();
+        h.open();
+        let stranger = h
+            .keys
+            .sign(&Claims::new(h.user, Uuid::now_v7(), T0_MS / 1000, 900));
+        let out = h.send(
+            ClientFrame::RefreshAuth(RefreshAuth {
+                access_token: stranger,
+            }),
+            1,
+        );
+        assert_eq!(closed_with(&out), ErrorCode::Unauthenticated);
+    }
+
+    #[test]
+    fn authenticated_frames_go_to_the_relay_with_the_identity() {
+        let mut h = Harness::new();
+        h.open();
+        let identity = h.session.identity().unwrap();
+        let frame = send_frame(1);
+        let ClientFrame::Send(send) = frame.clone() else {
+            unreachable!()
+        };
+        assert_eq!(
+            h.send(frame, 1),
+            [Output::Relay(Relay::Send(identity, send))]
+        );
+        let frame = ack();
+        let ClientFrame::Ack(a) = frame.clone() else {
+            unreachable!()
+        };
+        assert_eq!(h.send(frame, 2), [Output::Relay(Relay::Ack(identity, a))]);
+    }
+
+    #[test]
+    fn sends_over_the_rate_get_rate_limited_with_their_client_msg_id() {
+        let mut h = Harness::new();
+        h.open();
+        let burst = u128::from(DEFAULT_SEND_BURST);
+        for n in 0..burst {
+            assert!(matches!(h.send(send_frame(n), 1)[..], [Output::Relay(_)]));
+        }
+        let out = h.send(send_frame(burst), 1);
+        let [Output::Frame(ServerFrame::Error(error))] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(error.code, ErrorCode::RateLimited);
+        assert_eq!(
+            error.client_msg_id,
+            Some(ClientMsgId::new(Uuid::from_u128(burst + 1)).unwrap())
+        );
+        assert!(!h.session.is_closed(), "rate limiting is not fatal");
+        // One second later the rate has refilled.
+        assert!(matches!(
+            h.send(send_frame(burst + 1), 1_001)[..],
+            [Output::Relay(_)]
+        ));
+    }
+
+    #[test]
+    fn decode_errors_answer_error_or_close_by_code() {
+        let mut h = Harness::new();
+        h.open();
+        let now = h.now(1);
+        h.session
+            .handle_frame(Err(WireError::UnknownFrameKind), &h.verifier, now);
+        let out = h.drain();
+        let [Output::Frame(ServerFrame::Error(error))] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(error.code, ErrorCode::UnknownFrameKind);
+        assert!(!h.session.is_closed());
+
+        h.session
+            .handle_frame(Err(WireError::MalformedLength), &h.verifier, now);
+        assert_eq!(closed_with(&h.drain()), ErrorCode::BadFrame);
+    }
+
+    #[test]
+    fn oversized_presence_watch_is_refused_without_closing() {
+        let mut h = Harness::new();
+        h.open();
+        let watch = PresenceWatch {
+            user_ids: (0..=MAX_PRESENCE_WATCH)
+                .map(|_| UserId::new(Uuid::now_v7()).unwrap())
+                .collect(),
+        };
+        let out = h.send(ClientFrame::PresenceWatch(watch), 1);
+        assert!(
+            matches!(&out[..], [Output::Frame(ServerFrame::Error(e))] if e.code == ErrorCode::InvalidField)
+        );
+        assert!(!h.session.is_closed());
+    }
+
+    #[test]
+    fn revoke_and_drain_close_with_their_codes() {
+        let mut h = Harness::new();
+        h.open();
+        h.session.revoke();
+        assert_eq!(closed_with(&h.drain()), ErrorCode::Unauthenticated);
+
+        let mut h = Harness::new();
+        h.open();
+        h.session.drain();
+        let out = h.drain();
+        assert_eq!(closed_with(&out), ErrorCode::ServerDraining);
+        let [Output::Frame(ServerFrame::Closing(closing)), _] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            closing.retry_after_ms,
+            NonZeroU32::new(DRAIN_RETRY_AFTER_MS)
+        );
+    }
+}
