@@ -3,7 +3,8 @@
 //!
 //! - `GET /healthz`: the gateway process is alive.
 //! - `GET /readyz`: the backend API answers its own `/readyz`.
-//! - anything under `/v1/`: proxied to the backend ([`crate::proxy`]).
+//! - `GET /v1/ws`: a realtime session over WebSocket ([`crate::websocket`]).
+//! - anything else under `/v1/`: proxied to the backend ([`crate::proxy`]).
 //!
 //! Every response, proxied or not and on every HTTP version, carries the security headers and
 //! follows the CORS allow-list (`haberci_kit::http::harden`, the same rules as the backend).
@@ -31,10 +32,17 @@ pub struct ClientAddr(pub SocketAddr);
 pub struct GatewayState {
     pub backend: Backend,
     pub cors: CorsOrigins,
+    /// For WebSocket sessions on `/v1/ws`.
+    pub realtime: crate::transport::Realtime,
+    pub shutdown: haberci_kit::shutdown::Shutdown,
 }
 
 impl GatewayState {
-    pub fn new(config: &GatewayConfig) -> Self {
+    pub fn new(
+        config: &GatewayConfig,
+        realtime: crate::transport::Realtime,
+        shutdown: haberci_kit::shutdown::Shutdown,
+    ) -> Self {
         GatewayState {
             backend: Backend::new(
                 config.backend_url.clone(),
@@ -42,6 +50,8 @@ impl GatewayState {
                 config.max_body_bytes,
             ),
             cors: config.cors.clone(),
+            realtime,
+            shutdown,
         }
     }
 }
@@ -51,6 +61,7 @@ pub fn router(state: GatewayState) -> Router {
     let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route(haberci_wire::WEBSOCKET_PATH, get(crate::websocket::upgrade))
         .route("/v1/{*rest}", any(proxy))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

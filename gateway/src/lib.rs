@@ -12,8 +12,9 @@
 //!   to [`h3server`] (`h3`) or [`native`] (`haberci/1`, a [`session::Session`] on one bidi
 //!   stream). Unknown ALPNs fail the TLS handshake.
 //! - [`session`]: the sans-IO realtime session state machine the three transports share
-//!   (handshake, ping, in-band token refresh, expiry, timeouts, send rate); today driven by
-//!   [`native`] only. [`auth`] keeps the token verifier in step with the backend's JWKS.
+//!   (handshake, ping, in-band token refresh, expiry, timeouts, send rate), driven by the
+//!   [`native`] QUIC and [`websocket`] adapters (helpers in [`transport`]). [`auth`] keeps the
+//!   token verifier in step with the backend's JWKS.
 //!
 //! [`Gateway::start`] binds everything and returns the bound addresses, so tests run a gateway
 //! in-process on port 0.
@@ -28,6 +29,8 @@ pub mod quic;
 pub mod session;
 pub mod tcp;
 pub mod tls;
+pub mod transport;
+pub mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -56,8 +59,12 @@ impl Gateway {
     /// Loads certificates, binds both listeners, and starts serving until `shutdown`.
     pub async fn start(config: GatewayConfig, shutdown: Shutdown) -> anyhow::Result<Gateway> {
         let certs = Arc::new(tls::CertStore::load(config.cert_paths.clone())?);
-        let state = http::GatewayState::new(&config);
         let keys = Arc::new(auth::TokenKeys::default());
+        let realtime = transport::Realtime {
+            keys: keys.clone(),
+            session: config.session,
+        };
+        let state = http::GatewayState::new(&config, realtime.clone(), shutdown.clone());
         let backend = state.backend.clone();
         let router = http::router(state);
 
@@ -93,10 +100,7 @@ impl Gateway {
                 max_body_bytes: config.max_body_bytes,
                 header_read_timeout: config.header_read_timeout,
             },
-            quic::Native {
-                keys: keys.clone(),
-                session: config.session,
-            },
+            realtime,
             shutdown,
         ));
         tracing::info!(%tcp_addr, %udp_addr, "gateway listening");

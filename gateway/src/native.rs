@@ -9,38 +9,30 @@
 //! `Error{unavailable}` (retryable; nothing is stored), and `Typing`, `PresenceWatch` and resume
 //! are dropped.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use haberci_kit::shutdown::Shutdown;
-use haberci_wire::{ClientFrame, ErrorCode, ErrorFrame, Frame, FrameDecoder, ServerFrame};
+use haberci_wire::{ClientFrame, ErrorCode, Frame, FrameDecoder, ServerFrame};
 use quinn::VarInt;
 
-use crate::auth::TokenKeys;
-use crate::session::{Now, Output, Relay, Session, SessionConfig};
+use crate::session::{Output, Session};
+use crate::transport::{Realtime, now, sleep_until, unserved};
 
 /// How long the Closing frame gets to reach the client before the connection is closed.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Largest chunk read from the stream at once.
 const READ_CHUNK: usize = 64 * 1024;
 
-pub fn now() -> Now {
-    Now {
-        instant: Instant::now(),
-        unix_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0),
-    }
-}
-
 pub async fn serve_connection(
     connection: quinn::Connection,
-    keys: Arc<TokenKeys>,
-    config: SessionConfig,
+    realtime: Realtime,
     shutdown: Shutdown,
 ) {
+    let Realtime {
+        keys,
+        session: config,
+    } = realtime;
     let peer = connection.remote_address();
     let mut session = Session::new(config, now());
     let accepted = tokio::select! {
@@ -131,20 +123,6 @@ pub async fn serve_connection(
     }
 }
 
-/// What the client hears about relay work while the relay is not built (#6).
-fn unserved(relay: &Relay) -> Option<ServerFrame> {
-    let client_msg_id = match relay {
-        Relay::Send(_, send) => Some(send.client_msg_id),
-        Relay::Ack(..) | Relay::Read(..) => None,
-        Relay::Opened { .. } | Relay::Typing(..) | Relay::PresenceWatch(..) => return None,
-    };
-    Some(ServerFrame::Error(ErrorFrame {
-        code: ErrorCode::Unavailable,
-        message: "messaging is not served by this gateway yet".into(),
-        client_msg_id,
-    }))
-}
-
 fn encode(frame: &ServerFrame, max_frame: usize, outbound: &mut BytesMut) {
     if let Err(err) = haberci_wire::encode_delimited(frame, max_frame, outbound) {
         // Our own frames always fit; a failure here is a bug, not the peer's doing.
@@ -155,11 +133,4 @@ fn encode(frame: &ServerFrame, max_frame: usize, outbound: &mut BytesMut) {
 fn close(connection: &quinn::Connection, code: ErrorCode) {
     let code_var = VarInt::from_u64(code.quic_code()).unwrap_or(VarInt::from_u32(0));
     connection.close(code_var, code.name().as_bytes());
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
-        None => std::future::pending().await,
-    }
 }

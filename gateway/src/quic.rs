@@ -50,18 +50,11 @@ pub fn bind(config: &GatewayConfig, certs: &CertStore) -> anyhow::Result<Endpoin
 }
 
 /// Accepts connections until shutdown, then closes the endpoint.
-/// What the native (`haberci/1`) path needs.
-#[derive(Clone)]
-pub struct Native {
-    pub keys: Arc<crate::auth::TokenKeys>,
-    pub session: crate::session::SessionConfig,
-}
-
 pub async fn serve(
     endpoint: Endpoint,
     router: Router,
     h3_limits: crate::h3server::Limits,
-    native: Native,
+    realtime: crate::transport::Realtime,
     shutdown: Shutdown,
 ) {
     // Every connection and request task, so shutdown can let them finish before closing.
@@ -77,7 +70,7 @@ pub async fn serve(
         let router = router.clone();
         let shutdown = shutdown.clone();
         let requests = tasks.clone();
-        let native = native.clone();
+        let realtime = realtime.clone();
         tasks.spawn(async move {
             let peer = incoming.remote_address();
             let connection = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
@@ -99,13 +92,7 @@ pub async fn serve(
                     .await
                 }
                 Some(crate::ALPN_NATIVE) => {
-                    crate::native::serve_connection(
-                        connection,
-                        native.keys,
-                        native.session,
-                        shutdown,
-                    )
-                    .await
+                    crate::native::serve_connection(connection, realtime, shutdown).await
                 }
                 other => {
                     // Unreachable while rustls enforces the ALPN list; kept as a guard.

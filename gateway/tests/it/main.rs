@@ -12,3 +12,4 @@ mod limits;
 mod native;
 mod proxy;
 mod shutdown;
+mod websocket;

@@ -100,7 +100,7 @@ fn hello(token: &str, version: u32) -> ClientFrame {
 }
 
 /// Registers a fresh user through the gateway; returns (user id, access token).
-async fn register(stack: &Stack) -> (String, String) {
+pub async fn register(stack: &Stack) -> (String, String) {
     let random = uuid::Uuid::new_v4().simple().to_string();
     let username = format!("qn_{}", &random[..16]);
     let body = json!({
@@ -122,7 +122,7 @@ async fn register(stack: &Stack) -> (String, String) {
     )
 }
 
-async fn stack_with_keys() -> Stack {
+pub async fn stack_with_keys() -> Stack {
     let stack = support::start_real_with(|_| {}).await;
     tokio::time::timeout(TIMEOUT, stack.keys.loaded())
         .await

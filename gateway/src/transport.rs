@@ -1,0 +1,52 @@
+//! What the transport adapters ([`crate::native`], [`crate::websocket`]) share around the
+//! sans-IO [`Session`](crate::session::Session): the real clocks, sleeping until the session's
+//! next deadline, and the answer to relay work while the relay is not built.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use haberci_wire::{ErrorCode, ErrorFrame, ServerFrame};
+
+use crate::auth::TokenKeys;
+use crate::session::{Now, Relay, SessionConfig};
+
+/// What every realtime adapter needs.
+#[derive(Clone)]
+pub struct Realtime {
+    pub keys: Arc<TokenKeys>,
+    pub session: SessionConfig,
+}
+
+/// Reads both clocks.
+pub fn now() -> Now {
+    Now {
+        instant: Instant::now(),
+        unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0),
+    }
+}
+
+/// Sleeps until `deadline`; forever when there is none.
+pub async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What the client hears about relay work while the relay is not built (#6): a retryable
+/// `unavailable` for what must arrive (nothing was stored), nothing for ephemeral frames.
+pub fn unserved(relay: &Relay) -> Option<ServerFrame> {
+    let client_msg_id = match relay {
+        Relay::Send(_, send) => Some(send.client_msg_id),
+        Relay::Ack(..) | Relay::Read(..) => None,
+        Relay::Opened { .. } | Relay::Typing(..) | Relay::PresenceWatch(..) => return None,
+    };
+    Some(ServerFrame::Error(ErrorFrame {
+        code: ErrorCode::Unavailable,
+        message: "messaging is not served by this gateway yet".into(),
+        client_msg_id,
+    }))
+}

@@ -1,0 +1,116 @@
+//! The WebSocket transport (`GET /v1/ws`, subprotocol `haberci.v1`, over TLS on TCP): one
+//! binary message per frame, driven through the shared [`Session`] machine. A text message is
+//! refused with `text_message_refused`; close codes are 4000 + the protocol code.
+//!
+//! Memory per idle connection is kept small: tungstenite's read buffer is 4 KiB instead of its
+//! 128 KiB default, and nothing is buffered for writing.
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use haberci_kit::shutdown::Shutdown;
+use haberci_wire::websocket::MessageType;
+use haberci_wire::{ClientFrame, ErrorCode, ServerFrame, WireError};
+
+use crate::http::{GatewayState, error_response};
+use crate::session::{Output, Session};
+use crate::transport::{Realtime, now, sleep_until, unserved};
+
+/// tungstenite's read buffer per connection.
+pub const READ_BUFFER_SIZE: usize = 4 * 1024;
+
+pub async fn upgrade(State(state): State<GatewayState>, upgrade: WebSocketUpgrade) -> Response {
+    let offered = upgrade
+        .requested_protocols()
+        .any(|p| p.as_bytes() == haberci_wire::WEBSOCKET_SUBPROTOCOL.as_bytes());
+    if !offered {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "subprotocol_required",
+            "offer the WebSocket subprotocol haberci.v1",
+        );
+    }
+    let max = state.realtime.session.max_frame_size as usize;
+    upgrade
+        .protocols([haberci_wire::WEBSOCKET_SUBPROTOCOL])
+        .read_buffer_size(READ_BUFFER_SIZE)
+        .write_buffer_size(0)
+        // One byte over the frame limit still arrives, so the session answers
+        // `frame_too_large` itself rather than tungstenite failing the read.
+        .max_message_size(max + 1)
+        .max_frame_size(max + 1)
+        .on_upgrade(move |socket| serve(socket, state.realtime, state.shutdown))
+        .into_response()
+}
+
+async fn serve(mut socket: WebSocket, realtime: Realtime, shutdown: Shutdown) {
+    let Realtime {
+        keys,
+        session: config,
+    } = realtime;
+    let max = config.max_frame_size as usize;
+    let mut session = Session::new(config, now());
+    let mut draining = false;
+    loop {
+        while let Some(output) = session.poll_output() {
+            let message = match output {
+                Output::Frame(frame) => binary(&frame, max),
+                Output::Relay(relay) => unserved(&relay).and_then(|frame| binary(&frame, max)),
+                Output::Close(code) => {
+                    let _ = socket
+                        .send(Message::Close(Some(CloseFrame {
+                            code: code.websocket_close_code(),
+                            reason: code.name().into(),
+                        })))
+                        .await;
+                    return;
+                }
+            };
+            if let Some(message) = message {
+                if socket.send(message).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let deadline = session.next_timeout();
+        tokio::select! {
+            _ = shutdown.cancelled(), if !draining => {
+                draining = true;
+                session.drain();
+            }
+            _ = sleep_until(deadline) => session.handle_timeout(now()),
+            message = socket.recv() => {
+                let frame: Result<ClientFrame, WireError> = match message {
+                    Some(Ok(Message::Binary(payload))) => {
+                        haberci_wire::websocket::decode(MessageType::Binary, payload, max)
+                    }
+                    Some(Ok(Message::Text(text))) => haberci_wire::websocket::decode(
+                        MessageType::Text,
+                        bytes::Bytes::copy_from_slice(text.as_bytes()),
+                        max,
+                    ),
+                    // tungstenite answers pings itself.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Close(_))) | None => return,
+                    Some(Err(err)) => {
+                        tracing::debug!(%err, "websocket read failed");
+                        return;
+                    }
+                };
+                session.handle_frame(frame, &keys.current(), now());
+            }
+        }
+    }
+}
+
+fn binary(frame: &ServerFrame, max: usize) -> Option<Message> {
+    match haberci_wire::websocket::encode(frame, max) {
+        Ok(bytes) => Some(Message::Binary(bytes)),
+        Err(err) => {
+            // Our own frames always fit; a failure here is a bug, not the peer's doing.
+            tracing::error!(%err, kind = frame.kind(), code = ?ErrorCode::Internal, "cannot encode a server frame");
+            None
+        }
+    }
+}
