@@ -12,6 +12,7 @@ use crate::session::SessionConfig;
 pub const DEFAULT_TCP_ADDR: &str = "[::]:8443";
 pub const DEFAULT_UDP_ADDR: &str = "[::]:4433";
 pub const DEFAULT_BACKEND_URL: &str = "http://127.0.0.1:58080";
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:56379";
 pub const DEFAULT_CERT_DIR: &str = ".dev/certs";
 pub const DEFAULT_CERT_RELOAD_INTERVAL_MS: u64 = 1_000;
 /// Largest request body the gateway forwards (1 MiB).
@@ -38,6 +39,9 @@ pub struct GatewayConfig {
     pub alt_svc_port: Option<u16>,
     /// `HABERCI_BACKEND_URL`: base URL of the backend API.
     pub backend_url: http::Uri,
+    /// `HABERCI_REDIS_URL`: where session revocations are announced (`auth:revoked`). `None`
+    /// (tests only): revoked sessions end at token expiry.
+    pub redis_url: Option<String>,
     /// `HABERCI_BACKEND_TIMEOUT_MS`: how long a proxied request may take.
     pub backend_timeout: Duration,
     /// `HABERCI_CERT_DIR`: where `haberci-certs` wrote the certificates.
@@ -78,6 +82,10 @@ impl GatewayConfig {
         let backend_timeout = Duration::from_millis(
             env.parse_or("HABERCI_BACKEND_TIMEOUT_MS", DEFAULT_BACKEND_TIMEOUT_MS),
         );
+        let redis_url = env.string_or("HABERCI_REDIS_URL", DEFAULT_REDIS_URL);
+        if !redis_url.starts_with("redis://") {
+            env.problem("HABERCI_REDIS_URL must be a redis:// URL");
+        }
         let cert_dir = env.string_or("HABERCI_CERT_DIR", DEFAULT_CERT_DIR);
         let cert_reload_interval = Duration::from_millis(env.parse_or(
             "HABERCI_CERT_RELOAD_INTERVAL_MS",
@@ -111,6 +119,7 @@ impl GatewayConfig {
             alt_svc_port,
             backend_url,
             backend_timeout,
+            redis_url: Some(redis_url),
             cert_paths: CertPaths::new(cert_dir),
             cert_reload_interval,
             max_body_bytes,
@@ -130,6 +139,7 @@ impl GatewayConfig {
             alt_svc_port: None,
             backend_url,
             backend_timeout: Duration::from_millis(DEFAULT_BACKEND_TIMEOUT_MS),
+            redis_url: None,
             cert_paths: CertPaths::new(cert_dir),
             cert_reload_interval: Duration::from_millis(100),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,

@@ -26,6 +26,7 @@ pub mod http;
 pub mod native;
 pub mod proxy;
 pub mod quic;
+pub mod revocation;
 pub mod session;
 pub mod tcp;
 pub mod tls;
@@ -52,6 +53,8 @@ pub struct Gateway {
     pub certs: Arc<tls::CertStore>,
     /// The access-token keys realtime sessions are verified with.
     pub keys: Arc<auth::TokenKeys>,
+    /// The realtime sessions held here, by session id, for revocation.
+    pub revocations: Arc<revocation::Revocations>,
     tasks: JoinSet<()>,
 }
 
@@ -60,9 +63,11 @@ impl Gateway {
     pub async fn start(config: GatewayConfig, shutdown: Shutdown) -> anyhow::Result<Gateway> {
         let certs = Arc::new(tls::CertStore::load(config.cert_paths.clone())?);
         let keys = Arc::new(auth::TokenKeys::default());
+        let revocations = Arc::new(revocation::Revocations::default());
         let realtime = transport::Realtime {
             keys: keys.clone(),
             session: config.session,
+            revocations: revocations.clone(),
         };
         let state = http::GatewayState::new(&config, realtime.clone(), shutdown.clone());
         let backend = state.backend.clone();
@@ -77,6 +82,16 @@ impl Gateway {
 
         let mut tasks = JoinSet::new();
         tasks.spawn(auth::refresh(keys.clone(), backend, shutdown.clone()));
+        match &config.redis_url {
+            Some(url) => {
+                tasks.spawn(revocation::listen(
+                    revocations.clone(),
+                    url.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            None => tracing::warn!("no Redis configured: revoked sessions end at token expiry"),
+        }
         tasks.spawn(tls::watch(
             certs.clone(),
             config.cert_reload_interval,
@@ -109,6 +124,7 @@ impl Gateway {
             udp_addr,
             certs,
             keys,
+            revocations,
             tasks,
         })
     }

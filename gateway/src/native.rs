@@ -17,7 +17,7 @@ use haberci_wire::{ClientFrame, ErrorCode, Frame, FrameDecoder, ServerFrame};
 use quinn::VarInt;
 
 use crate::session::{Output, Session};
-use crate::transport::{Realtime, now, sleep_until, unserved};
+use crate::transport::{Realtime, Revocable, now, sleep_until, unserved};
 
 /// How long the Closing frame gets to reach the client before the connection is closed.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -32,7 +32,9 @@ pub async fn serve_connection(
     let Realtime {
         keys,
         session: config,
+        revocations,
     } = realtime;
+    let mut revocable = Revocable::default();
     let peer = connection.remote_address();
     let mut session = Session::new(config, now());
     let accepted = tokio::select! {
@@ -58,6 +60,9 @@ pub async fn serve_connection(
     let mut outbound = BytesMut::new();
     let mut draining = false;
     loop {
+        // Watch for revocation before Welcome is written, so no revocation announced after the
+        // client saw Welcome can be missed.
+        revocable.update(&session, &revocations);
         // Flush what the session produced.
         let mut close_with = None;
         while let Some(output) = session.poll_output() {
@@ -91,6 +96,7 @@ pub async fn serve_connection(
                 draining = true;
                 session.drain();
             }
+            _ = revocable.revoked() => session.revoke(),
             _ = sleep_until(deadline) => session.handle_timeout(now()),
             chunk = recv.read_chunk(READ_CHUNK, true) => match chunk {
                 Ok(Some(chunk)) => {

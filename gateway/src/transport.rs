@@ -8,13 +8,38 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use haberci_wire::{ErrorCode, ErrorFrame, ServerFrame};
 
 use crate::auth::TokenKeys;
-use crate::session::{Now, Relay, SessionConfig};
+use crate::revocation::{Revocations, Watch};
+use crate::session::{Now, Relay, Session, SessionConfig};
 
 /// What every realtime adapter needs.
 #[derive(Clone)]
 pub struct Realtime {
     pub keys: Arc<TokenKeys>,
     pub session: SessionConfig,
+    pub revocations: Arc<Revocations>,
+}
+
+/// Follows a session's revocation once it is open; `None` before `Welcome`.
+#[derive(Default)]
+pub struct Revocable(Option<Watch>);
+
+impl Revocable {
+    /// Starts watching once the session has an identity.
+    pub fn update(&mut self, session: &Session, revocations: &Arc<Revocations>) {
+        if self.0.is_none() {
+            if let Some(identity) = session.identity() {
+                self.0 = Some(revocations.watch(identity.session));
+            }
+        }
+    }
+
+    /// Resolves when the session is revoked; never before it is open.
+    pub async fn revoked(&self) {
+        match &self.0 {
+            Some(watch) => watch.revoked().await,
+            None => std::future::pending().await,
+        }
+    }
 }
 
 /// Reads both clocks.

@@ -15,7 +15,7 @@ use haberci_wire::{ClientFrame, ErrorCode, ServerFrame, WireError};
 
 use crate::http::{GatewayState, error_response};
 use crate::session::{Output, Session};
-use crate::transport::{Realtime, now, sleep_until, unserved};
+use crate::transport::{Realtime, Revocable, now, sleep_until, unserved};
 
 /// tungstenite's read buffer per connection.
 pub const READ_BUFFER_SIZE: usize = 4 * 1024;
@@ -48,11 +48,15 @@ async fn serve(mut socket: WebSocket, realtime: Realtime, shutdown: Shutdown) {
     let Realtime {
         keys,
         session: config,
+        revocations,
     } = realtime;
+    let mut revocable = Revocable::default();
     let max = config.max_frame_size as usize;
     let mut session = Session::new(config, now());
     let mut draining = false;
     loop {
+        // Watch for revocation before Welcome is written (see native.rs).
+        revocable.update(&session, &revocations);
         while let Some(output) = session.poll_output() {
             let message = match output {
                 Output::Frame(frame) => binary(&frame, max),
@@ -79,6 +83,7 @@ async fn serve(mut socket: WebSocket, realtime: Realtime, shutdown: Shutdown) {
                 draining = true;
                 session.drain();
             }
+            _ = revocable.revoked() => session.revoke(),
             _ = sleep_until(deadline) => session.handle_timeout(now()),
             message = socket.recv() => {
                 let frame: Result<ClientFrame, WireError> = match message {

@@ -207,3 +207,43 @@ async fn a_frame_before_hello_is_closed_with_unauthenticated() {
     native.write(&ClientFrame::Ping(Ping { nonce: 1 })).await;
     native.expect_closing(ErrorCode::Unauthenticated).await;
 }
+
+/// A gateway that also follows revocations on the test Redis, with keys loaded and the
+/// revocation subscription in place.
+pub async fn stack_with_revocations() -> Stack {
+    let stack = support::start_real_with(|config| {
+        config.redis_url = Some(support::env("HABERCI_TEST_REDIS_URL"));
+    })
+    .await;
+    tokio::time::timeout(TIMEOUT, async {
+        stack.keys.loaded().await;
+        stack.revocations.subscribed().await;
+    })
+    .await
+    .expect("keys loaded and revocations subscribed");
+    stack
+}
+
+/// Logs the session out through the API (the backend announces the revocation).
+pub async fn logout(stack: &Stack, token: &str) {
+    let request = http::Request::post("https://localhost/v1/auth/logout")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let reply = support::request(stack, Version::Http1, request).await;
+    assert_eq!(reply.status, 204, "{:?}", reply.body);
+}
+
+#[tokio::test]
+async fn a_revoked_session_is_closed_with_unauthenticated() {
+    let stack = stack_with_revocations().await;
+    let (_, token) = register(&stack).await;
+    let mut native = Native::open(&stack).await;
+    native
+        .write(&hello(&token, haberci_wire::PROTOCOL_VERSION))
+        .await;
+    assert!(matches!(native.read().await, ServerFrame::Welcome(_)));
+    logout(&stack, &token).await;
+    let closing = native.expect_closing(ErrorCode::Unauthenticated).await;
+    assert!(closing.reason.contains("revoked"), "{}", closing.reason);
+}

@@ -30,6 +30,7 @@ pub struct Stack {
     pub certs: CertPaths,
     pub gateway: Arc<haberci_gateway::tls::CertStore>,
     pub keys: Arc<haberci_gateway::auth::TokenKeys>,
+    pub revocations: Arc<haberci_gateway::revocation::Revocations>,
     // Dropping the gateway aborts its tasks; it lives as long as the stack.
     _running: Gateway,
     _dir: tempfile::TempDir,
@@ -95,6 +96,7 @@ pub async fn start_with_config(
         gateway_udp: gateway.udp_addr,
         gateway: gateway.certs.clone(),
         keys: gateway.keys.clone(),
+        revocations: gateway.revocations.clone(),
         _running: gateway,
         certs,
         _dir: dir,

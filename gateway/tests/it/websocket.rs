@@ -141,3 +141,17 @@ async fn an_upgrade_without_the_subprotocol_is_refused() {
         Ok(_) => panic!("the upgrade must be refused"),
     }
 }
+
+#[tokio::test]
+async fn a_revoked_session_is_closed_with_unauthenticated() {
+    let stack = crate::native::stack_with_revocations().await;
+    let (_, token) = crate::native::register(&stack).await;
+    let mut socket = connect(&stack, Some("haberci.v1")).await.unwrap();
+    write(&mut socket, &hello(&token)).await;
+    assert!(matches!(
+        read(&mut socket).await,
+        Ok(ServerFrame::Welcome(_))
+    ));
+    crate::native::logout(&stack, &token).await;
+    expect_closing(&mut socket, ErrorCode::Unauthenticated).await;
+}
