@@ -17,7 +17,7 @@ use haberci_wire::{ClientFrame, ErrorCode, Frame, FrameDecoder, ServerFrame};
 use quinn::VarInt;
 
 use crate::session::{Output, Session};
-use crate::transport::{Realtime, Revocable, now, sleep_until, unserved};
+use crate::transport::{Realtime, Revocable, Wake, next, now, unserved};
 
 /// How long the Closing frame gets to reach the client before the connection is closed.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -90,41 +90,37 @@ pub async fn serve_connection(
             return;
         }
 
-        let deadline = session.next_timeout();
-        tokio::select! {
-            _ = shutdown.cancelled(), if !draining => {
-                draining = true;
-                session.drain();
-            }
-            _ = revocable.revoked() => session.revoke(),
-            _ = sleep_until(deadline) => session.handle_timeout(now()),
-            chunk = recv.read_chunk(READ_CHUNK, true) => match chunk {
-                Ok(Some(chunk)) => {
-                    let mut bytes = chunk.bytes;
-                    let verifier = keys.current();
-                    loop {
-                        match decoder.decode(&mut bytes) {
-                            Ok(Some(body)) => {
-                                session.handle_frame(ClientFrame::decode(body), &verifier, now())
-                            }
-                            Ok(None) => break,
-                            Err(err) => {
-                                session.handle_frame(Err(err), &verifier, now());
-                                break;
-                            }
+        let input = recv.read_chunk(READ_CHUNK, true);
+        let chunk = match next(&mut session, &revocable, &shutdown, &mut draining, input).await {
+            Wake::Input(chunk) => chunk,
+            Wake::Handled => continue,
+        };
+        match chunk {
+            Ok(Some(chunk)) => {
+                let mut bytes = chunk.bytes;
+                let verifier = keys.current();
+                loop {
+                    match decoder.decode(&mut bytes) {
+                        Ok(Some(body)) => {
+                            session.handle_frame(ClientFrame::decode(body), &verifier, now())
+                        }
+                        Ok(None) => break,
+                        Err(err) => {
+                            session.handle_frame(Err(err), &verifier, now());
+                            break;
                         }
                     }
                 }
-                Ok(None) => {
-                    // The client finished its stream: a clean goodbye.
-                    connection.close(VarInt::from_u64(haberci_wire::QUIC_NO_ERROR).unwrap_or(VarInt::from_u32(0)), b"");
-                    return;
-                }
-                Err(err) => {
-                    tracing::debug!(%peer, %err, "native stream ended");
-                    return;
-                }
-            },
+            }
+            Ok(None) => {
+                // The client finished its stream: a clean goodbye.
+                connection.close(VarInt::from_u32(0), b"");
+                return;
+            }
+            Err(err) => {
+                tracing::debug!(%peer, %err, "native stream ended");
+                return;
+            }
         }
     }
 }

@@ -2,8 +2,11 @@
 //! sans-IO [`Session`](crate::session::Session): the real clocks, sleeping until the session's
 //! next deadline, and the answer to relay work while the relay is not built.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use haberci_kit::shutdown::Shutdown;
 
 use haberci_wire::{ErrorCode, ErrorFrame, ServerFrame};
 
@@ -40,6 +43,37 @@ impl Revocable {
             None => std::future::pending().await,
         }
     }
+}
+
+/// What woke an adapter's loop.
+pub enum Wake<T> {
+    /// Input from the transport.
+    Input(T),
+    /// Shutdown, a revocation or a deadline; already applied to the session.
+    Handled,
+}
+
+/// Waits for the next thing a session must react to: the transport's `input`, shutdown (once:
+/// the session is drained and `draining` is set), the session's revocation, or its next
+/// deadline. Everything but input is applied to `session` here, the same for every transport.
+pub async fn next<T>(
+    session: &mut Session,
+    revocable: &Revocable,
+    shutdown: &Shutdown,
+    draining: &mut bool,
+    input: impl Future<Output = T>,
+) -> Wake<T> {
+    let deadline = session.next_timeout();
+    tokio::select! {
+        _ = shutdown.cancelled(), if !*draining => {
+            *draining = true;
+            session.drain();
+        }
+        _ = revocable.revoked() => session.revoke(),
+        _ = sleep_until(deadline) => session.handle_timeout(now()),
+        input = input => return Wake::Input(input),
+    }
+    Wake::Handled
 }
 
 /// Reads both clocks.

@@ -15,7 +15,7 @@ use haberci_wire::{ClientFrame, ErrorCode, ServerFrame, WireError};
 
 use crate::http::{GatewayState, error_response};
 use crate::session::{Output, Session};
-use crate::transport::{Realtime, Revocable, now, sleep_until, unserved};
+use crate::transport::{Realtime, Revocable, Wake, next, now, unserved};
 
 /// tungstenite's read buffer per connection.
 pub const READ_BUFFER_SIZE: usize = 4 * 1024;
@@ -77,35 +77,29 @@ async fn serve(mut socket: WebSocket, realtime: Realtime, shutdown: Shutdown) {
                 }
             }
         }
-        let deadline = session.next_timeout();
-        tokio::select! {
-            _ = shutdown.cancelled(), if !draining => {
-                draining = true;
-                session.drain();
+        let input = socket.recv();
+        let message = match next(&mut session, &revocable, &shutdown, &mut draining, input).await {
+            Wake::Input(message) => message,
+            Wake::Handled => continue,
+        };
+        let frame: Result<ClientFrame, WireError> = match message {
+            Some(Ok(Message::Binary(payload))) => {
+                haberci_wire::websocket::decode(MessageType::Binary, payload, max)
             }
-            _ = revocable.revoked() => session.revoke(),
-            _ = sleep_until(deadline) => session.handle_timeout(now()),
-            message = socket.recv() => {
-                let frame: Result<ClientFrame, WireError> = match message {
-                    Some(Ok(Message::Binary(payload))) => {
-                        haberci_wire::websocket::decode(MessageType::Binary, payload, max)
-                    }
-                    Some(Ok(Message::Text(text))) => haberci_wire::websocket::decode(
-                        MessageType::Text,
-                        bytes::Bytes::copy_from_slice(text.as_bytes()),
-                        max,
-                    ),
-                    // tungstenite answers pings itself.
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(Message::Close(_))) | None => return,
-                    Some(Err(err)) => {
-                        tracing::debug!(%err, "websocket read failed");
-                        return;
-                    }
-                };
-                session.handle_frame(frame, &keys.current(), now());
+            Some(Ok(Message::Text(text))) => haberci_wire::websocket::decode(
+                MessageType::Text,
+                bytes::Bytes::copy_from_slice(text.as_bytes()),
+                max,
+            ),
+            // tungstenite answers pings itself.
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Close(_))) | None => return,
+            Some(Err(err)) => {
+                tracing::debug!(%err, "websocket read failed");
+                return;
             }
-        }
+        };
+        session.handle_frame(frame, &keys.current(), now());
     }
 }
 
