@@ -25,6 +25,7 @@ mod error;
 mod frames;
 mod framing;
 mod ids;
+pub mod relay;
 
 #[doc(hidden)]
 pub mod fuzzing;
