@@ -58,9 +58,13 @@ pub fn shard_of(conversation: ConversationId, shards: u16) -> u16 {
     u16::try_from(u64::from_be_bytes(tail) % shards).unwrap_or(0)
 }
 
-/// The inbound stream of one shard: `msg:in:{3}`.
-pub fn stream_key(shard: u16) -> String {
-    format!("msg:in:{{{shard}}}")
+/// Default prefix of the inbound stream keys (`HABERCI_STREAM_PREFIX`). Tests use a prefix of
+/// their own so that workers of parallel tests never read each other's entries.
+pub const DEFAULT_STREAM_PREFIX: &str = "msg:in:";
+
+/// The inbound stream of one shard: `msg:in:{3}` with the default prefix.
+pub fn stream_key(prefix: &str, shard: u16) -> String {
+    format!("{prefix}{{{shard}}}")
 }
 
 /// Every session of `user` listens here (messages of direct conversations, `Sent`, receipts,
