@@ -6,6 +6,7 @@ use std::time::Duration;
 use haberci_certs::CertPaths;
 use haberci_kit::config::{ConfigError, Env};
 use haberci_kit::http::CorsOrigins;
+use haberci_wire::relay;
 
 use crate::session::SessionConfig;
 
@@ -61,6 +62,12 @@ pub struct GatewayConfig {
     /// Realtime sessions: `HABERCI_SESSION_HELLO_TIMEOUT_MS`, `HABERCI_SESSION_IDLE_TIMEOUT_MS`,
     /// `HABERCI_SESSION_SEND_RATE` (sends per second) and `HABERCI_SESSION_SEND_BURST`.
     pub session: SessionConfig,
+    /// The relay: `HABERCI_STREAM_SHARDS`, `HABERCI_STREAM_PREFIX`, and the backend's internal
+    /// API secret `HABERCI_INTERNAL_TOKEN`. Messaging needs Redis and the secret; without
+    /// either, sessions open but sends are answered `unavailable`.
+    pub stream_shards: u16,
+    pub stream_prefix: String,
+    pub internal_token: Option<String>,
 }
 
 impl GatewayConfig {
@@ -112,6 +119,15 @@ impl GatewayConfig {
             env.problem("HABERCI_HEADER_READ_TIMEOUT_MS must be above 0");
         }
         let session = read_session(&mut env);
+        let stream_shards = env.parse_or("HABERCI_STREAM_SHARDS", relay::DEFAULT_SHARDS);
+        if stream_shards == 0 {
+            env.problem("HABERCI_STREAM_SHARDS must be at least 1");
+        }
+        let stream_prefix = env.string_or("HABERCI_STREAM_PREFIX", relay::DEFAULT_STREAM_PREFIX);
+        let internal_token = env.raw("HABERCI_INTERNAL_TOKEN");
+        if internal_token.as_ref().is_some_and(|t| t.len() < 32) {
+            env.problem("HABERCI_INTERNAL_TOKEN must be at least 32 characters");
+        }
         env.finish()?;
         Ok(GatewayConfig {
             tcp_addr,
@@ -128,6 +144,9 @@ impl GatewayConfig {
             max_tcp_connections,
             header_read_timeout,
             session,
+            stream_shards,
+            stream_prefix,
+            internal_token,
         })
     }
 
@@ -148,6 +167,9 @@ impl GatewayConfig {
             max_tcp_connections: DEFAULT_MAX_TCP_CONNECTIONS,
             header_read_timeout: Duration::from_millis(DEFAULT_HEADER_READ_TIMEOUT_MS),
             session: SessionConfig::default(),
+            stream_shards: relay::DEFAULT_SHARDS,
+            stream_prefix: relay::DEFAULT_STREAM_PREFIX.to_owned(),
+            internal_token: None,
         }
     }
 }

@@ -21,11 +21,13 @@
 
 pub mod auth;
 pub mod config;
+pub mod delivery;
 pub mod h3server;
 pub mod http;
 pub mod native;
 pub mod proxy;
 pub mod quic;
+pub mod relay;
 pub mod revocation;
 pub mod session;
 pub mod tcp;
@@ -64,10 +66,37 @@ impl Gateway {
         let certs = Arc::new(tls::CertStore::load(config.cert_paths.clone())?);
         let keys = Arc::new(auth::TokenKeys::default());
         let revocations = Arc::new(revocation::Revocations::default());
-        let realtime = transport::Realtime {
+        let mut realtime = transport::Realtime {
             keys: keys.clone(),
             session: config.session,
             revocations: revocations.clone(),
+            relay: None,
+        };
+        let backend = proxy::Backend::new(
+            config.backend_url.clone(),
+            config.backend_timeout,
+            config.max_body_bytes,
+        );
+        realtime.relay = match (&config.redis_url, &config.internal_token) {
+            (Some(redis_url), Some(internal_token)) => Some(
+                relay::Relay::start(
+                    relay::RelayConfig {
+                        redis_url: redis_url.clone(),
+                        shards: config.stream_shards,
+                        stream_prefix: config.stream_prefix.clone(),
+                        internal_token: internal_token.clone(),
+                    },
+                    backend.clone(),
+                    shutdown.clone(),
+                )
+                .await?,
+            ),
+            _ => {
+                tracing::warn!(
+                    "no Redis or no internal token configured: messaging is unavailable"
+                );
+                None
+            }
         };
         let state = http::GatewayState::new(&config, realtime.clone(), shutdown.clone());
         let backend = state.backend.clone();

@@ -11,13 +11,12 @@
 
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use haberci_kit::shutdown::Shutdown;
-use haberci_wire::{ClientFrame, ErrorCode, Frame, FrameDecoder, ServerFrame};
+use haberci_wire::{ClientFrame, ErrorCode, Frame, FrameDecoder, ServerFrame, WireError};
 use quinn::VarInt;
 
-use crate::session::{Output, Session};
-use crate::transport::{Realtime, Revocable, Wake, next, now, unserved};
+use crate::transport::{Link, Realtime, drive};
 
 /// How long the Closing frame gets to reach the client before the connection is closed.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -29,22 +28,15 @@ pub async fn serve_connection(
     realtime: Realtime,
     shutdown: Shutdown,
 ) {
-    let Realtime {
-        keys,
-        session: config,
-        revocations,
-    } = realtime;
-    let mut revocable = Revocable::default();
     let peer = connection.remote_address();
-    let mut session = Session::new(config, now());
     let accepted = tokio::select! {
         _ = shutdown.cancelled() => {
             close(&connection, ErrorCode::ServerDraining);
             return;
         }
-        accepted = tokio::time::timeout(config.hello_timeout, connection.accept_bi()) => accepted,
+        accepted = tokio::time::timeout(realtime.session.hello_timeout, connection.accept_bi()) => accepted,
     };
-    let (mut send, mut recv) = match accepted {
+    let (send, recv) = match accepted {
         Ok(Ok(pair)) => pair,
         Ok(Err(err)) => {
             tracing::debug!(%peer, %err, "native connection ended before its stream");
@@ -55,76 +47,79 @@ pub async fn serve_connection(
             return;
         }
     };
-    let max_frame = config.max_frame_size as usize;
-    let mut decoder = FrameDecoder::new(max_frame);
-    let mut outbound = BytesMut::new();
-    let mut draining = false;
-    loop {
-        // Watch for revocation before Welcome is written, so no revocation announced after the
-        // client saw Welcome can be missed.
-        revocable.update(&session, &revocations);
-        // Flush what the session produced.
-        let mut close_with = None;
-        while let Some(output) = session.poll_output() {
-            match output {
-                Output::Frame(frame) => encode(&frame, max_frame, &mut outbound),
-                Output::Relay(relay) => {
-                    if let Some(frame) = unserved(&relay) {
-                        encode(&frame, max_frame, &mut outbound);
-                    }
-                }
-                Output::Close(code) => close_with = Some(code),
-            }
-        }
-        if !outbound.is_empty() {
-            if send.write_all(&outbound).await.is_err() {
-                return;
-            }
-            outbound.clear();
-        }
-        if let Some(code) = close_with {
-            // Let the Closing frame arrive before the connection (and its stream data) goes.
-            let _ = send.finish();
-            let _ = tokio::time::timeout(CLOSE_LINGER, send.stopped()).await;
-            close(&connection, code);
-            return;
-        }
+    let max_frame = realtime.session.max_frame_size as usize;
+    let link = NativeLink {
+        connection,
+        send,
+        recv,
+        decoder: FrameDecoder::new(max_frame),
+        buffered: Bytes::new(),
+        max_frame,
+        outbound: BytesMut::new(),
+        broken: false,
+    };
+    drive(link, realtime, shutdown).await;
+}
 
-        let input = recv.read_chunk(READ_CHUNK, true);
-        let chunk = match next(&mut session, &revocable, &shutdown, &mut draining, input).await {
-            Wake::Input(chunk) => chunk,
-            Wake::Handled => continue,
-        };
-        match chunk {
-            Ok(Some(chunk)) => {
-                let mut bytes = chunk.bytes;
-                let verifier = keys.current();
-                loop {
-                    match decoder.decode(&mut bytes) {
-                        Ok(Some(body)) => {
-                            session.handle_frame(ClientFrame::decode(body), &verifier, now())
-                        }
-                        Ok(None) => break,
-                        Err(err) => {
-                            session.handle_frame(Err(err), &verifier, now());
-                            break;
-                        }
+/// One native connection: frames on its bidirectional stream.
+struct NativeLink {
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder,
+    /// Bytes read but not decoded yet.
+    buffered: Bytes,
+    max_frame: usize,
+    outbound: BytesMut,
+    /// The stream is out of sync after a framing error: nothing more is decoded.
+    broken: bool,
+}
+
+impl Link for NativeLink {
+    async fn recv(&mut self) -> Option<Result<ClientFrame, WireError>> {
+        loop {
+            if !self.broken {
+                match self.decoder.decode(&mut self.buffered) {
+                    Ok(Some(body)) => return Some(ClientFrame::decode(body)),
+                    Ok(None) => {}
+                    Err(err) => {
+                        self.broken = true;
+                        return Some(Err(err));
                     }
                 }
             }
-            Ok(None) => {
-                // The client finished its stream: a clean goodbye.
-                connection.close(VarInt::from_u32(0), b"");
-                return;
-            }
-            Err(err) => {
-                tracing::debug!(%peer, %err, "native stream ended");
-                return;
+            // Cancel-safe: quinn's read_chunk loses nothing when dropped before it completes.
+            match self.recv.read_chunk(READ_CHUNK, true).await {
+                Ok(Some(chunk)) => self.buffered = chunk.bytes,
+                Ok(None) => {
+                    // The client finished its stream: a clean goodbye.
+                    self.connection.close(VarInt::from_u32(0), b"");
+                    return None;
+                }
+                Err(err) => {
+                    tracing::debug!(peer = %self.connection.remote_address(), %err, "native stream ended");
+                    return None;
+                }
             }
         }
     }
-}
 
+    async fn send(&mut self, frames: &[ServerFrame]) -> bool {
+        for frame in frames {
+            encode(frame, self.max_frame, &mut self.outbound);
+        }
+        let ok = self.send.write_all(&self.outbound).await.is_ok();
+        self.outbound.clear();
+        ok
+    }
+
+    async fn close(mut self, code: ErrorCode) {
+        // Let the Closing frame arrive before the connection (and its stream data) goes.
+        let _ = self.send.finish();
+        let _ = tokio::time::timeout(CLOSE_LINGER, self.send.stopped()).await;
+        close(&self.connection, code);
+    }
+}
 fn encode(frame: &ServerFrame, max_frame: usize, outbound: &mut BytesMut) {
     if let Err(err) = haberci_wire::encode_delimited(frame, max_frame, outbound) {
         // Our own frames always fit; a failure here is a bug, not the peer's doing.

@@ -21,6 +21,9 @@ use crate::http::{ClientAddr, error_response};
 const MAX_JWKS_BYTES: usize = 64 * 1024;
 
 /// Header carrying the client's IP to the backend.
+/// Largest answer of the internal API (a sync page: 200 messages of ≤ 16 KiB per conversation).
+pub const MAX_INTERNAL_BYTES: usize = 64 << 20;
+
 pub const CLIENT_IP_HEADER: &str = "x-haberci-client-ip";
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
@@ -98,6 +101,46 @@ impl Backend {
             .ok()?
             .to_bytes();
         serde_json::from_slice(&body).ok()
+    }
+
+    /// Calls the backend's internal API: GET without a body, POST with one. Errors are for
+    /// logs; the caller retries or gives up.
+    pub async fn internal<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        token: &str,
+        body: Option<&B>,
+    ) -> Result<T, String> {
+        let uri = self.uri(path).map_err(|e| e.to_string())?;
+        let builder = match body {
+            Some(_) => {
+                http::Request::post(uri).header(http::header::CONTENT_TYPE, "application/json")
+            }
+            None => http::Request::get(uri),
+        }
+        .header(crate::relay::INTERNAL_TOKEN_HEADER, token);
+        let body = match body {
+            Some(body) => Body::from(serde_json::to_vec(body).map_err(|e| e.to_string())?),
+            None => Body::empty(),
+        };
+        let request = builder.body(body).map_err(|e| e.to_string())?;
+        let response = tokio::time::timeout(self.timeout, self.client.request(request))
+            .await
+            .map_err(|_| format!("{path}: timed out"))?
+            .map_err(|e| format!("{path}: {e}"))?;
+        let status = response.status();
+        let bytes = Limited::new(response.into_body(), MAX_INTERNAL_BYTES)
+            .collect()
+            .await
+            .map_err(|e| format!("{path}: {e}"))?
+            .to_bytes();
+        if status != StatusCode::OK {
+            return Err(format!(
+                "{path}: {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            ));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| format!("{path}: {e}"))
     }
 
     /// Sends `request` to the backend and relays its answer.

@@ -15,14 +15,18 @@
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use haberci_token::{Verifier, VerifyError};
+use haberci_wire::relay::Event;
 use haberci_wire::{
-    Ack, ClientFrame, ClientMsgId, ClientTyping, Closing, ErrorCode, ErrorFrame, Hello, Limits,
-    Pong, PresenceWatch, Read, ResumePosition, SendMessage, ServerFrame, SessionId, Timestamp,
-    UserId, Welcome, WireError,
+    Ack, ClientFrame, ClientMsgId, ClientTyping, Closing, ConversationId, ErrorCode, ErrorFrame,
+    Hello, Limits, MessageKind, Pong, PresenceWatch, Read, Recipient, ResumePosition, SendMessage,
+    ServerFrame, SessionId, Timestamp, UserId, Welcome, WireError,
 };
+
+use crate::delivery::{Backlog, ConversationInfo, Delivery, FetchFrom, Need, Route};
 
 /// A session that has not sent `Hello` within this is closed (`idle_timeout`).
 pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,17 +80,23 @@ pub struct Identity {
 /// Work for the relay (Redis streams in, pub/sub out), always on behalf of `identity`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Relay {
-    /// The session is open: subscribe its user's channel and send what it missed after
-    /// `resume`, in order, before live traffic.
+    /// The session is open: subscribe its user's channel, then list the user's conversations
+    /// and hand them to [`Session::handle_sync`]. The client's resume positions stay here.
     Opened {
         identity: Identity,
-        resume: Vec<ResumePosition>,
     },
+    /// Validated; append it to its conversation's stream.
     Send(Identity, SendMessage),
     Ack(Identity, Ack),
     Read(Identity, Read),
-    Typing(Identity, ClientTyping),
+    /// Publish to the conversation's other member(s).
+    Typing(Identity, ClientTyping, Route),
     PresenceWatch(Identity, PresenceWatch),
+    /// Fetch these backlogs for [`Session::handle_backlog`].
+    Fetch(Identity, Vec<FetchFrom>),
+    /// Listen to a group conversation's channel (before acting on the outputs after it).
+    Subscribe(ConversationId),
+    Unsubscribe(ConversationId),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +119,9 @@ enum State {
         token_deadline: Instant,
         idle_deadline: Instant,
         sends: TokenBucket,
+        delivery: Box<Delivery>,
+        /// The client's resume positions, until the first sync uses them.
+        resume: Vec<ResumePosition>,
     },
     Closed,
 }
@@ -192,7 +205,9 @@ impl Session {
                 self.refresh(&refresh.access_token, verifier, now)
             }
             (Some(identity), ClientFrame::Send(send)) => {
-                if self.take_send(now) {
+                if let Err((code, message)) = check_send(&send, identity.user) {
+                    self.error(code, message.into(), Some(send.client_msg_id));
+                } else if self.take_send(now) {
                     self.relay(Relay::Send(identity, send));
                 } else {
                     let message = format!(
@@ -205,9 +220,15 @@ impl Session {
             (Some(identity), ClientFrame::Ack(ack)) => self.relay(Relay::Ack(identity, ack)),
             (Some(identity), ClientFrame::Read(read)) => self.relay(Relay::Read(identity, read)),
             (Some(identity), ClientFrame::Typing(typing)) => {
-                // Ephemeral: over the rate it is dropped, never answered.
-                if self.take_send(now) {
-                    self.relay(Relay::Typing(identity, typing));
+                // Ephemeral: over the rate, or in a conversation the session does not follow,
+                // it is dropped, never answered.
+                let route = self
+                    .delivery()
+                    .and_then(|d| d.route(typing.conversation_id));
+                if let Some(route) = route {
+                    if self.take_send(now) {
+                        self.relay(Relay::Typing(identity, typing, route));
+                    }
                 }
             }
             (Some(identity), ClientFrame::PresenceWatch(watch)) => {
@@ -223,6 +244,100 @@ impl Session {
 
     fn relay(&mut self, relay: Relay) {
         self.out.push_back(Output::Relay(relay));
+    }
+
+    fn delivery(&mut self) -> Option<&mut Delivery> {
+        match &mut self.state {
+            State::Open { delivery, .. } => Some(delivery),
+            _ => None,
+        }
+    }
+
+    /// The user's conversations, listed by the backend after [`Relay::Opened`]'s subscription.
+    pub fn handle_sync(&mut self, conversations: &[ConversationInfo]) {
+        if let State::Open {
+            delivery, resume, ..
+        } = &mut self.state
+        {
+            let resume = std::mem::take(resume);
+            delivery.start(conversations, &resume);
+        }
+        self.collect();
+    }
+
+    /// Something published on a channel this session listens to.
+    pub fn handle_event(&mut self, event: &Arc<Event>) {
+        if let Some(delivery) = self.delivery() {
+            delivery.event(event);
+        }
+        self.collect();
+    }
+
+    /// A page asked for with [`Relay::Fetch`].
+    pub fn handle_backlog(&mut self, page: Backlog) {
+        if let Some(delivery) = self.delivery() {
+            delivery.backlog(page);
+        }
+        self.collect();
+    }
+
+    /// A [`Relay::Fetch`] failed; it is asked again.
+    pub fn fetch_failed(&mut self, conversation: ConversationId) {
+        if let Some(delivery) = self.delivery() {
+            delivery.fetch_failed(conversation);
+        }
+        self.collect();
+    }
+
+    /// Live messages may have been lost (the subscriber lagged or reconnected).
+    pub fn resync(&mut self) {
+        if let Some(delivery) = self.delivery() {
+            delivery.resync();
+        }
+        self.collect();
+    }
+
+    /// The client does not read fast enough for what it is owed: it reconnects and resumes.
+    pub fn overflowed(&mut self) {
+        self.close(
+            ErrorCode::SlowConsumer,
+            "too far behind; reconnect and resume",
+        );
+    }
+
+    /// The relay cannot serve this session (Redis or the backend is down): the client
+    /// retries later and resumes.
+    /// `server_draining` is the fatal code that says "reconnect (anywhere) after
+    /// retry_after_ms and resume", which is what the client should do.
+    pub fn close_unavailable(&mut self, reason: &str) {
+        if !self.is_closed() {
+            self.out
+                .push_back(Output::Frame(ServerFrame::Closing(Closing {
+                    code: ErrorCode::ServerDraining,
+                    reason: reason.to_owned(),
+                    retry_after_ms: NonZeroU32::new(DRAIN_RETRY_AFTER_MS),
+                    supported_versions: Vec::new(),
+                })));
+            self.finish(ErrorCode::ServerDraining);
+        }
+    }
+
+    /// Moves what delivery needs into the outputs.
+    fn collect(&mut self) {
+        let State::Open {
+            identity, delivery, ..
+        } = &mut self.state
+        else {
+            return;
+        };
+        while let Some(need) = delivery.poll() {
+            self.out.push_back(match need {
+                Need::Frame(frame) => Output::Frame(frame),
+                Need::Fetch(from) => Output::Relay(Relay::Fetch(*identity, from)),
+                Need::Subscribe(c) => Output::Relay(Relay::Subscribe(c)),
+                Need::Unsubscribe(c) => Output::Relay(Relay::Unsubscribe(c)),
+            });
+        }
     }
 
     fn error(&mut self, code: ErrorCode, message: String, client_msg_id: Option<ClientMsgId>) {
@@ -312,6 +427,8 @@ impl Session {
                 self.config.send_burst,
                 now.instant,
             ),
+            delivery: Box::new(Delivery::new(identity.session, identity.user)),
+            resume: hello.resume,
         };
         self.out
             .push_back(Output::Frame(ServerFrame::Welcome(Welcome {
@@ -328,10 +445,8 @@ impl Session {
                         .unwrap_or(u32::MAX),
                 },
             })));
-        self.out.push_back(Output::Relay(Relay::Opened {
-            identity,
-            resume: hello.resume,
-        }));
+        self.out
+            .push_back(Output::Relay(Relay::Opened { identity }));
     }
 
     fn refresh(&mut self, token: &str, verifier: &Verifier, now: Now) {
@@ -419,6 +534,30 @@ impl Session {
         self.out.push_back(Output::Close(code));
         self.state = State::Closed;
     }
+}
+
+/// What the gateway checks in a `Send` before it goes to a stream (the worker checks what
+/// needs the database: that the recipient exists, membership).
+fn check_send(send: &SendMessage, me: UserId) -> Result<(), (ErrorCode, &'static str)> {
+    if send.content.len() > haberci_wire::MAX_CONTENT_BYTES {
+        return Err((
+            ErrorCode::ContentTooLarge,
+            "content is above the content limit",
+        ));
+    }
+    if send.kind == MessageKind::Text && send.content.is_empty() {
+        return Err((ErrorCode::InvalidField, "a text message needs content"));
+    }
+    if send.kind != MessageKind::Text && send.media.is_none() {
+        return Err((ErrorCode::InvalidField, "a media message needs media"));
+    }
+    if send.recipient == Recipient::User(me) {
+        return Err((
+            ErrorCode::InvalidField,
+            "a direct message needs another user",
+        ));
+    }
+    Ok(())
 }
 
 /// The monotonic instant at which a token expiring at `expires_ms` (Unix) runs out.
@@ -598,13 +737,7 @@ mod tests {
         );
         assert_eq!(welcome.limits.send_rate_per_sec, DEFAULT_SEND_RATE_PER_SEC);
         let identity = h.session.identity().unwrap();
-        assert_eq!(
-            out[1],
-            Output::Relay(Relay::Opened {
-                identity,
-                resume: Vec::new()
-            })
-        );
+        assert_eq!(out[1], Output::Relay(Relay::Opened { identity }));
         assert_eq!(out.len(), 2);
     }
 

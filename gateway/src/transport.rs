@@ -1,18 +1,32 @@
-//! What the transport adapters ([`crate::native`], [`crate::websocket`]) share around the
-//! sans-IO [`Session`](crate::session::Session): the real clocks, sleeping until the session's
-//! next deadline, and the answer to relay work while the relay is not built.
+//! What the transport adapters ([`crate::native`], [`crate::websocket`]) share: the one loop
+//! that drives a sans-IO [`Session`] ([`drive`]) and carries out its relay work, around a
+//! [`Link`] — the only part each transport writes (read a frame, write frames, close).
+//!
+//! The loop waits for whatever comes first: a frame from the client, an event from the
+//! session's [`Mailbox`] on the relay hub, the result of a backlog fetch, shutdown, the
+//! session's revocation, its next deadline, or its mailbox overflowing. Everything that needs
+//! a round trip to the backend runs in a task of its own and comes back as [`Done`], so a
+//! session keeps answering pings while its backlog loads.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use haberci_kit::shutdown::Shutdown;
-
-use haberci_wire::{ErrorCode, ErrorFrame, ServerFrame};
+use haberci_wire::relay::{self as wire_relay, Event, Inbound};
+use haberci_wire::{ClientFrame, ErrorCode, ErrorFrame, ServerFrame, Typing, WireError};
+use tokio::sync::mpsc;
 
 use crate::auth::TokenKeys;
+use crate::delivery::{Backlog, ConversationInfo, FetchFrom, Route};
+use crate::relay::{Inbox, Mailbox, Relay as RelayIo};
 use crate::revocation::{Revocations, Watch};
-use crate::session::{Now, Relay, Session, SessionConfig};
+use crate::session::{Identity, Now, Output, Relay, Session, SessionConfig};
+
+/// A client that does not take a batch of frames within this is a slow consumer.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause before a failed backlog fetch is asked again.
+pub const FETCH_RETRY: Duration = Duration::from_millis(500);
 
 /// What every realtime adapter needs.
 #[derive(Clone)]
@@ -20,6 +34,280 @@ pub struct Realtime {
     pub keys: Arc<TokenKeys>,
     pub session: SessionConfig,
     pub revocations: Arc<Revocations>,
+    /// `None` when the gateway runs without Redis: then messaging is answered `unavailable`.
+    pub relay: Option<Arc<RelayIo>>,
+}
+
+/// What a transport adapter provides to [`drive`].
+pub trait Link: Send {
+    /// The next frame from the client (or why it could not be decoded); `None` when the client
+    /// went away. Must be cancel-safe: [`drive`] races it against other events.
+    fn recv(&mut self) -> impl Future<Output = Option<Result<ClientFrame, WireError>>> + Send;
+    /// Writes `frames` in order; `false` when the client is gone.
+    fn send(&mut self, frames: &[ServerFrame]) -> impl Future<Output = bool> + Send;
+    /// Ends the connection with `code` (after the frames already sent, including `Closing`).
+    fn close(self, code: ErrorCode) -> impl Future<Output = ()> + Send;
+}
+
+/// The result of work a session's loop handed to a task.
+enum Done {
+    Synced(Vec<ConversationInfo>),
+    SyncFailed,
+    Fetched(Vec<Backlog>),
+    FetchFailed(Vec<FetchFrom>),
+}
+
+/// Runs one realtime session over `link` until it ends.
+pub async fn drive<L: Link>(mut link: L, realtime: Realtime, shutdown: Shutdown) {
+    let mut session = Session::new(realtime.session, now());
+    let mut revocable = Revocable::default();
+    let mut draining = false;
+    let mut mailbox: Option<Mailbox> = None;
+    let (done_tx, mut done_rx) = mpsc::channel::<Done>(16);
+    let mut frames = Vec::new();
+    loop {
+        // Watch for revocation before Welcome is written, so no revocation announced after the
+        // client saw Welcome can be missed.
+        revocable.update(&session, &realtime.revocations);
+        let mut close_with = None;
+        while let Some(output) = session.poll_output() {
+            match output {
+                Output::Frame(frame) => frames.push(frame),
+                Output::Relay(work) => {
+                    let answer =
+                        relay_work(work, &realtime, &mut mailbox, &done_tx, &mut session).await;
+                    frames.extend(answer);
+                }
+                Output::Close(code) => close_with = Some(code),
+            }
+        }
+        if !frames.is_empty() {
+            match tokio::time::timeout(WRITE_TIMEOUT, link.send(&frames)).await {
+                Ok(true) => frames.clear(),
+                Ok(false) => return,
+                Err(_) => {
+                    tracing::info!("client took no frames for {WRITE_TIMEOUT:?}; closing as slow");
+                    link.close(ErrorCode::SlowConsumer).await;
+                    return;
+                }
+            }
+        }
+        if let Some(code) = close_with {
+            link.close(code).await;
+            return;
+        }
+
+        let overflow = mailbox.as_ref().map(Mailbox::overflow);
+        let input = async {
+            tokio::select! {
+                frame = link.recv() => Input::Frame(frame),
+                inbox = recv_inbox(&mut mailbox) => Input::Inbox(inbox),
+                done = done_rx.recv() => Input::Done(done),
+                _ = overflowed(overflow.as_deref()) => Input::Overflow,
+            }
+        };
+        match next(&mut session, &revocable, &shutdown, &mut draining, input).await {
+            Wake::Handled => {}
+            Wake::Input(Input::Frame(Some(frame))) => {
+                session.handle_frame(frame, &realtime.keys.current(), now())
+            }
+            Wake::Input(Input::Frame(None)) => return,
+            Wake::Input(Input::Inbox(Some(Inbox::Event(event)))) => session.handle_event(&event),
+            Wake::Input(Input::Inbox(Some(Inbox::Resync))) => session.resync(),
+            Wake::Input(Input::Inbox(None) | Input::Done(None)) => {}
+            Wake::Input(Input::Done(Some(done))) => match done {
+                Done::Synced(conversations) => session.handle_sync(&conversations),
+                Done::SyncFailed => session.close_unavailable("cannot list your conversations"),
+                Done::Fetched(pages) => {
+                    for page in pages {
+                        session.handle_backlog(page);
+                    }
+                }
+                Done::FetchFailed(from) => {
+                    for f in from {
+                        session.fetch_failed(f.conversation);
+                    }
+                }
+            },
+            Wake::Input(Input::Overflow) => session.overflowed(),
+        }
+    }
+}
+
+enum Input {
+    Frame(Option<Result<ClientFrame, WireError>>),
+    Inbox(Option<Inbox>),
+    Done(Option<Done>),
+    Overflow,
+}
+
+async fn recv_inbox(mailbox: &mut Option<Mailbox>) -> Option<Inbox> {
+    match mailbox {
+        Some(mailbox) => mailbox.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn overflowed(overflow: Option<&crate::relay::Overflow>) {
+    match overflow {
+        Some(overflow) => overflow.raised().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Carries out one piece of relay work; returns frames to write at once (refusals).
+async fn relay_work(
+    work: Relay,
+    realtime: &Realtime,
+    mailbox: &mut Option<Mailbox>,
+    done: &mpsc::Sender<Done>,
+    session: &mut Session,
+) -> Option<ServerFrame> {
+    let Some(relay) = realtime.relay.clone() else {
+        return unserved(&work);
+    };
+    match work {
+        Relay::Opened { identity } => {
+            let mut inbox = relay.hub().mailbox();
+            // Subscribe first, list second: a message stored after the listing arrives live.
+            if let Err(err) = inbox.join(wire_relay::user_channel(identity.user)).await {
+                tracing::warn!(%err, "cannot subscribe a session's user channel");
+                session.close_unavailable("messaging is unavailable; retry");
+                return None;
+            }
+            *mailbox = Some(inbox);
+            let done = done.clone();
+            tokio::spawn(async move {
+                let result = match relay.conversations(identity.user).await {
+                    Ok(list) => Done::Synced(list),
+                    Err(err) => {
+                        tracing::warn!(%err, user = %identity.user, "session sync failed");
+                        Done::SyncFailed
+                    }
+                };
+                let _ = done.send(result).await;
+            });
+            None
+        }
+        Relay::Send(identity, send) => {
+            let client_msg_id = send.client_msg_id;
+            let conversation = match send.recipient {
+                haberci_wire::Recipient::User(user) => {
+                    wire_relay::direct_conversation(identity.user, user)
+                }
+                haberci_wire::Recipient::Group(group) => wire_relay::group_conversation(group),
+            };
+            let entry = Inbound::Send {
+                sender: identity.user,
+                session: identity.session,
+                conversation,
+                send,
+            };
+            match relay.append(&entry).await {
+                Ok(()) => None,
+                Err(err) => {
+                    tracing::warn!(%err, "cannot append a send to its stream");
+                    Some(unavailable(Some(client_msg_id)))
+                }
+            }
+        }
+        Relay::Ack(identity, ack) => {
+            receipt(
+                &relay,
+                Inbound::Ack {
+                    user: identity.user,
+                    conversation: ack.conversation_id,
+                    seq: ack.seq,
+                },
+            )
+            .await
+        }
+        Relay::Read(identity, read) => {
+            receipt(
+                &relay,
+                Inbound::Read {
+                    user: identity.user,
+                    conversation: read.conversation_id,
+                    seq: read.seq,
+                },
+            )
+            .await
+        }
+        Relay::Typing(identity, typing, route) => {
+            let channel = match route {
+                Route::Direct(peer) => wire_relay::user_channel(peer),
+                Route::Group => wire_relay::conversation_channel(typing.conversation_id),
+            };
+            let event = Event::Typing(Typing {
+                conversation_id: typing.conversation_id,
+                user_id: identity.user,
+                state: typing.state,
+            });
+            if let Err(err) = relay.publish(channel, &event).await {
+                tracing::debug!(%err, "typing not published");
+            }
+            None
+        }
+        Relay::PresenceWatch(..) => None,
+        Relay::Fetch(identity, from) => {
+            spawn_fetch(relay, identity, from, done.clone());
+            None
+        }
+        Relay::Subscribe(conversation) => {
+            if let Some(mailbox) = mailbox {
+                if let Err(err) = mailbox
+                    .join(wire_relay::conversation_channel(conversation))
+                    .await
+                {
+                    tracing::warn!(%err, %conversation, "cannot subscribe a group channel");
+                }
+            }
+            None
+        }
+        Relay::Unsubscribe(conversation) => {
+            if let Some(mailbox) = mailbox {
+                mailbox
+                    .leave(&wire_relay::conversation_channel(conversation))
+                    .await;
+            }
+            None
+        }
+    }
+}
+
+fn spawn_fetch(
+    relay: Arc<RelayIo>,
+    identity: Identity,
+    from: Vec<FetchFrom>,
+    done: mpsc::Sender<Done>,
+) {
+    tokio::spawn(async move {
+        let result = match relay.sync(identity.user, &from).await {
+            Ok(pages) => Done::Fetched(pages),
+            Err(err) => {
+                tracing::warn!(%err, user = %identity.user, "backlog fetch failed; retrying");
+                tokio::time::sleep(FETCH_RETRY).await;
+                Done::FetchFailed(from)
+            }
+        };
+        let _ = done.send(result).await;
+    });
+}
+
+/// Receipts are cumulative: a lost one is made good by the next, so a failure is only logged.
+async fn receipt(relay: &RelayIo, entry: Inbound) -> Option<ServerFrame> {
+    if let Err(err) = relay.append(&entry).await {
+        tracing::debug!(%err, "receipt not appended");
+    }
+    None
+}
+
+fn unavailable(client_msg_id: Option<haberci_wire::ClientMsgId>) -> ServerFrame {
+    ServerFrame::Error(ErrorFrame {
+        code: ErrorCode::Unavailable,
+        message: "messaging is unavailable right now; retry with the same client_msg_id".into(),
+        client_msg_id,
+    })
 }
 
 /// Follows a session's revocation once it is open; `None` before `Welcome`.
@@ -95,17 +383,12 @@ pub async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// What the client hears about relay work while the relay is not built (#6): a retryable
-/// `unavailable` for what must arrive (nothing was stored), nothing for ephemeral frames.
+/// What the client hears about relay work on a gateway without Redis: a retryable
+/// `unavailable` for what must arrive (nothing was stored), nothing for the rest.
 pub fn unserved(relay: &Relay) -> Option<ServerFrame> {
-    let client_msg_id = match relay {
-        Relay::Send(_, send) => Some(send.client_msg_id),
-        Relay::Ack(..) | Relay::Read(..) => None,
-        Relay::Opened { .. } | Relay::Typing(..) | Relay::PresenceWatch(..) => return None,
-    };
-    Some(ServerFrame::Error(ErrorFrame {
-        code: ErrorCode::Unavailable,
-        message: "messaging is not served by this gateway yet".into(),
-        client_msg_id,
-    }))
+    match relay {
+        Relay::Send(_, send) => Some(unavailable(Some(send.client_msg_id))),
+        Relay::Ack(..) | Relay::Read(..) => Some(unavailable(None)),
+        _ => None,
+    }
 }

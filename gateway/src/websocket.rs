@@ -14,8 +14,7 @@ use haberci_wire::websocket::MessageType;
 use haberci_wire::{ClientFrame, ErrorCode, ServerFrame, WireError};
 
 use crate::http::{GatewayState, error_response};
-use crate::session::{Output, Session};
-use crate::transport::{Realtime, Revocable, Wake, next, now, unserved};
+use crate::transport::{Link, Realtime, drive};
 
 /// tungstenite's read buffer per connection.
 pub const READ_BUFFER_SIZE: usize = 4 * 1024;
@@ -44,62 +43,60 @@ pub async fn upgrade(State(state): State<GatewayState>, upgrade: WebSocketUpgrad
         .into_response()
 }
 
-async fn serve(mut socket: WebSocket, realtime: Realtime, shutdown: Shutdown) {
-    let Realtime {
-        keys,
-        session: config,
-        revocations,
-    } = realtime;
-    let mut revocable = Revocable::default();
-    let max = config.max_frame_size as usize;
-    let mut session = Session::new(config, now());
-    let mut draining = false;
-    loop {
-        // Watch for revocation before Welcome is written (see native.rs).
-        revocable.update(&session, &revocations);
-        while let Some(output) = session.poll_output() {
-            let message = match output {
-                Output::Frame(frame) => binary(&frame, max),
-                Output::Relay(relay) => unserved(&relay).and_then(|frame| binary(&frame, max)),
-                Output::Close(code) => {
-                    let _ = socket
-                        .send(Message::Close(Some(CloseFrame {
-                            code: code.websocket_close_code(),
-                            reason: code.name().into(),
-                        })))
-                        .await;
-                    return;
+async fn serve(socket: WebSocket, realtime: Realtime, shutdown: Shutdown) {
+    let max = realtime.session.max_frame_size as usize;
+    drive(WebSocketLink { socket, max }, realtime, shutdown).await;
+}
+
+/// One WebSocket connection: a binary message per frame.
+struct WebSocketLink {
+    socket: WebSocket,
+    max: usize,
+}
+
+impl Link for WebSocketLink {
+    async fn recv(&mut self) -> Option<Result<ClientFrame, WireError>> {
+        loop {
+            let frame = match self.socket.recv().await {
+                Some(Ok(Message::Binary(payload))) => {
+                    haberci_wire::websocket::decode(MessageType::Binary, payload, self.max)
+                }
+                Some(Ok(Message::Text(text))) => haberci_wire::websocket::decode(
+                    MessageType::Text,
+                    bytes::Bytes::copy_from_slice(text.as_bytes()),
+                    self.max,
+                ),
+                // tungstenite answers pings itself.
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Close(_))) | None => return None,
+                Some(Err(err)) => {
+                    tracing::debug!(%err, "websocket read failed");
+                    return None;
                 }
             };
-            if let Some(message) = message {
-                if socket.send(message).await.is_err() {
-                    return;
+            return Some(frame);
+        }
+    }
+
+    async fn send(&mut self, frames: &[ServerFrame]) -> bool {
+        for frame in frames {
+            if let Some(message) = binary(frame, self.max) {
+                if self.socket.send(message).await.is_err() {
+                    return false;
                 }
             }
         }
-        let input = socket.recv();
-        let message = match next(&mut session, &revocable, &shutdown, &mut draining, input).await {
-            Wake::Input(message) => message,
-            Wake::Handled => continue,
-        };
-        let frame: Result<ClientFrame, WireError> = match message {
-            Some(Ok(Message::Binary(payload))) => {
-                haberci_wire::websocket::decode(MessageType::Binary, payload, max)
-            }
-            Some(Ok(Message::Text(text))) => haberci_wire::websocket::decode(
-                MessageType::Text,
-                bytes::Bytes::copy_from_slice(text.as_bytes()),
-                max,
-            ),
-            // tungstenite answers pings itself.
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(Message::Close(_))) | None => return,
-            Some(Err(err)) => {
-                tracing::debug!(%err, "websocket read failed");
-                return;
-            }
-        };
-        session.handle_frame(frame, &keys.current(), now());
+        true
+    }
+
+    async fn close(mut self, code: ErrorCode) {
+        let _ = self
+            .socket
+            .send(Message::Close(Some(CloseFrame {
+                code: code.websocket_close_code(),
+                reason: code.name().into(),
+            })))
+            .await;
     }
 }
 

@@ -1,0 +1,475 @@
+//! The gateway's side of the relay: streams in, sharded pub/sub out, and the backend's
+//! internal sync API for what pub/sub cannot promise.
+//!
+//! - [`Relay::append`]: `XADD` a validated [`Inbound`] to its conversation's stream shard.
+//!   Invariant: no `MAXLEN`; the workers trim only what every consumer acknowledged (see
+//!   docs/ARCHITECTURE.md, "Stream trimming"), so nothing unacknowledged is ever cut away.
+//! - [`Hub`]: one sharded-pub/sub subscriber per gateway. Each session has a [`Mailbox`]; a
+//!   channel (`u:{user}`, `c:{conversation}`, `p:{user}`) is subscribed while at least one
+//!   mailbox wants it, so a group message costs one publish per gateway, not per member.
+//!   Each event is decoded once and shared (`Arc`) by every local recipient.
+//! - [`Relay::conversations`] / [`Relay::sync`]: the backend's internal endpoints, for the
+//!   session's first sync and for every gap ([`crate::delivery`]).
+//!
+//! Invariant: pub/sub may lose messages (a lagging receiver, a reconnect); then every mailbox
+//! gets [`Inbox::Resync`] and its session fetches what it may have missed, so delivery rests on
+//! Postgres seqs, never on pub/sub alone.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fred::prelude::*;
+use haberci_kit::shutdown::Shutdown;
+use haberci_wire::relay::{self, Event, Inbound};
+use haberci_wire::{ConversationId, Message, UserId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc};
+
+use crate::delivery::{Backlog, ConversationInfo, FetchFrom};
+use crate::proxy::Backend;
+
+/// Events queued for one session before it counts as a slow consumer.
+pub const MAILBOX_CAPACITY: usize = 512;
+/// Pub/sub messages buffered by the subscriber before it lags (fred's default, 32, is far
+/// too small for a gateway's fan-in).
+pub const SUBSCRIBER_BUFFER: usize = 65_536;
+/// Most messages per conversation in one backlog page.
+pub const SYNC_PAGE: u32 = 200;
+/// A Redis command (XADD, SPUBLISH) gives up after this; the client hears `unavailable`.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+/// Header carrying the shared secret of the backend's internal API.
+pub const INTERNAL_TOKEN_HEADER: &str = "x-haberci-internal";
+
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    pub redis_url: String,
+    pub shards: u16,
+    pub stream_prefix: String,
+    /// The backend's internal API secret (`HABERCI_INTERNAL_TOKEN`).
+    pub internal_token: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("redis: {0}")]
+    Redis(#[from] fred::error::Error),
+    #[error("backend: {0}")]
+    Backend(String),
+}
+
+/// What reaches a session's mailbox.
+#[derive(Debug, Clone)]
+pub enum Inbox {
+    Event(Arc<Event>),
+    /// Live events may have been lost: fetch every conversation from its position.
+    Resync,
+}
+
+pub struct Relay {
+    config: RelayConfig,
+    redis: fred::clients::Client,
+    hub: Arc<Hub>,
+    backend: Backend,
+}
+
+impl Relay {
+    /// Connects to Redis and starts the hub's listener (until `shutdown`).
+    pub async fn start(
+        config: RelayConfig,
+        backend: Backend,
+        shutdown: Shutdown,
+    ) -> Result<Arc<Relay>, RelayError> {
+        // Not async work, but kept async so callers need not change if it ever waits.
+        tokio::task::yield_now().await;
+        let mut redis_config = Config::from_url(&config.redis_url)?;
+        redis_config.fail_fast = false;
+        let policy = ReconnectPolicy::new_exponential(0, 100, 2_000, 2);
+        let redis = Builder::from_config(redis_config.clone())
+            .set_policy(policy.clone())
+            .with_connection_config(|c| c.connection_timeout = Duration::from_secs(2))
+            .with_performance_config(|p| p.default_command_timeout = COMMAND_TIMEOUT)
+            .build()?;
+        // Connect in the background: a gateway starts (and serves HTTP) while Redis is down;
+        // commands wait for the connection (fail_fast off) within their timeouts.
+        let _connection = redis.connect();
+        let subscriber = Builder::from_config(redis_config)
+            .with_performance_config(|p| p.broadcast_channel_capacity = SUBSCRIBER_BUFFER)
+            .set_policy(policy)
+            .build_subscriber_client()?;
+        let _subscription = subscriber.connect();
+        let hub = Arc::new(Hub {
+            subscriber,
+            routes: Mutex::new(HashMap::new()),
+            ops: tokio::sync::Mutex::new(()),
+            next_id: AtomicU64::new(0),
+        });
+        tokio::spawn(hub.clone().listen(shutdown));
+        Ok(Arc::new(Relay {
+            config,
+            redis,
+            hub,
+            backend,
+        }))
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Appends `entry` to its conversation's stream shard.
+    pub async fn append(&self, entry: &Inbound) -> Result<(), RelayError> {
+        let shard = relay::shard_of(entry.conversation(), self.config.shards);
+        let key = relay::stream_key(&self.config.stream_prefix, shard);
+        let _: String = self
+            .redis
+            .xadd(
+                key,
+                false,
+                None,
+                "*",
+                vec![(relay::ENTRY_FIELD, entry.to_json())],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes an ephemeral event (typing, presence).
+    pub async fn publish(&self, channel: String, event: &Event) -> Result<(), RelayError> {
+        let _: i64 = self.redis.spublish(channel, event.to_json()).await?;
+        Ok(())
+    }
+
+    /// The redis client (presence keys).
+    pub fn redis(&self) -> &fred::clients::Client {
+        &self.redis
+    }
+
+    /// Every conversation `user` is a member of.
+    pub async fn conversations(&self, user: UserId) -> Result<Vec<ConversationInfo>, RelayError> {
+        let path = format!("/internal/v1/users/{user}/conversations");
+        let listing: Listing = self
+            .backend
+            .internal(&path, &self.config.internal_token, None::<&()>)
+            .await
+            .map_err(RelayError::Backend)?;
+        Ok(listing
+            .conversations
+            .into_iter()
+            .map(|c| ConversationInfo {
+                id: c.id,
+                peer: if c.kind == "direct" { c.peer } else { None },
+                last_seq: c.last_seq,
+                delivered_seq: c.delivered_seq,
+            })
+            .collect())
+    }
+
+    /// One page of each backlog asked for.
+    pub async fn sync(&self, user: UserId, from: &[FetchFrom]) -> Result<Vec<Backlog>, RelayError> {
+        let request = SyncRequest {
+            user_id: user,
+            positions: from
+                .iter()
+                .map(|f| SyncPosition {
+                    conversation_id: f.conversation,
+                    after: f.after,
+                })
+                .collect(),
+            limit: SYNC_PAGE,
+        };
+        let answer: SyncAnswer = self
+            .backend
+            .internal(
+                "/internal/v1/sync",
+                &self.config.internal_token,
+                Some(&request),
+            )
+            .await
+            .map_err(RelayError::Backend)?;
+        let mut pages: Vec<Backlog> = answer
+            .conversations
+            .into_iter()
+            .map(|c| Backlog {
+                conversation: c.conversation_id,
+                messages: c.messages,
+                more: c.more,
+            })
+            .collect();
+        // A conversation the backend left out (no longer a member) ends its fetch empty.
+        for f in from {
+            if !pages.iter().any(|p| p.conversation == f.conversation) {
+                pages.push(Backlog {
+                    conversation: f.conversation,
+                    messages: Vec::new(),
+                    more: false,
+                });
+            }
+        }
+        Ok(pages)
+    }
+}
+
+#[derive(Deserialize)]
+struct Listing {
+    conversations: Vec<ListedConversation>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListedConversation {
+    id: ConversationId,
+    kind: String,
+    peer: Option<UserId>,
+    last_seq: u64,
+    delivered_seq: u64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SyncRequest {
+    user_id: UserId,
+    positions: Vec<SyncPosition>,
+    limit: u32,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SyncPosition {
+    conversation_id: ConversationId,
+    after: u64,
+}
+
+#[derive(Deserialize)]
+struct SyncAnswer {
+    conversations: Vec<SyncedConversation>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SyncedConversation {
+    conversation_id: ConversationId,
+    messages: Vec<Message>,
+    more: bool,
+}
+
+/// One mailbox on a channel.
+struct Member {
+    id: u64,
+    tx: mpsc::Sender<Inbox>,
+    overflow: Arc<Overflow>,
+}
+
+/// Set when a mailbox had to refuse an event that must arrive.
+#[derive(Default)]
+pub struct Overflow {
+    flag: AtomicBool,
+    notify: Notify,
+}
+
+impl Overflow {
+    fn raise(&self) {
+        if !self.flag.swap(true, Ordering::Relaxed) {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Resolves once the mailbox overflowed.
+    pub async fn raised(&self) {
+        self.notify.notified().await;
+    }
+}
+
+pub struct Hub {
+    subscriber: fred::clients::SubscriberClient,
+    routes: Mutex<HashMap<String, Vec<Member>>>,
+    /// Serializes SSUBSCRIBE / SUNSUBSCRIBE so that an unsubscribe decided for an empty channel
+    /// can never overtake a subscribe for a newcomer.
+    ops: tokio::sync::Mutex<()>,
+    next_id: AtomicU64,
+}
+
+impl Hub {
+    /// A new, empty mailbox.
+    pub fn mailbox(self: &Arc<Self>) -> Mailbox {
+        let (tx, rx) = mpsc::channel(MAILBOX_CAPACITY);
+        Mailbox {
+            hub: self.clone(),
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            tx,
+            rx,
+            overflow: Arc::new(Overflow::default()),
+            channels: Vec::new(),
+        }
+    }
+
+    async fn add(&self, channel: &str, member: Member) -> Result<(), RelayError> {
+        let _op = self.ops.lock().await;
+        let first = {
+            let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+            let members = routes.entry(channel.to_owned()).or_default();
+            members.push(member);
+            members.len() == 1
+        };
+        if first {
+            if let Err(err) = self.subscriber.ssubscribe(channel).await {
+                // Leave the member in place: a later resubscribe (reconnect) may still serve it,
+                // but tell the caller so the session can give up cleanly.
+                return Err(err.into());
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, channel: &str, id: u64) {
+        let _op = self.ops.lock().await;
+        let empty = {
+            let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+            match routes.get_mut(channel) {
+                Some(members) => {
+                    members.retain(|m| m.id != id);
+                    if members.is_empty() {
+                        routes.remove(channel);
+                        true
+                    } else {
+                        false
+                    }
+                }
+                None => false,
+            }
+        };
+        if empty {
+            if let Err(err) = self.subscriber.sunsubscribe(channel).await {
+                tracing::debug!(%err, channel, "sunsubscribe failed");
+            }
+        }
+    }
+
+    /// How many channels this gateway listens to (metrics, tests).
+    pub fn channels(&self) -> usize {
+        self.routes.lock().map(|r| r.len()).unwrap_or(0)
+    }
+
+    fn deliver(&self, channel: &str, event: Arc<Event>) {
+        let must_arrive = !matches!(*event, Event::Typing(_) | Event::Presence(_));
+        let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(members) = routes.get(channel) else {
+            return;
+        };
+        for member in members {
+            match member.tx.try_send(Inbox::Event(event.clone())) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) if must_arrive => member.overflow.raise(),
+                // Ephemeral frames are dropped first; a closed mailbox is on its way out.
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn resync_all(&self) {
+        let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        for member in routes.values().flatten() {
+            if let Err(mpsc::error::TrySendError::Full(_)) = member.tx.try_send(Inbox::Resync) {
+                member.overflow.raise();
+            }
+        }
+    }
+
+    async fn listen(self: Arc<Self>, shutdown: Shutdown) {
+        let _resubscribe = self.subscriber.manage_subscriptions();
+        let mut messages = self.subscriber.message_rx();
+        let mut reconnects = self.subscriber.reconnect_rx();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                reconnected = reconnects.recv() => {
+                    if reconnected.is_err() {
+                        break;
+                    }
+                    // Whatever was published while we were away is lost to pub/sub.
+                    tracing::warn!("relay subscriber reconnected; sessions resync from the backend");
+                    self.resync_all();
+                }
+                message = messages.recv() => match message {
+                    Ok(message) => {
+                        let channel = message.channel.to_string();
+                        let Some(bytes) = message.value.as_bytes() else {
+                            tracing::warn!(channel, "relay event without a payload");
+                            continue;
+                        };
+                        match Event::from_json(bytes) {
+                            Ok(event) => self.deliver(&channel, Arc::new(event)),
+                            Err(err) => tracing::warn!(channel, %err, "unreadable relay event"),
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        // A fault, not a detail: recover through the backlog.
+                        tracing::error!(missed, "relay subscriber lagged; sessions resync from the backend");
+                        self.resync_all();
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
+            }
+        }
+        let _ = self.subscriber.quit().await;
+    }
+}
+
+/// A session's inbox on the hub. Dropping it leaves every channel it joined.
+pub struct Mailbox {
+    hub: Arc<Hub>,
+    id: u64,
+    tx: mpsc::Sender<Inbox>,
+    rx: mpsc::Receiver<Inbox>,
+    overflow: Arc<Overflow>,
+    channels: Vec<String>,
+}
+
+impl Mailbox {
+    /// Starts receiving `channel`'s events; resolves once the subscription is in place.
+    pub async fn join(&mut self, channel: String) -> Result<(), RelayError> {
+        if self.channels.contains(&channel) {
+            return Ok(());
+        }
+        let member = Member {
+            id: self.id,
+            tx: self.tx.clone(),
+            overflow: self.overflow.clone(),
+        };
+        self.channels.push(channel.clone());
+        self.hub.add(&channel, member).await
+    }
+
+    pub async fn leave(&mut self, channel: &str) {
+        if let Some(at) = self.channels.iter().position(|c| c == channel) {
+            self.channels.swap_remove(at);
+            self.hub.remove(channel, self.id).await;
+        }
+    }
+
+    pub async fn recv(&mut self) -> Option<Inbox> {
+        self.rx.recv().await
+    }
+
+    pub fn overflow(&self) -> Arc<Overflow> {
+        self.overflow.clone()
+    }
+}
+
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        let channels = std::mem::take(&mut self.channels);
+        if channels.is_empty() {
+            return;
+        }
+        let hub = self.hub.clone();
+        let id = self.id;
+        // Dropping cannot await; the hub's ops lock keeps this ordered with later joins.
+        tokio::spawn(async move {
+            for channel in channels {
+                hub.remove(&channel, id).await;
+            }
+        });
+    }
+}
