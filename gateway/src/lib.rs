@@ -25,6 +25,7 @@ pub mod delivery;
 pub mod h3server;
 pub mod http;
 pub mod native;
+pub mod presence;
 pub mod proxy;
 pub mod quic;
 pub mod relay;
@@ -71,6 +72,7 @@ impl Gateway {
             session: config.session,
             revocations: revocations.clone(),
             relay: None,
+            presence: None,
         };
         let backend = proxy::Backend::new(
             config.backend_url.clone(),
@@ -98,6 +100,10 @@ impl Gateway {
                 None
             }
         };
+        realtime.presence = realtime.relay.clone().map(presence::Presence::new);
+        if let Some(presence) = &realtime.presence {
+            tokio::spawn(presence.clone().refresh(shutdown.clone()));
+        }
         let state = http::GatewayState::new(&config, realtime.clone(), shutdown.clone());
         let backend = state.backend.clone();
         let router = http::router(state);

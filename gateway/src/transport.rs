@@ -14,11 +14,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use haberci_kit::shutdown::Shutdown;
 use haberci_wire::relay::{self as wire_relay, Event, Inbound};
-use haberci_wire::{ClientFrame, ErrorCode, ErrorFrame, ServerFrame, Typing, WireError};
+use haberci_wire::{
+    ClientFrame, ErrorCode, ErrorFrame, Presence as PresenceFrame, ServerFrame, Typing, UserId,
+    WireError,
+};
 use tokio::sync::mpsc;
 
 use crate::auth::TokenKeys;
 use crate::delivery::{Backlog, ConversationInfo, FetchFrom, Route};
+use crate::presence::{Online, Presence};
 use crate::relay::{Inbox, Mailbox, Relay as RelayIo};
 use crate::revocation::{Revocations, Watch};
 use crate::session::{Identity, Now, Output, Relay, Session, SessionConfig};
@@ -36,6 +40,18 @@ pub struct Realtime {
     pub revocations: Arc<Revocations>,
     /// `None` when the gateway runs without Redis: then messaging is answered `unavailable`.
     pub relay: Option<Arc<RelayIo>>,
+    /// `Some` exactly when `relay` is.
+    pub presence: Option<Arc<Presence>>,
+}
+
+/// A session's footprint on the relay.
+#[derive(Default)]
+struct Attached {
+    mailbox: Option<Mailbox>,
+    /// Keeps the user online while the session lives.
+    online: Option<Online>,
+    /// Users whose presence the session watches.
+    watching: Vec<UserId>,
 }
 
 /// What a transport adapter provides to [`drive`].
@@ -55,6 +71,7 @@ enum Done {
     SyncFailed,
     Fetched(Vec<Backlog>),
     FetchFailed(Vec<FetchFrom>),
+    Presence(Vec<PresenceFrame>),
 }
 
 /// Runs one realtime session over `link` until it ends.
@@ -62,7 +79,7 @@ pub async fn drive<L: Link>(mut link: L, realtime: Realtime, shutdown: Shutdown)
     let mut session = Session::new(realtime.session, now());
     let mut revocable = Revocable::default();
     let mut draining = false;
-    let mut mailbox: Option<Mailbox> = None;
+    let mut attached = Attached::default();
     let (done_tx, mut done_rx) = mpsc::channel::<Done>(16);
     let mut frames = Vec::new();
     loop {
@@ -75,7 +92,7 @@ pub async fn drive<L: Link>(mut link: L, realtime: Realtime, shutdown: Shutdown)
                 Output::Frame(frame) => frames.push(frame),
                 Output::Relay(work) => {
                     let answer =
-                        relay_work(work, &realtime, &mut mailbox, &done_tx, &mut session).await;
+                        relay_work(work, &realtime, &mut attached, &done_tx, &mut session).await;
                     frames.extend(answer);
                 }
                 Output::Close(code) => close_with = Some(code),
@@ -97,11 +114,11 @@ pub async fn drive<L: Link>(mut link: L, realtime: Realtime, shutdown: Shutdown)
             return;
         }
 
-        let overflow = mailbox.as_ref().map(Mailbox::overflow);
+        let overflow = attached.mailbox.as_ref().map(Mailbox::overflow);
         let input = async {
             tokio::select! {
                 frame = link.recv() => Input::Frame(frame),
-                inbox = recv_inbox(&mut mailbox) => Input::Inbox(inbox),
+                inbox = recv_inbox(&mut attached.mailbox) => Input::Inbox(inbox),
                 done = done_rx.recv() => Input::Done(done),
                 _ = overflowed(overflow.as_deref()) => Input::Overflow,
             }
@@ -126,6 +143,11 @@ pub async fn drive<L: Link>(mut link: L, realtime: Realtime, shutdown: Shutdown)
                 Done::FetchFailed(from) => {
                     for f in from {
                         session.fetch_failed(f.conversation);
+                    }
+                }
+                Done::Presence(states) => {
+                    for state in states {
+                        session.handle_event(&Arc::new(Event::Presence(state)));
                     }
                 }
             },
@@ -159,13 +181,14 @@ async fn overflowed(overflow: Option<&crate::relay::Overflow>) {
 async fn relay_work(
     work: Relay,
     realtime: &Realtime,
-    mailbox: &mut Option<Mailbox>,
+    attached: &mut Attached,
     done: &mpsc::Sender<Done>,
     session: &mut Session,
 ) -> Option<ServerFrame> {
-    let Some(relay) = realtime.relay.clone() else {
+    let (Some(relay), Some(presence)) = (realtime.relay.clone(), realtime.presence.clone()) else {
         return unserved(&work);
     };
+    let mailbox = &mut attached.mailbox;
     match work {
         Relay::Opened { identity } => {
             let mut inbox = relay.hub().mailbox();
@@ -176,6 +199,7 @@ async fn relay_work(
                 return None;
             }
             *mailbox = Some(inbox);
+            attached.online = Some(presence.online(identity.user).await);
             let done = done.clone();
             tokio::spawn(async move {
                 let result = match relay.conversations(identity.user).await {
@@ -248,7 +272,32 @@ async fn relay_work(
             }
             None
         }
-        Relay::PresenceWatch(..) => None,
+        Relay::PresenceWatch(_, watch) => {
+            let Some(mailbox) = mailbox else {
+                return None;
+            };
+            for user in &attached.watching {
+                if !watch.user_ids.contains(user) {
+                    mailbox.leave(&wire_relay::presence_channel(*user)).await;
+                }
+            }
+            for user in &watch.user_ids {
+                if let Err(err) = mailbox.join(wire_relay::presence_channel(*user)).await {
+                    tracing::debug!(%err, "cannot watch presence");
+                }
+            }
+            attached.watching = watch.user_ids.clone();
+            // The current state of each, after subscribing: a change from here on arrives live.
+            let done = done.clone();
+            tokio::spawn(async move {
+                let mut states = Vec::with_capacity(watch.user_ids.len());
+                for user in watch.user_ids {
+                    states.push(presence.state(user).await);
+                }
+                let _ = done.send(Done::Presence(states)).await;
+            });
+            None
+        }
         Relay::Fetch(identity, from) => {
             spawn_fetch(relay, identity, from, done.clone());
             None
