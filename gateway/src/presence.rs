@@ -124,7 +124,11 @@ impl Presence {
             online,
             last_seen,
         });
-        if let Err(err) = self.relay.publish(relay::presence_channel(user), &event).await {
+        if let Err(err) = self
+            .relay
+            .publish(relay::presence_channel(user), &event)
+            .await
+        {
             tracing::debug!(%err, %user, "presence not published");
         }
     }

@@ -1,0 +1,4 @@
+//! Whole-system tests: real processes (see [`support`]).
+
+mod smoke;
+mod support;

@@ -1,0 +1,493 @@
+//! A whole Haberci deployment per test, as real processes:
+//!
+//! - a private `redis-server` (AOF on) in a temp dir, so a test may kill or restart it;
+//! - one `haberci-backend api`, any number of `haberci-backend worker`s and `haberci-gateway`s,
+//!   run from the binaries cargo built next to this test executable;
+//! - the shared test database (`HABERCI_TEST_DATABASE_URL`, through PgBouncer), where every
+//!   test uses users of its own, and a stream prefix of its own on its own Redis.
+//!
+//! Every wait is on an event (a log line, an answer) and bounded by [`TIMEOUT`]; every
+//! process is killed when the [`Cluster`] is dropped.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+/// Bounds every wait.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+pub fn env(key: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| {
+        panic!("{key} is not set: run the tests through `./dev test`, which starts the stack")
+    })
+}
+
+/// The directory holding the workspace's binaries: this test runs from `<target>/<profile>/deps`.
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace (`cargo nextest run --workspace` does)",
+        path.display()
+    );
+    path
+}
+
+/// A port nobody listens on right now (TCP and UDP), for a child process to bind.
+pub fn free_port() -> u16 {
+    loop {
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = tcp.local_addr().expect("addr").port();
+        if UdpSocket::bind(("::", port)).is_ok() && UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// One child process, its log file, and the last log line it printed.
+pub struct Process {
+    pub name: String,
+    child: Child,
+    lines: watch::Receiver<Vec<String>>,
+}
+
+impl Process {
+    async fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        envs: &[(String, String)],
+        log_dir: &Path,
+    ) -> Process {
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HABERCI_LOG_FORMAT", "json")
+            .env("HABERCI_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let (tx, rx) = watch::channel(Vec::new());
+        let log_path = log_dir.join(format!("{name}.log"));
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            let log_path = log_path.clone();
+            tokio::spawn(async move {
+                let mut file = tokio::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log_path)
+                    .await
+                    .ok();
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(file) = file.as_mut() {
+                        let _ = file.write_all(format!("{line}\n").as_bytes()).await;
+                    }
+                    tx.send_modify(|all| all.push(line));
+                }
+            });
+        }
+        Process {
+            name: name.to_owned(),
+            child,
+            lines: rx,
+        }
+    }
+
+    /// Waits until the process logs a JSON line whose message is `message`; returns the line.
+    pub async fn wait_for_log(&mut self, message: &str) -> Value {
+        let wanted = message.to_owned();
+        self.wait_for(message, move |line| {
+            serde_json::from_str::<Value>(line)
+                .ok()
+                .filter(|v| v["message"] == wanted.as_str())
+        })
+        .await
+    }
+
+    /// Waits until the process prints a line containing `text`.
+    pub async fn wait_for_text(&mut self, text: &str) {
+        let wanted = text.to_owned();
+        self.wait_for(text, move |line| {
+            line.contains(&wanted).then_some(Value::Null)
+        })
+        .await;
+    }
+
+    async fn wait_for(&mut self, what: &str, matches: impl Fn(&str) -> Option<Value>) -> Value {
+        let name = self.name.clone();
+        let found = tokio::time::timeout(TIMEOUT, async {
+            let mut seen = 0;
+            loop {
+                {
+                    let lines = self.lines.borrow_and_update();
+                    for line in &lines[seen..] {
+                        if let Some(value) = matches(line) {
+                            return value;
+                        }
+                    }
+                    seen = lines.len();
+                }
+                if self.lines.changed().await.is_err() {
+                    panic!("{name} exited before logging {what:?}");
+                }
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| {
+            let lines = self.lines.borrow();
+            let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+            panic!("{name} did not log {what:?} within {TIMEOUT:?}; its last lines:\n{tail}")
+        })
+    }
+
+    /// How many log lines so far carry `message`.
+    pub fn count_log(&self, message: &str) -> usize {
+        self.lines
+            .borrow()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["message"] == message)
+            .count()
+    }
+
+    /// SIGKILL, and wait until it is gone.
+    pub async fn kill(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
+/// A private Redis with AOF, restartable on the same port and data.
+pub struct Redis {
+    pub port: u16,
+    dir: PathBuf,
+    process: Option<Process>,
+}
+
+impl Redis {
+    async fn start(dir: &Path, log_dir: &Path) -> Redis {
+        let mut redis = Redis {
+            port: free_port(),
+            dir: dir.to_path_buf(),
+            process: None,
+        };
+        redis.launch(log_dir).await;
+        redis
+    }
+
+    async fn launch(&mut self, log_dir: &Path) {
+        let port = self.port.to_string();
+        let dir = self.dir.display().to_string();
+        let args = [
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            &dir,
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--loglevel",
+            "notice",
+        ];
+        let mut process =
+            Process::spawn("redis", Path::new("redis-server"), &args, &[], log_dir).await;
+        // Redis logs plain text; it says so once the AOF is loaded and the port is open.
+        process.wait_for_text("Ready to accept connections").await;
+        self.process = Some(process);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops Redis (SIGKILL: nothing is flushed beyond what AOF already holds) and starts it
+    /// again on the same port and data.
+    pub async fn restart(&mut self, log_dir: &Path) {
+        if let Some(mut process) = self.process.take() {
+            process.kill().await;
+        }
+        self.launch(log_dir).await;
+    }
+}
+
+/// A gateway process and where it listens.
+pub struct GatewayProcess {
+    pub process: Process,
+    pub tcp: SocketAddr,
+    pub udp: SocketAddr,
+}
+
+/// The whole deployment of one test.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub redis: Redis,
+    pub api: Option<Process>,
+    pub api_addr: SocketAddr,
+    pub workers: Vec<Process>,
+    pub gateways: Vec<GatewayProcess>,
+    pub certs: haberci_certs::CertPaths,
+    pub prefix: String,
+    internal_token: String,
+    key_dir: PathBuf,
+    http: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
+}
+
+impl Cluster {
+    /// Redis, the api, `workers` workers and `gateways` gateways, all ready.
+    pub async fn start(workers: usize, gateways: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let logs = dir.path().join("logs");
+        std::fs::create_dir_all(&logs).expect("logs dir");
+        let redis_dir = dir.path().join("redis");
+        std::fs::create_dir_all(&redis_dir).expect("redis dir");
+        let redis = Redis::start(&redis_dir, &logs).await;
+
+        let certs = haberci_certs::CertPaths::new(dir.path().join("certs"));
+        haberci_certs::ensure(&certs, time_now()).expect("certs");
+        let key_dir = dir.path().join("keys");
+        let out = std::process::Command::new(binary("haberci-backend"))
+            .args(["keys", "ensure", "--dir"])
+            .arg(&key_dir)
+            .output()
+            .expect("keys ensure");
+        assert!(
+            out.status.success(),
+            "keys ensure: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let prefix = format!(
+            "e2e{}:msg:in:",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let internal_token = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let api_port = free_port();
+        let api_addr: SocketAddr = format!("127.0.0.1:{api_port}").parse().expect("addr");
+        let http =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        let mut cluster = Cluster {
+            dir,
+            redis,
+            api: None,
+            api_addr,
+            workers: Vec::new(),
+            gateways: Vec::new(),
+            certs,
+            prefix,
+            internal_token,
+            key_dir,
+            http,
+        };
+        let mut api = Process::spawn(
+            "api",
+            &binary("haberci-backend"),
+            &["api"],
+            &cluster.common_env(),
+            &cluster.logs(),
+        )
+        .await;
+        api.wait_for_log("api listening").await;
+        cluster.api = Some(api);
+        for _ in 0..workers {
+            cluster.add_worker().await;
+        }
+        for _ in 0..gateways {
+            cluster.add_gateway().await;
+        }
+        cluster
+    }
+
+    pub fn logs(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+
+    fn common_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("HABERCI_DATABASE_URL", env("HABERCI_TEST_DATABASE_URL")),
+            ("HABERCI_REDIS_URL", self.redis.url()),
+            ("HABERCI_API_ADDR", self.api_addr.to_string()),
+            ("HABERCI_BACKEND_URL", format!("http://{}", self.api_addr)),
+            ("HABERCI_JWT_KEY_DIR", self.key_dir.display().to_string()),
+            ("HABERCI_INTERNAL_TOKEN", self.internal_token.clone()),
+            ("HABERCI_STREAM_PREFIX", self.prefix.clone()),
+            ("HABERCI_STREAM_SHARDS", "4".to_owned()),
+            // Reclaim quickly what a killed worker left pending.
+            ("HABERCI_CLAIM_IDLE_MS", "2000".to_owned()),
+            ("HABERCI_CLAIM_INTERVAL_MS", "500".to_owned()),
+            ("HABERCI_CERT_DIR", self.certs.dir.display().to_string()),
+        ];
+        for key in [
+            "HABERCI_RATE_REGISTER_IP",
+            "HABERCI_RATE_LOGIN_IP",
+            "HABERCI_RATE_REFRESH_IP",
+            "HABERCI_RATE_REGISTER_ACCOUNT",
+        ] {
+            env.push((key, "100000/60s".to_owned()));
+        }
+        env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    }
+
+    pub async fn add_worker(&mut self) {
+        let name = format!("worker{}", self.workers.len() + 1);
+        let mut worker = Process::spawn(
+            &name,
+            &binary("haberci-backend"),
+            &["worker"],
+            &self.common_env(),
+            &self.logs(),
+        )
+        .await;
+        worker.wait_for_log("worker ready").await;
+        self.workers.push(worker);
+    }
+
+    pub async fn add_gateway(&mut self) {
+        let name = format!("gateway{}", self.gateways.len() + 1);
+        let (tcp_port, udp_port) = (free_port(), free_port());
+        let mut env = self.common_env();
+        env.push((
+            "HABERCI_GATEWAY_TCP_ADDR".into(),
+            format!("127.0.0.1:{tcp_port}"),
+        ));
+        env.push((
+            "HABERCI_GATEWAY_UDP_ADDR".into(),
+            format!("[::]:{udp_port}"),
+        ));
+        let mut process =
+            Process::spawn(&name, &binary("haberci-gateway"), &[], &env, &self.logs()).await;
+        process.wait_for_log("gateway ready").await;
+        self.gateways.push(GatewayProcess {
+            process,
+            tcp: format!("127.0.0.1:{tcp_port}").parse().expect("addr"),
+            udp: format!("127.0.0.1:{udp_port}").parse().expect("addr"),
+        });
+    }
+
+    /// A request to the api (as a gateway on loopback would send it); the JSON answer.
+    pub async fn api(
+        &self,
+        method: http::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Value,
+    ) -> (u16, Value) {
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.api_addr))
+            .header("content-type", "application/json");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let body = if body.is_null() {
+            Bytes::new()
+        } else {
+            Bytes::from(body.to_string())
+        };
+        let response = tokio::time::timeout(
+            TIMEOUT,
+            self.http
+                .request(request.body(Full::new(body)).expect("request")),
+        )
+        .await
+        .expect("api answers in time")
+        .expect("api request");
+        let status = response.status().as_u16();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// Registers a new user; returns (user id, access token).
+    pub async fn register(&self, prefix: &str) -> (uuid::Uuid, String) {
+        let name = format!(
+            "{prefix}_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let (status, body) = self
+            .api(
+                http::Method::POST,
+                "/v1/auth/register",
+                None,
+                json!({"username": name, "email": format!("{name}@example.com"), "password": "correct horse battery staple", "display_name": name}),
+            )
+            .await;
+        assert_eq!(status, 201, "register: {body}");
+        let token = body["tokens"]["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_owned();
+        let id = body["user"]["id"]
+            .as_str()
+            .expect("user.id")
+            .parse()
+            .expect("uuid");
+        (id, token)
+    }
+}
+
+fn time_now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
