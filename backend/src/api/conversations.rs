@@ -20,8 +20,8 @@ use super::{ApiError, AppState};
 use crate::accounts::UserId;
 use crate::conversations::store::{self, ListCursor, MemberRecord};
 use crate::conversations::{
-    self, GrantableRole, GroupName, Kind, MAX_GROUP_MEMBERS, MAX_INITIAL_MEMBERS,
-    MembershipChange, OthersWatermarks, Role, status_for,
+    self, GrantableRole, GroupName, Kind, MAX_GROUP_MEMBERS, MAX_INITIAL_MEMBERS, MembershipChange,
+    OthersWatermarks, Role, status_for,
 };
 
 /// Default and largest page of `GET /v1/conversations/{id}/messages`.
@@ -237,11 +237,7 @@ fn corrupt(err: conversations::CorruptRow) -> ApiError {
     ApiError::Internal(err.into())
 }
 
-async fn member_view(
-    db: &sqlx::PgPool,
-    group: Uuid,
-    user: UserId,
-) -> Result<MemberView, ApiError> {
+async fn member_view(db: &sqlx::PgPool, group: Uuid, user: UserId) -> Result<MemberView, ApiError> {
     store::members(db, group)
         .await?
         .into_iter()
@@ -373,7 +369,10 @@ pub async fn add_member(
     if !store::user_exists(&mut *tx, request.user_id).await? {
         return Err(ApiError::invalid("userId", "no user has this id"));
     }
-    if store::role_of(&mut *tx, id, request.user_id).await?.is_some() {
+    if store::role_of(&mut *tx, id, request.user_id)
+        .await?
+        .is_some()
+    {
         return Err(ApiError::AlreadyMember);
     }
     let count = store::count_members(&mut *tx, id).await?;
@@ -573,10 +572,12 @@ pub async fn list_conversations(
     let mut rows = store::list(&state.db, me.user, cursor, limit + 1).await?;
     let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
     rows.truncate(usize::try_from(limit).unwrap_or(0));
-    let next_cursor = more
-        .then(|| rows.last())
-        .flatten()
-        .map(|row| encode_cursor(ListCursor { activity: row.activity, id: row.id }));
+    let next_cursor = more.then(|| rows.last()).flatten().map(|row| {
+        encode_cursor(ListCursor {
+            activity: row.activity,
+            id: row.id,
+        })
+    });
     let mut conversations = Vec::with_capacity(rows.len());
     for row in rows {
         let others = OthersWatermarks {

@@ -216,7 +216,11 @@ impl DirectPair {
 
     /// The member of the pair who is not `user`.
     pub fn peer_of(self, user: UserId) -> UserId {
-        if user == self.low { self.high } else { self.low }
+        if user == self.low {
+            self.high
+        } else {
+            self.low
+        }
     }
 }
 
@@ -274,7 +278,9 @@ impl MessageRow {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MembershipChange {
     /// Joined a group; history starts after `after` (the group's last seq then).
-    Joined { after: i64 },
+    Joined {
+        after: i64,
+    },
     Left,
 }
 
@@ -352,7 +358,11 @@ mod tests {
             (other, 5, 5, w(0, 0), Read),
         ];
         for (sender, seq, mine, others, want) in cases {
-            assert_eq!(status_for(me, sender, seq, mine, others), want, "{seq} {mine} {others:?}");
+            assert_eq!(
+                status_for(me, sender, seq, mine, others),
+                want,
+                "{seq} {mine} {others:?}"
+            );
         }
     }
 
@@ -376,7 +386,10 @@ mod tests {
     #[test]
     fn seqs_round_trip() {
         assert_eq!(stored_seq(0), Some(0));
-        assert_eq!(stored_seq(Seq::MAX.get()), i64::try_from(Seq::MAX.get()).ok());
+        assert_eq!(
+            stored_seq(Seq::MAX.get()),
+            i64::try_from(Seq::MAX.get()).ok()
+        );
         assert_eq!(stored_seq(Seq::MAX.get() + 1), None);
     }
 }

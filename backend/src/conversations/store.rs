@@ -229,7 +229,10 @@ pub async fn group(db: &PgPool, id: Uuid) -> sqlx::Result<Option<GroupRecord>> {
 }
 
 /// Every member, owner first, then by joining time.
-pub async fn members(db: impl PgExecutor<'_>, conversation: Uuid) -> sqlx::Result<Vec<MemberRecord>> {
+pub async fn members(
+    db: impl PgExecutor<'_>,
+    conversation: Uuid,
+) -> sqlx::Result<Vec<MemberRecord>> {
     sqlx::query_as::<_, MemberRecord>(
         "SELECT m.user_id, u.username::text AS username, u.display_name, m.role, m.joined_at
          FROM members m JOIN users u ON u.id = m.user_id
@@ -278,7 +281,8 @@ pub async fn others_watermarks(
 }
 
 /// The history query: messages with `after < seq < before`, newest first, at most `limit`.
-pub const HISTORY_SQL: &str = "SELECT conversation_id, seq, id, sender_id, type, content, created_at
+pub const HISTORY_SQL: &str =
+    "SELECT conversation_id, seq, id, sender_id, type, content, created_at
      FROM messages
      WHERE conversation_id = $1 AND seq > $2 AND seq < $3
      ORDER BY seq DESC
