@@ -125,6 +125,9 @@ pub struct ApiSettings {
     /// `HABERCI_CORS_ORIGINS`.
     pub cors: CorsOrigins,
     pub auth: AuthSettings,
+    /// `HABERCI_INTERNAL_TOKEN`: the shared secret gateways present on `/internal/*`
+    /// (`x-haberci-internal`). Unset: the internal routes answer 404.
+    pub internal_token: Option<InternalToken>,
 }
 
 impl Default for ApiSettings {
@@ -133,6 +136,7 @@ impl Default for ApiSettings {
             max_body_bytes: DEFAULT_API_MAX_BODY_BYTES,
             cors: CorsOrigins::default(),
             auth: AuthSettings::default(),
+            internal_token: None,
         }
     }
 }
@@ -142,11 +146,47 @@ impl ApiSettings {
         let max_body_bytes = env.parse_or("HABERCI_API_MAX_BODY_BYTES", DEFAULT_API_MAX_BODY_BYTES);
         let cors = CorsOrigins::read(env);
         let auth = AuthSettings::read(env);
+        let internal_token = env.raw("HABERCI_INTERNAL_TOKEN").and_then(|text| {
+            InternalToken::new(text)
+                .map_err(|why| env.problem(format!("HABERCI_INTERNAL_TOKEN: {why}")))
+                .ok()
+        });
         ApiSettings {
             max_body_bytes,
             cors,
             auth,
+            internal_token,
         }
+    }
+}
+
+/// The shared secret of the internal API. `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct InternalToken(String);
+
+impl InternalToken {
+    /// Shortest token accepted: 32 characters (e.g. 16 random bytes in hex).
+    pub const MIN_LEN: usize = 32;
+
+    pub fn new(text: impl Into<String>) -> Result<InternalToken, &'static str> {
+        let text = text.into();
+        if text.chars().count() < Self::MIN_LEN {
+            return Err("must be at least 32 characters");
+        }
+        if !text.chars().all(|c| c.is_ascii_graphic()) {
+            return Err("must be printable ASCII without spaces (it travels in an HTTP header)");
+        }
+        Ok(InternalToken(text))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for InternalToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("InternalToken(***)")
     }
 }
 
@@ -615,6 +655,29 @@ mod tests {
         ];
         let err = ApiConfig::from_env(Env::from_pairs(&pairs)).expect_err("bad config");
         assert_eq!(err.problems.len(), 4, "{err}");
+    }
+
+    #[test]
+    fn internal_token_is_optional_long_and_never_printed() {
+        let pairs = [("HABERCI_DATABASE_URL", "postgres://x@y/z")];
+        let config = ApiConfig::from_env(Env::from_pairs(&pairs)).expect("defaults");
+        assert!(config.settings.internal_token.is_none());
+        let pairs = [
+            ("HABERCI_DATABASE_URL", "postgres://x@y/z"),
+            ("HABERCI_INTERNAL_TOKEN", "too-short"),
+        ];
+        let err = ApiConfig::from_env(Env::from_pairs(&pairs)).expect_err("bad config");
+        assert!(err.to_string().contains("HABERCI_INTERNAL_TOKEN"), "{err}");
+        assert!(!err.to_string().contains("too-short"), "{err}");
+        let secret = "0123456789abcdef0123456789abcdef";
+        let pairs = [
+            ("HABERCI_DATABASE_URL", "postgres://x@y/z"),
+            ("HABERCI_INTERNAL_TOKEN", secret),
+        ];
+        let config = ApiConfig::from_env(Env::from_pairs(&pairs)).expect("valid");
+        let token = config.settings.internal_token.clone().expect("set");
+        assert_eq!(token.as_bytes(), secret.as_bytes());
+        assert!(!format!("{config:?}").contains(secret));
     }
 
     #[test]

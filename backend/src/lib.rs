@@ -13,12 +13,15 @@
 //!
 //! Other modules: [`config`] (settings from `HABERCI_*` env vars), [`redis`] (the fred client),
 //! [`accounts`] (users: validated names and profile fields, their table queries), [`auth`]
-//! (passwords, sessions and refresh tokens, the session cache, rate limits, audit lines).
+//! (passwords, sessions and refresh tokens, the session cache, rate limits, audit lines),
+//! [`conversations`] (groups, members, roles; reading messages for history and resume; the
+//! membership events gateways follow).
 
 pub mod accounts;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod conversations;
 pub mod db;
 pub mod redis;
 pub mod worker;

@@ -120,6 +120,11 @@ async fn run_api(config: ApiConfig) -> anyhow::Result<()> {
         DEFAULT_KEY_POLL_INTERVAL,
         shutdown.clone(),
     ));
+    if config.settings.internal_token.is_none() {
+        tracing::warn!(
+            "HABERCI_INTERNAL_TOKEN is not set: the gateways' internal API (/internal/v1/*) answers 404"
+        );
+    }
     let db =
         haberci_backend::db::connect_pool(&config.store.database_url, config.store.db_pool_size)?;
     let redis = haberci_backend::redis::connect(&config.store.redis_url)?;

@@ -48,6 +48,9 @@ pub enum ApiError {
     /// Client: the access token's session was revoked or has ended.
     #[error("session revoked")]
     SessionRevoked,
+    /// Peer (a gateway): the internal API's shared secret is missing or wrong.
+    #[error("missing or wrong x-haberci-internal token")]
+    InternalUnauthorized,
     /// Client: unknown user or wrong password (never said which).
     #[error("invalid username, email or password")]
     InvalidCredentials,
@@ -57,6 +60,16 @@ pub enum ApiError {
     /// Client (or a thief): a spent refresh token was presented; its session is now revoked.
     #[error("refresh token reused; the session has been revoked")]
     RefreshTokenReused,
+    /// Client: the caller is signed in but their role does not allow this (the message says
+    /// which rule).
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// Client: the user is already a member of the group.
+    #[error("the user is already a member of this group")]
+    AlreadyMember,
+    /// Client: the group has as many members as a group may have.
+    #[error("the group is full ({max} members)")]
+    GroupFull { max: usize },
     /// Client: a unique value (the field) is taken.
     #[error("{field} is already taken")]
     Conflict { field: &'static str },
@@ -107,10 +120,14 @@ impl ApiError {
             ApiError::Unauthenticated
             | ApiError::InvalidToken
             | ApiError::SessionRevoked
+            | ApiError::InternalUnauthorized
             | ApiError::InvalidCredentials
             | ApiError::InvalidRefreshToken
             | ApiError::RefreshTokenReused => StatusCode::UNAUTHORIZED,
-            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Conflict { .. } | ApiError::AlreadyMember | ApiError::GroupFull { .. } => {
+                StatusCode::CONFLICT
+            }
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -128,9 +145,13 @@ impl ApiError {
             ApiError::Unauthenticated => "unauthenticated",
             ApiError::InvalidToken => "invalid_token",
             ApiError::SessionRevoked => "session_revoked",
+            ApiError::InternalUnauthorized => "invalid_internal_token",
             ApiError::InvalidCredentials => "invalid_credentials",
             ApiError::InvalidRefreshToken => "invalid_refresh_token",
             ApiError::RefreshTokenReused => "refresh_token_reused",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::AlreadyMember => "already_member",
+            ApiError::GroupFull { .. } => "group_full",
             ApiError::Conflict { .. } => "conflict",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",

@@ -1,12 +1,14 @@
 //! Extractors whose every failure is an [`ApiError`], so no request can get axum's plain-text
-//! rejections: [`ApiJson`] (bodies), [`ApiPath`] (path parameters), [`ClientIp`],
-//! [`UserAgent`], and [`Authenticated`] (a verified access token of a live session).
+//! rejections: [`ApiJson`] (bodies), [`ApiPath`] (path parameters), [`ApiQuery`] (query
+//! parameters), [`ClientIp`], [`UserAgent`], and [`Authenticated`] (a verified access token of
+//! a live session).
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use serde::de::DeserializeOwned;
@@ -125,6 +127,45 @@ where
             .await
             .map(|Path(value)| ApiPath(value))
             .map_err(|_| ApiError::NotFound)
+    }
+}
+
+/// The query parameters, read by name so that each bad value is reported with its name (422
+/// `invalid_field`). Unknown parameters are ignored; a repeated one keeps its last value.
+pub struct ApiQuery(pub HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ApiQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map(|Query(params)| ApiQuery(params))
+            .map_err(|_| ApiError::InvalidField {
+                field: None,
+                message: "the query string is not valid".into(),
+            })
+    }
+}
+
+impl ApiQuery {
+    /// The text of `name`, if present.
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// `name` as an integer in `min..=max`, if present.
+    pub fn integer(&self, name: &str, min: u64, max: u64) -> Result<Option<u64>, ApiError> {
+        let Some(text) = self.text(name) else {
+            return Ok(None);
+        };
+        match text.parse::<u64>() {
+            Ok(value) if (min..=max).contains(&value) => Ok(Some(value)),
+            _ => Err(ApiError::invalid(
+                name,
+                format!("{name} must be an integer from {min} to {max}"),
+            )),
+        }
     }
 }
 

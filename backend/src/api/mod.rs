@@ -4,15 +4,19 @@
 //!
 //! Routes: `GET /healthz` (alive), `GET /readyz` (Postgres through PgBouncer and Redis answer),
 //! `GET /v1/version`, the account and auth endpoints ([`auth`], [`users`]), and
-//! `GET /v1/openapi.json`, the OpenAPI 3.1 document generated from the handlers' annotations.
+//! groups and conversations ([`conversations`]), and `GET /v1/openapi.json`, the OpenAPI 3.1
+//! document generated from the handlers' annotations. The gateways' internal API
+//! (`/internal/v1/*`, [`internal`]) is outside `/v1` and outside the document.
 //!
 //! The HTTP surface: every response carries the security headers and CORS allow-list of
 //! `haberci_kit::http`; bodies are capped at `max_body_bytes`; errors (including unknown routes,
 //! wrong methods and bad bodies) leave through [`error::ApiError`] only.
 
 pub mod auth;
+pub mod conversations;
 pub mod error;
 pub mod extract;
+pub mod internal;
 pub mod openapi;
 pub mod users;
 
@@ -93,6 +97,16 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(auth::jwks))
         .routes(routes!(users::me, users::update_me))
         .routes(routes!(users::profile))
+        .routes(routes!(conversations::create_group))
+        .routes(routes!(conversations::group))
+        .routes(routes!(conversations::add_member))
+        .routes(routes!(
+            conversations::remove_member,
+            conversations::update_member
+        ))
+        .routes(routes!(conversations::leave))
+        .routes(routes!(conversations::list_conversations))
+        .routes(routes!(conversations::history))
         .split_for_parts()
 }
 
@@ -110,6 +124,7 @@ pub fn app(state: AppState) -> Router {
     let document = Arc::new(document);
     let settings = state.settings.clone();
     let router = api
+        .merge(internal::router())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/version", get(version))

@@ -13,12 +13,14 @@ use super::ErrorBody;
 #[openapi(
     info(
         title = "Haberci API",
-        description = "Accounts, auth and profiles. Errors are always `{\"error\": {\"code\", \"message\", \"field\"}}`.",
+        description = "Accounts, auth, profiles, groups, conversations and message history. Errors are always `{\"error\": {\"code\", \"message\", \"field\"}}`.",
     ),
     components(schemas(ErrorBody)),
     tags(
         (name = "auth", description = "Registration, login, token refresh, sessions"),
         (name = "users", description = "Accounts and profiles"),
+        (name = "groups", description = "Groups, their members and roles"),
+        (name = "conversations", description = "My conversations and their message history"),
     )
 )]
 struct Base;

@@ -135,6 +135,14 @@ async fn openapi_document_lists_every_endpoint() {
         ("/v1/me", "get"),
         ("/v1/me", "patch"),
         ("/v1/users/{username}", "get"),
+        ("/v1/groups", "post"),
+        ("/v1/groups/{id}", "get"),
+        ("/v1/groups/{id}/members", "post"),
+        ("/v1/groups/{id}/members/{userId}", "delete"),
+        ("/v1/groups/{id}/members/{userId}", "patch"),
+        ("/v1/groups/{id}/leave", "post"),
+        ("/v1/conversations", "get"),
+        ("/v1/conversations/{id}/messages", "get"),
     ] {
         let operation = &paths[path][method];
         assert!(operation.is_object(), "{method} {path} missing");

@@ -17,7 +17,7 @@ use tower::ServiceExt;
 
 use haberci_backend::api::{self, AppState};
 use haberci_backend::auth::keys::KeyStore;
-use haberci_backend::config::{ApiSettings, Rate, RateLimits};
+use haberci_backend::config::{ApiSettings, InternalToken, Rate, RateLimits};
 
 use crate::env;
 
@@ -39,10 +39,14 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}_{}", &random[..16])
 }
 
-/// Settings whose limits never get in a test's way.
+/// The internal API's shared secret in tests.
+pub const INTERNAL_TOKEN: &str = "test-internal-token-0123456789abcdef";
+
+/// Settings whose limits never get in a test's way (and with the internal API enabled).
 pub fn roomy_settings() -> ApiSettings {
     let mut settings = ApiSettings::default();
     settings.auth.limits = RateLimits::uniform(Rate::new(10_000, Duration::from_secs(60)));
+    settings.internal_token = Some(InternalToken::new(INTERNAL_TOKEN).unwrap());
     settings
 }
 
@@ -197,6 +201,38 @@ impl Api {
         self.call("POST", path, body, None).await
     }
 
+    /// A request to the internal API with `token` in `x-haberci-internal` (`None`: no header).
+    pub async fn internal(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> Reply {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            request = request.header("x-haberci-internal", token);
+        }
+        let body = match body {
+            Some(body) => {
+                request = request.header("content-type", "application/json");
+                Body::from(body.to_string())
+            }
+            None => Body::empty(),
+        };
+        self.send(request.body(body).unwrap()).await
+    }
+
+    /// Registers a fresh user; returns their id and access token.
+    pub async fn user(&self) -> User {
+        let (account, reply) = self.register().await;
+        User {
+            id: reply.str("/user/id").parse().unwrap(),
+            token: reply.str("/tokens/access_token"),
+            username: account.username,
+        }
+    }
+
     /// Registers a fresh user; returns it with its password.
     pub async fn register(&self) -> (Account, Reply) {
         let username = unique_name("user");
@@ -233,4 +269,133 @@ pub struct Account {
     pub username: String,
     pub email: String,
     pub password: String,
+}
+
+/// A registered user, ready to call the API.
+pub struct User {
+    pub id: uuid::Uuid,
+    pub token: String,
+    pub username: String,
+}
+
+/// Stores one text message per sender, numbered as the worker would (the conversation's
+/// `last_seq` moves with them); returns their seqs. Stands in for the worker, which is tested
+/// on its own.
+pub async fn store_messages(
+    db: &sqlx::PgPool,
+    conversation: uuid::Uuid,
+    senders: &[uuid::Uuid],
+) -> Vec<i64> {
+    let mut tx = db.begin().await.unwrap();
+    let mut seqs = Vec::new();
+    for &sender in senders {
+        let seq: i64 = sqlx::query_scalar(
+            "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
+        )
+        .bind(conversation)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO messages (conversation_id, seq, id, sender_id, client_msg_id, type, content)
+             VALUES ($1, $2, $3, $4, $5, 'text', $6)",
+        )
+        .bind(conversation)
+        .bind(seq)
+        .bind(uuid::Uuid::now_v7())
+        .bind(sender)
+        .bind(uuid::Uuid::new_v4())
+        .bind(format!("message {seq}"))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        seqs.push(seq);
+    }
+    tx.commit().await.unwrap();
+    seqs
+}
+
+/// Sets a member's receipt watermarks, as the worker would on `Ack` and `Read`.
+pub async fn set_watermarks(
+    db: &sqlx::PgPool,
+    conversation: uuid::Uuid,
+    user: uuid::Uuid,
+    delivered: i64,
+    read: i64,
+) {
+    let updated = sqlx::query(
+        "UPDATE members SET delivered_seq = $3, read_seq = $4
+         WHERE conversation_id = $1 AND user_id = $2",
+    )
+    .bind(conversation)
+    .bind(user)
+    .bind(delivered)
+    .bind(read)
+    .execute(db)
+    .await
+    .unwrap();
+    assert_eq!(updated.rows_affected(), 1, "{user} is not a member");
+}
+
+/// Creates the direct conversation of `a` and `b` with both as members, as the worker does on
+/// their first message; returns its id.
+pub async fn direct_conversation(db: &sqlx::PgPool, a: uuid::Uuid, b: uuid::Uuid) -> uuid::Uuid {
+    use haberci_wire::UserId;
+    let id =
+        haberci_wire::relay::direct_conversation(UserId::new(a).unwrap(), UserId::new(b).unwrap())
+            .as_uuid();
+    let (low, high) = if a < b { (a, b) } else { (b, a) };
+    sqlx::query(
+        "INSERT INTO conversations (id, kind, user_low, user_high) VALUES ($1, 'direct', $2, $3)",
+    )
+    .bind(id)
+    .bind(low)
+    .bind(high)
+    .execute(db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO members (conversation_id, user_id, role)
+         VALUES ($1, $2, 'member'), ($1, $3, 'member')",
+    )
+    .bind(id)
+    .bind(low)
+    .bind(high)
+    .execute(db)
+    .await
+    .unwrap();
+    id
+}
+
+/// Listens on a user's relay channel (`SSUBSCRIBE u:{user}`) before the test acts.
+pub struct UserChannel {
+    client: fred::clients::Client,
+    messages: tokio::sync::broadcast::Receiver<fred::types::Message>,
+}
+
+impl UserChannel {
+    pub async fn open(user: uuid::Uuid) -> UserChannel {
+        use fred::prelude::*;
+        let client = haberci_backend::redis::connect(&env("HABERCI_TEST_REDIS_URL")).unwrap();
+        client.wait_for_connect().await.unwrap();
+        let messages = client.message_rx();
+        let channel = haberci_wire::relay::user_channel(haberci_wire::UserId::new(user).unwrap());
+        client.ssubscribe(channel).await.unwrap();
+        UserChannel { client, messages }
+    }
+
+    /// The next event, within [`TIMEOUT`].
+    pub async fn next(&mut self) -> haberci_wire::relay::Event {
+        let message = tokio::time::timeout(TIMEOUT, self.messages.recv())
+            .await
+            .expect("an event within the timeout")
+            .unwrap();
+        let text: String = message.value.convert().unwrap();
+        haberci_wire::relay::Event::from_json(text.as_bytes()).unwrap()
+    }
+
+    pub async fn close(self) {
+        use fred::prelude::*;
+        let _ = self.client.quit().await;
+    }
 }
