@@ -368,8 +368,8 @@ impl Cluster {
             ("HABERCI_STREAM_PREFIX", self.prefix.clone()),
             ("HABERCI_STREAM_SHARDS", "4".to_owned()),
             // Reclaim quickly what a killed worker left pending.
-            ("HABERCI_CLAIM_IDLE_MS", "2000".to_owned()),
-            ("HABERCI_CLAIM_INTERVAL_MS", "500".to_owned()),
+            ("HABERCI_CLAIM_IDLE", "2s".to_owned()),
+            ("HABERCI_CLAIM_INTERVAL", "500ms".to_owned()),
             ("HABERCI_CERT_DIR", self.certs.dir.display().to_string()),
         ];
         for key in [
