@@ -66,6 +66,9 @@ pub const WEBTRANSPORT_PATH: &str = "/v1/rt";
 pub const WEBSOCKET_PATH: &str = "/v1/ws";
 /// WebSocket subprotocol (`Sec-WebSocket-Protocol`) a client must offer.
 pub const WEBSOCKET_SUBPROTOCOL: &str = "haberci.v1";
+/// Largest `content` of a message, in UTF-8 bytes; above it a `Send` is answered
+/// `Error{content_too_large}`.
+pub const MAX_CONTENT_BYTES: usize = 16 * 1024;
 /// The protocol version this crate speaks (`Hello.protocol_version`).
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Every version this crate can serve, newest first (`Closing.supported_versions`).
