@@ -437,14 +437,125 @@ impl FromStr for TrustedProxies {
 pub struct WorkerConfig {
     pub store: StoreConfig,
     pub prune: PruneSettings,
+    pub messaging: MessagingSettings,
 }
 
 impl WorkerConfig {
     pub fn from_env(mut env: Env<'_>) -> Result<Self, ConfigError> {
         let store = StoreConfig::read(&mut env);
         let prune = PruneSettings::read(&mut env);
+        let messaging = MessagingSettings::read(&mut env);
         env.finish()?;
-        Ok(WorkerConfig { store, prune })
+        Ok(WorkerConfig {
+            store,
+            prune,
+            messaging,
+        })
+    }
+}
+
+/// How the worker consumes the inbound message streams ([`crate::messaging`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessagingSettings {
+    /// `HABERCI_STREAM_SHARDS`: how many `msg:in:{shard}` streams there are. Must equal the
+    /// gateways' setting.
+    pub shards: u16,
+    /// `HABERCI_STREAM_PREFIX`: the stream keys' prefix (tests use one of their own).
+    pub stream_prefix: String,
+    /// `HABERCI_BATCH_SIZE`: most entries one `XREADGROUP` returns (across all shards); one
+    /// batch is one Postgres transaction.
+    pub batch_size: u32,
+    /// `HABERCI_BATCH_BLOCK`: how long `XREADGROUP` waits for entries. Also bounds how long
+    /// shutdown waits for the read in flight.
+    pub block: Duration,
+    /// `HABERCI_CLAIM_INTERVAL`: how often the worker looks for entries other consumers read
+    /// and never acknowledged (`XAUTOCLAIM`).
+    pub claim_interval: Duration,
+    /// `HABERCI_CLAIM_IDLE`: how long an entry stays unacknowledged before another consumer
+    /// takes it over. Above the longest a healthy batch can take.
+    pub claim_idle: Duration,
+    /// `HABERCI_TRIM_INTERVAL`: how often each stream is trimmed of acknowledged entries.
+    pub trim_interval: Duration,
+}
+
+pub const DEFAULT_BATCH_SIZE: u32 = 256;
+pub const DEFAULT_BATCH_BLOCK: Duration = Duration::from_secs(1);
+pub const DEFAULT_CLAIM_INTERVAL: Duration = Duration::from_secs(5);
+pub const DEFAULT_CLAIM_IDLE: Duration = Duration::from_secs(30);
+pub const DEFAULT_TRIM_INTERVAL: Duration = Duration::from_secs(30);
+
+impl Default for MessagingSettings {
+    fn default() -> Self {
+        use haberci_wire::relay;
+        MessagingSettings {
+            shards: relay::DEFAULT_SHARDS,
+            stream_prefix: relay::DEFAULT_STREAM_PREFIX.to_owned(),
+            batch_size: DEFAULT_BATCH_SIZE,
+            block: DEFAULT_BATCH_BLOCK,
+            claim_interval: DEFAULT_CLAIM_INTERVAL,
+            claim_idle: DEFAULT_CLAIM_IDLE,
+            trim_interval: DEFAULT_TRIM_INTERVAL,
+        }
+    }
+}
+
+impl MessagingSettings {
+    pub fn read(env: &mut Env<'_>) -> Self {
+        let d = MessagingSettings::default();
+        let shards = env.parse_or("HABERCI_STREAM_SHARDS", d.shards);
+        if shards == 0 {
+            env.problem("HABERCI_STREAM_SHARDS must be at least 1");
+        }
+        let stream_prefix = env.string_or("HABERCI_STREAM_PREFIX", &d.stream_prefix);
+        let batch_size = env.parse_or("HABERCI_BATCH_SIZE", d.batch_size);
+        if !(1..=10_000).contains(&batch_size) {
+            env.problem("HABERCI_BATCH_SIZE must be between 1 and 10000");
+        }
+        let mut duration = |key: &str, default: Duration| {
+            let value = env.parse_or(key, HumanDuration(default)).0;
+            if value.is_zero() {
+                env.problem(format!("{key} must be above 0"));
+            }
+            value
+        };
+        MessagingSettings {
+            shards,
+            stream_prefix,
+            batch_size,
+            block: duration("HABERCI_BATCH_BLOCK", d.block),
+            claim_interval: duration("HABERCI_CLAIM_INTERVAL", d.claim_interval),
+            claim_idle: duration("HABERCI_CLAIM_IDLE", d.claim_idle),
+            trim_interval: duration("HABERCI_TRIM_INTERVAL", d.trim_interval),
+        }
+    }
+}
+
+/// A duration written with its unit: `250ms`, `5s`, `2m`, `1h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or("needs a unit: ms, s, m or h (e.g. 5s)")?;
+        let (number, unit) = text.split_at(split);
+        let number: u64 = number
+            .parse()
+            .map_err(|_| format!("{number:?} is not a whole number"))?;
+        let millis = match unit {
+            "ms" => Some(number),
+            "s" => number.checked_mul(1_000),
+            "m" => number.checked_mul(60_000),
+            "h" => number.checked_mul(3_600_000),
+            _ => return Err(format!("unknown unit {unit:?}: use ms, s, m or h")),
+        }
+        .filter(|&ms| ms <= 24 * 3_600_000)
+        .ok_or("too long (at most 24h)")?;
+        Ok(HumanDuration(Duration::from_millis(millis)))
     }
 }
 
@@ -642,6 +753,35 @@ mod tests {
         ];
         let err = WorkerConfig::from_env(Env::from_pairs(&pairs)).expect_err("bad config");
         assert_eq!(err.problems.len(), 2, "{err}");
+    }
+
+    #[test]
+    fn messaging_settings_have_defaults_and_parse_units() {
+        let pairs = [("HABERCI_DATABASE_URL", "postgres://x@y/z")];
+        let config = WorkerConfig::from_env(Env::from_pairs(&pairs)).expect("defaults");
+        assert_eq!(config.messaging, MessagingSettings::default());
+        let pairs = [
+            ("HABERCI_DATABASE_URL", "postgres://x@y/z"),
+            ("HABERCI_STREAM_SHARDS", "3"),
+            ("HABERCI_STREAM_PREFIX", "t:in:"),
+            ("HABERCI_CLAIM_IDLE", "250ms"),
+            ("HABERCI_CLAIM_INTERVAL", "2m"),
+        ];
+        let config = WorkerConfig::from_env(Env::from_pairs(&pairs)).expect("valid");
+        assert_eq!(config.messaging.shards, 3);
+        assert_eq!(config.messaging.stream_prefix, "t:in:");
+        assert_eq!(config.messaging.claim_idle, Duration::from_millis(250));
+        assert_eq!(config.messaging.claim_interval, Duration::from_secs(120));
+        let pairs = [
+            ("HABERCI_DATABASE_URL", "postgres://x@y/z"),
+            ("HABERCI_STREAM_SHARDS", "0"),
+            ("HABERCI_BATCH_SIZE", "0"),
+            ("HABERCI_CLAIM_IDLE", "30"),
+            ("HABERCI_TRIM_INTERVAL", "0s"),
+            ("HABERCI_BATCH_BLOCK", "1d"),
+        ];
+        let err = WorkerConfig::from_env(Env::from_pairs(&pairs)).expect_err("bad config");
+        assert_eq!(err.problems.len(), 5, "{err}");
     }
 
     #[test]

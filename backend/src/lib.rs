@@ -2,9 +2,9 @@
 //!
 //! - `api` ([`api`]): the HTTP JSON API, built as [`api::app`] so tests drive the router without
 //!   a socket. Reached by clients only through a gateway, which proxies `/v1/*` to it.
-//! - `worker` ([`worker`]): consumes the message streams from Redis and persists them (#6); today
-//!   it connects to its dependencies, reports ready, and prunes ended sessions and spent refresh
-//!   tokens ([`auth::sessions::prune`]).
+//! - `worker` ([`worker`]): consumes the message streams from Redis, stores messages and
+//!   receipts, and publishes deliveries ([`messaging`]); also prunes ended sessions and spent
+//!   refresh tokens ([`auth::sessions::prune`]).
 //! - `migrate` ([`db::migrate`]): applies `migrations/` directly to Postgres (never through
 //!   PgBouncer: DDL and advisory locks need a real session).
 //!
@@ -23,5 +23,6 @@ pub mod auth;
 pub mod config;
 pub mod conversations;
 pub mod db;
+pub mod messaging;
 pub mod redis;
 pub mod worker;

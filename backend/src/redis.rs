@@ -21,6 +21,19 @@ pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
 /// Builds a client that reconnects forever with capped backoff, and starts connecting it.
 /// Returns before the first connection succeeds, so readiness can report a Redis that is down.
 pub fn connect(url: &str) -> Result<Client, fred::error::Error> {
+    connect_with_timeout(url, DEFAULT_COMMAND_TIMEOUT)
+}
+
+/// A client of its own for blocking reads (`XREADGROUP BLOCK`): a blocked connection can
+/// serve nothing else, and its commands need a timeout longer than the block.
+pub fn connect_blocking(url: &str, block: Duration) -> Result<Client, fred::error::Error> {
+    connect_with_timeout(url, block + DEFAULT_CONNECT_TIMEOUT)
+}
+
+fn connect_with_timeout(
+    url: &str,
+    command_timeout: Duration,
+) -> Result<Client, fred::error::Error> {
     let mut config = Config::from_url(url)?;
     // fred's default (`true`) gives up for good when the first connection fails, leaving a
     // client that never reconnects if Redis was down when the process started.
@@ -31,7 +44,7 @@ pub fn connect(url: &str) -> Result<Client, fred::error::Error> {
             c.internal_command_timeout = DEFAULT_CONNECT_TIMEOUT;
         })
         .with_performance_config(|p| {
-            p.default_command_timeout = DEFAULT_COMMAND_TIMEOUT;
+            p.default_command_timeout = command_timeout;
         })
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
         .build()?;

@@ -1,6 +1,7 @@
-//! The message worker. #6 makes it consume `msg:in:{shard}` streams; today it connects to
-//! Postgres (through PgBouncer) and Redis, says it is ready, and prunes spent auth rows
-//! ([`crate::auth::sessions::prune`]) every [`PruneSettings::interval`] until shutdown.
+//! The message worker. It waits until Postgres (through PgBouncer) and Redis answer, then runs
+//! two loops until shutdown: the message consumer ([`crate::messaging`]: inbound streams →
+//! Postgres → pub/sub) and the pruning of spent auth rows ([`crate::auth::sessions::prune`])
+//! every [`PruneSettings::interval`]. On shutdown the consumer finishes its batch first.
 
 use std::time::Duration;
 
@@ -17,7 +18,8 @@ pub const DEFAULT_DEPENDENCY_RETRY: Duration = Duration::from_millis(500);
 
 /// Runs until `shutdown` is cancelled.
 pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> anyhow::Result<()> {
-    let db = crate::db::connect_pool(&config.store.database_url, 2)?;
+    // One connection for the consumer's batch, one for pruning, one spare.
+    let db = crate::db::connect_pool(&config.store.database_url, 3)?;
     let redis = crate::redis::connect(&config.store.redis_url)?;
     // Wait until both dependencies answer, retrying, so "ready" means ready.
     // Invariant: every wait here is inside a `select!` with shutdown, so SIGTERM is honoured
@@ -45,6 +47,15 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> anyhow::Result<()>
         }
     }
     tracing::info!("worker ready");
+    let consumer = tokio::spawn({
+        let (db, url, settings, shutdown) = (
+            db.clone(),
+            config.store.redis_url.clone(),
+            config.messaging.clone(),
+            shutdown.clone(),
+        );
+        async move { crate::messaging::run(db, &url, settings, shutdown).await }
+    });
     let mut prune_tick = tokio::time::interval(config.prune.interval);
     prune_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -58,6 +69,11 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> anyhow::Result<()>
         }
     }
     tracing::info!("worker stopping");
+    match consumer.await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::error!(%err, "message consumer could not start"),
+        Err(err) => tracing::error!(%err, "message consumer failed"),
+    }
     db.close().await;
     let _ = redis.quit().await;
     Ok(())
