@@ -2,3 +2,4 @@
 
 mod smoke;
 mod support;
+mod raw_ws;

@@ -30,8 +30,12 @@ pub fn env(key: &str) -> String {
     })
 }
 
-/// The directory holding the workspace's binaries: this test runs from `<target>/<profile>/deps`.
+/// The directory holding the workspace's binaries: this test runs from `<target>/<profile>/deps`,
+/// unless `HABERCI_E2E_BIN_DIR` names another.
 fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("HABERCI_E2E_BIN_DIR") {
+        return dir.into();
+    }
     let exe = std::env::current_exe().expect("current exe");
     exe.parent()
         .and_then(Path::parent)
@@ -81,7 +85,7 @@ impl Process {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HABERCI_LOG_FORMAT", "json")
-            .env("HABERCI_LOG", "info")
+            .env("HABERCI_LOG", std::env::var("HABERCI_E2E_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -490,4 +494,21 @@ impl Cluster {
 
 fn time_now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // A failed test keeps its processes' logs: the temp dir goes, a copy stays.
+        if std::thread::panicking() {
+            let keep = std::env::temp_dir().join(format!("haberci-e2e-{}", uuid::Uuid::new_v4().simple()));
+            if std::fs::create_dir_all(&keep).is_ok() {
+                if let Ok(entries) = std::fs::read_dir(self.logs()) {
+                    for entry in entries.flatten() {
+                        let _ = std::fs::copy(entry.path(), keep.join(entry.file_name()));
+                    }
+                }
+                eprintln!("process logs kept in {}", keep.display());
+            }
+        }
+    }
 }

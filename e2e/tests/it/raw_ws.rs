@@ -1,0 +1,162 @@
+//! The message path through real processes with a bare WebSocket client written from
+//! docs/PROTOCOL.md (no SDK): a direct message is stored (`Sent`), delivered to the peer and
+//! echoed to the sender's session, and receipts come back as `Status`.
+
+use std::sync::Arc;
+
+use futures::{SinkExt, StreamExt};
+use haberci_wire::websocket::MessageType;
+use haberci_wire::{
+    Ack, ClientFrame, ClientMsgId, Hello, MessageKind, Read, Recipient, SendMessage, ServerFrame,
+    UserId,
+};
+use rustls_pki_types::ServerName;
+use rustls_pki_types::pem::PemObject;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::support::{Cluster, TIMEOUT};
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+pub struct Raw {
+    socket: Socket,
+}
+
+impl Raw {
+    pub async fn connect(cluster: &Cluster, gateway: usize, token: &str) -> Raw {
+        haberci_kit::crypto::install_crypto_provider();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::CertificateDer::pem_file_iter(cluster.certs.ca_cert()).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let mut config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(cluster.gateways[gateway].tcp).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        let mut request = "wss://localhost/v1/ws".into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", "haberci.v1".parse().unwrap());
+        let (socket, _) = tokio_tungstenite::client_async(request, tls).await.unwrap();
+        let mut raw = Raw { socket };
+        raw.write(&ClientFrame::Hello(Hello {
+            access_token: token.to_owned(),
+            protocol_version: 1,
+            client_name: "e2e-raw".into(),
+            client_version: "0".into(),
+            resume: Vec::new(),
+        }))
+        .await;
+        match raw.read().await {
+            ServerFrame::Welcome(_) => raw,
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+    }
+
+    pub async fn write(&mut self, frame: &ClientFrame) {
+        let bytes = haberci_wire::websocket::encode(frame, haberci_wire::DEFAULT_MAX_FRAME_SIZE).unwrap();
+        self.socket.send(Message::Binary(bytes)).await.unwrap();
+    }
+
+    pub async fn read(&mut self) -> ServerFrame {
+        loop {
+            let message = tokio::time::timeout(TIMEOUT, self.socket.next())
+                .await
+                .expect("a frame in time");
+            match message {
+                Some(Ok(Message::Binary(payload))) => {
+                    let raw = payload.clone();
+                    return haberci_wire::websocket::decode(
+                        MessageType::Binary,
+                        payload,
+                        haberci_wire::DEFAULT_MAX_FRAME_SIZE,
+                    )
+                    .unwrap_or_else(|e| panic!("{e:?}: {:?}", String::from_utf8_lossy(&raw)));
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until `pick` accepts a frame; other frames are skipped.
+    pub async fn until<T>(&mut self, mut pick: impl FnMut(&ServerFrame) -> Option<T>) -> T {
+        loop {
+            let frame = self.read().await;
+            if let Some(found) = pick(&frame) {
+                return found;
+            }
+        }
+    }
+}
+
+fn user(id: uuid::Uuid) -> UserId {
+    UserId::new(id).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_message_is_stored_delivered_and_receipted_across_gateways() {
+    let cluster = Cluster::start(1, 2).await;
+    let (alice_id, alice_token) = cluster.register("alice").await;
+    let (bob_id, bob_token) = cluster.register("bob").await;
+    let mut alice = Raw::connect(&cluster, 0, &alice_token).await;
+    let mut bob = Raw::connect(&cluster, 1, &bob_token).await;
+
+    let client_msg_id = ClientMsgId::new(uuid::Uuid::now_v7()).unwrap();
+    alice
+        .write(&ClientFrame::Send(SendMessage {
+            client_msg_id,
+            recipient: Recipient::User(user(bob_id)),
+            kind: MessageKind::Text,
+            content: "merhaba".into(),
+            media: None,
+        }))
+        .await;
+    let sent = alice
+        .until(|f| match f {
+            ServerFrame::Sent(sent) => Some(*sent),
+            ServerFrame::Error(e) => panic!("send refused: {e:?}"),
+            _ => None,
+        })
+        .await;
+    assert_eq!(sent.client_msg_id, client_msg_id);
+    assert_eq!(sent.seq.get(), 1);
+
+    let message = bob
+        .until(|f| match f {
+            ServerFrame::Message(m) => Some(m.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(message.id, sent.message_id);
+    assert_eq!(message.content, "merhaba");
+    assert_eq!(message.sender_id, user(alice_id));
+    assert_eq!(message.conversation_id, sent.conversation_id);
+
+    bob.write(&ClientFrame::Ack(Ack {
+        conversation_id: message.conversation_id,
+        seq: message.seq,
+    }))
+    .await;
+    bob.write(&ClientFrame::Read(Read {
+        conversation_id: message.conversation_id,
+        seq: message.seq,
+    }))
+    .await;
+    let status = alice
+        .until(|f| match f {
+            ServerFrame::Status(s) if s.read.is_some() => Some(*s),
+            _ => None,
+        })
+        .await;
+    assert_eq!(status.user_id, user(bob_id));
+    assert_eq!(status.read, Some(message.seq));
+    assert_eq!(status.delivered, Some(message.seq));
+}
