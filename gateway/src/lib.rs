@@ -14,8 +14,8 @@
 //!   WebTransport CONNECT to `/v1/rt` becomes a [`webtransport`] session.
 //! - [`session`]: the sans-IO realtime session state machine the three transports share
 //!   (handshake, ping, in-band token refresh, expiry, timeouts, send rate), driven by the
-//!   [`native`] QUIC, [`webtransport`] and [`websocket`] adapters (helpers in [`transport`]). [`auth`] keeps the
-//!   token verifier in step with the backend's JWKS.
+//!   [`native`] QUIC, [`webtransport`] and [`websocket`] adapters (helpers in [`transport`]).
+//!   [`auth`] keeps the token verifier in step with the backend's JWKS.
 //!
 //! [`Gateway::start`] binds everything and returns the bound addresses, so tests run a gateway
 //! in-process on port 0.

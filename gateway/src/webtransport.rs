@@ -18,6 +18,8 @@
 //!   ends by the session's idle timeout (clients must `Ping`).
 //! - h3-quinn hides quinn's `SendStream::stopped`, so the Closing frame cannot be waited for
 //!   until acknowledged as native QUIC does: the connection closes a few round trips after it.
+//! - h3-datagram 0.0.2 writes a zero quarter stream id on every datagram it sends, so ours
+//!   reach only a session on stream 0 (see `WtSession::datagrams_reach`).
 //!
 //! Status (#6): as in native QUIC, relay work is answered by [`unserved`].
 
