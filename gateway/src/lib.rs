@@ -10,11 +10,12 @@
 //! - [`tcp`]: TLS on TCP with ALPN `h2` / `http/1.1`; every response carries `Alt-Svc: h3`.
 //! - [`quic`]: one quinn endpoint on UDP; each connection is dispatched by its negotiated ALPN
 //!   to [`h3server`] (`h3`) or [`native`] (`haberci/1`, a [`session::Session`] on one bidi
-//!   stream). Unknown ALPNs fail the TLS handshake.
+//!   stream). Unknown ALPNs fail the TLS handshake. An HTTP/3 connection that sends a
+//!   WebTransport CONNECT to `/v1/rt` becomes a [`webtransport`] session.
 //! - [`session`]: the sans-IO realtime session state machine the three transports share
 //!   (handshake, ping, in-band token refresh, expiry, timeouts, send rate), driven by the
-//!   [`native`] QUIC and [`websocket`] adapters (helpers in [`transport`]). [`auth`] keeps the
-//!   token verifier in step with the backend's JWKS.
+//!   [`native`] QUIC, [`webtransport`] and [`websocket`] adapters (helpers in [`transport`]).
+//!   [`auth`] keeps the token verifier in step with the backend's JWKS.
 //!
 //! [`Gateway::start`] binds everything and returns the bound addresses, so tests run a gateway
 //! in-process on port 0.
@@ -35,6 +36,7 @@ pub mod tcp;
 pub mod tls;
 pub mod transport;
 pub mod websocket;
+pub mod webtransport;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

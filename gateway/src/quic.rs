@@ -1,5 +1,6 @@
 //! One quinn endpoint on UDP. Each connection is dispatched by the ALPN it negotiated:
-//! `h3` → [`crate::h3server`], `haberci/1` → [`crate::native`]. rustls refuses any other ALPN
+//! `h3` → [`crate::h3server`] (which hands a WebTransport CONNECT on `/v1/rt` to
+//! [`crate::webtransport`]), `haberci/1` → [`crate::native`]. rustls refuses any other ALPN
 //! during the handshake, so nothing else gets this far.
 
 use std::sync::Arc;
@@ -24,6 +25,16 @@ pub const MAX_UNI_STREAMS: u32 = 8;
 pub const STREAM_RECEIVE_WINDOW: u32 = 64 * 1024;
 pub const CONNECTION_RECEIVE_WINDOW: u32 = 128 * 1024;
 pub const SEND_WINDOW: u64 = 64 * 1024;
+/// Datagram bytes buffered per connection, each way. WebTransport needs QUIC datagrams
+/// (RFC 9221) enabled, and quinn's defaults would let one peer park ~1.25 MiB of unread
+/// datagrams (and us 1 MiB of unsent ones) per connection. Datagrams carry only ephemeral
+/// frames (typing, presence) that may be dropped, so a few of them is plenty: when a buffer is
+/// full quinn drops the oldest. The receive size is also the largest datagram the peer may
+/// send (advertised as `max_datagram_frame_size`), so it stays above a path MTU. Native QUIC
+/// connections get the same bound; their adapter does not read datagrams yet, so what a native
+/// peer sends is dropped once 8 KiB is queued.
+pub const DATAGRAM_RECEIVE_BUFFER: usize = 8 * 1024;
+pub const DATAGRAM_SEND_BUFFER: usize = 16 * 1024;
 /// How long a handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -43,6 +54,8 @@ pub fn bind(config: &GatewayConfig, certs: &CertStore) -> anyhow::Result<Endpoin
         .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
         .receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
         .send_window(SEND_WINDOW)
+        .datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER))
+        .datagram_send_buffer_size(DATAGRAM_SEND_BUFFER)
         .max_idle_timeout(Some(IdleTimeout::try_from(config.quic_idle_timeout)?));
     server.transport_config(Arc::new(transport));
     Endpoint::server(server, config.udp_addr)
@@ -86,10 +99,12 @@ pub async fn serve(
             };
             match negotiated_alpn(&connection).as_deref() {
                 Some(crate::ALPN_H3) => {
-                    crate::h3server::serve_connection(
-                        connection, router, h3_limits, requests, shutdown,
-                    )
-                    .await
+                    let http = crate::h3server::Http {
+                        router,
+                        limits: h3_limits,
+                        requests,
+                    };
+                    crate::h3server::serve_connection(connection, http, realtime, shutdown).await
                 }
                 Some(crate::ALPN_NATIVE) => {
                     crate::native::serve_connection(connection, realtime, shutdown).await

@@ -1,5 +1,5 @@
 //! Whole-system tests: real processes (see [`support`]).
 
+mod raw_ws;
 mod smoke;
 mod support;
-mod raw_ws;

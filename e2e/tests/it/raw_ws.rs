@@ -28,14 +28,18 @@ impl Raw {
     pub async fn connect(cluster: &Cluster, gateway: usize, token: &str) -> Raw {
         haberci_kit::crypto::install_crypto_provider();
         let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pki_types::CertificateDer::pem_file_iter(cluster.certs.ca_cert()).unwrap() {
+        for cert in
+            rustls_pki_types::CertificateDer::pem_file_iter(cluster.certs.ca_cert()).unwrap()
+        {
             roots.add(cert.unwrap()).unwrap();
         }
         let mut config = rustls::ClientConfig::builder()
             .with_root_certificates(roots)
             .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let tcp = tokio::net::TcpStream::connect(cluster.gateways[gateway].tcp).await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(cluster.gateways[gateway].tcp)
+            .await
+            .unwrap();
         let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
@@ -61,7 +65,8 @@ impl Raw {
     }
 
     pub async fn write(&mut self, frame: &ClientFrame) {
-        let bytes = haberci_wire::websocket::encode(frame, haberci_wire::DEFAULT_MAX_FRAME_SIZE).unwrap();
+        let bytes =
+            haberci_wire::websocket::encode(frame, haberci_wire::DEFAULT_MAX_FRAME_SIZE).unwrap();
         self.socket.send(Message::Binary(bytes)).await.unwrap();
     }
 

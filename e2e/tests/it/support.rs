@@ -85,7 +85,10 @@ impl Process {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HABERCI_LOG_FORMAT", "json")
-            .env("HABERCI_LOG", std::env::var("HABERCI_E2E_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "HABERCI_LOG",
+                std::env::var("HABERCI_E2E_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -500,7 +503,8 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         // A failed test keeps its processes' logs: the temp dir goes, a copy stays.
         if std::thread::panicking() {
-            let keep = std::env::temp_dir().join(format!("haberci-e2e-{}", uuid::Uuid::new_v4().simple()));
+            let keep =
+                std::env::temp_dir().join(format!("haberci-e2e-{}", uuid::Uuid::new_v4().simple()));
             if std::fs::create_dir_all(&keep).is_ok() {
                 if let Ok(entries) = std::fs::read_dir(self.logs()) {
                     for entry in entries.flatten() {

@@ -13,3 +13,4 @@ mod native;
 mod proxy;
 mod shutdown;
 mod websocket;
+mod webtransport;

@@ -1,0 +1,371 @@
+//! The WebTransport transport (`CONNECT /v1/rt`, `:protocol = webtransport`, over HTTP/3 on the
+//! gateway's QUIC endpoint): the client opens one bidirectional stream of varint
+//! length-delimited frames (as native QUIC), and datagrams carry ephemeral frames, one frame
+//! body per datagram.
+//!
+//! Two parts:
+//! - [`WtSession`]: what is WebTransport-specific. Accepting the session and its stream, reading
+//!   stream chunks and datagrams ([`WtSession::read`]), writing ([`WtSession::write`],
+//!   [`WtSession::datagram`]) and closing ([`WtSession::close`]).
+//! - `WtLink`: the [`Link`] the shared driver ([`crate::transport::drive`]) runs the
+//!   [`crate::session::Session`] over, as for native QUIC and WebSocket.
+//!
+//! h3-webtransport 0.1.2 quirks this works around:
+//! - It takes over the whole h3 connection, so a connection that opens a session is a
+//!   WebTransport connection from then on; later HTTP/3 requests on it are still served (by the
+//!   session's acceptor task), a second CONNECT is refused with 429.
+//! - It cannot send `CLOSE_WEBTRANSPORT_SESSION` and never reads the client's: the server closes
+//!   the QUIC connection with the protocol's QUIC code, and a session whose client went away
+//!   ends by the session's idle timeout (clients must `Ping`).
+//! - h3-quinn hides quinn's `SendStream::stopped`, so the Closing frame cannot be waited for
+//!   until acknowledged as native QUIC does: the connection closes a few round trips after it.
+//! - h3-datagram 0.0.2 writes a zero quarter stream id on every datagram it sends, so ours
+//!   reach only a session on stream 0 (see `WtSession::datagrams_reach`).
+
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use h3::quic::{BidiStream as _, RecvStream as _, SendStream as _, SendStreamUnframed as _};
+use h3_datagram::datagram_handler::{DatagramReader, DatagramSender, SendDatagramError};
+use h3_webtransport::SessionId;
+use h3_webtransport::server::{AcceptedBi, WebTransportSession};
+use haberci_kit::shutdown::Shutdown;
+use haberci_wire::{ClientFrame, ErrorCode, Frame, FrameDecoder, ServerFrame, WireError};
+use quinn::VarInt;
+use tokio::sync::oneshot;
+use tokio_util::task::AbortOnDropHandle;
+
+use crate::h3server::{H3Connection, H3RequestStream, Http};
+use crate::transport::{Link, Realtime, drive};
+
+/// Longest wait, after the Closing frame is written, before the connection is closed.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// Shortest such wait: the frame must at least leave this process and cross the path once.
+pub const MIN_CLOSE_LINGER: Duration = Duration::from_millis(100);
+/// Round trips the Closing frame gets to arrive (a loss and its retransmission included).
+const CLOSE_LINGER_RTTS: u32 = 4;
+
+type Wt = WebTransportSession<h3_quinn::Connection, Bytes>;
+type WtSend = h3_webtransport::stream::SendStream<h3_quinn::SendStream<Bytes>, Bytes>;
+type WtRecv = h3_webtransport::stream::RecvStream<h3_quinn::RecvStream, Bytes>;
+
+/// What woke a [`WtSession`] reader.
+pub enum Inbound {
+    /// Bytes from the session's stream, split anywhere.
+    Stream(Bytes),
+    /// One datagram's payload (the HTTP/3 datagram header removed).
+    Datagram(Bytes),
+    /// The client finished its stream: a clean goodbye.
+    Finished,
+    /// The stream or the connection failed; nothing more will arrive.
+    Failed,
+}
+
+/// Why a session never got its stream.
+enum NoStream {
+    /// The connection ended first.
+    Ended,
+    /// No stream within the handshake timeout.
+    TimedOut,
+    /// The gateway is shutting down.
+    Draining,
+}
+
+/// A WebTransport session with its one bidirectional stream.
+pub struct WtSession {
+    quic: quinn::Connection,
+    session_id: SessionId,
+    send: WtSend,
+    recv: WtRecv,
+    datagrams_in: DatagramReader<h3_quinn::datagram::RecvDatagramHandler>,
+    datagrams_out: DatagramSender<h3_quinn::datagram::SendDatagramHandler, Bytes>,
+    /// Whether our datagrams reach this session. h3-datagram 0.0.2 writes zeros where the
+    /// quarter stream id goes (its `Datagram::encode` drops the varint it computed), so what it
+    /// sends is right only for a session on stream 0: the first request of its connection, as
+    /// browsers open one. Any other session gets its ephemeral frames on the stream.
+    datagrams_reach: bool,
+    // Keeps accepting streams and requests on the connection (and reading its HTTP/3 control
+    // stream) for as long as the session lives.
+    _acceptor: AbortOnDropHandle<()>,
+}
+
+impl WtSession {
+    /// Answers the CONNECT, then waits (at most `hello_timeout`) for the client's stream.
+    async fn accept(
+        quic: quinn::Connection,
+        h3: H3Connection,
+        request: http::Request<()>,
+        stream: H3RequestStream,
+        http: Http,
+        hello_timeout: Duration,
+        shutdown: &Shutdown,
+    ) -> Result<WtSession, NoStream> {
+        let peer = quic.remote_address();
+        let wt = match Wt::accept(request, stream, h3).await {
+            Ok(wt) => std::sync::Arc::new(wt),
+            Err(err) => {
+                tracing::debug!(%peer, %err, "webtransport session refused");
+                return Err(NoStream::Ended);
+            }
+        };
+        let session_id = wt.session_id();
+        let datagrams_in = wt.datagram_reader();
+        let datagrams_out = wt.datagram_sender();
+        let (stream_tx, stream_rx) = oneshot::channel();
+        let acceptor = AbortOnDropHandle::new(tokio::spawn(accept_streams(
+            wt, session_id, stream_tx, http, peer,
+        )));
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => return Err(NoStream::Draining),
+            stream = tokio::time::timeout(hello_timeout, stream_rx) => match stream {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(_)) => return Err(NoStream::Ended),
+                Err(_) => return Err(NoStream::TimedOut),
+            },
+        };
+        let (send, recv) = stream.split();
+        let datagrams_reach = SessionId::try_from(0).ok() == Some(session_id);
+        Ok(WtSession {
+            quic,
+            session_id,
+            send,
+            recv,
+            datagrams_in,
+            datagrams_out,
+            datagrams_reach,
+            _acceptor: acceptor,
+        })
+    }
+
+    /// The next stream chunk or datagram of this session. Cancel-safe: both sources keep their
+    /// state between polls, so it can race deadlines in `select!`.
+    pub async fn read(&mut self) -> Inbound {
+        loop {
+            tokio::select! {
+                data = poll_fn(|cx| self.recv.poll_data(cx)) => return match data {
+                    Ok(Some(bytes)) => Inbound::Stream(bytes),
+                    Ok(None) => Inbound::Finished,
+                    Err(err) => {
+                        tracing::debug!(peer = %self.quic.remote_address(), %err, "webtransport stream ended");
+                        Inbound::Failed
+                    }
+                },
+                datagram = self.datagrams_in.read_datagram() => match datagram {
+                    Ok(datagram) if SessionId::from(datagram.stream_id()) == self.session_id => {
+                        return Inbound::Datagram(datagram.into_payload());
+                    }
+                    // Another session's datagram: with one session per connection, a stray.
+                    Ok(_) => tracing::debug!("datagram for another webtransport session dropped"),
+                    // Only a lost connection fails a datagram read; the stream ends with it.
+                    Err(err) => {
+                        tracing::debug!(peer = %self.quic.remote_address(), %err, "webtransport datagrams ended");
+                        return Inbound::Failed;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Writes bytes to the session's stream.
+    pub async fn write(&mut self, mut bytes: Bytes) -> Result<(), h3::quic::StreamErrorIncoming> {
+        while bytes.has_remaining() {
+            poll_fn(|cx| self.send.poll_send(cx, &mut bytes)).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends an ephemeral frame as one datagram. `false` when it must go on the stream instead:
+    /// it is not ephemeral, or does not fit in a datagram, or the client takes none (or our
+    /// datagrams would not reach it, see `datagrams_reach`).
+    pub fn datagram(&mut self, frame: &ServerFrame, max_frame: usize) -> bool {
+        if !self.datagrams_reach {
+            return false;
+        }
+        let Ok(payload) = haberci_wire::datagram::encode(frame, max_frame) else {
+            return false;
+        };
+        match self.datagrams_out.send_datagram(payload) {
+            Ok(()) => true,
+            Err(SendDatagramError::TooLarge { .. } | SendDatagramError::NotAvailable { .. }) => {
+                false
+            }
+            // The connection is gone; the reader notices. An ephemeral frame may be lost.
+            Err(_) => true,
+        }
+    }
+
+    /// Finishes the stream, gives the last frames a few round trips to arrive, then closes the
+    /// QUIC connection with `code`'s QUIC code (h3-webtransport 0.1.2 cannot send
+    /// `CLOSE_WEBTRANSPORT_SESSION`).
+    pub async fn close(mut self, code: ErrorCode) {
+        let _ = poll_fn(|cx| self.send.poll_finish(cx)).await;
+        let linger = (self.quic.rtt() * CLOSE_LINGER_RTTS).clamp(MIN_CLOSE_LINGER, CLOSE_LINGER);
+        // Ends early if the client closes first (it read the Closing frame).
+        let _ = tokio::time::timeout(linger, self.quic.closed()).await;
+        close(&self.quic, code);
+    }
+}
+
+/// Accepts the session's stream (handed over through `first`), keeps serving HTTP/3 requests
+/// on the connection, and drops streams a client must not open (a second bidi stream).
+async fn accept_streams(
+    wt: std::sync::Arc<Wt>,
+    session_id: SessionId,
+    first: oneshot::Sender<h3_webtransport::stream::BidiStream<h3_quinn::BidiStream<Bytes>, Bytes>>,
+    http: Http,
+    peer: SocketAddr,
+) {
+    let mut first = Some(first);
+    loop {
+        match wt.accept_bi().await {
+            Ok(Some(AcceptedBi::BidiStream(id, stream))) => match first.take() {
+                Some(first) if id == session_id => {
+                    let _ = first.send(stream);
+                }
+                other => {
+                    first = other;
+                    tracing::debug!(%peer, "extra webtransport stream dropped");
+                }
+            },
+            Ok(Some(AcceptedBi::Request(request, stream))) => {
+                let http = http.clone();
+                http.requests.clone().spawn(async move {
+                    crate::h3server::serve_request(request, stream, http, peer, None).await;
+                });
+            }
+            Ok(None) => return,
+            Err(err) => {
+                tracing::debug!(%peer, %err, "webtransport connection ended");
+                return;
+            }
+        }
+    }
+}
+
+/// Serves one WebTransport session on a connection whose h3 layer it takes over.
+pub async fn serve_session(
+    quic: quinn::Connection,
+    h3: H3Connection,
+    request: http::Request<()>,
+    stream: H3RequestStream,
+    http: Http,
+    realtime: Realtime,
+    shutdown: Shutdown,
+) {
+    let accepted = WtSession::accept(
+        quic.clone(),
+        h3,
+        request,
+        stream,
+        http,
+        realtime.session.hello_timeout,
+        &shutdown,
+    )
+    .await;
+    let wt = match accepted {
+        Ok(wt) => wt,
+        Err(NoStream::Ended) => return,
+        Err(NoStream::TimedOut) => return close(&quic, ErrorCode::IdleTimeout),
+        Err(NoStream::Draining) => return close(&quic, ErrorCode::ServerDraining),
+    };
+    let max_frame = realtime.session.max_frame_size as usize;
+    let link = WtLink {
+        wt,
+        decoder: FrameDecoder::new(max_frame),
+        buffered: Bytes::new(),
+        broken: false,
+        hello_seen: false,
+        max_frame,
+        outbound: BytesMut::new(),
+    };
+    drive(link, realtime, shutdown).await;
+}
+
+/// A WebTransport session as the driver sees it: frames from the stream and datagrams in,
+/// ephemeral frames out as datagrams where they fit, everything else on the stream.
+struct WtLink {
+    wt: WtSession,
+    decoder: FrameDecoder,
+    /// Stream bytes read but not decoded yet.
+    buffered: Bytes,
+    /// The stream is out of sync after a framing error: nothing more is decoded from it.
+    broken: bool,
+    /// A frame came on the stream (the first one is `Hello`).
+    hello_seen: bool,
+    max_frame: usize,
+    outbound: BytesMut,
+}
+
+impl Link for WtLink {
+    async fn recv(&mut self) -> Option<Result<ClientFrame, WireError>> {
+        loop {
+            if !self.broken {
+                match self.decoder.decode(&mut self.buffered) {
+                    Ok(Some(body)) => {
+                        self.hello_seen = true;
+                        return Some(ClientFrame::decode(body));
+                    }
+                    Ok(None) => {}
+                    Err(err) => {
+                        self.broken = true;
+                        return Some(Err(err));
+                    }
+                }
+            }
+            match self.wt.read().await {
+                Inbound::Stream(bytes) => self.buffered = bytes,
+                Inbound::Datagram(payload) => {
+                    // Datagrams may overtake the stream, so one can arrive before Hello: it is
+                    // ephemeral, so it is dropped rather than taken as "a frame before Hello".
+                    if !self.hello_seen {
+                        tracing::debug!(peer = %self.wt.quic.remote_address(), "datagram before Hello dropped");
+                        continue;
+                    }
+                    let frame =
+                        haberci_wire::datagram::decode::<ClientFrame>(payload, self.max_frame);
+                    if let Err(err) = &frame {
+                        // docs/PROTOCOL.md: a datagram that is not an ephemeral frame is bad_frame.
+                        tracing::debug!(peer = %self.wt.quic.remote_address(), %err, "bad datagram");
+                    }
+                    return Some(frame);
+                }
+                Inbound::Finished => {
+                    // The client finished its stream: a clean goodbye.
+                    self.wt.quic.close(VarInt::from_u32(0), b"");
+                    return None;
+                }
+                Inbound::Failed => return None,
+            }
+        }
+    }
+
+    async fn send(&mut self, frames: &[ServerFrame]) -> bool {
+        for frame in frames {
+            if !(frame.may_travel_as_datagram() && self.wt.datagram(frame, self.max_frame)) {
+                encode(frame, self.max_frame, &mut self.outbound);
+            }
+        }
+        if self.outbound.is_empty() {
+            return true;
+        }
+        self.wt.write(self.outbound.split().freeze()).await.is_ok()
+    }
+
+    async fn close(self, code: ErrorCode) {
+        self.wt.close(code).await;
+    }
+}
+
+fn encode(frame: &ServerFrame, max_frame: usize, outbound: &mut BytesMut) {
+    if let Err(err) = haberci_wire::encode_delimited(frame, max_frame, outbound) {
+        // Our own frames always fit; a failure here is a bug, not the peer's doing.
+        tracing::error!(%err, kind = frame.kind(), "cannot encode a server frame");
+    }
+}
+
+fn close(connection: &quinn::Connection, code: ErrorCode) {
+    let code_var = VarInt::from_u64(code.quic_code()).unwrap_or(VarInt::from_u32(0));
+    connection.close(code_var, code.name().as_bytes());
+}
