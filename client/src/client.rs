@@ -244,7 +244,16 @@ impl futures::Stream for Events {
 
 /// Transport, `Hello`, `Welcome`; then the driver takes over.
 async fn handshake(config: ClientConfig) -> Result<(Client, Events), ConnectError> {
-    let (mut sink, mut stream) = transport::connect(&config).await?;
+    let (sink, stream) = transport::connect(&config).await?;
+    open(config, sink, stream).await
+}
+
+/// `Hello` and `Welcome` over an open transport; then spawns the driver.
+async fn open(
+    config: ClientConfig,
+    mut sink: FrameSink,
+    mut stream: FrameStream,
+) -> Result<(Client, Events), ConnectError> {
     let mut session = ClientSession::new(
         config.session_settings(),
         &config.resume,
@@ -409,3 +418,6 @@ fn dispatch(output: Output<SendWaiter, PingWaiter>, events: &mpsc::UnboundedSend
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -23,6 +23,8 @@ use haberci_wire::ServerFrame;
 use crate::config::{ClientConfig, Transport};
 use crate::error::{ConnectError, Disconnect};
 
+#[cfg(test)]
+pub(crate) mod memory;
 pub(crate) mod quic;
 mod tls;
 pub(crate) mod websocket;
@@ -32,6 +34,9 @@ pub(crate) mod websocket;
 pub(crate) enum FrameSink {
     Quic(quic::Sink),
     WebSocket(websocket::Sink),
+    /// Unit tests of the driver: frames through channels, on tokio's paused clock.
+    #[cfg(test)]
+    Memory(memory::Sink),
 }
 
 /// Server frames in.
@@ -39,6 +44,8 @@ pub(crate) enum FrameStream {
     // Boxed: the QUIC half carries its decoder and quinn handles inline.
     Quic(Box<quic::Stream>),
     WebSocket(websocket::Stream),
+    #[cfg(test)]
+    Memory(memory::Stream),
 }
 
 /// Opens the configured transport (TLS included), ready for `Hello`.
@@ -70,6 +77,8 @@ impl FrameSink {
         match self {
             FrameSink::Quic(sink) => sink.send_body(body).await,
             FrameSink::WebSocket(sink) => sink.send_body(body).await,
+            #[cfg(test)]
+            FrameSink::Memory(sink) => sink.send_body(body),
         }
     }
 
@@ -78,6 +87,8 @@ impl FrameSink {
         match self {
             FrameSink::Quic(sink) => sink.close().await,
             FrameSink::WebSocket(sink) => sink.close().await,
+            #[cfg(test)]
+            FrameSink::Memory(_) => {}
         }
     }
 }
@@ -90,6 +101,8 @@ impl FrameStream {
         match self {
             FrameStream::Quic(stream) => stream.recv_frame().await,
             FrameStream::WebSocket(stream) => stream.recv_frame().await,
+            #[cfg(test)]
+            FrameStream::Memory(stream) => stream.recv_frame().await,
         }
     }
 
@@ -98,6 +111,8 @@ impl FrameStream {
         match self {
             FrameStream::Quic(stream) => stream.set_max_frame_size(max),
             FrameStream::WebSocket(stream) => stream.set_max_frame_size(max),
+            #[cfg(test)]
+            FrameStream::Memory(_) => {}
         }
     }
 }

@@ -29,6 +29,9 @@ type Socket = WebSocketStream<TlsStream<TcpStream>>;
 /// tungstenite's read buffer: small, since frames are small (its 128 KiB default is sized
 /// for bulk transfer, and a load generator holds thousands of these).
 const READ_BUFFER_SIZE: usize = 16 * 1024;
+/// tungstenite's own message limit. `Welcome` may announce a max frame size above the
+/// default; bodies are checked against the announced one in [`Stream::recv_frame`].
+const MAX_MESSAGE_SIZE: usize = 16 * haberci_wire::DEFAULT_MAX_FRAME_SIZE;
 
 pub(crate) async fn connect(
     url: &str,
@@ -69,8 +72,8 @@ pub(crate) async fn connect(
         .map_err(|err| ConnectError::transport("TLS handshake failed", err))?;
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_SIZE)
-        .max_message_size(Some(haberci_wire::DEFAULT_MAX_FRAME_SIZE))
-        .max_frame_size(Some(haberci_wire::DEFAULT_MAX_FRAME_SIZE));
+        .max_message_size(Some(MAX_MESSAGE_SIZE))
+        .max_frame_size(Some(MAX_MESSAGE_SIZE));
     let (socket, response) =
         tokio_tungstenite::client_async_with_config(request, tls, Some(config))
             .await
@@ -127,9 +130,7 @@ pub(crate) struct Stream {
 
 impl Stream {
     pub(crate) fn set_max_frame_size(&mut self, max: usize) {
-        // tungstenite's own message limit was set at the upgrade (the default max frame
-        // size); bodies are checked against the announced one here.
-        self.max_frame_size = max;
+        self.max_frame_size = max.min(MAX_MESSAGE_SIZE);
     }
 
     /// Cancel-safe: `StreamExt::next` on the split stream is.
