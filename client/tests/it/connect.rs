@@ -1,0 +1,102 @@
+//! Opening a session: Welcome, ping, and every way a connect fails that a user can hit.
+
+use haberci_client::{Client, ConnectError, ErrorCode, Roots};
+
+use crate::support::{self, Kind, TIMEOUT};
+
+async fn is_welcomed_and_pongs(kind: Kind) {
+    let stack = support::start().await;
+    let user = support::register(&stack).await;
+    let (client, _events) = Client::connect(stack.config(kind, &user.token))
+        .await
+        .unwrap();
+    assert_eq!(client.user_id(), user.id);
+    assert_eq!(
+        client.welcome().protocol_version,
+        haberci_wire::PROTOCOL_VERSION
+    );
+    assert!(client.is_open());
+    let rtt = tokio::time::timeout(TIMEOUT, client.ping())
+        .await
+        .expect("a Pong in time")
+        .unwrap();
+    assert!(rtt < TIMEOUT, "{rtt:?}");
+    assert!(client.positions().is_empty());
+}
+
+#[tokio::test]
+async fn quic_connects_is_welcomed_and_pongs() {
+    is_welcomed_and_pongs(Kind::Quic).await;
+}
+
+#[tokio::test]
+async fn websocket_connects_is_welcomed_and_pongs() {
+    is_welcomed_and_pongs(Kind::WebSocket).await;
+}
+
+async fn bad_token_is_refused(kind: Kind) {
+    let stack = support::start().await;
+    let err = Client::connect(stack.config(kind, "not.a.token"))
+        .await
+        .unwrap_err();
+    match err {
+        ConnectError::Closed { code, .. } => assert_eq!(code, ErrorCode::Unauthenticated),
+        other => panic!("expected Closed(unauthenticated), got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn quic_bad_token_is_refused_with_unauthenticated() {
+    bad_token_is_refused(Kind::Quic).await;
+}
+
+#[tokio::test]
+async fn websocket_bad_token_is_refused_with_unauthenticated() {
+    bad_token_is_refused(Kind::WebSocket).await;
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_fails_the_transport_handshake() {
+    let stack = support::start().await;
+    let user = support::register(&stack).await;
+    for kind in [Kind::Quic, Kind::WebSocket] {
+        let mut config = stack.config(kind, &user.token);
+        // A CA that never signed the gateway's certificate.
+        let other = tempfile::tempdir().unwrap();
+        let certs = haberci_certs::CertPaths::new(other.path());
+        haberci_certs::ensure(&certs, time::OffsetDateTime::now_utc()).unwrap();
+        config.roots = Roots::PemFile(certs.ca_cert());
+        match Client::connect(config).await {
+            Err(ConnectError::Transport { context, source }) => {
+                assert!(
+                    source.to_string().contains("certificate"),
+                    "{kind:?}: {context}: {source}"
+                );
+            }
+            other => panic!("{kind:?}: expected a transport error, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn unreadable_roots_are_a_config_error() {
+    let stack = support::start().await;
+    let mut config = stack.config(Kind::Quic, "token");
+    config.roots = Roots::PemFile("/nonexistent/ca.pem".into());
+    let err = Client::connect(config).await.unwrap_err();
+    assert!(
+        matches!(&err, ConnectError::Config(m) if m.contains("/nonexistent/ca.pem")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_quic_address_without_a_port_is_a_config_error() {
+    let stack = support::start().await;
+    let mut config = stack.config(Kind::Quic, "token");
+    config.transport = haberci_client::Transport::Quic {
+        addr: "localhost".into(),
+    };
+    let err = Client::connect(config).await.unwrap_err();
+    assert!(matches!(err, ConnectError::Config(_)), "{err:?}");
+}

@@ -1,0 +1,94 @@
+//! Sending: the answer to each `Send` reaches the caller that sent it.
+//!
+//! Today the gateway answers every `Send` with `Error{unavailable}` naming its
+//! `client_msg_id`: the Redis relay (#6) is being built. These tests check the path an
+//! `Error` for a send takes — it resolves that send, and only that one, as
+//! `SendError::Refused` with the code — so they hold after the relay lands too, where a
+//! message to a user that does not exist is answered `unknown_recipient` on the same path.
+//! When the relay lands, add the `Sent` path here (two users, a message, its seq).
+
+use futures::future::join_all;
+use haberci_client::{Client, ErrorCode, SendError, UserId};
+
+use crate::support::{self, Kind, TIMEOUT};
+
+/// A user id nobody has.
+fn nobody() -> UserId {
+    UserId::new(uuid::Uuid::now_v7()).unwrap()
+}
+
+fn assert_refused(result: Result<haberci_client::Sent, SendError>) {
+    match result {
+        Err(SendError::Refused { code, .. }) => assert!(
+            matches!(code, ErrorCode::Unavailable | ErrorCode::UnknownRecipient),
+            "{code:?}"
+        ),
+        other => panic!("expected Refused, got {other:?}"),
+    }
+}
+
+async fn an_error_naming_a_send_resolves_it_as_refused(kind: Kind) {
+    let stack = support::start().await;
+    let user = support::register(&stack).await;
+    let (client, _events) = Client::connect(stack.config(kind, &user.token))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(
+        TIMEOUT,
+        client.send(haberci_client::text_to(nobody(), "merhaba")),
+    )
+    .await
+    .expect("an answer in time");
+    assert_refused(answer);
+    // A refused send is not fatal: the session goes on.
+    assert!(client.is_open());
+    client.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn quic_an_error_naming_a_send_resolves_it_as_refused() {
+    an_error_naming_a_send_resolves_it_as_refused(Kind::Quic).await;
+}
+
+#[tokio::test]
+async fn websocket_an_error_naming_a_send_resolves_it_as_refused() {
+    an_error_naming_a_send_resolves_it_as_refused(Kind::WebSocket).await;
+}
+
+#[tokio::test]
+async fn concurrent_sends_each_get_their_own_answer() {
+    let stack = support::start().await;
+    let user = support::register(&stack).await;
+    let (client, _events) = Client::connect(stack.config(Kind::Quic, &user.token))
+        .await
+        .unwrap();
+    // Within the gateway's send burst (40), so none is rate limited.
+    let messages: Vec<_> = (0..10)
+        .map(|i| haberci_client::text_to(nobody(), format!("message {i}")))
+        .collect();
+    let answers = tokio::time::timeout(
+        TIMEOUT,
+        join_all(messages.iter().cloned().map(|m| client.send(m))),
+    )
+    .await
+    .expect("every send answered in time");
+    assert_eq!(answers.len(), messages.len());
+    for answer in answers {
+        assert_refused(answer);
+    }
+}
+
+#[tokio::test]
+async fn the_same_client_msg_id_twice_in_flight_is_refused_locally() {
+    let stack = support::start().await;
+    let user = support::register(&stack).await;
+    let (client, _events) = Client::connect(stack.config(Kind::WebSocket, &user.token))
+        .await
+        .unwrap();
+    let message = haberci_client::text_to(nobody(), "once");
+    // `join!` polls the first send (which queues it) before the second: the second finds the
+    // id in flight and never leaves the client.
+    let (first, second) = tokio::join!(client.send(message.clone()), client.send(message));
+    assert_eq!(second, Err(SendError::AlreadyInFlight));
+    assert_refused(first);
+}

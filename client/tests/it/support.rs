@@ -1,0 +1,205 @@
+//! A real gateway in-process on ephemeral ports, in front of a real backend API on the
+//! Postgres, PgBouncer and Redis of the running dev stack; users registered through the API.
+//! The minimum of gateway/tests/it/support.rs and native.rs that these tests need.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use haberci_certs::CertPaths;
+use haberci_client::{ClientConfig, Event, Events, Roots, Transport, UserId};
+use haberci_gateway::{Gateway, GatewayConfig};
+use haberci_kit::shutdown::Shutdown;
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+
+/// Bounds every network wait in the tests.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub fn env(key: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| {
+        panic!("{key} is not set: source /work/testenv.sh or run through ./dev test")
+    })
+}
+
+/// Both transports, for tests that must hold on each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Quic,
+    WebSocket,
+}
+
+pub struct Stack {
+    pub gateway_tcp: SocketAddr,
+    pub gateway_udp: SocketAddr,
+    pub backend: SocketAddr,
+    pub ca: PathBuf,
+    // Dropping the gateway aborts its tasks; it lives as long as the stack.
+    _gateway: Gateway,
+    _dir: tempfile::TempDir,
+    shutdown: Shutdown,
+}
+
+impl Stack {
+    /// Starts the gateway's shutdown (as SIGTERM would): sessions get `server_draining`.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// A client configuration for `kind`, trusting the stack's CA.
+    pub fn config(&self, kind: Kind, token: &str) -> ClientConfig {
+        let transport = match kind {
+            Kind::Quic => Transport::Quic {
+                addr: format!("localhost:{}", self.gateway_udp.port()),
+            },
+            Kind::WebSocket => Transport::WebSocket {
+                url: format!("wss://localhost:{}/v1/ws", self.gateway_tcp.port()),
+            },
+        };
+        let mut config = ClientConfig::new(transport, Roots::PemFile(self.ca.clone()), token);
+        config.client_name = "client-it".into();
+        config
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A gateway whose access-token keys are loaded from a real backend.
+pub async fn start() -> Stack {
+    haberci_kit::crypto::install_crypto_provider();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("HABERCI_LOG"))
+        .with_test_writer()
+        .try_init();
+    let backend = spawn_real_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = CertPaths::new(dir.path());
+    haberci_certs::ensure(&certs, time::OffsetDateTime::now_utc()).unwrap();
+    let shutdown = Shutdown::new();
+    let config = GatewayConfig::for_tests(dir.path(), format!("http://{backend}").parse().unwrap());
+    let gateway = Gateway::start(config, shutdown.clone()).await.unwrap();
+    tokio::time::timeout(TIMEOUT, gateway.keys.loaded())
+        .await
+        .expect("the gateway loads the backend's JWKS");
+    Stack {
+        gateway_tcp: gateway.tcp_addr,
+        gateway_udp: gateway.udp_addr,
+        backend,
+        ca: certs.ca_cert(),
+        _gateway: gateway,
+        _dir: dir,
+        shutdown,
+    }
+}
+
+async fn spawn_real_backend() -> SocketAddr {
+    let db = haberci_backend::db::connect_pool(&env("HABERCI_TEST_DATABASE_URL"), 4).unwrap();
+    let redis = haberci_backend::redis::connect(&env("HABERCI_TEST_REDIS_URL")).unwrap();
+    // Every request comes from 127.0.0.1, so the rate limits are generous here.
+    let mut settings = haberci_backend::config::ApiSettings::default();
+    settings.auth.limits = haberci_backend::config::RateLimits::uniform(
+        haberci_backend::config::Rate::new(100_000, Duration::from_secs(60)),
+    );
+    let keys = haberci_token::KeySet::generate("client-test").unwrap();
+    let app = haberci_backend::api::app(haberci_backend::api::AppState::new(
+        db, redis, settings, keys,
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(haberci_backend::api::serve(listener, app, Shutdown::new()));
+    addr
+}
+
+/// A registered user.
+pub struct User {
+    pub id: UserId,
+    pub username: String,
+    pub token: String,
+    pub refresh_token: String,
+}
+
+/// Registers a fresh user through the backend API.
+pub async fn register(stack: &Stack) -> User {
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    let username = format!("cl_{}", &random[..16]);
+    let (status, body) = post_json(
+        stack.backend,
+        "/v1/auth/register",
+        json!({
+            "username": username,
+            "email": format!("{username}@example.com"),
+            "password": PASSWORD,
+            "display_name": "Client",
+        }),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    User {
+        id: body["user"]["id"].as_str().unwrap().parse().unwrap(),
+        username,
+        token: body["tokens"]["access_token"].as_str().unwrap().to_owned(),
+        refresh_token: body["tokens"]["refresh_token"].as_str().unwrap().to_owned(),
+    }
+}
+
+/// Spends `user`'s refresh token: a new access token for the same session.
+pub async fn refresh(stack: &Stack, user: &User) -> String {
+    let (status, body) = post_json(
+        stack.backend,
+        "/v1/auth/refresh",
+        json!({ "refresh_token": user.refresh_token }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+/// Logs `user` in again: a new session, so a new access token with another session id.
+pub async fn login(stack: &Stack, user: &User) -> String {
+    let (status, body) = post_json(
+        stack.backend,
+        "/v1/auth/login",
+        json!({ "username_or_email": user.username, "password": PASSWORD }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+async fn post_json(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
+    tokio::time::timeout(TIMEOUT, async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let request = http::Request::post(format!("http://{addr}{path}"))
+            .header("host", addr.to_string())
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    })
+    .await
+    .expect("the API answers in time")
+}
+
+/// The next event, within the test timeout.
+pub async fn next_event(events: &mut Events) -> Option<Event> {
+    tokio::time::timeout(TIMEOUT, events.recv())
+        .await
+        .expect("an event in time")
+}
