@@ -16,6 +16,7 @@ mod http_surface;
 mod migrations;
 mod pgbouncer_safety;
 mod redis_outage;
+mod worker_messages;
 
 pub fn env(key: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| {
