@@ -477,7 +477,7 @@ impl Rows {
                                    content, media_id, media_content_type, media_size, created_at)
              SELECT t.*, $11
              FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[], $5::uuid[],
-                         $6::text[], $7::text[], $8::uuid[], $9::text[], $10::bigint[])",
+                         $6::text[], $7::text[], $8::uuid[], $9::text[], $10::bigint[]) AS t",
         )
         .bind(&self.conversation)
         .bind(&self.seq)

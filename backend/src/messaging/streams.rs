@@ -74,7 +74,9 @@ pub enum StreamError {
 
 impl From<fred::error::Error> for StreamError {
     fn from(err: fred::error::Error) -> Self {
-        if err.details().starts_with("NOGROUP") || err.details().contains("NOGROUP") {
+        // `UNBLOCKED …`: the stream was deleted while we were blocked on it; its group went
+        // with it.
+        if err.details().contains("NOGROUP") || err.details().contains("UNBLOCKED") {
             StreamError::NoGroup(err.details().to_owned())
         } else {
             StreamError::Redis(err)
@@ -300,7 +302,8 @@ impl Shards {
                     ("-", "+", 1, self.consumer.as_str()),
                 )
                 .await?;
-            if summary.into_array().iter().all(Value::is_null) {
+            let holds_nothing = summary.into_array().iter().all(Value::is_null);
+            if holds_nothing {
                 let _: i64 = redis
                     .xgroup_delconsumer(key, relay::CONSUMER_GROUP, self.consumer.as_str())
                     .await?;
