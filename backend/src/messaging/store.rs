@@ -133,7 +133,7 @@ const ID_REUSED: Refusal = Refusal::new(
     "client_msg_id was already used for another conversation",
 );
 const CONVERSATION_FULL: Refusal =
-    Refusal::new(ErrorCode::Internal, "the conversation has no seq left");
+    Refusal::new(ErrorCode::Forbidden, "the conversation has no seq left");
 
 /// A stored message found by its idempotency key.
 #[derive(sqlx::FromRow)]
@@ -268,7 +268,7 @@ async fn store_sends(
                 match original_sent(send.send.client_msg_id, send.conversation, original) {
                     Some(sent) => SendOutcome::Duplicate(sent),
                     None => SendOutcome::Refused(Refusal::new(
-                        ErrorCode::Internal,
+                        ErrorCode::Unavailable,
                         "the stored original is unreadable",
                     )),
                 }
@@ -396,7 +396,7 @@ async fn store_sends(
         .into_iter()
         .map(|o| {
             o.unwrap_or(SendOutcome::Refused(Refusal::new(
-                ErrorCode::Internal,
+                ErrorCode::Unavailable,
                 "not decided",
             )))
         })
