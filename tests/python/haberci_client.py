@@ -1072,6 +1072,7 @@ class WebTransportTransport(_QuicBase):
         self._settings: Optional[asyncio.Future] = None
         self._capsules = bytearray()
         self.response_headers: dict[str, str] = {}
+        self._pending_close: Optional[CloseInfo] = None
 
     async def open(self, timeout: float = 10) -> "WebTransportTransport":
         from aioquic.h3.connection import H3Connection
@@ -1121,7 +1122,9 @@ class WebTransportTransport(_QuicBase):
             self._stream_data(ev.data, ev.end_stream)
             return
         if isinstance(ev, qe.StreamReset) and ev.stream_id == self.stream_id:
-            self.events.put_nowait(("reset", ev.error_code))
+            if self._pending_close is None:
+                self.events.put_nowait(("reset", ev.error_code))
+            self._flush_close()
             return
         if isinstance(ev, qe.ConnectionTerminated):
             self._terminated(ev)
@@ -1144,16 +1147,38 @@ class WebTransportTransport(_QuicBase):
                 self._capsules += h.data
                 for ctype, value in parse_capsules(self._capsules):
                     if ctype == CLOSE_WEBTRANSPORT_SESSION and len(value) >= 4:
-                        self._closed(CloseInfo("wt-session", int.from_bytes(value[:4], "big"),
-                                               value[4:].decode("utf-8", "replace")))
+                        self._session_closed(CloseInfo(
+                            "wt-session", int.from_bytes(value[:4], "big"),
+                            value[4:].decode("utf-8", "replace")))
                 if h.stream_ended:
-                    self._closed(CloseInfo("wt-session", None, "CONNECT stream ended"))
+                    self._session_closed(CloseInfo("wt-session", None, "CONNECT stream ended"))
             elif isinstance(h, he.DatagramReceived) and h.stream_id == self.session_id:
                 self.events.put_nowait(("datagram", h.data))
         if self._settings is not None and not self._settings.done():
             s = self.h3.received_settings
             if s is not None:
                 self._settings.set_result(dict(s))
+
+    def _session_closed(self, info: CloseInfo) -> None:
+        """The session is closed, but the Closing frame on our stream (another QUIC stream)
+        may still be on its way: report the close once that stream ends, the connection
+        closes, or after a short bound."""
+        if self._pending_close is None:
+            self._pending_close = info
+            asyncio.get_running_loop().call_later(2.0, self._flush_close)
+
+    def _flush_close(self) -> None:
+        if self._pending_close is not None:
+            self._closed(self._pending_close)
+
+    def _ended_stream(self) -> None:
+        self._flush_close()
+
+    def _terminated(self, ev) -> None:
+        if self._pending_close is not None and not self._opening:
+            self._flush_close()
+            return
+        super()._terminated(ev)
 
     def _on_protocol(self, protocol) -> None:
         from aioquic.h3.connection import H3Connection
