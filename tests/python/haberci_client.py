@@ -791,6 +791,8 @@ class WebSocketTransport(Transport):
         self.subprotocol = subprotocol
         self.ws = None
         self._reader: Optional[asyncio.Task] = None
+        self._closing_locally = False
+        self.close_echoed: Optional[bool] = None
 
     async def open(self, timeout: float = 10) -> "WebSocketTransport":
         from websockets.asyncio.client import connect
@@ -815,7 +817,12 @@ class WebSocketTransport(Transport):
         except ConnectionClosed:
             pass
         rcvd = self.ws.protocol.close_rcvd
-        if rcvd is not None:
+        if self._closing_locally:
+            # We closed (1000); RFC 6455 5.5.1: the server answers with a Close frame.
+            self.close_echoed = rcvd is not None
+            self._closed(CloseInfo("local", 1000, "closed by client; server "
+                                   + (f"answered {rcvd.code}" if rcvd else "sent no Close frame")))
+        elif rcvd is not None:
             self._closed(CloseInfo("websocket", rcvd.code, rcvd.reason))
         else:
             self._closed(CloseInfo("eof", None, "connection closed without a close frame"))
@@ -828,6 +835,7 @@ class WebSocketTransport(Transport):
 
     async def close(self) -> None:
         if self.ws is not None:
+            self._closing_locally = self.close_info is None
             await self.ws.close(1000)
         if self._reader is not None:
             await asyncio.wait([self._reader], timeout=5)
