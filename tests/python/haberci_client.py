@@ -1260,7 +1260,8 @@ class Session:
         self.inbox: list[dict] = []
         self.messages: list[dict] = []
         self.last_seq: dict[str, int] = {}
-        self.anomalies: list[str] = []
+        self.anomalies: list[str] = []  # gaps, bad frames: what a correct server never sends
+        self.duplicates: list[str] = []  # Messages at or below the last seq (dropped)
         self.welcome: Optional[dict] = None
         self.closing: Optional[dict] = None
         self.close_info: Optional[CloseInfo] = None
@@ -1308,8 +1309,8 @@ class Session:
             conv, seq = f["conversationId"], f["seq"]
             last = self.last_seq.get(conv)
             if last is not None:
-                if seq <= last:
-                    self.anomalies.append(f"duplicate Message seq {seq} (last {last}) in {conv}")
+                if seq <= last:  # "harmless duplicate": dropped, counted
+                    self.duplicates.append(f"duplicate Message seq {seq} (last {last}) in {conv}")
                     return
                 if seq != last + 1:
                     self.anomalies.append(f"gap: Message seq {seq} after {last} in {conv}")
@@ -1505,6 +1506,7 @@ async def stdio_peer() -> None:
                 if session is not None:
                     await session.close()
                     rep["anomalies"] = session.anomalies
+                    rep["duplicates"] = session.duplicates
                     session = None
                 else:
                     rep["anomalies"] = []
