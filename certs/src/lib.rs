@@ -282,7 +282,9 @@ fn issue_leaf(
         SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
         SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()),
     ];
-    params.is_ca = IsCa::ExplicitNoCa;
+    // NoCa, not ExplicitNoCa: DER forbids encoding the default `cA: FALSE`, and strict parsers
+    // (Python `cryptography`, used by aioquic) refuse such certificates.
+    params.is_ca = IsCa::NoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     // Backdated by an hour; the total span stays within `validity` so the WebTransport leaf
@@ -334,6 +336,28 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertError> 
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// Regression: leaves were issued with an explicit `cA: FALSE`, which DER forbids (a
+    /// default value must be left out) and Python's `cryptography` refuses.
+    #[test]
+    fn leaves_are_strict_der_without_an_explicit_ca_false() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = CertPaths::new(dir.path());
+        ensure(&paths, OffsetDateTime::now_utc()).unwrap();
+        for leaf in [paths.server_cert(), paths.wt_cert()] {
+            let pem = std::fs::read(&leaf).unwrap();
+            let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+            let (_, cert) = x509_parser::parse_x509_certificate(&pem.contents).unwrap();
+            // basicConstraints, if present, must be an empty SEQUENCE for a non-CA.
+            if let Some(ext) = cert
+                .extensions()
+                .iter()
+                .find(|e| e.oid == x509_parser::oid_registry::OID_X509_EXT_BASIC_CONSTRAINTS)
+            {
+                assert_eq!(ext.value, [0x30, 0x00], "{}", leaf.display());
+            }
+        }
+    }
 
     #[test]
     fn ensure_creates_then_keeps() {

@@ -37,7 +37,10 @@ impl Refusal {
     /// Invariant: `code` is non-fatal — a refusal travels in `Error`, which the client's
     /// decoder rejects with a fatal code (checked at compile time for the constants).
     pub const fn new(code: ErrorCode, message: &'static str) -> Refusal {
-        assert!(!code.is_fatal(), "a refusal travels in Error: non-fatal codes only");
+        assert!(
+            !code.is_fatal(),
+            "a refusal travels in Error: non-fatal codes only"
+        );
         Refusal { code, message }
     }
 }
