@@ -187,6 +187,13 @@ fn read_session(env: &mut Env<'_>) -> SessionConfig {
     ));
     let send_rate_per_sec = env.parse_or("HABERCI_SESSION_SEND_RATE", defaults.send_rate_per_sec);
     let send_burst = env.parse_or("HABERCI_SESSION_SEND_BURST", defaults.send_burst);
+    let write_timeout = Duration::from_millis(env.parse_or(
+        "HABERCI_SESSION_WRITE_TIMEOUT_MS",
+        millis(defaults.write_timeout),
+    ));
+    if write_timeout.is_zero() {
+        env.problem("HABERCI_SESSION_WRITE_TIMEOUT_MS must be above 0");
+    }
     if hello_timeout.is_zero() || idle_timeout.is_zero() {
         env.problem(
             "HABERCI_SESSION_HELLO_TIMEOUT_MS and HABERCI_SESSION_IDLE_TIMEOUT_MS must be above 0",
@@ -200,6 +207,7 @@ fn read_session(env: &mut Env<'_>) -> SessionConfig {
         idle_timeout,
         send_rate_per_sec,
         send_burst,
+        write_timeout,
         ..defaults
     }
 }

@@ -452,6 +452,11 @@ impl Mailbox {
         self.rx.recv().await
     }
 
+    /// What is already queued, without waiting.
+    pub fn try_recv(&mut self) -> Option<Inbox> {
+        self.rx.try_recv().ok()
+    }
+
     pub fn overflow(&self) -> Arc<Overflow> {
         self.overflow.clone()
     }
@@ -471,5 +476,94 @@ impl Drop for Mailbox {
                 hub.remove(&channel, id).await;
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use haberci_wire::{ConversationId, Presence, Status, Typing, TypingState};
+
+    fn hub() -> Arc<Hub> {
+        // Never connected: these tests drive `deliver` directly.
+        let subscriber = Builder::default_centralized()
+            .build_subscriber_client()
+            .unwrap();
+        Arc::new(Hub {
+            subscriber,
+            routes: Mutex::new(HashMap::new()),
+            ops: tokio::sync::Mutex::new(()),
+            next_id: AtomicU64::new(0),
+        })
+    }
+
+    fn user(n: u128) -> UserId {
+        UserId::new(uuid::Uuid::from_u128(n)).unwrap()
+    }
+
+    fn status() -> Arc<Event> {
+        Arc::new(Event::Status(Status {
+            conversation_id: ConversationId::new(uuid::Uuid::from_u128(9)).unwrap(),
+            user_id: user(1),
+            delivered: None,
+            read: None,
+        }))
+    }
+
+    fn typing() -> Arc<Event> {
+        Arc::new(Event::Typing(Typing {
+            conversation_id: ConversationId::new(uuid::Uuid::from_u128(9)).unwrap(),
+            user_id: user(1),
+            state: TypingState::Started,
+        }))
+    }
+
+    /// Registers `mailbox` on `channel` without Redis (the subscribe itself is not the point).
+    fn attach(hub: &Hub, mailbox: &Mailbox, channel: &str) {
+        hub.routes
+            .lock()
+            .unwrap()
+            .entry(channel.to_owned())
+            .or_default()
+            .push(Member {
+                id: mailbox.id,
+                tx: mailbox.tx.clone(),
+                overflow: mailbox.overflow.clone(),
+            });
+    }
+
+    #[tokio::test]
+    async fn a_full_mailbox_drops_ephemeral_events_and_overflows_on_one_that_must_arrive() {
+        let hub = hub();
+        let mut slow = hub.mailbox();
+        let mut fine = hub.mailbox();
+        attach(&hub, &slow, "u:{a}");
+        attach(&hub, &fine, "u:{b}");
+        for _ in 0..MAILBOX_CAPACITY {
+            hub.deliver("u:{a}", status());
+        }
+        hub.deliver("u:{a}", typing());
+        assert!(
+            !slow.overflow.flag.load(Ordering::Relaxed),
+            "typing is dropped, not fatal"
+        );
+        hub.deliver("u:{a}", status());
+        tokio::time::timeout(Duration::from_secs(1), slow.overflow().raised())
+            .await
+            .expect("a status that does not fit overflows the mailbox");
+        // The other mailbox is untouched.
+        hub.deliver(
+            "u:{b}",
+            Arc::new(Event::Presence(Presence {
+                user_id: user(2),
+                online: true,
+                last_seen: None,
+            })),
+        );
+        assert!(matches!(fine.try_recv(), Some(Inbox::Event(_))));
+        assert!(!fine.overflow.flag.load(Ordering::Relaxed));
+        // What fit is still there, in order.
+        assert!(matches!(slow.try_recv(), Some(Inbox::Event(e)) if matches!(*e, Event::Status(_))));
     }
 }

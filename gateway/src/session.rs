@@ -36,6 +36,8 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 /// Sustained `Send`s per second, and the burst above it.
 pub const DEFAULT_SEND_RATE_PER_SEC: u32 = 20;
 pub const DEFAULT_SEND_BURST: u32 = 40;
+/// A client that takes no bytes for this long is closed with `slow_consumer`.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most users one `PresenceWatch` may name.
 pub const MAX_PRESENCE_WATCH: usize = 256;
 /// Advised wait before reconnecting to a draining server.
@@ -48,6 +50,8 @@ pub struct SessionConfig {
     pub max_frame_size: u32,
     pub send_rate_per_sec: u32,
     pub send_burst: u32,
+    /// A client that takes no bytes for this long is closed as a slow consumer.
+    pub write_timeout: Duration,
 }
 
 impl Default for SessionConfig {
@@ -58,6 +62,7 @@ impl Default for SessionConfig {
             max_frame_size: u32::try_from(haberci_wire::DEFAULT_MAX_FRAME_SIZE).unwrap_or(u32::MAX),
             send_rate_per_sec: DEFAULT_SEND_RATE_PER_SEC,
             send_burst: DEFAULT_SEND_BURST,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
         }
     }
 }
@@ -717,6 +722,81 @@ mod tests {
                 *code
             }
             other => panic!("expected Closing then Close, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_overflowing_session_closes_as_slow_consumer_and_a_relay_outage_as_draining() {
+        for (fail, code) in [
+            (
+                Session::overflowed as fn(&mut Session),
+                ErrorCode::SlowConsumer,
+            ),
+            (
+                |s: &mut Session| s.close_unavailable("redis is down"),
+                ErrorCode::ServerDraining,
+            ),
+        ] {
+            let mut h = Harness::new();
+            let token = h.token(0, 900);
+            h.send(hello(token, 1), 0);
+            fail(&mut h.session);
+            assert_eq!(closed_with(&h.drain()), code);
+            assert!(
+                h.send(ack(), 1).is_empty(),
+                "a closed session ignores input"
+            );
+        }
+    }
+
+    #[test]
+    fn sends_the_gateway_can_judge_alone_are_refused_with_their_code() {
+        let mut h = Harness::new();
+        let token = h.token(0, 900);
+        h.send(hello(token, 1), 0);
+        let me = UserId::new(h.user).unwrap();
+        let ClientFrame::Send(base) = send_frame(1) else {
+            unreachable!()
+        };
+        let cases = [
+            (
+                SendMessage {
+                    content: "x".repeat(haberci_wire::MAX_CONTENT_BYTES + 1),
+                    ..base.clone()
+                },
+                ErrorCode::ContentTooLarge,
+            ),
+            (
+                SendMessage {
+                    content: String::new(),
+                    ..base.clone()
+                },
+                ErrorCode::InvalidField,
+            ),
+            (
+                SendMessage {
+                    recipient: Recipient::User(me),
+                    ..base.clone()
+                },
+                ErrorCode::InvalidField,
+            ),
+            (
+                SendMessage {
+                    kind: MessageKind::Image,
+                    ..base.clone()
+                },
+                ErrorCode::InvalidField,
+            ),
+        ];
+        for (send, code) in cases {
+            let id = send.client_msg_id;
+            let out = h.send(ClientFrame::Send(send), 1);
+            match &out[..] {
+                [Output::Frame(ServerFrame::Error(e))] => {
+                    assert_eq!((e.code, e.client_msg_id), (code, Some(id)));
+                }
+                other => panic!("expected one Error({code:?}), got {other:?}"),
+            }
         }
     }
 

@@ -27,8 +27,8 @@ use crate::relay::{Inbox, Mailbox, Relay as RelayIo};
 use crate::revocation::{Revocations, Watch};
 use crate::session::{Identity, Now, Output, Relay, Session, SessionConfig};
 
-/// A client that does not take a batch of frames within this is a slow consumer.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most mailbox events handled in one turn of the loop before the client is read again.
+pub const MAILBOX_BATCH: usize = 256;
 /// Pause before a failed backlog fetch is asked again.
 pub const FETCH_RETRY: Duration = Duration::from_millis(500);
 
@@ -99,11 +99,12 @@ pub async fn drive<L: Link>(mut link: L, realtime: Realtime, shutdown: Shutdown)
             }
         }
         if !frames.is_empty() {
-            match tokio::time::timeout(WRITE_TIMEOUT, link.send(&frames)).await {
+            let limit = realtime.session.write_timeout;
+            match tokio::time::timeout(limit, link.send(&frames)).await {
                 Ok(true) => frames.clear(),
                 Ok(false) => return,
                 Err(_) => {
-                    tracing::info!("client took no frames for {WRITE_TIMEOUT:?}; closing as slow");
+                    tracing::info!("client took no frames for {limit:?}; closing as slow");
                     link.close(ErrorCode::SlowConsumer).await;
                     return;
                 }
@@ -129,8 +130,23 @@ pub async fn drive<L: Link>(mut link: L, realtime: Realtime, shutdown: Shutdown)
                 session.handle_frame(frame, &realtime.keys.current(), now())
             }
             Wake::Input(Input::Frame(None)) => return,
-            Wake::Input(Input::Inbox(Some(Inbox::Event(event)))) => session.handle_event(&event),
-            Wake::Input(Input::Inbox(Some(Inbox::Resync))) => session.resync(),
+            Wake::Input(Input::Inbox(Some(first))) => {
+                // Take what is queued in one go: a session that also reads a busy client must
+                // still empty its mailbox faster than the hub fills it.
+                let mut next = Some(first);
+                let mut taken = 0;
+                while let Some(inbox) = next {
+                    match inbox {
+                        Inbox::Event(event) => session.handle_event(&event),
+                        Inbox::Resync => session.resync(),
+                    }
+                    taken += 1;
+                    next = match (&mut attached.mailbox, taken < MAILBOX_BATCH) {
+                        (Some(mailbox), true) => mailbox.try_recv(),
+                        _ => None,
+                    };
+                }
+            }
             Wake::Input(Input::Inbox(None) | Input::Done(None)) => {}
             Wake::Input(Input::Done(Some(done))) => match done {
                 Done::Synced(conversations) => session.handle_sync(&conversations),

@@ -11,6 +11,7 @@ mod http_versions;
 mod limits;
 mod native;
 mod proxy;
+mod relay;
 mod shutdown;
 mod websocket;
 mod webtransport;

@@ -14,8 +14,8 @@ use serde_json::json;
 use crate::support::{self, QuicClient, Stack, TIMEOUT, Version};
 
 /// A native session's stream.
-struct Native {
-    client: QuicClient,
+pub struct Native {
+    pub client: QuicClient,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
     decoder: FrameDecoder,
@@ -23,11 +23,17 @@ struct Native {
 }
 
 impl Native {
-    async fn open(stack: &Stack) -> Native {
+    pub async fn open(stack: &Stack) -> Native {
+        Self::open_with(stack, quinn::TransportConfig::default()).await
+    }
+
+    /// A session whose client has its own QUIC transport settings.
+    pub async fn open_with(stack: &Stack, transport: quinn::TransportConfig) -> Native {
         let roots = support::ca_roots(&[&stack.certs.ca_cert()]);
-        let client = QuicClient::connect(stack.gateway_udp, roots, haberci_wire::ALPN)
-            .await
-            .unwrap();
+        let client =
+            QuicClient::connect_with(stack.gateway_udp, roots, haberci_wire::ALPN, transport)
+                .await
+                .unwrap();
         let (send, recv) = client.connection.open_bi().await.unwrap();
         Native {
             client,
@@ -38,14 +44,14 @@ impl Native {
         }
     }
 
-    async fn write(&mut self, frame: &ClientFrame) {
+    pub async fn write(&mut self, frame: &ClientFrame) {
         let mut buf = BytesMut::new();
         haberci_wire::encode_delimited(frame, haberci_wire::DEFAULT_MAX_FRAME_SIZE, &mut buf)
             .unwrap();
         self.send.write_all(&buf).await.unwrap();
     }
 
-    async fn read(&mut self) -> ServerFrame {
+    pub async fn read(&mut self) -> ServerFrame {
         tokio::time::timeout(TIMEOUT, async {
             loop {
                 if !self.pending.is_empty() {
@@ -89,7 +95,7 @@ impl Native {
     }
 }
 
-fn hello(token: &str, version: u32) -> ClientFrame {
+pub fn hello(token: &str, version: u32) -> ClientFrame {
     ClientFrame::Hello(Hello {
         access_token: token.to_owned(),
         protocol_version: version,

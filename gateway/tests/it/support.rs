@@ -111,6 +111,11 @@ pub fn free_addr() -> SocketAddr {
 }
 
 async fn spawn_real_backend() -> SocketAddr {
+    spawn_backend(None).await
+}
+
+/// The real API; with `internal_token`, its internal routes (what a relaying gateway calls).
+async fn spawn_backend(internal_token: Option<&str>) -> SocketAddr {
     let db = haberci_backend::db::connect_pool(&env("HABERCI_TEST_DATABASE_URL"), 4).unwrap();
     let redis = haberci_backend::redis::connect(&env("HABERCI_TEST_REDIS_URL")).unwrap();
     // Every request reaches this backend from 127.0.0.1 (through the gateway), so its rate
@@ -119,6 +124,8 @@ async fn spawn_real_backend() -> SocketAddr {
     settings.auth.limits = haberci_backend::config::RateLimits::uniform(
         haberci_backend::config::Rate::new(100_000, Duration::from_secs(60)),
     );
+    settings.internal_token =
+        internal_token.map(|t| haberci_backend::config::InternalToken::new(t).unwrap());
     let keys = haberci_token::KeySet::generate("gateway-test").unwrap();
     let app = haberci_backend::api::app(haberci_backend::api::AppState::new(
         db, redis, settings, keys,
@@ -264,9 +271,20 @@ impl QuicClient {
         roots: rustls::RootCertStore,
         alpn: &[u8],
     ) -> Result<Self, quinn::ConnectionError> {
+        Self::connect_with(addr, roots, alpn, quinn::TransportConfig::default()).await
+    }
+
+    /// [`QuicClient::connect`] with the client's own transport settings (flow-control windows).
+    pub async fn connect_with(
+        addr: SocketAddr,
+        roots: rustls::RootCertStore,
+        alpn: &[u8],
+        transport: quinn::TransportConfig,
+    ) -> Result<Self, quinn::ConnectionError> {
         let tls = client_tls(roots, &[alpn]);
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-        let config = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(Arc::new(transport));
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         endpoint.set_default_client_config(config);
         let target = SocketAddr::from(([127, 0, 0, 1], addr.port()));
@@ -371,4 +389,52 @@ pub fn get(path: &str) -> http::Request<Full<Bytes>> {
     http::Request::get(format!("https://localhost{path}"))
         .body(Full::new(Bytes::new()))
         .unwrap()
+}
+
+/// A gateway that relays messages: the real API (with its internal routes), an in-process
+/// worker, and the gateway, on the test Redis with a stream prefix of their own (so parallel
+/// tests never read each other's streams).
+pub async fn start_relay(configure: impl FnOnce(&mut GatewayConfig)) -> Stack {
+    let token = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let prefix = format!(
+        "gwtest{}:msg:in:",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let backend = spawn_backend(Some(&token)).await;
+    let settings = haberci_backend::config::MessagingSettings {
+        stream_prefix: prefix.clone(),
+        shards: 2,
+        ..Default::default()
+    };
+    let db = haberci_backend::db::connect_pool(&env("HABERCI_TEST_DATABASE_URL"), 4).unwrap();
+    let worker_shutdown = Shutdown::new();
+    let redis_url = env("HABERCI_TEST_REDIS_URL");
+    {
+        let (redis_url, shutdown) = (redis_url.clone(), worker_shutdown.clone());
+        tokio::spawn(async move {
+            haberci_backend::messaging::run(db, &redis_url, settings, shutdown).await
+        });
+    }
+    let stack = start_with_config(backend, |config| {
+        config.redis_url = Some(redis_url);
+        config.internal_token = Some(token);
+        config.stream_prefix = prefix;
+        config.stream_shards = 2;
+        configure(config);
+    })
+    .await;
+    tokio::time::timeout(TIMEOUT, stack.keys.loaded())
+        .await
+        .expect("the gateway loads the backend's JWKS");
+    // The worker stops with the stack.
+    let shutdown = stack.shutdown.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        worker_shutdown.cancel();
+    });
+    stack
 }

@@ -1,0 +1,176 @@
+//! The relay through real sockets, with the real API, an in-process worker and the test Redis
+//! ([`support::start_relay`]): typing reaches the peer, presence follows sessions, and a client
+//! that stops reading is closed as a slow consumer while its peer is untouched.
+
+use std::time::Duration;
+
+use haberci_wire::{
+    ClientFrame, ClientMsgId, ClientTyping, ErrorCode, MessageKind, PresenceWatch, Recipient,
+    SendMessage, ServerFrame, TypingState, UserId,
+};
+use quinn::{ConnectionError, VarInt};
+
+use crate::native::{Native, hello, register};
+use crate::support::{self, Stack, TIMEOUT};
+
+fn user(id: &str) -> UserId {
+    UserId::new(id.parse().unwrap()).unwrap()
+}
+
+fn text(to: UserId, content: &str) -> ClientFrame {
+    ClientFrame::Send(SendMessage {
+        client_msg_id: ClientMsgId::new(uuid::Uuid::now_v7()).unwrap(),
+        recipient: Recipient::User(to),
+        kind: MessageKind::Text,
+        content: content.into(),
+        media: None,
+    })
+}
+
+/// Opens a native session for `token` and reads its Welcome.
+async fn session(stack: &Stack, token: &str) -> Native {
+    session_with(stack, token, quinn::TransportConfig::default()).await
+}
+
+async fn session_with(stack: &Stack, token: &str, transport: quinn::TransportConfig) -> Native {
+    let mut native = Native::open_with(stack, transport).await;
+    native.write(&hello(token, 1)).await;
+    match native.read().await {
+        ServerFrame::Welcome(_) => native,
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+}
+
+/// Reads until `pick` takes a frame.
+async fn until<T>(native: &mut Native, mut pick: impl FnMut(ServerFrame) -> Option<T>) -> T {
+    loop {
+        if let Some(found) = pick(native.read().await) {
+            return found;
+        }
+    }
+}
+
+#[tokio::test]
+async fn typing_reaches_the_peer_of_a_direct_conversation() {
+    let stack = support::start_relay(|_| {}).await;
+    let (alice_id, alice_token) = register(&stack).await;
+    let (bob_id, bob_token) = register(&stack).await;
+    let mut alice = session(&stack, &alice_token).await;
+    let mut bob = session(&stack, &bob_token).await;
+
+    alice.write(&text(user(&bob_id), "hi")).await;
+    // Both sessions follow the new conversation once its first message reached them.
+    let conversation = until(&mut alice, |f| match f {
+        ServerFrame::Message(m) => Some(m.conversation_id),
+        _ => None,
+    })
+    .await;
+    until(&mut bob, |f| {
+        matches!(f, ServerFrame::Message(_)).then_some(())
+    })
+    .await;
+
+    alice
+        .write(&ClientFrame::Typing(ClientTyping {
+            conversation_id: conversation,
+            state: TypingState::Started,
+        }))
+        .await;
+    let typing = until(&mut bob, |f| match f {
+        ServerFrame::Typing(t) => Some(t),
+        _ => None,
+    })
+    .await;
+    assert_eq!(typing.conversation_id, conversation);
+    assert_eq!(typing.user_id, user(&alice_id));
+    assert_eq!(typing.state, TypingState::Started);
+}
+
+#[tokio::test]
+async fn presence_follows_the_watched_users_sessions() {
+    let stack = support::start_relay(|_| {}).await;
+    let (alice_id, alice_token) = register(&stack).await;
+    let (_, bob_token) = register(&stack).await;
+    let alice = user(&alice_id);
+    let mut bob = session(&stack, &bob_token).await;
+    bob.write(&ClientFrame::PresenceWatch(PresenceWatch {
+        user_ids: vec![alice],
+    }))
+    .await;
+    let now = until(&mut bob, |f| match f {
+        ServerFrame::Presence(p) => Some(p),
+        _ => None,
+    })
+    .await;
+    assert_eq!((now.user_id, now.online), (alice, false), "{now:?}");
+
+    let alice_session = session(&stack, &alice_token).await;
+    let online = until(&mut bob, |f| match f {
+        ServerFrame::Presence(p) => Some(p),
+        _ => None,
+    })
+    .await;
+    assert_eq!((online.user_id, online.online), (alice, true), "{online:?}");
+
+    alice_session
+        .client
+        .connection
+        .close(VarInt::from_u32(0), b"bye");
+    let offline = until(&mut bob, |f| match f {
+        ServerFrame::Presence(p) => Some(p),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        (offline.user_id, offline.online),
+        (alice, false),
+        "{offline:?}"
+    );
+    assert!(offline.last_seen.is_some(), "last seen is recorded");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_as_slow_and_its_peer_goes_on() {
+    let stack = support::start_relay(|config| {
+        config.session.send_rate_per_sec = 100_000;
+        config.session.send_burst = 100_000;
+        config.session.write_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let (alice_id, alice_token) = register(&stack).await;
+    let (bob_id, bob_token) = register(&stack).await;
+    let (carol_id, carol_token) = register(&stack).await;
+    let mut alice = session(&stack, &alice_token).await;
+    // Bob's client takes at most 8 KiB on its stream and then reads nothing more.
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(VarInt::from_u32(8 * 1024));
+    let bob = session_with(&stack, &bob_token, transport).await;
+
+    // Far more than the stream window plus the session's mailbox holds.
+    for n in 0..1_500 {
+        alice
+            .write(&text(user(&bob_id), &format!("flood {n}")))
+            .await;
+    }
+    let closed = tokio::time::timeout(TIMEOUT, bob.client.connection.closed())
+        .await
+        .expect("the slow client is closed in time");
+    match closed {
+        ConnectionError::ApplicationClosed(close) => assert_eq!(
+            close.error_code,
+            VarInt::from_u64(ErrorCode::SlowConsumer.quic_code()).unwrap()
+        ),
+        other => panic!("expected an application close, got {other:?}"),
+    }
+
+    // Alice's session is untouched: she still sends, and a new peer hears from her.
+    let mut carol = session(&stack, &carol_token).await;
+    alice.write(&text(user(&carol_id), "still here")).await;
+    let heard = until(&mut carol, |f| match f {
+        ServerFrame::Message(m) => Some(m),
+        _ => None,
+    })
+    .await;
+    assert_eq!(heard.content, "still here");
+    assert_eq!(heard.sender_id, user(&alice_id));
+}
