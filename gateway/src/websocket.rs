@@ -16,6 +16,8 @@ use haberci_wire::{ClientFrame, ErrorCode, ServerFrame, WireError};
 use crate::http::{GatewayState, error_response};
 use crate::transport::{Link, Realtime, drive};
 
+/// How long the answer to a client's Close gets to leave.
+pub const CLOSE_REPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// tungstenite's read buffer per connection.
 pub const READ_BUFFER_SIZE: usize = 4 * 1024;
 
@@ -68,7 +70,13 @@ impl Link for WebSocketLink {
                 ),
                 // tungstenite answers pings itself.
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                Some(Ok(Message::Close(_))) | None => return None,
+                Some(Ok(Message::Close(_))) => {
+                    // tungstenite has queued the answering Close (RFC 6455 5.5.1); reading on
+                    // writes it out and then ends.
+                    let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, self.socket.recv()).await;
+                    return None;
+                }
+                None => return None,
                 Some(Err(err)) => {
                     tracing::debug!(%err, "websocket read failed");
                     return None;

@@ -24,8 +24,8 @@ PY=$VENV/bin/python
 ensure_venv() {
   local have_aioquic="" have_websockets=""
   if [ -x "$VENV/bin/pip" ]; then
-    have_aioquic=$("$VENV/bin/pip" show aioquic 2>/dev/null | sed -n 's/^Version: //p')
-    have_websockets=$("$VENV/bin/pip" show websockets 2>/dev/null | sed -n 's/^Version: //p')
+    have_aioquic=$("$VENV/bin/pip" show aioquic 2>/dev/null | sed -n 's/^Version: //p' || true)
+    have_websockets=$("$VENV/bin/pip" show websockets 2>/dev/null | sed -n 's/^Version: //p' || true)
   fi
   if [ "$have_aioquic" != "$AIOQUIC_VERSION" ] || [ "$have_websockets" != "$WEBSOCKETS_VERSION" ]; then
     echo "installing aioquic $AIOQUIC_VERSION and websockets $WEBSOCKETS_VERSION into $VENV"

@@ -105,6 +105,26 @@ async fn a_registered_user_opens_a_session_and_pings() {
     );
 }
 
+/// Regression: a client's Close was met with a dropped TCP connection instead of the answering
+/// Close that RFC 6455 5.5.1 requires.
+#[tokio::test]
+async fn a_client_close_is_answered_with_a_close() {
+    let stack = crate::native::stack_with_keys().await;
+    let (_, token) = crate::native::register(&stack).await;
+    let mut socket = connect(&stack, Some("haberci.v1")).await.unwrap();
+    write(&mut socket, &hello(&token)).await;
+    assert!(matches!(
+        read(&mut socket).await,
+        Ok(ServerFrame::Welcome(_))
+    ));
+    socket.close(None).await.unwrap();
+    assert_eq!(
+        read(&mut socket).await.unwrap_err(),
+        None,
+        "the server's Close comes back"
+    );
+}
+
 #[tokio::test]
 async fn a_text_message_is_refused_with_its_close_code() {
     let stack = crate::native::stack_with_keys().await;
