@@ -44,6 +44,17 @@ args=(--ca "$CA" --host localhost
   --a-transport "${HABERCI_PY_A_TRANSPORT:-websocket}"
   --b-transport "${HABERCI_PY_B_TRANSPORT:-webtransport}"
   --c-transport "${HABERCI_PY_C_TRANSPORT:-quic}")
-if [ -n "${HABERCI_PY_PEER_CMD:-}" ]; then args+=(--peer-cmd "$HABERCI_PY_PEER_CMD"); fi
-"$PY" tests/python/interop.py "${args[@]}"
+if [ -n "${HABERCI_PY_PEER_CMD:-}" ]; then
+  "$PY" tests/python/interop.py "${args[@]}" --peer-cmd "$HABERCI_PY_PEER_CMD"
+else
+  "$PY" tests/python/interop.py "${args[@]}"
+  # The same scenario with Bob played by the Rust SDK (client/examples/interop_peer.rs), once
+  # per transport it offers: Python and Rust clients talk to each other through the gateway.
+  cargo build -q -p haberci-client --example interop_peer
+  peer="${CARGO_TARGET_DIR:-$ROOT/target}/debug/examples/interop_peer"
+  for transport in websocket quic; do
+    echo "interop with the Rust client as Bob over $transport"
+    "$PY" tests/python/interop.py "${args[@]}" --b-transport "$transport" --peer-cmd "$peer"
+  done
+fi
 echo "python client: ok"
