@@ -95,7 +95,12 @@ impl Relay {
         // commands wait for the connection (fail_fast off) within their timeouts.
         let _connection = redis.connect();
         let subscriber = Builder::from_config(redis_config)
-            .with_performance_config(|p| p.broadcast_channel_capacity = SUBSCRIBER_BUFFER)
+            .with_performance_config(|p| {
+                p.broadcast_channel_capacity = SUBSCRIBER_BUFFER;
+                // A subscribe waits at most this while Redis is away; the session is then
+                // closed `server_draining` and the client comes back later.
+                p.default_command_timeout = COMMAND_TIMEOUT;
+            })
             .set_policy(policy)
             .build_subscriber_client()?;
         let _subscription = subscriber.connect();
