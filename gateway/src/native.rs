@@ -1,13 +1,10 @@
 //! The native QUIC transport (ALPN `haberci/1`): one client-opened bidirectional stream of
-//! varint length-delimited frames, driven through the shared [`Session`] machine.
+//! varint length-delimited frames, and datagrams (one frame body each) for ephemeral frames:
+//! typing in, typing and presence out (on the stream when the client takes no datagrams).
 //!
 //! This adapter only moves bytes: it decodes frames into the session, writes the session's
 //! frames back, sleeps until the session's next deadline, and closes the connection with the
 //! code the session chose (QUIC application code = protocol code).
-//!
-//! Status (#6): the Redis relay is not built yet, so a `Send`, `Ack` or `Read` is answered with
-//! `Error{unavailable}` (retryable; nothing is stored), and `Typing`, `PresenceWatch` and resume
-//! are dropped.
 
 use std::time::Duration;
 
@@ -57,6 +54,7 @@ pub async fn serve_connection(
         max_frame,
         outbound: BytesMut::new(),
         broken: false,
+        hello_seen: false,
     };
     drive(link, realtime, shutdown).await;
 }
@@ -73,6 +71,23 @@ struct NativeLink {
     outbound: BytesMut,
     /// The stream is out of sync after a framing error: nothing more is decoded.
     broken: bool,
+    /// A frame came on the stream (the first one is `Hello`).
+    hello_seen: bool,
+}
+
+impl NativeLink {
+    /// Sends an ephemeral frame as a datagram; `false` when it must go on the stream (the
+    /// client takes no datagrams, or it does not fit in one).
+    fn datagram(&self, frame: &ServerFrame) -> bool {
+        let Ok(payload) = haberci_wire::datagram::encode(frame, self.max_frame) else {
+            return false;
+        };
+        match self.connection.send_datagram(payload) {
+            Ok(()) => true,
+            Err(quinn::SendDatagramError::ConnectionLost(_)) => true,
+            Err(_) => false,
+        }
+    }
 }
 
 impl Link for NativeLink {
@@ -80,7 +95,10 @@ impl Link for NativeLink {
         loop {
             if !self.broken {
                 match self.decoder.decode(&mut self.buffered) {
-                    Ok(Some(body)) => return Some(ClientFrame::decode(body)),
+                    Ok(Some(body)) => {
+                        self.hello_seen = true;
+                        return Some(ClientFrame::decode(body));
+                    }
                     Ok(None) => {}
                     Err(err) => {
                         self.broken = true;
@@ -88,8 +106,27 @@ impl Link for NativeLink {
                     }
                 }
             }
-            // Cancel-safe: quinn's read_chunk loses nothing when dropped before it completes.
-            match self.recv.read_chunk(READ_CHUNK, true).await {
+            // Cancel-safe: quinn's read_chunk and read_datagram lose nothing when dropped before
+            // they complete.
+            let read = tokio::select! {
+                read = self.recv.read_chunk(READ_CHUNK, true) => read,
+                datagram = self.connection.read_datagram() => match datagram {
+                    // Datagrams may overtake the stream: one before Hello is dropped (it is
+                    // ephemeral), not taken as "a frame before Hello".
+                    Ok(_) if !self.hello_seen => continue,
+                    Ok(payload) => {
+                        let frame = haberci_wire::datagram::decode::<ClientFrame>(payload, self.max_frame);
+                        if let Err(err) = &frame {
+                            // docs/PROTOCOL.md: a datagram that is not an ephemeral frame is bad_frame.
+                            tracing::debug!(peer = %self.connection.remote_address(), %err, "bad datagram");
+                        }
+                        return Some(frame);
+                    }
+                    // The connection is gone; the stream read says so too.
+                    Err(_) => self.recv.read_chunk(READ_CHUNK, true).await,
+                },
+            };
+            match read {
                 Ok(Some(chunk)) => self.buffered = chunk.bytes,
                 Ok(None) => {
                     // The client finished its stream: a clean goodbye.
@@ -106,7 +143,12 @@ impl Link for NativeLink {
 
     async fn send(&mut self, frames: &[ServerFrame]) -> bool {
         for frame in frames {
-            encode(frame, self.max_frame, &mut self.outbound);
+            if !(frame.may_travel_as_datagram() && self.datagram(frame)) {
+                encode(frame, self.max_frame, &mut self.outbound);
+            }
+        }
+        if self.outbound.is_empty() {
+            return true;
         }
         let ok = self.send.write_all(&self.outbound).await.is_ok();
         self.outbound.clear();

@@ -57,10 +57,19 @@ impl Native {
                 if !self.pending.is_empty() {
                     return self.pending.remove(0);
                 }
-                let chunk = self
-                    .recv
-                    .read_chunk(64 * 1024, true)
-                    .await
+                // Ephemeral frames may come as datagrams.
+                let chunk = tokio::select! {
+                    chunk = self.recv.read_chunk(64 * 1024, true) => chunk,
+                    datagram = self.client.connection.read_datagram() => {
+                        let frame = haberci_wire::datagram::decode::<ServerFrame>(
+                            datagram.unwrap(),
+                            haberci_wire::DEFAULT_MAX_FRAME_SIZE,
+                        );
+                        self.pending.push(frame.unwrap());
+                        continue;
+                    }
+                };
+                let chunk = chunk
                     .unwrap()
                     .expect("the server sends a frame before finishing");
                 let mut bytes = chunk.bytes;

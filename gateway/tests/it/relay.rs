@@ -84,6 +84,23 @@ async fn typing_reaches_the_peer_of_a_direct_conversation() {
     assert_eq!(typing.conversation_id, conversation);
     assert_eq!(typing.user_id, user(&alice_id));
     assert_eq!(typing.state, TypingState::Started);
+
+    // The same over a QUIC datagram, the way ephemeral frames may travel on native QUIC.
+    let stopped = haberci_wire::datagram::encode(
+        &ClientFrame::Typing(ClientTyping {
+            conversation_id: conversation,
+            state: TypingState::Stopped,
+        }),
+        haberci_wire::DEFAULT_MAX_FRAME_SIZE,
+    )
+    .unwrap();
+    alice.client.connection.send_datagram(stopped).unwrap();
+    let typing = until(&mut bob, |f| match f {
+        ServerFrame::Typing(t) => Some(t),
+        _ => None,
+    })
+    .await;
+    assert_eq!(typing.state, TypingState::Stopped);
 }
 
 #[tokio::test]
