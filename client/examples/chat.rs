@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! HABERCI_TOKEN=<access token> cargo run -p haberci-client --example chat -- \
-//!     [--quic localhost:4433 | --websocket wss://localhost:8443/v1/ws] \
+//!     [--quic localhost:4433 | --webtransport https://localhost:4433/v1/rt | --websocket wss://localhost:8443/v1/ws] \
 //!     [--ca .dev/certs/ca.pem] [--to <user id>]
 //! ```
 //!
@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use haberci_client::{Client, ClientConfig, Event, Roots, SendError, Transport, UserId};
 
-const USAGE: &str = "usage: HABERCI_TOKEN=… chat [--quic HOST:PORT | --websocket wss://HOST:PORT/v1/ws] [--ca PEM] [--to USER_ID]";
+const USAGE: &str = "usage: HABERCI_TOKEN=… chat [--quic HOST:PORT | --webtransport https://HOST:PORT/v1/rt | --websocket wss://HOST:PORT/v1/ws] [--ca PEM] [--to USER_ID]";
 
 struct Args {
     transport: Transport,
@@ -41,6 +41,7 @@ fn parse_args() -> anyhow::Result<Args> {
         match flag.as_str() {
             "--quic" => args.transport = Transport::Quic { addr: value()? },
             "--websocket" => args.transport = Transport::WebSocket { url: value()? },
+            "--webtransport" => args.transport = Transport::WebTransport { url: value()? },
             "--ca" => args.ca = value()?.into(),
             "--to" => {
                 let id = value()?;

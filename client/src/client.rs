@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use haberci_wire::{
     ConversationId, ResumePosition, SendMessage, Sent, Seq, TypingState, UserId, Welcome,
 };
@@ -23,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::config::ClientConfig;
 use crate::error::{ClientError, ConnectError, Disconnect, SendError};
-use crate::session::{Event, Output, Phase, Session};
+use crate::session::{Event, Output, Phase, Session, Transmit};
 use crate::transport::{self, FrameSink, FrameStream};
 
 /// How long a local close may take to flush what was queued and say goodbye.
@@ -341,9 +340,9 @@ async fn drive(
     loop {
         let (deadline, ended) = {
             let mut session = shared.session();
-            while let Some(body) = session.poll_transmit() {
+            while let Some(transmit) = session.poll_transmit_frame() {
                 // Fails only once the writer is gone, which the `select!` below reports.
-                let _ = bodies.send(body);
+                let _ = bodies.send(transmit);
             }
             while let Some(output) = session.poll_output() {
                 dispatch(output, &events);
@@ -394,9 +393,9 @@ async fn drive(
 
 /// Writes queued bodies in order until the queue closes (then closes the transport) or a
 /// write fails (returned; the transport is dropped).
-async fn write(mut sink: FrameSink, mut queued: mpsc::UnboundedReceiver<Bytes>) -> Disconnect {
-    while let Some(body) = queued.recv().await {
-        if let Err(reason) = sink.send_body(body).await {
+async fn write(mut sink: FrameSink, mut queued: mpsc::UnboundedReceiver<Transmit>) -> Disconnect {
+    while let Some(transmit) = queued.recv().await {
+        if let Err(reason) = sink.send(transmit).await {
             return reason;
         }
     }

@@ -28,9 +28,9 @@ pub enum Transport {
     Quic { addr: String },
     /// WebSocket over TLS: `url` is `wss://host:port/v1/ws`.
     WebSocket { url: String },
-    // WebTransport: a `WebTransport { url }` variant (`https://host:4433/v1/rt`) goes here
-    // once the gateway serves it; its connector is `transport/webtransport.rs` (see
-    // `transport/mod.rs` for the two halves it must yield).
+    /// WebTransport over HTTP/3, as a browser connects: `url` is `https://host:port/v1/rt`
+    /// (the gateway's UDP port, e.g. `https://localhost:4433/v1/rt`).
+    WebTransport { url: String },
 }
 
 impl Transport {
@@ -40,7 +40,7 @@ impl Transport {
             Transport::Quic { addr } => crate::transport::quic::split_host_port(addr)
                 .ok()
                 .map(|(host, _)| host.to_owned()),
-            Transport::WebSocket { url } => url
+            Transport::WebSocket { url } | Transport::WebTransport { url } => url
                 .parse::<http_uri::Uri>()
                 .ok()
                 .and_then(|uri| uri.host().map(|h| h.trim_matches(['[', ']']).to_owned())),
@@ -90,7 +90,7 @@ pub struct ClientConfig {
     pub pong_timeout: Duration,
     pub connect_timeout: Duration,
     /// A QUIC endpoint (UDP socket) to share between many connections, as a load generator
-    /// wants. `None`: each connection binds its own.
+    /// wants (native QUIC and WebTransport). `None`: each connection binds its own.
     pub quic_endpoint: Option<quinn::Endpoint>,
 }
 

@@ -25,8 +25,9 @@ pub enum ConnectError {
         #[source]
         source: BoxError,
     },
-    /// The server answered the WebSocket upgrade with an HTTP error instead of `101`.
-    #[error("the server refused the WebSocket upgrade with HTTP {status}")]
+    /// The server answered the WebSocket upgrade (instead of `101`) or the WebTransport
+    /// `CONNECT` (instead of `200`) with this HTTP status: e.g. `404` for a wrong path.
+    #[error("the server refused the WebSocket upgrade or WebTransport CONNECT with HTTP {status}")]
     Upgrade { status: u16 },
     /// The server refused the session: a `Closing` frame (or, without one, a close code)
     /// before `Welcome`. `code` says what to do (docs/PROTOCOL.md, code table): e.g.

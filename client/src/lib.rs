@@ -1,5 +1,6 @@
-//! Haberci's Rust SDK: one realtime connection to a gateway over native QUIC or WebSocket —
-//! connect, send, receive, ack, resume. Used by the integration tests and the load generator.
+//! Haberci's Rust SDK: one realtime connection to a gateway over native QUIC, WebTransport or
+//! WebSocket — connect, send, receive, ack, resume. Used by the integration tests and the load
+//! generator.
 //!
 //! ```no_run
 //! # async fn demo(token: String, peer: haberci_client::UserId) -> Result<(), Box<dyn std::error::Error>> {
@@ -29,9 +30,9 @@
 //!   coalescing, heartbeat — with `now` passed in and outputs polled; unit-tested with
 //!   scripted frames.
 //! - [`positions`]: per-conversation contiguous seq tracking, the source of `Hello.resume`.
-//! - `transport`: one small module per transport (`quic`, `websocket`; WebTransport's place
-//!   is marked), each yielding a frame sink and a frame stream; `tls` builds rustls settings
-//!   with the ring provider.
+//! - `transport`: one small module per transport (`quic`, `webtransport`, `websocket`), each
+//!   yielding a frame sink and a frame stream; `tls` builds rustls settings with the ring
+//!   provider.
 //! - `config`: [`ClientConfig`], [`Transport`], [`Roots`] and the `DEFAULT_*` timings.
 //! - `error`: [`ConnectError`], [`SendError`], [`ClientError`], [`Disconnect`].
 //!

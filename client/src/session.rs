@@ -91,6 +91,14 @@ pub enum Output<S, P> {
     PingDone(P, Duration),
 }
 
+/// A frame body to write (no length prefix: the transport frames it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub body: Bytes,
+    /// An ephemeral frame (typing): it may travel as a datagram, and may be lost.
+    pub ephemeral: bool,
+}
+
 /// Where the session is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -129,7 +137,7 @@ pub struct Session<S, P> {
     next_nonce: u32,
     pings: HashMap<u32, PingWait<P>>,
     last_transmit: Instant,
-    transmit: VecDeque<Bytes>,
+    transmit: VecDeque<Transmit>,
     outputs: VecDeque<Output<S, P>>,
 }
 
@@ -195,6 +203,12 @@ impl<S, P> Session<S, P> {
     /// The next frame body to write, in order. Bodies carry no length prefix: the transport
     /// frames them (a varint prefix on streams, one message each on WebSocket).
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        self.transmit.pop_front().map(|transmit| transmit.body)
+    }
+
+    /// As [`Session::poll_transmit`], saying whether the frame is ephemeral (typing): a
+    /// transport with datagrams may send it as one (docs/PROTOCOL.md, "Datagrams").
+    pub fn poll_transmit_frame(&mut self) -> Option<Transmit> {
         self.transmit.pop_front()
     }
 
@@ -360,7 +374,7 @@ impl<S, P> Session<S, P> {
             }
             (_, ServerFrame::Welcome(_)) => tracing::warn!("a second Welcome, ignored"),
             (_, ServerFrame::Message(message)) => self.on_message(message, now),
-            (_, ServerFrame::Sent(sent)) => self.on_sent(sent, now),
+            (_, ServerFrame::Sent(sent)) => self.on_sent(sent),
             (_, ServerFrame::Error(error)) => self.on_error(error),
             (_, ServerFrame::Pong(pong)) => {
                 if let Some(PingWait {
@@ -414,12 +428,15 @@ impl<S, P> Session<S, P> {
         }
         let reason = match (&self.phase, reason) {
             // The transport often reports a close without its reason; the Closing frame had it.
-            (Phase::Closing(closing), Disconnect::Server { code: None, .. }) => {
-                Disconnect::Server {
-                    code: Some(closing.code),
-                    reason: closing.reason.clone(),
-                }
-            }
+            // A transport that fails right after the server's close (WebTransport stacks may
+            // report their own error instead of the server's code) ended for that reason too.
+            (
+                Phase::Closing(closing),
+                Disconnect::Server { code: None, .. } | Disconnect::Transport(_),
+            ) => Disconnect::Server {
+                code: Some(closing.code),
+                reason: closing.reason.clone(),
+            },
             (_, reason) => reason,
         };
         for (_, waiter) in self.in_flight.drain() {
@@ -450,6 +467,10 @@ impl<S, P> Session<S, P> {
                 tracing::debug!(conversation = %message.conversation_id, seq = %message.seq, "duplicate message dropped");
                 return;
             }
+            // Our own message (docs/PROTOCOL.md, "Sending messages" 5: the sending session gets
+            // it too) needs no ack of its own: the next message from someone else acks it
+            // cumulatively. Unless it also released messages held above a gap: those need one.
+            Observed::Advanced(to) if to == message.seq && self.is_own(&message) => {}
             Observed::Advanced(_) => self.ack_later(message.conversation_id, now),
             Observed::Held => {
                 tracing::debug!(conversation = %message.conversation_id, seq = %message.seq, "message above a gap");
@@ -458,15 +479,17 @@ impl<S, P> Session<S, P> {
         self.event(Event::Message(message));
     }
 
-    fn on_sent(&mut self, sent: Sent, now: Instant) {
-        // The sending session gets `Sent`, never its own `Message`: the seq is ours all the
-        // same. An advance past our own seq swallowed received messages held above a gap:
-        // those need acking.
-        if let Observed::Advanced(to) = self.positions.observe(sent.conversation_id, sent.seq) {
-            if to > sent.seq {
-                self.ack_later(sent.conversation_id, now);
-            }
-        }
+    fn is_own(&self, message: &Message) -> bool {
+        self.welcome
+            .as_ref()
+            .is_some_and(|welcome| welcome.user_id == message.sender_id)
+    }
+
+    fn on_sent(&mut self, sent: Sent) {
+        // Positions move on `Message` frames only, our own included: every session of the
+        // sender gets the stored `Message` (before or after this `Sent`), so each conversation
+        // is one gapless run of `Message` seqs. Moving the position here would drop our own
+        // `Message` as a duplicate when it comes after the `Sent`.
         match self.in_flight.remove(&sent.client_msg_id) {
             Some(waiter) => self.outputs.push_back(Output::SendDone(waiter, Ok(sent))),
             None => {
@@ -550,7 +573,10 @@ impl<S, P> Session<S, P> {
     fn queue(&mut self, frame: &ClientFrame, now: Instant) -> Result<(), haberci_wire::WireError> {
         let mut body = BytesMut::new();
         haberci_wire::encode_body(frame, self.max_frame_size, &mut body)?;
-        self.transmit.push_back(body.freeze());
+        self.transmit.push_back(Transmit {
+            body: body.freeze(),
+            ephemeral: frame.may_travel_as_datagram(),
+        });
         self.last_transmit = now;
         Ok(())
     }

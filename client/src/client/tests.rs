@@ -157,6 +157,19 @@ async fn the_driver_acks_what_arrives_and_answers_each_send() {
     };
     server.send(ServerFrame::Sent(sent));
     assert_eq!(pending.await.unwrap(), Ok(sent));
+    // The position moves with our own Message, which the sending session gets too.
+    server.send(ServerFrame::Message(Message {
+        id: sent.message_id,
+        sender_id: client.user_id(),
+        recipient_id: UserId::new(id(4)).unwrap().into(),
+        kind: MessageKind::Text,
+        content: "hi".into(),
+        timestamp: Timestamp::UNIX_EPOCH,
+        status: MessageStatus::Sent,
+        conversation_id: conversation,
+        seq: sent.seq,
+    }));
+    assert!(matches!(events.recv().await, Some(Event::Message(m)) if m.seq == sent.seq));
     assert_eq!(client.positions()[0].last_seq, Seq::new(4));
 }
 

@@ -316,8 +316,20 @@ fn duplicate_messages_are_dropped() {
     );
 }
 
+/// Our own message, as every session of the sender gets it (PROTOCOL "Sending messages" 5).
+fn own_message(conversation: ConversationId, n: u64) -> ServerFrame {
+    match message(conversation, n) {
+        ServerFrame::Message(mut m) => {
+            m.sender_id = user(1);
+            m.recipient_id = user(2).into();
+            ServerFrame::Message(m)
+        }
+        _ => unreachable!(),
+    }
+}
+
 #[test]
-fn positions_follow_messages_and_our_own_sents() {
+fn positions_follow_messages_our_own_included_not_sents() {
     let resume = [ResumePosition {
         conversation_id: conv(1),
         last_seq: Some(seq(10)),
@@ -327,6 +339,12 @@ fn positions_follow_messages_and_our_own_sents() {
     s.send(send(msg_id(1), "mine"), "a", t0).unwrap();
     s.handle_frame(ServerFrame::Sent(sent_frame(msg_id(1), conv(1), 12)), t0);
     s.handle_frame(message(conv(2), 3), t0);
+    assert_eq!(
+        s.position(conv(1)),
+        Some(seq(11)),
+        "a Sent does not move the position"
+    );
+    s.handle_frame(own_message(conv(1), 12), t0);
     assert_eq!(
         s.positions(),
         vec![
@@ -340,6 +358,38 @@ fn positions_follow_messages_and_our_own_sents() {
             },
         ]
     );
+}
+
+#[test]
+fn our_own_message_after_its_sent_is_an_event_not_a_duplicate() {
+    // Regression: the Sent used to move the position, so the Message that followed it was
+    // dropped as a duplicate and the sender's Events never showed its own message.
+    let (mut s, t0) = open(settings(), &[]);
+    s.send(send(msg_id(1), "mine"), "a", t0).unwrap();
+    let sent = sent_frame(msg_id(1), conv(1), 1);
+    s.handle_frame(ServerFrame::Sent(sent), t0);
+    s.handle_frame(own_message(conv(1), 1), t0);
+    let ServerFrame::Message(own) = own_message(conv(1), 1) else {
+        unreachable!()
+    };
+    assert_eq!(
+        outputs(&mut s),
+        vec![
+            Output::SendDone("a", Ok(sent)),
+            Output::Event(Event::Message(own))
+        ]
+    );
+    // Before its Sent, too: the Sent still resolves the send.
+    s.send(send(msg_id(2), "again"), "b", t0).unwrap();
+    s.handle_frame(own_message(conv(1), 2), t0);
+    let sent = sent_frame(msg_id(2), conv(1), 2);
+    s.handle_frame(ServerFrame::Sent(sent), t0);
+    let out = outputs(&mut s);
+    assert!(
+        matches!(&out[..], [Output::Event(Event::Message(m)), Output::SendDone("b", Ok(_))] if m.seq == seq(2)),
+        "{out:?}"
+    );
+    assert_eq!(s.position(conv(1)), Some(seq(2)));
 }
 
 // ---------------------------------------------------------------- auto-ack
@@ -373,26 +423,26 @@ fn auto_ack_coalesces_a_batch_into_one_ack_per_conversation() {
 fn auto_ack_acks_only_the_contiguous_position() {
     let (mut s, t0) = open(settings(), &[]);
     s.handle_frame(message(conv(1), 1), t0);
-    s.handle_frame(message(conv(1), 3), t0); // 2 is our own message, its Sent still to come
+    s.handle_frame(message(conv(1), 3), t0); // 2 is our own message, still to come
     s.handle_timeout(t0 + ms(50));
     assert_eq!(sent_frames(&mut s), vec![ack(conv(1), 1)]);
 
-    s.send(send(msg_id(1), "two"), "a", t0 + ms(60)).unwrap();
-    sent_frames(&mut s);
-    s.handle_frame(
-        ServerFrame::Sent(sent_frame(msg_id(1), conv(1), 2)),
-        t0 + ms(70),
-    );
+    s.handle_frame(own_message(conv(1), 2), t0 + ms(70));
     s.handle_timeout(t0 + ms(120));
-    assert_eq!(sent_frames(&mut s), vec![ack(conv(1), 3)]);
+    assert_eq!(
+        sent_frames(&mut s),
+        vec![ack(conv(1), 3)],
+        "our own message released 3"
+    );
 }
 
 #[test]
-fn our_own_sends_are_not_acked() {
+fn our_own_messages_are_not_acked() {
     let (mut s, t0) = open(settings(), &[]);
     s.send(send(msg_id(1), "mine"), "a", t0).unwrap();
     sent_frames(&mut s);
     s.handle_frame(ServerFrame::Sent(sent_frame(msg_id(1), conv(1), 1)), t0);
+    s.handle_frame(own_message(conv(1), 1), t0);
     // The only timer left is the heartbeat.
     assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(15)));
 }
@@ -547,5 +597,37 @@ fn receipts_typing_and_presence_are_events() {
             Output::Event(Event::Typing(typing)),
             Output::Event(Event::Presence(presence)),
         ]
+    );
+}
+
+#[test]
+fn a_transport_failure_after_closing_reports_the_closing_code() {
+    // WebTransport stacks may fail the connection their own way after the server's Closing;
+    // the code the server gave is still what the caller sees.
+    let (mut s, t0) = open(settings(), &[]);
+    s.handle_frame(closing(ErrorCode::Unauthenticated), t0);
+    s.handle_disconnect(Disconnect::Transport("connection lost".into()));
+    let out = outputs(&mut s);
+    assert_eq!(
+        out.last(),
+        Some(&Output::Event(Event::Disconnected(Disconnect::Server {
+            code: Some(ErrorCode::Unauthenticated),
+            reason: "unauthenticated".into()
+        })))
+    );
+}
+
+#[test]
+fn only_typing_is_an_ephemeral_transmit() {
+    let (mut s, t0) = open(settings(), &[]);
+    s.typing(conv(1), TypingState::Started, t0).unwrap();
+    s.send(send(msg_id(1), "one"), "a", t0).unwrap();
+    s.read(conv(1), seq(1), t0).unwrap();
+    let kinds: Vec<_> = std::iter::from_fn(|| s.poll_transmit_frame())
+        .map(|t| (ClientFrame::decode(t.body).unwrap().kind(), t.ephemeral))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![("typing", true), ("send", false), ("read", false)]
     );
 }

@@ -11,28 +11,33 @@
 //! keeps draining the server: a client that stops reading while it writes can deadlock
 //! against a server doing the same.
 //!
-//! Adding a transport (WebTransport is next: the gateway's `/v1/rt` is being built): write
-//! `webtransport.rs` with `connect(config) -> Result<(Sink, Stream), ConnectError>`, add a
-//! variant to [`FrameSink`], [`FrameStream`] and `config::Transport`, and one arm to each
-//! `match` below. Its stream half reads varint length-delimited frames exactly as
-//! `quic::Stream` does; the session close code is the QUIC application code.
+//! Three transports: `quic` (native, ALPN `haberci/1`), `webtransport` (HTTP/3 CONNECT on
+//! `/v1/rt`; the same stream framing as `quic`, whose connection and stream halves it reuses,
+//! plus datagrams) and `websocket`. Adding one: a module with
+//! `connect(..) -> Result<(Sink, Stream), ConnectError>`, a variant in [`FrameSink`],
+//! [`FrameStream`] and `config::Transport`, and one arm in each `match` below.
+//!
+//! Ephemeral frames ([`Transmit::ephemeral`]: typing) go as datagrams where the transport has
+//! them (WebTransport); everywhere else they are ordinary frames on the stream.
 
 use bytes::Bytes;
 use haberci_wire::ServerFrame;
 
 use crate::config::{ClientConfig, Transport};
 use crate::error::{ConnectError, Disconnect};
+use crate::session::Transmit;
 
 #[cfg(test)]
 pub(crate) mod memory;
 pub(crate) mod quic;
 mod tls;
 pub(crate) mod websocket;
-// WebTransport: `mod webtransport;` goes here.
+pub(crate) mod webtransport;
 
 /// Frame bodies out, in order.
 pub(crate) enum FrameSink {
     Quic(quic::Sink),
+    WebTransport(webtransport::Sink),
     WebSocket(websocket::Sink),
     /// Unit tests of the driver: frames through channels, on tokio's paused clock.
     #[cfg(test)]
@@ -43,6 +48,7 @@ pub(crate) enum FrameSink {
 pub(crate) enum FrameStream {
     // Boxed: the QUIC half carries its decoder and quinn handles inline.
     Quic(Box<quic::Stream>),
+    WebTransport(Box<webtransport::Stream>),
     WebSocket(websocket::Stream),
     #[cfg(test)]
     Memory(memory::Stream),
@@ -63,6 +69,15 @@ pub(crate) async fn connect(
                 quic::connect(addr, &server_name, tls, config.quic_endpoint.clone()).await?;
             Ok((FrameSink::Quic(sink), FrameStream::Quic(Box::new(stream))))
         }
+        Transport::WebTransport { url } => {
+            let tls = tls::client_config(roots, b"h3", true)?;
+            let (sink, stream) =
+                webtransport::connect(url, &server_name, tls, config.quic_endpoint.clone()).await?;
+            Ok((
+                FrameSink::WebTransport(sink),
+                FrameStream::WebTransport(Box::new(stream)),
+            ))
+        }
         Transport::WebSocket { url } => {
             let tls = tls::client_config(roots, b"http/1.1", false)?;
             let (sink, stream) = websocket::connect(url, &server_name, tls).await?;
@@ -76,9 +91,20 @@ impl FrameSink {
     pub(crate) async fn send_body(&mut self, body: Bytes) -> Result<(), Disconnect> {
         match self {
             FrameSink::Quic(sink) => sink.send_body(body).await,
+            FrameSink::WebTransport(sink) => sink.send_body(body).await,
             FrameSink::WebSocket(sink) => sink.send_body(body).await,
             #[cfg(test)]
             FrameSink::Memory(sink) => sink.send_body(body),
+        }
+    }
+
+    /// Writes one frame: an ephemeral one as a datagram where the transport has them.
+    pub(crate) async fn send(&mut self, transmit: Transmit) -> Result<(), Disconnect> {
+        match self {
+            FrameSink::WebTransport(sink) if transmit.ephemeral => {
+                sink.send_ephemeral(transmit.body).await
+            }
+            _ => self.send_body(transmit.body).await,
         }
     }
 
@@ -86,6 +112,7 @@ impl FrameSink {
     pub(crate) async fn close(self) {
         match self {
             FrameSink::Quic(sink) => sink.close().await,
+            FrameSink::WebTransport(sink) => sink.close().await,
             FrameSink::WebSocket(sink) => sink.close().await,
             #[cfg(test)]
             FrameSink::Memory(_) => {}
@@ -100,6 +127,7 @@ impl FrameStream {
     pub(crate) async fn recv_frame(&mut self) -> Result<ServerFrame, Disconnect> {
         match self {
             FrameStream::Quic(stream) => stream.recv_frame().await,
+            FrameStream::WebTransport(stream) => stream.recv_frame().await,
             FrameStream::WebSocket(stream) => stream.recv_frame().await,
             #[cfg(test)]
             FrameStream::Memory(stream) => stream.recv_frame().await,
@@ -110,6 +138,7 @@ impl FrameStream {
     pub(crate) fn set_max_frame_size(&mut self, max: usize) {
         match self {
             FrameStream::Quic(stream) => stream.set_max_frame_size(max),
+            FrameStream::WebTransport(stream) => stream.set_max_frame_size(max),
             FrameStream::WebSocket(stream) => stream.set_max_frame_size(max),
             #[cfg(test)]
             FrameStream::Memory(_) => {}

@@ -40,11 +40,64 @@ pub(crate) async fn connect(
     shared_endpoint: Option<quinn::Endpoint>,
 ) -> Result<(Sink, Stream), ConnectError> {
     let (host, port) = split_host_port(addr)?;
+    let dialed = dial(host, port, server_name, tls, shared_endpoint).await?;
+    // The stream exists for the server once Hello is written on it.
+    let (send, recv) = dialed
+        .connection
+        .open_bi()
+        .await
+        .map_err(|err| ConnectError::transport("cannot open the QUIC stream", err))?;
+    Ok(dialed.into_halves(send, recv))
+}
+
+/// A QUIC connection, handshake done, and the endpoint it lives on.
+pub(crate) struct Dialed {
+    pub(crate) connection: quinn::Connection,
+    pub(crate) endpoint: quinn::Endpoint,
+    /// The endpoint was bound for this connection alone.
+    pub(crate) owned: bool,
+}
+
+impl Dialed {
+    /// The two halves over the connection's frame stream (`send`, `recv`).
+    pub(crate) fn into_halves(
+        self,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) -> (Sink, Stream) {
+        let sink = Sink {
+            send,
+            connection: self.connection.clone(),
+            owned_endpoint: self.owned.then(|| self.endpoint.clone()),
+            buf: BytesMut::new(),
+        };
+        let stream = Stream {
+            recv,
+            connection: self.connection,
+            _endpoint: self.endpoint,
+            decoder: FrameDecoder::new(haberci_wire::DEFAULT_MAX_FRAME_SIZE),
+            ready: VecDeque::new(),
+            finished: false,
+            ended: None,
+        };
+        (sink, stream)
+    }
+}
+
+/// Resolves `host`, binds a UDP socket unless one is shared, and completes the QUIC
+/// handshake (ALPN as `tls` offers it). Shared by native QUIC and WebTransport.
+pub(crate) async fn dial(
+    host: &str,
+    port: u16,
+    server_name: &str,
+    tls: rustls::ClientConfig,
+    shared_endpoint: Option<quinn::Endpoint>,
+) -> Result<Dialed, ConnectError> {
     let target: SocketAddr = tokio::net::lookup_host((host, port))
         .await
         .map_err(|err| ConnectError::transport("cannot resolve the QUIC address", err))?
         .next()
-        .ok_or_else(|| ConnectError::Config(format!("{addr} resolves to no address")))?;
+        .ok_or_else(|| ConnectError::Config(format!("{host}:{port} resolves to no address")))?;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|err| ConnectError::Config(format!("TLS settings unusable for QUIC: {err}")))?;
     let client_config = quinn::ClientConfig::new(Arc::new(crypto));
@@ -66,27 +119,11 @@ pub(crate) async fn connect(
         .map_err(|err| ConnectError::transport("cannot start the QUIC handshake", err))?
         .await
         .map_err(|err| ConnectError::transport("QUIC handshake failed", err))?;
-    // The stream exists for the server once Hello is written on it.
-    let (send, recv) = connection
-        .open_bi()
-        .await
-        .map_err(|err| ConnectError::transport("cannot open the QUIC stream", err))?;
-    let sink = Sink {
-        send,
-        connection: connection.clone(),
-        owned_endpoint: owned.then(|| endpoint.clone()),
-        buf: BytesMut::new(),
-    };
-    let stream = Stream {
-        recv,
+    Ok(Dialed {
         connection,
-        _endpoint: endpoint,
-        decoder: FrameDecoder::new(haberci_wire::DEFAULT_MAX_FRAME_SIZE),
-        ready: VecDeque::new(),
-        finished: false,
-        ended: None,
-    };
-    Ok((sink, stream))
+        endpoint,
+        owned,
+    })
 }
 
 pub(crate) struct Sink {
@@ -207,7 +244,7 @@ impl Stream {
 }
 
 /// How a QUIC connection ended, in the protocol's terms.
-fn disconnect_from(err: ConnectionError) -> Disconnect {
+pub(crate) fn disconnect_from(err: ConnectionError) -> Disconnect {
     match err {
         ConnectionError::ApplicationClosed(close) => {
             let code = close.error_code.into_inner();
@@ -226,7 +263,7 @@ fn disconnect_from(err: ConnectionError) -> Disconnect {
 }
 
 /// Protobuf's base-128 varint, as the length prefix of a stream frame.
-fn put_varint(buf: &mut BytesMut, mut value: u64) {
+pub(crate) fn put_varint(buf: &mut BytesMut, mut value: u64) {
     while value >= 0x80 {
         buf.put_u8((value as u8 & 0x7f) | 0x80);
         value >>= 7;

@@ -30,6 +30,11 @@ async fn quic_connects_is_welcomed_and_pongs() {
 }
 
 #[tokio::test]
+async fn webtransport_connects_is_welcomed_and_pongs() {
+    is_welcomed_and_pongs(Kind::WebTransport).await;
+}
+
+#[tokio::test]
 async fn websocket_connects_is_welcomed_and_pongs() {
     is_welcomed_and_pongs(Kind::WebSocket).await;
 }
@@ -51,6 +56,11 @@ async fn quic_bad_token_is_refused_with_unauthenticated() {
 }
 
 #[tokio::test]
+async fn webtransport_bad_token_is_refused_with_unauthenticated() {
+    bad_token_is_refused(Kind::WebTransport).await;
+}
+
+#[tokio::test]
 async fn websocket_bad_token_is_refused_with_unauthenticated() {
     bad_token_is_refused(Kind::WebSocket).await;
 }
@@ -59,7 +69,7 @@ async fn websocket_bad_token_is_refused_with_unauthenticated() {
 async fn an_untrusted_certificate_fails_the_transport_handshake() {
     let stack = support::start().await;
     let user = support::register(&stack).await;
-    for kind in [Kind::Quic, Kind::WebSocket] {
+    for kind in Kind::ALL {
         let mut config = stack.config(kind, &user.token);
         // A CA that never signed the gateway's certificate.
         let other = tempfile::tempdir().unwrap();
@@ -96,6 +106,35 @@ async fn a_quic_address_without_a_port_is_a_config_error() {
     let mut config = stack.config(Kind::Quic, "token");
     config.transport = haberci_client::Transport::Quic {
         addr: "localhost".into(),
+    };
+    let err = Client::connect(config).await.unwrap_err();
+    assert!(matches!(err, ConnectError::Config(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_webtransport_connect_to_another_path_is_refused_with_its_http_status() {
+    let stack = support::start().await;
+    let user = support::register(&stack).await;
+    let mut config = stack.config(Kind::WebTransport, &user.token);
+    config.transport = haberci_client::Transport::WebTransport {
+        url: format!(
+            "https://localhost:{}/v1/elsewhere",
+            stack.gateway_udp.port()
+        ),
+    };
+    let err = Client::connect(config).await.unwrap_err();
+    assert!(
+        matches!(err, ConnectError::Upgrade { status: 404 }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_webtransport_url_that_is_not_https_is_a_config_error() {
+    let stack = support::start().await;
+    let mut config = stack.config(Kind::WebTransport, "token");
+    config.transport = haberci_client::Transport::WebTransport {
+        url: format!("http://localhost:{}/v1/rt", stack.gateway_udp.port()),
     };
     let err = Client::connect(config).await.unwrap_err();
     assert!(matches!(err, ConnectError::Config(_)), "{err:?}");

@@ -22,8 +22,11 @@ async fn server_shutdown_yields_closing_then_disconnected(kind: Kind) {
         other => panic!("expected Closing, got {other:?}"),
     }
     match next_event(&mut events).await {
-        Some(Event::Disconnected(Disconnect::Server { code, .. })) => {
-            assert_eq!(code, Some(ErrorCode::ServerDraining))
+        Some(Event::Disconnected(Disconnect::Server { code, reason })) => {
+            assert_eq!(code, Some(ErrorCode::ServerDraining));
+            // The transport's own close carried the code (its reason is the code's name),
+            // not only the Closing frame (whose reason is a sentence).
+            assert_eq!(reason, "server_draining", "{kind:?}");
         }
         other => panic!("expected Disconnected, got {other:?}"),
     }
@@ -39,6 +42,11 @@ async fn server_shutdown_yields_closing_then_disconnected(kind: Kind) {
 #[tokio::test]
 async fn quic_server_shutdown_yields_closing_then_disconnected() {
     server_shutdown_yields_closing_then_disconnected(Kind::Quic).await;
+}
+
+#[tokio::test]
+async fn webtransport_server_shutdown_yields_closing_then_disconnected() {
+    server_shutdown_yields_closing_then_disconnected(Kind::WebTransport).await;
 }
 
 #[tokio::test]
@@ -69,6 +77,11 @@ async fn close_ends_events_with_a_local_disconnect(kind: Kind) {
 #[tokio::test]
 async fn quic_close_ends_events_with_a_local_disconnect() {
     close_ends_events_with_a_local_disconnect(Kind::Quic).await;
+}
+
+#[tokio::test]
+async fn webtransport_close_ends_events_with_a_local_disconnect() {
+    close_ends_events_with_a_local_disconnect(Kind::WebTransport).await;
 }
 
 #[tokio::test]
@@ -144,11 +157,10 @@ async fn a_reconnect_after_refresh_auth_uses_the_new_token() {
     );
 }
 
-#[tokio::test]
-async fn refresh_auth_with_another_sessions_token_closes_with_unauthenticated() {
+async fn refresh_auth_with_another_sessions_token_closes_with_unauthenticated(kind: Kind) {
     let stack = support::start().await;
     let user = support::register(&stack).await;
-    let (client, mut events) = Client::connect(stack.config(Kind::Quic, &user.token))
+    let (client, mut events) = Client::connect(stack.config(kind, &user.token))
         .await
         .unwrap();
     // Another login: a token for the same user, but another session.
@@ -165,4 +177,14 @@ async fn refresh_auth_with_another_sessions_token_closes_with_unauthenticated() 
             ..
         }))
     ));
+}
+
+#[tokio::test]
+async fn quic_refresh_auth_with_another_sessions_token_closes_with_unauthenticated() {
+    refresh_auth_with_another_sessions_token_closes_with_unauthenticated(Kind::Quic).await;
+}
+
+#[tokio::test]
+async fn webtransport_refresh_auth_with_another_sessions_token_closes_with_unauthenticated() {
+    refresh_auth_with_another_sessions_token_closes_with_unauthenticated(Kind::WebTransport).await;
 }

@@ -1,11 +1,7 @@
-//! Sending: the answer to each `Send` reaches the caller that sent it.
-//!
-//! Today the gateway answers every `Send` with `Error{unavailable}` naming its
-//! `client_msg_id`: the Redis relay (#6) is being built. These tests check the path an
-//! `Error` for a send takes — it resolves that send, and only that one, as
-//! `SendError::Refused` with the code — so they hold after the relay lands too, where a
-//! message to a user that does not exist is answered `unknown_recipient` on the same path.
-//! When the relay lands, add the `Sent` path here (two users, a message, its seq).
+//! Sending: the answer to each `Send` reaches the caller that sent it. A message to a user
+//! that does not exist is answered `Error{unknown_recipient}` naming its `client_msg_id`
+//! (by the worker, through the relay): it resolves that send, and only that one, as
+//! `SendError::Refused` with the code. The `Sent` path is in `messaging.rs`.
 
 use futures::future::join_all;
 use haberci_client::{Client, ErrorCode, SendError, UserId};
@@ -19,10 +15,7 @@ fn nobody() -> UserId {
 
 fn assert_refused(result: Result<haberci_client::Sent, SendError>) {
     match result {
-        Err(SendError::Refused { code, .. }) => assert!(
-            matches!(code, ErrorCode::Unavailable | ErrorCode::UnknownRecipient),
-            "{code:?}"
-        ),
+        Err(SendError::Refused { code, .. }) => assert_eq!(code, ErrorCode::UnknownRecipient),
         other => panic!("expected Refused, got {other:?}"),
     }
 }
@@ -48,6 +41,11 @@ async fn an_error_naming_a_send_resolves_it_as_refused(kind: Kind) {
 #[tokio::test]
 async fn quic_an_error_naming_a_send_resolves_it_as_refused() {
     an_error_naming_a_send_resolves_it_as_refused(Kind::Quic).await;
+}
+
+#[tokio::test]
+async fn webtransport_an_error_naming_a_send_resolves_it_as_refused() {
+    an_error_naming_a_send_resolves_it_as_refused(Kind::WebTransport).await;
 }
 
 #[tokio::test]

@@ -1,6 +1,10 @@
-//! A real gateway in-process on ephemeral ports, in front of a real backend API on the
-//! Postgres, PgBouncer and Redis of the running dev stack; users registered through the API.
-//! The minimum of gateway/tests/it/support.rs and native.rs that these tests need.
+//! The whole stack in-process, on ephemeral ports, against the Postgres, PgBouncer and Redis of
+//! the running dev stack: the real backend API (internal API enabled), a message worker, and a
+//! gateway with the relay on. Users are registered through the API.
+//!
+//! Each stack has its own stream prefix, shared by its worker and gateway, so tests running at
+//! once never read each other's stream entries (pub/sub channels are per user and conversation,
+//! and every test has its own users).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,11 +28,21 @@ pub fn env(key: &str) -> String {
     })
 }
 
-/// Both transports, for tests that must hold on each.
+/// The backend's internal API secret, shared by the stack's backend and gateway.
+pub const INTERNAL_TOKEN: &str = "client-it-internal-token-0123456789abcdef";
+/// Stream shards of the stack's worker and gateway (they must agree).
+const STREAM_SHARDS: u16 = 2;
+
+/// The three transports, for tests that must hold on each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Quic,
+    WebTransport,
     WebSocket,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Quic, Kind::WebTransport, Kind::WebSocket];
 }
 
 pub struct Stack {
@@ -40,6 +54,8 @@ pub struct Stack {
     _gateway: Gateway,
     _dir: tempfile::TempDir,
     shutdown: Shutdown,
+    /// Stops the backend API and the worker.
+    backend_shutdown: Shutdown,
 }
 
 impl Stack {
@@ -54,6 +70,13 @@ impl Stack {
             Kind::Quic => Transport::Quic {
                 addr: format!("localhost:{}", self.gateway_udp.port()),
             },
+            Kind::WebTransport => Transport::WebTransport {
+                url: format!(
+                    "https://localhost:{}{}",
+                    self.gateway_udp.port(),
+                    haberci_wire::WEBTRANSPORT_PATH
+                ),
+            },
             Kind::WebSocket => Transport::WebSocket {
                 url: format!("wss://localhost:{}/v1/ws", self.gateway_tcp.port()),
             },
@@ -67,22 +90,32 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        self.backend_shutdown.cancel();
     }
 }
 
-/// A gateway whose access-token keys are loaded from a real backend.
+/// The backend API, a worker and a gateway relaying to it; the gateway has loaded the
+/// backend's access-token keys.
 pub async fn start() -> Stack {
     haberci_kit::crypto::install_crypto_provider();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("HABERCI_LOG"))
         .with_test_writer()
         .try_init();
-    let backend = spawn_real_backend().await;
+    let backend_shutdown = Shutdown::new();
+    let backend = spawn_real_backend(&backend_shutdown).await;
+    let stream_prefix = format!("client-it:{}:in:", uuid::Uuid::new_v4().simple());
+    spawn_worker(&stream_prefix, &backend_shutdown);
     let dir = tempfile::tempdir().unwrap();
     let certs = CertPaths::new(dir.path());
     haberci_certs::ensure(&certs, time::OffsetDateTime::now_utc()).unwrap();
     let shutdown = Shutdown::new();
-    let config = GatewayConfig::for_tests(dir.path(), format!("http://{backend}").parse().unwrap());
+    let mut config =
+        GatewayConfig::for_tests(dir.path(), format!("http://{backend}").parse().unwrap());
+    config.redis_url = Some(env("HABERCI_TEST_REDIS_URL"));
+    config.internal_token = Some(INTERNAL_TOKEN.into());
+    config.stream_prefix = stream_prefix;
+    config.stream_shards = STREAM_SHARDS;
     let gateway = Gateway::start(config, shutdown.clone()).await.unwrap();
     tokio::time::timeout(TIMEOUT, gateway.keys.loaded())
         .await
@@ -95,10 +128,29 @@ pub async fn start() -> Stack {
         _gateway: gateway,
         _dir: dir,
         shutdown,
+        backend_shutdown,
     }
 }
 
-async fn spawn_real_backend() -> SocketAddr {
+/// A message worker in this process, on the stack's own streams.
+fn spawn_worker(stream_prefix: &str, shutdown: &Shutdown) {
+    let db = haberci_backend::db::connect_pool(&env("HABERCI_TEST_DATABASE_URL"), 4).unwrap();
+    let settings = haberci_backend::config::MessagingSettings {
+        shards: STREAM_SHARDS,
+        stream_prefix: stream_prefix.to_owned(),
+        // Bounds how long the worker outlives its stack.
+        block: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let (url, stop) = (env("HABERCI_TEST_REDIS_URL"), shutdown.clone());
+    tokio::spawn(async move {
+        if let Err(err) = haberci_backend::messaging::run(db, &url, settings, stop).await {
+            panic!("the worker failed: {err}");
+        }
+    });
+}
+
+async fn spawn_real_backend(shutdown: &Shutdown) -> SocketAddr {
     let db = haberci_backend::db::connect_pool(&env("HABERCI_TEST_DATABASE_URL"), 4).unwrap();
     let redis = haberci_backend::redis::connect(&env("HABERCI_TEST_REDIS_URL")).unwrap();
     // Every request comes from 127.0.0.1, so the rate limits are generous here.
@@ -106,13 +158,15 @@ async fn spawn_real_backend() -> SocketAddr {
     settings.auth.limits = haberci_backend::config::RateLimits::uniform(
         haberci_backend::config::Rate::new(100_000, Duration::from_secs(60)),
     );
+    settings.internal_token =
+        Some(haberci_backend::config::InternalToken::new(INTERNAL_TOKEN).unwrap());
     let keys = haberci_token::KeySet::generate("client-test").unwrap();
     let app = haberci_backend::api::app(haberci_backend::api::AppState::new(
         db, redis, settings, keys,
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(haberci_backend::api::serve(listener, app, Shutdown::new()));
+    tokio::spawn(haberci_backend::api::serve(listener, app, shutdown.clone()));
     addr
 }
 
@@ -173,6 +227,30 @@ pub async fn login(stack: &Stack, user: &User) -> String {
 }
 
 async fn post_json(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
+    post_json_as(addr, path, body, None).await
+}
+
+/// Creates a group owned by `owner` with `members` over the HTTP API (`POST /v1/groups`);
+/// returns its id (the group's conversation id).
+pub async fn create_group(stack: &Stack, owner: &User, members: &[&User]) -> uuid::Uuid {
+    let ids: Vec<String> = members.iter().map(|m| m.id.to_string()).collect();
+    let (status, body) = post_json_as(
+        stack.backend,
+        "/v1/groups",
+        json!({ "name": "client-it", "memberIds": ids }),
+        Some(&owner.token),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    body["id"].as_str().unwrap().parse().unwrap()
+}
+
+async fn post_json_as(
+    addr: SocketAddr,
+    path: &str,
+    body: Value,
+    token: Option<&str>,
+) -> (u16, Value) {
     tokio::time::timeout(TIMEOUT, async {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (mut sender, conn) =
@@ -180,9 +258,13 @@ async fn post_json(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
                 .await
                 .unwrap();
         tokio::spawn(conn);
-        let request = http::Request::post(format!("http://{addr}{path}"))
+        let mut request = http::Request::post(format!("http://{addr}{path}"))
             .header("host", addr.to_string())
-            .header("content-type", "application/json")
+            .header("content-type", "application/json");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request
             .body(Full::new(Bytes::from(body.to_string())))
             .unwrap();
         let response = sender.send_request(request).await.unwrap();
