@@ -3,7 +3,7 @@
 //! docs/PROTOCOL.md. The contract is in interop.py's module docs; in short:
 //!
 //! ```text
-//! {"id":1,"op":"connect","transport":"websocket|quic","host":"localhost","tcpPort":8443,
+//! {"id":1,"op":"connect","transport":"websocket|quic|webtransport","host":"localhost","tcpPort":8443,
 //!  "udpPort":4433,"ca":"…/ca.pem","token":"<jwt>","resume":[…]}   → {"id":1,"ok":true,"frame":{welcome}}
 //! {"id":2,"op":"send","frame":{"kind":"send",…}}                   → {"id":2,"ok":true}
 //! {"id":3,"op":"expect","match":[{…}],"timeoutMs":10000}           → {"id":3,"ok":true,"frame":{…}}
@@ -103,6 +103,9 @@ impl Peer {
             },
             "quic" => Transport::Quic {
                 addr: format!("{host}:{}", request["udpPort"]),
+            },
+            "webtransport" => Transport::WebTransport {
+                url: format!("https://{host}:{}/v1/rt", request["udpPort"]),
             },
             other => {
                 return json!({"ok": false, "error": format!("transport {other} is not offered by this peer")});

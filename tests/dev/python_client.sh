@@ -52,7 +52,7 @@ else
   # per transport it offers: Python and Rust clients talk to each other through the gateway.
   cargo build -q -p haberci-client --example interop_peer
   peer="${CARGO_TARGET_DIR:-$ROOT/target}/debug/examples/interop_peer"
-  for transport in websocket quic; do
+  for transport in websocket quic webtransport; do
     echo "interop with the Rust client as Bob over $transport"
     "$PY" tests/python/interop.py "${args[@]}" --b-transport "$transport" --peer-cmd "$peer"
   done
