@@ -47,7 +47,11 @@ pub(crate) async fn connect(
         .open_bi()
         .await
         .map_err(|err| ConnectError::transport("cannot open the QUIC stream", err))?;
-    Ok(dialed.into_halves(send, recv))
+    let (sink, mut stream) = dialed.into_halves(send, recv);
+    // Native QUIC: the server may send typing and presence as bare datagrams (one frame body
+    // each). WebTransport reads its own datagrams (they carry an HTTP/3 header).
+    stream.native_datagrams = true;
+    Ok((sink, stream))
 }
 
 /// A QUIC connection, handshake done, and the endpoint it lives on.
@@ -79,6 +83,7 @@ impl Dialed {
             ready: VecDeque::new(),
             finished: false,
             ended: None,
+            native_datagrams: false,
         };
         (sink, stream)
     }
@@ -171,6 +176,8 @@ pub(crate) struct Stream {
     finished: bool,
     /// Why no more frames will come, once known (frames in `ready` still go first).
     ended: Option<Disconnect>,
+    /// Read the connection's datagrams as frames too (native QUIC only).
+    native_datagrams: bool,
 }
 
 impl Stream {
@@ -205,7 +212,24 @@ impl Stream {
                 self.ended = Some(reason);
                 continue;
             }
-            match self.recv.read_chunk(READ_CHUNK, true).await {
+            let read = tokio::select! {
+                read = self.recv.read_chunk(READ_CHUNK, true) => read,
+                datagram = self.connection.read_datagram(), if self.native_datagrams => {
+                    match datagram {
+                        Ok(payload) => {
+                            // Ephemeral: one that does not decode is dropped, not fatal.
+                            match haberci_wire::datagram::decode::<ServerFrame>(payload, self.decoder.max_frame_size()) {
+                                Ok(frame) => return Ok(frame),
+                                Err(err) => tracing::debug!(%err, "undecodable datagram dropped"),
+                            }
+                            continue;
+                        }
+                        // The connection is gone: the stream read reports how.
+                        Err(_) => self.recv.read_chunk(READ_CHUNK, true).await,
+                    }
+                }
+            };
+            match read {
                 Ok(Some(chunk)) => self.decode(chunk.bytes),
                 Ok(None) => {
                     if let Err(err) = self.decoder.finish() {
