@@ -82,6 +82,10 @@ pub enum Job {
         drain_ms: u64,
         /// Message content size (the stamp plus padding).
         content_bytes: usize,
+        /// Marks this run's messages: the server may replay messages of an earlier run that
+        /// were delivered but not yet acked when it ended (resume from the server's
+        /// watermark), and those must not count as duplicates or reorderings.
+        run_id: u64,
     },
 }
 
@@ -125,6 +129,8 @@ pub struct ShardResult {
     pub lost: u64,
     /// Delivered but not ours or unparsable (must be 0).
     pub unexpected: u64,
+    /// Messages of an earlier run, replayed because their ack had not reached the server.
+    pub stale: u64,
     /// Send → deliver, µs buckets.
     pub latency: Buckets,
     /// Unix ns of the first send and the last delivery.

@@ -210,8 +210,8 @@ pub fn chat_markdown(
     );
     let _ = writeln!(
         md,
-        "| connect failed / dropped | {} / {} |\n",
-        f.connect_failed, f.disconnected
+        "| connect failed / dropped / replayed from earlier runs | {} / {} / {} |\n",
+        f.connect_failed, f.disconnected, f.stale
     );
     md.push_str(LATENCY_HEADER);
     latency_row(&mut md, "**send → deliver**", &f.latency);

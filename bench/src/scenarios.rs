@@ -308,6 +308,8 @@ pub struct ChatFigures {
     pub duplicates: u64,
     pub out_of_order: u64,
     pub unexpected: u64,
+    /// Messages of earlier runs replayed at connect (not acked before those runs closed).
+    pub stale: u64,
     pub disconnected: u64,
     pub latency: Summary,
     /// Deliveries / (last delivery − first send).
@@ -338,7 +340,7 @@ pub async fn chat(args: ChatArgs) -> anyhow::Result<bool> {
     if args.users < 2 || args.users % 2 != 0 {
         bail!("--users must be even and at least 2 (half send, half receive)");
     }
-    if !(args.rate > 0.0) {
+    if !args.rate.is_finite() || args.rate <= 0.0 {
         bail!("--rate must be positive");
     }
     let started_at = report::now();
@@ -388,6 +390,9 @@ pub async fn chat(args: ChatArgs) -> anyhow::Result<bool> {
         })
         .collect();
     let common = common(target, shards_n, run_time + DEADLINE_SLACK);
+    let run_id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     let chunk = pairs.len().div_ceil(shards_n).max(1);
     let jobs = pairs
         .chunks(chunk)
@@ -397,6 +402,7 @@ pub async fn chat(args: ChatArgs) -> anyhow::Result<bool> {
             duration_ms: (duration_s * 1000.0) as u64,
             drain_ms: args.drain * 1000,
             content_bytes: args.content_bytes,
+            run_id,
         })
         .collect();
     let mut shards = Shards::start(jobs).await?;
@@ -463,6 +469,7 @@ pub async fn chat(args: ChatArgs) -> anyhow::Result<bool> {
         duplicates: sum(|r| r.duplicates),
         out_of_order: sum(|r| r.out_of_order),
         unexpected: sum(|r| r.unexpected),
+        stale: sum(|r| r.stale),
         disconnected: sum(|r| r.disconnected),
         latency: merged(&results, |r| &r.latency).summary(),
         delivered_per_sec: if span_s > 0.0 {

@@ -100,11 +100,13 @@ pub async fn run() -> anyhow::Result<()> {
                 duration_ms,
                 drain_ms,
                 content_bytes,
+                run_id,
             } => {
                 let timing = ChatTiming {
                     duration: Duration::from_millis(duration_ms),
                     drain: Duration::from_millis(drain_ms),
                     content_bytes,
+                    run_id,
                 };
                 chat_scenario(common, pairs, timing, &live, &out_tx, go).await
             }
@@ -319,6 +321,7 @@ struct ChatTiming {
     duration: Duration,
     drain: Duration,
     content_bytes: usize,
+    run_id: u64,
 }
 
 /// What a recipient saw from its one sender.
@@ -329,6 +332,7 @@ struct Inbox {
     duplicates: u64,
     out_of_order: u64,
     unexpected: u64,
+    stale: u64,
     highest: Option<u32>,
     last_ns: u64,
 }
@@ -340,23 +344,40 @@ struct Outbox {
     first_ns: u64,
 }
 
-/// The content of message `n` of pair `pair`: `pair:n:unix_ns:` then padding. The stamp is
-/// the wall clock (`CLOCK_REALTIME`), shared by every process on the machine, so a sender in
-/// one shard and a recipient in another compare it directly.
-fn content(pair: u32, n: u32, sent_ns: u64, size: usize) -> String {
-    let mut text = format!("{pair}:{n}:{sent_ns}:");
+/// What a message carries: which run, which pair, its number, and when it was sent.
+#[derive(Debug, PartialEq, Eq)]
+struct Stamp {
+    run: u64,
+    pair: u32,
+    n: u32,
+    sent_ns: u64,
+}
+
+/// The content of a message: `run:pair:n:unix_ns:` then padding. The stamp is the wall
+/// clock (`CLOCK_REALTIME`), shared by every process on the machine, so a sender in one shard
+/// and a recipient in another compare it directly.
+fn content(stamp: &Stamp, size: usize) -> String {
+    let Stamp {
+        run,
+        pair,
+        n,
+        sent_ns,
+    } = stamp;
+    let mut text = format!("{run}:{pair}:{n}:{sent_ns}:");
     if text.len() < size {
         text.extend(std::iter::repeat_n('x', size - text.len()));
     }
     text
 }
 
-fn parse_content(text: &str) -> Option<(u32, u32, u64)> {
-    let mut parts = text.splitn(4, ':');
-    let pair = parts.next()?.parse().ok()?;
-    let n = parts.next()?.parse().ok()?;
-    let ns = parts.next()?.parse().ok()?;
-    Some((pair, n, ns))
+fn parse_content(text: &str) -> Option<Stamp> {
+    let mut parts = text.splitn(5, ':');
+    Some(Stamp {
+        run: parts.next()?.parse().ok()?,
+        pair: parts.next()?.parse().ok()?,
+        n: parts.next()?.parse().ok()?,
+        sent_ns: parts.next()?.parse().ok()?,
+    })
 }
 
 fn unix_ns() -> u64 {
@@ -402,6 +423,7 @@ async fn chat_scenario(
         all_clients.push(r_client);
         all_clients.push(s_client.clone());
         inboxes.push(tokio::spawn(receive(
+            timing.run_id,
             pair.id,
             pair.messages,
             r_events,
@@ -447,6 +469,9 @@ async fn chat_scenario(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = stop_tx.send(true);
+    // Let the last coalesced acks leave before closing, so the next run is not replayed
+    // this run's tail.
+    tokio::time::sleep(haberci_client::DEFAULT_ACK_DELAY * 4).await;
     result.client_cpu_ms = cpu_ms_now(ticks) - cpu0;
     result.disconnected = live.disconnected.load(Ordering::Relaxed);
     result.first_send_ns = if first_ns == u64::MAX { 0 } else { first_ns };
@@ -457,6 +482,7 @@ async fn chat_scenario(
         result.duplicates += inbox.duplicates;
         result.out_of_order += inbox.out_of_order;
         result.unexpected += inbox.unexpected;
+        result.stale += inbox.stale;
         result.last_receive_ns = result.last_receive_ns.max(inbox.last_ns);
         result.lost += ok
             .iter()
@@ -515,7 +541,15 @@ async fn send(
                 outbox.first_ns = outbox.first_ns.min(sent_ns);
                 let message = haberci_client::text_to(
                     to,
-                    content(pair, n, sent_ns, timing.content_bytes),
+                    content(
+                        &Stamp {
+                            run: timing.run_id,
+                            pair,
+                            n,
+                            sent_ns,
+                        },
+                        timing.content_bytes,
+                    ),
                 );
                 let c = client.clone();
                 let mut fut: SendFuture = Box::pin(async move { (n, c.send(message).await) });
@@ -546,6 +580,7 @@ async fn send(
 }
 
 async fn receive(
+    run_id: u64,
     pair: u32,
     messages: u32,
     mut events: Events,
@@ -557,6 +592,13 @@ async fn receive(
         received: vec![false; messages as usize],
         ..Inbox::default()
     };
+    // Whatever came before sending started is a replay of an earlier run (messages the
+    // server had delivered but not seen acked), whatever its content.
+    while let Some(event) = events.try_recv() {
+        if let Event::Message(_) = event {
+            inbox.stale += 1;
+        }
+    }
     loop {
         let event = tokio::select! {
             event = events.recv() => event,
@@ -566,10 +608,20 @@ async fn receive(
         match event {
             Event::Message(message) => {
                 let now = unix_ns();
-                let Some((p, n, sent_ns)) = parse_content(&message.content) else {
+                let Some(Stamp {
+                    run,
+                    pair: p,
+                    n,
+                    sent_ns,
+                }) = parse_content(&message.content)
+                else {
                     inbox.unexpected += 1;
                     continue;
                 };
+                if run != run_id {
+                    inbox.stale += 1;
+                    continue;
+                }
                 if p != pair || n >= messages {
                     inbox.unexpected += 1;
                     continue;
