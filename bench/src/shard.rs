@@ -658,17 +658,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn content_carries_pair_number_and_stamp_and_is_padded() {
-        let text = content(12, 345, 1_700_000_000_123_456_789, 64);
+    fn content_carries_run_pair_number_and_stamp_and_is_padded() {
+        let stamp = Stamp {
+            run: 77,
+            pair: 12,
+            n: 345,
+            sent_ns: 1_700_000_000_123_456_789,
+        };
+        let text = content(&stamp, 64);
         assert_eq!(text.len(), 64);
-        assert_eq!(
-            parse_content(&text),
-            Some((12, 345, 1_700_000_000_123_456_789))
-        );
-        let short = content(1, 2, 3, 0);
-        assert_eq!(short, "1:2:3:");
+        assert_eq!(parse_content(&text), Some(stamp));
+        let bare = Stamp {
+            run: 0,
+            pair: 1,
+            n: 2,
+            sent_ns: 3,
+        };
+        assert_eq!(content(&bare, 0), "0:1:2:3:");
         assert_eq!(parse_content("hello"), None);
-        assert_eq!(parse_content("1:x:3:"), None);
+        assert_eq!(parse_content("0:1:x:3:"), None);
     }
 
     #[test]
