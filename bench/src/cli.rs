@@ -1,0 +1,241 @@
+//! Command-line settings, parsed (and checked) before anything connects.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use crate::protocol::TransportKind;
+use crate::servers::{Server, parse_server_pid};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "haberci-bench",
+    about = "Load tests against a running Haberci stack"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Open N sessions at a ramp rate, hold them idle, report connects/s, handshake latency
+    /// and the gateway's memory per idle connection.
+    Connect(ConnectArgs),
+    /// N users, half sending 1:1 messages to the other half at R messages/s for D seconds;
+    /// report send→deliver latency, losses, and server CPU per 1,000 deliveries.
+    Chat(ChatArgs),
+    /// (internal) A worker process started by the coordinator; reads its job on stdin.
+    #[command(hide = true)]
+    Shard {
+        /// `i/n`, for messages only.
+        #[arg(long)]
+        shard: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mix {
+    Quic,
+    Ws,
+    /// Alternate QUIC and WebSocket sessions.
+    Mix,
+}
+
+impl Mix {
+    /// The transport of the `i`-th session.
+    pub fn transport(self, i: usize) -> TransportKind {
+        match self {
+            Mix::Quic => TransportKind::Quic,
+            Mix::Ws => TransportKind::Ws,
+            Mix::Mix if i % 2 == 0 => TransportKind::Quic,
+            Mix::Mix => TransportKind::Ws,
+        }
+    }
+}
+
+/// A gateway: its QUIC (UDP) and WebSocket (TCP) addresses.
+#[derive(Clone, Debug, Serialize)]
+pub struct GatewaySpec {
+    pub quic: String,
+    pub tcp: String,
+}
+
+fn parse_gateway(text: &str) -> Result<GatewaySpec, String> {
+    let (quic, tcp) = text
+        .split_once(',')
+        .ok_or_else(|| format!("{text:?} is not QUIC_HOST:PORT,TCP_HOST:PORT"))?;
+    for part in [quic, tcp] {
+        if part
+            .rsplit_once(':')
+            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
+            return Err(format!("{part:?} is not HOST:PORT"));
+        }
+    }
+    Ok(GatewaySpec {
+        quic: quic.into(),
+        tcp: tcp.into(),
+    })
+}
+
+/// Where the stack is and how to reach and measure it; shared by every scenario.
+#[derive(Debug, Args, Serialize)]
+pub struct Target {
+    /// A gateway as `QUIC_HOST:PORT,TCP_HOST:PORT`; repeat for several (chat puts each
+    /// recipient on another gateway than its sender).
+    #[arg(long = "gateway", value_parser = parse_gateway, default_value = "localhost:4433,localhost:8443")]
+    pub gateways: Vec<GatewaySpec>,
+    /// The JSON API used to register and log in the bench users (through a gateway).
+    #[arg(
+        long,
+        default_value = "https://localhost:8443",
+        env = "HABERCI_BENCH_API"
+    )]
+    pub api: String,
+    /// The CA that signed the gateways' certificates.
+    #[arg(long, default_value = ".dev/certs/ca.pem", env = "HABERCI_BENCH_CA")]
+    pub ca: PathBuf,
+    /// The name in the gateways' certificates (TLS SNI).
+    #[arg(long, default_value = "localhost")]
+    pub server_name: String,
+    /// The dev stack's state directory: its pid files say which processes are the servers.
+    #[arg(long, default_value = ".dev", env = "HABERCI_DEV_DIR")]
+    pub dev_dir: PathBuf,
+    /// The cache of bench users (default: DEV_DIR/bench/users.json).
+    #[arg(long)]
+    pub users_file: Option<PathBuf>,
+    /// Another server process to charge, as ROLE=PID (e.g. a second gateway: gateway2=1234).
+    #[arg(long = "server-pid", value_parser = parse_server_pid)]
+    pub server_pids: Vec<Server>,
+    /// Where reports go: DIR/<date>/<scenario>-<time>.{json,md}.
+    #[arg(long, default_value = "docs/benchmarks")]
+    pub out: PathBuf,
+    /// Client processes (default: one per 8,000 sessions).
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// Transport of the sessions.
+    #[arg(long, value_enum, default_value = "quic")]
+    pub transport: Mix,
+    /// QUIC sessions sharing one UDP socket.
+    #[arg(long, default_value_t = 1000)]
+    pub sessions_per_socket: usize,
+    /// Session handshakes started per second, all shards together.
+    #[arg(long, default_value_t = 1000.0)]
+    pub ramp: f64,
+    #[arg(long, default_value_t = 10_000)]
+    pub connect_timeout_ms: u64,
+    /// Loopback source addresses for setup API calls (127.0.0.2 …).
+    #[arg(long, default_value_t = crate::users::DEFAULT_SOURCE_ADDRESSES)]
+    pub source_addresses: u8,
+    #[arg(long, default_value_t = crate::users::DEFAULT_SETUP_CONCURRENCY)]
+    pub setup_concurrency: usize,
+    /// Exit 1 unless every count adds up: no connect or send failure, nothing lost,
+    /// duplicated or out of order. (Never a timing threshold.)
+    #[arg(long)]
+    pub check: bool,
+    /// A word added to the report's file name.
+    #[arg(long)]
+    pub label: Option<String>,
+}
+
+impl Target {
+    pub fn users_file(&self) -> PathBuf {
+        self.users_file
+            .clone()
+            .unwrap_or_else(|| self.dev_dir.join("bench/users.json"))
+    }
+}
+
+#[derive(Debug, Args, Serialize)]
+pub struct ConnectArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Sessions to open.
+    #[arg(long, default_value_t = 1000)]
+    pub sessions: usize,
+    /// Seconds to hold them idle before measuring memory and closing.
+    #[arg(long, default_value_t = 10)]
+    pub hold: u64,
+}
+
+#[derive(Debug, Args, Serialize)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Connected users (half senders, half recipients).
+    #[arg(long, default_value_t = 1000)]
+    pub users: usize,
+    /// Messages per second, all senders together.
+    #[arg(long, default_value_t = 500.0)]
+    pub rate: f64,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Total messages instead of a duration (duration = messages / rate).
+    #[arg(long)]
+    pub messages: Option<u64>,
+    /// Seconds to wait for deliveries after the last send.
+    #[arg(long, default_value_t = 10)]
+    pub drain: u64,
+    /// Bytes of message content.
+    #[arg(long, default_value_t = 100)]
+    pub content_bytes: usize,
+}
+
+/// Resolves `host:port` to IPv4 (the loopback family the bench spreads over).
+pub async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("{addr:?} is not HOST:PORT"))?;
+    crate::api::resolve_v4(host.trim_matches(['[', ']']), port.parse()?).await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn gateways_parse_and_bad_ones_are_refused() {
+        let g = parse_gateway("localhost:4433,127.0.0.1:8443").unwrap();
+        assert_eq!(
+            (g.quic.as_str(), g.tcp.as_str()),
+            ("localhost:4433", "127.0.0.1:8443")
+        );
+        for bad in ["localhost:4433", "a:1,b", ":1,b:2", "a:x,b:2"] {
+            assert!(parse_gateway(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_mix_alternates() {
+        assert_eq!(Mix::Mix.transport(0), TransportKind::Quic);
+        assert_eq!(Mix::Mix.transport(1), TransportKind::Ws);
+        assert_eq!(Mix::Ws.transport(0), TransportKind::Ws);
+    }
+
+    #[test]
+    fn the_cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "haberci-bench",
+            "chat",
+            "--users",
+            "50",
+            "--messages",
+            "200",
+        ])
+        .unwrap();
+        let Command::Chat(chat) = cli.command else {
+            panic!("not chat")
+        };
+        assert_eq!((chat.users, chat.messages), (50, Some(200)));
+        assert_eq!(chat.target.gateways.len(), 1);
+    }
+}

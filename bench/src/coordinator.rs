@@ -1,0 +1,180 @@
+//! The coordinator's side of the shards: start them, hand out jobs, say `go`, gather reports.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+
+use crate::protocol::{Counts, Job, Report, ShardResult};
+
+enum Note {
+    Report(usize, Report),
+    /// The shard's stdout ended (it exited or crashed).
+    Ended(usize),
+}
+
+pub struct Shards {
+    children: Vec<Child>,
+    stdins: Vec<Option<ChildStdin>>,
+    notes: mpsc::UnboundedReceiver<Note>,
+    latest: Vec<Counts>,
+    done: Vec<Option<ShardResult>>,
+    ended: Vec<bool>,
+}
+
+impl Shards {
+    /// Starts one process of this executable per job (`shard --shard i/n`).
+    pub async fn start(jobs: Vec<Job>) -> anyhow::Result<Shards> {
+        let exe = std::env::current_exe().context("cannot find this executable")?;
+        let n = jobs.len();
+        let (tx, notes) = mpsc::unbounded_channel();
+        let mut children = Vec::new();
+        let mut stdins = Vec::new();
+        for (i, job) in jobs.into_iter().enumerate() {
+            let mut child = Command::new(&exe)
+                .arg("shard")
+                .arg("--shard")
+                .arg(format!("{i}/{n}"))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("cannot start shard {i}"))?;
+            let mut stdin = child.stdin.take().context("shard stdin")?;
+            let mut line = serde_json::to_vec(&job)?;
+            line.push(b'\n');
+            stdin.write_all(&line).await?;
+            stdin.flush().await?;
+            let stdout = child.stdout.take().context("shard stdout")?;
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    match serde_json::from_str::<Report>(&line) {
+                        Ok(report) => {
+                            let _ = tx.send(Note::Report(i, report));
+                        }
+                        Err(err) => eprintln!("shard {i}: unreadable report ({err}): {line}"),
+                    }
+                }
+                let _ = tx.send(Note::Ended(i));
+            });
+            children.push(child);
+            stdins.push(Some(stdin));
+        }
+        Ok(Shards {
+            children,
+            stdins,
+            notes,
+            latest: vec![Counts::default(); n],
+            done: (0..n).map(|_| None).collect(),
+            ended: vec![false; n],
+        })
+    }
+
+    pub fn count(&self) -> usize {
+        self.children.len()
+    }
+
+    /// Moves every shard to its next phase.
+    pub async fn go(&mut self) -> anyhow::Result<()> {
+        for (i, stdin) in self.stdins.iter_mut().enumerate() {
+            if let Some(stdin) = stdin {
+                stdin
+                    .write_all(b"go\n")
+                    .await
+                    .with_context(|| format!("shard {i} is gone"))?;
+                stdin.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The sum of every shard's latest counts.
+    pub fn counts(&self) -> Counts {
+        self.latest.iter().fold(Counts::default(), |a, c| Counts {
+            connected: a.connected + c.connected,
+            connect_failed: a.connect_failed + c.connect_failed,
+            sent: a.sent + c.sent,
+            received: a.received + c.received,
+        })
+    }
+
+    /// Waits until every shard reported `Connected`, calling `tick` on each report.
+    pub async fn wait_connected(
+        &mut self,
+        limit: Duration,
+        mut tick: impl FnMut(Counts),
+    ) -> anyhow::Result<Counts> {
+        let mut connected = vec![false; self.count()];
+        self.wait(limit, |this, i, report| {
+            if let Report::Connected(c) = report {
+                connected[i] = true;
+                this.latest[i] = *c;
+            }
+            tick(this.counts());
+            connected.iter().all(|c| *c)
+        })
+        .await?;
+        Ok(self.counts())
+    }
+
+    /// Waits for every shard's result.
+    pub async fn wait_done(
+        &mut self,
+        limit: Duration,
+        mut tick: impl FnMut(Counts),
+    ) -> anyhow::Result<Vec<ShardResult>> {
+        self.wait(limit, |this, _, _| {
+            tick(this.counts());
+            this.done.iter().all(Option::is_some)
+        })
+        .await?;
+        for stdin in &mut self.stdins {
+            stdin.take();
+        }
+        for child in &mut self.children {
+            let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+        }
+        Ok(self.done.iter_mut().filter_map(Option::take).collect())
+    }
+
+    async fn wait(
+        &mut self,
+        limit: Duration,
+        mut until: impl FnMut(&mut Shards, usize, &Report) -> bool,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let note = match tokio::time::timeout_at(deadline, self.notes.recv()).await {
+                Ok(Some(note)) => note,
+                Ok(None) => bail!("every shard is gone"),
+                Err(_) => bail!("the shards did not get there within {limit:?}"),
+            };
+            match note {
+                Note::Report(i, report) => {
+                    match &report {
+                        Report::Progress(c) | Report::Connected(c) => self.latest[i] = *c,
+                        Report::Done(result) => self.done[i] = Some((**result).clone()),
+                    }
+                    if until(self, i, &report) {
+                        return Ok(());
+                    }
+                }
+                Note::Ended(i) => {
+                    self.ended[i] = true;
+                    if self.done[i].is_none() {
+                        let status = self.children[i].wait().await.ok();
+                        bail!(
+                            "shard {i} ended without a result ({status:?}); see its stderr above"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! `haberci-bench`: load tests against a running Haberci stack (docs/BENCHMARKS.md).
+//!
+//! Map of the crate:
+//!
+//! - `cli`: the command line (scenarios and their flags), parsed before anything connects.
+//! - `scenarios`: the coordinator's side of `connect` and `chat` — plan the sessions, set up
+//!   users, drive the shards, measure the servers around the measured phase, report.
+//! - `coordinator` / `shard` / `protocol`: the client side runs as several processes (the
+//!   open-files limit is 20,000 per process); the coordinator starts `haberci-bench shard`
+//!   children and talks JSON lines with them over stdin/stdout.
+//! - `users`: the bench user pool — registered once through the API, cached under
+//!   `.dev/bench/`, refreshed per run; `api`: the small HTTP client it uses.
+//! - `servers` / `procfs`: which processes are the servers (from the stack's pid files) and
+//!   their CPU time and resident memory from /proc.
+//! - `latency`: HDR histograms, merged exactly across shards; `report`: JSON and Markdown.
+
+pub mod api;
+pub mod cli;
+mod coordinator;
+pub mod latency;
+pub mod procfs;
+pub mod protocol;
+mod report;
+pub mod scenarios;
+pub mod servers;
+pub mod shard;
+pub mod users;
+
+/// Runs a parsed command. `Ok(false)`: the run finished but `--check` found counts that do
+/// not add up.
+pub async fn run(cli: cli::Cli) -> anyhow::Result<bool> {
+    match cli.command {
+        cli::Command::Connect(args) => scenarios::connect(args).await,
+        cli::Command::Chat(args) => scenarios::chat(args).await,
+        cli::Command::Shard { shard } => {
+            shard::run()
+                .await
+                .map_err(|err| err.context(format!("shard {shard}")))?;
+            Ok(true)
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! What the coordinator and its shard processes say to each other.
+//!
+//! The coordinator starts each shard as `haberci-bench shard --shard i/n` and writes one
+//! [`Job`] as a JSON line on its stdin; every later stdin line `go` moves the shard to its
+//! next phase, and end of stdin means stop now. The shard writes [`Report`]s as JSON lines on
+//! stdout, the last one [`Report::Done`]. Why processes at all: the open-files limit is
+//! 20,000 per process (hard), so one process cannot hold 10,000+ WebSocket clients plus their
+//! share of everything else.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::latency::Buckets;
+
+/// Which transport a session speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// Native QUIC (ALPN `haberci/1`).
+    Quic,
+    /// WebSocket over TLS (`/v1/ws`).
+    Ws,
+    // WebTransport: add `Wt` here once `haberci_client::Transport` has a WebTransport variant
+    // (one arm in `shard::client_config`).
+}
+
+/// Settings every shard shares.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Common {
+    /// The TLS name the gateways' certificates carry.
+    pub server_name: String,
+    pub ca: PathBuf,
+    /// QUIC sessions per UDP socket (one quinn endpoint each).
+    pub sessions_per_socket: usize,
+    pub connect_timeout_ms: u64,
+    /// Session handshakes started per second by this shard.
+    pub ramp_per_sec: f64,
+    /// The shard exits by itself after this long, whatever happens.
+    pub deadline_secs: u64,
+}
+
+/// One session to open.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SessionSpec {
+    pub user: uuid::Uuid,
+    pub token: String,
+    pub transport: TransportKind,
+    /// The gateway's UDP (QUIC) or TCP (WebSocket) address. WebSocket sessions beyond one
+    /// address's ephemeral ports are sent to other loopback addresses of the same gateway
+    /// (it listens on all of them).
+    pub addr: SocketAddr,
+    /// Index of the gateway in the run's list (for the report).
+    pub gateway: usize,
+}
+
+/// A sender, its recipient, and how many messages go from one to the other.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PairSpec {
+    pub id: u32,
+    pub sender: SessionSpec,
+    pub recipient: SessionSpec,
+    pub messages: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "scenario", rename_all = "lowercase")]
+pub enum Job {
+    /// Phases: connect (ramp), then hold until `go`, then close.
+    Connect {
+        common: Common,
+        sessions: Vec<SessionSpec>,
+    },
+    /// Phases: connect recipients then senders, then on `go` send for `duration_ms` and drain.
+    Chat {
+        common: Common,
+        pairs: Vec<PairSpec>,
+        duration_ms: u64,
+        /// After the last send, how long to wait for deliveries before counting the rest lost.
+        drain_ms: u64,
+        /// Message content size (the stamp plus padding).
+        content_bytes: usize,
+        /// Marks this run's messages: the server may replay messages of an earlier run that
+        /// were delivered but not yet acked when it ended (resume from the server's
+        /// watermark), and those must not count as duplicates or reorderings.
+        run_id: u64,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum Report {
+    Progress(Counts),
+    /// Every session was tried.
+    Connected(Counts),
+    Done(Box<ShardResult>),
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Counts {
+    pub connected: u64,
+    pub connect_failed: u64,
+    pub sent: u64,
+    pub received: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ShardResult {
+    pub connected: u64,
+    pub connect_failed: u64,
+    /// Why connects failed: error text → count.
+    pub failures: BTreeMap<String, u64>,
+    /// Session handshake (transport + TLS + Hello/Welcome), µs buckets.
+    pub handshake: Buckets,
+    /// Connections that ended before the shard closed them.
+    pub disconnected: u64,
+    /// Chat: sends answered `Sent`.
+    pub sent_ok: u64,
+    /// Chat: sends refused or unanswered, with why.
+    pub send_failed: u64,
+    pub send_failures: BTreeMap<String, u64>,
+    /// Chat: distinct messages delivered.
+    pub received: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    /// `Sent` but never delivered within the drain time.
+    pub lost: u64,
+    /// Delivered but not ours or unparsable (must be 0).
+    pub unexpected: u64,
+    /// Messages of an earlier run, replayed because their ack had not reached the server.
+    pub stale: u64,
+    /// Send → deliver, µs buckets.
+    pub latency: Buckets,
+    /// Unix ns of the first send and the last delivery.
+    pub first_send_ns: u64,
+    pub last_receive_ns: u64,
+    /// This shard's own CPU over the measured phase (chat: sending; connect: the ramp).
+    pub client_cpu_ms: f64,
+}
