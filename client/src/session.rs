@@ -459,10 +459,20 @@ impl<S, P> Session<S, P> {
     }
 
     fn on_sent(&mut self, sent: Sent, now: Instant) {
-        // The sending session gets `Sent`, never its own `Message`: the seq is ours all the
-        // same. An advance past our own seq swallowed received messages held above a gap:
-        // those need acking.
-        if let Observed::Advanced(to) = self.positions.observe(sent.conversation_id, sent.seq) {
+        // Our seq counts towards the position. An advance past it swallowed received messages
+        // held above a gap: those need acking.
+        //
+        // Invariant: a conversation's starting point comes from its first `Message`, never
+        // from a `Sent`. In a conversation that began after `Welcome` the server writes every
+        // message from the start (docs/PROTOCOL.md, Resume), but our `Sent` travels ahead of
+        // the earlier ones it is still fetching; adopting the `Sent` as the start would drop
+        // them as duplicates. Our own `Message` follows (every session of the sender gets it),
+        // so the position catches up with it.
+        if !self.positions.knows(sent.conversation_id) {
+            tracing::debug!(conversation = %sent.conversation_id, seq = %sent.seq, "Sent in a conversation not started yet; its Message will place it");
+        } else if let Observed::Advanced(to) =
+            self.positions.observe(sent.conversation_id, sent.seq)
+        {
             if to > sent.seq {
                 self.ack_later(sent.conversation_id, now);
             }
