@@ -7,8 +7,8 @@ use std::sync::Arc;
 use futures::{SinkExt, StreamExt};
 use haberci_wire::websocket::MessageType;
 use haberci_wire::{
-    Ack, ClientFrame, ClientMsgId, Hello, MessageKind, Read, Recipient, SendMessage, ServerFrame,
-    UserId,
+    Ack, ClientFrame, ClientMsgId, Hello, MessageKind, Read, Recipient, ResumePosition,
+    SendMessage, ServerFrame,
 };
 use rustls_pki_types::ServerName;
 use rustls_pki_types::pem::PemObject;
@@ -25,7 +25,8 @@ pub struct Raw {
 }
 
 impl Raw {
-    pub async fn connect(cluster: &Cluster, gateway: usize, token: &str) -> Raw {
+    /// A WebSocket to gateway number `gateway`, upgraded, with nothing sent yet.
+    pub async fn open(cluster: &Cluster, gateway: usize) -> Raw {
         haberci_kit::crypto::install_crypto_provider();
         let mut roots = rustls::RootCertStore::empty();
         for cert in
@@ -49,19 +50,38 @@ impl Raw {
             .headers_mut()
             .insert("sec-websocket-protocol", "haberci.v1".parse().unwrap());
         let (socket, _) = tokio_tungstenite::client_async(request, tls).await.unwrap();
-        let mut raw = Raw { socket };
+        Raw { socket }
+    }
+
+    /// A session: `Hello` (resuming from `resume`), then `Welcome`.
+    pub async fn connect_resuming(
+        cluster: &Cluster,
+        gateway: usize,
+        token: &str,
+        resume: Vec<ResumePosition>,
+    ) -> Raw {
+        let mut raw = Raw::open(cluster, gateway).await;
         raw.write(&ClientFrame::Hello(Hello {
             access_token: token.to_owned(),
             protocol_version: 1,
             client_name: "e2e-raw".into(),
             client_version: "0".into(),
-            resume: Vec::new(),
+            resume,
         }))
         .await;
         match raw.read().await {
             ServerFrame::Welcome(_) => raw,
             other => panic!("expected Welcome, got {other:?}"),
         }
+    }
+
+    pub async fn connect(cluster: &Cluster, gateway: usize, token: &str) -> Raw {
+        Raw::connect_resuming(cluster, gateway, token, Vec::new()).await
+    }
+
+    /// Sends `bytes` as one binary WebSocket message, whatever they are.
+    pub async fn write_binary(&mut self, bytes: Vec<u8>) {
+        self.socket.send(Message::Binary(bytes.into())).await.unwrap();
     }
 
     pub async fn write(&mut self, frame: &ClientFrame) {
@@ -71,6 +91,13 @@ impl Raw {
     }
 
     pub async fn read(&mut self) -> ServerFrame {
+        self.next_frame()
+            .await
+            .expect("a frame, not the end of the connection")
+    }
+
+    /// The next frame; `None` once the connection closed (a close message, a reset, the end).
+    pub async fn next_frame(&mut self) -> Option<ServerFrame> {
         loop {
             let message = tokio::time::timeout(TIMEOUT, self.socket.next())
                 .await
@@ -78,14 +105,15 @@ impl Raw {
             match message {
                 Some(Ok(Message::Binary(payload))) => {
                     let raw = payload.clone();
-                    return haberci_wire::websocket::decode(
+                    return Some(haberci_wire::websocket::decode(
                         MessageType::Binary,
                         payload,
                         haberci_wire::DEFAULT_MAX_FRAME_SIZE,
                     )
-                    .unwrap_or_else(|e| panic!("{e:?}: {:?}", String::from_utf8_lossy(&raw)));
+                    .unwrap_or_else(|e| panic!("{e:?}: {:?}", String::from_utf8_lossy(&raw))));
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return None,
                 other => panic!("unexpected {other:?}"),
             }
         }
@@ -102,23 +130,19 @@ impl Raw {
     }
 }
 
-fn user(id: uuid::Uuid) -> UserId {
-    UserId::new(id).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_direct_message_is_stored_delivered_and_receipted_across_gateways() {
     let cluster = Cluster::start(1, 2).await;
-    let (alice_id, alice_token) = cluster.register("alice").await;
-    let (bob_id, bob_token) = cluster.register("bob").await;
-    let mut alice = Raw::connect(&cluster, 0, &alice_token).await;
-    let mut bob = Raw::connect(&cluster, 1, &bob_token).await;
+    let alice_user = cluster.register("alice").await;
+    let bob_user = cluster.register("bob").await;
+    let mut alice = Raw::connect(&cluster, 0, &alice_user.token).await;
+    let mut bob = Raw::connect(&cluster, 1, &bob_user.token).await;
 
     let client_msg_id = ClientMsgId::new(uuid::Uuid::now_v7()).unwrap();
     alice
         .write(&ClientFrame::Send(SendMessage {
             client_msg_id,
-            recipient: Recipient::User(user(bob_id)),
+            recipient: Recipient::User(bob_user.id),
             kind: MessageKind::Text,
             content: "merhaba".into(),
             media: None,
@@ -142,7 +166,7 @@ async fn a_direct_message_is_stored_delivered_and_receipted_across_gateways() {
         .await;
     assert_eq!(message.id, sent.message_id);
     assert_eq!(message.content, "merhaba");
-    assert_eq!(message.sender_id, user(alice_id));
+    assert_eq!(message.sender_id, alice_user.id);
     assert_eq!(message.conversation_id, sent.conversation_id);
 
     bob.write(&ClientFrame::Ack(Ack {
@@ -161,7 +185,7 @@ async fn a_direct_message_is_stored_delivered_and_receipted_across_gateways() {
             _ => None,
         })
         .await;
-    assert_eq!(status.user_id, user(bob_id));
+    assert_eq!(status.user_id, bob_user.id);
     assert_eq!(status.read, Some(message.seq));
     assert_eq!(status.delivered, Some(message.seq));
 }
