@@ -133,7 +133,12 @@ async fn users_across_gateways_and_transports_get_every_message_once_in_order() 
     for peer in &peers {
         let log = peer.log();
         assert!(log.errors.is_empty(), "{}: {:?}", peer.name(), log.errors);
-        assert!(log.disconnects.is_empty(), "{}: {:?}", peer.name(), log.disconnects);
+        assert!(
+            log.disconnects.is_empty(),
+            "{}: {:?}",
+            peer.name(),
+            log.disconnects
+        );
         for status in &log.statuses {
             assert!(status.read <= status.delivered, "{status:?}");
         }

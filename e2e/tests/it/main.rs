@@ -1,6 +1,8 @@
 //! Whole-system tests: real processes (see [`support`]).
 
+mod bad_input;
 mod exchange;
+mod idempotency;
 mod peer;
 mod raw_ws;
 mod smoke;

@@ -197,7 +197,10 @@ impl Peer {
                     .iter()
                     .map(|(c, m)| (c, m.len()))
                     .collect::<Vec<_>>(),
-                log.sent.iter().map(|(c, s)| (c, s.len())).collect::<Vec<_>>(),
+                log.sent
+                    .iter()
+                    .map(|(c, s)| (c, s.len()))
+                    .collect::<Vec<_>>(),
                 &log.statuses[log.statuses.len().saturating_sub(4)..],
                 log.errors,
                 log.closings,
@@ -208,9 +211,10 @@ impl Peer {
 
     /// Waits until this user holds every seq of `conversation` from 1 to `seq`.
     pub async fn wait_for_seq(&self, conversation: ConversationId, seq: u64) {
-        self.wait(&format!("holding seqs 1..={seq} of {conversation}"), |log| {
-            log.holds_all(conversation, seq)
-        })
+        self.wait(
+            &format!("holding seqs 1..={seq} of {conversation}"),
+            |log| log.holds_all(conversation, seq),
+        )
         .await;
     }
 

@@ -81,7 +81,10 @@ impl Raw {
 
     /// Sends `bytes` as one binary WebSocket message, whatever they are.
     pub async fn write_binary(&mut self, bytes: Vec<u8>) {
-        self.socket.send(Message::Binary(bytes.into())).await.unwrap();
+        self.socket
+            .send(Message::Binary(bytes.into()))
+            .await
+            .unwrap();
     }
 
     pub async fn write(&mut self, frame: &ClientFrame) {
@@ -105,12 +108,14 @@ impl Raw {
             match message {
                 Some(Ok(Message::Binary(payload))) => {
                     let raw = payload.clone();
-                    return Some(haberci_wire::websocket::decode(
-                        MessageType::Binary,
-                        payload,
-                        haberci_wire::DEFAULT_MAX_FRAME_SIZE,
-                    )
-                    .unwrap_or_else(|e| panic!("{e:?}: {:?}", String::from_utf8_lossy(&raw))));
+                    return Some(
+                        haberci_wire::websocket::decode(
+                            MessageType::Binary,
+                            payload,
+                            haberci_wire::DEFAULT_MAX_FRAME_SIZE,
+                        )
+                        .unwrap_or_else(|e| panic!("{e:?}: {:?}", String::from_utf8_lossy(&raw))),
+                    );
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 Some(Ok(Message::Close(_)) | Err(_)) | None => return None,
