@@ -46,13 +46,22 @@ pub struct Log {
     pub disconnects: Vec<Disconnect>,
     /// Connections opened so far (1 after the first connect).
     pub connections: u64,
+    /// Why [`Peer::send_reliably`] had to try a send again, once per retry.
+    pub retries: Vec<Retry>,
+}
+
+/// Why a send was tried again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// The connection ended before the answer.
+    Disconnected,
+    /// A retryable refusal (`unavailable`, `rate_limited`).
+    Refused(haberci_client::ErrorCode),
+    /// No answer within [`SEND_ATTEMPT`].
+    Unanswered,
 }
 
 impl Log {
-    pub fn count(&self, conversation: ConversationId) -> usize {
-        self.messages.get(&conversation).map_or(0, Vec::len)
-    }
-
     /// Whether this user holds every seq of `conversation` from 1 to `last`, received or sent.
     pub fn holds_all(&self, conversation: ConversationId, last: u64) -> bool {
         let mut held: BTreeSet<u64> = self
@@ -253,9 +262,13 @@ impl Peer {
                     return sent;
                 }
                 Ok(Err(SendError::Disconnected | SendError::AlreadyInFlight)) => {
+                    self.inner
+                        .record(|log| log.retries.push(Retry::Disconnected));
                     self.wait_for_connection_after(generation).await;
                 }
                 Ok(Err(SendError::Refused { code, .. })) if code.retryable() => {
+                    self.inner
+                        .record(|log| log.retries.push(Retry::Refused(code)));
                     // Pacing a retry, not waiting for an event: the server asked us to back off.
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -263,10 +276,16 @@ impl Peer {
                 Err(_) => {
                     // The answer was lost: only a new connection may resend the same id.
                     assert!(
-                        !self.inner.reconnect.lock().unwrap().is_empty(),
+                        !self
+                            .inner
+                            .reconnect
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .is_empty(),
                         "{}: no answer to a send within {SEND_ATTEMPT:?}",
                         self.name()
                     );
+                    self.inner.record(|log| log.retries.push(Retry::Unanswered));
                     if self.log().connections == generation {
                         client.close().await;
                     }

@@ -187,24 +187,10 @@ impl Process {
         })
     }
 
-    /// How many log lines so far carry `message`.
-    pub fn count_log(&self, message: &str) -> usize {
-        self.lines
-            .borrow()
-            .iter()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["message"] == message)
-            .count()
-    }
-
     /// SIGKILL, and wait until it is gone.
     pub async fn kill(&mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
     }
 }
 
