@@ -294,3 +294,52 @@ async fn a_redis_restart_pauses_sending_and_loses_nothing_that_was_sent() {
         .expect("observer");
     assert_seen_exactly_once(&seen, &[(conversation, N as u64)]);
 }
+
+/// Regression: after Redis came back, the gateway's pub/sub subscriber reconnected but did
+/// not subscribe again to its sharded channels (fred's automatic resubscription stops at an
+/// empty `SUBSCRIBE`), so open sessions got nothing live any more: a message stored after the
+/// restart never reached a recipient who stayed connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_redis_restart_open_sessions_get_live_messages_again() {
+    let mut cluster = Cluster::start(1, 1).await;
+    let alice_user = cluster.register("alice").await;
+    let bob_user = cluster.register("bob").await;
+    let alice = Peer::connect(
+        &alice_user,
+        cluster.client_config(0, Leg::Quic, &alice_user.token),
+    )
+    .await;
+    alice.reconnect_automatically(vec![Leg::Quic.transport(&cluster.gateways[0])]);
+    let bob = Peer::connect(
+        &bob_user,
+        cluster.client_config(0, Leg::WebSocket, &bob_user.token),
+    )
+    .await;
+    let first = alice
+        .send_reliably(haberci_client::text_to(bob.id, "before"))
+        .await;
+    bob.wait_for_seq(first.conversation_id, 1).await;
+
+    let logs = cluster.logs();
+    cluster.redis.restart(&logs).await;
+    // The first line is the subscriber's first connect; the second, its reconnect (after
+    // which the gateway has subscribed again and resynced).
+    cluster.gateways[0]
+        .process
+        .wait_for_nth_log(
+            "relay subscriber reconnected; sessions resync from the backend",
+            2,
+        )
+        .await;
+    let second = alice
+        .send_reliably(haberci_client::text_to(bob.id, "after"))
+        .await;
+    assert_eq!(second.seq.get(), 2);
+    bob.wait_for_seq(first.conversation_id, 2).await;
+    assert_eq!(
+        bob.log().connections,
+        1,
+        "Bob stayed on his first connection"
+    );
+    assert!(bob.log().disconnects.is_empty());
+}

@@ -151,6 +151,19 @@ impl Process {
         .await
     }
 
+    /// Waits until the process has logged `message` `n` times in all.
+    pub async fn wait_for_nth_log(&mut self, message: &str, n: usize) {
+        let wanted = message.to_owned();
+        let seen = std::sync::atomic::AtomicUsize::new(0);
+        self.wait_for(&format!("{message} (#{n})"), move |line| {
+            let matches =
+                serde_json::from_str::<Value>(line).is_ok_and(|v| v["message"] == wanted.as_str());
+            (matches && seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == n)
+                .then_some(Value::Null)
+        })
+        .await;
+    }
+
     /// Waits until the process prints a line containing `text`.
     pub async fn wait_for_text(&mut self, text: &str) {
         let wanted = text.to_owned();
