@@ -1,8 +1,8 @@
 //! Resume positions: per conversation, the highest seq this client holds with no gap below it.
 //!
 //! Sans-IO. The [`Session`](crate::Session) feeds it every seq it learns of (a received
-//! `Message`, or the `Sent` answering one of our own sends, since the sending session does not
-//! get its own `Message`), and [`Positions::resume`] turns it into `Hello.resume` for the next
+//! `Message`, or the `Sent` answering one of our own sends in a conversation it already
+//! knows), and [`Positions::resume`] turns it into `Hello.resume` for the next
 //! connection.
 //!
 //! Rules (docs/PROTOCOL.md, "Resume"):
@@ -94,6 +94,11 @@ impl Positions {
         }
         track.last = Some(last);
         Observed::Advanced(last)
+    }
+
+    /// Whether `conversation` has a starting point: listed in the resume positions, or seen.
+    pub fn knows(&self, conversation: ConversationId) -> bool {
+        self.tracks.contains_key(&conversation)
     }
 
     /// The contiguous position of `conversation`: `None` if nothing is held yet (or the

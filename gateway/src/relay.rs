@@ -372,6 +372,29 @@ impl Hub {
         }
     }
 
+    /// Subscribes again to every channel a mailbox wants, after the subscriber reconnected.
+    ///
+    /// Not fred's `manage_subscriptions`: fred 10.1 resubscribes plain channels first, sends
+    /// `SUBSCRIBE` with no channel when there are none (as here: the hub uses only sharded
+    /// channels), gets an error, and never reaches the sharded ones — after a Redis restart
+    /// the gateway would deliver nothing live until its sessions reconnect.
+    async fn resubscribe(&self) {
+        let _op = self.ops.lock().await;
+        let channels: Vec<String> = self
+            .routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for channel in channels {
+            if let Err(err) = self.subscriber.ssubscribe(channel.as_str()).await {
+                // The next reconnect tries again; the resync that follows covers the gap.
+                tracing::error!(%err, channel, "cannot resubscribe after a reconnect");
+            }
+        }
+    }
+
     fn resync_all(&self) {
         let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         for member in routes.values().flatten() {
@@ -382,7 +405,6 @@ impl Hub {
     }
 
     async fn listen(self: Arc<Self>, shutdown: Shutdown) {
-        let _resubscribe = self.subscriber.manage_subscriptions();
         let mut messages = self.subscriber.message_rx();
         let mut reconnects = self.subscriber.reconnect_rx();
         loop {
@@ -392,7 +414,9 @@ impl Hub {
                     if reconnected.is_err() {
                         break;
                     }
-                    // Whatever was published while we were away is lost to pub/sub.
+                    // Whatever was published while we were away is lost to pub/sub: listen
+                    // again first, then fetch, so nothing falls between the two.
+                    self.resubscribe().await;
                     tracing::warn!("relay subscriber reconnected; sessions resync from the backend");
                     self.resync_all();
                 }

@@ -392,6 +392,31 @@ fn our_own_message_after_its_sent_is_an_event_not_a_duplicate() {
     assert_eq!(s.position(conv(1)), Some(seq(2)));
 }
 
+/// Regression: in a conversation that began after `Welcome`, our `Sent` may arrive before the
+/// earlier messages the server is still writing; the `Sent` must not become the starting point
+/// (the earlier messages were then dropped as duplicates, and acked unseen).
+#[test]
+fn a_sent_ahead_of_a_new_conversations_first_messages_does_not_hide_them() {
+    let (mut s, t0) = open(settings(), &[]);
+    s.send(send(msg_id(1), "mine"), "a", t0).unwrap();
+    s.handle_frame(ServerFrame::Sent(sent_frame(msg_id(1), conv(1), 3)), t0);
+    for n in 1..=3 {
+        // 1 and 2 are the peer's, 3 our own Message.
+        s.handle_frame(message(conv(1), n), t0);
+    }
+    let delivered: Vec<u64> = outputs(&mut s)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Event(Event::Message(m)) => Some(m.seq.get()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delivered, vec![1, 2, 3]);
+    assert_eq!(s.position(conv(1)), Some(seq(3)));
+    s.handle_frame(message(conv(1), 3), t0);
+    assert!(outputs(&mut s).is_empty(), "a repeat is still a duplicate");
+}
+
 // ---------------------------------------------------------------- auto-ack
 
 #[test]

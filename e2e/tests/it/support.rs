@@ -15,6 +15,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
+use haberci_client::{ClientConfig, GroupId, Roots, Transport, UserId};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -150,6 +151,19 @@ impl Process {
         .await
     }
 
+    /// Waits until the process has logged `message` `n` times in all.
+    pub async fn wait_for_nth_log(&mut self, message: &str, n: usize) {
+        let wanted = message.to_owned();
+        let seen = std::sync::atomic::AtomicUsize::new(0);
+        self.wait_for(&format!("{message} (#{n})"), move |line| {
+            let matches =
+                serde_json::from_str::<Value>(line).is_ok_and(|v| v["message"] == wanted.as_str());
+            (matches && seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == n)
+                .then_some(Value::Null)
+        })
+        .await;
+    }
+
     /// Waits until the process prints a line containing `text`.
     pub async fn wait_for_text(&mut self, text: &str) {
         let wanted = text.to_owned();
@@ -186,24 +200,10 @@ impl Process {
         })
     }
 
-    /// How many log lines so far carry `message`.
-    pub fn count_log(&self, message: &str) -> usize {
-        self.lines
-            .borrow()
-            .iter()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["message"] == message)
-            .count()
-    }
-
     /// SIGKILL, and wait until it is gone.
     pub async fn kill(&mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
     }
 }
 
@@ -416,6 +416,10 @@ impl Cluster {
             "HABERCI_GATEWAY_UDP_ADDR".into(),
             format!("[::]:{udp_port}"),
         ));
+        // Streams of hundreds of sends from one session: the default rate (20/s, burst 40)
+        // would make these tests about the rate limiter.
+        env.push(("HABERCI_SESSION_SEND_RATE".into(), "5000".into()));
+        env.push(("HABERCI_SESSION_SEND_BURST".into(), "5000".into()));
         let mut process =
             Process::spawn(&name, &binary("haberci-gateway"), &[], &env, &self.logs()).await;
         process.wait_for_log("gateway ready").await;
@@ -467,8 +471,8 @@ impl Cluster {
         )
     }
 
-    /// Registers a new user; returns (user id, access token).
-    pub async fn register(&self, prefix: &str) -> (uuid::Uuid, String) {
+    /// Registers a new user named `prefix_<random>`.
+    pub async fn register(&self, prefix: &str) -> User {
         let name = format!(
             "{prefix}_{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
@@ -482,17 +486,119 @@ impl Cluster {
             )
             .await;
         assert_eq!(status, 201, "register: {body}");
-        let token = body["tokens"]["access_token"]
-            .as_str()
-            .expect("access_token")
-            .to_owned();
-        let id = body["user"]["id"]
-            .as_str()
-            .expect("user.id")
-            .parse()
-            .expect("uuid");
-        (id, token)
+        let text = |v: &Value| v.as_str().expect("a string").to_owned();
+        let uuid: uuid::Uuid = text(&body["user"]["id"]).parse().expect("uuid");
+        User {
+            name,
+            id: UserId::new(uuid).expect("not nil"),
+            token: text(&body["tokens"]["access_token"]),
+        }
     }
+
+    /// `POST /v1/groups` as `owner`, with `members` besides the owner.
+    pub async fn create_group(&self, owner: &User, members: &[&User]) -> GroupId {
+        let ids: Vec<String> = members.iter().map(|m| m.id.to_string()).collect();
+        let (status, body) = self
+            .api(
+                http::Method::POST,
+                "/v1/groups",
+                Some(&owner.token),
+                json!({"name": format!("group of {}", owner.name), "memberIds": ids}),
+            )
+            .await;
+        assert_eq!(status, 201, "create group: {body}");
+        let uuid: uuid::Uuid = body["id"].as_str().expect("id").parse().expect("uuid");
+        GroupId::new(uuid).expect("not nil")
+    }
+
+    /// `POST /v1/auth/logout`: revokes the login session `user.token` belongs to.
+    pub async fn logout(&self, user: &User) {
+        let (status, body) = self
+            .api(
+                http::Method::POST,
+                "/v1/auth/logout",
+                Some(&user.token),
+                Value::Null,
+            )
+            .await;
+        assert_eq!(status, 204, "logout: {body}");
+    }
+
+    /// An access token for `user`, correctly signed with the deployment's key, that expired
+    /// an hour ago (beyond any clock-skew leeway).
+    pub fn expired_token(&self, user: &User) -> String {
+        let keys = haberci_token::KeySet::load_dir(&self.key_dir, None).expect("signing keys");
+        let now = time_now().unix_timestamp();
+        let claims =
+            haberci_token::Claims::new(user.id.as_uuid(), uuid::Uuid::now_v7(), now - 7200, 3600);
+        keys.sign(&claims)
+    }
+
+    /// A client configuration for `leg` to gateway number `gateway`, trusting the cluster's CA.
+    pub fn client_config(&self, gateway: usize, leg: Leg, token: &str) -> ClientConfig {
+        let mut config = ClientConfig::new(
+            leg.transport(&self.gateways[gateway]),
+            Roots::PemFile(self.certs.ca_cert()),
+            token,
+        );
+        config.client_name = "haberci-e2e".into();
+        config
+    }
+
+    /// The shared test database, directly (not through PgBouncer): for checking what is stored.
+    pub async fn db(&self) -> sqlx::PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&env("HABERCI_TEST_DIRECT_DATABASE_URL"))
+            .await
+            .expect("connect to the test database")
+    }
+}
+
+/// A registered user.
+#[derive(Clone, Debug)]
+pub struct User {
+    pub name: String,
+    pub id: UserId,
+    pub token: String,
+}
+
+/// The transports a client can reach a gateway with. Tests that must hold on each iterate
+/// [`LEGS`]; WebTransport becomes one more variant (and one more entry) once the SDK speaks it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Leg {
+    Quic,
+    WebSocket,
+}
+
+pub const LEGS: [Leg; 2] = [Leg::Quic, Leg::WebSocket];
+
+impl Leg {
+    pub fn transport(self, gateway: &GatewayProcess) -> Transport {
+        match self {
+            Leg::Quic => Transport::Quic {
+                addr: format!("localhost:{}", gateway.udp.port()),
+            },
+            Leg::WebSocket => Transport::WebSocket {
+                url: format!("wss://localhost:{}/v1/ws", gateway.tcp.port()),
+            },
+        }
+    }
+}
+
+/// How many rows `messages` holds for each `client_msg_id` of `sender`.
+pub async fn stored_per_client_msg_id(
+    db: &sqlx::PgPool,
+    sender: UserId,
+) -> std::collections::HashMap<uuid::Uuid, i64> {
+    let rows: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
+        "SELECT client_msg_id, count(*) FROM messages WHERE sender_id = $1 GROUP BY client_msg_id",
+    )
+    .bind(sender.as_uuid())
+    .fetch_all(db)
+    .await
+    .expect("count stored messages");
+    rows.into_iter().collect()
 }
 
 fn time_now() -> time::OffsetDateTime {
