@@ -1,10 +1,10 @@
 //! The server processes a run is charged for, and their CPU and memory before and after.
 //!
-//! They are found through the dev stack's own pid files (`.dev/run/{api,worker,gateway}.pid`,
+//! They are found through the dev stack's own pid files (`.dev/run/*.pid`: api, workers, gateways;
 //! `.dev/redis/redis.pid`, `.dev/pgbouncer/pgbouncer.pid`, `.dev/pg/data/postmaster.pid` and
 //! the postmaster's children), never by name alone: other worktrees and the e2e tests run
 //! gateways and Redis servers of their own on this machine, and charging their CPU to a run
-//! would be wrong. Processes outside the stack (a second gateway) are added with
+//! would be wrong. Processes outside the stack (a gateway started by hand) are added with
 //! `--server-pid ROLE=PID`.
 
 use std::collections::BTreeMap;
@@ -36,19 +36,25 @@ impl ServerSet {
     /// The stack under `dev_dir` plus `extra`. Fails if the stack's gateway is not running.
     pub fn discover(dev_dir: &Path, extra: &[Server]) -> anyhow::Result<ServerSet> {
         let mut fixed = Vec::new();
-        let files: [(&str, PathBuf); 5] = [
-            ("gateway", dev_dir.join("run/gateway.pid")),
-            ("worker", dev_dir.join("run/worker.pid")),
-            ("api", dev_dir.join("run/api.pid")),
-            ("redis", dev_dir.join("redis/redis.pid")),
-            ("pgbouncer", dev_dir.join("pgbouncer/pgbouncer.pid")),
-        ];
+        // `./dev up` names its services after their pid files: `api`, `worker`, `worker2`,
+        // `gateway`, `gateway2`, …
+        let mut files: Vec<(String, PathBuf)> = std::fs::read_dir(dev_dir.join("run"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "pid"))
+            .filter_map(|path| {
+                let role = path.file_stem()?.to_str()?.to_owned();
+                Some((role, path))
+            })
+            .collect();
+        files.sort();
+        files.push(("redis".into(), dev_dir.join("redis/redis.pid")));
+        files.push(("pgbouncer".into(), dev_dir.join("pgbouncer/pgbouncer.pid")));
         for (role, file) in files {
             if let Some(pid) = procfs::pid_from_file(&file) {
-                fixed.push(Server {
-                    role: role.into(),
-                    pid,
-                });
+                fixed.push(Server { role, pid });
             }
         }
         if !fixed.iter().any(|s| s.role == "gateway") {
