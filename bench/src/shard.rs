@@ -26,6 +26,9 @@ use crate::protocol::{
     Common, Counts, Job, PairSpec, Report, SessionSpec, ShardResult, TransportKind,
 };
 
+/// Kernel buffers asked for each shared client UDP socket (capped by `net.core.rmem_max`).
+const CLIENT_SOCKET_BUFFER: usize = 8 << 20;
+
 /// How often a shard reports its counts.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// How long closing all sessions may take at the end.
@@ -166,9 +169,17 @@ async fn open_sessions(
     let per_socket = common.sessions_per_socket.max(1);
     let mut endpoints = Vec::new();
     for _ in 0..quic_count.div_ceil(per_socket) {
+        // Hundreds of sessions share the socket: the default 208 KiB receive buffer drops
+        // bursts, and the drops would be charged to the server as latency.
+        let (socket, _) = haberci_kit::udp::bind(
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            CLIENT_SOCKET_BUFFER,
+        )
+        .context("cannot bind a UDP socket for QUIC clients")?;
+        let runtime = quinn::default_runtime().context("no async runtime for quinn")?;
         endpoints.push(
-            quinn::Endpoint::client(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
-                .context("cannot bind a UDP socket for QUIC clients")?,
+            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+                .context("cannot start a QUIC client endpoint")?,
         );
     }
     let started = tokio::time::Instant::now();
