@@ -43,6 +43,10 @@ const common = {
 await esbuild.build({ ...common, entryPoints: ["sdk/src/index.ts"], outfile: "build/sdk/haberci.mjs" });
 await esbuild.build({ ...common, entryPoints: ["sdk/src/index.ts"], outfile: "dist/haberci.min.js", minify: true });
 
+// The demo page: one script (SDK included), its page and stylesheet.
+await esbuild.build({ ...common, entryPoints: ["demo/app.ts"], outfile: "dist/app.js", minify: true });
+for (const file of ["index.html", "style.css"]) copyFileSync(join(here, "demo", file), join(here, "dist", file));
+
 const min = readFileSync(join(here, "dist/haberci.min.js"));
 const size = { minified: min.length, gzipped: gzipSync(min, { level: 9 }).length };
 writeFileSync(join(here, "build/size.json"), JSON.stringify(size) + "\n");
