@@ -80,8 +80,11 @@ export interface ClientEvents {
   /** Someone started or stopped typing (a start expires after 6 s without a refresh). */
   typing: { conversationId: string; userId: string; typing: boolean };
   presence: { userId: string; online: boolean; lastSeen: number | null };
-  /** The connection changed: `transport` is the one in use when `open`. */
-  state: { state: ConnectionState; transport: TransportName | null; error?: Error };
+  /**
+   * The connection changed: `transport` is the one in use when `open`, and `fallback` says
+   * why the transports before it in the list were not used.
+   */
+  state: { state: ConnectionState; transport: TransportName | null; error?: Error; fallback?: string };
   /** A non-fatal `Error` the server sent that names no send of this client. */
   error: ProtocolError;
 }
@@ -123,6 +126,8 @@ export class HaberciClient {
   /** Who the token says we are (from `Welcome`). */
   userId: string | null = null;
   sessionId: string | null = null;
+  /** Why the current connection is not on the first transport in the list (none if it is). */
+  fallback: string | undefined;
 
   private readonly options: ConnectOptions;
   private token: string;
@@ -289,6 +294,7 @@ export class HaberciClient {
       return;
     }
     this.link = link;
+    this.fallback = errors.length ? errors.join("; ") : undefined;
     this.closing = null;
     this.write({
       kind: "hello",
@@ -392,8 +398,9 @@ export class HaberciClient {
   /** Schedules the next connection attempt, with exponential backoff and jitter. */
   private retry(error: Error, atLeastMs = 0): void {
     if (this.stopped) return;
-    if (this.firstOpen && !(error instanceof ProtocolError && error.code === "server_draining")) {
-      // The first connection fails to the caller, who has no client yet to watch.
+    if (this.firstOpen && !(error instanceof ProtocolError && isRetryable(error.code))) {
+      // The first connection fails to the caller, who has no client yet to watch (a server
+      // that is draining, or a token just refreshed, is worth another try).
       const first = this.firstOpen;
       this.firstOpen = null;
       this.stopped = true;
@@ -447,7 +454,7 @@ export class HaberciClient {
 
   private setState(state: ConnectionState, error?: Error): void {
     this.state = state;
-    this.emit("state", { state, transport: this.transport, error });
+    this.emit("state", { state, transport: this.transport, error, fallback: state === "open" ? this.fallback : undefined });
   }
 
   // ------------------------------------------------------------------ frames
