@@ -102,8 +102,40 @@ interface PendingSend {
   frame: Extract<ClientFrame, { kind: "send" }>;
   resolve(sent: Sent): void;
   reject(err: Error): void;
-  retryTimer?: ReturnType<typeof setTimeout>;
+  /** Written on the current session (and not refused since). */
+  written: boolean;
+  /** Earliest time (ms) it may be written again, after `rate_limited` or `unavailable`. */
+  notBefore: number;
   attempts: number;
+}
+
+/**
+ * The server's send rate as a token bucket on this side (Welcome.limits), so that sends leave
+ * at a pace the server accepts and in the order they were made: a send refused for its rate
+ * and resent later would otherwise land after the ones written behind it.
+ */
+class SendBucket {
+  private tokens: number;
+  private last: number;
+  constructor(
+    private readonly rate: number,
+    private readonly burst: number,
+    now: number,
+  ) {
+    this.tokens = burst;
+    this.last = now;
+  }
+  /** Takes a token if there is one; else returns how long until there is (ms). */
+  take(now: number): number {
+    if (this.rate <= 0) return 0; // no limit announced
+    this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) / 1000) * this.rate);
+    this.last = now;
+    if (this.tokens >= 1) {
+      this.tokens -= 1;
+      return 0;
+    }
+    return Math.ceil(((1 - this.tokens) / this.rate) * 1000);
+  }
 }
 
 interface Endpoints {
@@ -135,10 +167,15 @@ export class HaberciClient {
   private welcomed = false;
   private readonly listeners = new Map<keyof ClientEvents, Set<Listener<never>>>();
   private readonly positions = new Map<string, number>();
+  /** Sends without a `Sent` yet, in the order they were made. */
   private readonly pending = new Map<string, PendingSend>();
+  private bucket: SendBucket | null = null;
+  private pumpTimer: ReturnType<typeof setTimeout> | undefined;
   private readonly pendingAcks = new Map<string, number>();
   private ackTimer: ReturnType<typeof setTimeout> | undefined;
   private readonly readSent = new Map<string, number>();
+  private readonly pendingReads = new Set<string>();
+  private readTimer: ReturnType<typeof setTimeout> | undefined;
   private watched: string[] = [];
   private readonly typingTimers = new Map<string, ReturnType<typeof setTimeout>>();
   private readonly typingSentAt = new Map<string, number>();
@@ -198,8 +235,8 @@ export class HaberciClient {
     // Checked now, so a bad call fails here rather than on the server.
     encodeClientFrame(frame);
     return new Promise<Sent>((resolve, reject) => {
-      this.pending.set(frame.clientMsgId, { frame, resolve, reject, attempts: 0 });
-      if (this.welcomed) this.write(frame);
+      this.pending.set(frame.clientMsgId, { frame, resolve, reject, written: false, notBefore: 0, attempts: 0 });
+      this.pump();
     });
   }
 
@@ -207,7 +244,15 @@ export class HaberciClient {
   markRead(conversationId: string, seq: number): void {
     if ((this.readSent.get(conversationId) ?? 0) >= seq) return;
     this.readSent.set(conversationId, seq);
-    if (this.welcomed) this.write({ kind: "read", conversationId, seq });
+    // Cumulative, so a burst (a backlog shown at once) costs one frame per conversation.
+    this.pendingReads.add(conversationId);
+    this.readTimer ??= setTimeout(() => {
+      this.readTimer = undefined;
+      for (const id of this.pendingReads) {
+        if (this.welcomed) this.write({ kind: "read", conversationId: id, seq: this.readSent.get(id)! });
+      }
+      this.pendingReads.clear();
+    }, 50);
   }
 
   /** Acks delivery up to `seq` (only needed with `autoAck: false`). */
@@ -230,6 +275,9 @@ export class HaberciClient {
       this.typingSentAt.delete(conversationId);
     }
     const state: TypingState = typing ? "started" : "stopped";
+    // Typing counts against the send rate on the server, which drops it when over: spend a
+    // token here too, so that it never costs a message its place.
+    if (this.bucket && this.bucket.take(now) > 0) return;
     const frame: ClientFrame = { kind: "typing", conversationId, state };
     const body = encodeClientFrame(frame);
     if (!this.link.sendDatagram(body)) this.write(frame);
@@ -438,17 +486,19 @@ export class HaberciClient {
     clearTimeout(this.welcomeTimer);
     clearTimeout(this.ackTimer);
     this.ackTimer = undefined;
+    clearTimeout(this.readTimer);
+    this.readTimer = undefined;
+    this.pendingReads.clear();
     this.pendingAcks.clear();
-    for (const p of this.pending.values()) clearTimeout(p.retryTimer);
+    clearTimeout(this.pumpTimer);
+    this.pumpTimer = undefined;
+    for (const p of this.pending.values()) p.written = false;
     for (const timer of this.typingTimers.values()) clearTimeout(timer);
     this.typingTimers.clear();
   }
 
   private failPending(error: Error): void {
-    for (const p of this.pending.values()) {
-      clearTimeout(p.retryTimer);
-      p.reject(error);
-    }
+    for (const p of this.pending.values()) p.reject(error);
     this.pending.clear();
   }
 
@@ -487,7 +537,6 @@ export class HaberciClient {
         const pending = this.pending.get(sent.clientMsgId);
         if (pending) {
           this.pending.delete(sent.clientMsgId);
-          clearTimeout(pending.retryTimer);
           pending.resolve(sent);
         }
         this.emit("sent", sent);
@@ -528,7 +577,8 @@ export class HaberciClient {
     this.transport = link.transport;
     link.setMaxFrameSize(frame.limits.maxFrameSize);
     // Unanswered sends go again, in order, with the same ids: the server stores each once.
-    for (const p of this.pending.values()) this.write(p.frame);
+    this.bucket = new SendBucket(frame.limits.sendRatePerSec, Math.max(1, frame.limits.sendBurst), Date.now());
+    this.pump();
     if (this.watched.length) this.write({ kind: "presenceWatch", userIds: this.watched });
     for (const [conversationId, seq] of this.readSent) this.write({ kind: "read", conversationId, seq });
     this.startHeartbeat(frame.limits.idleTimeoutMs);
@@ -587,16 +637,37 @@ export class HaberciClient {
       return;
     }
     if (isRetryable(frame.code)) {
-      // rate_limited, unavailable: the same frame again later, backing off.
+      // rate_limited, unavailable: the same frame again later, backing off; the sends made
+      // after it wait behind it.
       pending.attempts++;
-      clearTimeout(pending.retryTimer);
-      pending.retryTimer = setTimeout(() => {
-        if (this.pending.has(pending.frame.clientMsgId) && this.welcomed) this.write(pending.frame);
-      }, Math.min(10_000, 250 * 2 ** Math.min(pending.attempts, 6)));
+      pending.written = false;
+      pending.notBefore = Date.now() + Math.min(10_000, 250 * 2 ** Math.min(pending.attempts, 6));
+      this.pump();
       return;
     }
     this.pending.delete(frame.clientMsgId!);
     pending.reject(error);
+  }
+
+  /**
+   * Writes the sends not yet written on this session, in order, as fast as the send rate
+   * allows; stops at the first that must wait (so none overtakes it) and comes back then.
+   */
+  private pump(): void {
+    if (!this.welcomed || !this.bucket) return;
+    clearTimeout(this.pumpTimer);
+    this.pumpTimer = undefined;
+    const now = Date.now();
+    for (const p of this.pending.values()) {
+      if (p.written) continue;
+      const wait = p.notBefore > now ? p.notBefore - now : this.bucket.take(now);
+      if (wait > 0) {
+        this.pumpTimer = setTimeout(() => this.pump(), wait);
+        return;
+      }
+      p.written = true;
+      this.write(p.frame);
+    }
   }
 
   // ------------------------------------------------------------------ timers
