@@ -288,6 +288,13 @@ function statusOf(conv: Conversation, message: Message): MessageStatus {
 function renderList(): void {
   const list = $("conversations");
   const sorted = [...conversations.values()].sort((a, b) => b.lastActivity - a.lastActivity);
+  if (sorted.length === 0) {
+    const hint = document.createElement("li");
+    hint.className = "hint";
+    hint.textContent = "No conversations yet: chat with someone by their username, or create a group.";
+    list.replaceChildren(hint);
+    return;
+  }
   list.replaceChildren(
     ...sorted.map((conv) => {
       const li = document.createElement("li");
