@@ -312,6 +312,58 @@ describe("the demo page in Chromium", { timeout: 7 * TIMEOUT }, () => {
     assert.equal(await c.textContent("#message-list li.msg:not(.mine) .sender"), alice);
   });
 
+  test("the SDK refreshes its token in-band before expiry, and the server checks it", { timeout: TIMEOUT }, async () => {
+    // The SDK bundle the gateway serves, used directly by a page, for a new user.
+    const outcome = await pages.bob.evaluate(async (bobName) => {
+      const sdk = await import("/haberci.min.js");
+      const post = async (path, body, token) => {
+        const headers = { "content-type": "application/json" };
+        if (token) headers.authorization = `Bearer ${token}`;
+        const response = await fetch(path, { method: "POST", headers, body: JSON.stringify(body) });
+        if (!response.ok) throw new Error(`${path}: ${response.status}`);
+        return response.json();
+      };
+      const name = `dave_${Math.random().toString(36).slice(2, 8)}`;
+      const { tokens } = await post("/v1/auth/register", { username: name, password: "correct horse battery", display_name: name, email: `${name}@example.com` });
+      const bob = await (await fetch(`/v1/users/${bobName}`, { headers: { authorization: `Bearer ${tokens.access_token}` } })).json();
+      let refreshToken = tokens.refresh_token;
+      const refreshed = [];
+      let twice;
+      const refreshedTwice = new Promise((resolve) => (twice = resolve));
+      // Refresh 14 min 59 s before a 15 min token expires: about a second after Welcome.
+      const good = await sdk.connect({
+        url: location.origin,
+        token: tokens.access_token,
+        refreshMarginMs: 899_000,
+        refreshToken: async () => {
+          const next = await post("/v1/auth/refresh", { refresh_token: refreshToken });
+          refreshToken = next.refresh_token;
+          refreshed.push(next.access_token);
+          if (refreshed.length === 2) twice();
+          return next.access_token;
+        },
+      });
+      await refreshedTwice;
+      // Still the same session, and it still works.
+      const sent = await good.send({ userId: bob.id }, "after two refreshes");
+      const goodState = good.state;
+      good.close();
+      // A token the server refuses, sent in-band: the session is closed as unauthenticated.
+      const bad = await sdk.connect({
+        url: location.origin,
+        token: refreshed.at(-1),
+        refreshMarginMs: 899_000,
+        refreshToken: async () => "not.a.token",
+      });
+      const closed = await new Promise((resolve) => bad.on("state", (e) => e.state === "closed" && resolve(e.error.code)));
+      return { refreshed: refreshed.length, goodState, seq: sent.seq, closed };
+    }, bob);
+    assert.ok(outcome.refreshed >= 2, JSON.stringify(outcome));
+    assert.equal(outcome.goodState, "open");
+    assert.equal(outcome.seq, 1);
+    assert.equal(outcome.closed, "unauthenticated");
+  });
+
   test("a screenshot of the chat is saved", { timeout: TIMEOUT }, async () => {
     const { alice: a } = pages;
     await a.click(`#conversations li[data-title="${bob}"]`);

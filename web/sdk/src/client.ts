@@ -42,6 +42,8 @@ export interface ConnectOptions {
    * Without it, a session ends when its token expires.
    */
   refreshToken?: () => Promise<string>;
+  /** How long before expiry to refresh (ms). Default: a minute, or a fifth of the lifetime. */
+  refreshMarginMs?: number;
   /** Transports to try, in order. Default: WebTransport, then WebSocket. */
   transports?: TransportName[];
   /** How long WebTransport may take to connect before the next transport is tried (ms). */
@@ -693,7 +695,7 @@ export class HaberciClient {
     clearTimeout(this.refreshTimer);
     const refresh = this.options.refreshToken;
     if (!refresh || lifetimeMs <= 0) return;
-    const margin = Math.min(60_000, lifetimeMs / 5);
+    const margin = this.options.refreshMarginMs ?? Math.min(60_000, lifetimeMs / 5);
     this.refreshTimer = setTimeout(() => {
       refresh().then(
         (token) => {
@@ -704,7 +706,7 @@ export class HaberciClient {
         },
         () => this.scheduleRefresh(Math.min(lifetimeMs, 10_000 * 5)),
       );
-    }, lifetimeMs - margin);
+    }, Math.max(1_000, lifetimeMs - margin));
   }
 }
 
