@@ -113,7 +113,7 @@ pub async fn fallback(State(state): State<GatewayState>, request: Request) -> Re
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             return crate::http::not_found().await;
         }
-        // A directory named like a file, or a file we may not read: not ours to serve.
+        // A directory whose name looks like a file's (`old.js/`): nothing to serve.
         Err(err) if err.kind() == std::io::ErrorKind::IsADirectory => {
             return crate::http::not_found().await;
         }
