@@ -73,6 +73,8 @@ pub struct GatewayConfig {
     pub stream_shards: u16,
     pub stream_prefix: String,
     pub internal_token: Option<String>,
+    /// `HABERCI_WEB_DIR`: static files served at `/` (the demo page, `web/dist`); unset: none.
+    pub web_dir: Option<std::path::PathBuf>,
 }
 
 impl GatewayConfig {
@@ -134,6 +136,15 @@ impl GatewayConfig {
         }
         let stream_prefix = env.string_or("HABERCI_STREAM_PREFIX", relay::DEFAULT_STREAM_PREFIX);
         let internal_token = env.raw("HABERCI_INTERNAL_TOKEN");
+        let web_dir = env.raw("HABERCI_WEB_DIR").map(std::path::PathBuf::from);
+        if let Some(dir) = &web_dir
+            && !dir.is_dir()
+        {
+            env.problem(format!(
+                "HABERCI_WEB_DIR: {} is not a directory (build the page: ./dev up)",
+                dir.display()
+            ));
+        }
         if internal_token.as_ref().is_some_and(|t| t.len() < 32) {
             env.problem("HABERCI_INTERNAL_TOKEN must be at least 32 characters");
         }
@@ -157,6 +168,7 @@ impl GatewayConfig {
             stream_shards,
             stream_prefix,
             internal_token,
+            web_dir,
         })
     }
 
@@ -181,6 +193,7 @@ impl GatewayConfig {
             stream_shards: relay::DEFAULT_SHARDS,
             stream_prefix: relay::DEFAULT_STREAM_PREFIX.to_owned(),
             internal_token: None,
+            web_dir: None,
         }
     }
 }
