@@ -120,6 +120,8 @@ pub async fn serve(
                     return;
                 }
             };
+            // Each protocol's future is boxed on its own: inline, every connection's task
+            // would be as large as the largest of them (the HTTP/3 one), idle or not.
             match negotiated_alpn(&connection).as_deref() {
                 Some(crate::ALPN_H3) => {
                     let http = crate::h3server::Http {
@@ -127,10 +129,16 @@ pub async fn serve(
                         limits: h3_limits,
                         requests,
                     };
-                    crate::h3server::serve_connection(connection, http, realtime, shutdown).await
+                    Box::pin(crate::h3server::serve_connection(
+                        connection, http, realtime, shutdown,
+                    ))
+                    .await
                 }
                 Some(crate::ALPN_NATIVE) => {
-                    crate::native::serve_connection(connection, realtime, shutdown).await
+                    Box::pin(crate::native::serve_connection(
+                        connection, realtime, shutdown,
+                    ))
+                    .await
                 }
                 other => {
                     // Unreachable while rustls enforces the ALPN list; kept as a guard.
