@@ -3,14 +3,18 @@
 //! `{"session_id", "user_id", "reason"}`; [`listen`] receives them and wakes the realtime
 //! sessions of that id that this gateway holds ([`Revocations::watch`]).
 //!
-//! Pub/sub loses what is published while the subscriber reconnects; a session missed that way
-//! still ends when its access token expires (≤ 15 min), and cannot refresh it in-band, since
-//! the refreshed token would come from a revoked session.
+//! A revoked session's access token stays valid until it expires, so the ids announced are
+//! also remembered for [`REMEMBERED_FOR`]: a new realtime session opened with such a token is
+//! closed as soon as it is open, like the ones that were open at the announcement.
+//!
+//! Pub/sub loses what is published while the subscriber reconnects (or before this gateway
+//! started); a session missed that way still ends when its access token expires (≤ 15 min),
+//! and cannot refresh it in-band, since the refreshed token would come from a revoked session.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 use haberci_kit::shutdown::Shutdown;
@@ -23,13 +27,18 @@ pub const REVOCATION_CHANNEL: &str = "auth:revoked";
 /// is too small for a burst of logouts).
 pub const MESSAGE_BUFFER: usize = 4096;
 
+/// How long a revoked session id is remembered: longer than an access token lives (15 min).
+pub const REMEMBERED_FOR: Duration = Duration::from_secs(20 * 60);
+
 /// One open session's wake-up, tagged so its [`Watch`] can remove exactly itself.
 type Watcher = (u64, Arc<Notify>);
 
-/// The realtime sessions this gateway holds, by session id.
+/// The realtime sessions this gateway holds, by session id, and the session ids revoked lately.
 #[derive(Default)]
 pub struct Revocations {
     watchers: Mutex<HashMap<SessionId, Vec<Watcher>>>,
+    /// Revoked session ids and when they may be forgotten.
+    revoked: Mutex<HashMap<SessionId, Instant>>,
     next_id: AtomicU64,
     subscribed: tokio::sync::watch::Sender<bool>,
 }
@@ -46,6 +55,16 @@ impl Revocations {
     pub fn watch(self: &Arc<Self>, session: SessionId) -> Watch {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let notify = Arc::new(Notify::new());
+        let already_revoked = self
+            .revoked
+            .lock()
+            .ok()
+            .and_then(|revoked| revoked.get(&session).copied())
+            .is_some_and(|until| Instant::now() < until);
+        if already_revoked {
+            // A token of a revoked session, not expired yet: the permit ends it at once.
+            notify.notify_one();
+        }
         if let Ok(mut watchers) = self.watchers.lock() {
             watchers
                 .entry(session)
@@ -60,8 +79,13 @@ impl Revocations {
         }
     }
 
-    /// Wakes every open session of `session`; returns how many there were.
+    /// Wakes every open session of `session` and remembers the id; returns how many were open.
     pub fn revoke(&self, session: SessionId) -> usize {
+        if let Ok(mut revoked) = self.revoked.lock() {
+            let now = Instant::now();
+            revoked.retain(|_, until| now < *until);
+            revoked.insert(session, now + REMEMBERED_FOR);
+        }
         let woken = self
             .watchers
             .lock()
@@ -176,6 +200,8 @@ fn subscriber(url: &str) -> Result<fred::clients::SubscriberClient, fred::error:
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use futures::FutureExt;
+
     use super::*;
 
     fn sid() -> SessionId {
@@ -193,8 +219,30 @@ mod tests {
         // Permits are stored: the watches see the revocation though nobody was waiting.
         a1.revoked().await;
         a2.revoked().await;
-        assert_eq!(registry.revoke(a), 0, "a revoked session is forgotten");
+        assert_eq!(
+            registry.revoke(a),
+            0,
+            "a revoked session's watches are gone"
+        );
         drop(b1);
         assert_eq!(registry.revoke(b), 0, "a closed session is forgotten");
+    }
+
+    #[tokio::test]
+    async fn a_session_opened_after_its_revocation_is_revoked_at_once() {
+        let registry = Arc::new(Revocations::default());
+        let (revoked, other) = (sid(), sid());
+        assert_eq!(registry.revoke(revoked), 0);
+        let late = registry.watch(revoked);
+        // The permit is stored at `watch`: the first poll resolves, no waiting involved.
+        assert!(
+            late.revoked().now_or_never().is_some(),
+            "a watch of a revoked session resolves at once"
+        );
+        let fine = registry.watch(other);
+        assert!(
+            fine.revoked().now_or_never().is_none(),
+            "another session stays open"
+        );
     }
 }

@@ -149,9 +149,31 @@ async fn bad_input_gets_its_error_and_leaves_others_untouched() {
             "{leg:?}: {:?}",
             closed.1
         );
-        // Not checked here: a new session opened with the revoked access token. Today the
-        // gateway welcomes it (it checks revocations only for open sessions), until the token
-        // expires; reported as a bug, not encoded as expected behaviour.
+        // A new session with the revoked (unexpired) access token is ended as well: at once,
+        // or right after its Welcome.
+        match Client::connect(cluster.client_config(0, leg, &user.token)).await {
+            Err(haberci_client::ConnectError::Closed { code, .. }) => {
+                assert_eq!(code, ErrorCode::Unauthenticated, "{leg:?}")
+            }
+            Ok((_client, mut events)) => {
+                let code = tokio::time::timeout(REVOCATION_BOUND, async {
+                    while let Some(event) = events.recv().await {
+                        if let haberci_client::Event::Disconnected(Disconnect::Server {
+                            code,
+                            ..
+                        }) = event
+                        {
+                            return code;
+                        }
+                    }
+                    None
+                })
+                .await
+                .unwrap_or_else(|_| panic!("{leg:?}: a session with a revoked token stays open"));
+                assert_eq!(code, Some(ErrorCode::Unauthenticated), "{leg:?}");
+            }
+            Err(other) => panic!("{leg:?}: expected unauthenticated, got {other:?}"),
+        }
         bystanders.still_talk().await;
     }
 
