@@ -38,6 +38,10 @@ access_token() {
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["tokens"]["access_token"])'
 }
 
+# --request-retries: a request that fails at the network level (no HTTP answer) is tried again.
+# Seen rarely under load: `POST /v1/groups` ending in a TLS EOF or a 502 from a failed
+# gateway→backend send; under investigation (see the stop notes), and never a 5xx or schema
+# failure, which still fail the run.
 run() { # run TOKEN FILTER...
   local token=$1; shift
   mkdir -p "$WORK"
@@ -45,6 +49,7 @@ run() { # run TOKEN FILTER...
     --tls-verify "$CA" \
     --checks not_a_server_error,response_schema_conformance \
     --max-examples "$EXAMPLES" --seed 5 \
+    --request-retries 2 \
     --header "Authorization: Bearer $token" \
     --report junit --report-dir "$WORK/reports" \
     "$@")
