@@ -16,14 +16,19 @@
 
 pub mod api;
 pub mod cli;
+pub mod compare;
+pub mod conn;
 mod coordinator;
 pub mod latency;
+pub mod peer;
+pub mod plots;
 pub mod procfs;
 pub mod protocol;
 mod report;
 pub mod scenarios;
 pub mod servers;
 pub mod shard;
+pub mod socketio;
 pub mod users;
 
 /// Runs a parsed command. `Ok(false)`: the run finished but `--check` found counts that do
@@ -32,6 +37,7 @@ pub async fn run(cli: cli::Cli) -> anyhow::Result<bool> {
     match cli.command {
         cli::Command::Connect(args) => scenarios::connect(args).await,
         cli::Command::Chat(args) => scenarios::chat(args).await,
+        cli::Command::Compare(args) => compare::compare(args).await,
         cli::Command::Shard { shard } => {
             shard::run()
                 .await
