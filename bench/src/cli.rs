@@ -27,6 +27,9 @@ pub enum Command {
     /// N users, half sending 1:1 messages to the other half at R messages/s for D seconds;
     /// report send→deliver latency, losses, and server CPU per 1,000 deliveries.
     Chat(ChatArgs),
+    /// Fan-out: groups of G members (made through the API, cached), the owner sends, every
+    /// member must get every message; reports the time until the last member has it.
+    Group(crate::group::GroupArgs),
     /// Run `connect` and `chat` against the Haberci stack and against the Socket.IO peer
     /// (bench/peers/socketio, started and stopped here) on the same machine in one run;
     /// report both and their ratios.

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod compare;
 pub mod conn;
 mod coordinator;
+pub mod group;
 pub mod latency;
 pub mod peer;
 pub mod plots;
@@ -38,6 +39,7 @@ pub async fn run(cli: cli::Cli) -> anyhow::Result<bool> {
         cli::Command::Connect(args) => scenarios::connect(args).await,
         cli::Command::Chat(args) => scenarios::chat(args).await,
         cli::Command::Compare(args) => compare::compare(args).await,
+        cli::Command::Group(args) => group::group(args).await,
         cli::Command::Shard { shard } => {
             shard::run()
                 .await

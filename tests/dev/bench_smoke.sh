@@ -19,11 +19,13 @@ bench() { "$ROOT/dev" bench "$@" --out "$OUT" --check; }
 bench chat --users 50 --messages 200 --rate 200 --drain 15
 bench chat --users 20 --messages 60 --rate 60 --transport ws --shards 2 --drain 15
 bench connect --sessions 45 --transport mix --hold 1
+# Fan-out: 2 groups of 20 members (made through the API once, then cached).
+bench group --members 20 --groups 2 --rate 20 --messages 40 --drain 15
 # Haberci and the Socket.IO peer, side by side (the peer's nodes and Redis on 9100–9102).
 bench compare --sessions 60 --hold 1 --users 20 --messages 60 --rate 60 --drain 15
 
 reports=$(find "$OUT" -name '*.json' | wc -l)
-[ "$reports" = 4 ] || { echo "bench_smoke: expected 4 JSON reports, found $reports" >&2; exit 1; }
+[ "$reports" = 5 ] || { echo "bench_smoke: expected 5 JSON reports, found $reports" >&2; exit 1; }
 plots=$(find "$OUT" -name '*.svg' | wc -l)
 [ "$plots" -ge 10 ] || { echo "bench_smoke: expected plots, found $plots SVG files" >&2; exit 1; }
 grep -q '"socketio"' "$OUT"/*/compare-*.json || { echo "bench_smoke: no Socket.IO side in the compare report" >&2; exit 1; }
