@@ -30,6 +30,9 @@ pub enum Command {
     /// Fan-out: groups of G members (made through the API, cached), the owner sends, every
     /// member must get every message; reports the time until the last member has it.
     Group(crate::group::GroupArgs),
+    /// A gateway is killed (SIGKILL) mid-chat; its clients reconnect at once and resume.
+    /// Reports the time until all are back and any gap, duplicate or reordering.
+    Storm(crate::storm::StormArgs),
     /// Run `connect` and `chat` against the Haberci stack and against the Socket.IO peer
     /// (bench/peers/socketio, started and stopped here) on the same machine in one run;
     /// report both and their ratios.

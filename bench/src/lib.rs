@@ -30,6 +30,7 @@ pub mod scenarios;
 pub mod servers;
 pub mod shard;
 pub mod socketio;
+pub mod storm;
 pub mod users;
 
 /// Runs a parsed command. `Ok(false)`: the run finished but `--check` found counts that do
@@ -40,6 +41,7 @@ pub async fn run(cli: cli::Cli) -> anyhow::Result<bool> {
         cli::Command::Chat(args) => scenarios::chat(args).await,
         cli::Command::Compare(args) => compare::compare(args).await,
         cli::Command::Group(args) => group::group(args).await,
+        cli::Command::Storm(args) => storm::storm(args).await,
         cli::Command::Shard { shard } => {
             shard::run()
                 .await

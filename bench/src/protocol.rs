@@ -115,6 +115,9 @@ pub enum Job {
         pairs: Vec<PairSpec>,
         timing: Timing,
     },
+    /// Phases: connect, then on `go` chat while a gateway is killed; sessions reconnect and
+    /// resume.
+    Storm(Box<crate::storm::StormJob>),
     /// Phases: connect members then senders, then on `go` send to the groups and drain.
     Group {
         common: Common,
@@ -129,6 +132,7 @@ impl Job {
             Job::Connect { common, .. } | Job::Chat { common, .. } | Job::Group { common, .. } => {
                 common
             }
+            Job::Storm(job) => &job.common,
         }
     }
 }
@@ -148,6 +152,8 @@ pub struct Counts {
     pub connect_failed: u64,
     pub sent: u64,
     pub received: u64,
+    #[serde(default)]
+    pub reconnected: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -190,4 +196,21 @@ pub struct ShardResult {
     /// among this shard's members.
     #[serde(default)]
     pub fanout: Vec<(u32, Vec<(u64, u32)>)>,
+    /// Storm: every session whose connection dropped, and how it came back.
+    #[serde(default)]
+    pub reconnects: Vec<Reconnect>,
+}
+
+/// A session that lost its connection during a storm.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Reconnect {
+    /// Unix ns: when the client noticed (its events ended).
+    pub lost_ns: u64,
+    /// Unix ns of the new `Welcome`; 0 if it never came back.
+    pub back_ns: u64,
+    pub attempts: u32,
+    pub from_gateway: usize,
+    pub to_gateway: usize,
+    /// The successful attempt's handshake, µs.
+    pub handshake_us: u64,
 }

@@ -31,27 +31,30 @@ use crate::socketio::{SioClient, SioConfig};
 /// How often a shard reports its counts.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// How long closing all sessions may take at the end.
-const CLOSE_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// Longest error text kept as a failure key.
 const FAILURE_KEY_LEN: usize = 100;
 
 /// Live counters, reported every [`PROGRESS_EVERY`].
 #[derive(Default)]
-struct Live {
-    connected: AtomicU64,
-    connect_failed: AtomicU64,
-    sent: AtomicU64,
-    received: AtomicU64,
-    disconnected: AtomicU64,
+pub(crate) struct Live {
+    pub(crate) connected: AtomicU64,
+    pub(crate) connect_failed: AtomicU64,
+    pub(crate) sent: AtomicU64,
+    pub(crate) received: AtomicU64,
+    pub(crate) disconnected: AtomicU64,
+    /// Storm: sessions back after their gateway died.
+    pub(crate) reconnected: AtomicU64,
 }
 
 impl Live {
-    fn counts(&self) -> Counts {
+    pub(crate) fn counts(&self) -> Counts {
         Counts {
             connected: self.connected.load(Ordering::Relaxed),
             connect_failed: self.connect_failed.load(Ordering::Relaxed),
             sent: self.sent.load(Ordering::Relaxed),
             received: self.received.load(Ordering::Relaxed),
+            reconnected: self.reconnected.load(Ordering::Relaxed),
         }
     }
 }
@@ -104,6 +107,7 @@ pub async fn run() -> anyhow::Result<()> {
                 groups,
                 timing,
             } => group_scenario(common, groups, timing, &live, &out_tx, go).await,
+            Job::Storm(job) => crate::storm::shard(*job, &live, &out_tx, go).await,
         }
     };
     let result = match tokio::time::timeout(deadline, work).await {
@@ -128,13 +132,13 @@ async fn write_reports(mut rx: mpsc::UnboundedReceiver<Report>) -> anyhow::Resul
     Ok(())
 }
 
-async fn wait_go(go: &mut mpsc::UnboundedReceiver<()>) -> anyhow::Result<()> {
+pub(crate) async fn wait_go(go: &mut mpsc::UnboundedReceiver<()>) -> anyhow::Result<()> {
     go.recv()
         .await
         .context("stdin closed: the coordinator stopped the run")
 }
 
-fn cpu_ms_now(ticks_per_sec: u64) -> f64 {
+pub(crate) fn cpu_ms_now(ticks_per_sec: u64) -> f64 {
     procfs::sample(std::process::id())
         .map_or(0.0, |s| s.cpu_ticks as f64 * 1000.0 / ticks_per_sec as f64)
 }
@@ -281,7 +285,7 @@ async fn open_sessions(
     Ok(opened)
 }
 
-fn failure_key(err: &dyn std::fmt::Display) -> String {
+pub(crate) fn failure_key(err: &dyn std::fmt::Display) -> String {
     let mut text = err.to_string();
     if text.len() > FAILURE_KEY_LEN {
         let mut cut = FAILURE_KEY_LEN;
@@ -293,7 +297,7 @@ fn failure_key(err: &dyn std::fmt::Display) -> String {
     text
 }
 
-fn root_store(common: &Common) -> anyhow::Result<rustls::RootCertStore> {
+pub(crate) fn root_store(common: &Common) -> anyhow::Result<rustls::RootCertStore> {
     let mut store = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(&common.ca)
         .with_context(|| format!("reading {}", common.ca.display()))?
@@ -303,7 +307,7 @@ fn root_store(common: &Common) -> anyhow::Result<rustls::RootCertStore> {
     Ok(store)
 }
 
-fn client_config(
+pub(crate) fn client_config(
     common: &Common,
     spec: &SessionSpec,
     roots: &rustls::RootCertStore,
@@ -329,7 +333,7 @@ fn client_config(
 }
 
 /// Drains a session's inbox and counts an early end.
-fn drain_events(mut inbox: Inbox, live: Arc<Live>) -> tokio::task::JoinHandle<()> {
+pub(crate) fn drain_events(mut inbox: Inbox, live: Arc<Live>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(event) = inbox.next().await {
             if let Incoming::Disconnected(_) = event {
@@ -382,39 +386,39 @@ async fn connect_scenario(
 
 /// What a member saw of one flow (a pair's or a group's messages).
 #[derive(Default)]
-struct Seen {
-    received: Vec<bool>,
-    unique: u64,
-    duplicates: u64,
-    out_of_order: u64,
-    unexpected: u64,
-    stale: u64,
-    highest: Option<u32>,
-    last_ns: u64,
+pub(crate) struct Seen {
+    pub(crate) received: Vec<bool>,
+    pub(crate) unique: u64,
+    pub(crate) duplicates: u64,
+    pub(crate) out_of_order: u64,
+    pub(crate) unexpected: u64,
+    pub(crate) stale: u64,
+    pub(crate) highest: Option<u32>,
+    pub(crate) last_ns: u64,
     /// Per message number: its delivery latency here (µs), when it came.
-    latency_us: Vec<Option<u64>>,
+    pub(crate) latency_us: Vec<Option<u64>>,
 }
 
 /// What a sender got answered.
-struct Outbox {
-    sent_ok: Vec<bool>,
-    failed: BTreeMap<String, u64>,
-    first_ns: u64,
+pub(crate) struct Outbox {
+    pub(crate) sent_ok: Vec<bool>,
+    pub(crate) failed: BTreeMap<String, u64>,
+    pub(crate) first_ns: u64,
 }
 
 /// What a message carries: which run, which flow, its number, and when it was sent.
 #[derive(Debug, PartialEq, Eq)]
-struct Stamp {
-    run: u64,
-    pair: u32,
-    n: u32,
-    sent_ns: u64,
+pub(crate) struct Stamp {
+    pub(crate) run: u64,
+    pub(crate) pair: u32,
+    pub(crate) n: u32,
+    pub(crate) sent_ns: u64,
 }
 
 /// The content of a message: `run:flow:n:unix_ns:` then padding. The stamp is the wall
 /// clock (`CLOCK_REALTIME`), shared by every process on the machine, so a sender in one shard
 /// and a recipient in another compare it directly.
-fn content(stamp: &Stamp, size: usize) -> String {
+pub(crate) fn content(stamp: &Stamp, size: usize) -> String {
     let Stamp {
         run,
         pair,
@@ -428,7 +432,7 @@ fn content(stamp: &Stamp, size: usize) -> String {
     text
 }
 
-fn parse_content(text: &str) -> Option<Stamp> {
+pub(crate) fn parse_content(text: &str) -> Option<Stamp> {
     let mut parts = text.splitn(5, ':');
     Some(Stamp {
         run: parts.next()?.parse().ok()?,
@@ -438,7 +442,7 @@ fn parse_content(text: &str) -> Option<Stamp> {
     })
 }
 
-fn unix_ns() -> u64 {
+pub(crate) fn unix_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
@@ -446,9 +450,9 @@ fn unix_ns() -> u64 {
 
 /// Every delivery's latency, overall and per second of sending.
 #[derive(Default)]
-struct Recorder {
-    all: Latency,
-    by_second: BTreeMap<u64, Latency>,
+pub(crate) struct Recorder {
+    pub(crate) all: Latency,
+    pub(crate) by_second: BTreeMap<u64, Latency>,
 }
 
 impl Recorder {
@@ -770,7 +774,7 @@ async fn send(
     outbox
 }
 
-async fn receive(
+pub(crate) async fn receive(
     run_id: u64,
     flow: u32,
     messages: u32,

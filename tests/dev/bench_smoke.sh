@@ -21,11 +21,17 @@ bench chat --users 20 --messages 60 --rate 60 --transport ws --shards 2 --drain 
 bench connect --sessions 45 --transport mix --hold 1
 # Fan-out: 2 groups of 20 members (made through the API once, then cached).
 bench group --members 20 --groups 2 --rate 20 --messages 40 --drain 15
+# A gateway killed mid-chat: its clients move to another gateway (or, with one gateway, retry
+# it while the bench starts it again) and resume without a gap. A short heartbeat so QUIC
+# clients notice the dead gateway within the smoke's time.
+gateways=$(find "$ROOT/.dev/run" -name 'gateway*.pid' | wc -l)
+back=same; [ "$gateways" -lt 2 ] || back=other
+bench storm --back "$back" --users 20 --rate 20 --duration 6 --kill-after 2 --ping-ms 1000 --pong-timeout-ms 1000 --drain 20
 # Haberci and the Socket.IO peer, side by side (the peer's nodes and Redis on 9100–9102).
 bench compare --sessions 60 --hold 1 --users 20 --messages 60 --rate 60 --drain 15
 
 reports=$(find "$OUT" -name '*.json' | wc -l)
-[ "$reports" = 5 ] || { echo "bench_smoke: expected 5 JSON reports, found $reports" >&2; exit 1; }
+[ "$reports" = 6 ] || { echo "bench_smoke: expected 6 JSON reports, found $reports" >&2; exit 1; }
 plots=$(find "$OUT" -name '*.svg' | wc -l)
 [ "$plots" -ge 10 ] || { echo "bench_smoke: expected plots, found $plots SVG files" >&2; exit 1; }
 grep -q '"socketio"' "$OUT"/*/compare-*.json || { echo "bench_smoke: no Socket.IO side in the compare report" >&2; exit 1; }
