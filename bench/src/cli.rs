@@ -33,6 +33,9 @@ pub enum Command {
     /// A gateway is killed (SIGKILL) mid-chat; its clients reconnect at once and resume.
     /// Reports the time until all are back and any gap, duplicate or reordering.
     Storm(crate::storm::StormArgs),
+    /// The database alone: the worker's insert path through PgBouncer at several batch sizes,
+    /// and history-page latency on a generated table of 10 million messages.
+    Db(crate::db::DbArgs),
     /// Run `connect` and `chat` against the Haberci stack and against the Socket.IO peer
     /// (bench/peers/socketio, started and stopped here) on the same machine in one run;
     /// report both and their ratios.

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod compare;
 pub mod conn;
 mod coordinator;
+pub mod db;
 pub mod group;
 pub mod latency;
 pub mod peer;
@@ -42,6 +43,7 @@ pub async fn run(cli: cli::Cli) -> anyhow::Result<bool> {
         cli::Command::Compare(args) => compare::compare(args).await,
         cli::Command::Group(args) => group::group(args).await,
         cli::Command::Storm(args) => storm::storm(args).await,
+        cli::Command::Db(args) => db::db(args).await,
         cli::Command::Shard { shard } => {
             shard::run()
                 .await

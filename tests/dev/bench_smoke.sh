@@ -27,11 +27,14 @@ bench group --members 20 --groups 2 --rate 20 --messages 40 --drain 15
 gateways=$(find "$ROOT/.dev/run" -name 'gateway*.pid' | wc -l)
 back=same; [ "$gateways" -lt 2 ] || back=other
 bench storm --back "$back" --users 20 --rate 20 --duration 6 --kill-after 2 --ping-ms 1000 --pong-timeout-ms 1000 --drain 20
+# The database alone, in a database of its own that it drops: a small history table, the
+# worker's insert path at two batch sizes, history pages.
+bench db --messages 100000 --conversations 100 --batch-sizes 1,20 --insert-seconds 1 --queries 200
 # Haberci and the Socket.IO peer, side by side (the peer's nodes and Redis on 9100–9102).
 bench compare --sessions 60 --hold 1 --users 20 --messages 60 --rate 60 --drain 15
 
 reports=$(find "$OUT" -name '*.json' | wc -l)
-[ "$reports" = 6 ] || { echo "bench_smoke: expected 6 JSON reports, found $reports" >&2; exit 1; }
+[ "$reports" = 7 ] || { echo "bench_smoke: expected 7 JSON reports, found $reports" >&2; exit 1; }
 plots=$(find "$OUT" -name '*.svg' | wc -l)
 [ "$plots" -ge 10 ] || { echo "bench_smoke: expected plots, found $plots SVG files" >&2; exit 1; }
 grep -q '"socketio"' "$OUT"/*/compare-*.json || { echo "bench_smoke: no Socket.IO side in the compare report" >&2; exit 1; }
