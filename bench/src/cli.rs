@@ -36,6 +36,8 @@ pub enum Command {
     /// The database alone: the worker's insert path through PgBouncer at several batch sizes,
     /// and history-page latency on a generated table of 10 million messages.
     Db(crate::db::DbArgs),
+    /// Users connecting and leaving continuously at a level session count.
+    Churn(crate::churn::ChurnArgs),
     /// Run `connect` and `chat` against the Haberci stack and against the Socket.IO peer
     /// (bench/peers/socketio, started and stopped here) on the same machine in one run;
     /// report both and their ratios.

@@ -15,6 +15,7 @@
 //! - `latency`: HDR histograms, merged exactly across shards; `report`: JSON and Markdown.
 
 pub mod api;
+pub mod churn;
 pub mod cli;
 pub mod compare;
 pub mod conn;
@@ -44,6 +45,7 @@ pub async fn run(cli: cli::Cli) -> anyhow::Result<bool> {
         cli::Command::Group(args) => group::group(args).await,
         cli::Command::Storm(args) => storm::storm(args).await,
         cli::Command::Db(args) => db::db(args).await,
+        cli::Command::Churn(args) => churn::churn(args).await,
         cli::Command::Shard { shard } => {
             shard::run()
                 .await

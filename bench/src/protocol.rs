@@ -118,6 +118,8 @@ pub enum Job {
     /// Phases: connect, then on `go` chat while a gateway is killed; sessions reconnect and
     /// resume.
     Storm(Box<crate::storm::StormJob>),
+    /// Phases: connect, then on `go` close and reopen sessions for the duration.
+    Churn(Box<crate::churn::ChurnJob>),
     /// Phases: connect members then senders, then on `go` send to the groups and drain.
     Group {
         common: Common,
@@ -133,6 +135,7 @@ impl Job {
                 common
             }
             Job::Storm(job) => &job.common,
+            Job::Churn(job) => &job.common,
         }
     }
 }

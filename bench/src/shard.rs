@@ -108,6 +108,7 @@ pub async fn run() -> anyhow::Result<()> {
                 timing,
             } => group_scenario(common, groups, timing, &live, &out_tx, go).await,
             Job::Storm(job) => crate::storm::shard(*job, &live, &out_tx, go).await,
+            Job::Churn(job) => crate::churn::shard(*job, &live, &out_tx, go).await,
         }
     };
     let result = match tokio::time::timeout(deadline, work).await {

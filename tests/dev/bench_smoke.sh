@@ -19,6 +19,8 @@ bench() { "$ROOT/dev" bench "$@" --out "$OUT" --check; }
 bench chat --users 50 --messages 200 --rate 200 --drain 15
 bench chat --users 20 --messages 60 --rate 60 --transport ws --shards 2 --drain 15
 bench connect --sessions 45 --transport mix --hold 1
+# Sessions leaving and arriving at a level count, on every transport.
+bench churn --sessions 40 --rate 20 --duration 3 --transport mix
 # Fan-out: 2 groups of 20 members (made through the API once, then cached).
 bench group --members 20 --groups 2 --rate 20 --messages 40 --drain 15
 # A gateway killed mid-chat: its clients move to another gateway (or, with one gateway, retry
@@ -34,7 +36,7 @@ bench db --messages 100000 --conversations 100 --batch-sizes 1,20 --insert-secon
 bench compare --sessions 60 --hold 1 --users 20 --messages 60 --rate 60 --drain 15
 
 reports=$(find "$OUT" -name '*.json' | wc -l)
-[ "$reports" = 7 ] || { echo "bench_smoke: expected 7 JSON reports, found $reports" >&2; exit 1; }
+[ "$reports" = 8 ] || { echo "bench_smoke: expected 8 JSON reports, found $reports" >&2; exit 1; }
 plots=$(find "$OUT" -name '*.svg' | wc -l)
 [ "$plots" -ge 10 ] || { echo "bench_smoke: expected plots, found $plots SVG files" >&2; exit 1; }
 grep -q '"socketio"' "$OUT"/*/compare-*.json || { echo "bench_smoke: no Socket.IO side in the compare report" >&2; exit 1; }
