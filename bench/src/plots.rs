@@ -87,6 +87,20 @@ impl Chart {
     }
 }
 
+/// Line colours, distinct on white (the "tab10" set).
+const PALETTE: [(u8, u8, u8); 10] = [
+    (31, 119, 180),
+    (214, 39, 40),
+    (44, 160, 44),
+    (255, 127, 14),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+];
+
 /// The "nines" x of quantile `q` (0 ≤ q < 1).
 pub fn nines(q: f64) -> f64 {
     -(1.0 - q.clamp(0.0, 0.999_999)).log10()
@@ -110,7 +124,12 @@ pub fn draw(path: &Path, chart: &Chart) -> anyhow::Result<bool> {
     let err = |e: &dyn std::fmt::Display| anyhow!("plotting {}: {e}", path.display());
     let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
-    let ((x0, x1), (y0, y1)) = chart.bounds();
+    let ((mut x0, mut x1), (y0, y1)) = chart.bounds();
+    let nines_axis = chart.x_axis == XAxis::Nines;
+    if nines_axis {
+        // Whole nines only: p0, p90, p99, p99.9, …
+        (x0, x1) = (0.0, x1.ceil().max(1.0));
+    }
     let mut ctx = ChartBuilder::on(&root)
         .caption(&chart.title, ("sans-serif", 22))
         .margin(16)
@@ -118,7 +137,6 @@ pub fn draw(path: &Path, chart: &Chart) -> anyhow::Result<bool> {
         .y_label_area_size(70)
         .build_cartesian_2d(x0..x1, y0..y1)
         .map_err(|e| err(&e))?;
-    let nines_axis = chart.x_axis == XAxis::Nines;
     let format_x = move |x: &f64| {
         if nines_axis {
             nines_label(*x)
@@ -128,15 +146,19 @@ pub fn draw(path: &Path, chart: &Chart) -> anyhow::Result<bool> {
             format!("{x:.2}")
         }
     };
-    ctx.configure_mesh()
-        .x_desc(chart.x_label.as_str())
+    let mut mesh = ctx.configure_mesh();
+    if nines_axis {
+        mesh.x_labels(x1 as usize + 1);
+    }
+    mesh.x_desc(chart.x_label.as_str())
         .y_desc(chart.y_label.as_str())
         .x_label_formatter(&format_x)
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(|e| err(&e))?;
     for (i, series) in chart.series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let (r, g, b) = PALETTE[i % PALETTE.len()];
+        let color = RGBColor(r, g, b).to_rgba();
         ctx.draw_series(LineSeries::new(
             series.points.iter().copied(),
             color.stroke_width(2),

@@ -595,6 +595,25 @@ impl Revival {
     }
 }
 
+/// `gateway` → 0, `gatewayN` → N − 1: the victim's place in the gateway list.
+fn victim_index(role: &str) -> Option<usize> {
+    match role.strip_prefix("gateway")? {
+        "" => Some(0),
+        n => n.parse::<usize>().ok()?.checked_sub(1),
+    }
+}
+
+/// Waits (bounded) until `addr` accepts TCP connections.
+async fn wait_listening(addr: SocketAddr, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn kill9(pid: u32) -> anyhow::Result<()> {
     let status = std::process::Command::new("kill")
         .args(["-KILL", &pid.to_string()])
@@ -803,6 +822,10 @@ pub async fn storm(args: StormArgs) -> anyhow::Result<bool> {
         }
         revival.start()?;
     }
+    // The next run (or `./dev bench`) may use the victim at once: wait until it listens.
+    if let Some((_, tcp)) = victim_index(&victim).and_then(|i| gateways.get(i)) {
+        wait_listening(*tcp, Duration::from_secs(30)).await;
+    }
     let results = results?;
     let cpu = cpu_before.delta_ms(&servers.cpu(), ticks);
     let sum = |f: fn(&ShardResult) -> u64| results.iter().map(f).sum::<u64>();
@@ -955,6 +978,14 @@ mod tests {
         assert_eq!(next_gateway(Back::Other, 0, 2, 3), 1);
         assert_eq!(next_gateway(Back::Same, 1, 3, 2), 1);
         assert_eq!(next_gateway(Back::Other, 0, 3, 1), 0);
+    }
+
+    #[test]
+    fn victims_are_found_in_the_gateway_list() {
+        assert_eq!(victim_index("gateway"), Some(0));
+        assert_eq!(victim_index("gateway2"), Some(1));
+        assert_eq!(victim_index("gateway0"), None);
+        assert_eq!(victim_index("worker"), None);
     }
 
     #[test]
