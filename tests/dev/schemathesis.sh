@@ -17,7 +17,11 @@ EXAMPLES=${HABERCI_SCHEMATHESIS_EXAMPLES:-20}
 
 ensure_venv() {
   local installed=""
-  [ -x "$VENV/bin/pip" ] && installed=$("$VENV/bin/pip" show schemathesis 2>/dev/null | sed -n 's/^Version: //p')
+  # `pip show` fails when the package is missing (python_client.sh may have made the venv
+  # without it): under `set -e` and pipefail that must not end the script.
+  if [ -x "$VENV/bin/pip" ]; then
+    installed=$("$VENV/bin/pip" show schemathesis 2>/dev/null | sed -n 's/^Version: //p' || true)
+  fi
   if [ "$installed" != "$SCHEMATHESIS_VERSION" ]; then
     echo "installing schemathesis $SCHEMATHESIS_VERSION into $VENV"
     python3 -m venv "$VENV"
