@@ -135,6 +135,11 @@ impl ApiConnection {
         self.call(http::Method::POST, path, Some(body), None).await
     }
 
+    /// A GET without credentials (health checks).
+    pub async fn get(&mut self, path: &str) -> anyhow::Result<Answer> {
+        self.call(http::Method::GET, path, None, None).await
+    }
+
     /// A call as a logged-in user (`Authorization: Bearer`).
     pub async fn call_as(
         &mut self,

@@ -157,6 +157,11 @@ pub struct Target {
     /// A word added to the report's file name.
     #[arg(long)]
     pub label: Option<String>,
+    /// Restart every gateway (same command line and environment) before the run, so memory
+    /// per idle connection is measured on fresh processes: an allocator keeps what an earlier
+    /// run freed, and new sessions would reuse it unseen.
+    #[arg(long)]
+    pub fresh_gateways: bool,
 }
 
 impl Target {

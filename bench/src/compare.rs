@@ -39,8 +39,9 @@ pub struct Ratios {
     pub latency_p999: Option<f64>,
 }
 
+/// a ÷ b when both are meaningful (a memory delta below zero is not: see `--fresh-gateways`).
 fn ratio(a: f64, b: f64) -> Option<f64> {
-    (a.is_finite() && b.is_finite() && b > 0.0).then(|| a / b)
+    (a.is_finite() && b.is_finite() && a >= 0.0 && b > 0.0).then(|| a / b)
 }
 
 impl Ratios {
@@ -90,6 +91,9 @@ pub struct Pair<F> {
 pub async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
     let target = &args.target;
     let started_at = report::now();
+    if target.fresh_gateways {
+        crate::storm::restart_gateways(target).await?;
+    }
     let load_before = crate::procfs::load_average();
     let haberci_servers = ServerSet::discover(&target.dev_dir, &target.server_pids)?;
     let mix = target.mix(Mix::Ws);
@@ -384,6 +388,12 @@ pub fn markdown(args: &CompareArgs, f: &CompareFigures, machine: &report::Machin
             roles(s)
         );
     }
+    if f.connect
+        .as_ref()
+        .is_some_and(|c| c.haberci.bytes_per_idle_session <= 0.0)
+    {
+        let _ = writeln!(md, "\n{}", crate::report::REUSED_MEMORY);
+    }
     let _ = writeln!(md, "\nReference: {}.", f.seed_reference);
     md
 }
@@ -397,6 +407,7 @@ mod tests {
         assert_eq!(ratio(50.0, 100.0), Some(0.5));
         assert_eq!(ratio(1.0, 0.0), None);
         assert_eq!(ratio(f64::NAN, 1.0), None);
+        assert_eq!(ratio(-100.0, 1.0), None);
         assert_eq!(times(Some(0.456)), "0.46×");
         assert_eq!(times(None), "–");
     }

@@ -135,6 +135,10 @@ fn setup_line(setup: &SetupStats) -> String {
     )
 }
 
+/// Said when a gateway's memory did not grow with the sessions.
+pub const REUSED_MEMORY: &str = "Memory per idle connection is not measurable here: the gateways \
+reused memory that an earlier run had freed. Run with --fresh-gateways.";
+
 pub fn connect_markdown(
     args: &ConnectArgs,
     mix: Mix,
@@ -158,10 +162,20 @@ pub fn connect_markdown(
     let _ = writeln!(md, "| connects/s | {:.0} |", f.connects_per_sec);
     let _ = writeln!(
         md,
-        "| gateway RSS before → after | {:.1} → {:.1} MiB |",
+        "| all gateways, RSS before → after | {:.1} → {:.1} MiB |",
         f.gateway_rss_before_kib as f64 / 1024.0,
         f.gateway_rss_after_kib as f64 / 1024.0
     );
+    for (role, before) in &f.rss_before_kib_by_process {
+        if let Some(after) = f.rss_after_kib_by_process.get(role) {
+            let _ = writeln!(
+                md,
+                "| {role} RSS before → after | {:.1} → {:.1} MiB |",
+                *before as f64 / 1024.0,
+                *after as f64 / 1024.0
+            );
+        }
+    }
     let _ = writeln!(
         md,
         "| **gateway memory per idle session** | **{:.1} KB** |",
@@ -173,6 +187,9 @@ pub fn connect_markdown(
         f.gateway_cpu_ms_per_handshake
     );
     let _ = writeln!(md, "| dropped while idle | {} |", f.disconnected_while_idle);
+    if f.bytes_per_idle_session <= 0.0 {
+        let _ = writeln!(md, "| note | {REUSED_MEMORY} |");
+    }
     let _ = writeln!(md, "| client CPU (ramp) | {:.0} ms |\n", f.client_cpu_ms);
     md.push_str(LATENCY_HEADER);
     latency_row(

@@ -460,6 +460,9 @@ pub struct ConnectFigures {
     pub handshake: Summary,
     pub gateway_rss_before_kib: u64,
     pub gateway_rss_after_kib: u64,
+    /// Each edge process (gateway, Socket.IO node) before the ramp and after the hold, KiB.
+    pub rss_before_kib_by_process: BTreeMap<String, u64>,
+    pub rss_after_kib_by_process: BTreeMap<String, u64>,
     /// (after − before) / connected.
     pub bytes_per_idle_session: f64,
     /// Gateway CPU during the ramp / connected.
@@ -530,6 +533,7 @@ pub async fn measure_connect(
     let mut shards = Shards::start(jobs).await?;
     let ticks = procfs::clock_ticks_per_sec();
     let rss_before = servers.gateway_rss_kib()?;
+    let rss_before_by = servers.edge_rss_by_role();
     let cpu_before = servers.cpu();
     let progress = bar(multi, sessions as u64, side.name());
     let mut sampler = Sampler::start(servers);
@@ -555,6 +559,7 @@ pub async fn measure_connect(
         sampler.sample(counts.connected);
     }
     let rss_after = servers.gateway_rss_kib()?;
+    let rss_after_by = servers.edge_rss_by_role();
     shards.go().await?;
     let results = shards.wait_done(Duration::from_secs(60), |_| {}).await?;
     let connected: u64 = results.iter().map(|r| r.connected).sum();
@@ -576,6 +581,8 @@ pub async fn measure_connect(
         handshake: handshake.summary(),
         gateway_rss_before_kib: rss_before,
         gateway_rss_after_kib: rss_after,
+        rss_before_kib_by_process: rss_before_by,
+        rss_after_kib_by_process: rss_after_by,
         bytes_per_idle_session: (rss_after as f64 - rss_before as f64) * 1024.0
             / connected.max(1) as f64,
         gateway_cpu_ms_per_handshake: gateway_cpu / connected.max(1) as f64,
@@ -595,6 +602,9 @@ pub async fn measure_connect(
 pub async fn connect(args: ConnectArgs) -> anyhow::Result<bool> {
     let target = &args.target;
     let started_at = report::now();
+    if target.fresh_gateways {
+        crate::storm::restart_gateways(target).await?;
+    }
     let servers = ServerSet::discover(&target.dev_dir, &target.server_pids)?;
     let multi = report::progress();
     let mix = target.mix(Mix::Quic);

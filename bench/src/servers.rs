@@ -128,6 +128,14 @@ impl ServerSet {
         Ok(total)
     }
 
+    /// RSS of each edge process by role, KiB (a process that is gone is left out).
+    pub fn edge_rss_by_role(&self) -> BTreeMap<String, u64> {
+        self.gateways()
+            .into_iter()
+            .filter_map(|gw| Some((gw.role, procfs::rss_kib(gw.pid)?)))
+            .collect()
+    }
+
     pub fn processes(&self) -> Vec<Server> {
         let mut all = self.fixed.clone();
         all.extend(self.postmaster.map(|pid| Server {

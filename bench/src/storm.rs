@@ -519,6 +519,52 @@ pub(crate) async fn shard(
 
 // ---- the coordinator's side --------------------------------------------------------------------
 
+/// Restarts every gateway of the stack (SIGTERM, wait, start again as it was) and waits until
+/// each answers `/readyz`.
+pub(crate) async fn restart_gateways(target: &Target) -> anyhow::Result<()> {
+    let servers = ServerSet::discover(&target.dev_dir, &[])?;
+    let roots = crate::scenarios::ca_store(target)?;
+    for gw in servers.gateways() {
+        let revival = Revival::capture(gw.pid, &target.dev_dir, &gw.role)?;
+        signal(gw.pid, "-TERM")?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while crate::procfs::sample(gw.pid).is_some() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if crate::procfs::sample(gw.pid).is_some() {
+            let _ = kill9(gw.pid);
+        }
+        revival.start()?;
+        let Some(spec) = victim_index(&gw.role).and_then(|i| target.gateways.get(i)) else {
+            continue;
+        };
+        let port = spec.tcp.rsplit_once(':').map_or("", |(_, p)| p);
+        let api = crate::api::ApiTarget::new(
+            &format!("https://{}:{port}", target.server_name),
+            roots.clone(),
+        )
+        .await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = match api.connect([127, 0, 0, 1].into()).await {
+                Ok(mut conn) => conn
+                    .get("/readyz")
+                    .await
+                    .is_ok_and(|a| a.status == http::StatusCode::OK),
+                Err(_) => false,
+            };
+            if ready {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not become ready after its restart", gw.role);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
 /// What it takes to start a process again as it was: command line, environment, directory,
 /// and the dev pid file's second line (the stamp `./dev up` compares).
 struct Revival {
@@ -615,12 +661,17 @@ async fn wait_listening(addr: SocketAddr, limit: Duration) {
 }
 
 fn kill9(pid: u32) -> anyhow::Result<()> {
+    signal(pid, "-KILL")
+}
+
+/// `kill SIGNAL pid` (the kill(1) command: the crate forbids `unsafe`, so no libc call).
+fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
     let status = std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
+        .args([signal, &pid.to_string()])
         .status()
         .context("cannot run kill")?;
     if !status.success() {
-        bail!("kill -KILL {pid} failed");
+        bail!("kill {signal} {pid} failed");
     }
     Ok(())
 }
