@@ -687,6 +687,7 @@ pub struct StormFigures {
     pub kill_after_s: f64,
     pub connected: u64,
     pub connect_failed: u64,
+    pub connect_failures: BTreeMap<String, u64>,
     /// Sessions whose connection dropped.
     pub dropped: u64,
     pub reconnected: u64,
@@ -904,6 +905,7 @@ pub async fn storm(args: StormArgs) -> anyhow::Result<bool> {
         kill_after_s: kill_after,
         connected: counts.connected,
         connect_failed: counts.connect_failed,
+        connect_failures: merged_counts(results.iter().map(|r| r.failures.clone())),
         dropped: all.len() as u64,
         reconnected: all.iter().filter(|r| r.back_ns != 0).count() as u64,
         never_back: all.iter().filter(|r| r.back_ns == 0).count() as u64,
@@ -975,6 +977,11 @@ fn markdown(mix: Mix, f: &StormFigures, machine: &Machine) -> String {
     let _ = writeln!(md, "| what | figure |\n|---|---:|");
     let _ = writeln!(
         md,
+        "| connected / failed before the kill (their pairs send nothing) | {} / {} |",
+        f.connected, f.connect_failed
+    );
+    let _ = writeln!(
+        md,
         "| sessions dropped / back / never back | {} / {} / {} |",
         f.dropped, f.reconnected, f.never_back
     );
@@ -1010,7 +1017,7 @@ fn markdown(mix: Mix, f: &StormFigures, machine: &Machine) -> String {
             s.count, s.p50_ms, s.p90_ms, s.p99_ms, s.p999_ms, s.max_ms
         );
     }
-    for (why, n) in &f.send_failures {
+    for (why, n) in f.send_failures.iter().chain(&f.connect_failures) {
         let _ = writeln!(md, "\nfailure ×{n}: {why}");
     }
     md
