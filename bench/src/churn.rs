@@ -7,12 +7,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Args;
 use haberci_client::{Client, Event};
 use serde::{Deserialize, Serialize};
@@ -78,9 +77,8 @@ pub(crate) async fn shard(
     let roots = root_store(&job.common)?;
     let per_socket = job.common.sessions_per_socket.max(1);
     let endpoints: Vec<quinn::Endpoint> = (0..job.sessions.len().div_ceil(per_socket))
-        .map(|_| quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))))
-        .collect::<Result<_, _>>()
-        .context("cannot bind a UDP socket for QUIC clients")?;
+        .map(|_| crate::shard::client_endpoint())
+        .collect::<anyhow::Result<_>>()?;
     let config = |i: usize| {
         client_config(
             &job.common,

@@ -28,6 +28,9 @@ use crate::protocol::{
 };
 use crate::socketio::{SioClient, SioConfig};
 
+/// Kernel buffers asked for each shared client UDP socket (capped by `net.core.rmem_max`).
+const CLIENT_SOCKET_BUFFER: usize = 8 << 20;
+
 /// How often a shard reports its counts.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// How long closing all sessions may take at the end.
@@ -170,13 +173,9 @@ impl Connector {
             .filter(|s| matches!(s.transport, TransportKind::Quic | TransportKind::Wt))
             .count();
         let per_socket = common.sessions_per_socket.max(1);
-        let mut endpoints = Vec::new();
-        for _ in 0..quic_count.div_ceil(per_socket) {
-            endpoints.push(
-                quinn::Endpoint::client(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
-                    .context("cannot bind a UDP socket for QUIC clients")?,
-            );
-        }
+        let endpoints = (0..quic_count.div_ceil(per_socket))
+            .map(|_| client_endpoint())
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let socketio_tls = if common.socketio_plain
             || !specs.iter().any(|s| s.transport == TransportKind::SocketIo)
         {
@@ -284,6 +283,20 @@ async fn open_sessions(
         }
     }
     Ok(opened)
+}
+
+/// A client UDP socket for many QUIC sessions. Hundreds of sessions share it: the default
+/// 208 KiB receive buffer drops bursts, and the drops would be charged to the server as
+/// latency.
+pub(crate) fn client_endpoint() -> anyhow::Result<quinn::Endpoint> {
+    let (socket, _) = haberci_kit::udp::bind(
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        CLIENT_SOCKET_BUFFER,
+    )
+    .context("cannot bind a UDP socket for QUIC clients")?;
+    let runtime = quinn::default_runtime().context("no async runtime for quinn")?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+        .context("cannot start a QUIC client endpoint")
 }
 
 pub(crate) fn failure_key(err: &dyn std::fmt::Display) -> String {

@@ -349,9 +349,8 @@ pub(crate) async fn shard(
         .len()
         .saturating_mul(2)
         .div_ceil(job.common.sessions_per_socket.max(1)))
-        .map(|_| quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))))
-        .collect::<Result<_, _>>()
-        .context("cannot bind a UDP socket for QUIC clients")?;
+        .map(|_| crate::shard::client_endpoint())
+        .collect::<anyhow::Result<_>>()?;
     let keeper = |i: usize, spec: &SessionSpec| Keeper {
         job: job.clone(),
         spec: spec.clone(),
@@ -885,7 +884,7 @@ pub async fn storm(args: StormArgs) -> anyhow::Result<bool> {
     let mut detection = Latency::new();
     let mut back_after = Latency::new();
     let mut handshake = Latency::new();
-    let mut last_back = 0;
+    let mut last_back: u64 = 0;
     for r in &all {
         detection.record(Duration::from_nanos(r.lost_ns.saturating_sub(kill_ns)));
         if r.back_ns != 0 {

@@ -7,11 +7,13 @@
 //! | `ca.pem`, `ca-key.pem` | a local CA (ECDSA P-256, 10 years); trust it with `curl --cacert` |
 //! | `server.pem`, `server-key.pem` | the TCP (HTTP/1.1, HTTP/2, WebSocket) leaf for `localhost`, `127.0.0.1`, `::1`, signed by the CA, 1 year |
 //! | `wt.pem`, `wt-key.pem`, `wt.sha256` | the QUIC leaf (HTTP/3, WebTransport, native QUIC): ECDSA P-256, valid from now − 1 h to now + 13 days, signed by the CA; `wt.sha256` is the hex SHA-256 of its DER, the value a browser passes in `serverCertificateHashes` |
+//! | `wt-next.pem`, `wt-next-key.pem`, `wt-next.sha256` | the QUIC leaf that replaces `wt.pem` at its renewal, issued ahead and valid from then on for 13 days, so its hash can be published (`GET /v1/realtime` on the gateway) before it is presented |
 //!
 //! Invariant: the QUIC leaf's validity never exceeds [`WT_MAX_VALIDITY`] (13 days); Chromium
 //! refuses hash-pinned certificates valid for more than 14 days. [`ensure`] re-issues it once it
 //! has less than [`WT_RENEW_BEFORE`] left, so a daily `ensure` keeps it valid; the gateway picks
-//! up the new files without a restart.
+//! up the new files without a restart. The renewal promotes the `wt-next` leaf (whose hash pages
+//! already hold) and issues a new next one.
 //!
 //! [`ensure`] is idempotent: it only writes what is missing, unreadable or due for renewal, and
 //! reports what it did.
@@ -34,6 +36,8 @@ pub const WT_MAX_VALIDITY: Duration = Duration::days(13);
 pub const WT_RENEW_BEFORE: Duration = Duration::days(4);
 /// Backdating of every new certificate, for clocks that are slightly behind.
 pub const BACKDATE: Duration = Duration::hours(1);
+/// Longest validity a browser accepts for a certificate pinned by `serverCertificateHashes`.
+pub const BROWSER_MAX_VALIDITY: Duration = Duration::days(14);
 /// Validity of the TCP leaf.
 pub const SERVER_VALIDITY: Duration = Duration::days(365);
 /// The TCP leaf is re-issued when less than this is left.
@@ -91,6 +95,15 @@ impl CertPaths {
     pub fn wt_hash(&self) -> PathBuf {
         self.dir.join("wt.sha256")
     }
+    pub fn wt_next_cert(&self) -> PathBuf {
+        self.dir.join("wt-next.pem")
+    }
+    pub fn wt_next_key(&self) -> PathBuf {
+        self.dir.join("wt-next-key.pem")
+    }
+    pub fn wt_next_hash(&self) -> PathBuf {
+        self.dir.join("wt-next.sha256")
+    }
 }
 
 /// What [`ensure`] did to each certificate.
@@ -106,11 +119,12 @@ pub struct Report {
     pub ca: Action,
     pub server: Action,
     pub wt: Action,
+    pub wt_next: Action,
 }
 
 impl Report {
     pub fn changed(&self) -> bool {
-        [self.ca, self.server, self.wt]
+        [self.ca, self.server, self.wt, self.wt_next]
             .iter()
             .any(|a| *a != Action::Kept)
     }
@@ -144,7 +158,12 @@ pub fn ensure(paths: &CertPaths, now: OffsetDateTime) -> Result<Report, CertErro
         SERVER_RENEW_BEFORE,
     );
     if server != Action::Kept {
-        let (cert_pem, key_pem, _) = issue_leaf(&issuer, now, SERVER_VALIDITY, "haberci dev")?;
+        let (cert_pem, key_pem, _) = issue_leaf(
+            &issuer,
+            now - BACKDATE,
+            now + SERVER_VALIDITY - BACKDATE,
+            "haberci dev",
+        )?;
         write_pair(
             &paths.server_cert(),
             &cert_pem,
@@ -160,17 +179,129 @@ pub fn ensure(paths: &CertPaths, now: OffsetDateTime) -> Result<Report, CertErro
         now,
         WT_RENEW_BEFORE,
     );
-    if wt != Action::Kept || !paths.wt_hash().exists() {
-        let (cert_pem, key_pem, der) =
-            issue_leaf(&issuer, now, WT_MAX_VALIDITY, "haberci webtransport")?;
+    let next_window = validity(&paths.wt_next_cert(), &paths.wt_next_key())
+        .and_then(|_| validity_window(&paths.wt_next_cert()));
+    // The next leaf takes over when it is valid now and not itself due; otherwise (a new CA,
+    // a next leaf missing, or a renewal so late that it is unusable too) a fresh leaf is issued.
+    let promote = wt != Action::Kept
+        && ca == Action::Kept
+        && next_window.is_some_and(|(nb, na)| nb <= now && na - now > WT_RENEW_BEFORE);
+    let mut issued_fresh = false;
+    if promote {
+        // Key first, as in `write_pair`: a reader that sees the new certificate finds its key.
+        rename(&paths.wt_next_key(), &paths.wt_key())?;
+        rename(&paths.wt_next_cert(), &paths.wt_cert())?;
+        let _ = fs::remove_file(paths.wt_next_hash());
+        write_hash(&paths.wt_cert(), &paths.wt_hash())?;
+    } else if wt != Action::Kept || !paths.wt_hash().exists() {
+        let (cert_pem, key_pem, der) = issue_leaf(
+            &issuer,
+            now - BACKDATE,
+            now + WT_MAX_VALIDITY - BACKDATE,
+            "haberci webtransport",
+        )?;
         write_pair(&paths.wt_cert(), &cert_pem, &paths.wt_key(), &key_pem)?;
         write_atomic(
             &paths.wt_hash(),
             format!("{}\n", sha256_hex(&der)).as_bytes(),
         )?;
+        issued_fresh = true;
     }
 
-    Ok(Report { ca, server, wt })
+    // Invariant: the next leaf starts where the current one is due for renewal, so at any
+    // moment one of the two published hashes is the presented certificate's.
+    let current_not_after = not_after(&paths.wt_cert()).unwrap_or(now);
+    let rotation = current_not_after - WT_RENEW_BEFORE;
+    let next_window = validity(&paths.wt_next_cert(), &paths.wt_next_key())
+        .and_then(|_| validity_window(&paths.wt_next_cert()));
+    let wt_next = match next_window {
+        None if !paths.wt_next_cert().exists() => Action::Created,
+        Some((nb, _)) if ca == Action::Kept && !issued_fresh && nb == rotation - BACKDATE => {
+            Action::Kept
+        }
+        _ => Action::Renewed,
+    };
+    if wt_next != Action::Kept || !paths.wt_next_hash().exists() {
+        let (cert_pem, key_pem, der) = issue_leaf(
+            &issuer,
+            rotation - BACKDATE,
+            rotation + WT_MAX_VALIDITY - BACKDATE,
+            "haberci webtransport (next)",
+        )?;
+        write_pair(
+            &paths.wt_next_cert(),
+            &cert_pem,
+            &paths.wt_next_key(),
+            &key_pem,
+        )?;
+        write_atomic(
+            &paths.wt_next_hash(),
+            format!("{}\n", sha256_hex(&der)).as_bytes(),
+        )?;
+    }
+
+    Ok(Report {
+        ca,
+        server,
+        wt,
+        wt_next,
+    })
+}
+
+/// A certificate a browser may pin by hash (`serverCertificateHashes`): its SHA-256 and
+/// validity window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnableCert {
+    /// Hex SHA-256 of the DER.
+    pub sha256: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+/// `Some` when browsers accept `der` by hash: an ECDSA P-256 key and a validity of at most
+/// [`BROWSER_MAX_VALIDITY`]. A CA-issued production certificate (90 days) gives `None`: it
+/// is verified the usual way and needs no hash.
+pub fn pinnable(der: &[u8]) -> Option<PinnableCert> {
+    use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let key = &cert.public_key().algorithm;
+    let curve = key.parameters.as_ref().and_then(|p| p.as_oid().ok());
+    if key.algorithm != OID_KEY_TYPE_EC_PUBLIC_KEY || curve != Some(OID_EC_P256) {
+        return None;
+    }
+    let validity = cert.validity();
+    let (not_before, not_after) = (
+        validity.not_before.to_datetime(),
+        validity.not_after.to_datetime(),
+    );
+    (not_after - not_before <= BROWSER_MAX_VALIDITY).then(|| PinnableCert {
+        sha256: sha256_hex(der),
+        not_before,
+        not_after,
+    })
+}
+
+/// The DER of the first certificate in a PEM file.
+pub fn read_der(cert_path: &Path) -> Option<Vec<u8>> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_file(cert_path)
+        .ok()
+        .map(|der| der.to_vec())
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), CertError> {
+    fs::rename(from, to).map_err(|source| CertError::Io {
+        path: from.to_path_buf(),
+        source,
+    })
+}
+
+fn write_hash(cert: &Path, hash: &Path) -> Result<(), CertError> {
+    let der = read_der(cert).ok_or_else(|| CertError::Io {
+        path: cert.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "no certificate"),
+    })?;
+    write_atomic(hash, format!("{}\n", sha256_hex(&der)).as_bytes())
 }
 
 /// Hex SHA-256 of a DER certificate: the form `serverCertificateHashes` takes (as bytes).
@@ -266,11 +397,12 @@ fn load_issuer(paths: &CertPaths) -> Result<Issuer<'static, KeyPair>, CertError>
     Issuer::from_ca_cert_pem(&read(paths.ca_cert())?, key).map_err(rcgen_err("read CA"))
 }
 
-/// Issues an ECDSA P-256 server leaf for [`LEAF_NAMES`]; returns (cert PEM, key PEM, cert DER).
+/// Issues an ECDSA P-256 server leaf for [`LEAF_NAMES`], valid from `not_before` to
+/// `not_after`; returns (cert PEM, key PEM, cert DER).
 fn issue_leaf(
     issuer: &Issuer<'_, KeyPair>,
-    now: OffsetDateTime,
-    validity: Duration,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
     common_name: &str,
 ) -> Result<(String, String, Vec<u8>), CertError> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
@@ -287,10 +419,10 @@ fn issue_leaf(
     params.is_ca = IsCa::NoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    // Backdated by an hour; the total span stays within `validity` so the WebTransport leaf
-    // never exceeds the browser's 14-day ceiling.
-    params.not_before = now - BACKDATE;
-    params.not_after = now + validity - BACKDATE;
+    // Callers backdate by an hour and keep the total span within the validity, so the
+    // WebTransport leaf never exceeds the browser's 14-day ceiling.
+    params.not_before = not_before;
+    params.not_after = not_after;
     let cert = params
         .signed_by(&key, issuer)
         .map_err(rcgen_err("sign leaf"))?;
@@ -370,7 +502,8 @@ mod tests {
             Report {
                 ca: Action::Created,
                 server: Action::Created,
-                wt: Action::Created
+                wt: Action::Created,
+                wt_next: Action::Created,
             }
         );
         let hash = fs::read_to_string(paths.wt_hash()).unwrap();
@@ -403,12 +536,77 @@ mod tests {
     }
 
     #[test]
+    fn the_next_leaf_is_published_ahead_and_takes_over_at_renewal() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = CertPaths::new(dir.path());
+        let now = OffsetDateTime::now_utc();
+        ensure(&paths, now).unwrap();
+        let (_, current_end) = validity_window(&paths.wt_cert()).unwrap();
+        let (next_start, next_end) = validity_window(&paths.wt_next_cert()).unwrap();
+        assert_eq!(next_start, current_end - WT_RENEW_BEFORE - BACKDATE);
+        assert!(next_end - next_start <= BROWSER_MAX_VALIDITY);
+        let next_hash = fs::read_to_string(paths.wt_next_hash()).unwrap();
+        assert_ne!(next_hash, fs::read_to_string(paths.wt_hash()).unwrap());
+        // Kept while nothing is due.
+        assert!(!ensure(&paths, now + Duration::days(2)).unwrap().changed());
+
+        let later = now + WT_MAX_VALIDITY - WT_RENEW_BEFORE + Duration::hours(1);
+        let report = ensure(&paths, later).unwrap();
+        assert_eq!(
+            (report.wt, report.wt_next),
+            (Action::Renewed, Action::Created)
+        );
+        assert_eq!(fs::read_to_string(paths.wt_hash()).unwrap(), next_hash);
+        let der = read_der(&paths.wt_cert()).unwrap();
+        assert_eq!(next_hash.trim(), sha256_hex(&der));
+        let key = fs::read_to_string(paths.wt_key()).unwrap();
+        let cert = fs::read_to_string(paths.wt_cert()).unwrap();
+        assert!(
+            CertifiedPair::matches(&cert, &key),
+            "the promoted key is the cert's key"
+        );
+        assert_ne!(fs::read_to_string(paths.wt_next_hash()).unwrap(), next_hash);
+    }
+
+    #[test]
+    fn only_short_lived_p256_certificates_are_pinnable() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = CertPaths::new(dir.path());
+        ensure(&paths, OffsetDateTime::now_utc()).unwrap();
+        let wt = pinnable(&read_der(&paths.wt_cert()).unwrap()).expect("the wt leaf");
+        assert_eq!(
+            wt.sha256,
+            fs::read_to_string(paths.wt_hash()).unwrap().trim()
+        );
+        assert!(wt.not_after - wt.not_before <= BROWSER_MAX_VALIDITY);
+        // A year-long leaf (like a CA-issued production certificate) is verified, not pinned.
+        assert_eq!(pinnable(&read_der(&paths.server_cert()).unwrap()), None);
+        assert_eq!(pinnable(b"not a certificate"), None);
+    }
+
+    /// Whether a certificate and a key belong together (same public key).
+    struct CertifiedPair;
+    impl CertifiedPair {
+        fn matches(cert_pem: &str, key_pem: &str) -> bool {
+            let key = KeyPair::from_pem(key_pem).unwrap();
+            let der = pem_der(cert_pem);
+            let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+            cert.public_key().subject_public_key.data.as_ref() == key.public_key_raw()
+        }
+    }
+
+    #[test]
     fn private_keys_are_readable_by_the_owner_only() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let paths = CertPaths::new(dir.path());
         ensure(&paths, OffsetDateTime::now_utc()).unwrap();
-        for key in [paths.ca_key(), paths.server_key(), paths.wt_key()] {
+        for key in [
+            paths.ca_key(),
+            paths.server_key(),
+            paths.wt_key(),
+            paths.wt_next_key(),
+        ] {
             let mode = fs::metadata(&key).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", key.display());
         }

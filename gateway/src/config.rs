@@ -21,6 +21,8 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 pub const DEFAULT_BACKEND_TIMEOUT_MS: u64 = 10_000;
 /// A QUIC connection with no packets for this long is closed.
 pub const DEFAULT_QUIC_IDLE_TIMEOUT_MS: u64 = 30_000;
+/// Asked for; Linux grants at most `net.core.rmem_max` / `wmem_max` (docs/OPERATIONS.md).
+pub const DEFAULT_QUIC_SOCKET_BUFFER_BYTES: usize = 8 << 20;
 /// TCP connections held at once. The process may hold 20,000 open files (hard limit here);
 /// the rest is left for the backend pool, Redis, logs and certificates.
 pub const DEFAULT_MAX_TCP_CONNECTIONS: usize = 16_000;
@@ -53,6 +55,9 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// `HABERCI_QUIC_IDLE_TIMEOUT_MS`.
     pub quic_idle_timeout: Duration,
+    /// `HABERCI_QUIC_SOCKET_BUFFER_BYTES`: kernel receive and send buffers of the UDP socket
+    /// every QUIC connection shares.
+    pub quic_socket_buffer: usize,
     /// `HABERCI_CORS_ORIGINS`: browser origins allowed to call the API (comma-separated).
     pub cors: CorsOrigins,
     /// `HABERCI_MAX_TCP_CONNECTIONS`: above it, new TCP connections wait in the kernel backlog.
@@ -68,6 +73,8 @@ pub struct GatewayConfig {
     pub stream_shards: u16,
     pub stream_prefix: String,
     pub internal_token: Option<String>,
+    /// `HABERCI_WEB_DIR`: static files served at `/` (the demo page, `web/dist`); unset: none.
+    pub web_dir: Option<std::path::PathBuf>,
 }
 
 impl GatewayConfig {
@@ -105,6 +112,10 @@ impl GatewayConfig {
         let quic_idle_timeout = Duration::from_millis(
             env.parse_or("HABERCI_QUIC_IDLE_TIMEOUT_MS", DEFAULT_QUIC_IDLE_TIMEOUT_MS),
         );
+        let quic_socket_buffer = env.parse_or(
+            "HABERCI_QUIC_SOCKET_BUFFER_BYTES",
+            DEFAULT_QUIC_SOCKET_BUFFER_BYTES,
+        );
         let cors = CorsOrigins::read(&mut env);
         let max_tcp_connections =
             env.parse_or("HABERCI_MAX_TCP_CONNECTIONS", DEFAULT_MAX_TCP_CONNECTIONS);
@@ -125,6 +136,15 @@ impl GatewayConfig {
         }
         let stream_prefix = env.string_or("HABERCI_STREAM_PREFIX", relay::DEFAULT_STREAM_PREFIX);
         let internal_token = env.raw("HABERCI_INTERNAL_TOKEN");
+        let web_dir = env.raw("HABERCI_WEB_DIR").map(std::path::PathBuf::from);
+        if let Some(dir) = &web_dir
+            && !dir.is_dir()
+        {
+            env.problem(format!(
+                "HABERCI_WEB_DIR: {} is not a directory (build the page: ./dev up)",
+                dir.display()
+            ));
+        }
         if internal_token.as_ref().is_some_and(|t| t.len() < 32) {
             env.problem("HABERCI_INTERNAL_TOKEN must be at least 32 characters");
         }
@@ -140,6 +160,7 @@ impl GatewayConfig {
             cert_reload_interval,
             max_body_bytes,
             quic_idle_timeout,
+            quic_socket_buffer,
             cors,
             max_tcp_connections,
             header_read_timeout,
@@ -147,6 +168,7 @@ impl GatewayConfig {
             stream_shards,
             stream_prefix,
             internal_token,
+            web_dir,
         })
     }
 
@@ -163,6 +185,7 @@ impl GatewayConfig {
             cert_reload_interval: Duration::from_millis(100),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             quic_idle_timeout: Duration::from_millis(DEFAULT_QUIC_IDLE_TIMEOUT_MS),
+            quic_socket_buffer: DEFAULT_QUIC_SOCKET_BUFFER_BYTES,
             cors: CorsOrigins::default(),
             max_tcp_connections: DEFAULT_MAX_TCP_CONNECTIONS,
             header_read_timeout: Duration::from_millis(DEFAULT_HEADER_READ_TIMEOUT_MS),
@@ -170,6 +193,7 @@ impl GatewayConfig {
             stream_shards: relay::DEFAULT_SHARDS,
             stream_prefix: relay::DEFAULT_STREAM_PREFIX.to_owned(),
             internal_token: None,
+            web_dir: None,
         }
     }
 }

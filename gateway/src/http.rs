@@ -4,7 +4,11 @@
 //! - `GET /healthz`: the gateway process is alive.
 //! - `GET /readyz`: the backend API answers its own `/readyz`.
 //! - `GET /v1/ws`: a realtime session over WebSocket ([`crate::websocket`]).
+//! - `GET /v1/realtime`: the realtime endpoints and WebTransport certificate hashes
+//!   ([`crate::web`]).
 //! - anything else under `/v1/`: proxied to the backend ([`crate::proxy`]).
+//! - anything else: a static file of `HABERCI_WEB_DIR` (the demo page) for `GET`/`HEAD`, else a
+//!   JSON 404 ([`crate::web`]).
 //!
 //! Every response, proxied or not and on every HTTP version, carries the security headers and
 //! follows the CORS allow-list (`haberci_kit::http::harden`, the same rules as the backend).
@@ -35,6 +39,8 @@ pub struct GatewayState {
     /// For WebSocket sessions on `/v1/ws`.
     pub realtime: crate::transport::Realtime,
     pub shutdown: haberci_kit::shutdown::Shutdown,
+    /// Static files and `/v1/realtime`.
+    pub web: crate::web::Web,
 }
 
 impl GatewayState {
@@ -42,6 +48,7 @@ impl GatewayState {
         config: &GatewayConfig,
         realtime: crate::transport::Realtime,
         shutdown: haberci_kit::shutdown::Shutdown,
+        web: crate::web::Web,
     ) -> Self {
         GatewayState {
             backend: Backend::new(
@@ -52,6 +59,7 @@ impl GatewayState {
             cors: config.cors.clone(),
             realtime,
             shutdown,
+            web,
         }
     }
 }
@@ -62,8 +70,9 @@ pub fn router(state: GatewayState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route(haberci_wire::WEBSOCKET_PATH, get(crate::websocket::upgrade))
+        .route("/v1/realtime", get(crate::web::realtime))
         .route("/v1/{*rest}", any(proxy))
-        .fallback(not_found)
+        .fallback(crate::web::fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);
     haberci_kit::http::harden(router, &cors)
@@ -106,6 +115,6 @@ async fn method_not_allowed() -> Response {
     )
 }
 
-async fn not_found() -> Response {
+pub(crate) async fn not_found() -> Response {
     error_response(StatusCode::NOT_FOUND, "not_found", "not found")
 }

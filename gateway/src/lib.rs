@@ -5,8 +5,9 @@
 //! - [`config`]: [`GatewayConfig`] from `HABERCI_*` variables, parsed before anything binds.
 //! - [`tls`]: the certificate store shared by both listeners, reloaded when the files change or
 //!   on SIGHUP, without dropping open connections.
-//! - [`http`]: the one axum router every HTTP version is served by: `/healthz`, `/readyz`, and
-//!   [`proxy`] of every other `/v1/*` request to the backend API.
+//! - [`http`]: the one axum router every HTTP version is served by: `/healthz`, `/readyz`,
+//!   [`proxy`] of every other `/v1/*` request to the backend API, and [`web`]: `/v1/realtime`
+//!   (realtime endpoints, WebTransport certificate hashes) and the demo page's static files.
 //! - [`tcp`]: TLS on TCP with ALPN `h2` / `http/1.1`; every response carries `Alt-Svc: h3`.
 //! - [`quic`]: one quinn endpoint on UDP; each connection is dispatched by its negotiated ALPN
 //!   to [`h3server`] (`h3`) or [`native`] (`haberci/1`, a [`session::Session`] on one bidi
@@ -35,6 +36,7 @@ pub mod session;
 pub mod tcp;
 pub mod tls;
 pub mod transport;
+pub mod web;
 pub mod websocket;
 pub mod webtransport;
 
@@ -106,16 +108,22 @@ impl Gateway {
         if let Some(presence) = &realtime.presence {
             tokio::spawn(presence.clone().refresh(shutdown.clone()));
         }
-        let state = http::GatewayState::new(&config, realtime.clone(), shutdown.clone());
-        let backend = state.backend.clone();
-        let router = http::router(state);
-
         let tcp_listener = tokio::net::TcpListener::bind(config.tcp_addr)
             .await
             .map_err(|err| anyhow::anyhow!("cannot bind TCP {}: {err}", config.tcp_addr))?;
         let tcp_addr = tcp_listener.local_addr()?;
         let endpoint = quic::bind(&config, &certs)?;
         let udp_addr = endpoint.local_addr()?;
+        let advertised_udp_port = config.alt_svc_port.unwrap_or(udp_addr.port());
+
+        let web = web::Web {
+            dir: config.web_dir.as_deref().map(std::sync::Arc::from),
+            certs: certs.clone(),
+            webtransport_port: advertised_udp_port,
+        };
+        let state = http::GatewayState::new(&config, realtime.clone(), shutdown.clone(), web);
+        let backend = state.backend.clone();
+        let router = http::router(state);
 
         let mut tasks = JoinSet::new();
         tasks.spawn(auth::refresh(keys.clone(), backend, shutdown.clone()));
@@ -138,7 +146,7 @@ impl Gateway {
             tcp_listener,
             certs.clone(),
             router.clone(),
-            config::alt_svc_value(config.alt_svc_port.unwrap_or(udp_addr.port())),
+            config::alt_svc_value(advertised_udp_port),
             tcp::Limits {
                 max_connections: config.max_tcp_connections,
                 header_read_timeout: config.header_read_timeout,

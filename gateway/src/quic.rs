@@ -58,8 +58,31 @@ pub fn bind(config: &GatewayConfig, certs: &CertStore) -> anyhow::Result<Endpoin
         .datagram_send_buffer_size(DATAGRAM_SEND_BUFFER)
         .max_idle_timeout(Some(IdleTimeout::try_from(config.quic_idle_timeout)?));
     server.transport_config(Arc::new(transport));
-    Endpoint::server(server, config.udp_addr)
-        .map_err(|err| anyhow::anyhow!("cannot bind UDP {}: {err}", config.udp_addr))
+    let (socket, bound) = haberci_kit::udp::bind(config.udp_addr, config.quic_socket_buffer)
+        .map_err(|err| anyhow::anyhow!("cannot bind UDP {}: {err}", config.udp_addr))?;
+    // Linux reports twice what it books against the limit.
+    if bound.recv_buffer < config.quic_socket_buffer {
+        tracing::warn!(
+            asked = config.quic_socket_buffer,
+            granted = bound.recv_buffer,
+            "the UDP receive buffer is smaller than asked (raise net.core.rmem_max); bursts to many QUIC connections may be dropped"
+        );
+    } else {
+        tracing::info!(
+            recv = bound.recv_buffer,
+            send = bound.send_buffer,
+            "UDP socket buffers"
+        );
+    }
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| anyhow::anyhow!("no async runtime for quinn"))?;
+    Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        runtime,
+    )
+    .map_err(|err| anyhow::anyhow!("cannot start QUIC on UDP {}: {err}", config.udp_addr))
 }
 
 /// Accepts connections until shutdown, then closes the endpoint.
@@ -97,6 +120,8 @@ pub async fn serve(
                     return;
                 }
             };
+            // Each protocol's future is boxed on its own: inline, every connection's task
+            // would be as large as the largest of them (the HTTP/3 one), idle or not.
             match negotiated_alpn(&connection).as_deref() {
                 Some(crate::ALPN_H3) => {
                     let http = crate::h3server::Http {
@@ -104,10 +129,16 @@ pub async fn serve(
                         limits: h3_limits,
                         requests,
                     };
-                    crate::h3server::serve_connection(connection, http, realtime, shutdown).await
+                    Box::pin(crate::h3server::serve_connection(
+                        connection, http, realtime, shutdown,
+                    ))
+                    .await
                 }
                 Some(crate::ALPN_NATIVE) => {
-                    crate::native::serve_connection(connection, realtime, shutdown).await
+                    Box::pin(crate::native::serve_connection(
+                        connection, realtime, shutdown,
+                    ))
+                    .await
                 }
                 other => {
                     // Unreachable while rustls enforces the ALPN list; kept as a guard.

@@ -140,6 +140,11 @@ impl CertStore {
         self.generation.subscribe()
     }
 
+    /// Where the certificates are read from.
+    pub fn paths(&self) -> &CertPaths {
+        &self.paths
+    }
+
     /// The DER of the certificate the QUIC endpoint presents now.
     pub fn quic_cert_der(&self) -> CertificateDer<'static> {
         self.quic.0.load().cert[0].clone()

@@ -91,8 +91,16 @@ pub async fn drive<L: Link>(mut link: L, realtime: Realtime, shutdown: Shutdown)
             match output {
                 Output::Frame(frame) => frames.push(frame),
                 Output::Relay(work) => {
-                    let answer =
-                        relay_work(work, &realtime, &mut attached, &done_tx, &mut session).await;
+                    // Boxed: Redis and HTTP futures are large, and an inline await would make
+                    // every idle session's task carry room for them.
+                    let answer = Box::pin(relay_work(
+                        work,
+                        &realtime,
+                        &mut attached,
+                        &done_tx,
+                        &mut session,
+                    ))
+                    .await;
                     frames.extend(answer);
                 }
                 Output::Close(code) => close_with = Some(code),

@@ -8,9 +8,11 @@
 //! - [`http`]: the rules every HTTP response follows (security headers, CORS allow-list), shared
 //!   by the gateway and the backend API.
 //! - [`shutdown`]: a cancellation token tripped by SIGINT/SIGTERM, passed down to every task.
+//! - [`udp`]: UDP sockets with kernel buffers sized for many QUIC connections on one socket.
 
 pub mod config;
 pub mod crypto;
 pub mod http;
 pub mod shutdown;
 pub mod telemetry;
+pub mod udp;

@@ -17,8 +17,8 @@ EXAMPLES=${HABERCI_SCHEMATHESIS_EXAMPLES:-20}
 
 ensure_venv() {
   local installed=""
-  # `pip show` fails when the package is missing (python_client.sh may have made the venv
-  # without it): under `set -e` and pipefail that must not end the script.
+  # `pip show` fails when the package is missing (the venv is shared with python_client.sh,
+  # which may have made it first): that means "not installed", not an error.
   if [ -x "$VENV/bin/pip" ]; then
     installed=$("$VENV/bin/pip" show schemathesis 2>/dev/null | sed -n 's/^Version: //p' || true)
   fi

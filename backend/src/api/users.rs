@@ -44,9 +44,11 @@ impl From<UserRecord> for UserView {
     }
 }
 
-/// Someone's public profile.
+/// Someone's public profile. The id is what a client addresses messages and groups with.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProfileView {
+    #[schema(value_type = String, format = Uuid)]
+    pub id: UserId,
     pub username: String,
     pub display_name: String,
     pub bio: String,
@@ -134,6 +136,7 @@ pub async fn profile(
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(Json(ProfileView {
+        id: user.id,
         username: user.username,
         display_name: user.display_name,
         bio: user.bio,

@@ -226,6 +226,11 @@ async fn profiles_are_edited_and_looked_up() {
     let profile = api.get(&path, Some(&token)).await;
     assert_eq!(profile.status, StatusCode::OK, "{}", profile.json);
     assert_eq!(profile.str("/username"), account.username);
+    assert_eq!(
+        profile.str("/id"),
+        registered.str("/user/id"),
+        "the id messages go to"
+    );
     assert_eq!(profile.str("/display_name"), "Ada");
     assert!(
         profile.json.get("email").is_none(),

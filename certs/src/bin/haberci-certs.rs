@@ -48,11 +48,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Action::Renewed => "renewed",
             };
             println!(
-                "certs in {}: ca {}, server {}, webtransport {}",
+                "certs in {}: ca {}, server {}, webtransport {}, next webtransport {}",
                 dir.display(),
                 word(report.ca),
                 word(report.server),
-                word(report.wt)
+                word(report.wt),
+                word(report.wt_next)
             );
             Ok(())
         }

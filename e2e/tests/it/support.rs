@@ -564,14 +564,16 @@ pub struct User {
 }
 
 /// The transports a client can reach a gateway with. Tests that must hold on each iterate
-/// [`LEGS`]; WebTransport becomes one more variant (and one more entry) once the SDK speaks it.
+/// [`LEGS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Leg {
     Quic,
     WebSocket,
+    /// HTTP/3 CONNECT on `/v1/rt`, as a browser connects.
+    WebTransport,
 }
 
-pub const LEGS: [Leg; 2] = [Leg::Quic, Leg::WebSocket];
+pub const LEGS: [Leg; 3] = [Leg::Quic, Leg::WebSocket, Leg::WebTransport];
 
 impl Leg {
     pub fn transport(self, gateway: &GatewayProcess) -> Transport {
@@ -581,6 +583,9 @@ impl Leg {
             },
             Leg::WebSocket => Transport::WebSocket {
                 url: format!("wss://localhost:{}/v1/ws", gateway.tcp.port()),
+            },
+            Leg::WebTransport => Transport::WebTransport {
+                url: format!("https://localhost:{}/v1/rt", gateway.udp.port()),
             },
         }
     }

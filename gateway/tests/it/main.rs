@@ -13,5 +13,6 @@ mod native;
 mod proxy;
 mod relay;
 mod shutdown;
+mod web;
 mod websocket;
 mod webtransport;
