@@ -132,11 +132,46 @@ impl ApiConnection {
         path: &str,
         body: &serde_json::Value,
     ) -> anyhow::Result<Answer> {
-        let request = Request::post(path)
+        self.call(http::Method::POST, path, Some(body), None).await
+    }
+
+    /// A GET without credentials (health checks).
+    pub async fn get(&mut self, path: &str) -> anyhow::Result<Answer> {
+        self.call(http::Method::GET, path, None, None).await
+    }
+
+    /// A call as a logged-in user (`Authorization: Bearer`).
+    pub async fn call_as(
+        &mut self,
+        token: &str,
+        method: http::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<Answer> {
+        self.call(method, path, body, Some(token)).await
+    }
+
+    async fn call(
+        &mut self,
+        method: http::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        token: Option<&str>,
+    ) -> anyhow::Result<Answer> {
+        let mut request = Request::builder()
+            .method(method.clone())
+            .uri(path)
             .header(header::HOST, &self.host)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::USER_AGENT, "haberci-bench")
-            .body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
+            .header(header::USER_AGENT, "haberci-bench");
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = match body {
+            Some(body) => request
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?,
+            None => request.body(Full::new(Bytes::new()))?,
+        };
         let call = async {
             self.sender.ready().await?;
             let response = self.sender.send_request(request).await?;
@@ -162,6 +197,6 @@ impl ApiConnection {
         };
         tokio::time::timeout(CALL_TIMEOUT, call)
             .await
-            .map_err(|_| anyhow!("POST {path}: no answer within {CALL_TIMEOUT:?}"))?
+            .map_err(|_| anyhow!("{method} {path}: no answer within {CALL_TIMEOUT:?}"))?
     }
 }

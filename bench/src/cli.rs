@@ -27,6 +27,21 @@ pub enum Command {
     /// N users, half sending 1:1 messages to the other half at R messages/s for D seconds;
     /// report send→deliver latency, losses, and server CPU per 1,000 deliveries.
     Chat(ChatArgs),
+    /// Fan-out: groups of G members (made through the API, cached), the owner sends, every
+    /// member must get every message; reports the time until the last member has it.
+    Group(crate::group::GroupArgs),
+    /// A gateway is killed (SIGKILL) mid-chat; its clients reconnect at once and resume.
+    /// Reports the time until all are back and any gap, duplicate or reordering.
+    Storm(crate::storm::StormArgs),
+    /// The database alone: the worker's insert path through PgBouncer at several batch sizes,
+    /// and history-page latency on a generated table of 10 million messages.
+    Db(crate::db::DbArgs),
+    /// Users connecting and leaving continuously at a level session count.
+    Churn(crate::churn::ChurnArgs),
+    /// Run `connect` and `chat` against the Haberci stack and against the Socket.IO peer
+    /// (bench/peers/socketio, started and stopped here) on the same machine in one run;
+    /// report both and their ratios.
+    Compare(CompareArgs),
     /// (internal) A worker process started by the coordinator; reads its job on stdin.
     #[command(hide = true)]
     Shard {
@@ -41,7 +56,9 @@ pub enum Command {
 pub enum Mix {
     Quic,
     Ws,
-    /// Alternate QUIC and WebSocket sessions.
+    /// WebTransport (HTTP/3, `/v1/rt`).
+    Wt,
+    /// QUIC, WebSocket and WebTransport sessions in turn.
     Mix,
 }
 
@@ -51,8 +68,8 @@ impl Mix {
         match self {
             Mix::Quic => TransportKind::Quic,
             Mix::Ws => TransportKind::Ws,
-            Mix::Mix if i % 2 == 0 => TransportKind::Quic,
-            Mix::Mix => TransportKind::Ws,
+            Mix::Wt => TransportKind::Wt,
+            Mix::Mix => [TransportKind::Quic, TransportKind::Ws, TransportKind::Wt][i % 3],
         }
     }
 }
@@ -117,9 +134,9 @@ pub struct Target {
     /// Client processes (default: one per 8,000 sessions).
     #[arg(long)]
     pub shards: Option<usize>,
-    /// Transport of the sessions.
-    #[arg(long, value_enum, default_value = "quic")]
-    pub transport: Mix,
+    /// Transport of the Haberci sessions (default: quic; ws for `compare`).
+    #[arg(long, value_enum)]
+    pub transport: Option<Mix>,
     /// QUIC sessions sharing one UDP socket.
     #[arg(long, default_value_t = 1000)]
     pub sessions_per_socket: usize,
@@ -140,9 +157,19 @@ pub struct Target {
     /// A word added to the report's file name.
     #[arg(long)]
     pub label: Option<String>,
+    /// Restart every gateway (same command line and environment) before the run, so memory
+    /// per idle connection is measured on fresh processes: an allocator keeps what an earlier
+    /// run freed, and new sessions would reuse it unseen.
+    #[arg(long)]
+    pub fresh_gateways: bool,
 }
 
 impl Target {
+    /// The transport mix asked for, else the scenario's default.
+    pub fn mix(&self, default: Mix) -> Mix {
+        self.transport.unwrap_or(default)
+    }
+
     pub fn users_file(&self) -> PathBuf {
         self.users_file
             .clone()
@@ -186,6 +213,66 @@ pub struct ChatArgs {
     pub content_bytes: usize,
 }
 
+#[derive(Debug, Args, Serialize)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Which scenarios to compare.
+    #[arg(long, value_delimiter = ',', default_value = "connect,chat")]
+    pub scenarios: Vec<CompareScenario>,
+    /// connect: sessions to open on each system.
+    #[arg(long, default_value_t = 1000)]
+    pub sessions: usize,
+    /// connect: seconds to hold them idle.
+    #[arg(long, default_value_t = 5)]
+    pub hold: u64,
+    /// chat: connected users on each system (half senders, half recipients).
+    #[arg(long, default_value_t = 1000)]
+    pub users: usize,
+    /// chat: messages per second.
+    #[arg(long, default_value_t = 500.0)]
+    pub rate: f64,
+    /// chat: seconds of sending.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// chat: total messages instead of a duration.
+    #[arg(long)]
+    pub messages: Option<u64>,
+    /// chat: seconds to wait for deliveries after the last send.
+    #[arg(long, default_value_t = 10)]
+    pub drain: u64,
+    #[arg(long, default_value_t = 100)]
+    pub content_bytes: usize,
+    /// The Socket.IO peer's folder (`npm ci` done there).
+    #[arg(long, default_value = "bench/peers/socketio")]
+    pub peer_dir: PathBuf,
+    /// Socket.IO nodes (processes) sharing the peer's Redis.
+    #[arg(long, default_value_t = 2)]
+    pub peer_nodes: usize,
+    /// The peer's Redis listens here, node i on PORT + i.
+    #[arg(long, default_value_t = 9100)]
+    pub peer_port: u16,
+    /// The peer serves plain WebSocket instead of TLS (Haberci always pays for TLS).
+    #[arg(long)]
+    pub peer_plain: bool,
+    /// The peer's TLS certificate and key (default: the dev stack's, DEV_DIR/certs/server*.pem).
+    #[arg(long)]
+    pub peer_cert: Option<PathBuf>,
+    #[arg(long)]
+    pub peer_key: Option<PathBuf>,
+    #[arg(long, default_value = "node")]
+    pub node: String,
+    #[arg(long, default_value = "redis-server")]
+    pub redis_server: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompareScenario {
+    Connect,
+    Chat,
+}
+
 /// Resolves `host:port` to IPv4 (the loopback family the bench spreads over).
 pub async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
     let (host, port) = addr
@@ -216,6 +303,8 @@ mod tests {
     fn the_mix_alternates() {
         assert_eq!(Mix::Mix.transport(0), TransportKind::Quic);
         assert_eq!(Mix::Mix.transport(1), TransportKind::Ws);
+        assert_eq!(Mix::Mix.transport(2), TransportKind::Wt);
+        assert_eq!(Mix::Mix.transport(3), TransportKind::Quic);
         assert_eq!(Mix::Ws.transport(0), TransportKind::Ws);
     }
 

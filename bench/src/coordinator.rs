@@ -101,6 +101,7 @@ impl Shards {
             connect_failed: a.connect_failed + c.connect_failed,
             sent: a.sent + c.sent,
             received: a.received + c.received,
+            reconnected: a.reconnected + c.reconnected,
         })
     }
 

@@ -12,6 +12,12 @@ const HIGHEST_US: u64 = 3_600_000_000;
 #[derive(Clone, Debug)]
 pub struct Latency(Histogram<u64>);
 
+/// Where a CDF is sampled: evenly to the median, then ever closer to 1.
+const CDF_QUANTILES: &[f64] = &[
+    0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99, 0.995,
+    0.999, 0.9995, 0.9999, 0.99999,
+];
+
 /// A histogram's recorded buckets: `(value µs, count)`.
 pub type Buckets = Vec<(u64, u64)>;
 
@@ -68,6 +74,20 @@ impl Latency {
         }
     }
 
+    /// The distribution as (quantile, ms) points, densest in the tail: what a CDF plot
+    /// draws. Empty for an empty histogram; the last point is the maximum (quantile 1).
+    pub fn cdf(&self) -> Vec<(f64, f64)> {
+        if self.0.is_empty() {
+            return Vec::new();
+        }
+        let mut points: Vec<(f64, f64)> = CDF_QUANTILES
+            .iter()
+            .map(|&q| (q, self.0.value_at_quantile(q) as f64 / 1000.0))
+            .collect();
+        points.push((1.0, self.0.max() as f64 / 1000.0));
+        points
+    }
+
     pub fn summary(&self) -> Summary {
         if self.0.is_empty() {
             return Summary::default();
@@ -87,6 +107,8 @@ impl Latency {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
@@ -107,6 +129,24 @@ mod tests {
         let s = whole.summary();
         assert!((s.p50_ms - 35.0).abs() < 0.1, "{s:?}");
         assert!((s.max_ms - 70.0).abs() < 0.1, "{s:?}");
+    }
+
+    #[test]
+    fn the_cdf_rises_to_the_maximum() {
+        let mut h = Latency::new();
+        assert!(h.cdf().is_empty());
+        for ms in 1..=1000u64 {
+            h.record(Duration::from_millis(ms));
+        }
+        let cdf = h.cdf();
+        assert!(
+            cdf.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "{cdf:?}"
+        );
+        assert_eq!(cdf.last().map(|p| p.0), Some(1.0));
+        let median = cdf.iter().find(|p| p.0 == 0.5).unwrap().1;
+        assert!((median - 500.0).abs() < 1.0, "{median}");
+        assert!((cdf.last().unwrap().1 - 1000.0).abs() < 1.0);
     }
 
     #[test]

@@ -23,8 +23,12 @@ pub enum TransportKind {
     Quic,
     /// WebSocket over TLS (`/v1/ws`).
     Ws,
-    // WebTransport: add `Wt` here once `haberci_client::Transport` has a WebTransport variant
-    // (one arm in `shard::client_config`).
+    /// WebTransport over HTTP/3 (`/v1/rt`), as a browser connects.
+    Wt,
+    /// Socket.IO (Engine.IO v4 over WebSocket) to the comparison peer, not to Haberci.
+    #[value(skip)]
+    #[serde(rename = "socketio")]
+    SocketIo,
 }
 
 /// Settings every shard shares.
@@ -40,6 +44,9 @@ pub struct Common {
     pub ramp_per_sec: f64,
     /// The shard exits by itself after this long, whatever happens.
     pub deadline_secs: u64,
+    /// Socket.IO sessions speak plain WebSocket (the peer runs without TLS).
+    #[serde(default)]
+    pub socketio_plain: bool,
 }
 
 /// One session to open.
@@ -54,6 +61,10 @@ pub struct SessionSpec {
     pub addr: SocketAddr,
     /// Index of the gateway in the run's list (for the report).
     pub gateway: usize,
+    /// The source address to connect from (Socket.IO sessions: 127.0.0.x spreads them over
+    /// several ephemeral port ranges).
+    #[serde(default)]
+    pub source: Option<std::net::IpAddr>,
 }
 
 /// A sender, its recipient, and how many messages go from one to the other.
@@ -63,6 +74,31 @@ pub struct PairSpec {
     pub sender: SessionSpec,
     pub recipient: SessionSpec,
     pub messages: u32,
+}
+
+/// A group, as far as one shard is concerned: its sender (if it lives in this shard), its
+/// members here (the sender excluded), and how many messages the sender sends.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GroupSpec {
+    pub id: u32,
+    pub group: uuid::Uuid,
+    pub sender: Option<SessionSpec>,
+    pub members: Vec<SessionSpec>,
+    pub messages: u32,
+}
+
+/// How the message phase of `chat` and `group` runs.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct Timing {
+    pub duration_ms: u64,
+    /// After the last send, how long to wait for deliveries before counting the rest lost.
+    pub drain_ms: u64,
+    /// Message content size (the stamp plus padding).
+    pub content_bytes: usize,
+    /// Marks this run's messages: the server may replay messages of an earlier run that
+    /// were delivered but not yet acked when it ended (resume from the server's
+    /// watermark), and those must not count as duplicates or reorderings.
+    pub run_id: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -77,16 +113,31 @@ pub enum Job {
     Chat {
         common: Common,
         pairs: Vec<PairSpec>,
-        duration_ms: u64,
-        /// After the last send, how long to wait for deliveries before counting the rest lost.
-        drain_ms: u64,
-        /// Message content size (the stamp plus padding).
-        content_bytes: usize,
-        /// Marks this run's messages: the server may replay messages of an earlier run that
-        /// were delivered but not yet acked when it ended (resume from the server's
-        /// watermark), and those must not count as duplicates or reorderings.
-        run_id: u64,
+        timing: Timing,
     },
+    /// Phases: connect, then on `go` chat while a gateway is killed; sessions reconnect and
+    /// resume.
+    Storm(Box<crate::storm::StormJob>),
+    /// Phases: connect, then on `go` close and reopen sessions for the duration.
+    Churn(Box<crate::churn::ChurnJob>),
+    /// Phases: connect members then senders, then on `go` send to the groups and drain.
+    Group {
+        common: Common,
+        groups: Vec<GroupSpec>,
+        timing: Timing,
+    },
+}
+
+impl Job {
+    pub fn common(&self) -> &Common {
+        match self {
+            Job::Connect { common, .. } | Job::Chat { common, .. } | Job::Group { common, .. } => {
+                common
+            }
+            Job::Storm(job) => &job.common,
+            Job::Churn(job) => &job.common,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -104,6 +155,8 @@ pub struct Counts {
     pub connect_failed: u64,
     pub sent: u64,
     pub received: u64,
+    #[serde(default)]
+    pub reconnected: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -138,4 +191,29 @@ pub struct ShardResult {
     pub last_receive_ns: u64,
     /// This shard's own CPU over the measured phase (chat: sending; connect: the ramp).
     pub client_cpu_ms: f64,
+    /// Send → deliver per second of sending: (unix second of the send, µs buckets). A list,
+    /// not a map: integer map keys do not survive the tagged `Report` enum's JSON.
+    #[serde(default)]
+    pub timeline: Vec<(u64, Buckets)>,
+    /// Group: per group id, per message number, (slowest delivery µs, members that got it)
+    /// among this shard's members.
+    #[serde(default)]
+    pub fanout: Vec<(u32, Vec<(u64, u32)>)>,
+    /// Storm: every session whose connection dropped, and how it came back.
+    #[serde(default)]
+    pub reconnects: Vec<Reconnect>,
+}
+
+/// A session that lost its connection during a storm.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Reconnect {
+    /// Unix ns: when the client noticed (its events ended).
+    pub lost_ns: u64,
+    /// Unix ns of the new `Welcome`; 0 if it never came back.
+    pub back_ns: u64,
+    pub attempts: u32,
+    pub from_gateway: usize,
+    pub to_gateway: usize,
+    /// The successful attempt's handshake, µs.
+    pub handshake_us: u64,
 }

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::cli::{ChatArgs, ConnectArgs, Target};
+use crate::cli::{ConnectArgs, Mix, Target};
 use crate::latency::Summary;
+use crate::plots::Chart;
 use crate::scenarios::{ChatFigures, ConnectFigures};
 use crate::servers::Server;
 use crate::users::SetupStats;
@@ -31,7 +32,7 @@ impl Machine {
         }
     }
 
-    fn line(&self) -> String {
+    pub fn line(&self) -> String {
         let f = |l: Option<f64>| l.map_or("?".into(), |l| format!("{l:.2}"));
         format!(
             "{} CPUs, load {} before / {} after, {} client process(es) on the same machine",
@@ -61,12 +62,21 @@ pub fn now() -> String {
         .unwrap_or_default()
 }
 
-/// Writes both files; prints where, and the Markdown, on stderr.
+/// The progress bars of a run: on stderr, drawn only when stderr is a terminal (indicatif
+/// hides them otherwise), so logs and CI output stay clean.
+pub fn progress() -> indicatif::MultiProgress {
+    indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr())
+}
+
+/// Writes `DIR/<date>/<scenario>-<time>[-label]`: `.json` (everything), `.md` (the summary,
+/// with the plots linked) and one `-<plot>.svg` per chart that has points. Prints where, and
+/// the Markdown, on stderr.
 pub fn write<S: Serialize, F: Serialize>(
     target: &Target,
     scenario: &str,
     envelope: &Envelope<'_, S, F>,
-    markdown: &str,
+    mut markdown: String,
+    charts: Vec<(&str, Chart)>,
 ) -> anyhow::Result<PathBuf> {
     let now = time::OffsetDateTime::now_utc();
     let date = format!(
@@ -87,9 +97,22 @@ pub fn write<S: Serialize, F: Serialize>(
                 .filter(|c| c.is_ascii_alphanumeric() || *c == '-'),
         );
     }
+    let mut drawn = Vec::new();
+    for (plot, chart) in charts {
+        let file = format!("{name}-{plot}.svg");
+        if crate::plots::draw(&dir.join(&file), &chart)? {
+            drawn.push((chart.title.clone(), file));
+        }
+    }
+    if !drawn.is_empty() {
+        markdown.push('\n');
+        for (title, file) in &drawn {
+            let _ = writeln!(markdown, "![{title}]({file})");
+        }
+    }
     let json = dir.join(format!("{name}.json"));
     std::fs::write(&json, serde_json::to_vec_pretty(envelope)?)?;
-    std::fs::write(dir.join(format!("{name}.md")), markdown)?;
+    std::fs::write(dir.join(format!("{name}.md")), &markdown)?;
     eprintln!("\n{markdown}\nreport: {}", json.display());
     Ok(json)
 }
@@ -112,8 +135,13 @@ fn setup_line(setup: &SetupStats) -> String {
     )
 }
 
+/// Said when a gateway's memory did not grow with the sessions.
+pub const REUSED_MEMORY: &str = "Memory per idle connection is not measurable here: the gateways \
+reused memory that an earlier run had freed. Run with --fresh-gateways.";
+
 pub fn connect_markdown(
     args: &ConnectArgs,
+    mix: Mix,
     f: &ConnectFigures,
     machine: &Machine,
     setup: &SetupStats,
@@ -122,7 +150,7 @@ pub fn connect_markdown(
     let _ = writeln!(
         md,
         "### connect: {} {:?} sessions, ramp {}/s, hold {} s\n",
-        args.sessions, args.target.transport, args.target.ramp, args.hold
+        args.sessions, mix, args.target.ramp, args.hold
     );
     let _ = writeln!(md, "{}; {}\n", machine.line(), setup_line(setup));
     let _ = writeln!(md, "| what | figure |\n|---|---:|");
@@ -134,10 +162,20 @@ pub fn connect_markdown(
     let _ = writeln!(md, "| connects/s | {:.0} |", f.connects_per_sec);
     let _ = writeln!(
         md,
-        "| gateway RSS before → after | {:.1} → {:.1} MiB |",
+        "| all gateways, RSS before → after | {:.1} → {:.1} MiB |",
         f.gateway_rss_before_kib as f64 / 1024.0,
         f.gateway_rss_after_kib as f64 / 1024.0
     );
+    for (role, before) in &f.rss_before_kib_by_process {
+        if let Some(after) = f.rss_after_kib_by_process.get(role) {
+            let _ = writeln!(
+                md,
+                "| {role} RSS before → after | {:.1} → {:.1} MiB |",
+                *before as f64 / 1024.0,
+                *after as f64 / 1024.0
+            );
+        }
+    }
     let _ = writeln!(
         md,
         "| **gateway memory per idle session** | **{:.1} KB** |",
@@ -149,6 +187,9 @@ pub fn connect_markdown(
         f.gateway_cpu_ms_per_handshake
     );
     let _ = writeln!(md, "| dropped while idle | {} |", f.disconnected_while_idle);
+    if f.bytes_per_idle_session <= 0.0 {
+        let _ = writeln!(md, "| note | {REUSED_MEMORY} |");
+    }
     let _ = writeln!(md, "| client CPU (ramp) | {:.0} ms |\n", f.client_cpu_ms);
     md.push_str(LATENCY_HEADER);
     latency_row(
@@ -162,17 +203,12 @@ pub fn connect_markdown(
     md
 }
 
-pub fn chat_markdown(
-    args: &ChatArgs,
-    f: &ChatFigures,
-    machine: &Machine,
-    setup: &SetupStats,
-) -> String {
+pub fn chat_markdown(mix: Mix, f: &ChatFigures, machine: &Machine, setup: &SetupStats) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
         "### chat: {} users ({:?}), {} gateway(s), {} msg/s for {:.1} s\n",
-        f.users, args.target.transport, f.gateways, f.rate, f.duration_s
+        f.users, mix, f.gateways, f.rate, f.duration_s
     );
     let _ = writeln!(md, "{}; {}\n", machine.line(), setup_line(setup));
     let _ = writeln!(md, "| what | figure |\n|---|---:|");

@@ -77,13 +77,26 @@ impl ServerSet {
         Ok(ServerSet { fixed, postmaster })
     }
 
-    /// The gateway processes (role `gateway…`).
+    /// A set of processes given by the caller (the Socket.IO peer's), no postmaster.
+    pub fn of(servers: Vec<Server>) -> ServerSet {
+        ServerSet {
+            fixed: servers,
+            postmaster: None,
+        }
+    }
+
+    /// The processes that hold the client connections (see [`is_edge`]).
     pub fn gateways(&self) -> Vec<Server> {
         self.fixed
             .iter()
-            .filter(|s| s.role.starts_with("gateway"))
+            .filter(|s| is_edge(&s.role))
             .cloned()
             .collect()
+    }
+
+    /// The pid of a role, if it is in the set.
+    pub fn pid_of(&self, role: &str) -> Option<u32> {
+        self.fixed.iter().find(|s| s.role == role).map(|s| s.pid)
     }
 
     /// CPU ticks of every server process now.
@@ -115,6 +128,14 @@ impl ServerSet {
         Ok(total)
     }
 
+    /// RSS of each edge process by role, KiB (a process that is gone is left out).
+    pub fn edge_rss_by_role(&self) -> BTreeMap<String, u64> {
+        self.gateways()
+            .into_iter()
+            .filter_map(|gw| Some((gw.role, procfs::rss_kib(gw.pid)?)))
+            .collect()
+    }
+
     pub fn processes(&self) -> Vec<Server> {
         let mut all = self.fixed.clone();
         all.extend(self.postmaster.map(|pid| Server {
@@ -123,6 +144,13 @@ impl ServerSet {
         }));
         all
     }
+}
+
+/// Whether a role holds client connections: Haberci's gateways (`gateway`, `gateway2`, …) and
+/// the Socket.IO peer's nodes (`socketio1`, …; not its Redis). Their memory is what an idle
+/// connection costs.
+pub fn is_edge(role: &str) -> bool {
+    role.starts_with("gateway") || (role.starts_with("socketio") && role != "socketio-redis")
 }
 
 /// CPU ticks per pid (with its role) at one instant.
@@ -185,6 +213,12 @@ mod tests {
         let d = before.delta_ms(&after, 100);
         assert_eq!(d["gateway"], 500.0);
         assert_eq!(d["postgres"], 150.0);
+    }
+
+    #[test]
+    fn edges_are_gateways_and_socketio_nodes() {
+        assert!(is_edge("gateway") && is_edge("gateway2") && is_edge("socketio1"));
+        assert!(!is_edge("socketio-redis") && !is_edge("redis") && !is_edge("worker"));
     }
 
     #[test]

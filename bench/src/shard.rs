@@ -10,21 +10,23 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use futures::FutureExt;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use haberci_client::{
-    Client, ClientConfig, Event, Events, Roots, SendError, Sent, Transport, UserId,
-};
-use rustls_pki_types::CertificateDer;
+use haberci_client::{Client, ClientConfig, Roots, Transport};
 use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
+use crate::conn::{self, Conn, Inbox, Incoming, To};
 use crate::latency::Latency;
 use crate::procfs;
 use crate::protocol::{
-    Common, Counts, Job, PairSpec, Report, SessionSpec, ShardResult, TransportKind,
+    Common, Counts, GroupSpec, Job, PairSpec, Report, SessionSpec, ShardResult, Timing,
+    TransportKind,
 };
+use crate::socketio::{SioClient, SioConfig};
 
 /// Kernel buffers asked for each shared client UDP socket (capped by `net.core.rmem_max`).
 const CLIENT_SOCKET_BUFFER: usize = 8 << 20;
@@ -32,27 +34,30 @@ const CLIENT_SOCKET_BUFFER: usize = 8 << 20;
 /// How often a shard reports its counts.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// How long closing all sessions may take at the end.
-const CLOSE_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// Longest error text kept as a failure key.
 const FAILURE_KEY_LEN: usize = 100;
 
 /// Live counters, reported every [`PROGRESS_EVERY`].
 #[derive(Default)]
-struct Live {
-    connected: AtomicU64,
-    connect_failed: AtomicU64,
-    sent: AtomicU64,
-    received: AtomicU64,
-    disconnected: AtomicU64,
+pub(crate) struct Live {
+    pub(crate) connected: AtomicU64,
+    pub(crate) connect_failed: AtomicU64,
+    pub(crate) sent: AtomicU64,
+    pub(crate) received: AtomicU64,
+    pub(crate) disconnected: AtomicU64,
+    /// Storm: sessions back after their gateway died.
+    pub(crate) reconnected: AtomicU64,
 }
 
 impl Live {
-    fn counts(&self) -> Counts {
+    pub(crate) fn counts(&self) -> Counts {
         Counts {
             connected: self.connected.load(Ordering::Relaxed),
             connect_failed: self.connect_failed.load(Ordering::Relaxed),
             sent: self.sent.load(Ordering::Relaxed),
             received: self.received.load(Ordering::Relaxed),
+            reconnected: self.reconnected.load(Ordering::Relaxed),
         }
     }
 }
@@ -89,9 +94,7 @@ pub async fn run() -> anyhow::Result<()> {
             }
         })
     };
-    let deadline = Duration::from_secs(match &job {
-        Job::Connect { common, .. } | Job::Chat { common, .. } => common.deadline_secs,
-    });
+    let deadline = Duration::from_secs(job.common().deadline_secs);
     let work = async {
         match job {
             Job::Connect { common, sessions } => {
@@ -100,19 +103,15 @@ pub async fn run() -> anyhow::Result<()> {
             Job::Chat {
                 common,
                 pairs,
-                duration_ms,
-                drain_ms,
-                content_bytes,
-                run_id,
-            } => {
-                let timing = ChatTiming {
-                    duration: Duration::from_millis(duration_ms),
-                    drain: Duration::from_millis(drain_ms),
-                    content_bytes,
-                    run_id,
-                };
-                chat_scenario(common, pairs, timing, &live, &out_tx, go).await
-            }
+                timing,
+            } => chat_scenario(common, pairs, timing, &live, &out_tx, go).await,
+            Job::Group {
+                common,
+                groups,
+                timing,
+            } => group_scenario(common, groups, timing, &live, &out_tx, go).await,
+            Job::Storm(job) => crate::storm::shard(*job, &live, &out_tx, go).await,
+            Job::Churn(job) => crate::churn::shard(*job, &live, &out_tx, go).await,
         }
     };
     let result = match tokio::time::timeout(deadline, work).await {
@@ -137,22 +136,109 @@ async fn write_reports(mut rx: mpsc::UnboundedReceiver<Report>) -> anyhow::Resul
     Ok(())
 }
 
-async fn wait_go(go: &mut mpsc::UnboundedReceiver<()>) -> anyhow::Result<()> {
+pub(crate) async fn wait_go(go: &mut mpsc::UnboundedReceiver<()>) -> anyhow::Result<()> {
     go.recv()
         .await
         .context("stdin closed: the coordinator stopped the run")
 }
 
-fn cpu_ms_now(ticks_per_sec: u64) -> f64 {
+pub(crate) fn cpu_ms_now(ticks_per_sec: u64) -> f64 {
     procfs::sample(std::process::id())
         .map_or(0.0, |s| s.cpu_ticks as f64 * 1000.0 / ticks_per_sec as f64)
 }
 
 /// The sessions of one shard, opened at the ramp rate, in order.
 struct Opened {
-    clients: Vec<Option<(Client, Events)>>,
+    clients: Vec<Option<(Conn, Inbox)>>,
     handshake: Latency,
     failures: BTreeMap<String, u64>,
+}
+
+/// What every session of a shard shares: trust roots, QUIC sockets, the Socket.IO TLS setup.
+struct Connector {
+    common: Common,
+    roots: rustls::RootCertStore,
+    endpoints: Vec<quinn::Endpoint>,
+    per_socket: usize,
+    quic_index: usize,
+    socketio_tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+}
+
+impl Connector {
+    fn new(common: &Common, specs: &[SessionSpec]) -> anyhow::Result<Connector> {
+        let roots = root_store(common)?;
+        // One UDP socket per `sessions_per_socket` QUIC or WebTransport sessions.
+        let quic_count = specs
+            .iter()
+            .filter(|s| matches!(s.transport, TransportKind::Quic | TransportKind::Wt))
+            .count();
+        let per_socket = common.sessions_per_socket.max(1);
+        let endpoints = (0..quic_count.div_ceil(per_socket))
+            .map(|_| client_endpoint())
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let socketio_tls = if common.socketio_plain
+            || !specs.iter().any(|s| s.transport == TransportKind::SocketIo)
+        {
+            None
+        } else {
+            let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Some((
+                tokio_rustls::TlsConnector::from(Arc::new(config)),
+                ServerName::try_from(common.server_name.clone())?,
+            ))
+        };
+        Ok(Connector {
+            common: common.clone(),
+            roots,
+            endpoints,
+            per_socket,
+            quic_index: 0,
+            socketio_tls,
+        })
+    }
+
+    /// A future that opens the session `spec` describes.
+    fn open(
+        &mut self,
+        spec: &SessionSpec,
+    ) -> impl Future<Output = Result<(Conn, Inbox), String>> + Send + 'static {
+        let endpoint =
+            matches!(spec.transport, TransportKind::Quic | TransportKind::Wt).then(|| {
+                let e = self.endpoints[self.quic_index / self.per_socket].clone();
+                self.quic_index += 1;
+                e
+            });
+        let haberci = (spec.transport != TransportKind::SocketIo)
+            .then(|| client_config(&self.common, spec, &self.roots, endpoint));
+        let socketio = SioConfig {
+            addr: spec.addr,
+            source: spec.source,
+            tls: self.socketio_tls.clone(),
+            token: spec.token.clone(),
+        };
+        let limit = Duration::from_millis(self.common.connect_timeout_ms);
+        async move {
+            match haberci {
+                Some(config) => Client::connect(config)
+                    .await
+                    .map(|(client, events)| (Conn::Haberci(client), conn::haberci_inbox(events)))
+                    .map_err(|err| failure_key(&err)),
+                None => match tokio::time::timeout(limit, SioClient::connect(&socketio)).await {
+                    Ok(Ok((client, events))) => {
+                        Ok((Conn::SocketIo(client), conn::socketio_inbox(events)))
+                    }
+                    Ok(Err(err)) => Err(failure_key(&err)),
+                    Err(_) => Err(format!("no connect within {limit:?}")),
+                },
+            }
+        }
+    }
 }
 
 async fn open_sessions(
@@ -160,44 +246,17 @@ async fn open_sessions(
     specs: &[SessionSpec],
     live: &Arc<Live>,
 ) -> anyhow::Result<Opened> {
-    let roots = root_store(common)?;
-    // One UDP socket per `sessions_per_socket` QUIC sessions.
-    let quic_count = specs
-        .iter()
-        .filter(|s| s.transport == TransportKind::Quic)
-        .count();
-    let per_socket = common.sessions_per_socket.max(1);
-    let mut endpoints = Vec::new();
-    for _ in 0..quic_count.div_ceil(per_socket) {
-        // Hundreds of sessions share the socket: the default 208 KiB receive buffer drops
-        // bursts, and the drops would be charged to the server as latency.
-        let (socket, _) = haberci_kit::udp::bind(
-            SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-            CLIENT_SOCKET_BUFFER,
-        )
-        .context("cannot bind a UDP socket for QUIC clients")?;
-        let runtime = quinn::default_runtime().context("no async runtime for quinn")?;
-        endpoints.push(
-            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
-                .context("cannot start a QUIC client endpoint")?,
-        );
-    }
+    let mut connector = Connector::new(common, specs)?;
     let started = tokio::time::Instant::now();
     let rate = common.ramp_per_sec.max(0.001);
     let mut handles = Vec::with_capacity(specs.len());
-    let mut quic_index = 0;
     for (i, spec) in specs.iter().enumerate() {
         tokio::time::sleep_until(started + Duration::from_secs_f64(i as f64 / rate)).await;
-        let endpoint = (spec.transport == TransportKind::Quic).then(|| {
-            let e = endpoints[quic_index / per_socket].clone();
-            quic_index += 1;
-            e
-        });
-        let config = client_config(common, spec, &roots, endpoint);
+        let open = connector.open(spec);
         let live = live.clone();
         handles.push(tokio::spawn(async move {
             let t0 = Instant::now();
-            let result = Client::connect(config).await;
+            let result = open.await;
             match &result {
                 Ok(_) => live.connected.fetch_add(1, Ordering::Relaxed),
                 Err(_) => live.connect_failed.fetch_add(1, Ordering::Relaxed),
@@ -217,8 +276,8 @@ async fn open_sessions(
                 opened.handshake.record(took);
                 opened.clients.push(Some(pair));
             }
-            Err(err) => {
-                *opened.failures.entry(failure_key(&err)).or_default() += 1;
+            Err(why) => {
+                *opened.failures.entry(why).or_default() += 1;
                 opened.clients.push(None);
             }
         }
@@ -226,7 +285,21 @@ async fn open_sessions(
     Ok(opened)
 }
 
-fn failure_key(err: &dyn std::fmt::Display) -> String {
+/// A client UDP socket for many QUIC sessions. Hundreds of sessions share it: the default
+/// 208 KiB receive buffer drops bursts, and the drops would be charged to the server as
+/// latency.
+pub(crate) fn client_endpoint() -> anyhow::Result<quinn::Endpoint> {
+    let (socket, _) = haberci_kit::udp::bind(
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        CLIENT_SOCKET_BUFFER,
+    )
+    .context("cannot bind a UDP socket for QUIC clients")?;
+    let runtime = quinn::default_runtime().context("no async runtime for quinn")?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+        .context("cannot start a QUIC client endpoint")
+}
+
+pub(crate) fn failure_key(err: &dyn std::fmt::Display) -> String {
     let mut text = err.to_string();
     if text.len() > FAILURE_KEY_LEN {
         let mut cut = FAILURE_KEY_LEN;
@@ -238,7 +311,7 @@ fn failure_key(err: &dyn std::fmt::Display) -> String {
     text
 }
 
-fn root_store(common: &Common) -> anyhow::Result<rustls::RootCertStore> {
+pub(crate) fn root_store(common: &Common) -> anyhow::Result<rustls::RootCertStore> {
     let mut store = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(&common.ca)
         .with_context(|| format!("reading {}", common.ca.display()))?
@@ -248,7 +321,7 @@ fn root_store(common: &Common) -> anyhow::Result<rustls::RootCertStore> {
     Ok(store)
 }
 
-fn client_config(
+pub(crate) fn client_config(
     common: &Common,
     spec: &SessionSpec,
     roots: &rustls::RootCertStore,
@@ -258,8 +331,11 @@ fn client_config(
         TransportKind::Quic => Transport::Quic {
             addr: spec.addr.to_string(),
         },
-        TransportKind::Ws => Transport::WebSocket {
+        TransportKind::Ws | TransportKind::SocketIo => Transport::WebSocket {
             url: format!("wss://{}/v1/ws", spec.addr),
+        },
+        TransportKind::Wt => Transport::WebTransport {
+            url: format!("https://{}/v1/rt", spec.addr),
         },
     };
     let mut config = ClientConfig::new(transport, Roots::Store(roots.clone()), spec.token.clone());
@@ -270,20 +346,15 @@ fn client_config(
     config
 }
 
-/// Drains a connection's events (the channel is unbounded) and counts an early end.
-fn drain_events(mut events: Events, live: Arc<Live>) -> tokio::task::JoinHandle<()> {
+/// Drains a session's inbox and counts an early end.
+pub(crate) fn drain_events(mut inbox: Inbox, live: Arc<Live>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        while let Some(event) = events.recv().await {
-            if let Event::Disconnected(_) = event {
+        while let Some(event) = inbox.next().await {
+            if let Incoming::Disconnected(_) = event {
                 live.disconnected.fetch_add(1, Ordering::Relaxed);
             }
         }
     })
-}
-
-async fn close_all(clients: &[Client]) {
-    let closes = clients.iter().map(|c| c.close());
-    let _ = tokio::time::timeout(CLOSE_WAIT, futures::future::join_all(closes)).await;
 }
 
 // ---- connect ----------------------------------------------------------------------------------
@@ -302,15 +373,15 @@ async fn connect_scenario(
     let client_cpu_ms = cpu_ms_now(ticks) - cpu0;
     let mut clients = Vec::new();
     let mut drains = Vec::new();
-    for (client, events) in opened.clients.into_iter().flatten() {
-        drains.push(drain_events(events, live.clone()));
+    for (client, inbox) in opened.clients.into_iter().flatten() {
+        drains.push(drain_events(inbox, live.clone()));
         clients.push(client);
     }
     let _ = out.send(Report::Connected(live.counts()));
     // Hold until told to close (or stdin ends).
     let _ = go.recv().await;
     let disconnected = live.disconnected.load(Ordering::Relaxed);
-    close_all(&clients).await;
+    conn::close_all(&clients, CLOSE_WAIT).await;
     for d in drains {
         d.abort();
     }
@@ -325,49 +396,43 @@ async fn connect_scenario(
     })
 }
 
-// ---- chat -------------------------------------------------------------------------------------
+// ---- chat and group ---------------------------------------------------------------------------
 
-#[derive(Clone, Copy)]
-struct ChatTiming {
-    duration: Duration,
-    drain: Duration,
-    content_bytes: usize,
-    run_id: u64,
-}
-
-/// What a recipient saw from its one sender.
+/// What a member saw of one flow (a pair's or a group's messages).
 #[derive(Default)]
-struct Inbox {
-    received: Vec<bool>,
-    unique: u64,
-    duplicates: u64,
-    out_of_order: u64,
-    unexpected: u64,
-    stale: u64,
-    highest: Option<u32>,
-    last_ns: u64,
+pub(crate) struct Seen {
+    pub(crate) received: Vec<bool>,
+    pub(crate) unique: u64,
+    pub(crate) duplicates: u64,
+    pub(crate) out_of_order: u64,
+    pub(crate) unexpected: u64,
+    pub(crate) stale: u64,
+    pub(crate) highest: Option<u32>,
+    pub(crate) last_ns: u64,
+    /// Per message number: its delivery latency here (µs), when it came.
+    pub(crate) latency_us: Vec<Option<u64>>,
 }
 
 /// What a sender got answered.
-struct Outbox {
-    sent_ok: Vec<bool>,
-    failed: BTreeMap<String, u64>,
-    first_ns: u64,
+pub(crate) struct Outbox {
+    pub(crate) sent_ok: Vec<bool>,
+    pub(crate) failed: BTreeMap<String, u64>,
+    pub(crate) first_ns: u64,
 }
 
-/// What a message carries: which run, which pair, its number, and when it was sent.
+/// What a message carries: which run, which flow, its number, and when it was sent.
 #[derive(Debug, PartialEq, Eq)]
-struct Stamp {
-    run: u64,
-    pair: u32,
-    n: u32,
-    sent_ns: u64,
+pub(crate) struct Stamp {
+    pub(crate) run: u64,
+    pub(crate) pair: u32,
+    pub(crate) n: u32,
+    pub(crate) sent_ns: u64,
 }
 
-/// The content of a message: `run:pair:n:unix_ns:` then padding. The stamp is the wall
+/// The content of a message: `run:flow:n:unix_ns:` then padding. The stamp is the wall
 /// clock (`CLOCK_REALTIME`), shared by every process on the machine, so a sender in one shard
 /// and a recipient in another compare it directly.
-fn content(stamp: &Stamp, size: usize) -> String {
+pub(crate) fn content(stamp: &Stamp, size: usize) -> String {
     let Stamp {
         run,
         pair,
@@ -381,7 +446,7 @@ fn content(stamp: &Stamp, size: usize) -> String {
     text
 }
 
-fn parse_content(text: &str) -> Option<Stamp> {
+pub(crate) fn parse_content(text: &str) -> Option<Stamp> {
     let mut parts = text.splitn(5, ':');
     Some(Stamp {
         run: parts.next()?.parse().ok()?,
@@ -391,90 +456,208 @@ fn parse_content(text: &str) -> Option<Stamp> {
     })
 }
 
-fn unix_ns() -> u64 {
+pub(crate) fn unix_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// Every delivery's latency, overall and per second of sending.
+#[derive(Default)]
+pub(crate) struct Recorder {
+    pub(crate) all: Latency,
+    pub(crate) by_second: BTreeMap<u64, Latency>,
+}
+
+impl Recorder {
+    fn record(&mut self, sent_ns: u64, latency: Duration) {
+        self.all.record(latency);
+        self.by_second
+            .entry(sent_ns / 1_000_000_000)
+            .or_default()
+            .record(latency);
+    }
+}
+
+/// One flow to run: who sends, to what, and which of this shard's sessions receive it.
+struct Flow {
+    id: u32,
+    to: To,
+    messages: u32,
+    /// Index into the opened sessions.
+    sender: Option<usize>,
+    receivers: Vec<usize>,
+}
+
 async fn chat_scenario(
     common: Common,
     pairs: Vec<PairSpec>,
-    timing: ChatTiming,
+    timing: Timing,
+    live: &Arc<Live>,
+    out: &mpsc::UnboundedSender<Report>,
+    go: mpsc::UnboundedReceiver<()>,
+) -> anyhow::Result<ShardResult> {
+    // Recipients first: a message to a user with no session would be stored, not delivered.
+    let n = pairs.len();
+    let mut specs: Vec<SessionSpec> = pairs.iter().map(|p| p.recipient.clone()).collect();
+    specs.extend(pairs.iter().map(|p| p.sender.clone()));
+    let flows = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Flow {
+            id: p.id,
+            to: To::User(p.recipient.user),
+            messages: p.messages,
+            sender: Some(n + i),
+            receivers: vec![i],
+        })
+        .collect();
+    run_flows(common, specs, flows, timing, false, live, out, go).await
+}
+
+async fn group_scenario(
+    common: Common,
+    groups: Vec<GroupSpec>,
+    timing: Timing,
+    live: &Arc<Live>,
+    out: &mpsc::UnboundedSender<Report>,
+    go: mpsc::UnboundedReceiver<()>,
+) -> anyhow::Result<ShardResult> {
+    // Members first, then the senders.
+    let mut specs = Vec::new();
+    let mut flows = Vec::new();
+    for g in &groups {
+        let first = specs.len();
+        specs.extend(g.members.iter().cloned());
+        flows.push(Flow {
+            id: g.id,
+            to: To::Group(g.group),
+            messages: g.messages,
+            sender: None,
+            receivers: (first..specs.len()).collect(),
+        });
+    }
+    for (flow, g) in flows.iter_mut().zip(&groups) {
+        if let Some(sender) = &g.sender {
+            flow.sender = Some(specs.len());
+            specs.push(sender.clone());
+        }
+    }
+    let mut result = run_flows(common, specs, flows, timing, true, live, out, go).await?;
+    // Only groups whose members live here report fan-out lines; the sender's shard reports
+    // its sends (sent_ok) in the totals.
+    result
+        .fanout
+        .retain(|(_, lines)| lines.iter().any(|l| l.1 > 0));
+    Ok(result)
+}
+
+/// Connects `specs`, then on `go` runs every flow: its sender sends at an even pace, its
+/// receivers count what arrives. `fanout`: report per message how many receivers got it and
+/// the slowest delivery (groups).
+#[allow(clippy::too_many_arguments)]
+async fn run_flows(
+    common: Common,
+    specs: Vec<SessionSpec>,
+    flows: Vec<Flow>,
+    timing: Timing,
+    fanout_lines: bool,
     live: &Arc<Live>,
     out: &mpsc::UnboundedSender<Report>,
     mut go: mpsc::UnboundedReceiver<()>,
 ) -> anyhow::Result<ShardResult> {
     let ticks = procfs::clock_ticks_per_sec();
     wait_go(&mut go).await?;
-    // Recipients first: a message to a user with no session would be stored, not delivered.
-    let mut specs: Vec<SessionSpec> = pairs.iter().map(|p| p.recipient.clone()).collect();
-    specs.extend(pairs.iter().map(|p| p.sender.clone()));
-    let mut opened = open_sessions(&common, &specs, live).await?;
+    let opened = open_sessions(&common, &specs, live).await?;
     let _ = out.send(Report::Connected(live.counts()));
     wait_go(&mut go).await?;
 
     let cpu0 = cpu_ms_now(ticks);
-    let latency = Arc::new(Mutex::new(Latency::new()));
-    let n_pairs = pairs.len();
-    let senders = opened.clients.split_off(n_pairs);
-    let recipients = opened.clients;
+    let recorder = Arc::new(Mutex::new(Recorder::default()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut inboxes = Vec::new();
+    let mut sessions: Vec<Option<(Conn, Inbox)>> = opened.clients;
+    let all_clients: Vec<Conn> = sessions.iter().flatten().map(|(c, _)| c.clone()).collect();
+    let mut receivers = Vec::new();
     let mut outboxes = Vec::new();
-    let mut all_clients = Vec::new();
     let mut drains = Vec::new();
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
-    for ((pair, recipient), sender) in pairs.iter().zip(recipients).zip(senders) {
-        // A pair whose sender or recipient did not connect sends nothing; its messages are
-        // not counted (the connect failures are).
-        let (Some((r_client, r_events)), Some((s_client, s_events))) = (recipient, sender) else {
-            continue;
-        };
-        all_clients.push(r_client);
-        all_clients.push(s_client.clone());
-        inboxes.push(tokio::spawn(receive(
-            timing.run_id,
-            pair.id,
-            pair.messages,
-            r_events,
-            latency.clone(),
-            live.clone(),
-            stop_rx.clone(),
-        )));
-        drains.push(drain_events(s_events, live.clone()));
-        let to = UserId::new(pair.recipient.user).context("a nil recipient id")?;
-        outboxes.push(tokio::spawn(send(
-            pair.id,
-            to,
-            pair.messages,
-            s_client,
-            start,
-            timing,
-            live.clone(),
-        )));
+    for flow in &flows {
+        // A flow whose sender did not connect sends nothing; its messages are not counted
+        // (the connect failures are).
+        let sender = flow
+            .sender
+            .and_then(|i| sessions[i].take())
+            .map(|(conn, inbox)| {
+                drains.push(drain_events(inbox, live.clone()));
+                conn
+            });
+        let sending = sender.is_some() || flow.sender.is_none();
+        for &r in &flow.receivers {
+            let Some((_, inbox)) = sessions[r].take() else {
+                continue;
+            };
+            if !sending {
+                drains.push(drain_events(inbox, live.clone()));
+                continue;
+            }
+            receivers.push((
+                flow.id,
+                tokio::spawn(receive(
+                    timing.run_id,
+                    flow.id,
+                    flow.messages,
+                    inbox,
+                    recorder.clone(),
+                    live.clone(),
+                    stop_rx.clone(),
+                )),
+            ));
+        }
+        if let Some(conn) = sender {
+            outboxes.push(tokio::spawn(send(
+                flow.id,
+                flow.to,
+                flow.messages,
+                conn,
+                start,
+                timing,
+                live.clone(),
+            )));
+        }
     }
     let mut result = ShardResult {
+        connected: all_clients.len() as u64,
         connect_failed: opened.failures.values().sum(),
         failures: opened.failures,
         handshake: opened.handshake.buckets(),
         ..ShardResult::default()
     };
-    let mut sent_ok: Vec<Vec<bool>> = Vec::new();
+    let mut sent_ok: BTreeMap<u32, Vec<bool>> = BTreeMap::new();
     let mut first_ns = u64::MAX;
-    for outbox in outboxes {
+    for (flow, outbox) in flows.iter().filter(|f| f.sender.is_some()).zip(outboxes) {
         let outbox = outbox.await?;
         first_ns = first_ns.min(outbox.first_ns);
         for (why, count) in outbox.failed {
             result.send_failed += count;
             *result.send_failures.entry(why).or_default() += count;
         }
-        sent_ok.push(outbox.sent_ok);
+        sent_ok.insert(flow.id, outbox.sent_ok);
     }
-    result.sent_ok = sent_ok.iter().flatten().filter(|ok| **ok).count() as u64;
-    // Every `Sent` message delivered, or the drain time is up.
-    let drain_end = tokio::time::Instant::now() + timing.drain;
-    while live.received.load(Ordering::Relaxed) < result.sent_ok
+    result.sent_ok = sent_ok.values().flatten().filter(|ok| **ok).count() as u64;
+    // Deliveries this shard expects: chat knows its pairs' sends; a group's members here
+    // cannot know what the sender (maybe elsewhere) got answered, so they wait for every
+    // planned message or the drain time.
+    let expected: u64 = flows
+        .iter()
+        .map(|f| {
+            let per_receiver = sent_ok.get(&f.id).map_or(u64::from(f.messages), |ok| {
+                ok.iter().filter(|s| **s).count() as u64
+            });
+            per_receiver * f.receivers.len() as u64
+        })
+        .sum();
+    let drain_end = tokio::time::Instant::now() + Duration::from_millis(timing.drain_ms);
+    while live.received.load(Ordering::Relaxed) < expected
         && tokio::time::Instant::now() < drain_end
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -484,46 +667,69 @@ async fn chat_scenario(
     // this run's tail.
     tokio::time::sleep(haberci_client::DEFAULT_ACK_DELAY * 4).await;
     result.client_cpu_ms = cpu_ms_now(ticks) - cpu0;
-    result.disconnected = live.disconnected.load(Ordering::Relaxed);
     result.first_send_ns = if first_ns == u64::MAX { 0 } else { first_ns };
-    for (inbox, ok) in inboxes.into_iter().zip(&sent_ok) {
-        let inbox = inbox.await?;
-        result.connected += 2;
+    let messages_of: BTreeMap<u32, u32> = flows.iter().map(|f| (f.id, f.messages)).collect();
+    let mut fanout: BTreeMap<u32, Vec<(u64, u32)>> = BTreeMap::new();
+    for (flow, receiver) in receivers {
+        let inbox = receiver.await?;
         result.received += inbox.unique;
         result.duplicates += inbox.duplicates;
         result.out_of_order += inbox.out_of_order;
         result.unexpected += inbox.unexpected;
         result.stale += inbox.stale;
         result.last_receive_ns = result.last_receive_ns.max(inbox.last_ns);
-        result.lost += ok
-            .iter()
-            .zip(&inbox.received)
-            .filter(|(sent, got)| **sent && !**got)
-            .count() as u64;
+        if let Some(ok) = sent_ok.get(&flow) {
+            result.lost += ok
+                .iter()
+                .zip(&inbox.received)
+                .filter(|(sent, got)| **sent && !**got)
+                .count() as u64;
+        }
+        if !fanout_lines {
+            continue;
+        }
+        let lines = fanout
+            .entry(flow)
+            .or_insert_with(|| vec![(0, 0); messages_of.get(&flow).copied().unwrap_or(0) as usize]);
+        for (line, latency) in lines.iter_mut().zip(&inbox.latency_us) {
+            if let Some(us) = latency {
+                line.0 = line.0.max(*us);
+                line.1 += 1;
+            }
+        }
     }
-    result.latency = latency
-        .lock()
-        .map_err(|_| anyhow::anyhow!("latency lock poisoned"))?
-        .buckets();
-    close_all(&all_clients).await;
+    result.fanout = fanout.into_iter().collect();
+    result.disconnected = live.disconnected.load(Ordering::Relaxed);
+    {
+        let recorder = recorder
+            .lock()
+            .map_err(|_| anyhow::anyhow!("latency lock poisoned"))?;
+        result.latency = recorder.all.buckets();
+        result.timeline = recorder
+            .by_second
+            .iter()
+            .map(|(s, h)| (*s, h.buckets()))
+            .collect();
+    }
+    conn::close_all(&all_clients, CLOSE_WAIT).await;
     for d in drains {
         d.abort();
     }
     Ok(result)
 }
 
-type SendFuture = Pin<Box<dyn Future<Output = (u32, Result<Sent, SendError>)> + Send>>;
+type SendFuture = Pin<Box<dyn Future<Output = (u32, Result<(), String>)> + Send>>;
 
 /// Sends `messages` messages at an even pace over the run, pipelined: each send is handed to
 /// the connection at its tick (in order, so the server sees them in order) and answered
-/// whenever its `Sent` comes.
+/// whenever the server accepts it.
 async fn send(
-    pair: u32,
-    to: UserId,
+    flow: u32,
+    to: To,
     messages: u32,
-    client: Client,
+    conn: Conn,
     start: tokio::time::Instant,
-    timing: ChatTiming,
+    timing: Timing,
     live: Arc<Live>,
 ) -> Outbox {
     let mut outbox = Outbox {
@@ -534,14 +740,14 @@ async fn send(
     if messages == 0 {
         return outbox;
     }
-    let period = timing.duration / messages;
-    // Spread the pairs' first sends over one period (golden-ratio offsets: even, no RNG).
-    let phase = period.mul_f64((f64::from(pair) * 0.618_033_988_75).fract());
+    let period = Duration::from_millis(timing.duration_ms) / messages;
+    // Spread the flows' first sends over one period (golden-ratio offsets: even, no RNG).
+    let phase = period.mul_f64((f64::from(flow) * 0.618_033_988_75).fract());
     let mut tick = tokio::time::interval_at(start + phase, period.max(Duration::from_micros(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut in_flight: FuturesUnordered<SendFuture> = FuturesUnordered::new();
-    let answered = |outbox: &mut Outbox, (n, result): (u32, Result<Sent, SendError>)| match result {
-        Ok(_) => outbox.sent_ok[n as usize] = true,
+    let answered = |outbox: &mut Outbox, (n, result): (u32, Result<(), String>)| match result {
+        Ok(()) => outbox.sent_ok[n as usize] = true,
         Err(err) => *outbox.failed.entry(failure_key(&err)).or_default() += 1,
     };
     let mut n = 0;
@@ -550,20 +756,12 @@ async fn send(
             _ = tick.tick() => {
                 let sent_ns = unix_ns();
                 outbox.first_ns = outbox.first_ns.min(sent_ns);
-                let message = haberci_client::text_to(
-                    to,
-                    content(
-                        &Stamp {
-                            run: timing.run_id,
-                            pair,
-                            n,
-                            sent_ns,
-                        },
-                        timing.content_bytes,
-                    ),
+                let text = content(
+                    &Stamp { run: timing.run_id, pair: flow, n, sent_ns },
+                    timing.content_bytes,
                 );
-                let c = client.clone();
-                let mut fut: SendFuture = Box::pin(async move { (n, c.send(message).await) });
+                let sending = conn.send_text(to, text);
+                let mut fut: SendFuture = Box::pin(async move { (n, sending.await) });
                 // The first poll hands the frame to the connection, in tick order.
                 match futures::poll!(fut.as_mut()) {
                     std::task::Poll::Ready(done) => answered(&mut outbox, done),
@@ -575,14 +773,14 @@ async fn send(
             Some(done) = in_flight.next(), if !in_flight.is_empty() => answered(&mut outbox, done),
         }
     }
-    let deadline = tokio::time::sleep(timing.drain);
+    let deadline = tokio::time::sleep(Duration::from_millis(timing.drain_ms));
     tokio::pin!(deadline);
     while !in_flight.is_empty() {
         tokio::select! {
             Some(done) = in_flight.next() => answered(&mut outbox, done),
             _ = &mut deadline => {
                 let unanswered = in_flight.len() as u64;
-                *outbox.failed.entry("no Sent within the drain time".into()).or_default() += unanswered;
+                *outbox.failed.entry("no answer within the drain time".into()).or_default() += unanswered;
                 break;
             }
         }
@@ -590,76 +788,79 @@ async fn send(
     outbox
 }
 
-async fn receive(
+pub(crate) async fn receive(
     run_id: u64,
-    pair: u32,
+    flow: u32,
     messages: u32,
-    mut events: Events,
-    latency: Arc<Mutex<Latency>>,
+    mut inbox: Inbox,
+    recorder: Arc<Mutex<Recorder>>,
     live: Arc<Live>,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> Inbox {
-    let mut inbox = Inbox {
+) -> Seen {
+    let mut seen = Seen {
         received: vec![false; messages as usize],
-        ..Inbox::default()
+        latency_us: vec![None; messages as usize],
+        ..Seen::default()
     };
     // Whatever came before sending started is a replay of an earlier run (messages the
     // server had delivered but not seen acked), whatever its content.
-    while let Some(event) = events.try_recv() {
-        if let Event::Message(_) = event {
-            inbox.stale += 1;
+    while let Some(Some(event)) = inbox.next().now_or_never() {
+        if let Incoming::Message(_) = event {
+            seen.stale += 1;
         }
     }
     loop {
         let event = tokio::select! {
-            event = events.recv() => event,
+            event = inbox.next() => event,
             _ = stop.changed() => break,
         };
         let Some(event) = event else { break };
         match event {
-            Event::Message(message) => {
+            Incoming::Message(text) => {
                 let now = unix_ns();
                 let Some(Stamp {
                     run,
                     pair: p,
                     n,
                     sent_ns,
-                }) = parse_content(&message.content)
+                }) = parse_content(&text)
                 else {
-                    inbox.unexpected += 1;
+                    seen.unexpected += 1;
                     continue;
                 };
                 if run != run_id {
-                    inbox.stale += 1;
+                    seen.stale += 1;
                     continue;
                 }
-                if p != pair || n >= messages {
-                    inbox.unexpected += 1;
+                if p != flow || n >= messages {
+                    seen.unexpected += 1;
                     continue;
                 }
-                if inbox.received[n as usize] {
-                    inbox.duplicates += 1;
+                if seen.received[n as usize] {
+                    seen.duplicates += 1;
                     continue;
                 }
-                inbox.received[n as usize] = true;
-                inbox.unique += 1;
+                seen.received[n as usize] = true;
+                seen.unique += 1;
                 live.received.fetch_add(1, Ordering::Relaxed);
-                if inbox.highest.is_some_and(|h| n < h) {
-                    inbox.out_of_order += 1;
+                if seen.highest.is_some_and(|h| n < h) {
+                    seen.out_of_order += 1;
                 }
-                inbox.highest = inbox.highest.max(Some(n));
-                inbox.last_ns = inbox.last_ns.max(now);
-                if let Ok(mut h) = latency.lock() {
-                    h.record(Duration::from_nanos(now.saturating_sub(sent_ns)));
+                seen.highest = seen.highest.max(Some(n));
+                seen.last_ns = seen.last_ns.max(now);
+                let latency = Duration::from_nanos(now.saturating_sub(sent_ns));
+                seen.latency_us[n as usize] =
+                    Some(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+                if let Ok(mut r) = recorder.lock() {
+                    r.record(sent_ns, latency);
                 }
             }
-            Event::Disconnected(_) => {
+            Incoming::Disconnected(_) => {
                 live.disconnected.fetch_add(1, Ordering::Relaxed);
             }
-            _ => {}
         }
     }
-    inbox
+    seen
 }
 
 #[cfg(test)]
