@@ -71,6 +71,22 @@ pub fn progress() -> indicatif::MultiProgress {
 /// Writes `DIR/<date>/<scenario>-<time>[-label]`: `.json` (everything), `.md` (the summary,
 /// with the plots linked) and one `-<plot>.svg` per chart that has points. Prints where, and
 /// the Markdown, on stderr.
+/// Writes the report of `envelope`'s scenario, then the `--check` verdict: `Ok(false)` only
+/// when `--check` was asked and the counts (`ok`) do not add up.
+pub fn finish<S: Serialize, F: Serialize>(
+    target: &Target,
+    envelope: &Envelope<'_, S, F>,
+    markdown: String,
+    charts: Vec<(&str, Chart)>,
+    ok: bool,
+) -> anyhow::Result<bool> {
+    write(target, envelope.scenario, envelope, markdown, charts)?;
+    if target.check && !ok {
+        eprintln!("haberci-bench: the counts do not add up (see the report)");
+    }
+    Ok(ok || !target.check)
+}
+
 pub fn write<S: Serialize, F: Serialize>(
     target: &Target,
     scenario: &str,
