@@ -42,6 +42,9 @@ pub enum Command {
     /// (bench/peers/socketio, started and stopped here) on the same machine in one run;
     /// report both and their ratios.
     Compare(CompareArgs),
+    /// Register the first N bench users (once; they are cached) and exit: the slow part of a
+    /// large run's setup, done ahead of the measured run.
+    Users(UsersArgs),
     /// (internal) A worker process started by the coordinator; reads its job on stdin.
     #[command(hide = true)]
     Shard {
@@ -187,6 +190,15 @@ pub struct ConnectArgs {
     /// Seconds to hold them idle before measuring memory and closing.
     #[arg(long, default_value_t = 10)]
     pub hold: u64,
+}
+
+#[derive(Debug, Args, Serialize)]
+pub struct UsersArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Users the pool must hold.
+    #[arg(long)]
+    pub count: usize,
 }
 
 #[derive(Debug, Args, Serialize)]

@@ -53,6 +53,7 @@ pub async fn run(cli: cli::Cli) -> anyhow::Result<bool> {
         cli::Command::Storm(args) => storm::storm(args).await,
         cli::Command::Db(args) => db::db(args).await,
         cli::Command::Churn(args) => churn::churn(args).await,
+        cli::Command::Users(args) => scenarios::users(args).await,
         cli::Command::Shard { shard } => {
             shard::run()
                 .await

@@ -11,7 +11,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::api::ApiTarget;
-use crate::cli::{ChatArgs, ConnectArgs, Mix, Target};
+use crate::cli::{ChatArgs, ConnectArgs, Mix, Target, UsersArgs};
 use crate::coordinator::Shards;
 use crate::latency::{Latency, Summary};
 use crate::plots::{self, Chart};
@@ -597,6 +597,30 @@ pub async fn measure_connect(
         setup,
         machine: Machine::now(load_before, shards.count()),
     })
+}
+
+/// `users --count N`: makes the pool hold N registered users, refreshing only expired
+/// tokens (a scenario refreshes what it needs for its own run time).
+pub async fn users(args: UsersArgs) -> anyhow::Result<bool> {
+    let multi = report::progress();
+    let (_, stats) = participants(
+        &args.target,
+        &Side::Haberci,
+        args.count,
+        Duration::ZERO,
+        &multi,
+    )
+    .await?;
+    println!(
+        "{} bench users ready: {} registered, {} refreshed, {} logged in, {} reused, in {:.1}s",
+        args.count,
+        stats.registered,
+        stats.refreshed,
+        stats.logged_in,
+        stats.reused_tokens,
+        stats.seconds
+    );
+    Ok(true)
 }
 
 pub async fn connect(args: ConnectArgs) -> anyhow::Result<bool> {

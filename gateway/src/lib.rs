@@ -32,6 +32,7 @@ pub mod proxy;
 pub mod quic;
 pub mod relay;
 pub mod revocation;
+pub mod sends;
 pub mod session;
 pub mod tcp;
 pub mod tls;

@@ -5,11 +5,11 @@
 //! clocks, no tasks, so every case is a deterministic unit test. The QUIC, WebTransport and
 //! WebSocket adapters only move frames and obey [`Output::Close`].
 //!
-//! Status: this is the session core of the realtime work (#6). It handles the handshake
-//! (`Hello` + access token → `Welcome`, or `Closing`), `Ping`, in-band `RefreshAuth`, token
-//! expiry, the idle and hello timeouts, the per-session send rate, and turns every
+//! It handles the handshake (`Hello` + access token → `Welcome`, or `Closing`), `Ping`,
+//! in-band `RefreshAuth`, token expiry, the idle and hello timeouts, the per-session send
+//! rate, one send in flight per conversation ([`crate::sends`]), and turns every
 //! authenticated `Send`, `Ack`, `Read`, `Typing` and `PresenceWatch` into a [`Relay`] output
-//! for the Redis relay. The transport adapters and the relay are not wired to it yet.
+//! for the Redis relay; [`crate::transport::drive`] runs it for every transport.
 //!
 //! Invariant: after [`Output::Close`] the session emits nothing more and ignores all input.
 
@@ -27,6 +27,7 @@ use haberci_wire::{
 };
 
 use crate::delivery::{Backlog, ConversationInfo, Delivery, FetchFrom, Need, Route};
+use crate::sends::{Admit, MAX_PENDING_SENDS, SendQueue};
 
 /// A session that has not sent `Hello` within this is closed (`idle_timeout`).
 pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,6 +41,9 @@ pub const DEFAULT_SEND_BURST: u32 = 40;
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most users one `PresenceWatch` may name.
 pub const MAX_PRESENCE_WATCH: usize = 256;
+/// The `unavailable` answer to a send that could not reach its stream.
+pub const UNAVAILABLE: &str =
+    "messaging is unavailable right now; retry with the same client_msg_id";
 /// Advised wait before reconnecting to a draining server.
 pub const DRAIN_RETRY_AFTER_MS: u32 = 1_000;
 
@@ -124,6 +128,8 @@ enum State {
         token_deadline: Instant,
         idle_deadline: Instant,
         sends: TokenBucket,
+        /// Sends in flight, one per conversation (see [`crate::sends`]).
+        pending: SendQueue,
         delivery: Box<Delivery>,
         /// The client's resume positions, until the first sync uses them.
         resume: Vec<ResumePosition>,
@@ -172,8 +178,12 @@ impl Session {
             State::Open {
                 token_deadline,
                 idle_deadline,
+                pending,
                 ..
-            } => Some((*token_deadline).min(*idle_deadline)),
+            } => {
+                let at = (*token_deadline).min(*idle_deadline);
+                Some(pending.next_timeout().map_or(at, |resend| resend.min(at)))
+            }
             State::Closed => None,
         }
     }
@@ -213,7 +223,7 @@ impl Session {
                 if let Err((code, message)) = check_send(&send, identity.user) {
                     self.error(code, message.into(), Some(send.client_msg_id));
                 } else if self.take_send(now) {
-                    self.relay(Relay::Send(identity, send));
+                    self.admit_send(identity, send, now);
                 } else {
                     let message = format!(
                         "more than {} sends per second; resend the same client_msg_id later",
@@ -251,6 +261,62 @@ impl Session {
         self.out.push_back(Output::Relay(relay));
     }
 
+    /// A valid send within the rate: to the stream now, or after the answer to the one
+    /// before it in its conversation.
+    fn admit_send(&mut self, identity: Identity, send: SendMessage, now: Now) {
+        let State::Open { pending, .. } = &mut self.state else {
+            return;
+        };
+        let conversation = match send.recipient {
+            Recipient::User(user) => haberci_wire::relay::direct_conversation(identity.user, user),
+            Recipient::Group(group) => haberci_wire::relay::group_conversation(group),
+        };
+        match pending.admit(conversation, send, now.instant) {
+            Admit::Go(send) => self.relay(Relay::Send(identity, send)),
+            Admit::Queued => {}
+            Admit::Full(send) => {
+                let message = format!(
+                    "{MAX_PENDING_SENDS} sends already wait for their answer; resend the same client_msg_id later"
+                );
+                self.error(ErrorCode::RateLimited, message, Some(send.client_msg_id));
+            }
+        }
+    }
+
+    /// The send `client_msg_id` could not be appended to its stream (Redis is down or
+    /// absent): it is answered `unavailable`, and so is every send queued behind it, which
+    /// must not overtake it.
+    pub fn send_unavailable(&mut self, client_msg_id: ClientMsgId) {
+        let given_back = match &mut self.state {
+            State::Open { pending, .. } => pending.failed(client_msg_id),
+            _ => return,
+        };
+        let ids = if given_back.is_empty() {
+            vec![client_msg_id]
+        } else {
+            given_back.into_iter().map(|s| s.client_msg_id).collect()
+        };
+        for id in ids {
+            self.error(ErrorCode::Unavailable, UNAVAILABLE.into(), Some(id));
+        }
+    }
+
+    /// Sends the sends in flight again whose answer may be lost: all of them (`every`, after
+    /// a resync) or the overdue ones.
+    fn resend_unanswered(&mut self, every: bool, now: Now) {
+        let State::Open {
+            identity, pending, ..
+        } = &mut self.state
+        else {
+            return;
+        };
+        let identity = *identity;
+        for send in pending.unanswered(every, now.instant) {
+            tracing::debug!(client_msg_id = %send.client_msg_id, "send unanswered; sending it again");
+            self.relay(Relay::Send(identity, send));
+        }
+    }
+
     fn delivery(&mut self) -> Option<&mut Delivery> {
         match &mut self.state {
             State::Open { delivery, .. } => Some(delivery),
@@ -271,7 +337,25 @@ impl Session {
     }
 
     /// Something published on a channel this session listens to.
-    pub fn handle_event(&mut self, event: &Arc<Event>) {
+    pub fn handle_event(&mut self, event: &Arc<Event>, now: Now) {
+        if let State::Open {
+            identity, pending, ..
+        } = &mut self.state
+        {
+            let answered = match event.as_ref() {
+                Event::Sent { session, sent } if *session == identity.session => {
+                    Some(sent.client_msg_id)
+                }
+                Event::Refused { session, error } if *session == identity.session => {
+                    error.client_msg_id
+                }
+                _ => None,
+            };
+            let identity = *identity;
+            if let Some(next) = answered.and_then(|id| pending.answered(id, now.instant)) {
+                self.relay(Relay::Send(identity, next));
+            }
+        }
         if let Some(delivery) = self.delivery() {
             delivery.event(event);
         }
@@ -294,11 +378,13 @@ impl Session {
         self.collect();
     }
 
-    /// Live messages may have been lost (the subscriber lagged or reconnected).
-    pub fn resync(&mut self) {
+    /// Live messages may have been lost (the subscriber lagged or reconnected): so may
+    /// answers to sends, which are sent again.
+    pub fn resync(&mut self, now: Now) {
         if let Some(delivery) = self.delivery() {
             delivery.resync();
         }
+        self.resend_unanswered(true, now);
         self.collect();
     }
 
@@ -376,6 +462,7 @@ impl Session {
                 ErrorCode::IdleTimeout,
                 "nothing received; send Ping more often",
             ),
+            State::Open { .. } => self.resend_unanswered(false, now),
             _ => {}
         }
     }
@@ -432,6 +519,7 @@ impl Session {
                 self.config.send_burst,
                 now.instant,
             ),
+            pending: SendQueue::default(),
             delivery: Box::new(Delivery::new(identity.session, identity.user)),
             resume: hello.resume,
         };
@@ -988,6 +1076,103 @@ mod tests {
             unreachable!()
         };
         assert_eq!(h.send(frame, 2), [Output::Relay(Relay::Ack(identity, a))]);
+    }
+
+    #[test]
+    fn sends_to_one_conversation_go_to_the_stream_one_answer_at_a_time() {
+        use haberci_wire::{MessageId, Sent};
+        let mut h = Harness::new();
+        h.open();
+        h.session.handle_sync(&[]);
+        h.drain();
+        let identity = h.session.identity().unwrap();
+        let peer = UserId::new(Uuid::now_v7()).unwrap();
+        let to_peer = |n: u128| SendMessage {
+            client_msg_id: ClientMsgId::new(Uuid::from_u128(n)).unwrap(),
+            recipient: Recipient::User(peer),
+            kind: MessageKind::Text,
+            content: format!("m{n}"),
+            media: None,
+        };
+        let relayed = |n: u128| Output::Relay(Relay::Send(identity, to_peer(n)));
+        let sent = |session: SessionId, n: u128| {
+            Arc::new(Event::Sent {
+                session,
+                sent: Sent {
+                    client_msg_id: to_peer(n).client_msg_id,
+                    message_id: MessageId::new(Uuid::now_v7()).unwrap(),
+                    conversation_id: haberci_wire::relay::direct_conversation(identity.user, peer),
+                    seq: Seq::new(n as u64).unwrap(),
+                    timestamp: Timestamp::from_unix_millis(T0_MS).unwrap(),
+                },
+            })
+        };
+        assert_eq!(h.send(ClientFrame::Send(to_peer(1)), 1), [relayed(1)]);
+        assert!(
+            h.send(ClientFrame::Send(to_peer(2)), 2).is_empty(),
+            "2 waits for 1's answer"
+        );
+        assert!(h.send(ClientFrame::Send(to_peer(3)), 3).is_empty());
+        // A send to another conversation is not held up.
+        assert!(matches!(
+            h.send(send_frame(9), 4)[..],
+            [Output::Relay(Relay::Send(..))]
+        ));
+
+        // Another session of the same user is answered: nothing moves.
+        let other = SessionId::new(Uuid::now_v7()).unwrap();
+        h.session.handle_event(&sent(other, 1), h.now(5));
+        assert!(h.drain().is_empty());
+        // 1 is stored: 2 goes to the stream, and the client hears Sent.
+        h.session.handle_event(&sent(identity.session, 1), h.now(6));
+        let out = h.drain();
+        assert_eq!(out[0], relayed(2), "{out:?}");
+        assert!(
+            matches!(out[1..], [Output::Frame(ServerFrame::Sent(_))]),
+            "{out:?}"
+        );
+        // 2 is refused: 3 goes, and the client hears the refusal.
+        let refused = Arc::new(Event::Refused {
+            session: identity.session,
+            error: ErrorFrame {
+                code: ErrorCode::UnknownRecipient,
+                message: "no such user".into(),
+                client_msg_id: Some(to_peer(2).client_msg_id),
+            },
+        });
+        h.session.handle_event(&refused, h.now(7));
+        let out = h.drain();
+        assert_eq!(out[0], relayed(3), "{out:?}");
+
+        // 3's answer is lost: after the answer timeout it goes again (the worker stores a
+        // client_msg_id once); so does the other conversation's unanswered send.
+        assert!(h.send(ClientFrame::Send(to_peer(4)), 8).is_empty());
+        let timeout = crate::sends::ANSWER_TIMEOUT.as_millis() as u64;
+        assert!(h.tick(7 + timeout - 1).iter().all(|o| *o != relayed(3)));
+        let out = h.tick(7 + timeout);
+        assert_eq!(out, [relayed(3)], "{out:?}");
+
+        // 3 cannot be appended (Redis is down): 3 and 4 behind it are answered unavailable,
+        // in order, and 4 never overtakes 3.
+        h.session.send_unavailable(to_peer(3).client_msg_id);
+        let refused: Vec<_> = h
+            .drain()
+            .into_iter()
+            .map(|o| match o {
+                Output::Frame(ServerFrame::Error(e)) if e.code == ErrorCode::Unavailable => {
+                    e.client_msg_id
+                }
+                other => panic!("expected unavailable, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            refused,
+            [
+                Some(to_peer(3).client_msg_id),
+                Some(to_peer(4).client_msg_id)
+            ]
+        );
+        assert_eq!(h.send(ClientFrame::Send(to_peer(5)), 20), [relayed(5)]);
     }
 
     #[test]

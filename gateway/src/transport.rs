@@ -143,10 +143,11 @@ pub async fn drive<L: Link>(mut link: L, realtime: Realtime, shutdown: Shutdown)
                 // still empty its mailbox faster than the hub fills it.
                 let mut next = Some(first);
                 let mut taken = 0;
+                let at = now();
                 while let Some(inbox) = next {
                     match inbox {
-                        Inbox::Event(event) => session.handle_event(&event),
-                        Inbox::Resync => session.resync(),
+                        Inbox::Event(event) => session.handle_event(&event, at),
+                        Inbox::Resync => session.resync(at),
                     }
                     taken += 1;
                     next = match (&mut attached.mailbox, taken < MAILBOX_BATCH) {
@@ -170,8 +171,9 @@ pub async fn drive<L: Link>(mut link: L, realtime: Realtime, shutdown: Shutdown)
                     }
                 }
                 Done::Presence(states) => {
+                    let at = now();
                     for state in states {
-                        session.handle_event(&Arc::new(Event::Presence(state)));
+                        session.handle_event(&Arc::new(Event::Presence(state)), at);
                     }
                 }
             },
@@ -210,6 +212,10 @@ async fn relay_work(
     session: &mut Session,
 ) -> Option<ServerFrame> {
     let (Some(relay), Some(presence)) = (realtime.relay.clone(), realtime.presence.clone()) else {
+        if let Relay::Send(_, send) = &work {
+            session.send_unavailable(send.client_msg_id);
+            return None;
+        }
         return unserved(&work);
     };
     let mailbox = &mut attached.mailbox;
@@ -255,7 +261,8 @@ async fn relay_work(
                 Ok(()) => None,
                 Err(err) => {
                     tracing::warn!(%err, "cannot append a send to its stream");
-                    Some(unavailable(Some(client_msg_id)))
+                    session.send_unavailable(client_msg_id);
+                    None
                 }
             }
         }
@@ -378,7 +385,7 @@ async fn receipt(relay: &RelayIo, entry: Inbound) -> Option<ServerFrame> {
 fn unavailable(client_msg_id: Option<haberci_wire::ClientMsgId>) -> ServerFrame {
     ServerFrame::Error(ErrorFrame {
         code: ErrorCode::Unavailable,
-        message: "messaging is unavailable right now; retry with the same client_msg_id".into(),
+        message: crate::session::UNAVAILABLE.into(),
         client_msg_id,
     })
 }
@@ -457,10 +464,10 @@ pub async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// What the client hears about relay work on a gateway without Redis: a retryable
-/// `unavailable` for what must arrive (nothing was stored), nothing for the rest.
+/// `unavailable` for receipts, nothing for the rest. (Sends are answered by the session,
+/// [`Session::send_unavailable`], with the sends queued behind them.)
 pub fn unserved(relay: &Relay) -> Option<ServerFrame> {
     match relay {
-        Relay::Send(_, send) => Some(unavailable(Some(send.client_msg_id))),
         Relay::Ack(..) | Relay::Read(..) => Some(unavailable(None)),
         _ => None,
     }
