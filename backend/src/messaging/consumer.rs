@@ -557,6 +557,7 @@ pub fn publications(decoded: &[Decoded], committed: &Committed) -> Vec<(String, 
             Audience::Group(conversation) => {
                 out.push((relay::conversation_channel(conversation), event));
             }
+            Audience::Own(user) => out.push((relay::user_channel(user), event)),
         }
     }
     out

@@ -56,9 +56,18 @@ pub struct MovedStatus {
 pub enum Audience {
     /// Both users' channels.
     Direct(UserId, UserId),
-    /// The group conversation's channel.
+    /// The group conversation's channel: every member hears it.
     Group(ConversationId),
+    /// Only the member's own channel (their other sessions): a group above
+    /// [`STATUS_BROADCAST_MAX_MEMBERS`], where telling every member of every member's receipt
+    /// would be O(members²) events per message.
+    Own(UserId),
 }
+
+/// Groups up to this size hear each member's `Status`; in larger ones only the member's own
+/// sessions do (docs/PROTOCOL.md, receipts). One message to a 10,000-member group brought
+/// 10⁸ `Status` events before this, and closed the sessions as slow consumers.
+pub const STATUS_BROADCAST_MAX_MEMBERS: i64 = 256;
 
 /// What one committed batch did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -562,6 +571,28 @@ async fn move_watermarks(
             "receipts that moved nothing (not a member, or not ahead)"
         );
     }
+    // One count per group the batch touched, not per receipt.
+    let mut groups: Vec<Uuid> = rows
+        .iter()
+        .filter(|row| row.kind != "direct")
+        .map(|row| row.conversation_id)
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    let large: HashSet<Uuid> = if groups.is_empty() {
+        Default::default()
+    } else {
+        sqlx::query_scalar::<_, Uuid>(
+            "SELECT conversation_id FROM members WHERE conversation_id = ANY($1)
+             GROUP BY conversation_id HAVING count(*) > $2",
+        )
+        .bind(&groups)
+        .bind(STATUS_BROADCAST_MAX_MEMBERS)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect()
+    };
     let seq = |n: i64| u64::try_from(n).ok().and_then(Seq::new);
     Ok(rows
         .into_iter()
@@ -570,6 +601,9 @@ async fn move_watermarks(
             let audience = match (row.kind.as_str(), row.user_low, row.user_high) {
                 ("direct", Some(low), Some(high)) => {
                     Audience::Direct(UserId::new(low)?, UserId::new(high)?)
+                }
+                _ if large.contains(&row.conversation_id) => {
+                    Audience::Own(UserId::new(row.user_id)?)
                 }
                 _ => Audience::Group(conversation),
             };

@@ -877,3 +877,56 @@ async fn a_worker_recreates_a_lost_consumer_group_and_reads_what_came_meanwhile(
     assert_eq!((answered, sent.seq), (session, seq(2)));
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn in_a_large_group_a_members_status_goes_only_to_their_own_sessions() {
+    let world = World::new().await;
+    let mut members = Vec::new();
+    for _ in 0..=store::STATUS_BROADCAST_MAX_MEMBERS {
+        members.push(world.user().await);
+    }
+    let (alice, bob) = (members[0], members[1]);
+    let group = world.group(&members).await;
+    let conversation = relay::group_conversation(group);
+    let mut group_rx = world
+        .listen(vec![relay::conversation_channel(conversation)])
+        .await;
+    let mut bob_rx = world.listen(vec![relay::user_channel(bob)]).await;
+    let worker = world.start_worker();
+
+    world
+        .xadd(&send(alice, Recipient::Group(group), cmid(), "one").1)
+        .await;
+    assert!(matches!(group_rx.next().await.1, Event::Message(_)));
+    world
+        .xadd(&Inbound::Read {
+            user: bob,
+            conversation,
+            seq: Seq::FIRST,
+        })
+        .await;
+    // Bob's other sessions hear it on his channel…
+    let expected = Event::Status(Status {
+        conversation_id: conversation,
+        user_id: bob,
+        delivered: Some(Seq::FIRST),
+        read: Some(Seq::FIRST),
+    });
+    loop {
+        let (channel, event) = bob_rx.next().await;
+        assert_eq!(channel, relay::user_channel(bob));
+        if event == expected {
+            break;
+        }
+    }
+    // …and the group's channel does not: the next thing on it is the next message (the
+    // worker publishes batch after batch, so a Status there would come first).
+    world
+        .xadd(&send(alice, Recipient::Group(group), cmid(), "two").1)
+        .await;
+    match group_rx.next().await.1 {
+        Event::Message(message) => assert_eq!(message.content, "two"),
+        other => panic!("expected the second message, got {other:?}"),
+    }
+    worker.stop().await;
+}
