@@ -25,6 +25,25 @@ pub struct Shards {
     ended: Vec<bool>,
 }
 
+/// The niceness load processes run at (`HABERCI_BENCH_CLIENT_NICE`, default
+/// [`DEFAULT_CLIENT_NICE`]).
+///
+/// The load client shares the servers' cores here, where on a real deployment it would be
+/// other machines. At equal priority its processes (one per 8,000 sessions) outnumber the
+/// gateway's threads, and the kernel's fair share starves the gateway as soon as the cores are
+/// busy: its UDP socket overflows, every QUIC connection retransmits at once, and a 100,000
+/// session run collapses (docs/BENCHMARKS.md, "Idle QUIC sessions on one gateway"). Niced, the
+/// client waits instead of the server; its own delays then count against the latencies it
+/// measures, which only makes the servers look slower.
+pub const DEFAULT_CLIENT_NICE: i32 = 10;
+
+fn client_nice() -> i32 {
+    std::env::var("HABERCI_BENCH_CLIENT_NICE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_CLIENT_NICE)
+}
+
 impl Shards {
     /// Starts one process of this executable per job (`shard --shard i/n`).
     pub async fn start(jobs: Vec<Job>) -> anyhow::Result<Shards> {
@@ -33,8 +52,13 @@ impl Shards {
         let (tx, notes) = mpsc::unbounded_channel();
         let mut children = Vec::new();
         let mut stdins = Vec::new();
+        let nice = client_nice();
         for (i, job) in jobs.into_iter().enumerate() {
-            let mut child = Command::new(&exe)
+            // `nice` execs the shard, so the child's pid is the shard's.
+            let mut child = Command::new("nice")
+                .arg("-n")
+                .arg(nice.to_string())
+                .arg(&exe)
                 .arg("shard")
                 .arg("--shard")
                 .arg(format!("{i}/{n}"))
@@ -78,6 +102,16 @@ impl Shards {
 
     pub fn count(&self) -> usize {
         self.children.len()
+    }
+
+    /// CPU the shard processes have used so far (utime + stime), in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        self.children
+            .iter()
+            .filter_map(Child::id)
+            .filter_map(crate::procfs::sample)
+            .map(|s| s.cpu_ticks)
+            .sum()
     }
 
     /// Moves every shard to its next phase.

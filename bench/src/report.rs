@@ -202,6 +202,17 @@ pub fn connect_markdown(
         "| gateway CPU per handshake | {:.3} ms |",
         f.gateway_cpu_ms_per_handshake
     );
+    let _ = writeln!(
+        md,
+        "| gateway CPU while idle, per session | {:.2} µs/s ({:.2} cores per 100K sessions) |",
+        f.edge_cpu_us_per_idle_session_second,
+        f.edge_cpu_us_per_idle_session_second / 10.0
+    );
+    let _ = writeln!(
+        md,
+        "| client CPU while idle, per session | {:.2} µs/s |",
+        f.client_cpu_us_per_idle_session_second
+    );
     let _ = writeln!(md, "| dropped while idle | {} |", f.disconnected_while_idle);
     if f.bytes_per_idle_session <= 0.0 {
         let _ = writeln!(md, "| note | {REUSED_MEMORY} |");

@@ -468,6 +468,14 @@ pub struct ConnectFigures {
     /// Gateway CPU during the ramp / connected.
     pub gateway_cpu_ms_per_handshake: f64,
     pub server_cpu_ms_ramp: BTreeMap<String, f64>,
+    /// How long the sessions were held idle after the ramp.
+    pub hold_seconds: f64,
+    pub server_cpu_ms_hold: BTreeMap<String, f64>,
+    /// What holding sessions costs: edge (gateway) CPU over the hold, in µs per session per
+    /// second. × sessions ÷ 10⁶ = cores an idle population keeps busy.
+    pub edge_cpu_us_per_idle_session_second: f64,
+    /// The same for the load client's processes.
+    pub client_cpu_us_per_idle_session_second: f64,
     pub disconnected_while_idle: u64,
     pub client_cpu_ms: f64,
     /// The servers every second of the ramp and the hold (`done` = sessions connected).
@@ -553,11 +561,18 @@ pub async fn measure_connect(
         counts.connected, counts.connect_failed
     ));
     sampler.sample(counts.connected);
-    let hold_end = Instant::now() + Duration::from_secs(hold);
+    let cpu_hold_start = servers.cpu();
+    let client_ticks_hold_start = shards.cpu_ticks();
+    let hold_start = Instant::now();
+    let hold_end = hold_start + Duration::from_secs(hold);
     while Instant::now() < hold_end {
         tokio::time::sleep(SAMPLE_EVERY.min(hold_end - Instant::now())).await;
         sampler.sample(counts.connected);
     }
+    let hold_seconds = hold_start.elapsed().as_secs_f64();
+    let cpu_hold = cpu_hold_start.delta_ms(&servers.cpu(), ticks);
+    let client_cpu_ms_hold =
+        shards.cpu_ticks().saturating_sub(client_ticks_hold_start) as f64 * 1000.0 / ticks as f64;
     let rss_after = servers.gateway_rss_kib()?;
     let rss_after_by = servers.edge_rss_by_role();
     shards.go().await?;
@@ -569,6 +584,12 @@ pub async fn measure_connect(
         .filter(|(role, _)| is_edge(role))
         .map(|(_, ms)| ms)
         .sum();
+    let edge_cpu_hold: f64 = cpu_hold
+        .iter()
+        .filter(|(role, _)| is_edge(role))
+        .map(|(_, ms)| ms)
+        .sum();
+    let session_seconds = counts.connected.max(1) as f64 * hold_seconds.max(0.001);
     let handshake = merged(&results, |r| &r.handshake);
     let figures = ConnectFigures {
         system: side.name(),
@@ -587,6 +608,10 @@ pub async fn measure_connect(
             / connected.max(1) as f64,
         gateway_cpu_ms_per_handshake: gateway_cpu / connected.max(1) as f64,
         server_cpu_ms_ramp: cpu_ramp,
+        hold_seconds,
+        server_cpu_ms_hold: cpu_hold,
+        edge_cpu_us_per_idle_session_second: edge_cpu_hold * 1000.0 / session_seconds,
+        client_cpu_us_per_idle_session_second: client_cpu_ms_hold * 1000.0 / session_seconds,
         disconnected_while_idle: results.iter().map(|r| r.disconnected).sum(),
         client_cpu_ms: results.iter().map(|r| r.client_cpu_ms).sum(),
         samples: sampler.samples,

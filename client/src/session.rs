@@ -36,8 +36,10 @@ use crate::positions::{Observed, Positions};
 /// How long received messages are collected before their conversations are acked.
 pub const DEFAULT_ACK_DELAY: Duration = Duration::from_millis(50);
 /// Send a `Ping` after this long without sending anything (capped at a third of the server's
-/// idle timeout, once `Welcome` says what it is). UDP NAT bindings often expire after ≈ 30 s.
-pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(15);
+/// idle timeout, once `Welcome` says what it is). UDP NAT bindings often expire after ≈ 30 s,
+/// and 25 s is the usual keep-alive below that; each ping costs CPU on both ends (and radio
+/// time on a phone), so it is not shorter.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(25);
 /// A `Pong` later than this means the connection is dead (docs/PROTOCOL.md suggests 10 s).
 pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -19,8 +19,9 @@ pub const DEFAULT_CERT_RELOAD_INTERVAL_MS: u64 = 1_000;
 /// Largest request body the gateway forwards (1 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 pub const DEFAULT_BACKEND_TIMEOUT_MS: u64 = 10_000;
-/// A QUIC connection with no packets for this long is closed.
-pub const DEFAULT_QUIC_IDLE_TIMEOUT_MS: u64 = 30_000;
+/// A QUIC connection with no packets for this long is closed. Above the clients' 25 s ping
+/// with room for a lost one; the session's own idle timeout (75 s) is the longer guard.
+pub const DEFAULT_QUIC_IDLE_TIMEOUT_MS: u64 = 60_000;
 /// Asked for; Linux grants at most `net.core.rmem_max` / `wmem_max` (docs/OPERATIONS.md).
 pub const DEFAULT_QUIC_SOCKET_BUFFER_BYTES: usize = 8 << 20;
 /// TCP connections held at once. The process may hold 20,000 open files (hard limit here);

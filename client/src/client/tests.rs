@@ -12,7 +12,7 @@ use super::*;
 use crate::config::{Roots, Transport};
 use crate::transport::memory;
 
-const IDLE_TIMEOUT_MS: u32 = 45_000;
+const IDLE_TIMEOUT_MS: u32 = 75_000;
 
 struct Server {
     from_client: mpsc::UnboundedReceiver<Bytes>,

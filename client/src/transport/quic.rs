@@ -18,6 +18,8 @@ const READ_CHUNK: usize = 64 * 1024;
 /// After the server finishes its stream, how long its connection close may take to arrive
 /// (the gateway lingers up to 2 s for the Closing frame to be read first).
 const CLOSE_REASON_WAIT: Duration = Duration::from_secs(3);
+/// The QUIC idle timeout this client offers (the lower of both ends' applies).
+const QUIC_IDLE_TIMEOUT_MS: u32 = 60_000;
 /// How long closing waits for the close to reach the server (an owned endpoint only).
 const CLOSE_DRAIN_WAIT: Duration = Duration::from_secs(1);
 
@@ -105,7 +107,12 @@ pub(crate) async fn dial(
         .ok_or_else(|| ConnectError::Config(format!("{host}:{port} resolves to no address")))?;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|err| ConnectError::Config(format!("TLS settings unusable for QUIC: {err}")))?;
-    let client_config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut client_config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    // quinn's default (30 s) would leave 5 s past the 25 s ping; the server's is 60 s and the
+    // lower of the two applies.
+    transport.max_idle_timeout(Some(VarInt::from_u32(QUIC_IDLE_TIMEOUT_MS).into()));
+    client_config.transport_config(Arc::new(transport));
     let (endpoint, owned) = match shared_endpoint {
         Some(endpoint) => (endpoint, false),
         None => {

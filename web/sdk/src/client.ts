@@ -675,7 +675,9 @@ export class HaberciClient {
   // ------------------------------------------------------------------ timers
 
   private startHeartbeat(idleTimeoutMs: number): void {
-    const every = Math.min(15_000, Math.max(1_000, (idleTimeoutMs || 45_000) / 3));
+    // As the Rust client: every 25 s at most (below ≈ 30 s UDP NAT bindings), a third of the
+    // server's idle timeout at least.
+    const every = Math.min(25_000, Math.max(1_000, (idleTimeoutMs || 75_000) / 3));
     clearInterval(this.heartbeat);
     this.heartbeat = setInterval(() => {
       if (Date.now() - this.lastSentAt < every * 0.9) return;
