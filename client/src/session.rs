@@ -12,8 +12,9 @@
 //!   `Error` naming that id, and failed by a disconnect;
 //! - resume positions ([`Positions`]) and duplicate suppression;
 //! - auto-ack: a cumulative `Ack` per conversation, coalesced over `ack_delay`;
-//! - the heartbeat: a `Ping` after `ping_interval` without sending anything, and a
-//!   disconnect when a `Pong` is later than `pong_timeout`; caller pings with waiters `P`.
+//! - the heartbeat: a `Ping` after `ping_interval` without sending anything *or* without
+//!   receiving anything (a client that keeps sending to a dead server still finds out), and
+//!   a disconnect when a `Pong` is later than `pong_timeout`; caller pings with waiters `P`.
 //!
 //! The waiter types are generic so this stays free of any runtime: the async [`Client`]
 //! uses oneshot senders; the unit tests use plain tags.
@@ -139,6 +140,7 @@ pub struct Session<S, P> {
     next_nonce: u32,
     pings: HashMap<u32, PingWait<P>>,
     last_transmit: Instant,
+    last_receive: Instant,
     transmit: VecDeque<Transmit>,
     outputs: VecDeque<Output<S, P>>,
 }
@@ -160,6 +162,7 @@ impl<S, P> Session<S, P> {
             next_nonce: 1,
             pings: HashMap::new(),
             last_transmit: now,
+            last_receive: now,
             transmit: VecDeque::new(),
             outputs: VecDeque::new(),
         }
@@ -224,7 +227,7 @@ impl<S, P> Session<S, P> {
         if !self.is_open() {
             return None;
         }
-        let ping = (!self.ping_interval.is_zero()).then(|| self.last_transmit + self.ping_interval);
+        let ping = self.ping_due();
         let pong = self
             .pings
             .values()
@@ -352,6 +355,7 @@ impl<S, P> Session<S, P> {
 
     /// A frame from the server.
     pub fn handle_frame(&mut self, frame: ServerFrame, now: Instant) {
+        self.last_receive = now;
         match (&self.phase, frame) {
             (Phase::Closed(_), frame) => {
                 tracing::debug!(kind = frame.kind(), "frame after the connection ended");
@@ -407,9 +411,16 @@ impl<S, P> Session<S, P> {
         if self.ack_due.is_some_and(|due| now >= due) {
             self.flush_acks(now);
         }
-        if !self.ping_interval.is_zero() && now >= self.last_transmit + self.ping_interval {
+        if self.ping_due().is_some_and(|due| now >= due) {
             self.queue_ping(None, now);
         }
+    }
+
+    /// When the heartbeat pings: `ping_interval` after the last frame either way, unless a
+    /// ping is out already (its pong deadline watches the connection then).
+    fn ping_due(&self) -> Option<Instant> {
+        (!self.ping_interval.is_zero() && self.pings.is_empty())
+            .then(|| self.last_transmit.min(self.last_receive) + self.ping_interval)
     }
 
     /// This client closes the connection: coalesced acks are queued now (the transport

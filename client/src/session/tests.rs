@@ -504,17 +504,46 @@ fn closing_locally_flushes_the_coalesced_acks_first() {
 
 // ---------------------------------------------------------------- heartbeat
 
+fn presence_frame() -> ServerFrame {
+    ServerFrame::Presence(Presence {
+        user_id: user(2),
+        online: true,
+        last_seen: None,
+    })
+}
+
 #[test]
-fn a_ping_goes_out_after_the_ping_interval_without_sending() {
+fn a_ping_goes_out_after_the_ping_interval_without_traffic() {
     let (mut s, t0) = open(settings(), &[]);
     let interval = Duration::from_secs(15);
     assert_eq!(s.poll_timeout(), Some(t0 + interval));
-    // Anything sent counts as a sign of life and pushes the ping back.
+    // A frame each way pushes the ping back.
     s.read(conv(1), seq(1), t0 + ms(5_000)).unwrap();
     sent_frames(&mut s);
+    s.handle_frame(presence_frame(), t0 + ms(6_000));
+    outputs(&mut s);
     assert_eq!(s.poll_timeout(), Some(t0 + ms(5_000) + interval));
     s.handle_timeout(t0 + ms(5_000) + interval);
     assert!(matches!(sent_frames(&mut s)[..], [ClientFrame::Ping(_)]));
+}
+
+#[test]
+fn a_client_that_keeps_sending_but_hears_nothing_pings_and_gives_up() {
+    // The server died: what this client sends goes nowhere, and nothing comes back.
+    let (mut s, t0) = open(settings(), &[]);
+    for at in [5_000, 10_000, 14_000] {
+        s.read(conv(1), seq(1), t0 + ms(at)).unwrap();
+    }
+    sent_frames(&mut s);
+    assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(15)));
+    s.handle_timeout(t0 + Duration::from_secs(15));
+    assert!(matches!(sent_frames(&mut s)[..], [ClientFrame::Ping(_)]));
+    // One ping out is enough: sending more does not add pings or move its deadline.
+    s.read(conv(1), seq(2), t0 + ms(20_000)).unwrap();
+    assert!(matches!(sent_frames(&mut s)[..], [ClientFrame::Read(_)]));
+    assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(25)));
+    s.handle_timeout(t0 + Duration::from_secs(25));
+    assert_eq!(s.phase(), &Phase::Closed(Disconnect::PongTimeout));
 }
 
 #[test]

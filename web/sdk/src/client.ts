@@ -187,6 +187,8 @@ export class HaberciClient {
   private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
   private welcomeTimer: ReturnType<typeof setTimeout> | undefined;
   private lastSentAt = 0;
+  private lastReceivedAt = 0;
+  private pongPending = false;
   private nonce = 0;
   private attempt = 0;
   private closing: ServerFrameOf<"closing"> | null = null;
@@ -483,6 +485,7 @@ export class HaberciClient {
     this.transport = null;
     clearInterval(this.heartbeat);
     clearTimeout(this.pongTimer);
+    this.pongPending = false;
     clearTimeout(this.refreshTimer);
     clearTimeout(this.reconnectTimer);
     clearTimeout(this.welcomeTimer);
@@ -529,6 +532,7 @@ export class HaberciClient {
   }
 
   private handle(frame: ServerFrame): void {
+    this.lastReceivedAt = Date.now();
     switch (frame.kind) {
       case "welcome":
         return this.welcome(frame);
@@ -565,6 +569,7 @@ export class HaberciClient {
         return;
       case "pong":
         clearTimeout(this.pongTimer);
+        this.pongPending = false;
         return;
     }
   }
@@ -680,7 +685,11 @@ export class HaberciClient {
     const every = Math.min(25_000, Math.max(1_000, (idleTimeoutMs || 75_000) / 3));
     clearInterval(this.heartbeat);
     this.heartbeat = setInterval(() => {
-      if (Date.now() - this.lastSentAt < every * 0.9) return;
+      // Ping when either direction has been quiet: a client that keeps sending to a dead
+      // server hears nothing back, and only a Ping's missing Pong tells it so.
+      const quiet = Date.now() - Math.max(0, Math.min(this.lastSentAt, this.lastReceivedAt));
+      if (this.pongPending || quiet < every * 0.9) return;
+      this.pongPending = true;
       this.nonce = (this.nonce + 1) >>> 0;
       this.write({ kind: "ping", nonce: this.nonce });
       clearTimeout(this.pongTimer);
