@@ -579,16 +579,8 @@ pub async fn measure_connect(
     let results = shards.wait_done(Duration::from_secs(60), |_| {}).await?;
     let connected: u64 = results.iter().map(|r| r.connected).sum();
     let failed: u64 = results.iter().map(|r| r.connect_failed).sum();
-    let gateway_cpu: f64 = cpu_ramp
-        .iter()
-        .filter(|(role, _)| is_edge(role))
-        .map(|(_, ms)| ms)
-        .sum();
-    let edge_cpu_hold: f64 = cpu_hold
-        .iter()
-        .filter(|(role, _)| is_edge(role))
-        .map(|(_, ms)| ms)
-        .sum();
+    let gateway_cpu = edge_cpu_ms(&cpu_ramp);
+    let edge_cpu_hold = edge_cpu_ms(&cpu_hold);
     let session_seconds = counts.connected.max(1) as f64 * hold_seconds.max(0.001);
     let handshake = merged(&results, |r| &r.handshake);
     let figures = ConnectFigures {
@@ -622,6 +614,15 @@ pub async fn measure_connect(
         setup,
         machine: Machine::now(load_before, shards.count()),
     })
+}
+
+/// CPU of the edge processes (gateways, Socket.IO nodes) in a per-role breakdown.
+fn edge_cpu_ms(per_role: &BTreeMap<String, f64>) -> f64 {
+    per_role
+        .iter()
+        .filter(|(role, _)| is_edge(role))
+        .map(|(_, ms)| ms)
+        .sum()
 }
 
 /// `users --count N`: makes the pool hold N registered users, refreshing only expired
