@@ -65,12 +65,13 @@ pub fn bind(config: &GatewayConfig, certs: &CertStore) -> anyhow::Result<Endpoin
         tracing::warn!(
             asked = config.quic_socket_buffer,
             granted = bound.recv_buffer,
-            "the UDP receive buffer is smaller than asked (raise net.core.rmem_max); bursts to many QUIC connections may be dropped"
+            "the UDP receive buffer is smaller than asked (raise net.core.rmem_max or grant CAP_NET_ADMIN); bursts to many QUIC connections may be dropped"
         );
     } else {
         tracing::info!(
             recv = bound.recv_buffer,
             send = bound.send_buffer,
+            forced = bound.forced,
             "UDP socket buffers"
         );
     }
