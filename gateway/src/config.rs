@@ -61,6 +61,9 @@ pub struct GatewayConfig {
     /// `HABERCI_QUIC_SOCKET_BUFFER_BYTES`: kernel receive and send buffers of the UDP socket
     /// every QUIC connection shares.
     pub quic_socket_buffer: usize,
+    /// `HABERCI_PRESENCE_REFRESH_MS`: how often this gateway says in Redis that it is alive;
+    /// its users read as offline three of these after it dies.
+    pub presence_refresh: Duration,
     /// `HABERCI_CORS_ORIGINS`: browser origins allowed to call the API (comma-separated).
     pub cors: CorsOrigins,
     /// `HABERCI_MAX_TCP_CONNECTIONS`: above it, new TCP connections wait in the kernel backlog.
@@ -119,6 +122,13 @@ impl GatewayConfig {
             "HABERCI_QUIC_SOCKET_BUFFER_BYTES",
             DEFAULT_QUIC_SOCKET_BUFFER_BYTES,
         );
+        let presence_refresh = Duration::from_millis(env.parse_or(
+            "HABERCI_PRESENCE_REFRESH_MS",
+            crate::presence::DEFAULT_REFRESH_INTERVAL.as_millis() as u64,
+        ));
+        if presence_refresh.is_zero() {
+            env.problem("HABERCI_PRESENCE_REFRESH_MS must be above 0");
+        }
         let cors = CorsOrigins::read(&mut env);
         let max_tcp_connections =
             env.parse_or("HABERCI_MAX_TCP_CONNECTIONS", DEFAULT_MAX_TCP_CONNECTIONS);
@@ -164,6 +174,7 @@ impl GatewayConfig {
             max_body_bytes,
             quic_idle_timeout,
             quic_socket_buffer,
+            presence_refresh,
             cors,
             max_tcp_connections,
             header_read_timeout,
@@ -189,6 +200,7 @@ impl GatewayConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             quic_idle_timeout: Duration::from_millis(DEFAULT_QUIC_IDLE_TIMEOUT_MS),
             quic_socket_buffer: DEFAULT_QUIC_SOCKET_BUFFER_BYTES,
+            presence_refresh: crate::presence::DEFAULT_REFRESH_INTERVAL,
             cors: CorsOrigins::default(),
             max_tcp_connections: DEFAULT_MAX_TCP_CONNECTIONS,
             header_read_timeout: Duration::from_millis(DEFAULT_HEADER_READ_TIMEOUT_MS),

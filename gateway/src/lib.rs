@@ -105,9 +105,15 @@ impl Gateway {
                 None
             }
         };
-        realtime.presence = realtime.relay.clone().map(presence::Presence::new);
+        let timing = presence::Timing::every(config.presence_refresh);
+        realtime.presence = realtime
+            .relay
+            .clone()
+            .map(|relay| presence::Presence::new(relay, timing));
         if let Some(presence) = &realtime.presence {
-            tokio::spawn(presence.clone().refresh(shutdown.clone()));
+            // Alive before the first session claims a user, so no one reads it offline.
+            presence.keep_alive().await;
+            tokio::spawn(presence.clone().run(shutdown.clone()));
         }
         let tcp_listener = tokio::net::TcpListener::bind(config.tcp_addr)
             .await

@@ -1,37 +1,79 @@
-//! Presence: a user is online while at least one of their sessions is open on any gateway.
+//! Presence: a user is online while at least one of their sessions is open on a live gateway.
 //!
 //! Kept in Redis, never in Postgres (ephemeral):
-//! - `presence:{user}` is a hash with one field per gateway holding a session of the user; its
-//!   value is when that claim expires (Unix ms). A gateway refreshes the claims of all its users
-//!   every [`REFRESH_INTERVAL`] in one pipeline, so a gateway that dies stops claiming and its
-//!   users read as offline within [`CLAIM_TTL`], while users it shares with live gateways stay
-//!   online.
+//! - `presence:{user}` is a hash with one field per gateway holding a session of the user,
+//!   written when the user's first session on that gateway opens and removed when the last one
+//!   closes.
+//! - [`relay::GATEWAYS_KEY`] (a sorted set) says until when each gateway is alive. A gateway
+//!   pushes its own score [`Timing::ttl`] ahead every [`Timing::refresh`]: one command, however
+//!   many users it holds. A field of a gateway whose time has passed does not count, so the
+//!   users of a gateway that died read as offline within the TTL, while users it shares with
+//!   live gateways stay online.
+//! - `presence:gateway:{id}:users` lists a gateway's users. Once a gateway is dead, the first
+//!   live gateway to notice takes its users offline (removes the dead gateway's fields, records
+//!   when they were last seen, announces the change) and forgets the dead gateway.
 //! - `seen:{user}` holds when the user was last seen (Unix ms), written when they go offline.
 //! - Transitions are published as [`Event::Presence`] on `p:{user}`; sessions that sent
 //!   `PresenceWatch` listen there (see [`crate::transport`]).
+//!
+//! Renewing every user's claim instead (two commands per user every 20 s) was 10 % of an idle
+//! gateway's CPU at 100,000 sessions, in bursts of 200,000 commands (docs/BENCHMARKS.md).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fred::prelude::*;
+use fred::types::{Expiration, SetOptions};
 use haberci_kit::shutdown::Shutdown;
 use haberci_wire::relay::{self, Event};
 use haberci_wire::{Presence as PresenceFrame, SessionId, Timestamp, UserId};
 
 use crate::relay::Relay;
 
-/// How long a gateway's claim that a user is online lasts without a refresh.
-pub const CLAIM_TTL: Duration = Duration::from_secs(60);
-/// How often a gateway renews its claims (a third of the TTL: two renewals may fail).
-pub const REFRESH_INTERVAL: Duration = Duration::from_secs(20);
+/// How often a gateway says it is alive (and looks for dead ones).
+pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(20);
+/// Users of a dead gateway taken offline per Redis round.
+const REAP_BATCH: usize = 500;
+/// Dead gateways looked at per refresh.
+const REAP_GATEWAYS: i64 = 16;
+
+/// How often a gateway renews its liveness, and how long it lasts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    pub refresh: Duration,
+    /// Three refreshes: two in a row may fail before the gateway's users read as offline.
+    pub ttl: Duration,
+}
+
+impl Timing {
+    pub fn every(refresh: Duration) -> Timing {
+        Timing {
+            refresh,
+            ttl: refresh * 3,
+        }
+    }
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing::every(DEFAULT_REFRESH_INTERVAL)
+    }
+}
 
 /// The users with sessions on this gateway.
 pub struct Presence {
     relay: Arc<Relay>,
-    /// This gateway's field in every `presence:{user}` hash.
+    /// This gateway's member in [`relay::GATEWAYS_KEY`] and field in every `presence:{user}`.
     gateway: String,
+    timing: Timing,
     sessions: Mutex<HashMap<UserId, usize>>,
+    /// Whether this gateway has been in [`relay::GATEWAYS_KEY`] since it started.
+    registered: AtomicBool,
+    /// Another gateway took this one for dead and its users offline: claim them again once
+    /// that gateway is done.
+    reclaim: AtomicBool,
 }
 
 /// Held while a session is open; dropping it may take its user offline.
@@ -41,14 +83,22 @@ pub struct Online {
 }
 
 impl Presence {
-    pub fn new(relay: Arc<Relay>) -> Arc<Presence> {
+    pub fn new(relay: Arc<Relay>, timing: Timing) -> Arc<Presence> {
         Arc::new(Presence {
             relay,
             gateway: SessionId::new(uuid::Uuid::now_v7())
                 .map(|id| id.to_string())
                 .unwrap_or_default(),
+            timing,
             sessions: Mutex::new(HashMap::new()),
+            registered: AtomicBool::new(false),
+            reclaim: AtomicBool::new(false),
         })
+    }
+
+    /// This gateway's id in Redis.
+    pub fn gateway(&self) -> &str {
+        &self.gateway
     }
 
     /// A session of `user` opened.
@@ -89,31 +139,46 @@ impl Presence {
         if !last {
             return;
         }
-        let redis = self.relay.redis();
-        let key = relay::presence_key(user);
-        let _: Result<i64, _> = redis.hdel(&key, &self.gateway).await;
-        // Another gateway may still hold a session of the user.
+        let pipeline = self.relay.redis().pipeline();
+        let _: Result<(), _> = pipeline
+            .hdel(relay::presence_key(user), self.gateway.as_str())
+            .await;
+        let _: Result<(), _> = pipeline
+            .srem(relay::gateway_users_key(&self.gateway), user.to_string())
+            .await;
+        let _: Result<Vec<Value>, _> = pipeline.all().await;
+        self.went_offline(user).await;
+    }
+
+    /// `user` lost a claim: unless another live gateway holds one, records when they were
+    /// last seen and tells their watchers.
+    async fn went_offline(&self, user: UserId) {
         if self.state(user).await.online {
             return;
         }
         let now = now_ms();
-        let _: Result<(), _> = redis
+        let _: Result<(), _> = self
+            .relay
+            .redis()
             .set(relay::last_seen_key(user), now, None, None, false)
             .await;
         self.announce(user, false, Timestamp::from_unix_millis(now))
             .await;
     }
 
+    /// Marks `users` as held by this gateway.
     async fn claim(&self, users: &[UserId]) -> Result<(), fred::error::Error> {
-        let until = now_ms() + i64::try_from(CLAIM_TTL.as_millis()).unwrap_or(i64::MAX);
+        let now = now_ms();
         let pipeline = self.relay.redis().pipeline();
         for user in users {
-            let key = relay::presence_key(*user);
-            let _: () = pipeline.hset(&key, (self.gateway.as_str(), until)).await?;
             let _: () = pipeline
-                .expire(&key, CLAIM_TTL.as_secs() as i64, None)
+                .hset(relay::presence_key(*user), (self.gateway.as_str(), now))
                 .await?;
         }
+        let members: Vec<String> = users.iter().map(|u| u.to_string()).collect();
+        let _: () = pipeline
+            .sadd(relay::gateway_users_key(&self.gateway), members)
+            .await?;
         let _: Vec<Value> = pipeline.all().await?;
         Ok(())
     }
@@ -141,7 +206,16 @@ impl Presence {
             .await
             .unwrap_or_default();
         let now = now_ms();
-        let online = claims.values().any(|until| *until > now);
+        let online = if claims.is_empty() {
+            false
+        } else {
+            let gateways: Vec<String> = claims.into_keys().collect();
+            let alive: Vec<Option<f64>> = redis
+                .zmscore(relay::GATEWAYS_KEY, gateways)
+                .await
+                .unwrap_or_default();
+            alive.into_iter().flatten().any(|until| until > now as f64)
+        };
         let last_seen = if online {
             Timestamp::from_unix_millis(now)
         } else {
@@ -155,26 +229,150 @@ impl Presence {
         }
     }
 
-    /// Renews this gateway's claims until shutdown.
-    pub async fn refresh(self: Arc<Self>, shutdown: Shutdown) {
-        let mut tick = tokio::time::interval(REFRESH_INTERVAL);
+    /// Says this gateway is alive for another [`Timing::ttl`]. Called once before the gateway
+    /// takes sessions, then by [`Presence::run`].
+    pub async fn keep_alive(&self) {
+        let until = now_ms() + i64::try_from(self.timing.ttl.as_millis()).unwrap_or(i64::MAX);
+        let added: Result<i64, _> = self
+            .relay
+            .redis()
+            .zadd(
+                relay::GATEWAYS_KEY,
+                None,
+                None,
+                false,
+                false,
+                (until as f64, self.gateway.as_str()),
+            )
+            .await;
+        match added {
+            Ok(added) => {
+                let before = self.registered.swap(true, Ordering::Relaxed);
+                if added > 0 && before {
+                    tracing::warn!(
+                        gateway = %self.gateway,
+                        "this gateway was taken for dead (no renewal for {:?}); claiming its users again",
+                        self.timing.ttl
+                    );
+                    self.reclaim.store(true, Ordering::Relaxed);
+                }
+            }
+            Err(err) => tracing::warn!(%err, "presence renewal failed"),
+        }
+        if self.reclaim.load(Ordering::Relaxed) {
+            self.claim_all_again().await;
+        }
+    }
+
+    /// After another gateway took this one's users offline: claims and announces them again,
+    /// once that gateway is done (its reaper key is gone).
+    async fn claim_all_again(&self) {
+        let redis = self.relay.redis();
+        let reaping: Result<i64, _> = redis.exists(relay::gateway_reaper_key(&self.gateway)).await;
+        if !matches!(reaping, Ok(0)) {
+            return;
+        }
+        let users: Vec<UserId> = self
+            .sessions
+            .lock()
+            .map(|s| s.keys().copied().collect())
+            .unwrap_or_default();
+        for batch in users.chunks(REAP_BATCH) {
+            if let Err(err) = self.claim(batch).await {
+                tracing::warn!(%err, "claiming users again failed; next renewal");
+                return;
+            }
+            for user in batch {
+                self.announce(*user, true, None).await;
+            }
+        }
+        self.reclaim.store(false, Ordering::Relaxed);
+    }
+
+    /// Takes the users of gateways that stopped renewing offline.
+    pub async fn reap(&self) {
+        let now = now_ms();
+        let dead: Vec<String> = match self
+            .relay
+            .redis()
+            .zrangebyscore(
+                relay::GATEWAYS_KEY,
+                f64::NEG_INFINITY,
+                now as f64,
+                false,
+                Some((0, REAP_GATEWAYS)),
+            )
+            .await
+        {
+            Ok(dead) => dead,
+            Err(err) => {
+                tracing::debug!(%err, "cannot list dead gateways");
+                return;
+            }
+        };
+        for gateway in dead.iter().filter(|g| **g != self.gateway) {
+            if let Err(err) = self.reap_one(gateway).await {
+                tracing::warn!(%err, dead = %gateway, "taking a dead gateway's users offline failed; next renewal");
+            }
+        }
+    }
+
+    async fn reap_one(&self, dead: &str) -> Result<(), fred::error::Error> {
+        let redis = self.relay.redis();
+        let ttl = i64::try_from(self.timing.ttl.as_millis()).unwrap_or(i64::MAX);
+        let lock = relay::gateway_reaper_key(dead);
+        let taken: Option<String> = redis
+            .set(
+                &lock,
+                self.gateway.as_str(),
+                Some(Expiration::PX(ttl)),
+                Some(SetOptions::NX),
+                false,
+            )
+            .await?;
+        if taken.is_none() {
+            return Ok(()); // another gateway is at it
+        }
+        // Forgotten first: if the dead gateway comes back, it finds itself new and claims
+        // its users again once the lock is gone.
+        let _: i64 = redis.zrem(relay::GATEWAYS_KEY, dead).await?;
+        let users_key = relay::gateway_users_key(dead);
+        let mut total = 0usize;
+        loop {
+            let batch: Vec<String> = redis.spop(&users_key, Some(REAP_BATCH)).await?;
+            if batch.is_empty() {
+                break;
+            }
+            let users: Vec<UserId> = batch.iter().filter_map(|u| u.parse().ok()).collect();
+            total += users.len();
+            let pipeline = redis.pipeline();
+            for user in &users {
+                let _: () = pipeline.hdel(relay::presence_key(*user), dead).await?;
+            }
+            let _: Vec<Value> = pipeline.all().await?;
+            for user in users {
+                self.went_offline(user).await;
+            }
+        }
+        let _: i64 = redis.del(&lock).await?;
+        tracing::info!(dead = %dead, users = total, "took a dead gateway's users offline");
+        Ok(())
+    }
+
+    /// Renews this gateway's liveness and reaps dead gateways until shutdown. At shutdown the
+    /// sessions close and take their users offline themselves; whatever is left (a session
+    /// killed after the drain timeout) is reaped by another gateway once this one's time runs
+    /// out.
+    pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
+        let mut tick = tokio::time::interval(self.timing.refresh);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let users: Vec<UserId> = self
-                .sessions
-                .lock()
-                .map(|s| s.keys().copied().collect())
-                .unwrap_or_default();
-            for batch in users.chunks(1_000) {
-                if let Err(err) = self.claim(batch).await {
-                    tracing::warn!(%err, users = batch.len(), "presence refresh failed");
-                    break;
-                }
-            }
+            self.keep_alive().await;
+            self.reap().await;
         }
     }
 }

@@ -83,9 +83,25 @@ pub fn presence_channel(user: UserId) -> String {
     format!("p:{{{user}}}")
 }
 
-/// The key that says `user` is online (a TTL key, refreshed while a session is open).
+/// The hash that says which gateways hold a session of `user` (one field per gateway). A field
+/// counts while its gateway is alive in [`GATEWAYS_KEY`].
 pub fn presence_key(user: UserId) -> String {
     format!("presence:{{{user}}}")
+}
+
+/// The sorted set of gateways that hold sessions: member the gateway's id, score until when
+/// it is alive (Unix ms), pushed forward while it runs.
+pub const GATEWAYS_KEY: &str = "presence:gateways";
+
+/// The set of users with a session on `gateway`, so that another gateway can take them
+/// offline once this one is dead.
+pub fn gateway_users_key(gateway: &str) -> String {
+    format!("presence:gateway:{{{gateway}}}:users")
+}
+
+/// Held by the one gateway that is taking a dead `gateway`'s users offline.
+pub fn gateway_reaper_key(gateway: &str) -> String {
+    format!("presence:gateway:{{{gateway}}}:reaper")
 }
 
 /// The key that holds when `user` was last seen online (Unix ms).

@@ -146,6 +146,102 @@ async fn presence_follows_the_watched_users_sessions() {
     assert!(offline.last_seen.is_some(), "last seen is recorded");
 }
 
+/// A Redis client of the test's own, to play another gateway.
+async fn redis() -> fred::clients::Client {
+    use fred::prelude::*;
+    let config = Config::from_url(&support::env("HABERCI_TEST_REDIS_URL")).unwrap();
+    let client = Builder::from_config(config).build().unwrap();
+    client.init().await.unwrap();
+    client
+}
+
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(since.as_millis()).unwrap()
+}
+
+#[tokio::test]
+async fn the_users_of_a_dead_gateway_go_offline_for_their_watchers() {
+    use fred::prelude::*;
+    use haberci_wire::relay;
+
+    let stack = support::start_relay(|config| {
+        config.presence_refresh = Duration::from_millis(100);
+    })
+    .await;
+    let (alice_id, _) = register(&stack).await;
+    let (_, bob_token) = register(&stack).await;
+    let alice = user(&alice_id);
+    // Another gateway holds Alice's session and is alive for a minute, as far as Redis knows.
+    let redis = redis().await;
+    let ghost = format!("ghost-{}", uuid::Uuid::new_v4().simple());
+    let alive = |until: i64| (until as f64, ghost.clone());
+    let _: i64 = redis
+        .zadd(
+            relay::GATEWAYS_KEY,
+            None,
+            None,
+            false,
+            false,
+            alive(now_ms() + 60_000),
+        )
+        .await
+        .unwrap();
+    let _: i64 = redis
+        .hset(relay::presence_key(alice), (ghost.as_str(), now_ms()))
+        .await
+        .unwrap();
+    let _: i64 = redis
+        .sadd(relay::gateway_users_key(&ghost), alice.to_string())
+        .await
+        .unwrap();
+
+    let mut bob = session(&stack, &bob_token).await;
+    bob.write(&ClientFrame::PresenceWatch(PresenceWatch {
+        user_ids: vec![alice],
+    }))
+    .await;
+    let before = until(&mut bob, |f| match f {
+        ServerFrame::Presence(p) => Some(p),
+        _ => None,
+    })
+    .await;
+    assert_eq!((before.user_id, before.online), (alice, true), "{before:?}");
+
+    // That gateway stops renewing and its time runs out: the live gateway takes its users
+    // offline, tells the watchers, and forgets it.
+    let _: i64 = redis
+        .zadd(
+            relay::GATEWAYS_KEY,
+            None,
+            None,
+            false,
+            false,
+            alive(now_ms() - 1),
+        )
+        .await
+        .unwrap();
+    let after = until(&mut bob, |f| match f {
+        ServerFrame::Presence(p) => Some(p),
+        _ => None,
+    })
+    .await;
+    assert_eq!((after.user_id, after.online), (alice, false), "{after:?}");
+    assert!(after.last_seen.is_some(), "last seen is recorded");
+    let left: i64 = redis
+        .exists(vec![
+            relay::presence_key(alice),
+            relay::gateway_users_key(&ghost),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the dead gateway's claim and user list are gone");
+    let score: Option<f64> = redis.zscore(relay::GATEWAYS_KEY, &ghost).await.unwrap();
+    assert_eq!(score, None, "the dead gateway is forgotten");
+}
+
 #[tokio::test]
 async fn a_client_that_stops_reading_is_closed_as_slow_and_its_peer_goes_on() {
     let stack = support::start_relay(|config| {
