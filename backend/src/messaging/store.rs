@@ -60,7 +60,7 @@ pub enum Audience {
     Group(ConversationId),
     /// Only the member's own channel (their other sessions): a group above
     /// [`STATUS_BROADCAST_MAX_MEMBERS`], where telling every member of every member's receipt
-    /// would be O(members²) events per message.
+    /// would be O(members²) events per message. Only when the read mark may have moved.
     Own(UserId),
 }
 
@@ -606,6 +606,15 @@ async fn move_watermarks(
         .into_iter()
         .collect()
     };
+    // In a large group only the member's own devices hear their Status, and what they need
+    // from it is the read mark (to clear what was read elsewhere); a delivery-only move (an
+    // Ack) would echo back to the session that sent it. One message to 10,000 members brings
+    // 10,000 Acks: announcing none of them saves as many frames as the message itself took.
+    let reads: HashSet<(Uuid, Uuid)> = marks
+        .iter()
+        .filter(|m| m.read.is_some())
+        .map(|m| (m.conversation.as_uuid(), m.user.as_uuid()))
+        .collect();
     let seq = |n: i64| u64::try_from(n).ok().and_then(Seq::new);
     Ok(rows
         .into_iter()
@@ -616,6 +625,9 @@ async fn move_watermarks(
                     Audience::Direct(UserId::new(low)?, UserId::new(high)?)
                 }
                 _ if large.contains(&row.conversation_id) => {
+                    if !reads.contains(&(row.conversation_id, row.user_id)) {
+                        return None;
+                    }
                     Audience::Own(UserId::new(row.user_id)?)
                 }
                 _ => Audience::Group(conversation),
