@@ -524,6 +524,7 @@ struct MovedRow {
     kind: String,
     user_low: Option<Uuid>,
     user_high: Option<Uuid>,
+    member_count: i32,
 }
 
 /// Raises members' watermarks (never lowers them), clamped to the conversation's
@@ -555,7 +556,7 @@ async fn move_watermarks(
         "WITH t AS MATERIALIZED (
            SELECT r.conversation_id, r.user_id,
                   LEAST(r.delivered, c.last_seq) AS delivered, LEAST(r.read, c.last_seq) AS read,
-                  c.kind, c.user_low, c.user_high
+                  c.kind, c.user_low, c.user_high, c.member_count
            FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::bigint[])
                   AS r(conversation_id, user_id, delivered, read)
            JOIN conversations c ON c.id = r.conversation_id
@@ -567,7 +568,7 @@ async fn move_watermarks(
          WHERE m.conversation_id = t.conversation_id AND m.user_id = t.user_id
            AND (t.delivered > m.delivered_seq OR t.read > m.read_seq)
          RETURNING m.conversation_id, m.user_id, m.delivered_seq, m.read_seq,
-                   t.kind, t.user_low, t.user_high",
+                   t.kind, t.user_low, t.user_high, t.member_count",
     )
     .bind(&conversations)
     .bind(&users)
@@ -582,30 +583,6 @@ async fn move_watermarks(
             "receipts that moved nothing (not a member, or not ahead)"
         );
     }
-    // One count per group the batch touched, not per receipt.
-    let mut groups: Vec<Uuid> = rows
-        .iter()
-        .filter(|row| row.kind != "direct")
-        .map(|row| row.conversation_id)
-        .collect();
-    groups.sort_unstable();
-    groups.dedup();
-    let large: HashSet<Uuid> = if groups.is_empty() {
-        Default::default()
-    } else {
-        // Reads at most MAX + 1 index entries per group, not the whole group (0.1 ms against
-        // 1.6 ms for a count of 10,000 members).
-        sqlx::query_scalar::<_, Uuid>(
-            "SELECT g FROM unnest($1::uuid[]) AS g
-             WHERE EXISTS (SELECT 1 FROM members m WHERE m.conversation_id = g OFFSET $2 LIMIT 1)",
-        )
-        .bind(&groups)
-        .bind(STATUS_BROADCAST_MAX_MEMBERS)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect()
-    };
     // In a large group only the member's own devices hear their Status, and what they need
     // from it is the read mark (to clear what was read elsewhere); a delivery-only move (an
     // Ack) would echo back to the session that sent it. One message to 10,000 members brings
@@ -624,7 +601,7 @@ async fn move_watermarks(
                 ("direct", Some(low), Some(high)) => {
                     Audience::Direct(UserId::new(low)?, UserId::new(high)?)
                 }
-                _ if large.contains(&row.conversation_id) => {
+                _ if i64::from(row.member_count) > STATUS_BROADCAST_MAX_MEMBERS => {
                     if !reads.contains(&(row.conversation_id, row.user_id)) {
                         return None;
                     }

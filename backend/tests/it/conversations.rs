@@ -368,17 +368,31 @@ async fn a_group_is_full_at_its_documented_size() {
     .execute(&api.state.db)
     .await
     .unwrap();
+    // The count the worker reads (conversations.member_count, kept by triggers) follows
+    // bulk inserts, refused adds, cascaded deletes and single adds.
+    let count = || async {
+        sqlx::query_scalar::<_, i32>("SELECT member_count FROM conversations WHERE id = $1")
+            .bind(group)
+            .fetch_one(&api.state.db)
+            .await
+            .unwrap()
+    };
+    let full = i32::try_from(haberci_backend::conversations::MAX_GROUP_MEMBERS).unwrap();
+    assert_eq!(count().await, full);
     let reply = add(&api, group, &owner, &newcomer, None).await;
     expect(&reply, StatusCode::CONFLICT, "group_full");
+    assert_eq!(count().await, full);
     sqlx::query("DELETE FROM users WHERE id IN (SELECT user_id FROM members WHERE conversation_id = $1 AND role = 'member')")
         .bind(group)
         .execute(&api.state.db)
         .await
         .unwrap();
+    assert_eq!(count().await, 1, "only the owner is left");
     assert_eq!(
         add(&api, group, &owner, &newcomer, None).await.status,
         StatusCode::CREATED
     );
+    assert_eq!(count().await, 2);
 }
 
 #[tokio::test]
