@@ -103,11 +103,6 @@ pub struct StormJob {
 
 // ---- the shard's side --------------------------------------------------------------------------
 
-/// Retry pause after a failed reconnect: grows with the attempts, capped.
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis((100 * u64::from(attempt)).min(2_000))
-}
-
 /// The gateway a session tries on its `attempt`-th reconnect.
 fn next_gateway(back: Back, from: usize, attempt: u32, gateways: usize) -> usize {
     match back {
@@ -180,7 +175,15 @@ impl Keeper {
                 ..Reconnect::default()
             };
             let mut config = client.resume_config();
+            // Paced like the SDKs' clients: the first try after 250–500 ms, then exponential
+            // with jitter up to 30 s, never sooner than the server asked.
+            let backoff = haberci_client::Backoff::default();
+            let mut pause = backoff.delay(0, None);
             loop {
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    _ = stop.changed() => break,
+                }
                 let to = next_gateway(
                     self.job.back,
                     gateway,
@@ -208,12 +211,7 @@ impl Keeper {
                         let _ = current.send(Some(client.clone()));
                         break;
                     }
-                    Err(_) => {
-                        tokio::select! {
-                            () = tokio::time::sleep(backoff(record.attempts)) => {}
-                            _ = stop.changed() => break,
-                        }
-                    }
+                    Err(err) => pause = backoff.delay(record.attempts, err.retry_after()),
                 }
             }
             let back = record.back_ns != 0;
@@ -1039,12 +1037,5 @@ mod tests {
         assert_eq!(victim_index("gateway2"), Some(1));
         assert_eq!(victim_index("gateway0"), None);
         assert_eq!(victim_index("worker"), None);
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        assert_eq!(backoff(1), Duration::from_millis(100));
-        assert_eq!(backoff(5), Duration::from_millis(500));
-        assert_eq!(backoff(1_000), Duration::from_secs(2));
     }
 }

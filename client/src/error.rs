@@ -64,6 +64,14 @@ impl ConnectError {
             _ => None,
         }
     }
+
+    /// How long the server asked the client to wait before trying again, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ConnectError::Closed { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
 }
 
 /// Why [`Client::send`](crate::Client::send) did not resolve to `Sent`.

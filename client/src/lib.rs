@@ -39,6 +39,7 @@
 //! Frames are the `haberci-wire` domain types, re-exported here; the protocol is
 //! docs/PROTOCOL.md.
 
+pub mod backoff;
 mod client;
 mod config;
 mod error;
@@ -46,6 +47,7 @@ pub mod positions;
 pub mod session;
 mod transport;
 
+pub use backoff::{Backoff, DEFAULT_MAX_RECONNECT_DELAY, DEFAULT_RECONNECT_DELAY};
 pub use client::{Client, Events};
 pub use config::{ClientConfig, DEFAULT_CLIENT_NAME, DEFAULT_CONNECT_TIMEOUT, Roots, Transport};
 pub use error::{BoxError, ClientError, ConnectError, Disconnect, SendError};

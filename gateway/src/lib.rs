@@ -111,8 +111,8 @@ impl Gateway {
             .clone()
             .map(|relay| presence::Presence::new(relay, timing));
         if let Some(presence) = &realtime.presence {
-            // Alive before the first session claims a user, so no one reads it offline.
-            presence.keep_alive().await;
+            // Its first round says this gateway is alive at once, without holding up the start
+            // while Redis is away (the gateway serves HTTP meanwhile).
             tokio::spawn(presence.clone().run(shutdown.clone()));
         }
         let tcp_listener = tokio::net::TcpListener::bind(config.tcp_addr)

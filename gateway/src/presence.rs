@@ -229,8 +229,8 @@ impl Presence {
         }
     }
 
-    /// Says this gateway is alive for another [`Timing::ttl`]. Called once before the gateway
-    /// takes sessions, then by [`Presence::run`].
+    /// Says this gateway is alive for another [`Timing::ttl`] ([`Presence::run`] does, first
+    /// thing and then every [`Timing::refresh`]).
     pub async fn keep_alive(&self) {
         let until = now_ms() + i64::try_from(self.timing.ttl.as_millis()).unwrap_or(i64::MAX);
         let added: Result<i64, _> = self
