@@ -61,6 +61,9 @@ pub struct GatewayConfig {
     /// `HABERCI_QUIC_SOCKET_BUFFER_BYTES`: kernel receive and send buffers of the UDP socket
     /// every QUIC connection shares.
     pub quic_socket_buffer: usize,
+    /// `HABERCI_QUIC_MAX_HANDSHAKES`: QUIC handshakes in flight at once; more are refused at
+    /// once and their clients back off (see [`crate::quic::Admission`]).
+    pub quic_max_handshakes: usize,
     /// `HABERCI_PRESENCE_REFRESH_MS`: how often this gateway says in Redis that it is alive;
     /// its users read as offline three of these after it dies.
     pub presence_refresh: Duration,
@@ -122,6 +125,10 @@ impl GatewayConfig {
             "HABERCI_QUIC_SOCKET_BUFFER_BYTES",
             DEFAULT_QUIC_SOCKET_BUFFER_BYTES,
         );
+        let quic_max_handshakes = env.parse_or(
+            "HABERCI_QUIC_MAX_HANDSHAKES",
+            crate::quic::DEFAULT_MAX_HANDSHAKES,
+        );
         let presence_refresh = Duration::from_millis(env.parse_or(
             "HABERCI_PRESENCE_REFRESH_MS",
             crate::presence::DEFAULT_REFRESH_INTERVAL.as_millis() as u64,
@@ -174,6 +181,7 @@ impl GatewayConfig {
             max_body_bytes,
             quic_idle_timeout,
             quic_socket_buffer,
+            quic_max_handshakes,
             presence_refresh,
             cors,
             max_tcp_connections,
@@ -200,6 +208,7 @@ impl GatewayConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             quic_idle_timeout: Duration::from_millis(DEFAULT_QUIC_IDLE_TIMEOUT_MS),
             quic_socket_buffer: DEFAULT_QUIC_SOCKET_BUFFER_BYTES,
+            quic_max_handshakes: crate::quic::DEFAULT_MAX_HANDSHAKES,
             presence_refresh: crate::presence::DEFAULT_REFRESH_INTERVAL,
             cors: CorsOrigins::default(),
             max_tcp_connections: DEFAULT_MAX_TCP_CONNECTIONS,

@@ -168,6 +168,7 @@ impl Gateway {
                 header_read_timeout: config.header_read_timeout,
             },
             realtime,
+            quic::Admission::new(config.quic_max_handshakes),
             shutdown,
         ));
         tracing::info!(%tcp_addr, %udp_addr, "gateway listening");

@@ -38,6 +38,9 @@ pub const DATAGRAM_SEND_BUFFER: usize = 16 * 1024;
 /// How long a handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Handshakes in flight at once by default (`HABERCI_QUIC_MAX_HANDSHAKES`); see [`Admission`].
+pub const DEFAULT_MAX_HANDSHAKES: usize = 256;
+
 /// Application close code used when the endpoint shuts down.
 pub const CLOSE_SHUTDOWN: u32 = 0;
 /// How long requests in flight get to finish at shutdown before the endpoint closes.
@@ -86,12 +89,83 @@ pub fn bind(config: &GatewayConfig, certs: &CertStore) -> anyhow::Result<Endpoin
     .map_err(|err| anyhow::anyhow!("cannot start QUIC on UDP {}: {err}", config.udp_addr))
 }
 
+/// Admission control for handshakes: at most `limit` in flight; above that a new connection
+/// is refused at once (`incoming.refuse()`: one stateless packet, no crypto), and its client
+/// backs off and comes again.
+///
+/// Without it, a reconnect storm (every client of a dead gateway at once) overloads the
+/// survivor: it starts every handshake, finishes few of them before their clients' 10 s
+/// timeout, its socket overflows, and the sessions it already held lose their pings and join
+/// the storm. 100,000 clients of two gateways, one killed: 97,359 sessions dropped and
+/// 95,669 never came back (docs/BENCHMARKS.md, "Reconnect storm"). Refusing is cheap; an
+/// admitted handshake finishes in milliseconds.
+#[derive(Debug)]
+pub struct Admission {
+    limit: usize,
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// Refused since the last admission (0: not refusing); logged when a streak starts and ends.
+    refused: std::sync::atomic::AtomicU64,
+}
+
+/// One admitted handshake; dropping it frees the place.
+#[derive(Debug)]
+pub struct Admitted(Arc<Admission>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+impl Admission {
+    pub fn new(limit: usize) -> Arc<Admission> {
+        Arc::new(Admission {
+            limit,
+            in_flight: Default::default(),
+            refused: Default::default(),
+        })
+    }
+
+    /// A place for one more handshake, or `None`: refuse it.
+    pub fn admit(self: &Arc<Self>) -> Option<Admitted> {
+        use std::sync::atomic::Ordering::AcqRel;
+        let taken = self
+            .in_flight
+            .fetch_update(AcqRel, std::sync::atomic::Ordering::Acquire, |n| {
+                (n < self.limit).then_some(n + 1)
+            })
+            .is_ok();
+        if taken {
+            let refused = self.refused.swap(0, AcqRel);
+            if refused > 0 {
+                tracing::info!(refused, "accepting QUIC connections again");
+            }
+            Some(Admitted(self.clone()))
+        } else {
+            if self.refused.fetch_add(1, AcqRel) == 0 {
+                tracing::warn!(
+                    limit = self.limit,
+                    "QUIC handshakes in flight at the limit; refusing new connections until one finishes"
+                );
+            }
+            None
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// Accepts connections until shutdown, then closes the endpoint.
 pub async fn serve(
     endpoint: Endpoint,
     router: Router,
     h3_limits: crate::h3server::Limits,
     realtime: crate::transport::Realtime,
+    admission: Arc<Admission>,
     shutdown: Shutdown,
 ) {
     // Every connection and request task, so shutdown can let them finish before closing.
@@ -104,13 +178,19 @@ pub async fn serve(
                 None => break,
             },
         };
+        let Some(admitted) = admission.admit() else {
+            incoming.refuse();
+            continue;
+        };
         let router = router.clone();
         let shutdown = shutdown.clone();
         let requests = tasks.clone();
         let realtime = realtime.clone();
         tasks.spawn(async move {
             let peer = incoming.remote_address();
-            let connection = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await;
+            drop(admitted);
+            let connection = match handshake {
                 Ok(Ok(connection)) => connection,
                 Ok(Err(err)) => {
                     tracing::debug!(%peer, %err, "quic handshake failed");
@@ -170,4 +250,31 @@ pub fn negotiated_alpn(connection: &quinn::Connection) -> Option<Vec<u8>> {
         .downcast::<HandshakeData>()
         .ok()?
         .protocol
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshakes_above_the_limit_are_refused_until_one_finishes() {
+        let admission = Admission::new(2);
+        let first = admission.admit().expect("first");
+        let second = admission.admit().expect("second");
+        assert!(admission.admit().is_none(), "a third is refused");
+        assert!(admission.admit().is_none(), "and a fourth");
+        assert_eq!(admission.in_flight(), 2);
+        drop(first);
+        let third = admission.admit().expect("a place freed");
+        assert_eq!(admission.in_flight(), 2);
+        drop((second, third));
+        assert_eq!(admission.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_limit_of_zero_refuses_everything() {
+        let admission = Admission::new(0);
+        assert!(admission.admit().is_none());
+        assert_eq!(admission.in_flight(), 0);
+    }
 }

@@ -102,3 +102,34 @@ async fn a_wrong_method_gets_a_json_405_on_every_http_version() {
         assert_eq!(reply.headers["x-content-type-options"], "nosniff");
     }
 }
+
+#[tokio::test]
+async fn quic_connections_over_the_handshake_limit_are_refused_and_tcp_still_answers() {
+    let stack = support::start_with_config(support::free_addr(), |config| {
+        config.quic_max_handshakes = 0
+    })
+    .await;
+    let roots = support::ca_roots(&[&stack.certs.ca_cert()]);
+    let refused = support::QuicClient::connect_with(
+        stack.gateway_udp,
+        roots,
+        haberci_wire::ALPN,
+        quinn::TransportConfig::default(),
+    )
+    .await;
+    match refused {
+        Err(quinn::ConnectionError::ConnectionClosed(close)) => assert_eq!(
+            close.error_code,
+            quinn::TransportErrorCode::CONNECTION_REFUSED,
+            "{close:?}"
+        ),
+        Err(other) => panic!("expected CONNECTION_REFUSED, got {other:?}"),
+        Ok(_) => panic!("a handshake over the limit was accepted"),
+    }
+    // The endpoint is unharmed and HTTPS over TCP serves as before.
+    let request = http::Request::get("https://localhost/healthz")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let reply = support::request(&stack, support::Version::Http2, request).await;
+    assert_eq!(reply.status, 200);
+}
