@@ -103,9 +103,15 @@ pub fn bind(config: &GatewayConfig, certs: &CertStore) -> anyhow::Result<Endpoin
 pub struct Admission {
     limit: usize,
     in_flight: std::sync::atomic::AtomicUsize,
-    /// Refused since the last admission (0: not refusing); logged when a streak starts and ends.
+    /// Refused since the last report.
     refused: std::sync::atomic::AtomicU64,
+    /// When refusals were last reported, in ms since `started` (`u64::MAX`: never).
+    reported_ms: std::sync::atomic::AtomicU64,
+    started: std::time::Instant,
 }
+
+/// Refusals are reported at most this often: one WARN per period while a storm lasts.
+pub const REFUSAL_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// One admitted handshake; dropping it frees the place.
 #[derive(Debug)]
@@ -125,31 +131,48 @@ impl Admission {
             limit,
             in_flight: Default::default(),
             refused: Default::default(),
+            reported_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
+            started: std::time::Instant::now(),
         })
     }
 
     /// A place for one more handshake, or `None`: refuse it.
     pub fn admit(self: &Arc<Self>) -> Option<Admitted> {
-        use std::sync::atomic::Ordering::AcqRel;
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
         let taken = self
             .in_flight
-            .fetch_update(AcqRel, std::sync::atomic::Ordering::Acquire, |n| {
-                (n < self.limit).then_some(n + 1)
-            })
+            .fetch_update(AcqRel, Acquire, |n| (n < self.limit).then_some(n + 1))
             .is_ok();
         if taken {
-            let refused = self.refused.swap(0, AcqRel);
-            if refused > 0 {
-                tracing::info!(refused, "accepting QUIC connections again");
-            }
-            Some(Admitted(self.clone()))
+            return Some(Admitted(self.clone()));
+        }
+        self.refused.fetch_add(1, AcqRel);
+        if let Some(refused) = self.report_due() {
+            tracing::warn!(
+                limit = self.limit,
+                refused,
+                "QUIC handshakes in flight at the limit: refusing new connections (their clients back off)"
+            );
+        }
+        None
+    }
+
+    /// The refusals to report now, if a report is due (the first refusal, then at most one
+    /// report per [`REFUSAL_REPORT_INTERVAL`]).
+    fn report_due(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        let interval = REFUSAL_REPORT_INTERVAL.as_millis() as u64;
+        let last = self.reported_ms.load(Acquire);
+        let due = last == u64::MAX || now.saturating_sub(last) >= interval;
+        if due
+            && self
+                .reported_ms
+                .compare_exchange(last, now, AcqRel, Acquire)
+                .is_ok()
+        {
+            Some(self.refused.swap(0, AcqRel))
         } else {
-            if self.refused.fetch_add(1, AcqRel) == 0 {
-                tracing::warn!(
-                    limit = self.limit,
-                    "QUIC handshakes in flight at the limit; refusing new connections until one finishes"
-                );
-            }
             None
         }
     }
@@ -269,6 +292,23 @@ mod tests {
         assert_eq!(admission.in_flight(), 2);
         drop((second, third));
         assert_eq!(admission.in_flight(), 0);
+    }
+
+    #[test]
+    fn refusals_are_reported_once_per_interval_not_once_each() {
+        let admission = Admission::new(0);
+        assert!(admission.admit().is_none());
+        // The first refusal was reported (and its count taken); the next ones wait.
+        assert_eq!(admission.report_due(), None);
+        for _ in 0..1_000 {
+            assert!(admission.admit().is_none());
+        }
+        assert_eq!(admission.report_due(), None, "within the interval");
+        assert_eq!(
+            admission.refused.load(std::sync::atomic::Ordering::Acquire),
+            1_000,
+            "counted for the next report"
+        );
     }
 
     #[test]
