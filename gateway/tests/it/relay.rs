@@ -41,6 +41,15 @@ async fn session_with(stack: &Stack, token: &str, transport: quinn::TransportCon
     }
 }
 
+/// Reads until the next `Presence` frame.
+async fn next_presence(native: &mut Native) -> haberci_wire::Presence {
+    until(native, |f| match f {
+        ServerFrame::Presence(p) => Some(p),
+        _ => None,
+    })
+    .await
+}
+
 /// Reads until `pick` takes a frame.
 async fn until<T>(native: &mut Native, mut pick: impl FnMut(ServerFrame) -> Option<T>) -> T {
     loop {
@@ -114,30 +123,18 @@ async fn presence_follows_the_watched_users_sessions() {
         user_ids: vec![alice],
     }))
     .await;
-    let now = until(&mut bob, |f| match f {
-        ServerFrame::Presence(p) => Some(p),
-        _ => None,
-    })
-    .await;
+    let now = next_presence(&mut bob).await;
     assert_eq!((now.user_id, now.online), (alice, false), "{now:?}");
 
     let alice_session = session(&stack, &alice_token).await;
-    let online = until(&mut bob, |f| match f {
-        ServerFrame::Presence(p) => Some(p),
-        _ => None,
-    })
-    .await;
+    let online = next_presence(&mut bob).await;
     assert_eq!((online.user_id, online.online), (alice, true), "{online:?}");
 
     alice_session
         .client
         .connection
         .close(VarInt::from_u32(0), b"bye");
-    let offline = until(&mut bob, |f| match f {
-        ServerFrame::Presence(p) => Some(p),
-        _ => None,
-    })
-    .await;
+    let offline = next_presence(&mut bob).await;
     assert_eq!(
         (offline.user_id, offline.online),
         (alice, false),
@@ -203,11 +200,7 @@ async fn the_users_of_a_dead_gateway_go_offline_for_their_watchers() {
         user_ids: vec![alice],
     }))
     .await;
-    let before = until(&mut bob, |f| match f {
-        ServerFrame::Presence(p) => Some(p),
-        _ => None,
-    })
-    .await;
+    let before = next_presence(&mut bob).await;
     assert_eq!((before.user_id, before.online), (alice, true), "{before:?}");
 
     // That gateway stops renewing and its time runs out: the live gateway takes its users
@@ -223,11 +216,7 @@ async fn the_users_of_a_dead_gateway_go_offline_for_their_watchers() {
         )
         .await
         .unwrap();
-    let after = until(&mut bob, |f| match f {
-        ServerFrame::Presence(p) => Some(p),
-        _ => None,
-    })
-    .await;
+    let after = next_presence(&mut bob).await;
     assert_eq!((after.user_id, after.online), (alice, false), "{after:?}");
     assert!(after.last_seen.is_some(), "last seen is recorded");
     let left: i64 = redis
