@@ -19,7 +19,7 @@
 //! Renewing every user's claim instead (two commands per user every 20 s) was 10 % of an idle
 //! gateway's CPU at 100,000 sessions, in bursts of 200,000 commands (docs/BENCHMARKS.md).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,6 +36,9 @@ use crate::relay::Relay;
 pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(20);
 /// Users of a dead gateway taken offline per Redis round.
 const REAP_BATCH: usize = 500;
+/// Every this many renewals a gateway also reconciles Redis with its sessions, so that a
+/// write lost without an error (none known) heals within minutes: 15 × 20 s.
+const RECONCILE_EVERY: u64 = 15;
 /// Dead gateways looked at per refresh.
 const REAP_GATEWAYS: i64 = 16;
 
@@ -71,9 +74,11 @@ pub struct Presence {
     sessions: Mutex<HashMap<UserId, usize>>,
     /// Whether this gateway has been in [`relay::GATEWAYS_KEY`] since it started.
     registered: AtomicBool,
-    /// Another gateway took this one for dead and its users offline: claim them again once
-    /// that gateway is done.
-    reclaim: AtomicBool,
+    /// Redis may disagree with the sessions: a write failed (Redis away), or another gateway
+    /// took this one for dead and its users offline. Set right: at the next renewal.
+    reconcile: AtomicBool,
+    /// Renewals so far; every [`RECONCILE_EVERY`]th also reconciles, whatever happened.
+    renewals: std::sync::atomic::AtomicU64,
 }
 
 /// Held while a session is open; dropping it may take its user offline.
@@ -92,7 +97,8 @@ impl Presence {
             timing,
             sessions: Mutex::new(HashMap::new()),
             registered: AtomicBool::new(false),
-            reclaim: AtomicBool::new(false),
+            reconcile: AtomicBool::new(false),
+            renewals: Default::default(),
         })
     }
 
@@ -112,6 +118,7 @@ impl Presence {
         if first {
             if let Err(err) = self.claim(&[user]).await {
                 tracing::debug!(%err, %user, "presence claim failed");
+                self.reconcile.store(true, Ordering::Relaxed);
             }
             self.announce(user, true, None).await;
         }
@@ -146,7 +153,10 @@ impl Presence {
         let _: Result<(), _> = pipeline
             .srem(relay::gateway_users_key(&self.gateway), user.to_string())
             .await;
-        let _: Result<Vec<Value>, _> = pipeline.all().await;
+        let removed: Result<Vec<Value>, _> = pipeline.all().await;
+        if removed.is_err() {
+            self.reconcile.store(true, Ordering::Relaxed);
+        }
         self.went_offline(user).await;
     }
 
@@ -254,39 +264,87 @@ impl Presence {
                         "this gateway was taken for dead (no renewal for {:?}); claiming its users again",
                         self.timing.ttl
                     );
-                    self.reclaim.store(true, Ordering::Relaxed);
+                    self.reconcile.store(true, Ordering::Relaxed);
                 }
             }
-            Err(err) => tracing::warn!(%err, "presence renewal failed"),
+            Err(err) => {
+                tracing::warn!(%err, "presence renewal failed");
+                self.reconcile.store(true, Ordering::Relaxed);
+                return;
+            }
         }
-        if self.reclaim.load(Ordering::Relaxed) {
-            self.claim_all_again().await;
+        let renewals = self.renewals.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.reconcile.load(Ordering::Relaxed) || renewals % RECONCILE_EVERY == 0 {
+            self.reconcile().await;
         }
     }
 
-    /// After another gateway took this one's users offline: claims and announces them again,
-    /// once that gateway is done (its reaper key is gone).
-    async fn claim_all_again(&self) {
-        let redis = self.relay.redis();
-        let reaping: Result<i64, _> = redis.exists(relay::gateway_reaper_key(&self.gateway)).await;
-        if !matches!(reaping, Ok(0)) {
-            return;
+    /// Makes Redis agree with the sessions: this gateway's users that have no session here
+    /// any more go offline, and users with a session here that Redis lacks are claimed and
+    /// announced. Waits while another gateway is reaping this one (its lock is there).
+    async fn reconcile(&self) {
+        match self.try_reconcile().await {
+            Ok(true) => self.reconcile.store(false, Ordering::Relaxed),
+            Ok(false) => {}
+            Err(err) => tracing::warn!(%err, "presence reconcile failed; next renewal"),
         }
-        let users: Vec<UserId> = self
+    }
+
+    /// `Ok(false)`: not now (being reaped).
+    async fn try_reconcile(&self) -> Result<bool, fred::error::Error> {
+        let redis = self.relay.redis();
+        let reaping: i64 = redis
+            .exists(relay::gateway_reaper_key(&self.gateway))
+            .await?;
+        if reaping > 0 {
+            return Ok(false);
+        }
+        let users_key = relay::gateway_users_key(&self.gateway);
+        let listed: Vec<String> = redis.smembers(&users_key).await?;
+        let listed: HashSet<UserId> = listed.iter().filter_map(|u| u.parse().ok()).collect();
+        // Asked of the sessions at each step, not from a snapshot: a session opening meanwhile
+        // is counted before it claims, so it is never taken for stale.
+        let here = |user: &UserId| {
+            self.sessions
+                .lock()
+                .map(|s| s.contains_key(user))
+                .unwrap_or(true)
+        };
+        let stale: Vec<UserId> = listed.iter().filter(|u| !here(u)).copied().collect();
+        for batch in stale.chunks(REAP_BATCH) {
+            let pipeline = redis.pipeline();
+            for user in batch {
+                let _: () = pipeline
+                    .hdel(relay::presence_key(*user), self.gateway.as_str())
+                    .await?;
+            }
+            let members: Vec<String> = batch.iter().map(|u| u.to_string()).collect();
+            let _: () = pipeline.srem(&users_key, members).await?;
+            let _: Vec<Value> = pipeline.all().await?;
+            for user in batch {
+                self.went_offline(*user).await;
+            }
+        }
+        let missing: Vec<UserId> = self
             .sessions
             .lock()
-            .map(|s| s.keys().copied().collect())
+            .map(|s| s.keys().filter(|u| !listed.contains(u)).copied().collect())
             .unwrap_or_default();
-        for batch in users.chunks(REAP_BATCH) {
-            if let Err(err) = self.claim(batch).await {
-                tracing::warn!(%err, "claiming users again failed; next renewal");
-                return;
-            }
+        for batch in missing.chunks(REAP_BATCH) {
+            self.claim(batch).await?;
             for user in batch {
                 self.announce(*user, true, None).await;
             }
         }
-        self.reclaim.store(false, Ordering::Relaxed);
+        if !stale.is_empty() || !missing.is_empty() {
+            tracing::info!(
+                gateway = %self.gateway,
+                offline = stale.len(),
+                claimed = missing.len(),
+                "presence reconciled with this gateway's sessions"
+            );
+        }
+        Ok(true)
     }
 
     /// Takes the users of gateways that stopped renewing offline.

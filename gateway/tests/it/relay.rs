@@ -232,6 +232,62 @@ async fn the_users_of_a_dead_gateway_go_offline_for_their_watchers() {
 }
 
 #[tokio::test]
+async fn a_user_redis_still_lists_after_their_session_closed_is_set_right() {
+    use fred::prelude::*;
+    use haberci_wire::relay;
+
+    let stack = support::start_relay(|config| {
+        config.presence_refresh = Duration::from_millis(100);
+    })
+    .await;
+    let (carol_id, _) = register(&stack).await;
+    let (bob_id, bob_token) = register(&stack).await;
+    let carol = user(&carol_id);
+    // Bob's session claims him on the gateway: that names the gateway in Redis.
+    let mut bob = session(&stack, &bob_token).await;
+    let redis = redis().await;
+    let gateways: Vec<String> = redis
+        .hkeys(relay::presence_key(user(&bob_id)))
+        .await
+        .unwrap();
+    let [gateway] = gateways.as_slice() else {
+        panic!("one gateway holds Bob: {gateways:?}");
+    };
+    // Carol's session closed while Redis was away (as far as Redis knows, she is still on
+    // this live gateway).
+    let _: i64 = redis
+        .hset(relay::presence_key(carol), (gateway.as_str(), now_ms()))
+        .await
+        .unwrap();
+    let _: i64 = redis
+        .sadd(relay::gateway_users_key(gateway), carol.to_string())
+        .await
+        .unwrap();
+    bob.write(&ClientFrame::PresenceWatch(PresenceWatch {
+        user_ids: vec![carol],
+    }))
+    .await;
+    // Bob hears her online (the stale claim) until the gateway's periodic reconcile finds no
+    // session of hers and takes her offline; if it ran before his watch, he hears offline at
+    // once. Without it, he would hear `online` and nothing more.
+    let after = loop {
+        let heard = next_presence(&mut bob).await;
+        assert_eq!(heard.user_id, carol);
+        if !heard.online {
+            break heard;
+        }
+    };
+    assert!(after.last_seen.is_some(), "last seen is recorded");
+    let left: i64 = redis.exists(relay::presence_key(carol)).await.unwrap();
+    assert_eq!(left, 0, "her stale claim is gone");
+    let listed: bool = redis
+        .sismember(relay::gateway_users_key(gateway), carol.to_string())
+        .await
+        .unwrap();
+    assert!(!listed, "and she is no longer listed on the gateway");
+}
+
+#[tokio::test]
 async fn a_client_that_stops_reading_is_closed_as_slow_and_its_peer_goes_on() {
     let stack = support::start_relay(|config| {
         config.session.send_rate_per_sec = 100_000;
