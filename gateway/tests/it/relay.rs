@@ -152,6 +152,28 @@ async fn redis() -> fred::clients::Client {
     client
 }
 
+/// A relay stack whose presence renews (and reconciles, every 15th time) every 100 ms.
+async fn presence_stack() -> Stack {
+    support::start_relay(|config| {
+        config.presence_refresh = Duration::from_millis(100);
+    })
+    .await
+}
+
+/// Writes what a gateway's claim of `user` leaves in Redis, as `gateway` would.
+async fn claim(redis: &fred::clients::Client, gateway: &str, user: UserId) {
+    use fred::prelude::*;
+    use haberci_wire::relay;
+    let _: i64 = redis
+        .hset(relay::presence_key(user), (gateway, now_ms()))
+        .await
+        .unwrap();
+    let _: i64 = redis
+        .sadd(relay::gateway_users_key(gateway), user.to_string())
+        .await
+        .unwrap();
+}
+
 fn now_ms() -> i64 {
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -164,10 +186,7 @@ async fn the_users_of_a_dead_gateway_go_offline_for_their_watchers() {
     use fred::prelude::*;
     use haberci_wire::relay;
 
-    let stack = support::start_relay(|config| {
-        config.presence_refresh = Duration::from_millis(100);
-    })
-    .await;
+    let stack = presence_stack().await;
     let (alice_id, _) = register(&stack).await;
     let (_, bob_token) = register(&stack).await;
     let alice = user(&alice_id);
@@ -186,14 +205,7 @@ async fn the_users_of_a_dead_gateway_go_offline_for_their_watchers() {
         )
         .await
         .unwrap();
-    let _: i64 = redis
-        .hset(relay::presence_key(alice), (ghost.as_str(), now_ms()))
-        .await
-        .unwrap();
-    let _: i64 = redis
-        .sadd(relay::gateway_users_key(&ghost), alice.to_string())
-        .await
-        .unwrap();
+    claim(&redis, &ghost, alice).await;
 
     let mut bob = session(&stack, &bob_token).await;
     bob.write(&ClientFrame::PresenceWatch(PresenceWatch {
@@ -236,10 +248,7 @@ async fn a_user_redis_still_lists_after_their_session_closed_is_set_right() {
     use fred::prelude::*;
     use haberci_wire::relay;
 
-    let stack = support::start_relay(|config| {
-        config.presence_refresh = Duration::from_millis(100);
-    })
-    .await;
+    let stack = presence_stack().await;
     let (carol_id, _) = register(&stack).await;
     let (bob_id, bob_token) = register(&stack).await;
     let carol = user(&carol_id);
@@ -255,14 +264,7 @@ async fn a_user_redis_still_lists_after_their_session_closed_is_set_right() {
     };
     // Carol's session closed while Redis was away (as far as Redis knows, she is still on
     // this live gateway).
-    let _: i64 = redis
-        .hset(relay::presence_key(carol), (gateway.as_str(), now_ms()))
-        .await
-        .unwrap();
-    let _: i64 = redis
-        .sadd(relay::gateway_users_key(gateway), carol.to_string())
-        .await
-        .unwrap();
+    claim(&redis, gateway, carol).await;
     bob.write(&ClientFrame::PresenceWatch(PresenceWatch {
         user_ids: vec![carol],
     }))
