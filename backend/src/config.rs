@@ -128,6 +128,7 @@ pub struct ApiSettings {
     /// `HABERCI_INTERNAL_TOKEN`: the shared secret gateways present on `/internal/*`
     /// (`x-haberci-internal`). Unset: the internal routes answer 404.
     pub internal_token: Option<InternalToken>,
+    pub social: SocialSettings,
 }
 
 impl Default for ApiSettings {
@@ -137,7 +138,83 @@ impl Default for ApiSettings {
             cors: CorsOrigins::default(),
             auth: AuthSettings::default(),
             internal_token: None,
+            social: SocialSettings::default(),
         }
+    }
+}
+
+pub const DEFAULT_RATE_POST: &str = "60/3600s";
+pub const DEFAULT_RATE_COMMENT: &str = "300/3600s";
+pub const DEFAULT_RATE_LIKE: &str = "1000/3600s";
+pub const DEFAULT_RATE_FOLLOW: &str = "400/86400s";
+
+/// The social API's settings: the home feed's fan-out and per-account anti-spam limits
+/// (each shared by every backend process through Redis, answered 429 with `Retry-After`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocialSettings {
+    pub feed: crate::social::feed::FeedSettings,
+    /// `HABERCI_RATE_POST`: posts and reposts per account.
+    pub post: Rate,
+    /// `HABERCI_RATE_COMMENT`.
+    pub comment: Rate,
+    /// `HABERCI_RATE_LIKE`: likes per account.
+    pub like: Rate,
+    /// `HABERCI_RATE_FOLLOW`: follows (and follow requests) per account.
+    pub follow: Rate,
+}
+
+impl Default for SocialSettings {
+    fn default() -> Self {
+        SocialSettings {
+            feed: crate::social::feed::FeedSettings::default(),
+            post: default_parse(DEFAULT_RATE_POST),
+            comment: default_parse(DEFAULT_RATE_COMMENT),
+            like: default_parse(DEFAULT_RATE_LIKE),
+            follow: default_parse(DEFAULT_RATE_FOLLOW),
+        }
+    }
+}
+
+impl SocialSettings {
+    pub fn read(env: &mut Env<'_>) -> Self {
+        let d = SocialSettings::default();
+        SocialSettings {
+            feed: read_feed(env),
+            post: env.parse_or("HABERCI_RATE_POST", d.post),
+            comment: env.parse_or("HABERCI_RATE_COMMENT", d.comment),
+            like: env.parse_or("HABERCI_RATE_LIKE", d.like),
+            follow: env.parse_or("HABERCI_RATE_FOLLOW", d.follow),
+        }
+    }
+
+    /// The same limit everywhere; for tests and benchmarks.
+    pub fn uniform(rate: Rate) -> Self {
+        SocialSettings {
+            feed: crate::social::feed::FeedSettings::default(),
+            post: rate,
+            comment: rate,
+            like: rate,
+            follow: rate,
+        }
+    }
+}
+
+/// `HABERCI_FEED_FANOUT_LIMIT`, `HABERCI_FEED_TIMELINE_CAP`: read by the API and the worker,
+/// which must agree.
+pub fn read_feed(env: &mut Env<'_>) -> crate::social::feed::FeedSettings {
+    let d = crate::social::feed::FeedSettings::default();
+    let fanout_limit: i64 = env.parse_or("HABERCI_FEED_FANOUT_LIMIT", d.fanout_limit);
+    if fanout_limit < 1 {
+        env.problem("HABERCI_FEED_FANOUT_LIMIT must be at least 1");
+    }
+    let cap: usize = env.parse_or("HABERCI_FEED_TIMELINE_CAP", d.cap);
+    if !(20..=100_000).contains(&cap) {
+        env.problem("HABERCI_FEED_TIMELINE_CAP must be between 20 and 100000");
+    }
+    crate::social::feed::FeedSettings {
+        fanout_limit,
+        cap,
+        ttl: d.ttl,
     }
 }
 
@@ -151,11 +228,13 @@ impl ApiSettings {
                 .map_err(|why| env.problem(format!("HABERCI_INTERNAL_TOKEN: {why}")))
                 .ok()
         });
+        let social = SocialSettings::read(env);
         ApiSettings {
             max_body_bytes,
             cors,
             auth,
             internal_token,
+            social,
         }
     }
 }
@@ -438,6 +517,7 @@ pub struct WorkerConfig {
     pub store: StoreConfig,
     pub prune: PruneSettings,
     pub messaging: MessagingSettings,
+    pub feed: crate::social::feed::FeedSettings,
 }
 
 impl WorkerConfig {
@@ -445,11 +525,13 @@ impl WorkerConfig {
         let store = StoreConfig::read(&mut env);
         let prune = PruneSettings::read(&mut env);
         let messaging = MessagingSettings::read(&mut env);
+        let feed = read_feed(&mut env);
         env.finish()?;
         Ok(WorkerConfig {
             store,
             prune,
             messaging,
+            feed,
         })
     }
 }

@@ -15,7 +15,8 @@
 //! [`accounts`] (users: validated names and profile fields, their table queries), [`auth`]
 //! (passwords, sessions and refresh tokens, the session cache, rate limits, audit lines),
 //! [`conversations`] (groups, members, roles; reading messages for history and resume; the
-//! membership events gateways follow).
+//! membership events gateways follow), [`social`] (follows, blocks, posts, comments, likes,
+//! the home feed and its fan-out, notifications).
 
 pub mod accounts;
 pub mod api;
@@ -25,4 +26,5 @@ pub mod conversations;
 pub mod db;
 pub mod messaging;
 pub mod redis;
+pub mod social;
 pub mod worker;

@@ -1,6 +1,7 @@
 //! The message worker. It waits until Postgres (through PgBouncer) and Redis answer, then runs
-//! two loops until shutdown: the message consumer ([`crate::messaging`]: inbound streams →
-//! Postgres → pub/sub) and the pruning of spent auth rows ([`crate::auth::sessions::prune`])
+//! three loops until shutdown: the message consumer ([`crate::messaging`]: inbound streams →
+//! Postgres → pub/sub), the feed fan-out ([`crate::social::fanout`]: outbox → Redis
+//! timelines), and the pruning of spent auth rows ([`crate::auth::sessions::prune`])
 //! every [`PruneSettings::interval`]. On shutdown the consumer finishes its batch first.
 
 use std::time::Duration;
@@ -56,6 +57,13 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> anyhow::Result<()>
         );
         async move { crate::messaging::run(db, &url, settings, shutdown).await }
     });
+    let fanout = tokio::spawn(crate::social::fanout::run(
+        db.clone(),
+        redis.clone(),
+        crate::social::feed::Feed::new(config.feed),
+        crate::social::fanout::DEFAULT_POLL,
+        shutdown.clone(),
+    ));
     let mut prune_tick = tokio::time::interval(config.prune.interval);
     prune_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -69,6 +77,9 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> anyhow::Result<()>
         }
     }
     tracing::info!("worker stopping");
+    if let Err(err) = fanout.await {
+        tracing::error!(%err, "fan-out loop failed");
+    }
     match consumer.await {
         Ok(Ok(())) => {}
         Ok(Err(err)) => tracing::error!(%err, "message consumer could not start"),

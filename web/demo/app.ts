@@ -155,8 +155,8 @@ function nameOf(userId: string): string {
 // ---------------------------------------------------------------- session
 
 async function startSession(): Promise<void> {
-  const user = await api<{ id: string; username: string; display_name: string }>("GET", "/v1/me");
-  me = { id: user.id, username: user.username, displayName: user.display_name };
+  const user = await api<{ id: string; username: string; displayName: string }>("GET", "/v1/me");
+  me = { id: user.id, username: user.username, displayName: user.displayName };
   users.set(me.id, { username: me.username, displayName: me.displayName });
   $("me").textContent = `@${me.username}`;
   $("logout").hidden = false;
@@ -475,7 +475,7 @@ async function loadGroup(conv: Conversation): Promise<void> {
 }
 
 async function lookup(username: string): Promise<string> {
-  const profile = await api<{ id: string; username: string; display_name: string }>("GET", `/v1/users/${encodeURIComponent(username)}`).catch(
+  const profile = await api<{ id: string; username: string; displayName: string }>("GET", `/v1/users/${encodeURIComponent(username)}`).catch(
     (err: Error) => {
       throw new Error(err instanceof ApiError && err.status === 404 ? `no user called ${username}` : err.message);
     },

@@ -15,11 +15,17 @@ pub struct UserRecord {
     pub display_name: String,
     pub bio: String,
     pub avatar_ref: Option<String>,
+    pub is_private: bool,
+    pub is_admin: bool,
+    pub suspended_at: Option<OffsetDateTime>,
+    pub followers_count: i64,
+    pub following_count: i64,
+    pub posts_count: i64,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
 }
 
-const USER_COLUMNS: &str = "id, username::text AS username, email::text AS email, display_name, bio, avatar_ref, created_at, updated_at";
+const USER_COLUMNS: &str = "id, username::text AS username, email::text AS email, display_name, bio, avatar_ref, is_private, is_admin, suspended_at, followers_count, following_count, posts_count, created_at, updated_at";
 
 /// What registration stores.
 pub struct NewUser<'a> {
@@ -74,7 +80,8 @@ fn taken(err: sqlx::Error) -> InsertError {
     InsertError::Db(err)
 }
 
-/// The user id and password hash for a login name, if such a user exists.
+/// The user id and password hash for a login name, if such a user exists and is not
+/// suspended (a suspended account cannot sign in).
 pub async fn credentials(
     db: &PgPool,
     login: &LoginName,
@@ -85,7 +92,7 @@ pub async fn credentials(
     };
     sqlx::query_as::<_, (UserId, String)>(&format!(
         "SELECT u.id, c.password_hash FROM users u JOIN credentials c ON c.user_id = u.id
-         WHERE {column} = $1::citext"
+         WHERE {column} = $1::citext AND u.suspended_at IS NULL"
     ))
     .bind(login.as_str())
     .fetch_optional(db)
@@ -117,6 +124,7 @@ pub struct ProfileUpdate {
     pub display_name: Option<DisplayName>,
     pub bio: Option<Bio>,
     pub avatar_ref: Option<Option<AvatarRef>>,
+    pub private: Option<bool>,
 }
 
 pub async fn update_profile(
@@ -133,6 +141,7 @@ pub async fn update_profile(
             display_name = COALESCE($2, display_name),
             bio = COALESCE($3, bio),
             avatar_ref = CASE WHEN $4 THEN $5 ELSE avatar_ref END,
+            is_private = COALESCE($6, is_private),
             updated_at = now()
          WHERE id = $1
          RETURNING {USER_COLUMNS}"
@@ -142,6 +151,7 @@ pub async fn update_profile(
     .bind(update.bio.as_ref().map(|b| b.as_str().to_owned()))
     .bind(set_avatar)
     .bind(avatar)
+    .bind(update.private)
     .fetch_optional(db)
     .await
 }

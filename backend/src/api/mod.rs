@@ -14,10 +14,14 @@
 
 pub mod auth;
 pub mod conversations;
+pub mod cursor;
 pub mod error;
 pub mod extract;
 pub mod internal;
+pub mod notifications;
 pub mod openapi;
+pub mod posts;
+pub mod social;
 pub mod users;
 
 use std::net::SocketAddr;
@@ -50,6 +54,7 @@ pub struct AppState {
     pub redis: fred::clients::Client,
     pub auth: Arc<crate::auth::Auth>,
     pub settings: Arc<ApiSettings>,
+    pub feed: crate::social::feed::Feed,
 }
 
 impl AppState {
@@ -79,6 +84,7 @@ impl AppState {
             db,
             redis,
             auth: Arc::new(crate::auth::Auth::new(settings.auth.clone(), keys)),
+            feed: crate::social::feed::Feed::new(settings.social.feed),
             settings: Arc::new(settings),
         }
     }
@@ -107,6 +113,35 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(conversations::leave))
         .routes(routes!(conversations::list_conversations))
         .routes(routes!(conversations::history))
+        .routes(routes!(social::follow, social::unfollow))
+        .routes(routes!(social::followers))
+        .routes(routes!(social::following))
+        .routes(routes!(social::follow_requests))
+        .routes(routes!(social::approve_request))
+        .routes(routes!(social::deny_request))
+        .routes(routes!(social::block, social::unblock))
+        .routes(routes!(social::mute, social::unmute))
+        .routes(routes!(social::blocks))
+        .routes(routes!(social::mutes))
+        .routes(routes!(posts::create_post))
+        .routes(routes!(posts::post, posts::edit_post, posts::delete_post))
+        .routes(routes!(posts::post_edits))
+        .routes(routes!(posts::like, posts::unlike))
+        .routes(routes!(posts::likes))
+        .routes(routes!(posts::repost, posts::unrepost))
+        .routes(routes!(posts::create_comment))
+        .routes(routes!(posts::delete_comment))
+        .routes(routes!(posts::thread))
+        .routes(routes!(posts::home))
+        .routes(routes!(posts::user_posts))
+        .routes(routes!(posts::tag_posts))
+        .routes(routes!(posts::search_posts))
+        .routes(routes!(posts::search_users))
+        .routes(routes!(notifications::list))
+        .routes(routes!(notifications::unread_count))
+        .routes(routes!(notifications::mark_read))
+        .routes(routes!(notifications::report))
+        .routes(routes!(notifications::suspend))
         .split_for_parts()
 }
 

@@ -9,10 +9,11 @@ use utoipa::ToSchema;
 use super::extract::{ApiJson, ApiPath, Authenticated};
 use super::{ApiError, AppState};
 use crate::accounts::store::{self, ProfileUpdate, UserRecord};
-use crate::accounts::{AvatarRef, Bio, DisplayName, UserId, Username};
+use crate::accounts::{AvatarRef, Bio, DisplayName, UserId};
 
 /// My account.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct UserView {
     #[schema(value_type = String, format = Uuid)]
     pub id: UserId,
@@ -21,6 +22,11 @@ pub struct UserView {
     pub display_name: String,
     pub bio: String,
     pub avatar_ref: Option<String>,
+    /// A private account approves its followers; only they see its posts.
+    pub private: bool,
+    pub followers_count: i64,
+    pub following_count: i64,
+    pub posts_count: i64,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: OffsetDateTime,
@@ -38,14 +44,20 @@ impl From<UserRecord> for UserView {
             display_name: user.display_name,
             bio: user.bio,
             avatar_ref: user.avatar_ref,
+            private: user.is_private,
+            followers_count: user.followers_count,
+            following_count: user.following_count,
+            posts_count: user.posts_count,
             created_at: user.created_at,
             updated_at: user.updated_at,
         }
     }
 }
 
-/// Someone's public profile. The id is what a client addresses messages and groups with.
+/// Someone's profile, with how they and I stand. The id is what a client addresses messages
+/// and groups with.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct ProfileView {
     #[schema(value_type = String, format = Uuid)]
     pub id: UserId,
@@ -53,14 +65,31 @@ pub struct ProfileView {
     pub display_name: String,
     pub bio: String,
     pub avatar_ref: Option<String>,
+    pub private: bool,
+    pub followers_count: i64,
+    pub following_count: i64,
+    /// Posts (reposts not counted).
+    pub posts_count: i64,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: OffsetDateTime,
+    pub relationship: RelationshipView,
 }
 
-/// `PATCH /v1/me`: absent fields stay as they are; `avatar_ref: null` removes the avatar.
+/// How I stand with a user (all false on my own profile).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RelationshipView {
+    pub following: bool,
+    pub followed_by: bool,
+    /// My follow request waits for their approval.
+    pub requested: bool,
+    pub muting: bool,
+}
+
+/// `PATCH /v1/me`: absent fields stay as they are; `avatarRef: null` removes the avatar.
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct UpdateMeRequest {
     #[serde(default)]
     #[schema(value_type = Option<String>, min_length = 1, max_length = 64)]
@@ -71,6 +100,9 @@ pub struct UpdateMeRequest {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>, pattern = "^[A-Za-z0-9._:/-]{1,256}$")]
     pub avatar_ref: Option<Option<AvatarRef>>,
+    /// Make the account private (follows become requests) or public again.
+    #[serde(default)]
+    pub private: Option<bool>,
 }
 
 /// A field that is present (even as `null`) becomes `Some(..)`; absent stays `None`.
@@ -110,6 +142,7 @@ pub async fn update_me(
         display_name: request.display_name,
         bio: request.bio,
         avatar_ref: request.avatar_ref,
+        private: request.private,
     };
     let user = store::update_profile(&state.db, me.user, &update)
         .await?
@@ -117,7 +150,7 @@ pub async fn update_me(
     Ok(Json(user.into()))
 }
 
-/// Someone's public profile (for signed-in users).
+/// Someone's profile (for signed-in users). A user with a block between us answers 404.
 #[utoipa::path(get, path = "/v1/users/{username}", tag = "users",
     security(("bearer" = [])),
     params(("username" = String, Path, description = "A username (case-insensitive)")),
@@ -127,20 +160,31 @@ pub async fn update_me(
     ))]
 pub async fn profile(
     State(state): State<AppState>,
-    _me: Authenticated,
+    me: Authenticated,
     ApiPath(username): ApiPath<String>,
 ) -> Result<Json<ProfileView>, ApiError> {
-    // A name that cannot be a username names no one.
-    let username = Username::parse(&username).map_err(|_| ApiError::NotFound)?;
-    let user = store::by_username(&state.db, &username)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let user = super::social::visible_user(&state, me.user, &username).await?;
+    let relation = if user.id == me.user {
+        crate::social::store::Relationship::default()
+    } else {
+        crate::social::store::relationship(&state.db, me.user, user.id).await?
+    };
     Ok(Json(ProfileView {
         id: user.id,
         username: user.username,
         display_name: user.display_name,
         bio: user.bio,
         avatar_ref: user.avatar_ref,
+        private: user.is_private,
+        followers_count: user.followers_count,
+        following_count: user.following_count,
+        posts_count: user.posts_count,
         created_at: user.created_at,
+        relationship: RelationshipView {
+            following: relation.following,
+            followed_by: relation.followed_by,
+            requested: relation.requested,
+            muting: relation.muting,
+        },
     }))
 }

@@ -318,6 +318,12 @@ pub async fn revoke_all(db: &PgPool, user: UserId) -> Result<Revoked, sqlx::Erro
     revoke_where(&mut conn, "user_id = $1", user.0, RevokeReason::LogoutAll).await
 }
 
+/// Revokes every session of a suspended account (reason `revoked`).
+pub async fn revoke_suspended(db: &PgPool, user: UserId) -> Result<Revoked, sqlx::Error> {
+    let mut conn = db.acquire().await?;
+    revoke_where(&mut conn, "user_id = $1", user.0, RevokeReason::Revoked).await
+}
+
 #[derive(Serialize)]
 struct Announcement {
     session_id: SessionId,

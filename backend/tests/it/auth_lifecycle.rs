@@ -183,33 +183,33 @@ async fn profiles_are_edited_and_looked_up() {
         .call(
             "PATCH",
             "/v1/me",
-            json!({ "display_name": "  Ada  ", "bio": "hello\nworld", "avatar_ref": "media:01/a.png" }),
+            json!({ "displayName": "  Ada  ", "bio": "hello\nworld", "avatarRef": "media:01/a.png" }),
             Some(&token),
         )
         .await;
     assert_eq!(edited.status, StatusCode::OK, "{}", edited.json);
-    assert_eq!(edited.str("/display_name"), "Ada");
+    assert_eq!(edited.str("/displayName"), "Ada");
     assert_eq!(edited.str("/bio"), "hello\nworld");
-    assert_eq!(edited.str("/avatar_ref"), "media:01/a.png");
+    assert_eq!(edited.str("/avatarRef"), "media:01/a.png");
 
     // Absent fields stay; null clears the avatar.
     let cleared = api
         .call(
             "PATCH",
             "/v1/me",
-            json!({ "avatar_ref": null }),
+            json!({ "avatarRef": null }),
             Some(&token),
         )
         .await;
     assert_eq!(cleared.status, StatusCode::OK);
-    assert_eq!(cleared.str("/display_name"), "Ada");
-    assert!(cleared.json["avatar_ref"].is_null());
+    assert_eq!(cleared.str("/displayName"), "Ada");
+    assert!(cleared.json["avatarRef"].is_null());
 
     let bad = api
         .call(
             "PATCH",
             "/v1/me",
-            json!({ "avatar_ref": "<script>" }),
+            json!({ "avatarRef": "<script>" }),
             Some(&token),
         )
         .await;
@@ -218,7 +218,7 @@ async fn profiles_are_edited_and_looked_up() {
         (
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_field",
-            Some("avatar_ref")
+            Some("avatarRef")
         )
     );
 
@@ -231,7 +231,7 @@ async fn profiles_are_edited_and_looked_up() {
         registered.str("/user/id"),
         "the id messages go to"
     );
-    assert_eq!(profile.str("/display_name"), "Ada");
+    assert_eq!(profile.str("/displayName"), "Ada");
     assert!(
         profile.json.get("email").is_none(),
         "a public profile shows no email"

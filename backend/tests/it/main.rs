@@ -18,6 +18,7 @@ mod internal_sync;
 mod migrations;
 mod pgbouncer_safety;
 mod redis_outage;
+mod social;
 mod worker_messages;
 
 pub fn env(key: &str) -> String {
