@@ -63,15 +63,28 @@ fn version_key(user: UserId) -> String {
     format!("tl:{{{user}}}:v")
 }
 
-/// KEYS[1] timeline, KEYS[2] version. ARGV: max score, count, ttl.
-/// Returns {card, version, ids…}; card is -1 when the timeline is not built.
+/// KEYS[1] timeline, KEYS[2] version. ARGV: max score, count, ttl, cursor id.
+/// Returns {card, version, ids…}: up to `count` ids below the cursor id, newest first (ids
+/// sharing the cursor's millisecond but not below it are skipped, however many); card is -1
+/// when the timeline is not built.
 const READ_LUA: &str = r#"
 local version = redis.call('GET', KEYS[2]) or '0'
 if not redis.call('ZSCORE', KEYS[1], '~') then return {'-1', version} end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 local out = {tostring(redis.call('ZCARD', KEYS[1]) - 1), version}
-local ids = redis.call('ZRANGE', KEYS[1], ARGV[1], '-inf', 'BYSCORE', 'REV', 'LIMIT', 0, ARGV[2])
-for i = 1, #ids do out[#out + 1] = ids[i] end
+local want = tonumber(ARGV[2])
+local got, offset = 0, 0
+while got < want do
+  local ids = redis.call('ZRANGE', KEYS[1], ARGV[1], '-inf', 'BYSCORE', 'REV', 'LIMIT', offset, want)
+  for i = 1, #ids do
+    if got < want and ids[i] < ARGV[4] then
+      out[#out + 1] = ids[i]
+      got = got + 1
+    end
+  end
+  if #ids < want then break end
+  offset = offset + #ids
+end
 return out
 "#;
 
@@ -120,8 +133,7 @@ pub const FANOUT_CHUNK: usize = 500;
 pub struct Cached {
     /// Entries in the timeline (the marker aside).
     pub card: usize,
-    /// Ids read, newest first (at most the number asked for; maybe some not below the cursor
-    /// when they share its millisecond).
+    /// Ids read below the cursor, newest first (at most the number asked for).
     pub ids: Vec<Uuid>,
 }
 
@@ -217,7 +229,14 @@ impl Feed {
         let asked = limit * 2;
         let (cached, source) = match self.read_cache(redis, viewer, before, asked).await {
             Ok(Some(cached)) => (cached, "cache"),
-            Ok(None) | Err(_) => match self.rebuilt(db, redis, viewer, before, asked).await? {
+            Err(err) => {
+                tracing::warn!(%err, "feed: timeline unreadable; rebuilding");
+                match self.rebuilt(db, redis, viewer, before, asked).await? {
+                    Some(cached) => (cached, "rebuilt"),
+                    None => return self.postgres_page(db, viewer, before, limit).await,
+                }
+            }
+            Ok(None) => match self.rebuilt(db, redis, viewer, before, asked).await? {
                 Some(cached) => (cached, "rebuilt"),
                 None => return self.postgres_page(db, viewer, before, limit).await,
             },
@@ -285,6 +304,7 @@ impl Feed {
                     max.to_string(),
                     asked.to_string(),
                     self.ttl_secs().to_string(),
+                    before.to_string(),
                 ],
             )
             .await?;

@@ -13,6 +13,7 @@ mod auth_sessions;
 mod auth_tokens;
 mod auth_validation;
 mod conversations;
+mod feed;
 mod http_surface;
 mod internal_sync;
 mod migrations;
