@@ -266,6 +266,7 @@ fn frame_of(event: &Event) -> Option<ServerFrame> {
         Event::Status(s) => ServerFrame::Status(*s),
         Event::Typing(t) => ServerFrame::Typing(*t),
         Event::Presence(p) => ServerFrame::Presence(*p),
+        Event::Notification(n) => ServerFrame::Notification(n.clone()),
         Event::Error(e) => ServerFrame::Error(e.clone()),
         Event::Closing(c) => ServerFrame::Closing(c.clone()),
         _ => return None,

@@ -57,8 +57,8 @@ pub use session::{
 
 pub use haberci_wire::{
     ClientMsgId, Closing, ConversationId, ErrorCode, ErrorFrame, GroupId, MediaRef, Message,
-    MessageKind, Presence, Recipient, ResumePosition, SendMessage, Sent, Seq, Status, Typing,
-    TypingState, UserId, Welcome,
+    MessageKind, Notification, NotificationKind, Presence, Recipient, ResumePosition, SendMessage,
+    Sent, Seq, Status, Typing, TypingState, UserId, Welcome,
 };
 
 /// A text message to one user, with a fresh `client_msg_id` (UUIDv7).

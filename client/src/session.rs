@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use haberci_wire::{
     Ack, ClientFrame, ClientMsgId, ClientTyping, Closing, ConversationId, ErrorFrame, Hello,
-    Message, Ping, Presence, PresenceWatch, Read, RefreshAuth, ResumePosition, SendMessage, Sent,
-    Seq, ServerFrame, Status, Typing, TypingState, UserId, Welcome,
+    Message, Notification, Ping, Presence, PresenceWatch, Read, RefreshAuth, ResumePosition,
+    SendMessage, Sent, Seq, ServerFrame, Status, Typing, TypingState, UserId, Welcome,
 };
 
 use crate::error::{ClientError, Disconnect, SendError};
@@ -76,6 +76,9 @@ pub enum Event {
     Status(Status),
     Typing(Typing),
     Presence(Presence),
+    /// A notification was stored for this user (a follow, a like, …). Best effort: one
+    /// missed while disconnected is not resumed; `GET /v1/notifications` has them all.
+    Notification(Notification),
     /// A non-fatal error that names no send in flight (e.g. the answer to an `Ack`).
     Error(ErrorFrame),
     /// The server is ending the session; `Disconnected` follows.
@@ -255,6 +258,8 @@ impl<S, P> Session<S, P> {
             client_name,
             client_version,
             resume: self.positions.resume(),
+            // This build decodes every code of its table, so the server may send them all.
+            max_error_code: haberci_wire::LAST_CODE,
         });
         self.queue(&hello, now).map_err(ClientError::TooLarge)
     }
@@ -395,6 +400,9 @@ impl<S, P> Session<S, P> {
             (_, ServerFrame::Status(status)) => self.event(Event::Status(status)),
             (_, ServerFrame::Typing(typing)) => self.event(Event::Typing(typing)),
             (_, ServerFrame::Presence(presence)) => self.event(Event::Presence(presence)),
+            (_, ServerFrame::Notification(notification)) => {
+                self.event(Event::Notification(notification))
+            }
         }
     }
 

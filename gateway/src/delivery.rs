@@ -196,6 +196,9 @@ impl Delivery {
             }
             Event::Typing(_) => {}
             Event::Presence(presence) => self.frame(ServerFrame::Presence(*presence)),
+            Event::Notification(notification) => {
+                self.frame(ServerFrame::Notification(notification.clone()))
+            }
             Event::Joined {
                 conversation,
                 group,

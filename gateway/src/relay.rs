@@ -357,7 +357,7 @@ impl Hub {
     }
 
     fn deliver(&self, channel: &str, event: Arc<Event>) {
-        let must_arrive = !matches!(*event, Event::Typing(_) | Event::Presence(_));
+        let must_arrive = !event.is_droppable();
         let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         let Some(members) = routes.get(channel) else {
             return;
@@ -576,6 +576,23 @@ mod tests {
         assert!(
             !slow.overflow.flag.load(Ordering::Relaxed),
             "typing is dropped, not fatal"
+        );
+        hub.deliver(
+            "u:{a}",
+            Arc::new(Event::Notification(haberci_wire::Notification {
+                id: haberci_wire::NotificationId::new(uuid::Uuid::now_v7()).unwrap(),
+                kind: haberci_wire::NotificationKind::Like,
+                actor_id: user(2),
+                actor_username: "ayse".into(),
+                post_id: None,
+                comment_id: None,
+                created_at: haberci_wire::Timestamp::from_unix_millis(0).unwrap(),
+                unread_count: 1,
+            })),
+        );
+        assert!(
+            !slow.overflow.flag.load(Ordering::Relaxed),
+            "a notification is dropped, not fatal (GET /v1/notifications has it)"
         );
         hub.deliver("u:{a}", status());
         tokio::time::timeout(Duration::from_secs(1), slow.overflow().raised())

@@ -135,6 +135,9 @@ enum State {
         delivery: Box<Delivery>,
         /// The client's resume positions, until the first sync uses them.
         resume: Vec<ResumePosition>,
+        /// `Hello.max_error_code`: a newer code than the client knows is sent as its
+        /// fallback ([`ErrorCode::for_client`]).
+        max_error_code: u32,
     },
     Closed,
 }
@@ -418,13 +421,21 @@ impl Session {
     /// Moves what delivery needs into the outputs.
     fn collect(&mut self) {
         let State::Open {
-            identity, delivery, ..
+            identity,
+            delivery,
+            max_error_code,
+            ..
         } = &mut self.state
         else {
             return;
         };
         while let Some(need) = delivery.poll() {
             self.out.push_back(match need {
+                // A worker's refusal may carry a code newer than this client knows.
+                Need::Frame(ServerFrame::Error(mut error)) => {
+                    error.code = error.code.for_client(*max_error_code);
+                    Output::Frame(ServerFrame::Error(error))
+                }
                 Need::Frame(frame) => Output::Frame(frame),
                 Need::Fetch(from) => Output::Relay(Relay::Fetch(*identity, from)),
                 Need::Subscribe(c) => Output::Relay(Relay::Subscribe(c)),
@@ -524,6 +535,7 @@ impl Session {
             pending: SendQueue::default(),
             delivery: Box::new(Delivery::new(identity.session, identity.user)),
             resume: hello.resume,
+            max_error_code: hello.max_error_code,
         };
         self.out
             .push_back(Output::Frame(ServerFrame::Welcome(Welcome {
@@ -780,6 +792,7 @@ mod tests {
             client_name: "test".into(),
             client_version: "0".into(),
             resume: Vec::new(),
+            max_error_code: haberci_wire::LAST_CODE,
         })
     }
 
@@ -1079,6 +1092,76 @@ mod tests {
             unreachable!()
         };
         assert_eq!(h.send(frame, 2), [Output::Relay(Relay::Ack(identity, a))]);
+    }
+
+    /// A code newer than the client's `Hello.max_error_code` reaches it as its fallback
+    /// (`blocked` → `forbidden` for a client of the first version-1 table).
+    #[test]
+    fn a_refusal_with_a_newer_code_falls_back_for_a_client_that_does_not_know_it() {
+        for (max_error_code, expected) in [
+            (0, ErrorCode::Forbidden),
+            (haberci_wire::V1_LAST_CODE, ErrorCode::Forbidden),
+            (haberci_wire::LAST_CODE, ErrorCode::Blocked),
+        ] {
+            let mut h = Harness::new();
+            let token = h.token(0, 900);
+            let ClientFrame::Hello(mut hello) = hello(token, 1) else {
+                unreachable!()
+            };
+            hello.max_error_code = max_error_code;
+            h.send(ClientFrame::Hello(hello), 0);
+            h.session.handle_sync(&[]);
+            h.drain();
+            let identity = h.session.identity().unwrap();
+            let client_msg_id = ClientMsgId::new(Uuid::now_v7()).unwrap();
+            let refused = Arc::new(Event::Refused {
+                session: identity.session,
+                error: ErrorFrame {
+                    code: ErrorCode::Blocked,
+                    message: "blocked".into(),
+                    client_msg_id: Some(client_msg_id),
+                },
+            });
+            h.session.handle_event(&refused, h.now(1));
+            let out = h.drain();
+            assert_eq!(
+                out,
+                [Output::Frame(ServerFrame::Error(ErrorFrame {
+                    code: expected,
+                    message: "blocked".into(),
+                    client_msg_id: Some(client_msg_id),
+                }))],
+                "max_error_code {max_error_code}"
+            );
+        }
+    }
+
+    /// A notification published on the user's channel goes to the client as is.
+    #[test]
+    fn a_notification_event_becomes_a_notification_frame() {
+        use haberci_wire::{Notification, NotificationId, NotificationKind};
+        let mut h = Harness::new();
+        h.open();
+        h.session.handle_sync(&[]);
+        h.drain();
+        let notification = Notification {
+            id: NotificationId::new(Uuid::now_v7()).unwrap(),
+            kind: NotificationKind::Follow,
+            actor_id: UserId::new(Uuid::now_v7()).unwrap(),
+            actor_username: "ayse".into(),
+            post_id: None,
+            comment_id: None,
+            created_at: Timestamp::from_unix_millis(T0_MS).unwrap(),
+            unread_count: 1,
+        };
+        h.session.handle_event(
+            &Arc::new(Event::Notification(notification.clone())),
+            h.now(1),
+        );
+        assert_eq!(
+            h.drain(),
+            [Output::Frame(ServerFrame::Notification(notification))]
+        );
     }
 
     #[test]

@@ -60,7 +60,11 @@ CODES: dict[int, tuple[str, bool]] = {
     15: ("internal", True),
     16: ("text_message_refused", True),
     17: ("idle_timeout", True),
+    18: ("blocked", False),
 }
+# The highest code this client knows: sent as Hello.max_error_code (0 = 17, the first v1
+# table), so the server may send every code above.
+MAX_ERROR_CODE = max(CODES)
 CODE_BY_NAME = {name: code for code, (name, _) in CODES.items()}
 
 
@@ -181,6 +185,8 @@ ENUMS = {
     "MessageType": {1: "text", 2: "image", 3: "video", 4: "audio", 5: "file"},
     "MessageStatus": {1: "sent", 2: "delivered", 3: "read"},
     "TypingState": {1: "started", 2: "stopped"},
+    "NotificationType": {1: "follow", 2: "follow_request", 3: "like", 4: "comment",
+                         5: "mention", 6: "repost"},
 }
 
 S = {
@@ -195,7 +201,7 @@ S = {
     # client
     "Hello": {1: ("accessToken", "string", False), 2: ("protocolVersion", "uint32", False),
               3: ("clientName", "string", False), 4: ("clientVersion", "string", False),
-              5: ("resume", "msg:ResumePosition", True)},
+              5: ("resume", "msg:ResumePosition", True), 6: ("maxErrorCode", "uint32", False)},
     "ResumePosition": {1: ("conversationId", "bytes", False), 2: ("lastSeq", "uint64", False)},
     "Send": {1: ("clientMsgId", "bytes", False), 2: ("recipient", "msg:Recipient", False),
              3: ("type", "enum:MessageType", False), 4: ("content", "string", False),
@@ -226,6 +232,10 @@ S = {
     "Closing": {1: ("code", "uint32", False), 2: ("reason", "string", False),
                 3: ("retryAfterMs", "uint32", False), 4: ("supportedVersions", "uint32", True)},
     "Pong": {1: ("nonce", "uint32", False)},
+    "Notification": {1: ("id", "bytes", False), 2: ("type", "enum:NotificationType", False),
+                     3: ("actorId", "bytes", False), 4: ("actorUsername", "string", False),
+                     5: ("postId", "bytes", False), 6: ("commentId", "bytes", False),
+                     7: ("createdAt", "int64", False), 8: ("unreadCount", "uint32", False)},
 }
 
 # oneof frame: number -> (kind, message)
@@ -234,7 +244,8 @@ CLIENT_KINDS = {1: ("hello", "Hello"), 2: ("send", "Send"), 3: ("ack", "Ack"), 4
                 7: ("refreshAuth", "RefreshAuth"), 8: ("ping", "Ping")}
 SERVER_KINDS = {1: ("welcome", "Welcome"), 2: ("message", "Message"), 3: ("sent", "Sent"),
                 4: ("status", "Status"), 5: ("typing", "ServerTyping"), 6: ("presence", "Presence"),
-                7: ("error", "Error"), 8: ("closing", "Closing"), 9: ("pong", "Pong")}
+                7: ("error", "Error"), 8: ("closing", "Closing"), 9: ("pong", "Pong"),
+                10: ("notification", "Notification")}
 CLIENT_KIND_NUM = {k: (n, m) for n, (k, m) in CLIENT_KINDS.items()}
 SERVER_KIND_NUM = {k: (n, m) for n, (k, m) in SERVER_KINDS.items()}
 
@@ -465,9 +476,12 @@ def client_wire_to_json(w: dict) -> dict:
             resume.append({"conversationId": cid,
                            "lastSeq": v.seq(r, "lastSeq", "last_seq", zero_ok=True,
                                             msg="ResumePosition")})
-        return {"kind": k, "accessToken": v.string(w, "accessToken", "access_token"),
-                "protocolVersion": w["protocolVersion"], "clientName": w["clientName"],
-                "clientVersion": w["clientVersion"], "resume": resume}
+        out = {"kind": k, "accessToken": v.string(w, "accessToken", "access_token"),
+               "protocolVersion": w["protocolVersion"], "clientName": w["clientName"],
+               "clientVersion": w["clientVersion"], "resume": resume}
+        if w["maxErrorCode"]:
+            out["maxErrorCode"] = w["maxErrorCode"]  # absent in JSON when 0
+        return out
     if k == "send":
         cmid = _uuid_or_none(w["clientMsgId"])
         v = _V("Send", cmid)
@@ -574,6 +588,16 @@ def server_wire_to_json(w: dict) -> dict:
                 "supportedVersions": list(w["supportedVersions"])}
     if k == "pong":
         return {"kind": k, "nonce": w["nonce"]}
+    if k == "notification":
+        v = _V("Notification")
+        return {"kind": k, "id": v.id(w, "id", "id"),
+                "type": v.enum(w, "type", "type", "NotificationType"),
+                "actorId": v.id(w, "actorId", "actor_id"),
+                "actorUsername": v.string(w, "actorUsername", "actor_username"),
+                "postId": v.id(w, "postId", "post_id", required=False),
+                "commentId": v.id(w, "commentId", "comment_id", required=False),
+                "createdAt": v.ts(w, "createdAt", "created_at"),
+                "unreadCount": w["unreadCount"]}
     raise AssertionError(k)
 
 
@@ -586,10 +610,11 @@ def json_to_wire(f: dict) -> dict:
     purpose, e.g. for the conformance steps."""
     k = f["kind"]
     w: dict[str, Any] = {"kind": k}
-    enum_of = {"type": "MessageType", "status": "MessageStatus", "state": "TypingState"}
+    enum_of = {"type": "NotificationType" if k == "notification" else "MessageType",
+               "status": "MessageStatus", "state": "TypingState"}
     id_keys = {"id", "senderId", "recipientId", "conversationId", "clientMsgId", "messageId",
-               "sessionId", "userId", "mediaId", "groupId"}
-    ts_keys = {"timestamp", "serverTime", "tokenExpiresAt", "lastSeen"}
+               "sessionId", "userId", "mediaId", "groupId", "actorId", "postId", "commentId"}
+    ts_keys = {"timestamp", "serverTime", "tokenExpiresAt", "lastSeen", "createdAt"}
     for key, val in f.items():
         if key == "kind" or val is None:
             continue
@@ -1362,7 +1387,8 @@ class Session:
                     timeout: float = 10, heartbeat: bool = True) -> dict:
         await self.send_frame({"kind": "hello", "accessToken": token, "protocolVersion": version,
                                "clientName": "haberci-py", "clientVersion": "0.1.0",
-                               "resume": list(resume)}, check=bool(token))
+                               "resume": list(resume), "maxErrorCode": MAX_ERROR_CODE},
+                              check=bool(token))
         for r in resume:
             if r.get("lastSeq"):
                 self.last_seq[r["conversationId"]] = r["lastSeq"]

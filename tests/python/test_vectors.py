@@ -136,6 +136,17 @@ class VectorTest(unittest.TestCase):
     def test_unknown_server_frame_kind_is_ignored(self):
         self.assertIsNone(hc.decode_server(bytes.fromhex("980601")))
 
+    def test_blocked_is_code_18_and_hello_says_so(self):
+        self.assertEqual(hc.CODE_BY_NAME["blocked"], 18)
+        self.assertEqual(hc.CODES[18], ("blocked", False))
+        self.assertEqual(hc.MAX_ERROR_CODE, 18)
+        hello = {"kind": "hello", "accessToken": "t", "protocolVersion": 1, "clientName": "",
+                 "clientVersion": "", "resume": [], "maxErrorCode": hc.MAX_ERROR_CODE}
+        self.assertEqual(hc.decode_client(hc.encode_client(hello)), hello)
+        # An Error{blocked} decodes; a notification frame is delivered, not ignored.
+        err = {"kind": "error", "code": "blocked", "message": "", "clientMsgId": None}
+        self.assertEqual(hc.decode_server(hc.encode_server(err)), err)
+
     def test_capsule_roundtrip(self):
         cap = hc.encode_capsule(hc.CLOSE_WEBTRANSPORT_SESSION, (4006).to_bytes(4, "big") + b"x")
         self.assertEqual(hc.parse_capsules(bytearray(cap)),

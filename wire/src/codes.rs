@@ -63,6 +63,7 @@ pub enum ErrorCode {
     Internal = 15,
     TextMessageRefused = 16,
     IdleTimeout = 17,
+    Blocked = 18,
 }
 
 /// One row of [`CODE_TABLE`].
@@ -116,7 +117,7 @@ use Fault::{Client, Peer, Server};
 
 /// The code table, in protocol-code order (row `i` has protocol code `i + 1`).
 #[rustfmt::skip]
-pub const CODE_TABLE: [CodeInfo; 17] = [
+pub const CODE_TABLE: [CodeInfo; 18] = [
     //  code                    name                    fault   retry  fatal  meaning
     row(C::BadFrame,           "bad_frame",            Client, false, true,  "The bytes are not a frame (malformed length prefix, zero-length or truncated frame, body that is not protobuf), or a frame out of place (a reliable frame kind as a datagram, a second Hello)."),
     row(C::FrameTooLarge,      "frame_too_large",      Client, false, true,  "A frame declared a length above the max frame size (announced in Welcome); rejected before it is buffered."),
@@ -135,7 +136,15 @@ pub const CODE_TABLE: [CodeInfo; 17] = [
     row(C::Internal,           "internal",             Server, true,  true,  "A bug on the server. Reconnect with backoff and resume; unacknowledged sends are resent (idempotent)."),
     row(C::TextMessageRefused, "text_message_refused", Client, false, true,  "WebSocket only: a text message arrived; frames travel as binary messages."),
     row(C::IdleTimeout,        "idle_timeout",         Client, true,  true,  "Nothing arrived for Welcome.limits.idle_timeout_ms (or no Hello in time). Send Ping more often; reconnect and resume."),
+    row(C::Blocked,            "blocked",              Client, false, false, "A direct message between two users one of whom blocked the other (either way). Nothing was stored; the sender must unblock, or cannot write to this user. Sent only to a client whose Hello.max_error_code is at least 18; others get forbidden."),
 ];
+
+/// The last code of the table protocol version 1 started with. A client whose
+/// `Hello.max_error_code` is 0 knows the codes up to this one.
+pub const V1_LAST_CODE: u32 = 17;
+/// The last code of this build's table: what a client built from it sends as
+/// `Hello.max_error_code`.
+pub const LAST_CODE: u32 = CODE_TABLE[CODE_TABLE.len() - 1].protocol;
 
 impl ErrorCode {
     /// Every code, in protocol-code order.
@@ -176,6 +185,26 @@ impl ErrorCode {
     /// Fatal codes travel in `Closing` and end the session; the others in `Error`.
     pub const fn is_fatal(self) -> bool {
         self.info().fatal
+    }
+
+    /// The code as sent to a client that knows the codes up to `max_known` (its
+    /// `Hello.max_error_code`; 0 = [`V1_LAST_CODE`]). Compatibility rule: a code added after
+    /// the first version-1 table reaches only clients that said they know it; any other
+    /// client gets the older code of the same class (fault, retry, fatality) that it can
+    /// decode, so its Send fails the way it already handles.
+    pub const fn for_client(self, max_known: u32) -> ErrorCode {
+        let max_known = if max_known < V1_LAST_CODE {
+            V1_LAST_CODE
+        } else {
+            max_known
+        };
+        if self.protocol_code() <= max_known {
+            return self;
+        }
+        match self {
+            ErrorCode::Blocked => ErrorCode::Forbidden,
+            other => other,
+        }
     }
 
     pub fn from_protocol_code(code: u32) -> Option<ErrorCode> {

@@ -108,6 +108,33 @@ impl From<TypingState> for p::TypingState {
     }
 }
 
+fn notification_kind(field: &'static str, value: i32) -> Result<NotificationKind> {
+    use p::NotificationType as K;
+    Ok(match enum_value::<K>(field, value)? {
+        K::Follow => NotificationKind::Follow,
+        K::FollowRequest => NotificationKind::FollowRequest,
+        K::Like => NotificationKind::Like,
+        K::Comment => NotificationKind::Comment,
+        K::Mention => NotificationKind::Mention,
+        K::Repost => NotificationKind::Repost,
+        K::Unspecified => return Err(InvalidField::new(field, Problem::Missing)),
+    })
+}
+
+impl From<NotificationKind> for p::NotificationType {
+    fn from(kind: NotificationKind) -> Self {
+        use p::NotificationType as K;
+        match kind {
+            NotificationKind::Follow => K::Follow,
+            NotificationKind::FollowRequest => K::FollowRequest,
+            NotificationKind::Like => K::Like,
+            NotificationKind::Comment => K::Comment,
+            NotificationKind::Mention => K::Mention,
+            NotificationKind::Repost => K::Repost,
+        }
+    }
+}
+
 /// An error code that must (`fatal`) or must not be fatal for the frame carrying it.
 fn error_code(field: &'static str, value: u32, fatal: bool) -> Result<ErrorCode> {
     let code = ErrorCode::from_protocol_code(value).ok_or(InvalidField::new(
@@ -205,6 +232,50 @@ impl From<Message> for p::Message {
     }
 }
 
+impl TryFrom<p::Notification> for Notification {
+    type Error = InvalidField;
+    fn try_from(n: p::Notification) -> Result<Self> {
+        let post_id = if n.post_id.is_empty() {
+            None
+        } else {
+            Some(PostId::from_wire("Notification.post_id", &n.post_id)?)
+        };
+        let comment_id = if n.comment_id.is_empty() {
+            None
+        } else {
+            Some(CommentId::from_wire(
+                "Notification.comment_id",
+                &n.comment_id,
+            )?)
+        };
+        Ok(Notification {
+            id: NotificationId::from_wire("Notification.id", &n.id)?,
+            kind: notification_kind("Notification.type", n.r#type)?,
+            actor_id: UserId::from_wire("Notification.actor_id", &n.actor_id)?,
+            actor_username: non_empty("Notification.actor_username", n.actor_username)?,
+            post_id,
+            comment_id,
+            created_at: Timestamp::from_wire("Notification.created_at", n.created_at)?,
+            unread_count: n.unread_count,
+        })
+    }
+}
+
+impl From<Notification> for p::Notification {
+    fn from(n: Notification) -> Self {
+        p::Notification {
+            id: n.id.to_wire(),
+            r#type: p::NotificationType::from(n.kind).into(),
+            actor_id: n.actor_id.to_wire(),
+            actor_username: n.actor_username,
+            post_id: n.post_id.map_or_else(Bytes::new, PostId::to_wire),
+            comment_id: n.comment_id.map_or_else(Bytes::new, CommentId::to_wire),
+            created_at: n.created_at.unix_millis(),
+            unread_count: n.unread_count,
+        }
+    }
+}
+
 // ---------------------------------------------------------------- client frames
 
 impl TryFrom<p::ClientFrame> for ClientFrame {
@@ -283,6 +354,7 @@ impl TryFrom<p::Hello> for Hello {
             client_name: h.client_name,
             client_version: h.client_version,
             resume,
+            max_error_code: h.max_error_code,
         })
     }
 }
@@ -326,6 +398,7 @@ impl From<ClientFrame> for p::ClientFrame {
                         last_seq: Seq::to_wire_optional(r.last_seq),
                     })
                     .collect(),
+                max_error_code: h.max_error_code,
             }),
             ClientFrame::Send(s) => F::Send(p::Send {
                 client_msg_id: s.client_msg_id.to_wire(),
@@ -443,6 +516,7 @@ impl TryFrom<p::ServerFrame> for ServerFrame {
                 supported_versions: c.supported_versions,
             }),
             F::Pong(pong) => ServerFrame::Pong(Pong { nonce: pong.nonce }),
+            F::Notification(n) => ServerFrame::Notification(n.try_into()?),
         })
     }
 }
@@ -502,6 +576,7 @@ impl From<ServerFrame> for p::ServerFrame {
                 supported_versions: c.supported_versions,
             }),
             ServerFrame::Pong(pong) => F::Pong(p::Pong { nonce: pong.nonce }),
+            ServerFrame::Notification(n) => F::Notification(n.into()),
         };
         p::ServerFrame { frame: Some(frame) }
     }

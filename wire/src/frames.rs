@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::codes::ErrorCode;
 use crate::ids::{
-    ClientMsgId, ConversationId, GroupId, MediaId, MessageId, RecipientId, Seq, SessionId,
-    Timestamp, UserId,
+    ClientMsgId, CommentId, ConversationId, GroupId, MediaId, MessageId, NotificationId, PostId,
+    RecipientId, Seq, SessionId, Timestamp, UserId,
 };
 
 /// What a message carries (`"type"` in JSON).
@@ -127,6 +127,15 @@ pub struct Hello {
     pub client_version: String,
     /// Invariant (checked on decode): each conversation at most once.
     pub resume: Vec<ResumePosition>,
+    /// The highest code of the code table this client knows (0 on the wire, and absent in
+    /// JSON: [`crate::codes::V1_LAST_CODE`], the table version 1 started with). The server
+    /// sends a newer code only to a client that knows it (see [`ErrorCode::for_client`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_error_code: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The client holds every message of `conversation_id` up to `last_seq`.
@@ -208,6 +217,7 @@ pub enum ServerFrame {
     Error(ErrorFrame),
     Closing(Closing),
     Pong(Pong),
+    Notification(Notification),
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -299,6 +309,68 @@ pub struct Pong {
     pub nonce: u32,
 }
 
+/// What a [`Notification`] is about (`"type"` in a frame's JSON; the strings are the HTTP
+/// API's notification `"kind"`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationKind {
+    Follow,
+    FollowRequest,
+    Like,
+    Comment,
+    Mention,
+    Repost,
+}
+
+impl NotificationKind {
+    /// Every kind, in wire order.
+    pub const ALL: [NotificationKind; 6] = [
+        NotificationKind::Follow,
+        NotificationKind::FollowRequest,
+        NotificationKind::Like,
+        NotificationKind::Comment,
+        NotificationKind::Mention,
+        NotificationKind::Repost,
+    ];
+
+    /// The name in JSON and in the HTTP API (`follow_request`, …).
+    pub const fn name(self) -> &'static str {
+        match self {
+            NotificationKind::Follow => "follow",
+            NotificationKind::FollowRequest => "follow_request",
+            NotificationKind::Like => "like",
+            NotificationKind::Comment => "comment",
+            NotificationKind::Mention => "mention",
+            NotificationKind::Repost => "repost",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<NotificationKind> {
+        Self::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+}
+
+/// A notification was stored for the session's user. Best effort: never resumed; a client
+/// that missed one reads `GET /v1/notifications`.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Notification {
+    pub id: NotificationId,
+    /// `"type"` in JSON, as in [`Message`] (`"kind"` names the frame).
+    #[serde(rename = "type")]
+    pub kind: NotificationKind,
+    pub actor_id: UserId,
+    /// Non-empty.
+    pub actor_username: String,
+    /// `None`: not about a post (empty on the wire).
+    pub post_id: Option<PostId>,
+    /// `None`: not about a comment (empty on the wire).
+    pub comment_id: Option<CommentId>,
+    pub created_at: Timestamp,
+    /// The user's unread notifications, this one included.
+    pub unread_count: u32,
+}
+
 impl ClientFrame {
     /// The frame kind's name (as in JSON), for logs and errors.
     pub const fn kind(&self) -> &'static str {
@@ -334,6 +406,7 @@ impl ServerFrame {
             ServerFrame::Error(_) => "error",
             ServerFrame::Closing(_) => "closing",
             ServerFrame::Pong(_) => "pong",
+            ServerFrame::Notification(_) => "notification",
         }
     }
 
@@ -360,6 +433,7 @@ impl fmt::Debug for Hello {
             .field("client_name", &self.client_name)
             .field("client_version", &self.client_version)
             .field("resume", &self.resume)
+            .field("max_error_code", &self.max_error_code)
             .finish()
     }
 }

@@ -132,6 +132,18 @@ uuid_id!(
     MediaId
 );
 uuid_id!(
+    /// A stored notification (the social half: a follow, a like, …).
+    NotificationId
+);
+uuid_id!(
+    /// A post (the social half).
+    PostId
+);
+uuid_id!(
+    /// A comment on a post (the social half).
+    CommentId
+);
+uuid_id!(
     /// Whom a stored message was addressed to: a [`UserId`] (direct message) or a
     /// [`GroupId`]. User and group ids share one UUID space, so the id alone is unambiguous
     /// to the server; a client tells them apart by the conversation (or: a direct message

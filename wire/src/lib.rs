@@ -41,21 +41,23 @@ pub mod proto {
 }
 
 pub use codes::{
-    CODE_TABLE, CodeInfo, ErrorCode, Fault, QUIC_NO_ERROR, WEBSOCKET_NORMAL_CLOSURE, markdown_table,
+    CODE_TABLE, CodeInfo, ErrorCode, Fault, LAST_CODE, QUIC_NO_ERROR, V1_LAST_CODE,
+    WEBSOCKET_NORMAL_CLOSURE, markdown_table,
 };
 pub use error::{InvalidField, Problem, WireError};
 pub use frames::{
     Ack, ClientFrame, ClientTyping, Closing, ErrorFrame, Hello, Limits, MediaRef, Message,
-    MessageKind, MessageStatus, Ping, Pong, Presence, PresenceWatch, Read, Recipient, RefreshAuth,
-    ResumePosition, SendMessage, Sent, ServerFrame, Status, Typing, TypingState, Welcome,
+    MessageKind, MessageStatus, Notification, NotificationKind, Ping, Pong, Presence,
+    PresenceWatch, Read, Recipient, RefreshAuth, ResumePosition, SendMessage, Sent, ServerFrame,
+    Status, Typing, TypingState, Welcome,
 };
 pub use framing::{
     DEFAULT_MAX_FRAME_SIZE, Frame, FrameDecoder, datagram, decode_stream, encode_body,
     encode_delimited, websocket,
 };
 pub use ids::{
-    ClientMsgId, ConversationId, GroupId, MediaId, MessageId, RecipientId, Seq, SessionId,
-    Timestamp, UUID_LEN, UserId,
+    ClientMsgId, CommentId, ConversationId, GroupId, MediaId, MessageId, NotificationId, PostId,
+    RecipientId, Seq, SessionId, Timestamp, UUID_LEN, UserId,
 };
 
 /// ALPN protocol id for native QUIC connections (UDP 4433).

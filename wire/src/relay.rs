@@ -18,7 +18,9 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::frames::{ErrorFrame, Message, Presence, SendMessage, Sent, Status, Typing};
+use crate::frames::{
+    ErrorFrame, Message, Notification, Presence, SendMessage, Sent, Status, Typing,
+};
 use crate::ids::{ConversationId, GroupId, Seq, SessionId, UserId};
 
 /// The consumer group every worker reads the inbound streams in.
@@ -189,6 +191,22 @@ pub enum Event {
     /// The user is no longer a member (left or removed).
     #[serde(rename_all = "camelCase")]
     Left { conversation: ConversationId },
+    /// A notification was stored for the user (sent on the user's channel by the backend,
+    /// after its commit), for every session of the user. Best effort, like typing and
+    /// presence: dropped from a full mailbox, never resumed (the client re-reads
+    /// `GET /v1/notifications`).
+    Notification(Notification),
+}
+
+impl Event {
+    /// Whether a session may lose this event without owing the client anything: a full
+    /// mailbox drops it instead of closing the session as a slow consumer.
+    pub const fn is_droppable(&self) -> bool {
+        matches!(
+            self,
+            Event::Typing(_) | Event::Presence(_) | Event::Notification(_)
+        )
+    }
 }
 
 impl Event {

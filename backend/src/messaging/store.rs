@@ -3,7 +3,10 @@
 //!
 //! Order inside the transaction, and why:
 //!
-//! 1. Senders and direct recipients must exist (one `SELECT … ANY`).
+//! 1. Senders and direct recipients must exist (one `SELECT … ANY`); blocks between a direct
+//!    message's two users (either way) are read in one statement, and such a send is refused
+//!    with `blocked` after step 4 (a retry of a message stored before the block is still
+//!    answered with its original `Sent`) and creates no conversation in step 2.
 //! 2. Missing direct conversations are created with both members (`INSERT … ON CONFLICT DO
 //!    NOTHING`, in id order).
 //! 3. The batch's conversations are locked `FOR UPDATE` in id order. Invariant: whoever
@@ -144,6 +147,69 @@ const ID_REUSED: Refusal = Refusal::new(
 const CONVERSATION_FULL: Refusal =
     Refusal::new(ErrorCode::Forbidden, "the conversation has no seq left");
 
+const BLOCKED_BY_RECIPIENT: Refusal = Refusal::new(
+    ErrorCode::Blocked,
+    "the recipient does not accept messages from you",
+);
+const BLOCKED_BY_SENDER: Refusal = Refusal::new(
+    ErrorCode::Blocked,
+    "you blocked this user; unblock them to send",
+);
+
+/// Per send, the refusal a block between a direct message's two users calls for (`None`:
+/// no block, a group send, or already refused). One statement for the whole batch.
+async fn blocked_sends(
+    tx: &mut PgConnection,
+    sends: &[SendRequest],
+    out: &[Option<SendOutcome>],
+) -> Result<Vec<Option<Refusal>>, sqlx::Error> {
+    let (senders, peers): (Vec<Uuid>, Vec<Uuid>) = sends
+        .iter()
+        .enumerate()
+        .filter_map(|(i, send)| match (&out[i], send.target) {
+            (None, Target::Direct(peer)) => Some((send.sender.as_uuid(), peer.as_uuid())),
+            _ => None,
+        })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .unzip();
+    if senders.is_empty() {
+        return Ok(vec![None; sends.len()]);
+    }
+    // `blocks` is keyed (blocker_id, blocked_id) with an index on (blocked_id, blocker_id):
+    // both directions are index probes.
+    let found: HashMap<(Uuid, Uuid), bool> = sqlx::query_as::<_, (Uuid, Uuid, bool)>(
+        "SELECT t.sender, t.peer,
+                EXISTS (SELECT 1 FROM blocks b
+                        WHERE b.blocker_id = t.sender AND b.blocked_id = t.peer) AS by_sender
+         FROM unnest($1::uuid[], $2::uuid[]) AS t(sender, peer)
+         WHERE blocked_between(t.sender, t.peer)",
+    )
+    .bind(&senders)
+    .bind(&peers)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|(sender, peer, by_sender)| ((sender, peer), by_sender))
+    .collect();
+    Ok(sends
+        .iter()
+        .enumerate()
+        .map(|(i, send)| match (&out[i], send.target) {
+            (None, Target::Direct(peer)) => found
+                .get(&(send.sender.as_uuid(), peer.as_uuid()))
+                .map(|&by_sender| {
+                    if by_sender {
+                        BLOCKED_BY_SENDER
+                    } else {
+                        BLOCKED_BY_RECIPIENT
+                    }
+                }),
+            _ => None,
+        })
+        .collect())
+}
+
 /// A stored message found by its idempotency key.
 #[derive(sqlx::FromRow)]
 struct Original {
@@ -191,9 +257,18 @@ async fn store_sends(
         }
     }
 
+    // 1b. Blocks, either way, between direct senders and recipients (one query). A blocked
+    // send is refused below, after the duplicate lookup, so a retry of a message stored
+    // before the block still gets its original `Sent`; and it creates no conversation, so
+    // the blocker never sees an empty one appear.
+    let blocked = blocked_sends(tx, sends, &out).await?;
+
     // 2. Direct conversations, created with both members the first time.
     let mut pairs: BTreeMap<Uuid, (Uuid, Uuid)> = BTreeMap::new();
     for (i, send) in sends.iter().enumerate() {
+        if blocked[i].is_some() {
+            continue;
+        }
         if let (None, Target::Direct(peer)) = (&out[i], send.target) {
             let (low, high) = if send.sender < peer {
                 (send.sender, peer)
@@ -284,6 +359,13 @@ async fn store_sends(
             } else {
                 SendOutcome::Refused(ID_REUSED)
             });
+        }
+    }
+
+    // Neither of a direct conversation's users blocked the other.
+    for (i, refusal) in blocked.into_iter().enumerate() {
+        if let (None, Some(refusal)) = (&out[i], refusal) {
+            out[i] = Some(SendOutcome::Refused(refusal));
         }
     }
 

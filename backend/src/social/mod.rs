@@ -11,6 +11,7 @@
 
 pub mod fanout;
 pub mod feed;
+pub mod live;
 pub mod notify;
 pub mod store;
 pub mod text;

@@ -20,6 +20,7 @@ mod migrations;
 mod pgbouncer_safety;
 mod redis_outage;
 mod social;
+mod social_authz;
 mod worker_messages;
 
 pub fn env(key: &str) -> String {

@@ -949,3 +949,170 @@ async fn in_a_large_group_only_a_members_read_is_announced_and_only_to_their_own
     }
     worker.stop().await;
 }
+
+impl World {
+    async fn block(&self, blocker: UserId, blocked: UserId) {
+        sqlx::query("INSERT INTO blocks (blocker_id, blocked_id) VALUES ($1, $2)")
+            .bind(blocker.as_uuid())
+            .bind(blocked.as_uuid())
+            .execute(&self.db)
+            .await
+            .unwrap();
+    }
+
+    async fn unblock(&self, blocker: UserId, blocked: UserId) {
+        sqlx::query("DELETE FROM blocks WHERE blocker_id = $1 AND blocked_id = $2")
+            .bind(blocker.as_uuid())
+            .bind(blocked.as_uuid())
+            .execute(&self.db)
+            .await
+            .unwrap();
+    }
+
+    async fn conversation_exists(&self, conversation: ConversationId) -> bool {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM conversations WHERE id = $1)")
+            .bind(conversation.as_uuid())
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
+    }
+}
+
+fn direct_request(sender: UserId, peer: UserId, content: &str) -> SendRequest {
+    let (session, entry) = send(sender, Recipient::User(peer), cmid(), content);
+    let Inbound::Send {
+        conversation, send, ..
+    } = entry
+    else {
+        unreachable!()
+    };
+    SendRequest {
+        sender,
+        session,
+        conversation,
+        target: Target::Direct(peer),
+        send,
+    }
+}
+
+#[tokio::test]
+async fn a_direct_send_across_a_block_is_refused_either_way_and_goes_through_after_unblock() {
+    let world = World::new().await;
+    let (sender, recipient) = (world.user().await, world.user().await);
+    let conversation = relay::direct_conversation(sender, recipient);
+    let mut sender_rx = world.listen(vec![relay::user_channel(sender)]).await;
+    let mut recipient_rx = world.listen(vec![relay::user_channel(recipient)]).await;
+    let worker = world.start_worker();
+
+    // The recipient blocked the sender; then the sender blocked the recipient too; then
+    // only the sender's block is left. Each is refused with `blocked`, nothing is stored,
+    // and no conversation appears in either user's list.
+    world.block(recipient, sender).await;
+    for step in 0..3 {
+        if step == 1 {
+            world.block(sender, recipient).await;
+        }
+        if step == 2 {
+            world.unblock(recipient, sender).await;
+        }
+        let id = cmid();
+        let (session, entry) = send(sender, Recipient::User(recipient), id, "merhaba");
+        world.xadd(&entry).await;
+        let (channel, event) = sender_rx.next().await;
+        assert_eq!(channel, relay::user_channel(sender));
+        assert_eq!(
+            refusal_of(&event),
+            Some((session, ErrorCode::Blocked, Some(id))),
+            "step {step}: {event:?}"
+        );
+        let Event::Refused { error, .. } = &event else {
+            unreachable!()
+        };
+        assert!(!error.code.is_fatal() && !error.code.retryable());
+        world.until_acknowledged(&world.key_of(conversation)).await;
+        assert!(world.stored(conversation).await.is_empty(), "step {step}");
+        assert!(
+            !world.conversation_exists(conversation).await,
+            "step {step}"
+        );
+    }
+
+    // Unblocked: the same kind of send goes through and reaches the recipient.
+    world.unblock(sender, recipient).await;
+    let id = cmid();
+    let (session, entry) = send(sender, Recipient::User(recipient), id, "tekrar merhaba");
+    world.xadd(&entry).await;
+    let (answered, sent) = sent_of(&sender_rx.next().await.1).expect("Sent after unblock");
+    assert_eq!(
+        (answered, sent.client_msg_id, sent.seq),
+        (session, id, Seq::FIRST)
+    );
+    let (_, Event::Message(message)) = recipient_rx.next().await else {
+        panic!("the message reaches the recipient")
+    };
+    assert_eq!(message.content, "tekrar merhaba");
+    assert_eq!(world.stored(conversation).await.len(), 1);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_blocked_send_in_a_batch_leaves_the_others_and_a_retry_of_a_stored_one_gets_its_original()
+{
+    let world = World::new().await;
+    let (alice, bob, carol) = (world.user().await, world.user().await, world.user().await);
+    // Stored before the block.
+    let earlier = direct_request(alice, bob, "before");
+    let committed = store::commit(&world.db, std::slice::from_ref(&earlier), &[])
+        .await
+        .unwrap();
+    let store::SendOutcome::Stored(original) = &committed.sends[0] else {
+        panic!("{committed:?}")
+    };
+    world.block(bob, alice).await;
+
+    // One batch: a blocked send, a send to someone else, the retry of the stored one, and
+    // a send the other way across the block.
+    let blocked = direct_request(alice, bob, "after");
+    let to_carol = direct_request(alice, carol, "hi carol");
+    let back = direct_request(bob, alice, "from the blocker");
+    let batch = [blocked, to_carol, earlier.clone(), back];
+    let committed = store::commit(&world.db, &batch, &[]).await.unwrap();
+    let codes: Vec<_> = committed
+        .sends
+        .iter()
+        .map(|outcome| match outcome {
+            store::SendOutcome::Refused(refusal) => Some(refusal.code),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            Some(ErrorCode::Blocked),
+            None,
+            None,
+            Some(ErrorCode::Blocked)
+        ],
+        "{committed:?}"
+    );
+    assert!(matches!(&committed.sends[1], store::SendOutcome::Stored(m) if m.seq == Seq::FIRST));
+    match &committed.sends[2] {
+        store::SendOutcome::Duplicate(sent) => {
+            assert_eq!((sent.message_id, sent.seq), (original.id, original.seq))
+        }
+        other => panic!("the retry gets its original: {other:?}"),
+    }
+    let ab = relay::direct_conversation(alice, bob);
+    assert_eq!(
+        world.stored(ab).await.len(),
+        1,
+        "only the message before the block"
+    );
+    assert_eq!(
+        world
+            .stored(relay::direct_conversation(alice, carol))
+            .await
+            .len(),
+        1
+    );
+}

@@ -654,6 +654,29 @@ fn receipts_typing_and_presence_are_events() {
     );
 }
 
+/// The golden vector `server_notification` decodes and reaches the application as an event.
+#[test]
+fn a_notification_is_an_event() {
+    let bin = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../wire/tests/vectors/server_notification.bin"
+    ))
+    .unwrap();
+    let frames: Vec<ServerFrame> =
+        haberci_wire::decode_stream(bin.into(), haberci_wire::DEFAULT_MAX_FRAME_SIZE).unwrap();
+    let [ServerFrame::Notification(notification)] = &frames[..] else {
+        panic!("{frames:?}")
+    };
+    assert_eq!(notification.kind, haberci_wire::NotificationKind::Comment);
+    assert_eq!(notification.unread_count, 3);
+    let (mut s, t0) = open(settings(), &[]);
+    s.handle_frame(frames[0].clone(), t0);
+    assert_eq!(
+        outputs(&mut s),
+        vec![Output::Event(Event::Notification(notification.clone()))]
+    );
+}
+
 #[test]
 fn a_transport_failure_after_closing_reports_the_closing_code() {
     // WebTransport stacks may fail the connection their own way after the server's Closing;

@@ -68,6 +68,7 @@ impl Raw {
             client_name: "e2e-raw".into(),
             client_version: "0".into(),
             resume,
+            max_error_code: 0,
         }))
         .await;
         matches!(self.next_frame().await, Some(ServerFrame::Welcome(_)))

@@ -111,6 +111,7 @@ pub fn hello(token: &str, version: u32) -> ClientFrame {
         client_name: "gateway-test".into(),
         client_version: "0".into(),
         resume: Vec::new(),
+        max_error_code: haberci_wire::LAST_CODE,
     })
 }
 

@@ -334,3 +334,68 @@ async fn a_client_that_stops_reading_is_closed_as_slow_and_its_peer_goes_on() {
     assert_eq!(heard.content, "still here");
     assert_eq!(heard.sender_id, user(&alice_id));
 }
+
+/// A notification the backend publishes on `u:{user}` (`social::live::publish`) reaches
+/// every open session of the user: here one over WebSocket and one over native QUIC.
+#[tokio::test]
+async fn a_published_notification_reaches_every_session_of_the_user() {
+    use crate::websocket as ws;
+    use haberci_wire::{Notification, NotificationId, NotificationKind, PostId, Timestamp};
+
+    let stack = support::start_relay(|_| {}).await;
+    let (alice_id, alice_token) = register(&stack).await;
+    let (bob_id, _) = register(&stack).await;
+    let mut quic = session(&stack, &alice_token).await;
+    let mut socket = ws::connect(&stack, Some(haberci_wire::WEBSOCKET_SUBPROTOCOL))
+        .await
+        .unwrap();
+    ws::write(&mut socket, &ws::hello(&alice_token)).await;
+    assert!(matches!(
+        ws::read(&mut socket).await,
+        Ok(ServerFrame::Welcome(_))
+    ));
+    // Synchronisation, not a sleep: a session lists (and fetches) conversations only after
+    // it subscribed `u:{user}`, so once both sessions hold this message — live or fetched —
+    // both listen on the channel the notification goes to.
+    quic.write(&text(user(&bob_id), "hi")).await;
+    until(&mut quic, |f| {
+        matches!(f, ServerFrame::Message(_)).then_some(())
+    })
+    .await;
+    loop {
+        match ws::read(&mut socket).await {
+            Ok(ServerFrame::Message(_)) => break,
+            Ok(_) => {}
+            Err(code) => panic!("closed: {code:?}"),
+        }
+    }
+
+    let notification = Notification {
+        id: NotificationId::new(uuid::Uuid::now_v7()).unwrap(),
+        kind: NotificationKind::Like,
+        actor_id: user(&bob_id),
+        actor_username: "bob".into(),
+        post_id: Some(PostId::new(uuid::Uuid::now_v7()).unwrap()),
+        comment_id: None,
+        created_at: Timestamp::from_unix_millis(1_795_600_800_000).unwrap(),
+        unread_count: 4,
+    };
+    let redis = redis().await;
+    let alice = haberci_backend::accounts::UserId(alice_id.parse().unwrap());
+    haberci_backend::social::live::publish(&redis, alice, notification.clone()).await;
+
+    let on_quic = until(&mut quic, |f| match f {
+        ServerFrame::Notification(n) => Some(n),
+        _ => None,
+    })
+    .await;
+    assert_eq!(on_quic, notification);
+    let on_socket = loop {
+        match ws::read(&mut socket).await {
+            Ok(ServerFrame::Notification(n)) => break n,
+            Ok(_) => {}
+            Err(code) => panic!("closed: {code:?}"),
+        }
+    };
+    assert_eq!(on_socket, notification);
+}

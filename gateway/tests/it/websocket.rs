@@ -13,10 +13,10 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::support::{self, Stack, TIMEOUT};
 
-type Socket =
+pub type Socket =
     tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
-async fn connect(
+pub async fn connect(
     stack: &Stack,
     subprotocol: Option<&str>,
 ) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
@@ -43,14 +43,14 @@ async fn connect(
     Ok(socket)
 }
 
-async fn write(socket: &mut Socket, frame: &ClientFrame) {
+pub async fn write(socket: &mut Socket, frame: &ClientFrame) {
     let bytes =
         haberci_wire::websocket::encode(frame, haberci_wire::DEFAULT_MAX_FRAME_SIZE).unwrap();
     socket.send(Message::Binary(bytes)).await.unwrap();
 }
 
 /// The next server frame, or the close frame's code.
-async fn read(socket: &mut Socket) -> Result<ServerFrame, Option<u16>> {
+pub async fn read(socket: &mut Socket) -> Result<ServerFrame, Option<u16>> {
     let message = tokio::time::timeout(TIMEOUT, socket.next())
         .await
         .expect("a message in time");
@@ -78,13 +78,14 @@ async fn expect_closing(socket: &mut Socket, code: ErrorCode) {
     );
 }
 
-fn hello(token: &str) -> ClientFrame {
+pub fn hello(token: &str) -> ClientFrame {
     ClientFrame::Hello(Hello {
         access_token: token.to_owned(),
         protocol_version: haberci_wire::PROTOCOL_VERSION,
         client_name: "ws-test".into(),
         client_version: "0".into(),
         resume: Vec::new(),
+        max_error_code: haberci_wire::LAST_CODE,
     })
 }
 

@@ -232,6 +232,7 @@ fn hello(token: &str, version: u32) -> ClientFrame {
         client_name: "wt-test".into(),
         client_version: "0".into(),
         resume: Vec::new(),
+        max_error_code: haberci_wire::LAST_CODE,
     })
 }
 

@@ -4,6 +4,7 @@
 // heartbeat, in-band token refresh, and reconnection with backoff and jitter.
 
 import {
+  MAX_ERROR_CODE,
   PROTOCOL_VERSION,
   ProtocolError,
   encodeClientFrame,
@@ -82,6 +83,12 @@ export interface ClientEvents {
   /** Someone started or stopped typing (a start expires after 6 s without a refresh). */
   typing: { conversationId: string; userId: string; typing: boolean };
   presence: { userId: string; online: boolean; lastSeen: number | null };
+  /**
+   * A notification was stored for this user (a follow, a like, …), with the unread count
+   * after it. Best effort: one missed while disconnected is not replayed; read
+   * `GET /v1/notifications` after a reconnect.
+   */
+  notification: Omit<ServerFrameOf<"notification">, "kind">;
   /**
    * The connection changed: `transport` is the one in use when `open`, and `fallback` says
    * why the transports before it in the list were not used.
@@ -355,6 +362,7 @@ export class HaberciClient {
       clientName: this.options.clientName ?? "haberci-web",
       clientVersion: this.options.clientVersion ?? SDK_VERSION,
       resume: this.resumePositions(),
+      maxErrorCode: MAX_ERROR_CODE,
     });
     this.welcomeTimer = setTimeout(() => {
       if (this.link === link && !this.welcomed) link.close();
@@ -561,6 +569,11 @@ export class HaberciClient {
       case "presence":
         this.emit("presence", { userId: frame.userId, online: frame.online, lastSeen: frame.lastSeen });
         return;
+      case "notification": {
+        const { kind: _kind, ...notification } = frame;
+        this.emit("notification", notification);
+        return;
+      }
       case "error":
         return this.error(frame);
       case "closing":

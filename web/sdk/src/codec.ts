@@ -53,7 +53,11 @@ const CODE_TABLE = [
   ["internal", true, true],
   ["text_message_refused", true, false],
   ["idle_timeout", true, true],
+  ["blocked", false, false],
 ] as const;
+
+/** The last code of this SDK's table: sent as `Hello.maxErrorCode`, so the server may send it all. */
+export const MAX_ERROR_CODE = CODE_TABLE.length;
 
 export type ErrorCodeName = (typeof CODE_TABLE)[number][0];
 
@@ -112,6 +116,17 @@ const MESSAGE_TYPES: readonly MessageType[] = ["text", "image", "video", "audio"
 const MESSAGE_STATUSES: readonly MessageStatus[] = ["sent", "delivered", "read"];
 const TYPING_STATES: readonly TypingState[] = ["started", "stopped"];
 
+/** What a notification is about (the HTTP API's notification `kind` strings). */
+export type NotificationType = "follow" | "follow_request" | "like" | "comment" | "mention" | "repost";
+const NOTIFICATION_TYPES: readonly NotificationType[] = [
+  "follow",
+  "follow_request",
+  "like",
+  "comment",
+  "mention",
+  "repost",
+];
+
 export type Recipient = { userId: string } | { groupId: string };
 export interface MediaRef {
   mediaId: string;
@@ -152,6 +167,8 @@ export type ClientFrame =
       clientName: string;
       clientVersion: string;
       resume: ResumePosition[];
+      /** The highest code this client knows; absent (0 on the wire) = 17, the first v1 table. */
+      maxErrorCode?: number;
     }
   | {
       kind: "send";
@@ -206,7 +223,22 @@ export type ServerFrame =
       retryAfterMs: number | null;
       supportedVersions: number[];
     }
-  | { kind: "pong"; nonce: number };
+  | { kind: "pong"; nonce: number }
+  | {
+      kind: "notification";
+      id: string;
+      type: NotificationType;
+      actorId: string;
+      actorUsername: string;
+      /** null = not about a post. */
+      postId: string | null;
+      /** null = not about a comment. */
+      commentId: string | null;
+      /** Unix milliseconds. */
+      createdAt: number;
+      /** The user's unread notifications, this one included. */
+      unreadCount: number;
+    };
 
 export type ServerFrameOf<K extends ServerFrame["kind"]> = Extract<ServerFrame, { kind: K }>;
 
@@ -389,6 +421,20 @@ export function decodeServerFrame(body: Uint8Array): ServerFrame | null {
     }
     case "pong":
       return { kind: "pong", nonce: f.pong!.nonce ?? 0 };
+    case "notification": {
+      const n = f.notification!;
+      return {
+        kind: "notification",
+        id: id("Notification.id", n.id),
+        type: enumValue("Notification.type", NOTIFICATION_TYPES, n.type),
+        actorId: id("Notification.actor_id", n.actorId),
+        actorUsername: nonEmpty("Notification.actor_username", n.actorUsername),
+        postId: optionalId("Notification.post_id", n.postId),
+        commentId: optionalId("Notification.comment_id", n.commentId),
+        createdAt: timestamp("Notification.created_at", n.createdAt as number),
+        unreadCount: n.unreadCount ?? 0,
+      };
+    }
     default:
       return null;
   }
@@ -420,6 +466,7 @@ export function decodeClientFrame(body: Uint8Array): ClientFrame {
         clientName: h.clientName ?? "",
         clientVersion: h.clientVersion ?? "",
         resume,
+        ...(h.maxErrorCode ? { maxErrorCode: h.maxErrorCode } : {}),
       };
     }
     case "send": {
@@ -529,6 +576,9 @@ export function encodeClientFrame(frame: ClientFrame): Uint8Array {
           return p;
         });
       }
+      const maxErrorCode = frame.maxErrorCode ?? 0;
+      checkUint32("Hello.max_error_code", maxErrorCode);
+      put(h, "maxErrorCode", maxErrorCode, maxErrorCode === 0);
       f.hello = h;
       break;
     }

@@ -10,6 +10,7 @@ import { fileURLToPath } from "node:url";
 
 import {
   FrameDecoder,
+  MAX_ERROR_CODE,
   ProtocolError,
   decodeClientDatagram,
   decodeClientFrame,
@@ -17,6 +18,9 @@ import {
   delimit,
   directConversationId,
   encodeClientFrame,
+  isFatal,
+  isRetryable,
+  protocolCode,
   webSocketBody,
 } from "../../build/sdk/haberci.mjs";
 
@@ -32,7 +36,7 @@ const vectors = readdirSync(VECTORS)
 const hex = (bytes) => Buffer.from(bytes).toString("hex");
 
 // The JSON form of docs/PROTOCOL.md for a decoded frame: timestamps as RFC 3339 strings.
-const TIMESTAMPS = ["timestamp", "serverTime", "tokenExpiresAt", "lastSeen"];
+const TIMESTAMPS = ["timestamp", "serverTime", "tokenExpiresAt", "lastSeen", "createdAt"];
 function jsonForm(frame) {
   const out = { ...frame };
   for (const key of TIMESTAMPS) {
@@ -109,7 +113,7 @@ test("a stream split at every byte gives the same frames", () => {
   const split = [];
   for (const byte of stream) split.push(...decoder.push(new Uint8Array([byte])).map(decodeServerFrame));
   decoder.end();
-  assert.equal(whole.length, 10);
+  assert.equal(whole.length, 11);
   assert.deepEqual(split, whole);
 });
 
@@ -150,4 +154,24 @@ test("direct conversation ids match the server's (wire/src/relay.rs)", async () 
   const b = "01900000-0000-7000-8000-000000000002";
   assert.equal(await directConversationId(a, b), "43932eb0-41e9-5f02-a254-979808ba7765");
   assert.equal(await directConversationId(b, a), "43932eb0-41e9-5f02-a254-979808ba7765");
+});
+
+test("Hello carries the highest code this SDK knows; blocked is code 18", () => {
+  const hello = {
+    kind: "hello",
+    accessToken: "t",
+    protocolVersion: 1,
+    clientName: "",
+    clientVersion: "",
+    resume: [],
+    maxErrorCode: MAX_ERROR_CODE,
+  };
+  assert.equal(MAX_ERROR_CODE, 18);
+  assert.equal(protocolCode("blocked"), 18);
+  assert.equal(isFatal("blocked"), false);
+  assert.equal(isRetryable("blocked"), false);
+  assert.deepEqual(decodeClientFrame(encodeClientFrame(hello)), hello);
+  // 0 (an older client) is left off the wire, as the golden client_hello shows.
+  const { maxErrorCode: _, ...old } = hello;
+  assert.deepEqual(decodeClientFrame(encodeClientFrame(old)), old);
 });

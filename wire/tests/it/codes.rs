@@ -109,6 +109,7 @@ fn severity_of_the_codes_that_matter() {
         ContentTooLarge,
         RateLimited,
         Unavailable,
+        Blocked,
     ];
     assert_eq!(fatal.len() + non_fatal.len(), CODE_TABLE.len());
     assert!(fatal.iter().all(|c| c.is_fatal()));
@@ -118,6 +119,34 @@ fn severity_of_the_codes_that_matter() {
     assert_eq!(Internal.fault(), Fault::Server);
     assert_eq!(Unavailable.fault(), Fault::Peer);
     assert_eq!(Forbidden.fault(), Fault::Client);
+    assert_eq!(Blocked.fault(), Fault::Client);
+    assert!(!Blocked.retryable());
+}
+
+/// A code added after the first version-1 table reaches only a client that said it knows
+/// it (`Hello.max_error_code`); any other client gets a code of the same class it decodes.
+#[test]
+fn newer_codes_fall_back_for_older_clients() {
+    assert_eq!(V1_LAST_CODE, 17);
+    assert_eq!(LAST_CODE, ErrorCode::Blocked.protocol_code());
+    for code in ErrorCode::ALL {
+        for max_known in [0, 1, V1_LAST_CODE, LAST_CODE, u32::MAX] {
+            let sent = code.for_client(max_known);
+            assert!(
+                sent.protocol_code() <= max_known.max(V1_LAST_CODE),
+                "{code} for {max_known}"
+            );
+            assert_eq!(sent.is_fatal(), code.is_fatal(), "{code}");
+            assert_eq!(sent.retryable(), code.retryable(), "{code}");
+            assert_eq!(sent.fault(), code.fault(), "{code}");
+            if code.protocol_code() <= V1_LAST_CODE {
+                assert_eq!(sent, code, "a version-1 code is never replaced");
+            }
+        }
+    }
+    assert_eq!(ErrorCode::Blocked.for_client(0), ErrorCode::Forbidden);
+    assert_eq!(ErrorCode::Blocked.for_client(17), ErrorCode::Forbidden);
+    assert_eq!(ErrorCode::Blocked.for_client(18), ErrorCode::Blocked);
 }
 
 #[test]

@@ -22,6 +22,9 @@ pub const MESSAGE: u128 = 0x0192_0000_0000_7000_8000_0000_0000_0e55;
 pub const CLIENT_MSG: u128 = 0x2b6f_1c4e_93a1_4d7e_9f00_0000_0000_0001;
 pub const SESSION: u128 = 0x0192_0000_0000_7000_8000_0000_0000_5e55;
 pub const MEDIA: u128 = 0x0192_0000_0000_7000_8000_0000_0000_3ed1;
+pub const NOTIFICATION: u128 = 0x0192_0000_0000_7000_8000_0000_0000_4071;
+pub const POST: u128 = 0x0192_0000_0000_7000_8000_0000_0000_9057;
+pub const COMMENT: u128 = 0x0192_0000_0000_7000_8000_0000_0000_c033;
 
 /// 2026-11-25T10:00:00.000Z
 pub fn ts() -> Timestamp {
@@ -60,6 +63,7 @@ pub fn client_frames() -> Vec<(&'static str, ClientFrame)> {
                     conversation_id: id(CONVERSATION),
                     last_seq: Some(seq(41)),
                 }],
+                max_error_code: 0,
             }),
         ),
         (
@@ -206,6 +210,19 @@ pub fn server_frames() -> Vec<(&'static str, ServerFrame)> {
             }),
         ),
         ("server_pong", ServerFrame::Pong(Pong { nonce: 7 })),
+        (
+            "server_notification",
+            ServerFrame::Notification(Notification {
+                id: id(NOTIFICATION),
+                kind: NotificationKind::Comment,
+                actor_id: id(BOB),
+                actor_username: "bora_yılmaz".into(),
+                post_id: Some(id(POST)),
+                comment_id: Some(id(COMMENT)),
+                created_at: ts(),
+                unread_count: 3,
+            }),
+        ),
     ]
 }
 
@@ -333,9 +350,17 @@ pub fn any_client_frame() -> impl Strategy<Value = ClientFrame> {
             proptest::option::of(any_seq()),
             0..5,
         ),
+        any::<u32>(),
     )
         .prop_map(
-            |(access_token, protocol_version, client_name, client_version, resume)| {
+            |(
+                access_token,
+                protocol_version,
+                client_name,
+                client_version,
+                resume,
+                max_error_code,
+            )| {
                 ClientFrame::Hello(Hello {
                     access_token,
                     protocol_version,
@@ -348,6 +373,7 @@ pub fn any_client_frame() -> impl Strategy<Value = ClientFrame> {
                             last_seq,
                         })
                         .collect(),
+                    max_error_code,
                 })
             },
         );
@@ -517,5 +543,38 @@ pub fn any_server_frame() -> impl Strategy<Value = ServerFrame> {
                 })
             ),
         any::<u32>().prop_map(|nonce| ServerFrame::Pong(Pong { nonce })),
+        (
+            (any_uuid_id(), any_notification_kind(), any_uuid_id()),
+            "[a-z0-9_]{1,30}",
+            proptest::option::of(any_uuid_id()),
+            proptest::option::of(any_uuid_id()),
+            any_timestamp(),
+            any::<u32>(),
+        )
+            .prop_map(
+                |(
+                    (id, kind, actor_id),
+                    actor_username,
+                    post_id,
+                    comment_id,
+                    created_at,
+                    unread_count,
+                )| {
+                    ServerFrame::Notification(Notification {
+                        id,
+                        kind,
+                        actor_id,
+                        actor_username,
+                        post_id,
+                        comment_id,
+                        created_at,
+                        unread_count,
+                    })
+                }
+            ),
     ]
+}
+
+pub fn any_notification_kind() -> impl Strategy<Value = NotificationKind> {
+    proptest::sample::select(NotificationKind::ALL.to_vec())
 }
