@@ -298,21 +298,24 @@ async fn mention_notifications(
     post: Uuid,
     author: UserId,
     users: &[UserId],
-) -> Result<(), ApiError> {
+) -> Result<Vec<notify::Stored>, ApiError> {
+    let mut told = Vec::new();
     for &user in users {
-        notify::notify(
-            tx,
-            notify::Event {
-                user,
-                kind: Kind::Mention,
-                actor: author,
-                post: Some(post),
-                comment: None,
-            },
-        )
-        .await?;
+        told.extend(
+            notify::notify(
+                tx,
+                notify::Event {
+                    user,
+                    kind: Kind::Mention,
+                    actor: author,
+                    post: Some(post),
+                    comment: None,
+                },
+            )
+            .await?,
+        );
     }
-    Ok(())
+    Ok(told)
 }
 
 // ---------------------------------------------------------------- posts
@@ -363,8 +366,9 @@ pub async fn create_post(
         },
     )
     .await?;
-    mention_notifications(&mut tx, id, me.user, &mentions).await?;
+    let told = mention_notifications(&mut tx, id, me.user, &mentions).await?;
     tx.commit().await?;
+    notify::announce(&state.db, &state.redis, &told).await;
     let post = read_post(&state, me.user, id).await?;
     Ok((StatusCode::CREATED, Json(PostView::from(post))).into_response())
 }
@@ -436,8 +440,9 @@ pub async fn edit_post(
         .into_iter()
         .map(|(_, id)| id)
         .collect();
-    mention_notifications(&mut tx, id, me.user, &new_ids).await?;
+    let told = mention_notifications(&mut tx, id, me.user, &new_ids).await?;
     tx.commit().await?;
+    notify::announce(&state.db, &state.redis, &told).await;
     Ok(Json(read_post(&state, me.user, id).await?.into()))
 }
 
@@ -526,20 +531,24 @@ pub async fn like(
         .ok_or(ApiError::NotFound)?;
     limit(&state, "like", me.user, state.settings.social.like).await?;
     let mut tx = state.db.begin().await?;
+    let mut told = Vec::new();
     if store::like(&mut tx, me.user, id).await? {
-        notify::notify(
-            &mut tx,
-            notify::Event {
-                user: post.author_id,
-                kind: Kind::Like,
-                actor: me.user,
-                post: Some(id),
-                comment: None,
-            },
-        )
-        .await?;
+        told.extend(
+            notify::notify(
+                &mut tx,
+                notify::Event {
+                    user: post.author_id,
+                    kind: Kind::Like,
+                    actor: me.user,
+                    post: Some(id),
+                    comment: None,
+                },
+            )
+            .await?,
+        );
     }
     tx.commit().await?;
+    notify::announce(&state.db, &state.redis, &told).await;
     Ok(Json(read_post(&state, me.user, id).await?.into()))
 }
 
@@ -622,20 +631,24 @@ pub async fn repost(
     }
     limit(&state, "post", me.user, state.settings.social.post).await?;
     let mut tx = state.db.begin().await?;
+    let mut told = Vec::new();
     if store::repost(&mut tx, me.user, id).await?.is_some() {
-        notify::notify(
-            &mut tx,
-            notify::Event {
-                user: post.author_id,
-                kind: Kind::Repost,
-                actor: me.user,
-                post: Some(id),
-                comment: None,
-            },
-        )
-        .await?;
+        told.extend(
+            notify::notify(
+                &mut tx,
+                notify::Event {
+                    user: post.author_id,
+                    kind: Kind::Repost,
+                    actor: me.user,
+                    post: Some(id),
+                    comment: None,
+                },
+            )
+            .await?,
+        );
     }
     tx.commit().await?;
+    notify::announce(&state.db, &state.redis, &told).await;
     Ok(Json(read_post(&state, me.user, id).await?.into()))
 }
 
@@ -710,22 +723,26 @@ pub async fn create_comment(
         request.content.as_str(),
     )
     .await?;
-    let mut told = vec![target.author_id];
-    told.extend(parent_author.filter(|a| *a != target.author_id));
-    for user in told {
-        notify::notify(
-            &mut tx,
-            notify::Event {
-                user,
-                kind: Kind::Comment,
-                actor: me.user,
-                post: Some(post),
-                comment: Some(id),
-            },
-        )
-        .await?;
+    let mut users = vec![target.author_id];
+    users.extend(parent_author.filter(|a| *a != target.author_id));
+    let mut told = Vec::new();
+    for user in users {
+        told.extend(
+            notify::notify(
+                &mut tx,
+                notify::Event {
+                    user,
+                    kind: Kind::Comment,
+                    actor: me.user,
+                    post: Some(post),
+                    comment: Some(id),
+                },
+            )
+            .await?,
+        );
     }
     tx.commit().await?;
+    notify::announce(&state.db, &state.redis, &told).await;
     let comment = store::comment(&state.db, id)
         .await?
         .ok_or(ApiError::NotFound)?;

@@ -184,20 +184,24 @@ pub async fn follow(
         Followed::Requested { new: true } => Some(Kind::FollowRequest),
         _ => None,
     };
+    let mut told = Vec::new();
     if let Some(kind) = event {
-        notify::notify(
-            &mut tx,
-            notify::Event {
-                user: target.id,
-                kind,
-                actor: me.user,
-                post: None,
-                comment: None,
-            },
-        )
-        .await?;
+        told.extend(
+            notify::notify(
+                &mut tx,
+                notify::Event {
+                    user: target.id,
+                    kind,
+                    actor: me.user,
+                    post: None,
+                    comment: None,
+                },
+            )
+            .await?,
+        );
     }
     tx.commit().await?;
+    notify::announce(&state.db, &state.redis, &told).await;
     if outcome == (Followed::Following { new: true }) {
         state.feed.invalidate(&state.redis, me.user).await;
     }

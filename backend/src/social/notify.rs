@@ -54,8 +54,15 @@ impl Event {
     }
 }
 
-/// Stores the event unless a rule says no; its id when stored.
-pub async fn notify(tx: &mut PgConnection, event: Event) -> sqlx::Result<Option<Uuid>> {
+/// A notification stored in a transaction not yet committed: announce it after the commit.
+#[derive(Debug, Clone, Copy)]
+pub struct Stored {
+    pub id: Uuid,
+    pub event: Event,
+}
+
+/// Stores the event unless a rule says no; what to announce when stored.
+pub async fn notify(tx: &mut PgConnection, event: Event) -> sqlx::Result<Option<Stored>> {
     if event.user == event.actor {
         return Ok(None);
     }
@@ -77,7 +84,49 @@ pub async fn notify(tx: &mut PgConnection, event: Event) -> sqlx::Result<Option<
     .await?
     .rows_affected()
         == 1;
-    Ok(stored.then_some(id))
+    Ok(stored.then_some(Stored { id, event }))
+}
+
+/// Tells the recipients' open sessions about notifications that committed (best effort: see
+/// [`super::live`]). One small query each, for the actor's name and the unread count.
+pub async fn announce(db: &PgPool, redis: &fred::clients::Client, stored: &[Stored]) {
+    for one in stored {
+        let facts = sqlx::query_as::<_, (String, i64)>(&format!(
+            "SELECT (SELECT username::text FROM users WHERE id = $2), ({UNREAD_SQL})"
+        ))
+        .bind(one.event.user)
+        .bind(one.event.actor)
+        .fetch_one(db)
+        .await;
+        let (actor_username, unread) = match facts {
+            Ok(facts) => facts,
+            Err(err) => {
+                tracing::warn!(%err, "live notification not announced");
+                continue;
+            }
+        };
+        let (Some(id), Some(actor_id), Some(created_at)) = (
+            haberci_wire::NotificationId::new(one.id),
+            haberci_wire::UserId::new(one.event.actor.0),
+            haberci_wire::Timestamp::from_unix_millis(
+                i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+                    .unwrap_or(0),
+            ),
+        ) else {
+            continue;
+        };
+        let frame = haberci_wire::Notification {
+            id,
+            kind: super::live::wire_kind(one.event.kind),
+            actor_id,
+            actor_username,
+            post_id: one.event.post.and_then(haberci_wire::PostId::new),
+            comment_id: one.event.comment.and_then(haberci_wire::CommentId::new),
+            created_at,
+            unread_count: u32::try_from(unread).unwrap_or(u32::MAX),
+        };
+        super::live::publish(redis, one.event.user, frame).await;
+    }
 }
 
 /// Takes back a like's or repost's notification (unlike, unrepost) while it is unread.
@@ -152,16 +201,17 @@ pub async fn list(
     .await
 }
 
+/// Unread notifications from actors the user still hears from (no block, no mute).
+const UNREAD_SQL: &str = "SELECT count(*) FROM notifications n
+     WHERE n.user_id = $1 AND n.read_at IS NULL
+       AND NOT blocked_between($1, n.actor_id)
+       AND NOT EXISTS (SELECT 1 FROM mutes WHERE muter_id = $1 AND muted_id = n.actor_id)";
+
 pub async fn unread_count(db: &PgPool, user: UserId) -> sqlx::Result<i64> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM notifications n
-         WHERE n.user_id = $1 AND n.read_at IS NULL
-           AND NOT blocked_between($1, n.actor_id)
-           AND NOT EXISTS (SELECT 1 FROM mutes WHERE muter_id = $1 AND muted_id = n.actor_id)",
-    )
-    .bind(user)
-    .fetch_one(db)
-    .await
+    sqlx::query_scalar(UNREAD_SQL)
+        .bind(user)
+        .fetch_one(db)
+        .await
 }
 
 /// Marks read every notification up to `up_to` (all when `None`); how many changed.

@@ -10,3 +10,4 @@ mod connect;
 mod lifecycle;
 mod messaging;
 mod send;
+mod social;

@@ -245,8 +245,20 @@ pub async fn create_group(stack: &Stack, owner: &User, members: &[&User]) -> uui
     body["id"].as_str().unwrap().parse().unwrap()
 }
 
-async fn post_json_as(
+/// `POST` a JSON body to the backend API, with `token` as the bearer when given.
+pub async fn post_json_as(
     addr: SocketAddr,
+    path: &str,
+    body: Value,
+    token: Option<&str>,
+) -> (u16, Value) {
+    call_json(addr, "POST", path, body, token).await
+}
+
+/// A request to the backend API; the status and the JSON answer (`null` when none).
+pub async fn call_json(
+    addr: SocketAddr,
+    method: &str,
     path: &str,
     body: Value,
     token: Option<&str>,
@@ -258,7 +270,9 @@ async fn post_json_as(
                 .await
                 .unwrap();
         tokio::spawn(conn);
-        let mut request = http::Request::post(format!("http://{addr}{path}"))
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"))
             .header("host", addr.to_string())
             .header("content-type", "application/json");
         if let Some(token) = token {
