@@ -1,7 +1,8 @@
 //! Accounts: who a user is. [`names`] holds the types that can only be valid (usernames,
 //! emails, passwords, profile fields, ids); [`store`] reads and writes the `users` and
-//! `credentials` tables.
+//! `credentials` tables; [`cache`] keeps profiles in Redis for `GET /v1/users/{username}`.
 
+pub mod cache;
 pub mod names;
 pub mod store;
 

@@ -6,8 +6,8 @@ use time::OffsetDateTime;
 
 use super::names::{AvatarRef, Bio, DisplayName, Email, LoginName, UserId, Username};
 
-/// A user as stored.
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// A user as stored (and as the profile cache keeps it, in JSON).
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
 pub struct UserRecord {
     pub id: UserId,
     pub username: String,
@@ -17,11 +17,14 @@ pub struct UserRecord {
     pub avatar_ref: Option<String>,
     pub is_private: bool,
     pub is_admin: bool,
+    #[serde(with = "time::serde::rfc3339::option")]
     pub suspended_at: Option<OffsetDateTime>,
     pub followers_count: i64,
     pub following_count: i64,
     pub posts_count: i64,
+    #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
 }
 

@@ -47,6 +47,15 @@ pub fn router() -> axum::Router<AppState> {
             get(user_conversations),
         )
         .route("/internal/v1/sync", post(sync))
+        .route("/internal/v1/stats", get(stats))
+}
+
+/// `GET /internal/v1/stats`: this API process's cache counters (operators, benchmarks).
+async fn stats(_gateway: Gateway, State(state): State<AppState>) -> Json<serde_json::Value> {
+    let profiles = state.profiles.stats();
+    Json(serde_json::json!({
+        "profileCache": { "hits": profiles.hits, "misses": profiles.misses },
+    }))
 }
 
 /// A request that presented the internal secret.

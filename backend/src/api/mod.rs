@@ -55,6 +55,7 @@ pub struct AppState {
     pub auth: Arc<crate::auth::Auth>,
     pub settings: Arc<ApiSettings>,
     pub feed: crate::social::feed::Feed,
+    pub profiles: crate::accounts::cache::Profiles,
 }
 
 impl AppState {
@@ -85,6 +86,7 @@ impl AppState {
             redis,
             auth: Arc::new(crate::auth::Auth::new(settings.auth.clone(), keys)),
             feed: crate::social::feed::Feed::new(settings.social.feed),
+            profiles: crate::accounts::cache::Profiles::default(),
             settings: Arc::new(settings),
         }
     }

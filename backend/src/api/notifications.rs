@@ -250,6 +250,7 @@ pub async fn suspend(
         return Err(ApiError::Forbidden("an admin cannot suspend themselves"));
     }
     store::suspend(&state.db, target.id).await?;
+    super::social::forget(&state, &[target.id]).await;
     let revoked = crate::auth::sessions::revoke_suspended(&state.db, target.id).await?;
     crate::auth::sessions::announce(&state.redis, &revoked, state.auth.revoked_marker_ttl()).await;
     Ok(StatusCode::NO_CONTENT)

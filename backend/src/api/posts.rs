@@ -368,6 +368,7 @@ pub async fn create_post(
     .await?;
     let told = mention_notifications(&mut tx, id, me.user, &mentions).await?;
     tx.commit().await?;
+    super::social::forget(&state, &[me.user]).await;
     notify::announce(&state.db, &state.redis, &told).await;
     let post = read_post(&state, me.user, id).await?;
     Ok((StatusCode::CREATED, Json(PostView::from(post))).into_response())
@@ -479,6 +480,7 @@ pub async fn delete_post(
         store::delete_post(&mut tx, &post, None).await?;
     }
     tx.commit().await?;
+    super::social::forget(&state, &[post.author_id]).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -116,6 +116,11 @@ impl store::Relationship {
     }
 }
 
+/// Forgets cached profiles whose counts changed.
+pub async fn forget(state: &AppState, users: &[UserId]) {
+    state.profiles.forget(&state.db, &state.redis, users).await;
+}
+
 fn not_self(me: UserId, other: UserId, what: &'static str) -> Result<(), ApiError> {
     if me == other {
         return Err(ApiError::Forbidden(what));
@@ -204,6 +209,7 @@ pub async fn follow(
     notify::announce(&state.db, &state.redis, &told).await;
     if outcome == (Followed::Following { new: true }) {
         state.feed.invalidate(&state.redis, me.user).await;
+        forget(&state, &[me.user, target.id]).await;
     }
     Ok(Json(FollowState {
         state: match outcome {
@@ -234,6 +240,7 @@ pub async fn unfollow(
     tx.commit().await?;
     if changed {
         state.feed.invalidate(&state.redis, me.user).await;
+        forget(&state, &[me.user, target.id]).await;
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -347,6 +354,7 @@ pub async fn approve_request(
     store::insert_follow(&mut tx, requester.id, me.user).await?;
     tx.commit().await?;
     state.feed.invalidate(&state.redis, requester.id).await;
+    forget(&state, &[me.user, requester.id]).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -398,6 +406,7 @@ pub async fn block(
     tx.commit().await?;
     state.feed.invalidate(&state.redis, me.user).await;
     state.feed.invalidate(&state.redis, target.id).await;
+    forget(&state, &[me.user, target.id]).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -2,6 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Deserializer, Serialize};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -9,7 +10,7 @@ use utoipa::ToSchema;
 use super::extract::{ApiJson, ApiPath, Authenticated};
 use super::{ApiError, AppState};
 use crate::accounts::store::{self, ProfileUpdate, UserRecord};
-use crate::accounts::{AvatarRef, Bio, DisplayName, UserId};
+use crate::accounts::{AvatarRef, Bio, DisplayName, UserId, Username};
 
 /// My account.
 #[derive(Debug, Serialize, ToSchema)]
@@ -147,29 +148,46 @@ pub async fn update_me(
     let user = store::update_profile(&state.db, me.user, &update)
         .await?
         .ok_or(ApiError::SessionRevoked)?;
+    state
+        .profiles
+        .forget(&state.db, &state.redis, &[me.user])
+        .await;
     Ok(Json(user.into()))
 }
 
 /// Someone's profile (for signed-in users). A user with a block between us answers 404.
+/// Served through the profile cache: `x-haberci-cache` says `hit` or `miss`.
 #[utoipa::path(get, path = "/v1/users/{username}", tag = "users",
     security(("bearer" = [])),
     params(("username" = String, Path, description = "A username (case-insensitive)")),
     responses(
-        (status = 200, description = "The profile", body = ProfileView),
+        (status = 200, description = "The profile", body = ProfileView,
+            headers(("x-haberci-cache" = String, description = "`hit` or `miss`: whether the profile came from the Redis cache"))),
         (status = 404, description = "No such user", body = super::ErrorBody),
     ))]
 pub async fn profile(
     State(state): State<AppState>,
     me: Authenticated,
     ApiPath(username): ApiPath<String>,
-) -> Result<Json<ProfileView>, ApiError> {
-    let user = super::social::visible_user(&state, me.user, &username).await?;
+) -> Result<Response, ApiError> {
+    // A name that cannot be a username names no one.
+    let username = Username::parse(&username).map_err(|_| ApiError::NotFound)?;
+    let (user, source) = state
+        .profiles
+        .by_username(&state.db, &state.redis, &username)
+        .await?;
+    let user = user
+        .filter(|u| u.suspended_at.is_none())
+        .ok_or(ApiError::NotFound)?;
     let relation = if user.id == me.user {
         crate::social::store::Relationship::default()
     } else {
         crate::social::store::relationship(&state.db, me.user, user.id).await?
     };
-    Ok(Json(ProfileView {
+    if relation.hidden() {
+        return Err(ApiError::NotFound);
+    }
+    let body = ProfileView {
         id: user.id,
         username: user.username,
         display_name: user.display_name,
@@ -186,5 +204,14 @@ pub async fn profile(
             requested: relation.requested,
             muting: relation.muting,
         },
-    }))
+    };
+    let mut response = Json(body).into_response();
+    response.headers_mut().insert(
+        "x-haberci-cache",
+        axum::http::HeaderValue::from_static(match source {
+            crate::accounts::cache::Source::Hit => "hit",
+            crate::accounts::cache::Source::Miss => "miss",
+        }),
+    );
+    Ok(response)
 }

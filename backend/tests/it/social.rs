@@ -1027,3 +1027,77 @@ async fn an_admin_removes_posts_and_suspends_accounts_whose_sessions_end() {
         "not_found",
     );
 }
+
+#[tokio::test]
+async fn profiles_are_served_from_the_cache_until_a_change_invalidates_them() {
+    let api = Api::new();
+    let (viewer, user) = (api.user().await, api.user().await);
+    let cache = |reply: &Reply| {
+        reply.headers["x-haberci-cache"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    let stats = || async {
+        api.internal(
+            "GET",
+            "/internal/v1/stats",
+            None,
+            Some(crate::support::INTERNAL_TOKEN),
+        )
+        .await
+        .json["profileCache"]
+            .clone()
+    };
+    let before = stats().await;
+    assert_eq!(cache(&profile(&api, &viewer, &user).await), "miss");
+    let hit = profile(&api, &viewer, &user).await;
+    assert_eq!(cache(&hit), "hit");
+    assert_eq!(count(&hit, "followersCount"), 0);
+    let after = stats().await;
+    assert_eq!(
+        after["hits"].as_u64().unwrap(),
+        before["hits"].as_u64().unwrap() + 1
+    );
+    assert_eq!(
+        after["misses"].as_u64().unwrap(),
+        before["misses"].as_u64().unwrap() + 1
+    );
+
+    // Each change that shows on the profile invalidates it: the next read is fresh.
+    ok(&follow(&api, &viewer, &user).await);
+    let read = profile(&api, &viewer, &user).await;
+    assert_eq!(
+        (cache(&read), count(&read, "followersCount")),
+        ("miss".to_owned(), 1)
+    );
+    say(&api, &user, "counted").await;
+    let read = profile(&api, &viewer, &user).await;
+    assert_eq!(
+        (cache(&read), count(&read, "postsCount")),
+        ("miss".to_owned(), 1)
+    );
+    ok(&api
+        .call(
+            "PATCH",
+            "/v1/me",
+            json!({ "displayName": "Renamed" }),
+            Some(&user.token),
+        )
+        .await);
+    let read = profile(&api, &viewer, &user).await;
+    assert_eq!(cache(&read), "miss");
+    assert_eq!(read.str("/displayName"), "Renamed");
+    assert_eq!(cache(&profile(&api, &viewer, &user).await), "hit");
+    // The viewer's own relation is never cached.
+    ok(&act(
+        &api,
+        "DELETE",
+        &format!("/v1/users/{}/follow", user.username),
+        &viewer,
+    )
+    .await);
+    let read = profile(&api, &viewer, &user).await;
+    assert_eq!(read.json["relationship"]["following"], false);
+    assert_eq!(count(&read, "followersCount"), 0);
+}
