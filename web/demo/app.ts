@@ -1,7 +1,9 @@
-// The demo chat page: log in or register over the HTTP API, then chat through the SDK. No
-// framework: a small store of conversations and plain DOM rendering.
+// The demo page: log in or register over the HTTP API, then chat through the SDK, and the
+// social part (social.ts: timeline, profiles, threads; notifications.ts: the badge and its
+// panel). No framework: a small store of conversations and plain DOM rendering.
 //
-// `?transport=websocket` (or `webtransport`) forces one transport.
+// `?transport=websocket` (or `webtransport`) forces one transport. The location hash picks
+// the section: `#/chat` (or none), `#/feed`, `#/users/{username}`, `#/posts/{id}`.
 
 import {
   ProtocolError,
@@ -13,67 +15,9 @@ import {
   type MessageStatus,
   type TransportName,
 } from "../sdk/src/index.js";
-
-// ---------------------------------------------------------------- HTTP API
-
-interface Tokens {
-  access_token: string;
-  refresh_token: string;
-}
-
-class ApiError extends Error {
-  constructor(
-    readonly status: number,
-    message: string,
-  ) {
-    super(message);
-  }
-}
-
-const TOKENS_KEY = "haberci.tokens";
-let tokens: Tokens | null = JSON.parse(sessionStorage.getItem(TOKENS_KEY) ?? "null");
-
-function saveTokens(next: Tokens | null): void {
-  tokens = next;
-  if (next) sessionStorage.setItem(TOKENS_KEY, JSON.stringify({ access_token: next.access_token, refresh_token: next.refresh_token }));
-  else sessionStorage.removeItem(TOKENS_KEY);
-}
-
-async function api<T>(method: string, path: string, body?: unknown, retried = false): Promise<T> {
-  const headers: Record<string, string> = {};
-  if (body !== undefined) headers["content-type"] = "application/json";
-  if (tokens) headers.authorization = `Bearer ${tokens.access_token}`;
-  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  if (response.status === 401 && tokens && !retried && !path.startsWith("/v1/auth/")) {
-    await refreshTokens();
-    return api<T>(method, path, body, true);
-  }
-  const json = response.status === 204 ? null : await response.json().catch(() => null);
-  if (!response.ok) {
-    const error = (json as { error?: { message?: string; field?: string } } | null)?.error;
-    const field = error?.field ? ` (${error.field})` : "";
-    throw new ApiError(response.status, `${error?.message ?? response.statusText}${field}`);
-  }
-  return json as T;
-}
-
-let refreshing: Promise<string> | null = null;
-/** A new access token from the refresh token (rotated on every use; one refresh at a time). */
-function refreshTokens(): Promise<string> {
-  refreshing ??= (async () => {
-    try {
-      const next = await api<Tokens>("POST", "/v1/auth/refresh", { refresh_token: tokens?.refresh_token });
-      saveTokens(next);
-      return next.access_token;
-    } catch (err) {
-      if (err instanceof ApiError && err.status === 401) logout();
-      throw err;
-    } finally {
-      refreshing = null;
-    }
-  })();
-  return refreshing;
-}
+import { $, ApiError, api, onSignedOut, refreshTokens, saveTokens, tokens, type Tokens } from "./api.js";
+import { notificationArrived, refreshUnread, wireNotifications } from "./notifications.js";
+import { showSocial, wireSocial, type SocialView } from "./social.js";
 
 // ---------------------------------------------------------------- state
 
@@ -126,8 +70,6 @@ const users = new Map<string, { username: string; displayName: string }>();
 const online = new Map<string, boolean>();
 let current: string | null = null;
 
-const $ = <T extends HTMLElement = HTMLElement>(id: string) => document.getElementById(id) as T;
-
 function newConversation(id: string, kind: "direct" | "group", title: string): Conversation {
   return {
     id,
@@ -162,12 +104,22 @@ async function startSession(): Promise<void> {
   $("logout").hidden = false;
   $("auth").hidden = true;
   $("app").hidden = false;
+  $("social").hidden = false;
+  $("tabs").hidden = false;
+  $("notif-button").hidden = false;
+  await route();
+  void refreshUnread().catch(() => {});
   await loadConversations();
 
   client = await connectWithRetry();
   showConnection(client.state, client.transport, client.fallback);
-  client.on("state", ({ state, transport, fallback, error }) => showConnection(state, transport, fallback ?? error?.message));
+  client.on("state", ({ state, transport, fallback, error }) => {
+    showConnection(state, transport, fallback ?? error?.message);
+    // Back after a break: what happened meanwhile.
+    if (state === "open") void refreshUnread().catch(() => {});
+  });
   client.on("message", onMessage);
+  client.on("notification", ({ unreadCount }) => notificationArrived(unreadCount));
   client.on("status", ({ conversationId, userId, delivered, read }) => {
     const conv = conversations.get(conversationId);
     if (!conv || userId === me?.id) return;
@@ -260,7 +212,7 @@ function onMessage(message: Message): void {
   conv.lastActivity = message.timestamp;
   conv.typing.delete(message.senderId);
   if (message.senderId !== me?.id) {
-    if (conv.id === current && document.visibilityState === "visible") client?.markRead(conv.id, message.seq);
+    if (conv.id === current && chatVisible()) client?.markRead(conv.id, message.seq);
     else conv.unread++;
   }
   renderList();
@@ -480,7 +432,7 @@ async function lookup(username: string): Promise<string> {
       throw new Error(err instanceof ApiError && err.status === 404 ? `no user called ${username}` : err.message);
     },
   );
-  users.set(profile.id, { username: profile.username, displayName: profile.display_name });
+  users.set(profile.id, { username: profile.username, displayName: profile.displayName });
   return profile.id;
 }
 
@@ -620,12 +572,53 @@ function wire(): void {
   $("logout").addEventListener("click", logout);
   document.addEventListener("visibilitychange", () => {
     const conv = current ? conversations.get(current) : undefined;
-    if (conv && document.visibilityState === "visible") markSeen(conv);
+    if (conv && chatVisible()) markSeen(conv);
   });
+  onSignedOut(logout);
+  window.addEventListener("hashchange", () => void route());
+  wireNotifications();
+  wireSocial({
+    me: () => me,
+    chatWith: async (username) => {
+      location.hash = "#/chat";
+      await startChat(username);
+    },
+  });
+}
+
+// ---------------------------------------------------------------- sections
+
+/** The open conversation is on screen: the chat section, in a visible tab. */
+function chatVisible(): boolean {
+  return document.body.dataset.tab !== "social" && document.visibilityState === "visible";
+}
+
+/** The section and view the location hash names. */
+function viewOf(hash: string): SocialView | null {
+  const [, section = "", arg] = hash.split("/");
+  if (section === "feed") return { kind: "home" };
+  if (section === "users" && arg) return { kind: "profile", username: decodeURIComponent(arg) };
+  if (section === "posts" && arg) return { kind: "thread", postId: decodeURIComponent(arg) };
+  return null;
+}
+
+async function route(): Promise<void> {
+  if (!me) return;
+  const view = viewOf(location.hash);
+  document.body.dataset.tab = view ? "social" : "chat";
+  $("tab-chat").setAttribute("aria-current", String(!view));
+  $("tab-feed").setAttribute("aria-current", String(view !== null));
+  if (view) return showSocial(view);
+  const conv = current ? conversations.get(current) : undefined;
+  if (conv && chatVisible()) markSeen(conv);
 }
 
 function showLogin(message = ""): void {
   $("app").hidden = true;
+  $("social").hidden = true;
+  $("tabs").hidden = true;
+  $("notif-button").hidden = true;
+  $("notif-panel").hidden = true;
   $("logout").hidden = true;
   $("me").textContent = "";
   $("auth").hidden = false;

@@ -10,7 +10,8 @@
 //   HABERCI_TEST_GATEWAY_STOP, HABERCI_TEST_GATEWAY_START   shell commands that stop / start
 //                              the gateway of the stack
 //
-// Every wait is on an event (a selector, a frame), bounded by the test's timeout.
+// Every wait is on an event (a selector, a frame), bounded by the test's timeout; the one
+// poll is the home timeline's, refreshed until a post the worker fans out arrives.
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
 import { createHash, X509Certificate, randomBytes } from "node:crypto";
@@ -128,11 +129,51 @@ function waitForStatus(page, text, status) {
   );
 }
 
+/** An element of `selector` whose `part` has exactly `text` (its links' text included). */
+function withText(page, selector, part, text) {
+  const exact = new RegExp(`^${text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}$`);
+  return page.locator(selector).filter({ has: page.locator(part, { hasText: exact }) });
+}
+
+/** A post in a list (`#feed`, `#profile-posts`, `#thread-post`) by its text. */
+function postIn(page, list, text) {
+  return withText(page, `${list} li.post`, ".post-body", text);
+}
+
+async function openFeed(page) {
+  await page.click("#tab-feed");
+  await page.waitForSelector("#home-view:not([hidden])");
+}
+
+async function publish(page, text) {
+  await page.fill("#post-text", text);
+  await page.click("#post-form button[type=submit]");
+}
+
+/**
+ * Waits for a post to be in the home timeline the server gives, refreshing it until then: the
+ * fan-out to followers' timelines is asynchronous (the worker does it, usually within 100 ms).
+ */
+async function waitForFeedPost(page, text, timeoutMs = 20_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    await page.click("#feed-refresh");
+    try {
+      await postIn(page, "#feed", text).waitFor({ timeout: 1_000 });
+      return;
+    } catch (err) {
+      if (Date.now() > deadline) throw new Error(`"${text}" is not in the home timeline after ${timeoutMs} ms: ${err.message}`);
+    }
+  }
+}
+
 const alice = `alice_${run}`;
 const bob = `bob_${run}`;
 const carol = `carol_${run}`;
+const ayse = `ayse_${run}`;
+const burak = `burak_${run}`;
 
-describe("the demo page in Chromium", { timeout: 7 * TIMEOUT }, () => {
+describe("the demo page in Chromium", { timeout: 10 * TIMEOUT }, () => {
   before(async () => {
     mkdirSync(OUTPUT, { recursive: true });
     browser = await chromium.launch({
@@ -374,6 +415,116 @@ describe("the demo page in Chromium", { timeout: 7 * TIMEOUT }, () => {
     const png = readFileSync(path);
     assert.equal(png.subarray(1, 4).toString(), "PNG");
     console.log(`screenshot: ${path}`);
+  });
+
+  const firstPost = `İlk gönderim ${run} #merhaba`;
+  const secondPost = `Çay demlendi, @${burak}? ${run}`;
+
+  test("a post from the page is in its author's timeline; a follow from the profile brings the next one to the follower's", { timeout: TIMEOUT }, async () => {
+    pages.ayse = await openPage("ayse");
+    pages.burak = await openPage("burak");
+    await register(pages.ayse, ayse);
+    await register(pages.burak, burak);
+    const { ayse: a, burak: b } = pages;
+
+    await openFeed(a);
+    await publish(a, firstPost);
+    await postIn(a, "#feed", firstPost).waitFor();
+    // The server's timeline has it too, not only the page: after a reload (the hash keeps
+    // the feed open) it comes from GET /v1/feed/home.
+    await a.reload();
+    await a.waitForSelector("#home-view:not([hidden])");
+    await waitForFeedPost(a, firstPost);
+    assert.equal(await postIn(a, "#feed", firstPost).locator(".author").getAttribute("data-username"), ayse);
+
+    // Burak finds her by username and follows her from her profile.
+    await openFeed(b);
+    await b.fill("#user-search input[name=q]", ayse);
+    await b.click("#user-search button");
+    await b.waitForSelector("#profile-view:not([hidden])");
+    await b.waitForFunction((u) => document.querySelector("#profile-username").textContent === `@${u}`, ayse);
+    await postIn(b, "#profile-posts", firstPost).waitFor();
+    assert.equal(await b.textContent("#profile-followers"), "0");
+    assert.equal(await b.textContent("#follow-button"), "Follow");
+    await b.click("#follow-button");
+    await b.waitForSelector('#follow-button[data-following="true"]');
+    assert.equal(await b.textContent("#follow-button"), "Following");
+    assert.equal(await b.textContent("#profile-followers"), "1");
+
+    // Her next post reaches his timeline (shortly after: the fan-out is asynchronous).
+    await publish(a, secondPost);
+    await postIn(a, "#feed", secondPost).waitFor();
+    await b.click(".home-link");
+    await b.waitForSelector("#home-view:not([hidden])");
+    await waitForFeedPost(b, secondPost);
+    // Her name on the post leads to her profile, which says he follows her.
+    await postIn(b, "#feed", secondPost).locator(".author").click();
+    await b.waitForFunction((u) => document.querySelector("#profile-username").textContent === `@${u}`, ayse);
+    await b.waitForSelector('#follow-button[data-following="true"]');
+    await b.click(".home-link");
+    await postIn(b, "#feed", secondPost).waitFor();
+  });
+
+  test("a like and a comment from the page move the author's notifications badge live; the panel lists them", { timeout: TIMEOUT }, async () => {
+    const { ayse: a, burak: b } = pages;
+    // No reload from here on: the page keeps this mark. And the badge must move by the live
+    // Notification frame, not by asking the API: count her page's unread-count requests.
+    await a.evaluate(() => (window.sameDocument = true));
+    let countRequests = 0;
+    a.on("request", (request) => {
+      if (request.url().endsWith("/v1/notifications/unread-count")) countRequests++;
+    });
+    // Burak's follow is her one unread notification; opening the panel reads it.
+    await a.waitForSelector('#notif-count:not([hidden])[data-count="1"]');
+    await a.click("#notif-button");
+    const follow = await a.waitForSelector('#notif-list li.notification[data-kind="follow"]');
+    assert.equal(await follow.textContent().then((t) => t.startsWith(`@${burak} followed you`)), true);
+    await a.waitForSelector("#notif-count", { state: "hidden" });
+    await a.click("#notif-close");
+
+    // He likes her post in his timeline.
+    const post = postIn(b, "#feed", secondPost);
+    await post.locator("button.like").click();
+    await post.locator('button.like[aria-pressed="true"]').waitFor();
+    assert.equal(await post.locator(".like-count").textContent(), "1");
+    await a.waitForSelector('#notif-count:not([hidden])[data-count="1"]');
+
+    // He comments in the post's thread.
+    await post.locator("a.comment").click();
+    await b.waitForSelector("#thread-view:not([hidden])");
+    await postIn(b, "#thread-post", secondPost).waitFor();
+    await b.fill("#comment-text", "Geliyorum ☕");
+    await b.click("#comment-form button[type=submit]");
+    await withText(b, "#comments li.comment-item", ".post-body", "Geliyorum ☕").waitFor();
+    assert.equal(await postIn(b, "#thread-post", secondPost).locator(".comment-count").textContent(), "1");
+    await a.waitForSelector('#notif-count:not([hidden])[data-count="2"]');
+    assert.equal(countRequests, 0, "the badge moved by fetching the count, not by the live frame");
+
+    // Her panel: the comment, the like (newest first), the follow already read.
+    await a.click("#notif-button");
+    await a.waitForSelector('#notif-list li.notification[data-kind="follow"]');
+    const kinds = await a.$$eval("#notif-list li.notification", (items) => items.map((li) => `${li.dataset.kind}${li.classList.contains("unread-item") ? "*" : ""}`));
+    assert.deepEqual(kinds, ["comment*", "like*", "follow"]);
+    await a.waitForSelector("#notif-count", { state: "hidden" });
+    assert.equal(await a.evaluate(() => window.sameDocument), true);
+
+    // From the like's notification to the thread, where her post shows the like and the comment.
+    await a.click('#notif-list li.notification[data-kind="like"] a');
+    await a.waitForSelector("#notif-panel", { state: "hidden" });
+    const mine = postIn(a, "#thread-post", secondPost);
+    await mine.waitFor();
+    assert.equal(await mine.locator(".like-count").textContent(), "1");
+    assert.equal(await mine.locator(".comment-count").textContent(), "1");
+    await withText(a, "#comments li.comment-item", ".post-body", "Geliyorum ☕").waitFor();
+
+    await b.click(".home-link");
+    await postIn(b, "#feed", secondPost).waitFor();
+    await a.click("#notif-button");
+    await a.waitForSelector('#notif-list li.notification[data-kind="comment"]');
+    const path = join(OUTPUT, "social.png");
+    await a.screenshot({ path });
+    await b.screenshot({ path: join(OUTPUT, "feed.png") });
+    console.log(`screenshots: ${path}, ${join(OUTPUT, "feed.png")}`);
   });
 });
 
