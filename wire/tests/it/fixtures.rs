@@ -192,6 +192,14 @@ pub fn server_frames() -> Vec<(&'static str, ServerFrame)> {
             }),
         ),
         (
+            "server_error_blocked",
+            ServerFrame::Error(ErrorFrame {
+                code: ErrorCode::Blocked,
+                message: "the recipient does not accept messages from you".into(),
+                client_msg_id: Some(id(CLIENT_MSG)),
+            }),
+        ),
+        (
             "server_closing",
             ServerFrame::Closing(Closing {
                 code: ErrorCode::UnsupportedVersion,
