@@ -56,7 +56,7 @@ async fn main() {
         .clone()
         .oneshot(request(
             "/v1/auth/register",
-            serde_json::json!({"username": name, "email": format!("{name}@example.com"), "password": password, "display_name": "Bench"}),
+            serde_json::json!({"username": name, "email": format!("{name}@example.com"), "password": password, "displayName": "Bench"}),
         ))
         .await
         .unwrap();
@@ -81,7 +81,7 @@ async fn main() {
     let logins = run(seconds, concurrency, move || {
         let app = app.clone();
         let name = login_name.clone();
-        let body = serde_json::json!({"username_or_email": name, "password": password});
+        let body = serde_json::json!({"usernameOrEmail": name, "password": password});
         async move {
             let response = app.oneshot(request("/v1/auth/login", body)).await.unwrap();
             response.status() == 200

@@ -280,16 +280,16 @@ async fn perform(
                     "username": task.username,
                     "email": format!("{}@bench-{prefix}.example.com", task.username),
                     "password": password,
-                    "display_name": format!("Bench {}", task.index),
+                    "displayName": format!("Bench {}", task.index),
                 }),
             ),
             Op::Login => (
                 "/v1/auth/login",
-                json!({ "username_or_email": task.username, "password": password }),
+                json!({ "usernameOrEmail": task.username, "password": password }),
             ),
             Op::Refresh => (
                 "/v1/auth/refresh",
-                json!({ "refresh_token": task.refresh_token }),
+                json!({ "refreshToken": task.refresh_token }),
             ),
         };
         let answer = match call(target, source, conn, path, &body).await {
@@ -317,7 +317,7 @@ async fn perform(
             (Op::Register, StatusCode::CONFLICT) => op = Op::Login,
             (Op::Refresh, StatusCode::UNAUTHORIZED) => op = Op::Login,
             (Op::Login | Op::Refresh, StatusCode::OK) => {
-                let id = access_token_subject(answer.body["access_token"].as_str())?;
+                let id = access_token_subject(answer.body["accessToken"].as_str())?;
                 return Ok((op, user_from(id, &task.username, &answer.body)?));
             }
             // The user is gone (a reset database): make it again.
@@ -375,14 +375,14 @@ fn user_from(
             .map(str::to_owned)
             .ok_or_else(|| anyhow!("no {field} in {tokens}"))
     };
-    let expires_in = tokens["expires_in"]
+    let expires_in = tokens["expiresIn"]
         .as_u64()
-        .ok_or_else(|| anyhow!("no expires_in in {tokens}"))?;
+        .ok_or_else(|| anyhow!("no expiresIn in {tokens}"))?;
     Ok(BenchUser {
         id,
         username: username.into(),
-        refresh_token: text("refresh_token")?,
-        access_token: text("access_token")?,
+        refresh_token: text("refreshToken")?,
+        access_token: text("accessToken")?,
         access_expires_at: unix_now() + expires_in,
     })
 }

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! The access token comes from the HTTP API (`POST /v1/auth/login` or `/register`, field
-//! `access_token`): logging in is not the realtime client's job. Without `--to` it only
+//! `accessToken`): logging in is not the realtime client's job. Without `--to` it only
 //! listens. End with Ctrl-D (or Ctrl-C).
 
 use std::path::PathBuf;

@@ -33,9 +33,9 @@ ensure_venv() {
 access_token() {
   local name="st_$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   curl -fsS --cacert "$CA" -H 'content-type: application/json' \
-    -d "{\"username\":\"$name\",\"email\":\"$name@example.com\",\"password\":\"schemathesis password\",\"display_name\":\"Schemathesis\"}" \
+    -d "{\"username\":\"$name\",\"email\":\"$name@example.com\",\"password\":\"schemathesis password\",\"displayName\":\"Schemathesis\"}" \
     "$GATEWAY/v1/auth/register" \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["tokens"]["access_token"])'
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["tokens"]["accessToken"])'
 }
 
 # --request-retries: a request that fails at the network level (no HTTP answer) is tried again.

@@ -77,7 +77,7 @@ class Api:
     def register(self, prefix: str) -> dict:
         name = f"{prefix}_{uuid.uuid4().hex[:12]}"
         body = {"username": name, "email": f"{name}@example.com",
-                "password": "python interop password", "display_name": prefix.capitalize()}
+                "password": "python interop password", "displayName": prefix.capitalize()}
         req = urllib.request.Request(f"{self.base}/v1/auth/register", method="POST",
                                      data=json.dumps(body).encode(),
                                      headers={"content-type": "application/json"})
@@ -87,7 +87,7 @@ class Api:
                 data = json.load(r)
         except urllib.error.HTTPError as e:
             raise Failure(f"register {name}: HTTP {e.code} {e.read()[:300]!r}")
-        return {"name": name, "id": data["user"]["id"], "token": data["tokens"]["access_token"]}
+        return {"name": name, "id": data["user"]["id"], "token": data["tokens"]["accessToken"]}
 
 
 # ---------------------------------------------------------------------------------------------

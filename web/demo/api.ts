@@ -3,8 +3,8 @@
 // (app.ts) and the social part (social.ts, notifications.ts).
 
 export interface Tokens {
-  access_token: string;
-  refresh_token: string;
+  accessToken: string;
+  refreshToken: string;
 }
 
 export class ApiError extends Error {
@@ -17,11 +17,13 @@ export class ApiError extends Error {
 }
 
 const TOKENS_KEY = "haberci.tokens";
-export let tokens: Tokens | null = JSON.parse(sessionStorage.getItem(TOKENS_KEY) ?? "null");
+// A pair saved before the API's fields became camelCase (issue #15) is dropped: log in again.
+const stored: Partial<Tokens> | null = JSON.parse(sessionStorage.getItem(TOKENS_KEY) ?? "null");
+export let tokens: Tokens | null = stored?.accessToken && stored.refreshToken ? (stored as Tokens) : null;
 
 export function saveTokens(next: Tokens | null): void {
   tokens = next;
-  if (next) sessionStorage.setItem(TOKENS_KEY, JSON.stringify({ access_token: next.access_token, refresh_token: next.refresh_token }));
+  if (next) sessionStorage.setItem(TOKENS_KEY, JSON.stringify({ accessToken: next.accessToken, refreshToken: next.refreshToken }));
   else sessionStorage.removeItem(TOKENS_KEY);
 }
 
@@ -34,7 +36,7 @@ export function onSignedOut(handler: () => void): void {
 export async function api<T>(method: string, path: string, body?: unknown, retried = false): Promise<T> {
   const headers: Record<string, string> = {};
   if (body !== undefined) headers["content-type"] = "application/json";
-  if (tokens) headers.authorization = `Bearer ${tokens.access_token}`;
+  if (tokens) headers.authorization = `Bearer ${tokens.accessToken}`;
   const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   if (response.status === 401 && tokens && !retried && !path.startsWith("/v1/auth/")) {
     await refreshTokens();
@@ -54,9 +56,9 @@ let refreshing: Promise<string> | null = null;
 export function refreshTokens(): Promise<string> {
   refreshing ??= (async () => {
     try {
-      const next = await api<Tokens>("POST", "/v1/auth/refresh", { refresh_token: tokens?.refresh_token });
+      const next = await api<Tokens>("POST", "/v1/auth/refresh", { refreshToken: tokens?.refreshToken });
       saveTokens(next);
-      return next.access_token;
+      return next.accessToken;
     } catch (err) {
       if (err instanceof ApiError && err.status === 401) signedOut();
       throw err;

@@ -148,7 +148,7 @@ async function connectWithRetry(): Promise<HaberciClient> {
     try {
       return await connect({
         url: location.origin,
-        token: tokens!.access_token,
+        token: tokens!.accessToken,
         refreshToken: refreshTokens,
         transports: forced ? [forced] : undefined,
       });
@@ -488,7 +488,7 @@ function sendText(text: string): void {
 }
 
 function logout(): void {
-  if (tokens) void api("POST", "/v1/auth/logout", { refresh_token: tokens.refresh_token }).catch(() => {});
+  if (tokens) void api("POST", "/v1/auth/logout", { refreshToken: tokens.refreshToken }).catch(() => {});
   saveTokens(null);
   location.reload();
 }
@@ -509,10 +509,10 @@ function wire(): void {
         ? api<{ tokens: Tokens }>("POST", "/v1/auth/register", {
             username,
             password,
-            display_name: String(data.get("displayName")).trim() || username,
+            displayName: String(data.get("displayName")).trim() || username,
             email: String(data.get("email")).trim() || `${username.toLowerCase()}@example.com`,
           }).then((r) => r.tokens)
-        : api<Tokens>("POST", "/v1/auth/login", { username_or_email: username, password });
+        : api<Tokens>("POST", "/v1/auth/login", { usernameOrEmail: username, password });
     request
       .then((next) => {
         saveTokens(next);

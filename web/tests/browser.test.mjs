@@ -267,10 +267,10 @@ describe("the demo page in Chromium", { timeout: 10 * TIMEOUT }, () => {
 
   test("a message from the Rust client appears in the page", { timeout: TIMEOUT }, async () => {
     // Bob's second session: the Rust SDK over native QUIC, with Bob's token from his page.
-    const token = await pages.bob.evaluate(() => JSON.parse(sessionStorage.getItem("haberci.tokens")).access_token);
+    const token = await pages.bob.evaluate(() => JSON.parse(sessionStorage.getItem("haberci.tokens")).accessToken);
     const aliceId = await pages.alice.evaluate(async () => {
       const tokens = JSON.parse(sessionStorage.getItem("haberci.tokens"));
-      const me = await fetch("/v1/me", { headers: { authorization: `Bearer ${tokens.access_token}` } });
+      const me = await fetch("/v1/me", { headers: { authorization: `Bearer ${tokens.accessToken}` } });
       return (await me.json()).id;
     });
     const peer = new Peer();
@@ -365,23 +365,23 @@ describe("the demo page in Chromium", { timeout: 10 * TIMEOUT }, () => {
         return response.json();
       };
       const name = `dave_${Math.random().toString(36).slice(2, 8)}`;
-      const { tokens } = await post("/v1/auth/register", { username: name, password: "correct horse battery", display_name: name, email: `${name}@example.com` });
-      const bob = await (await fetch(`/v1/users/${bobName}`, { headers: { authorization: `Bearer ${tokens.access_token}` } })).json();
-      let refreshToken = tokens.refresh_token;
+      const { tokens } = await post("/v1/auth/register", { username: name, password: "correct horse battery", displayName: name, email: `${name}@example.com` });
+      const bob = await (await fetch(`/v1/users/${bobName}`, { headers: { authorization: `Bearer ${tokens.accessToken}` } })).json();
+      let refreshToken = tokens.refreshToken;
       const refreshed = [];
       let twice;
       const refreshedTwice = new Promise((resolve) => (twice = resolve));
       // Refresh 14 min 59 s before a 15 min token expires: about a second after Welcome.
       const good = await sdk.connect({
         url: location.origin,
-        token: tokens.access_token,
+        token: tokens.accessToken,
         refreshMarginMs: 899_000,
         refreshToken: async () => {
-          const next = await post("/v1/auth/refresh", { refresh_token: refreshToken });
-          refreshToken = next.refresh_token;
-          refreshed.push(next.access_token);
+          const next = await post("/v1/auth/refresh", { refreshToken });
+          refreshToken = next.refreshToken;
+          refreshed.push(next.accessToken);
           if (refreshed.length === 2) twice();
-          return next.access_token;
+          return next.accessToken;
         },
       });
       await refreshedTwice;
@@ -502,6 +502,8 @@ describe("the demo page in Chromium", { timeout: 10 * TIMEOUT }, () => {
 
     // Her panel: the comment, the like (newest first), the follow already read.
     await a.click("#notif-button");
+    // The panel may still show its last list until the new one arrives: wait for the comment.
+    await a.waitForSelector('#notif-list li.notification[data-kind="comment"]');
     await a.waitForSelector('#notif-list li.notification[data-kind="follow"]');
     const kinds = await a.$$eval("#notif-list li.notification", (items) => items.map((li) => `${li.dataset.kind}${li.classList.contains("unread-item") ? "*" : ""}`));
     assert.deepEqual(kinds, ["comment*", "like*", "follow"]);

@@ -20,7 +20,7 @@ use crate::auth::sessions::{self, Issued, Origin, RefreshToken, Rotation};
 
 /// `POST /v1/auth/register`.
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RegisterRequest {
     /// 3–32 of `a-z 0-9 _`, starting with a letter; case-insensitive (stored lowercase).
     #[schema(value_type = String, min_length = 3, max_length = 32, pattern = "^[A-Za-z][A-Za-z0-9_]{2,31}$", example = "ada_l")]
@@ -57,7 +57,7 @@ impl<'de> Deserialize<'de> for SubmittedPassword {
 
 /// `POST /v1/auth/login`.
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LoginRequest {
     /// A username, or an email (anything containing `@`).
     #[schema(value_type = String, min_length = 3, max_length = 254, pattern = "^([A-Za-z][A-Za-z0-9_]{2,31}|[^@ ]+@[A-Za-z0-9.-]+[.][A-Za-z]{2,})$", example = "ada_l")]
@@ -68,7 +68,7 @@ pub struct LoginRequest {
 
 /// `POST /v1/auth/refresh`.
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RefreshRequest {
     /// The refresh token from the last login or refresh; spent by this call.
     #[schema(min_length = 1, max_length = 128)]
@@ -77,6 +77,7 @@ pub struct RefreshRequest {
 
 /// A fresh pair of tokens.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Tokens {
     /// Always `Bearer`.
     pub token_type: &'static str,
@@ -103,6 +104,7 @@ pub struct Registered {
 
 /// One of my sessions (devices).
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct SessionView {
     #[schema(value_type = String, format = Uuid)]
     pub id: SessionId,

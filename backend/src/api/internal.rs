@@ -43,7 +43,7 @@ pub const MAX_SYNC_MESSAGES: usize = 10_000;
 pub fn router() -> axum::Router<AppState> {
     axum::Router::new()
         .route(
-            "/internal/v1/users/{user_id}/conversations",
+            "/internal/v1/users/{userId}/conversations",
             get(user_conversations),
         )
         .route("/internal/v1/sync", post(sync))

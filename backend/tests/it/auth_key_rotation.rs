@@ -45,7 +45,7 @@ async fn a_key_added_to_the_directory_is_published_and_signs_after_a_reload() {
         keys.clone(),
     ));
     let (account, registered) = api.register().await;
-    let old_token = registered.str("/tokens/access_token");
+    let old_token = registered.str("/tokens/accessToken");
     assert_eq!(kid(&old_token), OLD);
     assert!(!keys.reload_if_changed(), "nothing changed yet");
 
@@ -56,7 +56,7 @@ async fn a_key_added_to_the_directory_is_published_and_signs_after_a_reload() {
     assert_eq!(published(&jwks), [OLD, NEW]);
     let login = api.login(&account).await;
     assert_eq!(login.status, StatusCode::OK, "{}", login.json);
-    let new_token = login.str("/access_token");
+    let new_token = login.str("/accessToken");
     assert_eq!(kid(&new_token), NEW, "the later-sorting key signs");
     for token in [&old_token, &new_token] {
         let me = api.get("/v1/me", Some(token)).await;
@@ -72,7 +72,7 @@ async fn a_key_added_to_the_directory_is_published_and_signs_after_a_reload() {
         "a failure is not retried until the directory changes"
     );
     assert_eq!(published(&api.get("/v1/auth/jwks", None).await), [OLD, NEW]);
-    assert_eq!(kid(&api.login(&account).await.str("/access_token")), NEW);
+    assert_eq!(kid(&api.login(&account).await.str("/accessToken")), NEW);
 
     // Removing the old key (and the broken file) retires it: its tokens stop verifying.
     std::fs::remove_file(&broken).unwrap();

@@ -13,25 +13,25 @@ async fn register_login_refresh_reuse_revokes_the_family() {
     let api = Api::new();
     let (account, registered) = api.register().await;
     assert_eq!(registered.str("/user/username"), account.username);
-    assert_eq!(registered.str("/tokens/token_type"), "Bearer");
-    assert_eq!(registered.json["tokens"]["expires_in"], 900);
-    let register_access = registered.str("/tokens/access_token");
+    assert_eq!(registered.str("/tokens/tokenType"), "Bearer");
+    assert_eq!(registered.json["tokens"]["expiresIn"], 900);
+    let register_access = registered.str("/tokens/accessToken");
 
     // Log in with the email, in another case: emails are unique case-insensitively.
     let login = api
         .post(
             "/v1/auth/login",
-            json!({ "username_or_email": account.email.to_uppercase(), "password": account.password }),
+            json!({ "usernameOrEmail": account.email.to_uppercase(), "password": account.password }),
         )
         .await;
     assert_eq!(login.status, StatusCode::OK, "{}", login.json);
     assert_eq!(login.headers["cache-control"], "no-store");
-    let access = login.str("/access_token");
-    let first_refresh = login.str("/refresh_token");
-    let session = login.str("/session_id");
+    let access = login.str("/accessToken");
+    let first_refresh = login.str("/refreshToken");
+    let session = login.str("/sessionId");
     assert_ne!(
         session,
-        registered.str("/tokens/session_id"),
+        registered.str("/tokens/sessionId"),
         "a login is a new session"
     );
 
@@ -41,19 +41,16 @@ async fn register_login_refresh_reuse_revokes_the_family() {
     assert_eq!(me.str("/email"), account.email);
 
     let refreshed = api
-        .post(
-            "/v1/auth/refresh",
-            json!({ "refresh_token": first_refresh }),
-        )
+        .post("/v1/auth/refresh", json!({ "refreshToken": first_refresh }))
         .await;
     assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.json);
     assert_eq!(
-        refreshed.str("/session_id"),
+        refreshed.str("/sessionId"),
         session,
         "rotation keeps the session"
     );
-    let second_refresh = refreshed.str("/refresh_token");
-    let second_access = refreshed.str("/access_token");
+    let second_refresh = refreshed.str("/refreshToken");
+    let second_access = refreshed.str("/accessToken");
     assert_ne!(second_refresh, first_refresh);
     assert_eq!(
         api.get("/v1/me", Some(&second_access)).await.status,
@@ -71,10 +68,7 @@ async fn register_login_refresh_reuse_revokes_the_family() {
 
     // The spent token again: theft detected, the family (this session) is revoked.
     let reused = api
-        .post(
-            "/v1/auth/refresh",
-            json!({ "refresh_token": first_refresh }),
-        )
+        .post("/v1/auth/refresh", json!({ "refreshToken": first_refresh }))
         .await;
     assert_eq!(reused.status, StatusCode::UNAUTHORIZED);
     assert_eq!(reused.code(), "refresh_token_reused");
@@ -109,7 +103,7 @@ async fn register_login_refresh_reuse_revokes_the_family() {
     let next = api
         .post(
             "/v1/auth/refresh",
-            json!({ "refresh_token": second_refresh }),
+            json!({ "refreshToken": second_refresh }),
         )
         .await;
     assert_eq!(next.status, StatusCode::UNAUTHORIZED);
@@ -130,13 +124,13 @@ async fn unknown_user_and_wrong_password_get_the_same_answer() {
     let wrong = api
         .post(
             "/v1/auth/login",
-            json!({ "username_or_email": account.username, "password": "not the password" }),
+            json!({ "usernameOrEmail": account.username, "password": "not the password" }),
         )
         .await;
     let unknown = api
         .post(
             "/v1/auth/login",
-            json!({ "username_or_email": crate::support::unique_name("ghost"), "password": "not the password" }),
+            json!({ "usernameOrEmail": crate::support::unique_name("ghost"), "password": "not the password" }),
         )
         .await;
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
@@ -164,7 +158,7 @@ async fn usernames_and_emails_are_unique_whatever_their_case() {
         let reply = api
             .post(
                 "/v1/auth/register",
-                json!({ "username": username, "email": email, "password": "long enough pass", "display_name": "X" }),
+                json!({ "username": username, "email": email, "password": "long enough pass", "displayName": "X" }),
             )
             .await;
         assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.json);
@@ -177,7 +171,7 @@ async fn usernames_and_emails_are_unique_whatever_their_case() {
 async fn profiles_are_edited_and_looked_up() {
     let api = Api::new();
     let (account, registered) = api.register().await;
-    let token = registered.str("/tokens/access_token");
+    let token = registered.str("/tokens/accessToken");
 
     let edited = api
         .call(
@@ -256,7 +250,7 @@ async fn profiles_are_edited_and_looked_up() {
 async fn two_concurrent_refreshes_with_one_token_one_rotates_and_the_family_is_revoked() {
     let api = Api::new();
     let (_, registered) = api.register().await;
-    let body = json!({ "refresh_token": registered.str("/tokens/refresh_token") });
+    let body = json!({ "refreshToken": registered.str("/tokens/refreshToken") });
     let (a, b) = tokio::join!(
         api.post("/v1/auth/refresh", body.clone()),
         api.post("/v1/auth/refresh", body)
@@ -279,14 +273,14 @@ async fn two_concurrent_refreshes_with_one_token_one_rotates_and_the_family_is_r
     let next = api
         .post(
             "/v1/auth/refresh",
-            json!({ "refresh_token": winner.str("/refresh_token") }),
+            json!({ "refreshToken": winner.str("/refreshToken") }),
         )
         .await;
     assert_eq!(
         (next.status, next.code()),
         (StatusCode::UNAUTHORIZED, "invalid_refresh_token")
     );
-    let me = api.get("/v1/me", Some(&winner.str("/access_token"))).await;
+    let me = api.get("/v1/me", Some(&winner.str("/accessToken"))).await;
     assert_eq!(
         (me.status, me.code()),
         (StatusCode::UNAUTHORIZED, "session_revoked")

@@ -149,7 +149,7 @@ async fn prune_deletes_only_what_ended_before_the_cutoffs() {
 
     // The live session still works.
     let me = api
-        .get("/v1/me", Some(&registered.str("/tokens/access_token")))
+        .get("/v1/me", Some(&registered.str("/tokens/accessToken")))
         .await;
     assert_eq!(me.status, http::StatusCode::OK);
 }

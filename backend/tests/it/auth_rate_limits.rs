@@ -19,7 +19,7 @@ fn with(change: impl FnOnce(&mut ApiSettings)) -> ApiSettings {
 }
 
 fn login_body(name: &str) -> serde_json::Value {
-    json!({ "username_or_email": name, "password": "wrong password" })
+    json!({ "usernameOrEmail": name, "password": "wrong password" })
 }
 
 fn retry_after(reply: &crate::support::Reply) -> u64 {
@@ -99,7 +99,7 @@ async fn registrations_and_refreshes_are_limited_per_ip() {
     let again = api
         .post(
             "/v1/auth/register",
-            json!({ "username": unique_name("r"), "email": "r@example.com", "password": "long enough", "display_name": "R" }),
+            json!({ "username": unique_name("r"), "email": "r@example.com", "password": "long enough", "displayName": "R" }),
         )
         .await;
     assert_eq!(
@@ -112,7 +112,7 @@ async fn registrations_and_refreshes_are_limited_per_ip() {
         let reply = api
             .post(
                 "/v1/auth/refresh",
-                json!({ "refresh_token": "B".repeat(43) }),
+                json!({ "refreshToken": "B".repeat(43) }),
             )
             .await;
         assert_eq!(reply.code(), "invalid_refresh_token");
@@ -120,7 +120,7 @@ async fn registrations_and_refreshes_are_limited_per_ip() {
     let reply = api
         .post(
             "/v1/auth/refresh",
-            json!({ "refresh_token": "B".repeat(43) }),
+            json!({ "refreshToken": "B".repeat(43) }),
         )
         .await;
     assert_eq!(reply.code(), "rate_limited");
@@ -173,7 +173,7 @@ async fn every_failed_login_logs_one_fail2ban_line() {
     let settings = with(|s| s.auth.limits.login_account = Rate::new(2, Duration::from_secs(60)));
     let api = Api::with_settings(settings);
     let (account, _) = api.register().await;
-    let wrong = json!({ "username_or_email": account.username, "password": "wrong password" });
+    let wrong = json!({ "usernameOrEmail": account.username, "password": "wrong password" });
     for _ in 0..3 {
         api.post("/v1/auth/login", wrong.clone()).await;
     }
@@ -263,7 +263,7 @@ async fn registrations_are_limited_per_username_and_per_email() {
         let reply = api
             .post(
                 "/v1/auth/register",
-                json!({ "username": username, "email": email, "password": "long enough", "display_name": "R" }),
+                json!({ "username": username, "email": email, "password": "long enough", "displayName": "R" }),
             )
             .await;
         assert_eq!(

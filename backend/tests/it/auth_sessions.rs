@@ -20,8 +20,8 @@ async fn the_session_cache_is_a_cache_postgres_answers_without_it() {
     let redis = api.state.redis.clone();
     redis.wait_for_connect().await.unwrap();
     let (_, registered) = api.register().await;
-    let token = registered.str("/tokens/access_token");
-    let key = session_key(&registered.str("/tokens/session_id"));
+    let token = registered.str("/tokens/accessToken");
+    let key = session_key(&registered.str("/tokens/sessionId"));
 
     assert_eq!(api.get("/v1/me", Some(&token)).await.status, StatusCode::OK);
     let cached: Option<String> = redis.get(&key).await.unwrap();
@@ -67,11 +67,11 @@ async fn the_session_cache_is_a_cache_postgres_answers_without_it() {
 async fn devices_are_listed_and_revoked_one_by_one_or_all_at_once() {
     let api = Api::new();
     let (account, registered) = api.register().await;
-    let first = registered.str("/tokens/access_token");
+    let first = registered.str("/tokens/accessToken");
     let second = api.login(&account).await;
     let third = api.login(&account).await;
-    let second_token = second.str("/access_token");
-    let third_token = third.str("/access_token");
+    let second_token = second.str("/accessToken");
+    let third_token = third.str("/accessToken");
 
     let listed = api.get("/v1/auth/sessions", Some(&first)).await;
     assert_eq!(listed.status, StatusCode::OK, "{}", listed.json);
@@ -79,7 +79,7 @@ async fn devices_are_listed_and_revoked_one_by_one_or_all_at_once() {
     assert_eq!(sessions.len(), 3);
     let current: Vec<_> = sessions.iter().filter(|s| s["current"] == true).collect();
     assert_eq!(current.len(), 1);
-    assert_eq!(current[0]["id"], registered.json["tokens"]["session_id"]);
+    assert_eq!(current[0]["id"], registered.json["tokens"]["sessionId"]);
     assert!(
         sessions
             .iter()
@@ -87,7 +87,7 @@ async fn devices_are_listed_and_revoked_one_by_one_or_all_at_once() {
     );
 
     // Revoke the second device from the first.
-    let path = format!("/v1/auth/sessions/{}", second.str("/session_id"));
+    let path = format!("/v1/auth/sessions/{}", second.str("/sessionId"));
     let revoked = api
         .call("DELETE", &path, serde_json::Value::Null, Some(&first))
         .await;
@@ -115,13 +115,13 @@ async fn devices_are_listed_and_revoked_one_by_one_or_all_at_once() {
 
     // Someone else cannot revoke my sessions, nor learn that they exist.
     let (_, stranger) = api.register().await;
-    let path = format!("/v1/auth/sessions/{}", third.str("/session_id"));
+    let path = format!("/v1/auth/sessions/{}", third.str("/sessionId"));
     let theirs = api
         .call(
             "DELETE",
             &path,
             serde_json::Value::Null,
-            Some(&stranger.str("/tokens/access_token")),
+            Some(&stranger.str("/tokens/accessToken")),
         )
         .await;
     assert_eq!(theirs.status, StatusCode::NOT_FOUND);
@@ -149,7 +149,7 @@ async fn devices_are_listed_and_revoked_one_by_one_or_all_at_once() {
     let refresh = api
         .post(
             "/v1/auth/refresh",
-            serde_json::json!({ "refresh_token": third.str("/refresh_token") }),
+            serde_json::json!({ "refreshToken": third.str("/refreshToken") }),
         )
         .await;
     assert_eq!(refresh.code(), "invalid_refresh_token");

@@ -26,8 +26,8 @@ async fn forged_expired_and_tampered_tokens_are_refused() {
     let api = Api::new();
     let (_, registered) = api.register().await;
     let user: Uuid = registered.str("/user/id").parse().unwrap();
-    let session: Uuid = registered.str("/tokens/session_id").parse().unwrap();
-    let valid = registered.str("/tokens/access_token");
+    let session: Uuid = registered.str("/tokens/sessionId").parse().unwrap();
+    let valid = registered.str("/tokens/accessToken");
     let keys = api.state.auth.keys.current();
     let keys = &keys.set;
     let kid = keys.signing_kid().to_string();
@@ -158,9 +158,9 @@ async fn the_jwks_publishes_the_signing_key_and_its_tokens_verify_with_it_alone(
     let document: haberci_token::Jwks = serde_json::from_value(jwks.json.clone()).unwrap();
     let verifier = haberci_token::Verifier::from_jwks(&document).unwrap();
     let claims = verifier
-        .verify(&registered.str("/tokens/access_token"), now())
+        .verify(&registered.str("/tokens/accessToken"), now())
         .unwrap();
     assert_eq!(claims.sub.to_string(), registered.str("/user/id"));
-    assert_eq!(claims.sid.to_string(), registered.str("/tokens/session_id"));
+    assert_eq!(claims.sid.to_string(), registered.str("/tokens/sessionId"));
     assert_eq!(claims.exp - claims.iat, 900);
 }

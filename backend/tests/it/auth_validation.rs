@@ -11,7 +11,7 @@ fn register_body(overrides: Value) -> Value {
         "username": unique_name("v"),
         "email": format!("{}@example.com", unique_name("v")),
         "password": "a fine password",
-        "display_name": "Val",
+        "displayName": "Val",
     });
     if let (Some(body), Some(overrides)) = (body.as_object_mut(), overrides.as_object()) {
         for (key, value) in overrides {
@@ -116,17 +116,17 @@ async fn bad_registrations_get_their_4xx_and_code() {
         ),
         (
             "display name blank",
-            json!({"display_name": "   "}),
+            json!({"displayName": "   "}),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_field",
-            Some("display_name"),
+            Some("displayName"),
         ),
         (
             "display name with a control character",
-            json!({"display_name": "a\u{0}b"}),
+            json!({"displayName": "a\u{0}b"}),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_field",
-            Some("display_name"),
+            Some("displayName"),
         ),
         (
             "password missing",
@@ -154,7 +154,7 @@ async fn bad_registrations_get_their_4xx_and_code() {
     }
 
     let oversized = format!(
-        r#"{{"username":"abc","email":"a@example.com","password":"{}","display_name":"x"}}"#,
+        r#"{{"username":"abc","email":"a@example.com","password":"{}","displayName":"x"}}"#,
         "p".repeat(haberci_backend::config::DEFAULT_API_MAX_BODY_BYTES)
     );
     let raw_cases: Vec<(&str, Request<Body>, StatusCode, &str)> = vec![
@@ -252,23 +252,23 @@ async fn bad_logins_and_refreshes_get_their_4xx_and_code() {
         (
             "login name too short",
             "/v1/auth/login",
-            json!({"username_or_email": "x", "password": "whatever"}),
+            json!({"usernameOrEmail": "x", "password": "whatever"}),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_field",
-            Some("username_or_email"),
+            Some("usernameOrEmail"),
         ),
         (
             "login email malformed",
             "/v1/auth/login",
-            json!({"username_or_email": "x@", "password": "whatever"}),
+            json!({"usernameOrEmail": "x@", "password": "whatever"}),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_field",
-            Some("username_or_email"),
+            Some("usernameOrEmail"),
         ),
         (
             "empty password",
             "/v1/auth/login",
-            json!({"username_or_email": "someone", "password": ""}),
+            json!({"usernameOrEmail": "someone", "password": ""}),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_field",
             Some("password"),
@@ -276,7 +276,7 @@ async fn bad_logins_and_refreshes_get_their_4xx_and_code() {
         (
             "login without password",
             "/v1/auth/login",
-            json!({"username_or_email": "someone"}),
+            json!({"usernameOrEmail": "someone"}),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_field",
             Some("password"),
@@ -284,7 +284,7 @@ async fn bad_logins_and_refreshes_get_their_4xx_and_code() {
         (
             "refresh token of the wrong shape",
             "/v1/auth/refresh",
-            json!({"refresh_token": "abc"}),
+            json!({"refreshToken": "abc"}),
             StatusCode::UNAUTHORIZED,
             "invalid_refresh_token",
             None,
@@ -292,7 +292,7 @@ async fn bad_logins_and_refreshes_get_their_4xx_and_code() {
         (
             "unknown refresh token",
             "/v1/auth/refresh",
-            json!({"refresh_token": "A".repeat(43)}),
+            json!({"refreshToken": "A".repeat(43)}),
             StatusCode::UNAUTHORIZED,
             "invalid_refresh_token",
             None,
@@ -300,10 +300,10 @@ async fn bad_logins_and_refreshes_get_their_4xx_and_code() {
         (
             "refresh token not a string",
             "/v1/auth/refresh",
-            json!({"refresh_token": 1}),
+            json!({"refreshToken": 1}),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_field",
-            Some("refresh_token"),
+            Some("refreshToken"),
         ),
     ];
     for (name, path, body, status, code, field) in cases {

@@ -158,3 +158,95 @@ async fn openapi_document_lists_every_endpoint() {
         "bearer"
     );
 }
+
+/// Issue #15: one casing for the public API. Every property name in the OpenAPI document's
+/// schemas (nested objects and array items included) and every query and path parameter is
+/// camelCase; enum values and error codes are values, not names, and are not checked.
+#[test]
+fn openapi_names_are_camel_case() {
+    let document = serde_json::to_value(haberci_backend::api::openapi_document()).unwrap();
+    let mut offenders = Vec::new();
+    for (name, schema) in document["components"]["schemas"].as_object().unwrap() {
+        schema_names(
+            &format!("components.schemas.{name}"),
+            schema,
+            &mut offenders,
+        );
+    }
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for segment in path.split('/') {
+            if let Some(param) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                if !is_camel_case(param) {
+                    offenders.push(format!("path {path}: {param}"));
+                }
+            }
+        }
+        for (method, operation) in item.as_object().unwrap() {
+            let Some(params) = operation["parameters"].as_array() else {
+                continue;
+            };
+            for param in params {
+                let name = param["name"].as_str().unwrap();
+                if !is_camel_case(name) {
+                    offenders.push(format!("{method} {path}: {} parameter {name}", param["in"]));
+                }
+            }
+            for (status, response) in operation["responses"].as_object().into_iter().flatten() {
+                for (kind, media) in response["content"].as_object().into_iter().flatten() {
+                    let at = format!("{method} {path} {status} {kind}");
+                    schema_names(&at, &media["schema"], &mut offenders);
+                }
+            }
+            for (kind, media) in operation["requestBody"]["content"]
+                .as_object()
+                .into_iter()
+                .flatten()
+            {
+                let at = format!("{method} {path} request {kind}");
+                schema_names(&at, &media["schema"], &mut offenders);
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "names that are not camelCase:\n{}",
+        offenders.join("\n")
+    );
+}
+
+fn is_camel_case(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase()) && chars.all(|c| c.is_ascii_alphanumeric())
+}
+
+/// Every property name under `schema`: nested objects, array items, additional properties and
+/// the branches of `allOf`/`oneOf`/`anyOf`.
+fn schema_names(at: &str, schema: &serde_json::Value, offenders: &mut Vec<String>) {
+    let Some(object) = schema.as_object() else {
+        return;
+    };
+    if let Some(properties) = object.get("properties").and_then(|p| p.as_object()) {
+        for (name, property) in properties {
+            if !is_camel_case(name) {
+                offenders.push(format!("{at}: property {name}"));
+            }
+            schema_names(&format!("{at}.{name}"), property, offenders);
+        }
+    }
+    for key in ["items", "additionalProperties", "not"] {
+        if let Some(inner) = object.get(key) {
+            schema_names(&format!("{at}[{key}]"), inner, offenders);
+        }
+    }
+    for key in ["allOf", "oneOf", "anyOf", "prefixItems"] {
+        for (i, inner) in object
+            .get(key)
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            schema_names(&format!("{at}.{key}[{i}]"), inner, offenders);
+        }
+    }
+}

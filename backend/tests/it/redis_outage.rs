@@ -33,8 +33,8 @@ async fn with_redis_down_sessions_come_from_postgres_and_login_gets_a_clear_503(
         keys.clone(),
     ));
     let (account, registered) = healthy.register().await;
-    let access = registered.str("/tokens/access_token");
-    let refresh = registered.str("/tokens/refresh_token");
+    let access = registered.str("/tokens/accessToken");
+    let refresh = registered.str("/tokens/refreshToken");
 
     // Another process sharing the database and keys, whose Redis is unreachable.
     let down = Api {
@@ -60,7 +60,7 @@ async fn with_redis_down_sessions_come_from_postgres_and_login_gets_a_clear_503(
         down.post(
             "/v1/auth/register",
             json!({ "username": crate::support::unique_name("down"), "email": "down@example.com",
-                    "password": "long enough", "display_name": "D" }),
+                    "password": "long enough", "displayName": "D" }),
         ),
     )
     .await;
@@ -71,11 +71,11 @@ async fn with_redis_down_sessions_come_from_postgres_and_login_gets_a_clear_503(
 
     let refreshed = bounded(
         "refresh",
-        down.post("/v1/auth/refresh", json!({ "refresh_token": refresh })),
+        down.post("/v1/auth/refresh", json!({ "refreshToken": refresh })),
     )
     .await;
     assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.json);
-    let access = refreshed.str("/access_token");
+    let access = refreshed.str("/accessToken");
 
     // A revocation reaches Postgres even though it cannot be cached or announced.
     let logout = bounded(

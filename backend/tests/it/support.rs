@@ -228,7 +228,7 @@ impl Api {
         let (account, reply) = self.register().await;
         User {
             id: reply.str("/user/id").parse().unwrap(),
-            token: reply.str("/tokens/access_token"),
+            token: reply.str("/tokens/accessToken"),
             username: account.username,
         }
     }
@@ -248,7 +248,7 @@ impl Api {
                     "username": account.username,
                     "email": account.email,
                     "password": account.password,
-                    "display_name": "Test User",
+                    "displayName": "Test User",
                 }),
             )
             .await;
@@ -259,7 +259,7 @@ impl Api {
     pub async fn login(&self, account: &Account) -> Reply {
         self.post(
             "/v1/auth/login",
-            json!({ "username_or_email": account.username, "password": account.password }),
+            json!({ "usernameOrEmail": account.username, "password": account.password }),
         )
         .await
     }

@@ -189,7 +189,7 @@ pub async fn register(stack: &Stack) -> User {
             "username": username,
             "email": format!("{username}@example.com"),
             "password": PASSWORD,
-            "display_name": "Client",
+            "displayName": "Client",
         }),
     )
     .await;
@@ -197,8 +197,8 @@ pub async fn register(stack: &Stack) -> User {
     User {
         id: body["user"]["id"].as_str().unwrap().parse().unwrap(),
         username,
-        token: body["tokens"]["access_token"].as_str().unwrap().to_owned(),
-        refresh_token: body["tokens"]["refresh_token"].as_str().unwrap().to_owned(),
+        token: body["tokens"]["accessToken"].as_str().unwrap().to_owned(),
+        refresh_token: body["tokens"]["refreshToken"].as_str().unwrap().to_owned(),
     }
 }
 
@@ -207,11 +207,11 @@ pub async fn refresh(stack: &Stack, user: &User) -> String {
     let (status, body) = post_json(
         stack.backend,
         "/v1/auth/refresh",
-        json!({ "refresh_token": user.refresh_token }),
+        json!({ "refreshToken": user.refresh_token }),
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    body["access_token"].as_str().unwrap().to_owned()
+    body["accessToken"].as_str().unwrap().to_owned()
 }
 
 /// Logs `user` in again: a new session, so a new access token with another session id.
@@ -219,11 +219,11 @@ pub async fn login(stack: &Stack, user: &User) -> String {
     let (status, body) = post_json(
         stack.backend,
         "/v1/auth/login",
-        json!({ "username_or_email": user.username, "password": PASSWORD }),
+        json!({ "usernameOrEmail": user.username, "password": PASSWORD }),
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    body["access_token"].as_str().unwrap().to_owned()
+    body["accessToken"].as_str().unwrap().to_owned()
 }
 
 async fn post_json(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {

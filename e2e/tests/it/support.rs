@@ -482,7 +482,7 @@ impl Cluster {
                 http::Method::POST,
                 "/v1/auth/register",
                 None,
-                json!({"username": name, "email": format!("{name}@example.com"), "password": "correct horse battery staple", "display_name": name}),
+                json!({"username": name, "email": format!("{name}@example.com"), "password": "correct horse battery staple", "displayName": name}),
             )
             .await;
         assert_eq!(status, 201, "register: {body}");
@@ -491,7 +491,7 @@ impl Cluster {
         User {
             name,
             id: UserId::new(uuid).expect("not nil"),
-            token: text(&body["tokens"]["access_token"]),
+            token: text(&body["tokens"]["accessToken"]),
         }
     }
 

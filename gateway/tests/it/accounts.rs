@@ -89,22 +89,22 @@ async fn lifecycle(stack: &Stack, version: Version) -> Vec<(String, (u16, String
 
     let registered = send(post_json(
         "/v1/auth/register",
-        json!({ "username": username, "email": format!("{username}@example.com"), "password": password, "display_name": "Gateway" }),
+        json!({ "username": username, "email": format!("{username}@example.com"), "password": password, "displayName": "Gateway" }),
     ))
     .await;
     step("register", &registered);
     assert_eq!(registered.status, 201, "{version:?}: {}", registered.json());
-    let register_access = text(&registered, "/tokens/access_token");
+    let register_access = text(&registered, "/tokens/accessToken");
 
     let login = send(post_json(
         "/v1/auth/login",
-        json!({ "username_or_email": username, "password": password }),
+        json!({ "usernameOrEmail": username, "password": password }),
     ))
     .await;
     step("login", &login);
     assert_eq!(login.status, 200, "{version:?}");
-    let access = text(&login, "/access_token");
-    let refresh = text(&login, "/refresh_token");
+    let access = text(&login, "/accessToken");
+    let refresh = text(&login, "/refreshToken");
 
     let me = send(with_token(support::get("/v1/me"), &access)).await;
     step("me", &me);
@@ -112,7 +112,7 @@ async fn lifecycle(stack: &Stack, version: Version) -> Vec<(String, (u16, String
 
     let rotated = send(post_json(
         "/v1/auth/refresh",
-        json!({ "refresh_token": refresh }),
+        json!({ "refreshToken": refresh }),
     ))
     .await;
     step("refresh", &rotated);
@@ -120,7 +120,7 @@ async fn lifecycle(stack: &Stack, version: Version) -> Vec<(String, (u16, String
 
     let reused = send(post_json(
         "/v1/auth/refresh",
-        json!({ "refresh_token": refresh }),
+        json!({ "refreshToken": refresh }),
     ))
     .await;
     step("refresh again", &reused);
@@ -157,7 +157,7 @@ async fn lifecycle(stack: &Stack, version: Version) -> Vec<(String, (u16, String
         "bad username",
         &send(post_json(
             "/v1/auth/register",
-            json!({ "username": "x", "email": "x@example.com", "password": password, "display_name": "X" }),
+            json!({ "username": "x", "email": "x@example.com", "password": password, "displayName": "X" }),
         ))
         .await,
     );
@@ -182,7 +182,7 @@ async fn the_account_lifecycle_gets_the_same_answers_on_every_http_version() {
         (
             "login",
             200,
-            "access_token,expires_in,refresh_expires_at,refresh_token,session_id,token_type",
+            "accessToken,expiresIn,refreshExpiresAt,refreshToken,sessionId,tokenType",
         ),
         (
             "me",
@@ -192,7 +192,7 @@ async fn the_account_lifecycle_gets_the_same_answers_on_every_http_version() {
         (
             "refresh",
             200,
-            "access_token,expires_in,refresh_expires_at,refresh_token,session_id,token_type",
+            "accessToken,expiresIn,refreshExpiresAt,refreshToken,sessionId,tokenType",
         ),
         ("refresh again", 401, "error:refresh_token_reused:null"),
         ("me after reuse", 401, "error:session_revoked:null"),

@@ -123,7 +123,7 @@ pub async fn register(stack: &Stack) -> (String, String) {
         "username": username,
         "email": format!("{username}@example.com"),
         "password": "correct horse battery staple",
-        "display_name": "Native",
+        "displayName": "Native",
     });
     let request = http::Request::post("https://localhost/v1/auth/register")
         .header("content-type", "application/json")
@@ -134,7 +134,7 @@ pub async fn register(stack: &Stack) -> (String, String) {
     let json = reply.json();
     (
         json["user"]["id"].as_str().unwrap().to_owned(),
-        json["tokens"]["access_token"].as_str().unwrap().to_owned(),
+        json["tokens"]["accessToken"].as_str().unwrap().to_owned(),
     )
 }
 
