@@ -1,5 +1,6 @@
 //! A small HTTP/1.1 client for the JSON API (`/v1/auth/*`), over TLS through the gateway
-//! (`https://…`) or plain to the backend (`http://…`), from a chosen source address.
+//! (`https://…`) or plain to the backend (`http://…`), from a chosen source address; and an
+//! HTTP/2 one (TLS, ALPN `h2`) that carries many requests at once, for request-rate scenarios.
 //!
 //! Why a source address: the API rate-limits registration, login and refresh per client
 //! address (docs/OPERATIONS.md). A load generator stands for thousands of clients, so it
@@ -28,7 +29,11 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct ApiTarget {
     addr: SocketAddr,
     host: String,
+    /// `host:port` as the `:authority` of HTTP/2 requests.
+    authority: String,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    /// The same, offering `h2`.
+    h2: Option<tokio_rustls::TlsConnector>,
 }
 
 impl ApiTarget {
@@ -47,20 +52,32 @@ impl ApiTarget {
         };
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let addr = resolve_v4(&host, port).await?;
-        let tls = if https {
+        let connector = |alpn: &[u8]| -> anyhow::Result<tokio_rustls::TlsConnector> {
             let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
                 rustls::crypto::ring::default_provider(),
             ))
             .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
+            .with_root_certificates(roots.clone())
             .with_no_client_auth();
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            let name = ServerName::try_from(host.clone())?;
-            Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
-        } else {
-            None
+            config.alpn_protocols = vec![alpn.to_vec()];
+            Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
         };
-        Ok(ApiTarget { addr, host, tls })
+        let (tls, h2) = if https {
+            let name = ServerName::try_from(host.clone())?;
+            (
+                Some((connector(b"http/1.1")?, name)),
+                Some(connector(b"h2")?),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(ApiTarget {
+            addr,
+            authority: format!("{host}:{port}"),
+            host,
+            tls,
+            h2,
+        })
     }
 
     /// One keep-alive connection from `source`.
@@ -85,6 +102,105 @@ impl ApiTarget {
             sender,
             host: self.host.clone(),
         })
+    }
+}
+
+impl ApiTarget {
+    /// One HTTP/2 connection over TLS from `source` (an `https://` API only). Clones of it
+    /// share the connection; each request is a stream of its own.
+    pub async fn connect_h2(&self, source: IpAddr) -> anyhow::Result<H2Connection> {
+        let (Some(connector), Some((_, name))) = (&self.h2, &self.tls) else {
+            bail!("HTTP/2 needs an https:// API");
+        };
+        let socket = TcpSocket::new_v4()?;
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .with_context(|| format!("cannot bind source address {source}"))?;
+        let tcp = socket
+            .connect(self.addr)
+            .await
+            .with_context(|| format!("cannot connect to the API at {}", self.addr))?;
+        tcp.set_nodelay(true)?;
+        let tls = connector.connect(name.clone(), tcp).await?;
+        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+            bail!("the API at {} did not agree to HTTP/2 (ALPN h2)", self.addr);
+        }
+        let (sender, connection) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .handshake(TokioIo::new(tls))
+                .await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(H2Connection {
+            sender,
+            base: format!("https://{}", self.authority),
+        })
+    }
+}
+
+/// An HTTP/2 connection to the API; cheap to clone, many calls in flight.
+#[derive(Clone)]
+pub struct H2Connection {
+    sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    base: String,
+}
+
+/// An answer over HTTP/2: status, the feed's source header, the body.
+#[derive(Debug)]
+pub struct H2Answer {
+    pub status: StatusCode,
+    /// `x-haberci-feed-source` (home timeline pages).
+    pub feed_source: Option<String>,
+    pub body: Bytes,
+}
+
+impl H2Connection {
+    pub fn is_usable(&self) -> bool {
+        !self.sender.is_closed()
+    }
+
+    /// One call as a logged-in user, within `timeout`.
+    pub async fn call(
+        &self,
+        token: &str,
+        method: http::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        timeout: Duration,
+    ) -> anyhow::Result<H2Answer> {
+        let request = Request::builder()
+            .method(method.clone())
+            .uri(format!("{}{path}", self.base))
+            .header(header::USER_AGENT, "haberci-bench")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"));
+        let request = match body {
+            Some(body) => request
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?,
+            None => request.body(Full::new(Bytes::new()))?,
+        };
+        let mut sender = self.sender.clone();
+        let call = async move {
+            sender.ready().await?;
+            let response = sender.send_request(request).await?;
+            let status = response.status();
+            let feed_source = response
+                .headers()
+                .get("x-haberci-feed-source")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = response.into_body().collect().await?.to_bytes();
+            anyhow::Ok(H2Answer {
+                status,
+                feed_source,
+                body,
+            })
+        };
+        // No path in the reason: callers tally errors by reason.
+        tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| anyhow!("no answer within {timeout:?}"))?
     }
 }
 

@@ -38,6 +38,11 @@ pub enum Command {
     Db(crate::db::DbArgs),
     /// Users connecting and leaving continuously at a level session count.
     Churn(crate::churn::ChurnArgs),
+    /// The social half on a generated network (100,000 users, 1,000,000 posts, made once in
+    /// the dev database): home pages warm and cold, Postgres statements per page, a
+    /// celebrity's post reaching a follower, fan-out throughput, and a 95/5 read/write load
+    /// over HTTP/2.
+    Social(crate::social::SocialArgs),
     /// Run `connect` and `chat` against the Haberci stack and against the Socket.IO peer
     /// (bench/peers/socketio, started and stopped here) on the same machine in one run;
     /// report both and their ratios.

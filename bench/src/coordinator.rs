@@ -37,7 +37,7 @@ pub struct Shards {
 /// measures, which only makes the servers look slower.
 pub const DEFAULT_CLIENT_NICE: i32 = 10;
 
-fn client_nice() -> i32 {
+pub(crate) fn client_nice() -> i32 {
     std::env::var("HABERCI_BENCH_CLIENT_NICE")
         .ok()
         .and_then(|v| v.parse().ok())

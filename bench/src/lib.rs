@@ -8,6 +8,9 @@
 //!   server sampling for the plots — and the coordinator's side of `connect` and `chat`.
 //! - `group`, `storm`, `churn`, `db`, `compare`: the other scenarios (each its arguments,
 //!   coordinator side, figures and Markdown; `storm` and `churn` also their shard side).
+//! - `social`: the home feed and social API on a generated graph (its own folder: the graph
+//!   plan, the data generator, an HTTP/2 load client, `pg_stat_statements` deltas, a minimal
+//!   RESP client, the phases).
 //! - `coordinator` / `shard` / `protocol`: the client side runs as several processes (the
 //!   open-files limit is 20,000 per process); the coordinator starts `haberci-bench shard`
 //!   children and talks JSON lines with them over stdin/stdout.
@@ -38,6 +41,7 @@ mod report;
 pub mod scenarios;
 pub mod servers;
 pub mod shard;
+pub mod social;
 pub mod socketio;
 pub mod storm;
 pub mod users;
@@ -53,6 +57,7 @@ pub async fn run(cli: cli::Cli) -> anyhow::Result<bool> {
         cli::Command::Storm(args) => storm::storm(args).await,
         cli::Command::Db(args) => db::db(args).await,
         cli::Command::Churn(args) => churn::churn(args).await,
+        cli::Command::Social(args) => social::social(args).await,
         cli::Command::Users(args) => scenarios::users(args).await,
         cli::Command::Shard { shard } => {
             shard::run()
