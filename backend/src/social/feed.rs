@@ -513,27 +513,30 @@ async fn rebuild_ids(
     // Per author, the newest `cap` visible posts (one backward range scan of posts_by_author
     // each), then the newest `cap` of them all: the top `cap` overall is among them, and the
     // cost is bounded by what the followed authors wrote, not by the size of `posts`.
-    sqlx::query_scalar::<_, Uuid>(
-        "SELECT x.id FROM (
-             SELECT $1::uuid AS author
-             UNION ALL
-             SELECT f.followee_id FROM follows f
-             JOIN users fu ON fu.id = f.followee_id AND fu.followers_count < $2
-             WHERE f.follower_id = $1
-         ) a
-         CROSS JOIN LATERAL (
-             SELECT p.id FROM posts p JOIN users u ON u.id = p.author_id
-             WHERE p.author_id = a.author AND p.deleted_at IS NULL
-               AND can_see_post($1, p.author_id, u.is_private, u.suspended_at, p.visibility, p.id)
-             ORDER BY p.id DESC LIMIT $3
-         ) x
-         ORDER BY x.id DESC LIMIT $3",
-    )
-    .bind(viewer)
-    .bind(settings.fanout_limit)
-    .bind(i64::try_from(settings.cap).unwrap_or(i64::MAX))
-    .fetch_all(db)
-    .await
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "SELECT x.id FROM (
+                 SELECT $1::uuid AS author
+                 UNION ALL
+                 SELECT f.followee_id FROM follows f
+                 JOIN users fu ON fu.id = f.followee_id AND fu.followers_count < $2
+                 WHERE f.follower_id = $1
+             ) a
+             CROSS JOIN LATERAL (
+                 SELECT p.id FROM posts p JOIN users u ON u.id = p.author_id
+                 WHERE p.author_id = a.author AND p.deleted_at IS NULL AND {}
+                 ORDER BY p.id DESC LIMIT $3
+             ) x
+             ORDER BY x.id DESC LIMIT $3",
+            super::store::visible("p", "u")
+        )
+    });
+    sqlx::query_scalar::<_, Uuid>(&SQL)
+        .bind(viewer)
+        .bind(settings.fanout_limit)
+        .bind(i64::try_from(settings.cap).unwrap_or(i64::MAX))
+        .fetch_all(db)
+        .await
 }
 
 /// Who receives `author`'s posts by fan-out: their followers, unless there are too many

@@ -2,8 +2,8 @@
 //! feed and notifications. docs/SOCIAL.md is the model; this module is its code.
 //!
 //! - [`text`]: mentions and hashtags read from a post's text; Turkish case folding (pure).
-//! - [`store`]: the SQL. Visibility is decided in Postgres by one function, `can_see_post`
-//!   (migration `20261204000001_social.sql`), which every read of a post goes through.
+//! - [`store`]: the SQL. Visibility has one definition, [`store::visible`] (SQL written inline
+//!   into every read of a post).
 //! - [`feed`]: the home timeline: capped Redis sorted sets filled by fan-out on write, merged
 //!   at read time with the posts of large accounts, rebuilt from Postgres when missing.
 //! - [`fanout`]: the worker's loop over the fan-out outbox.

@@ -1,6 +1,6 @@
 //! The social tables' SQL. Writers take a transaction and keep the count columns exact (see the
 //! migration's invariant); readers of posts all go through [`post_query`], whose filter is
-//! `can_see_post`, so no read path can forget a block or a visibility rule.
+//! [`visible`], so no read path can forget a block or a visibility rule.
 
 use std::sync::LazyLock;
 
@@ -10,6 +10,30 @@ use uuid::Uuid;
 
 use super::Visibility;
 use crate::accounts::UserId;
+
+/// Whether the viewer (`$1`) may see post `p` written by `u` (its author's `users` row): the
+/// one definition of docs/SOCIAL.md, "Who sees what". Own posts always; never across a block
+/// (either way) or from a suspended account; `public` unless the author is private and the
+/// viewer no follower; `followers` to followers; `mentioned` to the mentioned. Deleted posts
+/// are filtered by the callers.
+///
+/// Written inline, not as a SQL function: a function with sub-queries is never inlined, so
+/// Postgres called it per candidate row (≈ 40 µs each; docs/BENCHMARKS.md, "Social"); inline,
+/// its probes are plain index lookups in the plan.
+pub fn visible(p: &str, u: &str) -> String {
+    format!(
+        "({p}.author_id = $1 OR ({u}.suspended_at IS NULL
+          AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.blocker_id = {p}.author_id AND b.blocked_id = $1)
+          AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.blocker_id = $1 AND b.blocked_id = {p}.author_id)
+          AND CASE {p}.visibility
+              WHEN 'public' THEN NOT {u}.is_private
+                  OR EXISTS (SELECT 1 FROM follows f WHERE f.follower_id = $1 AND f.followee_id = {p}.author_id)
+              WHEN 'followers' THEN
+                  EXISTS (SELECT 1 FROM follows f WHERE f.follower_id = $1 AND f.followee_id = {p}.author_id)
+              ELSE EXISTS (SELECT 1 FROM post_mentions m WHERE m.post_id = {p}.id AND m.user_id = $1)
+          END))"
+    )
+}
 
 /// Above every UUIDv7 and below none: the "no upper bound" of a cursor window.
 pub const MAX_ID: Uuid = Uuid::max();
@@ -516,17 +540,20 @@ pub async fn actionable(
     viewer: UserId,
     post: Uuid,
 ) -> sqlx::Result<Option<Actionable>> {
-    sqlx::query_as::<_, Actionable>(
-        "SELECT p.author_id,
-                (p.visibility = 'public' AND NOT u.is_private AND p.repost_of IS NULL) AS repostable
-         FROM posts p JOIN users u ON u.id = p.author_id
-         WHERE p.id = $2 AND p.deleted_at IS NULL
-           AND can_see_post($1, p.author_id, u.is_private, u.suspended_at, p.visibility, p.id)",
-    )
-    .bind(viewer)
-    .bind(post)
-    .fetch_optional(db)
-    .await
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT p.author_id,
+                    (p.visibility = 'public' AND NOT u.is_private AND p.repost_of IS NULL) AS repostable
+             FROM posts p JOIN users u ON u.id = p.author_id
+             WHERE p.id = $2 AND p.deleted_at IS NULL AND {}",
+            visible("p", "u")
+        )
+    });
+    sqlx::query_as::<_, Actionable>(&SQL)
+        .bind(viewer)
+        .bind(post)
+        .fetch_optional(db)
+        .await
 }
 
 /// Likes a post once; whether this call added the like. Counts exactly: the count moves only
@@ -677,13 +704,14 @@ static POST_SELECT: LazyLock<(String, String)> = LazyLock::new(|| {
         post_columns("p", "u", ""),
         post_columns("o", "ou", "o_"),
     );
-    let tail = "LEFT JOIN posts o ON o.id = p.repost_of
+    let tail = format!(
+        "LEFT JOIN posts o ON o.id = p.repost_of
          LEFT JOIN users ou ON ou.id = o.author_id
-         WHERE p.deleted_at IS NULL
-           AND can_see_post($1, p.author_id, u.is_private, u.suspended_at, p.visibility, p.id)
-           AND (p.repost_of IS NULL OR (o.deleted_at IS NULL
-                AND can_see_post($1, o.author_id, ou.is_private, ou.suspended_at, o.visibility, o.id)))"
-        .to_owned();
+         WHERE p.deleted_at IS NULL AND {}
+           AND (p.repost_of IS NULL OR (o.deleted_at IS NULL AND {}))",
+        visible("p", "u"),
+        visible("o", "ou"),
+    );
     (head, tail)
 });
 
