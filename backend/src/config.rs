@@ -129,6 +129,7 @@ pub struct ApiSettings {
     /// (`x-haberci-internal`). Unset: the internal routes answer 404.
     pub internal_token: Option<InternalToken>,
     pub social: SocialSettings,
+    pub media: crate::media::MediaSettings,
 }
 
 impl Default for ApiSettings {
@@ -139,6 +140,7 @@ impl Default for ApiSettings {
             auth: AuthSettings::default(),
             internal_token: None,
             social: SocialSettings::default(),
+            media: crate::media::MediaSettings::default(),
         }
     }
 }
@@ -229,12 +231,14 @@ impl ApiSettings {
                 .ok()
         });
         let social = SocialSettings::read(env);
+        let media = crate::media::MediaSettings::read(env);
         ApiSettings {
             max_body_bytes,
             cors,
             auth,
             internal_token,
             social,
+            media,
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod auth;
 pub mod config;
 pub mod conversations;
 pub mod db;
+pub mod media;
 pub mod messaging;
 pub mod redis;
 pub mod social;

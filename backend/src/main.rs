@@ -130,7 +130,16 @@ async fn run_api(config: ApiConfig) -> anyhow::Result<()> {
     let redis = haberci_backend::redis::connect(&config.store.redis_url)?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "api listening");
-    let app = api::app(AppState::with_keys(db, redis, config.settings, keys));
+    // A media store that cannot open (an unwritable directory, a malformed S3 setting) stops
+    // start-up here, with its reason, rather than at the first upload.
+    haberci_backend::media::Media::open(config.settings.media.clone())
+        .map_err(|err| anyhow::anyhow!("media store {:?}: {err}", config.settings.media.store))?;
+    let state = AppState::with_keys(db, redis, config.settings, keys);
+    tokio::spawn(haberci_backend::media::gc::run(
+        state.media.clone(),
+        state.db.clone(),
+    ));
+    let app = api::app(state);
     api::serve(listener, app, shutdown).await?;
     tracing::info!("api stopped");
     Ok(())

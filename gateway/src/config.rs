@@ -18,6 +18,14 @@ pub const DEFAULT_CERT_DIR: &str = ".dev/certs";
 pub const DEFAULT_CERT_RELOAD_INTERVAL_MS: u64 = 1_000;
 /// Largest request body the gateway forwards (1 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+/// Largest media upload body the gateway forwards (210 MiB): a 200 MB video plus slack. The
+/// backend enforces the exact limit of each media kind; this only keeps a client from
+/// streaming without end.
+pub const DEFAULT_MAX_UPLOAD_BYTES: usize = 210 << 20;
+/// A request body that has started may pause this long between chunks before the request is
+/// aborted. A whole-body deadline would cut a 200 MB upload on a slow link; an idle timeout
+/// only cuts a client (or backend) that stopped moving bytes.
+pub const DEFAULT_BODY_IDLE_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_BACKEND_TIMEOUT_MS: u64 = 10_000;
 /// A QUIC connection with no packets for this long is closed. Above the clients' 25 s ping
 /// with room for a lost one; the session's own idle timeout (75 s) is the longer guard.
@@ -54,8 +62,14 @@ pub struct GatewayConfig {
     pub cert_paths: CertPaths,
     /// `HABERCI_CERT_RELOAD_INTERVAL_MS`: how often certificate files are checked for changes.
     pub cert_reload_interval: Duration,
-    /// `HABERCI_MAX_BODY_BYTES`.
+    /// `HABERCI_MAX_BODY_BYTES`: the body limit of every request but media uploads.
     pub max_body_bytes: usize,
+    /// `HABERCI_GATEWAY_MAX_UPLOAD_BYTES`: the body limit of media uploads (`POST /v1/media`,
+    /// `/v1/media/uploads[/…]`), see [`crate::proxy::RequestClass`].
+    pub max_upload_bytes: usize,
+    /// `HABERCI_GATEWAY_BODY_IDLE_TIMEOUT_MS`: how long a request body may pause between
+    /// chunks (HTTP/3 bodies, and media uploads on every HTTP version).
+    pub body_idle_timeout: Duration,
     /// `HABERCI_QUIC_IDLE_TIMEOUT_MS`.
     pub quic_idle_timeout: Duration,
     /// `HABERCI_QUIC_SOCKET_BUFFER_BYTES`: kernel receive and send buffers of the UDP socket
@@ -118,6 +132,18 @@ impl GatewayConfig {
             env.problem("HABERCI_CERT_RELOAD_INTERVAL_MS must be above 0");
         }
         let max_body_bytes = env.parse_or("HABERCI_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES);
+        let max_upload_bytes =
+            env.parse_or("HABERCI_GATEWAY_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES);
+        if max_upload_bytes == 0 {
+            env.problem("HABERCI_GATEWAY_MAX_UPLOAD_BYTES must be at least 1");
+        }
+        let body_idle_timeout = Duration::from_millis(env.parse_or(
+            "HABERCI_GATEWAY_BODY_IDLE_TIMEOUT_MS",
+            DEFAULT_BODY_IDLE_TIMEOUT_MS,
+        ));
+        if body_idle_timeout.is_zero() {
+            env.problem("HABERCI_GATEWAY_BODY_IDLE_TIMEOUT_MS must be above 0");
+        }
         let quic_idle_timeout = Duration::from_millis(
             env.parse_or("HABERCI_QUIC_IDLE_TIMEOUT_MS", DEFAULT_QUIC_IDLE_TIMEOUT_MS),
         );
@@ -179,6 +205,8 @@ impl GatewayConfig {
             cert_paths: CertPaths::new(cert_dir),
             cert_reload_interval,
             max_body_bytes,
+            max_upload_bytes,
+            body_idle_timeout,
             quic_idle_timeout,
             quic_socket_buffer,
             quic_max_handshakes,
@@ -206,6 +234,8 @@ impl GatewayConfig {
             cert_paths: CertPaths::new(cert_dir),
             cert_reload_interval: Duration::from_millis(100),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            body_idle_timeout: Duration::from_millis(DEFAULT_BODY_IDLE_TIMEOUT_MS),
             quic_idle_timeout: Duration::from_millis(DEFAULT_QUIC_IDLE_TIMEOUT_MS),
             quic_socket_buffer: DEFAULT_QUIC_SOCKET_BUFFER_BYTES,
             quic_max_handshakes: crate::quic::DEFAULT_MAX_HANDSHAKES,
@@ -281,6 +311,8 @@ mod tests {
         assert_eq!(config.tcp_addr.to_string(), DEFAULT_TCP_ADDR);
         assert_eq!(config.udp_addr.to_string(), DEFAULT_UDP_ADDR);
         assert_eq!(config.alt_svc_port, None);
+        assert_eq!(config.max_upload_bytes, 210 * 1024 * 1024);
+        assert_eq!(config.body_idle_timeout, Duration::from_secs(30));
         assert_eq!(alt_svc_value(4433), "h3=\":4433\"; ma=86400");
     }
 
@@ -291,8 +323,10 @@ mod tests {
             ("HABERCI_BACKEND_URL", "ftp://x"),
             ("HABERCI_CERT_RELOAD_INTERVAL_MS", "0"),
             ("HABERCI_MAX_BODY_BYTES", "lots"),
+            ("HABERCI_GATEWAY_MAX_UPLOAD_BYTES", "0"),
+            ("HABERCI_GATEWAY_BODY_IDLE_TIMEOUT_MS", "0"),
         ];
         let err = GatewayConfig::from_env(Env::from_pairs(&pairs)).expect_err("bad");
-        assert_eq!(err.problems.len(), 4, "{err}");
+        assert_eq!(err.problems.len(), 6, "{err}");
     }
 }

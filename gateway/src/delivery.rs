@@ -438,6 +438,7 @@ mod tests {
             status: MessageStatus::Sent,
             conversation_id: conversation,
             seq: Seq::new(seq).unwrap(),
+            media: None,
         }
     }
 

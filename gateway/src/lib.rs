@@ -164,8 +164,8 @@ impl Gateway {
             endpoint,
             router,
             h3server::Limits {
-                max_body_bytes: config.max_body_bytes,
                 header_read_timeout: config.header_read_timeout,
+                body_idle_timeout: config.body_idle_timeout,
             },
             realtime,
             quic::Admission::new(config.quic_max_handshakes),

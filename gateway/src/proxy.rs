@@ -1,29 +1,39 @@
 //! Forwards public API requests to the backend over a pooled keep-alive HTTP/1.1 client.
 //!
+//! Bodies stream both ways; nothing is buffered whole. Media uploads ([`RequestClass`]) get a
+//! larger body limit and, instead of one deadline for the whole exchange, an idle timeout
+//! while their body flows, so a 200 MB video on a slow link is not cut at a fixed time.
+//!
 //! API boundary: the backend trusts `x-haberci-client-ip` only because it can be set by a
 //! gateway alone. The proxy therefore drops every incoming `x-haberci-*` header and sets the
 //! client IP from the connection itself. Hop-by-hop headers are not forwarded.
 
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::Response;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tokio::sync::Notify;
 
+use crate::h3server::IdleBody;
 use crate::http::{ClientAddr, error_response};
 
 /// Largest JWKS document accepted from the backend.
 const MAX_JWKS_BYTES: usize = 64 * 1024;
 
-/// Header carrying the client's IP to the backend.
 /// Largest answer of the internal API (a sync page: 200 messages of ≤ 16 KiB per conversation).
 pub const MAX_INTERNAL_BYTES: usize = 64 << 20;
 
+/// Header carrying the client's IP to the backend.
 pub const CLIENT_IP_HEADER: &str = "x-haberci-client-ip";
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
@@ -38,19 +48,77 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
+/// Limits of media uploads, which differ from every other request's (see [`RequestClass`]).
+#[derive(Debug, Clone, Copy)]
+pub struct UploadLimits {
+    /// `HABERCI_GATEWAY_MAX_UPLOAD_BYTES`.
+    pub max_bytes: usize,
+    /// `HABERCI_GATEWAY_BODY_IDLE_TIMEOUT_MS`: how long no chunk may pass while the body flows.
+    pub idle_timeout: Duration,
+}
+
+impl Default for UploadLimits {
+    fn default() -> Self {
+        UploadLimits {
+            max_bytes: crate::config::DEFAULT_MAX_UPLOAD_BYTES,
+            idle_timeout: Duration::from_millis(crate::config::DEFAULT_BODY_IDLE_TIMEOUT_MS),
+        }
+    }
+}
+
+/// What a forwarded request is, which decides its body limit and its deadlines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestClass {
+    /// Every request but media uploads: at most `HABERCI_MAX_BODY_BYTES` of body, and one
+    /// deadline (`HABERCI_BACKEND_TIMEOUT_MS`) from sending the request to the answer's headers.
+    Api,
+    /// A media upload (`POST /v1/media`, `POST|PATCH /v1/media/uploads[/{id}]`): at most
+    /// `HABERCI_GATEWAY_MAX_UPLOAD_BYTES`, no deadline while the body flows (only the idle
+    /// timeout between chunks), then the usual deadline for the answer.
+    Upload,
+}
+
+impl RequestClass {
+    /// API boundary: decided on the path as the backend routes it. Only exact upload paths
+    /// qualify (one plain id segment, no `.`/`..`, no empty segment), so a client cannot
+    /// borrow the upload limit for another route with a path the backend would resolve
+    /// differently.
+    pub fn of(method: &http::Method, path: &str) -> RequestClass {
+        let body_method = *method == http::Method::POST || *method == http::Method::PATCH;
+        let upload = match path.strip_prefix("/v1/media") {
+            Some("") => *method == http::Method::POST,
+            Some("/uploads") => body_method,
+            Some(rest) => rest.strip_prefix("/uploads/").is_some_and(|id| {
+                body_method && !id.is_empty() && !id.contains('/') && id != "." && id != ".."
+            }),
+            None => false,
+        };
+        if upload {
+            RequestClass::Upload
+        } else {
+            RequestClass::Api
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Backend {
     base: Uri,
     client: Client<HttpConnector, Body>,
     timeout: Duration,
     max_body_bytes: usize,
+    uploads: UploadLimits,
 }
 
 impl Backend {
+    /// A client of the backend at `base`. Media uploads get [`UploadLimits::default`] until
+    /// [`Backend::with_uploads`] says otherwise.
     pub fn new(base: Uri, timeout: Duration, max_body_bytes: usize) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        // HTTP/1.1 to the backend: no flow-control window to tune here, a forwarded body
+        // moves as fast as the backend reads it (TCP autotuning on loopback or a LAN).
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
@@ -59,7 +127,13 @@ impl Backend {
             client,
             timeout,
             max_body_bytes,
+            uploads: UploadLimits::default(),
         }
+    }
+
+    pub fn with_uploads(mut self, uploads: UploadLimits) -> Self {
+        self.uploads = uploads;
+        self
     }
 
     fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
@@ -143,7 +217,10 @@ impl Backend {
         serde_json::from_slice(&bytes).map_err(|e| format!("{path}: {e}"))
     }
 
-    /// Sends `request` to the backend and relays its answer.
+    /// Sends `request` to the backend and relays its answer. Both bodies stream: the request
+    /// body is forwarded as it arrives (its size limit enforced as it flows), the answer's
+    /// body is relayed as the backend writes it, byte for byte (no compression, so ranges
+    /// stay exact).
     pub async fn forward(&self, request: Request) -> Response {
         let client_ip = request.extensions().get::<ClientAddr>().map(|a| a.0.ip());
         let (parts, body) = request.into_parts();
@@ -158,7 +235,12 @@ impl Backend {
                 return error_response(StatusCode::BAD_REQUEST, "bad_request", "invalid path");
             }
         };
-        if declared_length(&parts.headers).is_some_and(|n| n > self.max_body_bytes as u64) {
+        let class = RequestClass::of(&parts.method, parts.uri.path());
+        let max_body_bytes = match class {
+            RequestClass::Api => self.max_body_bytes,
+            RequestClass::Upload => self.uploads.max_bytes,
+        };
+        if declared_length(&parts.headers).is_some_and(|n| n > max_body_bytes as u64) {
             return too_large();
         }
 
@@ -178,22 +260,94 @@ impl Backend {
         }
 
         // The body is streamed, with the size limit enforced as it flows.
-        let body = Body::new(Limited::new(body, self.max_body_bytes));
-        let mut outbound = http::Request::new(body);
+        let (body, flow) = Watched::new(Limited::new(body, max_body_bytes));
+        let mut outbound = http::Request::new(Body::new(body));
         *outbound.method_mut() = parts.method;
         *outbound.uri_mut() = uri;
         *outbound.headers_mut() = headers;
 
-        match tokio::time::timeout(self.timeout, self.client.request(outbound)).await {
-            Ok(Ok(response)) => {
+        let answer = match class {
+            RequestClass::Api => {
+                match tokio::time::timeout(self.timeout, self.client.request(outbound)).await {
+                    Ok(result) => result.map_err(Failure::Backend),
+                    Err(_) => Err(Failure::Timeout),
+                }
+            }
+            RequestClass::Upload => self.upload(outbound, &flow).await,
+        };
+        match answer {
+            Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 Response::from_parts(parts, Body::new(body.map_err(axum::Error::new)))
             }
-            Ok(Err(err)) => {
-                if is_length_limit(&err) {
-                    return too_large();
+            Err(failure) => failure.into_response(&flow),
+        }
+    }
+
+    /// The exchange of a media upload: no deadline while its body flows, as long as a chunk
+    /// passes at least every `idle_timeout` (whoever stalls, client or backend, ends it); once
+    /// the body has ended, the usual deadline for the answer. The backend may answer before
+    /// the body ends (a refusal): that answer is relayed at once.
+    async fn upload(
+        &self,
+        request: http::Request<Body>,
+        flow: &Flow,
+    ) -> Result<http::Response<hyper::body::Incoming>, Failure> {
+        let idle = self.uploads.idle_timeout;
+        let response = self.client.request(request);
+        tokio::pin!(response);
+        while !flow.ended() {
+            let deadline = flow.last_chunk() + idle;
+            tokio::select! {
+                result = &mut response => return result.map_err(Failure::Backend),
+                () = flow.end.notified() => {}
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    if flow.last_chunk() + idle <= Instant::now() && !flow.ended() {
+                        return Err(if flow.waiting_on_client.load(Ordering::Acquire) {
+                            Failure::ClientIdle
+                        } else {
+                            Failure::Timeout
+                        });
+                    }
                 }
+            }
+        }
+        match tokio::time::timeout(self.timeout, response).await {
+            Ok(result) => result.map_err(Failure::Backend),
+            Err(_) => Err(Failure::Timeout),
+        }
+    }
+}
+
+/// Why a forwarded request got no answer from the backend.
+#[derive(Debug)]
+enum Failure {
+    /// The client (or the backend connection) failed; [`Failure::into_response`] tells which.
+    Backend(hyper_util::client::legacy::Error),
+    /// The backend did not answer in time, or stopped reading an upload's body.
+    Timeout,
+    /// An upload's client sent nothing for the idle timeout.
+    ClientIdle,
+}
+
+impl Failure {
+    fn into_response(self, flow: &Flow) -> Response {
+        match self {
+            Failure::Backend(err) if caused_by::<LengthLimitError>(&err) => too_large(),
+            // The client's HTTP/3 body went quiet (`h3server`'s own idle timeout).
+            Failure::Backend(err) if caused_by::<IdleBody>(&err) => body_timeout(),
+            Failure::Backend(err) if flow.client_failed.load(Ordering::Acquire) => {
+                // Whose fault: the client's (it reset the stream or broke the framing);
+                // it will rarely read this answer.
+                tracing::debug!(%err, "request body failed midway");
+                error_response(
+                    StatusCode::BAD_REQUEST,
+                    "body_incomplete",
+                    "the request body ended before it was complete",
+                )
+            }
+            Failure::Backend(err) => {
                 tracing::warn!(%err, "backend request failed");
                 error_response(
                     StatusCode::BAD_GATEWAY,
@@ -201,13 +355,130 @@ impl Backend {
                     "the API backend is unavailable; retry shortly",
                 )
             }
-            Err(_) => error_response(
+            Failure::Timeout => error_response(
                 StatusCode::GATEWAY_TIMEOUT,
                 "backend_timeout",
                 "the API backend did not answer in time",
             ),
+            Failure::ClientIdle => body_timeout(),
         }
     }
+}
+
+/// The progress of one forwarded request body, shared by [`Watched`] (which the backend
+/// connection polls) and the proxy waiting for the answer.
+struct Flow {
+    /// When the body was handed over, or when its last chunk passed.
+    last_chunk: Mutex<Instant>,
+    /// The backend connection asked for the next chunk and the client has not sent it yet:
+    /// a stall now is the client's.
+    waiting_on_client: AtomicBool,
+    /// The body failed on the client's side (reset, over the limit, idle on HTTP/3).
+    client_failed: AtomicBool,
+    /// Whether the body ended (complete, failed, or dropped by the backend connection);
+    /// `end` wakes the proxy when it does.
+    ended: AtomicBool,
+    end: Notify,
+}
+
+impl Flow {
+    fn last_chunk(&self) -> Instant {
+        *self
+            .last_chunk
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    fn finish(&self) {
+        self.waiting_on_client.store(false, Ordering::Release);
+        if !self.ended.swap(true, Ordering::AcqRel) {
+            self.end.notify_one();
+        }
+    }
+}
+
+/// A request body that reports its progress to a [`Flow`].
+struct Watched<B> {
+    inner: B,
+    flow: Arc<Flow>,
+}
+
+impl<B> Watched<B> {
+    fn new(inner: B) -> (Watched<B>, Arc<Flow>) {
+        let flow = Arc::new(Flow {
+            last_chunk: Mutex::new(Instant::now()),
+            waiting_on_client: AtomicBool::new(false),
+            client_failed: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
+            end: Notify::new(),
+        });
+        (
+            Watched {
+                inner,
+                flow: flow.clone(),
+            },
+            flow,
+        )
+    }
+}
+
+impl<B> http_body::Body for Watched<B>
+where
+    B: http_body::Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let flow = &self.flow;
+        match &polled {
+            Poll::Pending => flow.waiting_on_client.store(true, Ordering::Release),
+            Poll::Ready(Some(Ok(_))) => {
+                flow.waiting_on_client.store(false, Ordering::Release);
+                *flow
+                    .last_chunk
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Instant::now();
+            }
+            Poll::Ready(Some(Err(_))) => {
+                flow.client_failed.store(true, Ordering::Release);
+                flow.finish();
+            }
+            Poll::Ready(None) => flow.finish(),
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for Watched<B> {
+    fn drop(&mut self) {
+        // An empty body may never be polled; the backend connection drops it instead.
+        self.flow.finish();
+    }
+}
+
+fn body_timeout() -> Response {
+    error_response(
+        StatusCode::REQUEST_TIMEOUT,
+        "body_timeout",
+        "the request body stopped arriving",
+    )
 }
 
 fn too_large() -> Response {
@@ -227,10 +498,11 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-fn is_length_limit(err: &hyper_util::client::legacy::Error) -> bool {
+/// Whether `E` is among the causes of `err`: a body error reaches us wrapped by hyper.
+fn caused_by<E: std::error::Error + 'static>(err: &hyper_util::client::legacy::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = source {
-        if e.is::<http_body_util::LengthLimitError>() {
+        if e.is::<E>() {
             return true;
         }
         source = e.source();
@@ -249,5 +521,57 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Method;
+
+    #[test]
+    fn only_media_upload_requests_are_uploads() {
+        let cases = [
+            (Method::POST, "/v1/media", RequestClass::Upload),
+            (Method::POST, "/v1/media/uploads", RequestClass::Upload),
+            (
+                Method::PATCH,
+                "/v1/media/uploads/0192f0c4",
+                RequestClass::Upload,
+            ),
+            (
+                Method::POST,
+                "/v1/media/uploads/0192f0c4",
+                RequestClass::Upload,
+            ),
+            // Downloads and tus bookkeeping carry no body worth a larger limit.
+            (Method::GET, "/v1/media/0192f0c4", RequestClass::Api),
+            (Method::GET, "/v1/media", RequestClass::Api),
+            (
+                Method::HEAD,
+                "/v1/media/uploads/0192f0c4",
+                RequestClass::Api,
+            ),
+            (
+                Method::DELETE,
+                "/v1/media/uploads/0192f0c4",
+                RequestClass::Api,
+            ),
+            (Method::OPTIONS, "/v1/media/uploads", RequestClass::Api),
+            (Method::PATCH, "/v1/media/0192f0c4", RequestClass::Api),
+            // Nothing else borrows the upload limit.
+            (Method::POST, "/v1/posts", RequestClass::Api),
+            (Method::POST, "/v1/media/", RequestClass::Api),
+            (Method::POST, "/v1/mediax", RequestClass::Api),
+            (Method::POST, "/v1/media/uploadsx", RequestClass::Api),
+            (Method::PATCH, "/v1/media/uploads/", RequestClass::Api),
+            (Method::PATCH, "/v1/media/uploads/a/b", RequestClass::Api),
+            (Method::PATCH, "/v1/media/uploads/..", RequestClass::Api),
+            (Method::PATCH, "/v1/media/uploads/.", RequestClass::Api),
+            (Method::POST, "/v2/media", RequestClass::Api),
+        ];
+        for (method, path, class) in cases {
+            assert_eq!(RequestClass::of(&method, path), class, "{method} {path}");
+        }
     }
 }

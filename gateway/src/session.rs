@@ -1095,13 +1095,30 @@ mod tests {
     }
 
     /// A code newer than the client's `Hello.max_error_code` reaches it as its fallback
-    /// (`blocked` → `forbidden` for a client of the first version-1 table).
+    /// (`blocked` → `forbidden` for a client of the first version-1 table, `media_refused`
+    /// → `invalid_field` for a client that knows up to `blocked`).
     #[test]
     fn a_refusal_with_a_newer_code_falls_back_for_a_client_that_does_not_know_it() {
-        for (max_error_code, expected) in [
-            (0, ErrorCode::Forbidden),
-            (haberci_wire::V1_LAST_CODE, ErrorCode::Forbidden),
-            (haberci_wire::LAST_CODE, ErrorCode::Blocked),
+        for (code, max_error_code, expected) in [
+            (ErrorCode::Blocked, 0, ErrorCode::Forbidden),
+            (
+                ErrorCode::Blocked,
+                haberci_wire::V1_LAST_CODE,
+                ErrorCode::Forbidden,
+            ),
+            (ErrorCode::Blocked, 18, ErrorCode::Blocked),
+            (
+                ErrorCode::Blocked,
+                haberci_wire::LAST_CODE,
+                ErrorCode::Blocked,
+            ),
+            (ErrorCode::MediaRefused, 0, ErrorCode::InvalidField),
+            (ErrorCode::MediaRefused, 18, ErrorCode::InvalidField),
+            (
+                ErrorCode::MediaRefused,
+                haberci_wire::LAST_CODE,
+                ErrorCode::MediaRefused,
+            ),
         ] {
             let mut h = Harness::new();
             let token = h.token(0, 900);
@@ -1117,8 +1134,8 @@ mod tests {
             let refused = Arc::new(Event::Refused {
                 session: identity.session,
                 error: ErrorFrame {
-                    code: ErrorCode::Blocked,
-                    message: "blocked".into(),
+                    code,
+                    message: "refused".into(),
                     client_msg_id: Some(client_msg_id),
                 },
             });
@@ -1128,10 +1145,10 @@ mod tests {
                 out,
                 [Output::Frame(ServerFrame::Error(ErrorFrame {
                     code: expected,
-                    message: "blocked".into(),
+                    message: "refused".into(),
                     client_msg_id: Some(client_msg_id),
                 }))],
-                "max_error_code {max_error_code}"
+                "{code} for max_error_code {max_error_code}"
             );
         }
     }

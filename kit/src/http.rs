@@ -78,13 +78,37 @@ impl CorsOrigins {
             .allow_credentials(true)
             .allow_methods([
                 Method::GET,
+                Method::HEAD,
                 Method::POST,
                 Method::PATCH,
                 Method::DELETE,
                 Method::OPTIONS,
             ])
-            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
-            .expose_headers([header::RETRY_AFTER])
+            // Media: ranges and revalidation on downloads; the tus headers of resumable
+            // uploads (docs/MEDIA.md), which a browser client must both send and read.
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::RANGE,
+                header::IF_NONE_MATCH,
+                header::IF_RANGE,
+                HeaderName::from_static("tus-resumable"),
+                HeaderName::from_static("upload-length"),
+                HeaderName::from_static("upload-offset"),
+                HeaderName::from_static("upload-metadata"),
+            ])
+            .expose_headers([
+                header::RETRY_AFTER,
+                header::LOCATION,
+                header::CONTENT_RANGE,
+                header::ETAG,
+                HeaderName::from_static("tus-resumable"),
+                HeaderName::from_static("tus-version"),
+                HeaderName::from_static("upload-offset"),
+                HeaderName::from_static("upload-length"),
+                HeaderName::from_static("upload-expires"),
+                HeaderName::from_static("haberci-media-id"),
+            ])
             .max_age(CORS_MAX_AGE)
     }
 }

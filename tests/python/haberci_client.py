@@ -61,6 +61,7 @@ CODES: dict[int, tuple[str, bool]] = {
     16: ("text_message_refused", True),
     17: ("idle_timeout", True),
     18: ("blocked", False),
+    19: ("media_refused", False),
 }
 # The highest code this client knows: sent as Hello.max_error_code (0 = 17, the first v1
 # table), so the server may send every code above.
@@ -197,7 +198,11 @@ S = {
                 3: ("recipientId", "bytes", False), 4: ("type", "enum:MessageType", False),
                 5: ("content", "string", False), 6: ("timestamp", "int64", False),
                 7: ("status", "enum:MessageStatus", False), 8: ("conversationId", "bytes", False),
-                9: ("seq", "uint64", False)},
+                9: ("seq", "uint64", False), 10: ("media", "msg:MediaInfo", False)},
+    "MediaInfo": {1: ("mediaId", "bytes", False), 2: ("contentType", "string", False),
+                  3: ("sizeBytes", "uint64", False), 4: ("width", "uint32", False),
+                  5: ("height", "uint32", False), 6: ("durationMs", "uint64", False),
+                  7: ("blurhash", "string", False), 8: ("filename", "string", False)},
     # client
     "Hello": {1: ("accessToken", "string", False), 2: ("protocolVersion", "uint32", False),
               3: ("clientName", "string", False), 4: ("clientVersion", "string", False),
@@ -248,6 +253,12 @@ SERVER_KINDS = {1: ("welcome", "Welcome"), 2: ("message", "Message"), 3: ("sent"
                 10: ("notification", "Notification")}
 CLIENT_KIND_NUM = {k: (n, m) for n, (k, m) in CLIENT_KINDS.items()}
 SERVER_KIND_NUM = {k: (n, m) for n, (k, m) in SERVER_KINDS.items()}
+
+# MediaInfo string limits (PROTOCOL.md "Frames"): content_type and filename in UTF-8 bytes,
+# blurhash in characters (code points).
+MAX_MEDIA_CONTENT_TYPE_BYTES = 255
+MAX_MEDIA_BLURHASH_CHARS = 100
+MAX_MEDIA_FILENAME_BYTES = 255
 
 _DEFAULTS = {"uint32": 0, "uint64": 0, "int64": 0, "bool": False, "string": "", "bytes": b""}
 
@@ -455,6 +466,32 @@ class _V:
             self.bad(proto, "missing", msg)
         return d[fname]
 
+    def at_most_bytes(self, d: dict, fname: str, proto: str, limit: int, msg=None) -> str:
+        n = len(d[fname].encode("utf-8"))
+        if n > limit:
+            self.bad(proto, f"{n} bytes long, at most {limit} allowed", msg)
+        return d[fname]
+
+    def at_most_chars(self, d: dict, fname: str, proto: str, limit: int, msg=None) -> str:
+        if len(d[fname]) > limit:
+            self.bad(proto, f"{len(d[fname])} characters long, at most {limit} allowed", msg)
+        return d[fname]
+
+    def media_info(self, m: dict) -> dict:
+        """MediaInfo: 0 and "" are unknown / none (null in JSON), except content_type and
+        size_bytes, which stay "" and 0 as MediaRef's do."""
+        mi = "MediaInfo"
+        return {"mediaId": self.id(m, "mediaId", "media_id", msg=mi),
+                "contentType": self.at_most_bytes(m, "contentType", "content_type",
+                                                  MAX_MEDIA_CONTENT_TYPE_BYTES, msg=mi),
+                "sizeBytes": m["sizeBytes"],
+                "width": m["width"] or None, "height": m["height"] or None,
+                "durationMs": m["durationMs"] or None,
+                "blurhash": self.at_most_chars(m, "blurhash", "blurhash",
+                                               MAX_MEDIA_BLURHASH_CHARS, msg=mi) or None,
+                "filename": self.at_most_bytes(m, "filename", "filename",
+                                               MAX_MEDIA_FILENAME_BYTES, msg=mi) or None}
+
 
 def _uuid_or_none(v: bytes) -> Optional[str]:
     if len(v) == 16 and v != bytes(16):
@@ -541,13 +578,16 @@ def server_wire_to_json(w: dict) -> dict:
                 "limits": dict(lim)}
     if k == "message":
         v = _V("Message")
-        return {"kind": k, "id": v.id(w, "id", "id"), "senderId": v.id(w, "senderId", "sender_id"),
-                "recipientId": v.id(w, "recipientId", "recipient_id"),
-                "type": v.enum(w, "type", "type", "MessageType"), "content": w["content"],
-                "timestamp": v.ts(w, "timestamp", "timestamp"),
-                "status": v.enum(w, "status", "status", "MessageStatus"),
-                "conversationId": v.id(w, "conversationId", "conversation_id"),
-                "seq": v.seq(w, "seq", "seq")}
+        out = {"kind": k, "id": v.id(w, "id", "id"), "senderId": v.id(w, "senderId", "sender_id"),
+               "recipientId": v.id(w, "recipientId", "recipient_id"),
+               "type": v.enum(w, "type", "type", "MessageType"), "content": w["content"],
+               "timestamp": v.ts(w, "timestamp", "timestamp"),
+               "status": v.enum(w, "status", "status", "MessageStatus"),
+               "conversationId": v.id(w, "conversationId", "conversation_id"),
+               "seq": v.seq(w, "seq", "seq")}
+        if w["media"] is not None:
+            out["media"] = v.media_info(w["media"])  # absent in JSON for a text message
+        return out
     if k == "sent":
         v = _V("Sent")
         return {"kind": k, "clientMsgId": v.id(w, "clientMsgId", "client_msg_id"),
@@ -629,8 +669,14 @@ def json_to_wire(f: dict) -> dict:
         elif key == "recipient":
             w[key] = {kk: _id_bytes(vv) for kk, vv in val.items()}
         elif key == "media":
+            # Send.media is a MediaRef, Message.media a MediaInfo (null / absent = 0 or "").
             w[key] = {"mediaId": _id_bytes(val["mediaId"]), "contentType": val.get("contentType", ""),
                       "sizeBytes": val.get("sizeBytes", 0)}
+            if k == "message":
+                w[key].update({"width": val.get("width") or 0, "height": val.get("height") or 0,
+                               "durationMs": val.get("durationMs") or 0,
+                               "blurhash": val.get("blurhash") or "",
+                               "filename": val.get("filename") or ""})
         elif key == "resume":
             w[key] = [{"conversationId": _id_bytes(r["conversationId"]), "lastSeq": r.get("lastSeq") or 0}
                       for r in val]

@@ -139,13 +139,48 @@ class VectorTest(unittest.TestCase):
     def test_blocked_is_code_18_and_hello_says_so(self):
         self.assertEqual(hc.CODE_BY_NAME["blocked"], 18)
         self.assertEqual(hc.CODES[18], ("blocked", False))
-        self.assertEqual(hc.MAX_ERROR_CODE, 18)
+        self.assertEqual(hc.MAX_ERROR_CODE, max(hc.CODES))
         hello = {"kind": "hello", "accessToken": "t", "protocolVersion": 1, "clientName": "",
                  "clientVersion": "", "resume": [], "maxErrorCode": hc.MAX_ERROR_CODE}
         self.assertEqual(hc.decode_client(hc.encode_client(hello)), hello)
         # An Error{blocked} decodes; a notification frame is delivered, not ignored.
         err = {"kind": "error", "code": "blocked", "message": "", "clientMsgId": None}
         self.assertEqual(hc.decode_server(hc.encode_server(err)), err)
+
+    def test_media_refused_is_code_19_and_hello_says_so(self):
+        self.assertEqual(hc.CODE_BY_NAME["media_refused"], 19)
+        self.assertEqual(hc.CODES[19], ("media_refused", False))
+        self.assertEqual(hc.MAX_ERROR_CODE, 19)
+
+    def _media_message(self, **media) -> dict:
+        frame = json.loads((DEFAULT_DIR / "server_message_media.json").read_text())["frame"]
+        frame["media"].update(media)
+        return frame
+
+    def test_media_strings_are_held_to_their_limits(self):
+        # At the limits: 255 bytes, 100 two-byte characters (the blurhash counts
+        # characters), 255 bytes.
+        at_limits = self._media_message(contentType="x" * 255, blurhash="ü" * 100,
+                                        filename="y" * 255)
+        self.assertEqual(hc.decode_server(hc.encode_server(at_limits)), at_limits)
+        for key, value, field in [("contentType", "x" * 256, "MediaInfo.content_type"),
+                                  ("blurhash", "L" * 101, "MediaInfo.blurhash"),
+                                  ("filename", "ü" * 128, "MediaInfo.filename"),
+                                  ("mediaId", "00000000-0000-0000-0000-000000000000",
+                                   "MediaInfo.media_id")]:
+            with self.subTest(key=key):
+                body = hc.encode_server(self._media_message(**{key: value}))
+                with self.assertRaises(hc.ProtocolError) as caught:
+                    hc.decode_server(body)
+                self.assertEqual((caught.exception.code, caught.exception.field),
+                                 ("invalid_field", field))
+
+    def test_media_unknown_values_are_null_and_text_has_no_media(self):
+        unknown = self._media_message(contentType="", sizeBytes=0, width=None, height=None,
+                                      durationMs=None, blurhash=None, filename=None)
+        self.assertEqual(hc.decode_server(hc.encode_server(unknown)), unknown)
+        text = json.loads((DEFAULT_DIR / "server_message.json").read_text())["frame"]
+        self.assertNotIn("media", hc.decode_server(hc.encode_server(text)))
 
     def test_capsule_roundtrip(self):
         cap = hc.encode_capsule(hc.CLOSE_WEBTRANSPORT_SESSION, (4006).to_bytes(4, "big") + b"x")

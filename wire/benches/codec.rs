@@ -28,6 +28,7 @@ fn message() -> ServerFrame {
         status: MessageStatus::Sent,
         conversation_id: ConversationId::new(id(0xc0de)).unwrap(),
         seq: Seq::new(123_456).unwrap(),
+        media: None,
     })
 }
 

@@ -64,6 +64,7 @@ pub enum ErrorCode {
     TextMessageRefused = 16,
     IdleTimeout = 17,
     Blocked = 18,
+    MediaRefused = 19,
 }
 
 /// One row of [`CODE_TABLE`].
@@ -117,7 +118,7 @@ use Fault::{Client, Peer, Server};
 
 /// The code table, in protocol-code order (row `i` has protocol code `i + 1`).
 #[rustfmt::skip]
-pub const CODE_TABLE: [CodeInfo; 18] = [
+pub const CODE_TABLE: [CodeInfo; 19] = [
     //  code                    name                    fault   retry  fatal  meaning
     row(C::BadFrame,           "bad_frame",            Client, false, true,  "The bytes are not a frame (malformed length prefix, zero-length or truncated frame, body that is not protobuf), or a frame out of place (a reliable frame kind as a datagram, a second Hello)."),
     row(C::FrameTooLarge,      "frame_too_large",      Client, false, true,  "A frame declared a length above the max frame size (announced in Welcome); rejected before it is buffered."),
@@ -137,6 +138,7 @@ pub const CODE_TABLE: [CodeInfo; 18] = [
     row(C::TextMessageRefused, "text_message_refused", Client, false, true,  "WebSocket only: a text message arrived; frames travel as binary messages."),
     row(C::IdleTimeout,        "idle_timeout",         Client, true,  true,  "Nothing arrived for Welcome.limits.idle_timeout_ms (or no Hello in time). Send Ping more often; reconnect and resume."),
     row(C::Blocked,            "blocked",              Client, false, false, "A direct message between two users one of whom blocked the other (either way). Nothing was stored; the sender must unblock, or cannot write to this user. Sent only to a client whose Hello.max_error_code is at least 18; others get forbidden."),
+    row(C::MediaRefused,       "media_refused",        Client, false, false, "A Send's media is unusable: no such upload, not uploaded by the sender, or its detected kind differs from the Send's type. Nothing was stored. Sent only to a client whose Hello.max_error_code is at least 19; others get invalid_field."),
 ];
 
 /// The last code of the table protocol version 1 started with. A client whose
@@ -203,6 +205,7 @@ impl ErrorCode {
         }
         match self {
             ErrorCode::Blocked => ErrorCode::Forbidden,
+            ErrorCode::MediaRefused => ErrorCode::InvalidField,
             other => other,
         }
     }

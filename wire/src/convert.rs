@@ -6,7 +6,7 @@
 //! fail. Round trip: `domain → proto → domain` is the identity (property-tested).
 
 use std::collections::HashSet;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroU64};
 
 use bytes::Bytes;
 
@@ -28,6 +28,42 @@ fn non_empty(field: &'static str, value: String) -> Result<String> {
     } else {
         Ok(value)
     }
+}
+
+/// A string of at most `max` UTF-8 bytes.
+fn at_most_bytes(field: &'static str, max: usize, value: String) -> Result<String> {
+    if value.len() > max {
+        return Err(InvalidField::new(
+            field,
+            Problem::TooLong {
+                max,
+                actual: value.len(),
+                unit: "bytes",
+            },
+        ));
+    }
+    Ok(value)
+}
+
+/// An optional string (empty = `None`) of at most `max` characters.
+fn optional_at_most_chars(
+    field: &'static str,
+    max: usize,
+    value: String,
+) -> Result<Option<String>> {
+    // Counting stops just past the limit: a peer's megabyte string costs max + 1 steps.
+    let chars = value.chars().take(max + 1).count();
+    if chars > max {
+        return Err(InvalidField::new(
+            field,
+            Problem::TooLong {
+                max,
+                actual: value.chars().count(),
+                unit: "characters",
+            },
+        ));
+    }
+    Ok(Some(value).filter(|v| !v.is_empty()))
 }
 
 fn optional_client_msg_id(field: &'static str, bytes: &Bytes) -> Result<Option<ClientMsgId>> {
@@ -196,6 +232,50 @@ impl From<MediaRef> for p::MediaRef {
     }
 }
 
+impl TryFrom<p::MediaInfo> for MediaInfo {
+    type Error = InvalidField;
+    fn try_from(m: p::MediaInfo) -> Result<Self> {
+        Ok(MediaInfo {
+            media_id: MediaId::from_wire("MediaInfo.media_id", &m.media_id)?,
+            content_type: at_most_bytes(
+                "MediaInfo.content_type",
+                MAX_MEDIA_CONTENT_TYPE_BYTES,
+                m.content_type,
+            )?,
+            size_bytes: m.size_bytes,
+            width: NonZeroU32::new(m.width),
+            height: NonZeroU32::new(m.height),
+            duration_ms: NonZeroU64::new(m.duration_ms),
+            blurhash: optional_at_most_chars(
+                "MediaInfo.blurhash",
+                MAX_MEDIA_BLURHASH_CHARS,
+                m.blurhash,
+            )?,
+            filename: Some(at_most_bytes(
+                "MediaInfo.filename",
+                MAX_MEDIA_FILENAME_BYTES,
+                m.filename,
+            )?)
+            .filter(|f| !f.is_empty()),
+        })
+    }
+}
+
+impl From<MediaInfo> for p::MediaInfo {
+    fn from(m: MediaInfo) -> Self {
+        p::MediaInfo {
+            media_id: m.media_id.to_wire(),
+            content_type: m.content_type,
+            size_bytes: m.size_bytes,
+            width: m.width.map_or(0, NonZeroU32::get),
+            height: m.height.map_or(0, NonZeroU32::get),
+            duration_ms: m.duration_ms.map_or(0, NonZeroU64::get),
+            blurhash: m.blurhash.unwrap_or_default(),
+            filename: m.filename.unwrap_or_default(),
+        }
+    }
+}
+
 impl TryFrom<p::Message> for Message {
     type Error = InvalidField;
     fn try_from(m: p::Message) -> Result<Self> {
@@ -212,6 +292,7 @@ impl TryFrom<p::Message> for Message {
                 &m.conversation_id,
             )?,
             seq: Seq::from_wire("Message.seq", m.seq)?,
+            media: m.media.map(MediaInfo::try_from).transpose()?,
         })
     }
 }
@@ -228,6 +309,7 @@ impl From<Message> for p::Message {
             status: p::MessageStatus::from(m.status).into(),
             conversation_id: m.conversation_id.to_wire(),
             seq: m.seq.get(),
+            media: m.media.map(p::MediaInfo::from),
         }
     }
 }

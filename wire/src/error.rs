@@ -113,6 +113,12 @@ pub enum Problem {
     WrongFrameForCode(ErrorCode),
     /// `Limits.max_frame_size` of 0.
     Zero,
+    /// A string above its limit (`unit`: `"bytes"` or `"characters"`).
+    TooLong {
+        max: usize,
+        actual: usize,
+        unit: &'static str,
+    },
 }
 
 impl fmt::Display for Problem {
@@ -145,6 +151,9 @@ impl fmt::Display for Problem {
                 )
             }
             Problem::Zero => f.write_str("must not be zero"),
+            Problem::TooLong { max, actual, unit } => {
+                write!(f, "{actual} {unit} long, at most {max} allowed")
+            }
         }
     }
 }

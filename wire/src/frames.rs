@@ -9,7 +9,7 @@
 //! vectors in `wire/tests/vectors/` (a frame is an object whose `"kind"` names the case).
 
 use std::fmt;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroU64};
 
 use serde::{Deserialize, Serialize};
 
@@ -85,7 +85,45 @@ pub struct Message {
     pub status: MessageStatus,
     pub conversation_id: ConversationId,
     pub seq: Seq,
+    /// The media of an image, video, audio or file message; `None` for text (absent on the
+    /// wire, and left out of the JSON, so a text message's JSON is as it always was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<MediaInfo>,
 }
+
+/// Media as stored by the server and delivered with a [`Message`]: filled from what the
+/// upload stored and detected, never from the `Send`'s [`MediaRef`]. The bytes are fetched
+/// over HTTP (`GET /v1/media/{id}/info` gives short-lived signed URLs).
+///
+/// Invariant (checked on decode): the strings are within [`MAX_MEDIA_CONTENT_TYPE_BYTES`],
+/// [`MAX_MEDIA_BLURHASH_CHARS`] and [`MAX_MEDIA_FILENAME_BYTES`]; a `Some` string is
+/// non-empty (an empty one is `None` on the wire).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MediaInfo {
+    pub media_id: MediaId,
+    /// The detected content type (`image/jpeg`, …). Empty when unknown.
+    pub content_type: String,
+    /// Size of the stored original. 0 when unknown.
+    pub size_bytes: u64,
+    /// Images and video, in pixels, after EXIF orientation.
+    pub width: Option<NonZeroU32>,
+    pub height: Option<NonZeroU32>,
+    /// Video and audio.
+    pub duration_ms: Option<NonZeroU64>,
+    /// Images and video posters: a BlurHash placeholder to draw until the bytes arrive.
+    pub blurhash: Option<String>,
+    /// Files: the name as uploaded, sanitized by the server.
+    pub filename: Option<String>,
+}
+
+/// Largest `MediaInfo.content_type`, in UTF-8 bytes.
+pub const MAX_MEDIA_CONTENT_TYPE_BYTES: usize = 255;
+/// Largest `MediaInfo.blurhash`, in characters (Unicode scalar values; a valid BlurHash is
+/// ASCII, so also bytes).
+pub const MAX_MEDIA_BLURHASH_CHARS: usize = 100;
+/// Largest `MediaInfo.filename`, in UTF-8 bytes.
+pub const MAX_MEDIA_FILENAME_BYTES: usize = 255;
 
 /// A reference to media uploaded through the HTTP API.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]

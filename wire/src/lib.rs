@@ -46,7 +46,8 @@ pub use codes::{
 };
 pub use error::{InvalidField, Problem, WireError};
 pub use frames::{
-    Ack, ClientFrame, ClientTyping, Closing, ErrorFrame, Hello, Limits, MediaRef, Message,
+    Ack, ClientFrame, ClientTyping, Closing, ErrorFrame, Hello, Limits, MAX_MEDIA_BLURHASH_CHARS,
+    MAX_MEDIA_CONTENT_TYPE_BYTES, MAX_MEDIA_FILENAME_BYTES, MediaInfo, MediaRef, Message,
     MessageKind, MessageStatus, Notification, NotificationKind, Ping, Pong, Presence,
     PresenceWatch, Read, Recipient, RefreshAuth, ResumePosition, SendMessage, Sent, ServerFrame,
     Status, Typing, TypingState, Welcome,

@@ -15,6 +15,10 @@ pub struct UserRecord {
     pub display_name: String,
     pub bio: String,
     pub avatar_ref: Option<String>,
+    /// An image upload of this user's, shown to anyone (`GET /v1/media/{id}` needs no token
+    /// for it). Cached profiles written before it existed read as `None`.
+    #[serde(default)]
+    pub avatar_media_id: Option<uuid::Uuid>,
     pub is_private: bool,
     pub is_admin: bool,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -28,7 +32,7 @@ pub struct UserRecord {
     pub updated_at: OffsetDateTime,
 }
 
-const USER_COLUMNS: &str = "id, username::text AS username, email::text AS email, display_name, bio, avatar_ref, is_private, is_admin, suspended_at, followers_count, following_count, posts_count, created_at, updated_at";
+const USER_COLUMNS: &str = "id, username::text AS username, email::text AS email, display_name, bio, avatar_ref, avatar_media_id, is_private, is_admin, suspended_at, followers_count, following_count, posts_count, created_at, updated_at";
 
 /// What registration stores.
 pub struct NewUser<'a> {
@@ -127,6 +131,8 @@ pub struct ProfileUpdate {
     pub display_name: Option<DisplayName>,
     pub bio: Option<Bio>,
     pub avatar_ref: Option<Option<AvatarRef>>,
+    /// Checked by the caller: an image upload of this user's.
+    pub avatar_media_id: Option<Option<uuid::Uuid>>,
     pub private: Option<bool>,
 }
 
@@ -145,6 +151,7 @@ pub async fn update_profile(
             bio = COALESCE($3, bio),
             avatar_ref = CASE WHEN $4 THEN $5 ELSE avatar_ref END,
             is_private = COALESCE($6, is_private),
+            avatar_media_id = CASE WHEN $7 THEN $8 ELSE avatar_media_id END,
             updated_at = now()
          WHERE id = $1
          RETURNING {USER_COLUMNS}"
@@ -155,6 +162,8 @@ pub async fn update_profile(
     .bind(set_avatar)
     .bind(avatar)
     .bind(update.private)
+    .bind(update.avatar_media_id.is_some())
+    .bind(update.avatar_media_id.flatten())
     .fetch_optional(db)
     .await
 }

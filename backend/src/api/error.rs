@@ -76,6 +76,18 @@ pub enum ApiError {
     /// Client: too many requests; retry after the given time.
     #[error("too many requests; retry later")]
     RateLimited { retry_after: Duration },
+    /// Client: a request the media API refuses for a reason with its own status and code
+    /// (e.g. 413 `media_too_large`, 422 `media_type_mismatch`, 409 `upload_offset_mismatch`,
+    /// 403 `link_expired`); docs/MEDIA.md lists them.
+    #[error("{message}")]
+    Refused {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+    },
+    /// Client: a `Range` outside an object of `size` bytes (416 with `Content-Range: */size`).
+    #[error("the range is outside the {size} bytes of this media")]
+    RangeNotSatisfiable { size: u64 },
     /// Us: a dependency (Postgres, Redis, the hashing pool) is down, slow or saturated; the
     /// client may retry.
     #[error("{0} unavailable")]
@@ -129,6 +141,8 @@ impl ApiError {
                 StatusCode::CONFLICT
             }
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Refused { status, .. } => *status,
+            ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -154,6 +168,8 @@ impl ApiError {
             ApiError::GroupFull { .. } => "group_full",
             ApiError::Conflict { .. } => "conflict",
             ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::Refused { code, .. } => code,
+            ApiError::RangeNotSatisfiable { .. } => "range_not_satisfiable",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -193,6 +209,11 @@ impl IntoResponse for ApiError {
             }
             ApiError::Unavailable(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::RangeNotSatisfiable { size } => {
+                if let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    headers.insert(header::CONTENT_RANGE, value);
+                }
             }
             ApiError::Unauthenticated => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -257,6 +257,24 @@ impl FromRequestParts<AppState> for Authenticated {
     }
 }
 
+/// [`Authenticated`] when the request carries an `Authorization` header (and then it must be
+/// valid: a bad token is refused, never treated as anonymous); `None` without one.
+#[derive(Debug, Clone, Copy)]
+pub struct MaybeAuthenticated(pub Option<Authenticated>);
+
+impl FromRequestParts<AppState> for MaybeAuthenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if !parts.headers.contains_key(header::AUTHORIZATION) {
+            return Ok(MaybeAuthenticated(None));
+        }
+        Authenticated::from_request_parts(parts, state)
+            .await
+            .map(|auth| MaybeAuthenticated(Some(auth)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

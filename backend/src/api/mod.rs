@@ -18,10 +18,12 @@ pub mod cursor;
 pub mod error;
 pub mod extract;
 pub mod internal;
+pub mod media;
 pub mod notifications;
 pub mod openapi;
 pub mod posts;
 pub mod social;
+pub mod uploads;
 pub mod users;
 
 use std::net::SocketAddr;
@@ -56,6 +58,7 @@ pub struct AppState {
     pub settings: Arc<ApiSettings>,
     pub feed: crate::social::feed::Feed,
     pub profiles: crate::accounts::cache::Profiles,
+    pub media: crate::media::Media,
 }
 
 impl AppState {
@@ -87,6 +90,10 @@ impl AppState {
             auth: Arc::new(crate::auth::Auth::new(settings.auth.clone(), keys)),
             feed: crate::social::feed::Feed::new(settings.social.feed),
             profiles: crate::accounts::cache::Profiles::default(),
+            // Invariant: the settings were checked at start-up (`MediaSettings::read`); a store
+            // that cannot open is a start-up failure, not something a request can meet.
+            media: crate::media::Media::open(settings.media.clone())
+                .unwrap_or_else(|err| panic!("media store {:?}: {err}", settings.media.store)),
             settings: Arc::new(settings),
         }
     }
@@ -144,6 +151,18 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(notifications::mark_read))
         .routes(routes!(notifications::report))
         .routes(routes!(notifications::suspend))
+        .routes(routes!(media::upload))
+        .routes(routes!(media::info))
+        .routes(routes!(media::original))
+        .routes(routes!(media::thumb))
+        .routes(routes!(media::preview))
+        .routes(routes!(uploads::create))
+        .routes(routes!(
+            uploads::status,
+            uploads::get,
+            uploads::patch,
+            uploads::terminate
+        ))
         .split_for_parts()
 }
 

@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use super::cursor;
 use super::extract::{ApiJson, ApiPath, ApiQuery, Authenticated};
+use super::media::MediaView;
 use super::social::{UserPage, UserRef, limit, page_limit, visible_user};
 use super::{ApiError, AppState};
 use crate::accounts::UserId;
@@ -37,6 +38,8 @@ pub struct PostView {
     pub visibility: Visibility,
     #[schema(value_type = Vec<String>)]
     pub media_ids: Vec<Uuid>,
+    /// The media of `mediaIds`, in order, with signed links.
+    pub media: Vec<MediaView>,
     /// Usernames mentioned, sorted.
     pub mentions: Vec<String>,
     /// Hashtags, folded (Turkish rules, without `#`), sorted.
@@ -89,6 +92,7 @@ impl From<PostRow> for PostView {
                     .and_then(|v| Visibility::try_from(v).ok())
                     .unwrap_or(Visibility::Public),
                 media_ids: row.o_media_ids.unwrap_or_default(),
+                media: Vec::new(),
                 mentions: row.o_mentions.unwrap_or_default(),
                 hashtags: row.o_hashtags.unwrap_or_default(),
                 created_at,
@@ -113,6 +117,7 @@ impl From<PostRow> for PostView {
             content: row.content,
             visibility: row.visibility,
             media_ids: row.media_ids,
+            media: Vec::new(),
             mentions: row.mentions,
             hashtags: row.hashtags,
             created_at: row.created_at,
@@ -246,6 +251,51 @@ fn path_post(text: &str) -> Result<Uuid, ApiError> {
     Uuid::try_parse(text).map_err(|_| ApiError::NotFound)
 }
 
+/// Fills in the media of `posts` (and of the posts they repost): one query for the page.
+async fn with_media(state: &AppState, mut posts: Vec<PostView>) -> Result<Vec<PostView>, ApiError> {
+    let ids: Vec<Uuid> = posts
+        .iter()
+        .flat_map(|p| {
+            let original = p.repost_of.iter().flat_map(|o| o.media_ids.iter());
+            p.media_ids.iter().chain(original)
+        })
+        .copied()
+        .collect();
+    if ids.is_empty() {
+        return Ok(posts);
+    }
+    let rows: std::collections::HashMap<Uuid, crate::media::store::MediaRow> =
+        crate::media::store::by_ids(&state.db, &ids)
+            .await?
+            .into_iter()
+            .map(|row| (row.id, row))
+            .collect();
+    let views = |ids: &[Uuid]| -> Vec<MediaView> {
+        ids.iter()
+            .filter_map(|id| rows.get(id))
+            .map(|row| MediaView::new(&state.media, row.clone()))
+            .collect()
+    };
+    for post in &mut posts {
+        post.media = views(&post.media_ids);
+        if let Some(original) = post.repost_of.as_mut() {
+            original.media = views(&original.media_ids);
+        }
+    }
+    Ok(posts)
+}
+
+async fn one_with_media(state: &AppState, post: PostView) -> Result<PostView, ApiError> {
+    Ok(with_media(state, vec![post]).await?.remove(0))
+}
+
+async fn page_with_media(state: &AppState, page: PostPage) -> Result<PostPage, ApiError> {
+    Ok(PostPage {
+        posts: with_media(state, page.posts).await?,
+        next_cursor: page.next_cursor,
+    })
+}
+
 fn post_page(mut rows: Vec<PostRow>, limit: i64) -> PostPage {
     let limit = usize::try_from(limit).unwrap_or(0);
     let more = rows.len() > limit;
@@ -341,12 +391,26 @@ pub async fn create_post(
             "a post carries at most 4 media",
         ));
     }
-    if let Some(first) = media.first() {
-        // Media uploads arrive with #16; until then no id names an upload of mine.
-        return Err(ApiError::invalid(
-            "mediaIds",
-            format!("{first} is not a media upload of yours"),
-        ));
+    let mine: std::collections::HashSet<Uuid> = crate::media::store::by_ids(&state.db, &media)
+        .await?
+        .into_iter()
+        .filter(|row| row.owner_id == me.user.0)
+        .map(|row| row.id)
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    for id in &media {
+        if !mine.contains(id) {
+            return Err(ApiError::invalid(
+                "mediaIds",
+                format!("{id} is not a media upload of yours"),
+            ));
+        }
+        if !seen.insert(id) {
+            return Err(ApiError::invalid(
+                "mediaIds",
+                format!("{id} is listed twice"),
+            ));
+        }
     }
     let mentions = mentioned(&state, &request.content).await?;
     let hashtags = text::hashtags(request.content.as_str());
@@ -371,7 +435,8 @@ pub async fn create_post(
     super::social::forget(&state, &[me.user]).await;
     notify::announce(&state.db, &state.redis, &told).await;
     let post = read_post(&state, me.user, id).await?;
-    Ok((StatusCode::CREATED, Json(PostView::from(post))).into_response())
+    let post = one_with_media(&state, PostView::from(post)).await?;
+    Ok((StatusCode::CREATED, Json(post)).into_response())
 }
 
 /// A post.
@@ -388,7 +453,9 @@ pub async fn post(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<PostView>, ApiError> {
     let id = path_post(&id)?;
-    Ok(Json(read_post(&state, me.user, id).await?.into()))
+    Ok(Json(
+        one_with_media(&state, read_post(&state, me.user, id).await?.into()).await?,
+    ))
 }
 
 /// Edit my post's text; the earlier text is kept (`GET /v1/posts/{id}/edits`). Newly
@@ -444,7 +511,9 @@ pub async fn edit_post(
     let told = mention_notifications(&mut tx, id, me.user, &new_ids).await?;
     tx.commit().await?;
     notify::announce(&state.db, &state.redis, &told).await;
-    Ok(Json(read_post(&state, me.user, id).await?.into()))
+    Ok(Json(
+        one_with_media(&state, read_post(&state, me.user, id).await?.into()).await?,
+    ))
 }
 
 /// Delete my post (or, as an admin, anyone's): it leaves every timeline and count.
@@ -551,7 +620,9 @@ pub async fn like(
     }
     tx.commit().await?;
     notify::announce(&state.db, &state.redis, &told).await;
-    Ok(Json(read_post(&state, me.user, id).await?.into()))
+    Ok(Json(
+        one_with_media(&state, read_post(&state, me.user, id).await?.into()).await?,
+    ))
 }
 
 /// Take back my like. No error when there was none.
@@ -576,7 +647,9 @@ pub async fn unlike(
         notify::withdraw(&mut tx, Kind::Like, me.user, id).await?;
     }
     tx.commit().await?;
-    Ok(Json(read_post(&state, me.user, id).await?.into()))
+    Ok(Json(
+        one_with_media(&state, read_post(&state, me.user, id).await?.into()).await?,
+    ))
 }
 
 /// Who liked a post, newest first (users with a block between us and me are left out).
@@ -651,7 +724,9 @@ pub async fn repost(
     }
     tx.commit().await?;
     notify::announce(&state.db, &state.redis, &told).await;
-    Ok(Json(read_post(&state, me.user, id).await?.into()))
+    Ok(Json(
+        one_with_media(&state, read_post(&state, me.user, id).await?.into()).await?,
+    ))
 }
 
 /// Take back my repost. No error when there was none.
@@ -677,7 +752,9 @@ pub async fn unrepost(
         notify::withdraw(&mut tx, Kind::Repost, me.user, id).await?;
     }
     tx.commit().await?;
-    Ok(Json(read_post(&state, me.user, id).await?.into()))
+    Ok(Json(
+        one_with_media(&state, read_post(&state, me.user, id).await?.into()).await?,
+    ))
 }
 
 // ---------------------------------------------------------------- comments
@@ -826,7 +903,7 @@ pub async fn thread(
         .flatten()
         .map(|c| cursor::encode_id(c.id));
     Ok(Json(Thread {
-        post: post.into(),
+        post: one_with_media(&state, post.into()).await?,
         comments: comments.into_iter().map(CommentView::from).collect(),
         next_cursor,
     }))
@@ -866,7 +943,7 @@ pub async fn home(
         )
         .await?;
     let body = PostPage {
-        posts: page.posts.into_iter().map(PostView::from).collect(),
+        posts: with_media(&state, page.posts.into_iter().map(PostView::from).collect()).await?,
         next_cursor: page.next.map(cursor::encode_id),
     };
     let mut response = Json(body).into_response();
@@ -900,7 +977,7 @@ pub async fn user_posts(
     let limit = page_limit(&query)?;
     let rows =
         store::profile_posts(&state.db, me.user, user.id, before(&query)?, limit + 1).await?;
-    Ok(Json(post_page(rows, limit)))
+    Ok(Json(page_with_media(&state, post_page(rows, limit)).await?))
 }
 
 /// Posts with a hashtag, newest first. `#` is optional; the tag is folded with Turkish rules
@@ -927,7 +1004,7 @@ pub async fn tag_posts(
     })?;
     let limit = page_limit(&query)?;
     let rows = store::tag_posts(&state.db, me.user, &tag, before(&query)?, limit + 1).await?;
-    Ok(Json(post_page(rows, limit)))
+    Ok(Json(page_with_media(&state, post_page(rows, limit)).await?))
 }
 
 /// Full-text search of posts (Turkish stemming and exact words; `"phrases"`, `or`, `-not`),
@@ -951,7 +1028,7 @@ pub async fn search_posts(
     let q = search_text(&query)?;
     let limit = page_limit(&query)?;
     let rows = store::search_posts(&state.db, me.user, &q, before(&query)?, limit + 1).await?;
-    Ok(Json(post_page(rows, limit)))
+    Ok(Json(page_with_media(&state, post_page(rows, limit)).await?))
 }
 
 /// People search by username and display name: typo-tolerant (trigrams), case and Turkish

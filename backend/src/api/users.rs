@@ -6,11 +6,13 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Deserializer, Serialize};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
+use uuid::Uuid;
 
 use super::extract::{ApiJson, ApiPath, Authenticated};
 use super::{ApiError, AppState};
 use crate::accounts::store::{self, ProfileUpdate, UserRecord};
 use crate::accounts::{AvatarRef, Bio, DisplayName, UserId, Username};
+use crate::media::links::Variant;
 
 /// My account.
 #[derive(Debug, Serialize, ToSchema)]
@@ -23,6 +25,13 @@ pub struct UserView {
     pub display_name: String,
     pub bio: String,
     pub avatar_ref: Option<String>,
+    /// My avatar, an image upload (`PATCH /v1/me` `avatarMediaId`).
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub avatar_media_id: Option<Uuid>,
+    /// Where anyone can load it, without a token.
+    pub avatar_url: Option<String>,
+    /// A small version (JPEG, ≤ 320 px).
+    pub avatar_thumb_url: Option<String>,
     /// A private account approves its followers; only they see its posts.
     pub private: bool,
     pub followers_count: i64,
@@ -45,6 +54,9 @@ impl From<UserRecord> for UserView {
             display_name: user.display_name,
             bio: user.bio,
             avatar_ref: user.avatar_ref,
+            avatar_media_id: user.avatar_media_id,
+            avatar_url: user.avatar_media_id.map(|id| Variant::Original.path(id)),
+            avatar_thumb_url: user.avatar_media_id.map(|id| Variant::Thumb.path(id)),
             private: user.is_private,
             followers_count: user.followers_count,
             following_count: user.following_count,
@@ -66,6 +78,11 @@ pub struct ProfileView {
     pub display_name: String,
     pub bio: String,
     pub avatar_ref: Option<String>,
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub avatar_media_id: Option<Uuid>,
+    /// Public: loads without a token.
+    pub avatar_url: Option<String>,
+    pub avatar_thumb_url: Option<String>,
     pub private: bool,
     pub followers_count: i64,
     pub following_count: i64,
@@ -101,6 +118,11 @@ pub struct UpdateMeRequest {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>, pattern = "^[A-Za-z0-9._:/-]{1,256}$")]
     pub avatar_ref: Option<Option<AvatarRef>>,
+    /// An image I uploaded (`POST /v1/media?kind=image`) becomes my avatar, shown to anyone;
+    /// `null` removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub avatar_media_id: Option<Option<Uuid>>,
     /// Make the account private (follows become requests) or public again.
     #[serde(default)]
     pub private: Option<bool>,
@@ -133,16 +155,32 @@ pub async fn me(
 #[utoipa::path(patch, path = "/v1/me", tag = "users",
     security(("bearer" = [])),
     request_body = UpdateMeRequest,
-    responses((status = 200, description = "My updated account", body = UserView)))]
+    responses(
+        (status = 200, description = "My updated account", body = UserView),
+        (status = 422, description = "`invalid_field`: a bad value, or `avatarMediaId` not an image upload of mine", body = super::ErrorBody),
+    ))]
 pub async fn update_me(
     State(state): State<AppState>,
     me: Authenticated,
     ApiJson(request): ApiJson<UpdateMeRequest>,
 ) -> Result<Json<UserView>, ApiError> {
+    if let Some(Some(id)) = request.avatar_media_id {
+        let mine = crate::media::store::by_ids(&state.db, &[id])
+            .await?
+            .into_iter()
+            .any(|row| row.owner_id == me.user.0 && row.kind == "image");
+        if !mine {
+            return Err(ApiError::invalid(
+                "avatarMediaId",
+                format!("{id} is not an image upload of yours"),
+            ));
+        }
+    }
     let update = ProfileUpdate {
         display_name: request.display_name,
         bio: request.bio,
         avatar_ref: request.avatar_ref,
+        avatar_media_id: request.avatar_media_id,
         private: request.private,
     };
     let user = store::update_profile(&state.db, me.user, &update)
@@ -193,6 +231,9 @@ pub async fn profile(
         display_name: user.display_name,
         bio: user.bio,
         avatar_ref: user.avatar_ref,
+        avatar_media_id: user.avatar_media_id,
+        avatar_url: user.avatar_media_id.map(|id| Variant::Original.path(id)),
+        avatar_thumb_url: user.avatar_media_id.map(|id| Variant::Thumb.path(id)),
         private: user.is_private,
         followers_count: user.followers_count,
         following_count: user.following_count,

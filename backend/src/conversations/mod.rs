@@ -197,6 +197,51 @@ pub struct MessageRow {
     pub kind: String,
     pub content: String,
     pub created_at: OffsetDateTime,
+    #[sqlx(flatten)]
+    pub media: MediaColumns,
+}
+
+/// A message's media as history and resume read it: what the message row recorded, and what
+/// the upload's row knows (`LEFT JOIN media md`). All `None` for text.
+#[derive(Debug, Clone, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct MediaColumns {
+    pub media_id: Option<Uuid>,
+    pub media_content_type: Option<String>,
+    pub media_size: Option<i64>,
+    pub media_width: Option<i32>,
+    pub media_height: Option<i32>,
+    pub media_duration_ms: Option<i64>,
+    pub media_blurhash: Option<String>,
+    pub media_filename: Option<String>,
+}
+
+impl MediaColumns {
+    /// The wire's view; `None` without a media id.
+    pub fn info(&self) -> Option<haberci_wire::MediaInfo> {
+        let id = haberci_wire::MediaId::new(self.media_id?)?;
+        Some(haberci_wire::MediaInfo {
+            media_id: id,
+            content_type: self.media_content_type.clone().unwrap_or_default(),
+            size_bytes: self
+                .media_size
+                .and_then(|s| u64::try_from(s).ok())
+                .unwrap_or(0),
+            width: self
+                .media_width
+                .and_then(|v| u32::try_from(v).ok())
+                .and_then(std::num::NonZeroU32::new),
+            height: self
+                .media_height
+                .and_then(|v| u32::try_from(v).ok())
+                .and_then(std::num::NonZeroU32::new),
+            duration_ms: self
+                .media_duration_ms
+                .and_then(|v| u64::try_from(v).ok())
+                .and_then(std::num::NonZeroU64::new),
+            blurhash: self.media_blurhash.clone(),
+            filename: self.media_filename.clone(),
+        })
+    }
 }
 
 /// Who a direct conversation is between (`user_low < user_high`); `None` for a group.
@@ -270,6 +315,7 @@ impl MessageRow {
                 .ok()
                 .and_then(Seq::new)
                 .ok_or(bad("seq"))?,
+            media: self.media.info(),
         })
     }
 }

@@ -282,10 +282,13 @@ pub async fn others_watermarks(
 
 /// The history query: messages with `after < seq < before`, newest first, at most `limit`.
 pub const HISTORY_SQL: &str =
-    "SELECT conversation_id, seq, id, sender_id, type, content, created_at
-     FROM messages
-     WHERE conversation_id = $1 AND seq > $2 AND seq < $3
-     ORDER BY seq DESC
+    "SELECT m.conversation_id, m.seq, m.id, m.sender_id, m.type, m.content, m.created_at,
+            m.media_id, m.media_content_type, m.media_size, md.width AS media_width,
+            md.height AS media_height, md.duration_ms AS media_duration_ms,
+            md.blurhash AS media_blurhash, md.filename AS media_filename
+     FROM messages m LEFT JOIN media md ON md.id = m.media_id
+     WHERE m.conversation_id = $1 AND m.seq > $2 AND m.seq < $3
+     ORDER BY m.seq DESC
      LIMIT $4";
 
 pub async fn history(
@@ -349,6 +352,8 @@ impl ListRow {
             kind: self.lm_type.clone()?,
             content: self.lm_content.clone()?,
             created_at: self.lm_created_at?,
+            // A list shows the last message's type; its media is read with the history.
+            media: super::MediaColumns::default(),
         })
     }
 }
@@ -449,6 +454,8 @@ pub struct SyncRow {
     pub kind: Option<String>,
     pub content: Option<String>,
     pub created_at: Option<OffsetDateTime>,
+    #[sqlx(flatten)]
+    pub media: super::MediaColumns,
     pub others_delivered: i64,
     pub others_read: i64,
 }
@@ -463,6 +470,7 @@ impl SyncRow {
             kind: self.kind.clone()?,
             content: self.content.clone()?,
             created_at: self.created_at?,
+            media: self.media.clone(),
         })
     }
 
@@ -478,13 +486,18 @@ impl SyncRow {
 pub const SYNC_SQL: &str = "WITH rows AS MATERIALIZED (
     SELECT p.conversation_id AS position, p.ord, mem.user_id IS NOT NULL AS member,
            c.user_low, c.user_high, mem.read_seq,
-           msg.seq, msg.id, msg.sender_id, msg.type, msg.content, msg.created_at
+           msg.seq, msg.id, msg.sender_id, msg.type, msg.content, msg.created_at,
+           msg.media_id, msg.media_content_type, msg.media_size, msg.media_width,
+           msg.media_height, msg.media_duration_ms, msg.media_blurhash, msg.media_filename
     FROM unnest($2::uuid[], $3::bigint[]) WITH ORDINALITY AS p(conversation_id, after, ord)
     LEFT JOIN members mem ON mem.conversation_id = p.conversation_id AND mem.user_id = $1
     LEFT JOIN conversations c ON c.id = mem.conversation_id
     LEFT JOIN LATERAL (
-        SELECT m.seq, m.id, m.sender_id, m.type, m.content, m.created_at
-        FROM messages m
+        SELECT m.seq, m.id, m.sender_id, m.type, m.content, m.created_at,
+               m.media_id, m.media_content_type, m.media_size, md.width AS media_width,
+               md.height AS media_height, md.duration_ms AS media_duration_ms,
+               md.blurhash AS media_blurhash, md.filename AS media_filename
+        FROM messages m LEFT JOIN media md ON md.id = m.media_id
         WHERE mem.user_id IS NOT NULL AND m.conversation_id = p.conversation_id
           AND m.seq > GREATEST(p.after, mem.joined_seq)
         ORDER BY m.seq
@@ -499,6 +512,8 @@ pub const SYNC_SQL: &str = "WITH rows AS MATERIALIZED (
 )
 SELECT r.position, r.member, r.user_low, r.user_high, r.read_seq,
        r.seq, r.id, r.sender_id, r.type, r.content, r.created_at,
+       r.media_id, r.media_content_type, r.media_size, r.media_width, r.media_height,
+       r.media_duration_ms, r.media_blurhash, r.media_filename,
        COALESCE(o.delivered, 0) AS others_delivered, COALESCE(o.read, 0) AS others_read
 FROM rows r LEFT JOIN others o ON o.conversation_id = r.position
 ORDER BY r.ord, r.seq";

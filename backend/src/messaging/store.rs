@@ -29,14 +29,15 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use haberci_wire::{
-    ClientMsgId, ConversationId, ErrorCode, Message, MessageId, MessageKind, MessageStatus,
-    RecipientId, Sent, Seq, Status, Timestamp, UserId,
+    ClientMsgId, ConversationId, ErrorCode, MediaId, MediaInfo, Message, MessageId, MessageKind,
+    MessageStatus, RecipientId, Sent, Seq, Status, Timestamp, UserId,
 };
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::batch::{Refusal, SendRequest, Target, Watermarks};
+use crate::media::store::MediaRow;
 
 /// What became of one [`SendRequest`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -414,6 +415,9 @@ async fn store_sends(
         }
     }
 
+    // 4b. Media: each media Send carries the sender's own upload, of the Send's type.
+    let media = sends_media(tx, sends, &mut out).await?;
+
     // 5. Number and insert what is left.
     if out.iter().any(Option::is_none) {
         let now: OffsetDateTime =
@@ -460,6 +464,11 @@ async fn store_sends(
                 status: MessageStatus::Sent,
                 conversation_id: send.conversation,
                 seq,
+                media: send
+                    .send
+                    .media
+                    .as_ref()
+                    .and_then(|m| media.get(&m.media_id.as_uuid()).cloned()),
             };
             rows.push(&message, send);
             first_of.insert(key, i);
@@ -548,18 +557,16 @@ impl Rows {
         self.client_msg_id.push(send.send.client_msg_id.as_uuid());
         self.kind.push(kind_name(message.kind));
         self.content.push(message.content.clone());
-        let media = send.send.media.as_ref();
+        // What the server stored, never the Send's hints.
+        let media = message.media.as_ref();
         self.media_id.push(media.map(|m| m.media_id.as_uuid()));
         self.media_content_type.push(
             media
                 .filter(|m| !m.content_type.is_empty())
                 .map(|m| m.content_type.clone()),
         );
-        self.media_size.push(
-            media
-                .filter(|m| m.size_bytes > 0)
-                .and_then(|m| i64::try_from(m.size_bytes).ok()),
-        );
+        self.media_size
+            .push(media.and_then(|m| i64::try_from(m.size_bytes).ok()));
     }
 
     async fn insert(self, tx: &mut PgConnection, created_at: OffsetDateTime) -> sqlx::Result<()> {
@@ -584,6 +591,76 @@ impl Rows {
         .execute(&mut *tx)
         .await?;
         Ok(())
+    }
+}
+
+const MEDIA_REFUSED: Refusal = Refusal::new(
+    ErrorCode::MediaRefused,
+    "the media is not an upload of yours of this message's type",
+);
+
+/// Looks up the media of the Sends still undecided (one statement), refuses those whose
+/// media is missing, someone else's, or of another kind than the Send's type, and returns
+/// what the delivered messages carry.
+async fn sends_media(
+    tx: &mut PgConnection,
+    sends: &[SendRequest],
+    out: &mut [Option<SendOutcome>],
+) -> Result<HashMap<Uuid, MediaInfo>, sqlx::Error> {
+    let ids: Vec<Uuid> = sends
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| out[*i].is_none())
+        .filter_map(|(_, s)| s.send.media.as_ref().map(|m| m.media_id.as_uuid()))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let rows: HashMap<Uuid, MediaRow> = crate::media::store::by_ids(&mut *tx, &ids)
+        .await?
+        .into_iter()
+        .map(|row| (row.id, row))
+        .collect();
+    let mut infos = HashMap::new();
+    for (i, send) in sends.iter().enumerate() {
+        let Some(media) = &send.send.media else {
+            continue;
+        };
+        if out[i].is_some() {
+            continue;
+        }
+        let row = rows.get(&media.media_id.as_uuid()).filter(|row| {
+            row.owner_id == send.sender.as_uuid() && row.kind == kind_name(send.send.kind)
+        });
+        match row {
+            None => out[i] = Some(SendOutcome::Refused(MEDIA_REFUSED)),
+            Some(row) => {
+                infos.insert(row.id, media_info(media.media_id, row));
+            }
+        }
+    }
+    Ok(infos)
+}
+
+fn media_info(id: MediaId, row: &MediaRow) -> MediaInfo {
+    use std::num::{NonZeroU32, NonZeroU64};
+    MediaInfo {
+        media_id: id,
+        content_type: row.content_type.clone(),
+        size_bytes: u64::try_from(row.size).unwrap_or(0),
+        width: row
+            .width
+            .and_then(|v| u32::try_from(v).ok())
+            .and_then(NonZeroU32::new),
+        height: row
+            .height
+            .and_then(|v| u32::try_from(v).ok())
+            .and_then(NonZeroU32::new),
+        duration_ms: row
+            .duration_ms
+            .and_then(|v| u64::try_from(v).ok())
+            .and_then(NonZeroU64::new),
+        blurhash: row.blurhash.clone(),
+        filename: row.filename.clone(),
     }
 }
 

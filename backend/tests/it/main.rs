@@ -16,6 +16,7 @@ mod conversations;
 mod feed;
 mod http_surface;
 mod internal_sync;
+mod media;
 mod migrations;
 mod pgbouncer_safety;
 mod redis_outage;

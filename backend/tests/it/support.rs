@@ -177,6 +177,20 @@ impl Api {
         }
     }
 
+    /// Sends `request` and returns the answer's raw bytes (downloads, HEAD, 204s).
+    pub async fn send_raw(&self, mut request: Request<Body>) -> (StatusCode, HeaderMap, Vec<u8>) {
+        request.extensions_mut().insert(ConnectInfo(self.peer));
+        request.headers_mut().insert(
+            "x-haberci-client-ip",
+            self.client_ip.to_string().parse().unwrap(),
+        );
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, body.to_vec())
+    }
+
     pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
         let mut request = Request::get(path);
         if let Some(token) = token {

@@ -121,6 +121,7 @@ async fn the_driver_acks_what_arrives_and_answers_each_send() {
             status: MessageStatus::Sent,
             conversation_id: conversation,
             seq: Seq::new(n).unwrap(),
+            media: None,
         }));
     }
     for _ in 1..=3 {
@@ -168,6 +169,7 @@ async fn the_driver_acks_what_arrives_and_answers_each_send() {
         status: MessageStatus::Sent,
         conversation_id: conversation,
         seq: sent.seq,
+        media: None,
     }));
     assert!(matches!(events.recv().await, Some(Event::Message(m)) if m.seq == sent.seq));
     assert_eq!(client.positions()[0].last_seq, Seq::new(4));

@@ -59,6 +59,7 @@ fn message(conversation: ConversationId, n: u64) -> ServerFrame {
         status: MessageStatus::Sent,
         conversation_id: conversation,
         seq: seq(n),
+        media: None,
     })
 }
 

@@ -54,6 +54,7 @@ const CODE_TABLE = [
   ["text_message_refused", true, false],
   ["idle_timeout", true, true],
   ["blocked", false, false],
+  ["media_refused", false, false],
 ] as const;
 
 /** The last code of this SDK's table: sent as `Hello.maxErrorCode`, so the server may send it all. */
@@ -133,6 +134,33 @@ export interface MediaRef {
   contentType: string;
   sizeBytes: number;
 }
+/**
+ * Media as stored by the server and delivered with a message (`Message.media`): filled from
+ * what the upload stored, never from the `Send`'s `MediaRef`. Fetch the bytes through
+ * `GET /v1/media/{mediaId}/info` (short-lived signed URLs).
+ */
+export interface MediaInfo {
+  mediaId: string;
+  /** The detected content type, e.g. "image/jpeg"; "" = unknown. */
+  contentType: string;
+  /** Size of the stored original; 0 = unknown. */
+  sizeBytes: number;
+  /** Images and video, in pixels after EXIF orientation; null = unknown. */
+  width: number | null;
+  height: number | null;
+  /** Video and audio; null = unknown. */
+  durationMs: number | null;
+  /** A BlurHash placeholder (images, video posters); null = none. */
+  blurhash: string | null;
+  /** Files: the name as uploaded, sanitized by the server; null = none. */
+  filename: string | null;
+}
+/** Largest `MediaInfo.contentType`, in UTF-8 bytes. */
+export const MAX_MEDIA_CONTENT_TYPE_BYTES = 255;
+/** Largest `MediaInfo.blurhash`, in characters (code points). */
+export const MAX_MEDIA_BLURHASH_CHARS = 100;
+/** Largest `MediaInfo.filename`, in UTF-8 bytes. */
+export const MAX_MEDIA_FILENAME_BYTES = 255;
 export interface ResumePosition {
   conversationId: string;
   /** 0 = nothing yet. */
@@ -157,6 +185,8 @@ export interface Message {
   status: MessageStatus;
   conversationId: string;
   seq: number;
+  /** Image, video, audio and file messages; absent for text (and from an older server). */
+  media?: MediaInfo;
 }
 
 export type ClientFrame =
@@ -298,6 +328,37 @@ function nonEmpty(field: string, value: string | null | undefined): string {
   return value;
 }
 
+const utf8 = new TextEncoder();
+
+/** A string of at most `max` UTF-8 bytes ("" stays ""). */
+function atMostBytes(field: string, max: number, value: string | null | undefined): string {
+  const v = value ?? "";
+  const bytes = utf8.encode(v).length;
+  if (bytes > max) invalid(field, `${bytes} bytes long, at most ${max} allowed`);
+  return v;
+}
+
+/** An optional string ("" = null) of at most `max` characters (code points, not UTF-16 units). */
+function optionalAtMostChars(field: string, max: number, value: string | null | undefined): string | null {
+  const v = value ?? "";
+  const chars = [...v].length;
+  if (chars > max) invalid(field, `${chars} characters long, at most ${max} allowed`);
+  return v || null;
+}
+
+function mediaFrom(m: haberci.v1.IMediaInfo): MediaInfo {
+  return {
+    mediaId: id("MediaInfo.media_id", m.mediaId),
+    contentType: atMostBytes("MediaInfo.content_type", MAX_MEDIA_CONTENT_TYPE_BYTES, m.contentType),
+    sizeBytes: (m.sizeBytes as number) || 0,
+    width: m.width || null,
+    height: m.height || null,
+    durationMs: (m.durationMs as number) || null,
+    blurhash: optionalAtMostChars("MediaInfo.blurhash", MAX_MEDIA_BLURHASH_CHARS, m.blurhash),
+    filename: atMostBytes("MediaInfo.filename", MAX_MEDIA_FILENAME_BYTES, m.filename) || null,
+  };
+}
+
 function messageFrom(m: haberci.v1.IMessage): Message {
   return {
     id: id("Message.id", m.id),
@@ -309,6 +370,8 @@ function messageFrom(m: haberci.v1.IMessage): Message {
     status: enumValue("Message.status", MESSAGE_STATUSES, m.status),
     conversationId: id("Message.conversation_id", m.conversationId),
     seq: seq("Message.seq", m.seq as number),
+    // Left out when absent, as in the JSON form (a text message's object is unchanged).
+    ...(m.media ? { media: mediaFrom(m.media) } : {}),
   };
 }
 

@@ -113,7 +113,7 @@ test("a stream split at every byte gives the same frames", () => {
   const split = [];
   for (const byte of stream) split.push(...decoder.push(new Uint8Array([byte])).map(decodeServerFrame));
   decoder.end();
-  assert.equal(whole.length, 12);
+  assert.equal(whole.length, 14);
   assert.deepEqual(split, whole);
 });
 
@@ -156,7 +156,7 @@ test("direct conversation ids match the server's (wire/src/relay.rs)", async () 
   assert.equal(await directConversationId(b, a), "43932eb0-41e9-5f02-a254-979808ba7765");
 });
 
-test("Hello carries the highest code this SDK knows; blocked is code 18", () => {
+test("Hello carries the highest code this SDK knows; blocked is 18, media_refused 19", () => {
   const hello = {
     kind: "hello",
     accessToken: "t",
@@ -166,12 +166,85 @@ test("Hello carries the highest code this SDK knows; blocked is code 18", () => 
     resume: [],
     maxErrorCode: MAX_ERROR_CODE,
   };
-  assert.equal(MAX_ERROR_CODE, 18);
+  assert.equal(MAX_ERROR_CODE, 19);
   assert.equal(protocolCode("blocked"), 18);
   assert.equal(isFatal("blocked"), false);
   assert.equal(isRetryable("blocked"), false);
+  assert.equal(protocolCode("media_refused"), 19);
+  assert.equal(isFatal("media_refused"), false);
+  assert.equal(isRetryable("media_refused"), false);
   assert.deepEqual(decodeClientFrame(encodeClientFrame(hello)), hello);
   // 0 (an older client) is left off the wire, as the golden client_hello shows.
   const { maxErrorCode: _, ...old } = hello;
   assert.deepEqual(decodeClientFrame(encodeClientFrame(old)), old);
+});
+
+// Protobuf by hand, for bodies no vector holds (the test sees only the SDK's public API).
+const varint = (n) => {
+  const out = [];
+  do {
+    let b = n % 128;
+    n = Math.floor(n / 128);
+    if (n > 0) b |= 0x80;
+    out.push(b);
+  } while (n > 0);
+  return out;
+};
+const lenField = (no, bytes) => [...varint(no * 8 + 2), ...varint(bytes.length), ...bytes];
+const uintField = (no, n) => (n ? [...varint(no * 8), ...varint(n)] : []);
+const strField = (no, s) => (s ? lenField(no, [...new TextEncoder().encode(s)]) : []);
+const mediaInfoBytes = (m) => [
+  ...lenField(1, [...Buffer.from(m.mediaId.replaceAll("-", ""), "hex")]),
+  ...strField(2, m.contentType),
+  ...uintField(3, m.sizeBytes),
+  ...uintField(4, m.width),
+  ...uintField(5, m.height),
+  ...uintField(6, m.durationMs),
+  ...strField(7, m.blurhash),
+  ...strField(8, m.filename),
+];
+
+// The server_message_media vector's body with some MediaInfo fields replaced.
+function mediaMessageBody(media) {
+  const vector = vectors.find((v) => v.name === "server_message_media");
+  const original = vector.json.frame.media;
+  const body = [...new FrameDecoder().push(vector.bin)[0]];
+  // body = ServerFrame.message (field 2, LEN): tag, varint length, the Message.
+  assert.equal(body[0], 0x12);
+  let at = 1;
+  while (body[at] & 0x80) at++;
+  const message = body.slice(at + 1);
+  // Message.media (field 10) is the Message's last field.
+  const tail = lenField(10, mediaInfoBytes(original));
+  assert.deepEqual(message.slice(message.length - tail.length), tail, "media is the last field");
+  const edited = lenField(10, mediaInfoBytes({ ...original, ...media }));
+  return new Uint8Array(lenField(2, [...message.slice(0, message.length - tail.length), ...edited]));
+}
+
+test("media strings are held to their limits, the blurhash counted in characters", () => {
+  const decode = (media) => decodeServerFrame(mediaMessageBody(media)).media;
+  // At the limits: 255 bytes, 100 two-byte characters, 255 bytes.
+  const atLimits = { contentType: "x".repeat(255), blurhash: "ü".repeat(100), filename: "y".repeat(255) };
+  assert.deepEqual(decode(atLimits), { ...decode({}), ...atLimits });
+  assert.throws(() => decode({ contentType: "x".repeat(256) }), { code: "invalid_field", field: "MediaInfo.content_type" });
+  assert.throws(() => decode({ blurhash: "L".repeat(101) }), { code: "invalid_field", field: "MediaInfo.blurhash" });
+  assert.throws(() => decode({ filename: "ü".repeat(128) }), { code: "invalid_field", field: "MediaInfo.filename" });
+  // 0 and "" read as unknown / none.
+  const unknown = decode({ contentType: "", sizeBytes: 0, width: 0, height: 0, durationMs: 0, blurhash: "", filename: "" });
+  assert.deepEqual(unknown, {
+    mediaId: "01920000-0000-7000-8000-000000003ed1",
+    contentType: "",
+    sizeBytes: 0,
+    width: null,
+    height: null,
+    durationMs: null,
+    blurhash: null,
+    filename: null,
+  });
+});
+
+test("a text message has no media key", () => {
+  const vector = vectors.find((v) => v.name === "server_message");
+  const frame = decodeServerFrame(new FrameDecoder().push(vector.bin)[0]);
+  assert.equal("media" in frame, false);
 });

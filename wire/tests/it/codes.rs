@@ -110,6 +110,7 @@ fn severity_of_the_codes_that_matter() {
         RateLimited,
         Unavailable,
         Blocked,
+        MediaRefused,
     ];
     assert_eq!(fatal.len() + non_fatal.len(), CODE_TABLE.len());
     assert!(fatal.iter().all(|c| c.is_fatal()));
@@ -121,6 +122,8 @@ fn severity_of_the_codes_that_matter() {
     assert_eq!(Forbidden.fault(), Fault::Client);
     assert_eq!(Blocked.fault(), Fault::Client);
     assert!(!Blocked.retryable());
+    assert_eq!(MediaRefused.fault(), Fault::Client);
+    assert!(!MediaRefused.retryable());
 }
 
 /// A code added after the first version-1 table reaches only a client that said it knows
@@ -128,9 +131,10 @@ fn severity_of_the_codes_that_matter() {
 #[test]
 fn newer_codes_fall_back_for_older_clients() {
     assert_eq!(V1_LAST_CODE, 17);
-    assert_eq!(LAST_CODE, ErrorCode::Blocked.protocol_code());
+    assert_eq!(LAST_CODE, ErrorCode::MediaRefused.protocol_code());
+    assert_eq!(LAST_CODE, 19);
     for code in ErrorCode::ALL {
-        for max_known in [0, 1, V1_LAST_CODE, LAST_CODE, u32::MAX] {
+        for max_known in [0, 1, V1_LAST_CODE, 18, LAST_CODE, u32::MAX] {
             let sent = code.for_client(max_known);
             assert!(
                 sent.protocol_code() <= max_known.max(V1_LAST_CODE),
@@ -147,6 +151,18 @@ fn newer_codes_fall_back_for_older_clients() {
     assert_eq!(ErrorCode::Blocked.for_client(0), ErrorCode::Forbidden);
     assert_eq!(ErrorCode::Blocked.for_client(17), ErrorCode::Forbidden);
     assert_eq!(ErrorCode::Blocked.for_client(18), ErrorCode::Blocked);
+    assert_eq!(
+        ErrorCode::MediaRefused.for_client(0),
+        ErrorCode::InvalidField
+    );
+    assert_eq!(
+        ErrorCode::MediaRefused.for_client(18),
+        ErrorCode::InvalidField
+    );
+    assert_eq!(
+        ErrorCode::MediaRefused.for_client(19),
+        ErrorCode::MediaRefused
+    );
 }
 
 #[test]

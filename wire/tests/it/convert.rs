@@ -243,6 +243,62 @@ fn invalid_server_frames() -> Vec<(&'static str, proto::ServerFrame, &'static st
             Problem::TimestampOutOfRange(Timestamp::MAX.unix_millis() + 1),
         ),
         (
+            "media nil id",
+            edit!(server_proto("server_message_media"), SF::Message, |m| {
+                m.media.as_mut().unwrap().media_id = NIL
+            }),
+            "MediaInfo.media_id",
+            Problem::NilId,
+        ),
+        (
+            "media without id",
+            edit!(server_proto("server_message_media"), SF::Message, |m| {
+                m.media.as_mut().unwrap().media_id = Bytes::new()
+            }),
+            "MediaInfo.media_id",
+            Problem::WrongLength {
+                expected: 16,
+                actual: 0,
+            },
+        ),
+        (
+            "media content type of 256 bytes",
+            edit!(server_proto("server_message_media"), SF::Message, |m| {
+                m.media.as_mut().unwrap().content_type = format!("image/{}", "x".repeat(250))
+            }),
+            "MediaInfo.content_type",
+            Problem::TooLong {
+                max: 255,
+                actual: 256,
+                unit: "bytes",
+            },
+        ),
+        (
+            "media blurhash of 101 characters",
+            edit!(server_proto("server_message_media"), SF::Message, |m| {
+                m.media.as_mut().unwrap().blurhash = "L".repeat(101)
+            }),
+            "MediaInfo.blurhash",
+            Problem::TooLong {
+                max: 100,
+                actual: 101,
+                unit: "characters",
+            },
+        ),
+        (
+            // 128 two-byte letters: 128 characters but 256 bytes.
+            "media filename of 256 bytes",
+            edit!(server_proto("server_message_media"), SF::Message, |m| {
+                m.media.as_mut().unwrap().filename = "ü".repeat(128)
+            }),
+            "MediaInfo.filename",
+            Problem::TooLong {
+                max: 255,
+                actual: 256,
+                unit: "bytes",
+            },
+        ),
+        (
             "sent seq 0",
             edit!(server_proto("server_sent"), SF::Sent, |s| { s.seq = 0 }),
             "Sent.seq",
@@ -379,6 +435,82 @@ fn message_json_is_the_http_api_form() {
     );
     assert_eq!(
         serde_json::from_str::<Message>(&json).unwrap(),
+        fixtures::message()
+    );
+}
+
+#[test]
+fn media_at_its_limits_and_unknown_values_decode() {
+    let frame = edit!(server_proto("server_message_media"), SF::Message, |m| {
+        let media = m.media.as_mut().unwrap();
+        media.content_type = "x".repeat(MAX_MEDIA_CONTENT_TYPE_BYTES);
+        // 100 characters of 2 bytes each: the limit counts characters, not bytes.
+        media.blurhash = "ü".repeat(MAX_MEDIA_BLURHASH_CHARS);
+        media.filename = "y".repeat(MAX_MEDIA_FILENAME_BYTES);
+    });
+    let ServerFrame::Message(message) = ServerFrame::try_from(frame).unwrap() else {
+        panic!("not a message")
+    };
+    let media = message.media.unwrap();
+    assert_eq!(media.blurhash.unwrap().chars().count(), 100);
+    assert_eq!(media.filename.unwrap().len(), 255);
+    // 0 and "" read as unknown / none.
+    let frame = edit!(server_proto("server_message_media"), SF::Message, |m| {
+        let media = m.media.as_mut().unwrap();
+        media.content_type.clear();
+        media.size_bytes = 0;
+        media.width = 0;
+        media.height = 0;
+        media.duration_ms = 0;
+        media.blurhash.clear();
+        media.filename.clear();
+    });
+    let ServerFrame::Message(message) = ServerFrame::try_from(frame).unwrap() else {
+        panic!("not a message")
+    };
+    assert_eq!(
+        message.media,
+        Some(MediaInfo {
+            media_id: id(fixtures::MEDIA),
+            content_type: String::new(),
+            size_bytes: 0,
+            width: None,
+            height: None,
+            duration_ms: None,
+            blurhash: None,
+            filename: None,
+        })
+    );
+}
+
+#[test]
+fn media_json_form() {
+    let json = serde_json::to_value(fixtures::media_message()).unwrap();
+    assert_eq!(
+        json["media"],
+        serde_json::json!({
+            "mediaId": "01920000-0000-7000-8000-000000003ed1",
+            "contentType": "image/gif",
+            "sizeBytes": 2_457_600,
+            "width": 1280,
+            "height": 720,
+            "durationMs": 2_400,
+            "blurhash": "LEHV6nWB2yk8pyo0adR*.7kCMdnj",
+            "filename": "gün batımı.gif",
+        })
+    );
+    assert_eq!(
+        serde_json::from_value::<Message>(json).unwrap(),
+        fixtures::media_message()
+    );
+    // A text message has no "media" key (the HTTP message object is unchanged), and one
+    // without the key reads back as text.
+    let text = serde_json::to_value(fixtures::message()).unwrap();
+    assert!(text.get("media").is_none());
+    let mut with_null = text.clone();
+    with_null["media"] = serde_json::Value::Null;
+    assert_eq!(
+        serde_json::from_value::<Message>(with_null).unwrap(),
         fixtures::message()
     );
 }

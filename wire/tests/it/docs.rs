@@ -31,3 +31,13 @@ fn protocol_md_shows_the_schema() {
         );
     }
 }
+
+#[test]
+fn protocol_md_shows_the_media_json() {
+    let media = serde_json::to_string(&crate::fixtures::media_message().media).unwrap();
+    let line = format!("\"media\":{media}");
+    assert!(
+        protocol_md().contains(&line),
+        "docs/PROTOCOL.md's media JSON drifted from MediaInfo's; paste this:\n\n{line}"
+    );
+}

@@ -1,6 +1,6 @@
 //! Fixed sample frames (one per kind) and proptest strategies for every domain type.
 
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroU64};
 
 use haberci_wire::*;
 use proptest::prelude::*;
@@ -46,6 +46,29 @@ pub fn message() -> Message {
         status: MessageStatus::Sent,
         conversation_id: id(CONVERSATION),
         seq: seq(42),
+        media: None,
+    }
+}
+
+/// An image message whose `MediaInfo` has every field set (an animated GIF: it has a
+/// duration too), the filename with non-ASCII letters so decoders count UTF-8 bytes.
+pub fn media_message() -> Message {
+    Message {
+        id: id(MESSAGE + 1),
+        kind: MessageKind::Image,
+        content: "sunset".into(),
+        seq: seq(43),
+        media: Some(MediaInfo {
+            media_id: id(MEDIA),
+            content_type: "image/gif".into(),
+            size_bytes: 2_457_600,
+            width: NonZeroU32::new(1280),
+            height: NonZeroU32::new(720),
+            duration_ms: NonZeroU64::new(2_400),
+            blurhash: Some("LEHV6nWB2yk8pyo0adR*.7kCMdnj".into()),
+            filename: Some("gün batımı.gif".into()),
+        }),
+        ..message()
     }
 }
 
@@ -149,6 +172,10 @@ pub fn server_frames() -> Vec<(&'static str, ServerFrame)> {
         ),
         ("server_message", ServerFrame::Message(message())),
         (
+            "server_message_media",
+            ServerFrame::Message(media_message()),
+        ),
+        (
             "server_sent",
             ServerFrame::Sent(Sent {
                 client_msg_id: id(CLIENT_MSG),
@@ -197,6 +224,14 @@ pub fn server_frames() -> Vec<(&'static str, ServerFrame)> {
                 code: ErrorCode::Blocked,
                 message: "the recipient does not accept messages from you".into(),
                 client_msg_id: Some(id(CLIENT_MSG)),
+            }),
+        ),
+        (
+            "server_error_media_refused",
+            ServerFrame::Error(ErrorFrame {
+                code: ErrorCode::MediaRefused,
+                message: "media 01920000-0000-7000-8000-000000003ed1 is not an image".into(),
+                client_msg_id: Some(id(CLIENT_MSG + 1)),
             }),
         ),
         (
@@ -302,6 +337,38 @@ pub fn any_recipient() -> impl Strategy<Value = Recipient> {
     ]
 }
 
+pub fn any_media_info() -> impl Strategy<Value = MediaInfo> {
+    (
+        any_uuid_id(),
+        "[ -~]{0,255}",
+        any::<u64>(),
+        (any::<u32>(), any::<u32>(), any::<u64>()),
+        proptest::option::of("[0-9A-Za-z#$%*+,.:;=?@\\[\\]^_{|}~-]{1,100}"),
+        proptest::option::of("[^/\\x00]{1,60}"),
+    )
+        .prop_map(
+            |(
+                media_id,
+                content_type,
+                size_bytes,
+                (width, height, duration),
+                blurhash,
+                filename,
+            )| {
+                MediaInfo {
+                    media_id,
+                    content_type,
+                    size_bytes,
+                    width: NonZeroU32::new(width),
+                    height: NonZeroU32::new(height),
+                    duration_ms: NonZeroU64::new(duration),
+                    blurhash,
+                    filename,
+                }
+            },
+        )
+}
+
 pub fn any_message() -> impl Strategy<Value = Message> {
     (
         any_uuid_id(),
@@ -313,6 +380,7 @@ pub fn any_message() -> impl Strategy<Value = Message> {
         any_status(),
         any_uuid_id(),
         any_seq(),
+        proptest::option::of(any_media_info()),
     )
         .prop_map(
             |(
@@ -325,6 +393,7 @@ pub fn any_message() -> impl Strategy<Value = Message> {
                 status,
                 conversation_id,
                 seq,
+                media,
             )| Message {
                 id,
                 sender_id,
@@ -335,6 +404,7 @@ pub fn any_message() -> impl Strategy<Value = Message> {
                 status,
                 conversation_id,
                 seq,
+                media,
             },
         )
 }

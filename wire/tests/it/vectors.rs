@@ -286,6 +286,17 @@ fn malformed() -> Vec<Malformed> {
             "Message.seq",
         ),
         invalid(
+            "malformed_server_message_media_blurhash_too_long",
+            "Message whose MediaInfo.blurhash has 101 characters (at most 100).",
+            Server,
+            server_stream(server_proto("server_message_media"), |f| {
+                if let SF::Message(m) = f {
+                    m.media.as_mut().unwrap().blurhash = "L".repeat(101);
+                }
+            }),
+            "MediaInfo.blurhash",
+        ),
+        invalid(
             "malformed_server_status_read_above_delivered",
             "Status whose read_seq is above its delivered_seq.",
             Server,
