@@ -58,6 +58,9 @@ run() { # run TOKEN FILTER...
 ensure_venv
 # Logging out and revoking a session (schemathesis finds its own session id in GET
 # /v1/auth/sessions) end the token the other operations need: those run last, on their own.
-run "$(access_token)" --exclude-path-regex 'logout|/v1/auth/sessions/'
+# The tus PATCH's body is `application/offset+octet-stream`, which schemathesis cannot generate;
+# backend/tests/it/media.rs drives that operation instead.
+run "$(access_token)" --exclude-path-regex 'logout|/v1/auth/sessions/' \
+  --exclude-name 'PATCH /v1/media/uploads/{id}'
 run "$(access_token)" --include-path-regex 'logout|/v1/auth/sessions/'
 echo "schemathesis: ok"

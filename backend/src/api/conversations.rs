@@ -59,6 +59,26 @@ pub struct MessageSchema {
     /// Position in the conversation: 1, 2, 3, … without gaps.
     #[schema(minimum = 1, maximum = 9_007_199_254_740_991_u64)]
     seq: u64,
+    /// The upload an image, video, audio or file message carries (absent for text);
+    /// `GET /v1/media/{mediaId}/info` has links to its bytes.
+    media: Option<MediaInfoSchema>,
+}
+
+/// What the server stored of a message's media (docs/MEDIA.md).
+#[derive(Serialize, ToSchema)]
+#[schema(as = MediaInfo)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)] // Describes `haberci_wire::MediaInfo` for the OpenAPI document only.
+pub struct MediaInfoSchema {
+    #[schema(format = Uuid)]
+    media_id: String,
+    content_type: String,
+    size_bytes: u64,
+    width: Option<u32>,
+    height: Option<u32>,
+    duration_ms: Option<u64>,
+    blurhash: Option<String>,
+    filename: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]

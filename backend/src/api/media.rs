@@ -141,6 +141,7 @@ impl From<MediaError> for ApiError {
         }
         let status = match err {
             MediaError::Unsupported { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            MediaError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
         refused(status, err.code(), err.to_string())
