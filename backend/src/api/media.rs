@@ -96,7 +96,11 @@ impl MediaView {
 
 // ---------------------------------------------------------------- errors
 
-fn refused(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+pub(super) fn refused(
+    status: StatusCode,
+    code: &'static str,
+    message: impl Into<String>,
+) -> ApiError {
     ApiError::Refused {
         status,
         code,
@@ -150,20 +154,18 @@ impl From<MediaError> for ApiError {
 
 // ---------------------------------------------------------------- upload
 
-/// The kind an upload declares: `?kind=`, else the `Content-Type` family.
-fn declared_kind(query: Option<&str>, headers: &HeaderMap) -> Result<MediaKind, ApiError> {
-    if let Some(kind) = query {
+/// The kind an upload declares: `kind` when given (`?kind=`, tus metadata), else the family
+/// of its MIME type (`image/*` → image, …, anything else → file).
+pub(super) fn declared_kind(kind: Option<&str>, mime: Option<&str>) -> Result<MediaKind, ApiError> {
+    if let Some(kind) = kind {
         return MediaKind::parse(kind)
             .ok_or_else(|| ApiError::invalid("kind", "kind must be image, video, audio or file"));
     }
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    Ok(match content_type.split('/').next().map(str::trim) {
-        Some(family) if family.eq_ignore_ascii_case("image") => MediaKind::Image,
-        Some(family) if family.eq_ignore_ascii_case("video") => MediaKind::Video,
-        Some(family) if family.eq_ignore_ascii_case("audio") => MediaKind::Audio,
+    let family = mime.and_then(|m| m.split('/').next()).map(str::trim);
+    Ok(match family {
+        Some(f) if f.eq_ignore_ascii_case("image") => MediaKind::Image,
+        Some(f) if f.eq_ignore_ascii_case("video") => MediaKind::Video,
+        Some(f) if f.eq_ignore_ascii_case("audio") => MediaKind::Audio,
         _ => MediaKind::File,
     })
 }
@@ -184,13 +186,15 @@ pub fn clean_filename(name: &str) -> Option<String> {
     (!clean.is_empty() && clean != "." && clean != "..").then_some(clean)
 }
 
-fn declared_length(headers: &HeaderMap, name: &str) -> Result<Option<u64>, ApiError> {
+/// A header holding a whole number of bytes (`Content-Length`, `Upload-Length`, …).
+pub(super) fn header_u64(headers: &HeaderMap, name: &str) -> Result<Option<u64>, ApiError> {
     match headers.get(name) {
         None => Ok(None),
         Some(value) => value
             .to_str()
             .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|v| v.parse().ok())
             .map(Some)
             .ok_or_else(|| ApiError::invalid(name, format!("{name} must be a whole number"))),
     }
@@ -229,9 +233,13 @@ pub async fn upload(
     request: Request,
 ) -> Result<Response, ApiError> {
     let media = &state.media;
-    let kind = declared_kind(query.0.get("kind").map(String::as_str), request.headers())?;
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let kind = declared_kind(query.0.get("kind").map(String::as_str), content_type)?;
     let limit = media.settings.limits.bytes_for(kind);
-    if declared_length(request.headers(), "content-length")?.is_some_and(|n| n > limit) {
+    if header_u64(request.headers(), "content-length")?.is_some_and(|n| n > limit) {
         return Err(UploadError::TooLarge {
             kind: kind.as_str(),
             limit,

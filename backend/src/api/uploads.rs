@@ -20,7 +20,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::extract::{ApiPath, Authenticated};
-use super::media::{MediaView, clean_filename};
+use super::media::{MediaView, clean_filename, declared_kind, header_u64, refused};
 use super::{ApiError, AppState};
 use crate::media::MediaKind;
 use crate::media::store;
@@ -62,14 +62,6 @@ struct UploadRow {
     expires_at: OffsetDateTime,
 }
 
-fn refused(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::Refused {
-        status,
-        code,
-        message: message.into(),
-    }
-}
-
 fn tus_headers(response: &mut Response) {
     response
         .headers_mut()
@@ -85,21 +77,6 @@ fn check_version(headers: &HeaderMap) -> Result<(), ApiError> {
             "tus_version",
             "send Tus-Resumable: 1.0.0 (the only tus version served)",
         )),
-    }
-}
-
-fn header_u64(headers: &HeaderMap, name: &HeaderName) -> Result<Option<u64>, ApiError> {
-    match headers.get(name) {
-        None => Ok(None),
-        Some(value) => value
-            .to_str()
-            .ok()
-            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|v| v.parse().ok())
-            .map(Some)
-            .ok_or_else(|| {
-                ApiError::invalid(name.as_str(), format!("{name} must be a whole number"))
-            }),
     }
 }
 
@@ -147,19 +124,6 @@ struct Metadata {
     filetype: Option<String>,
 }
 
-fn kind_of(kind: Option<&str>, filetype: Option<&str>) -> Result<MediaKind, ApiError> {
-    if let Some(kind) = kind {
-        return MediaKind::parse(kind)
-            .ok_or_else(|| ApiError::invalid("kind", "kind must be image, video, audio or file"));
-    }
-    Ok(match filetype.and_then(|t| t.split('/').next()) {
-        Some("image") => MediaKind::Image,
-        Some("video") => MediaKind::Video,
-        Some("audio") => MediaKind::Audio,
-        _ => MediaKind::File,
-    })
-}
-
 /// Start a resumable upload (tus creation): `Tus-Resumable: 1.0.0`, `Upload-Length`, and
 /// `Upload-Metadata` with `kind` (or `filetype`) and `filename`. Answers 201 with
 /// `Location`; send the bytes with `PATCH` there.
@@ -184,14 +148,14 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     check_version(&headers)?;
     let media = &state.media;
-    let length = header_u64(&headers, &UPLOAD_LENGTH)?
+    let length = header_u64(&headers, UPLOAD_LENGTH.as_str())?
         .ok_or_else(|| ApiError::invalid("upload-length", "Upload-Length is required"))?;
     let Metadata {
         kind,
         filename,
         filetype,
     } = metadata(&headers)?;
-    let kind = kind_of(kind.as_deref(), filetype.as_deref())?;
+    let kind = declared_kind(kind.as_deref(), filetype.as_deref())?;
     let limit = media.settings.limits.bytes_for(kind);
     if length > limit {
         return Err(UploadError::TooLarge {
@@ -383,7 +347,7 @@ pub async fn patch(
     if !offset_ok {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let offset = header_u64(headers, &UPLOAD_OFFSET)?
+    let offset = header_u64(headers, UPLOAD_OFFSET.as_str())?
         .ok_or_else(|| ApiError::invalid("upload-offset", "Upload-Offset is required"))?;
     let row = find(&state, me, id).await?;
     if row.media_id.is_some() {

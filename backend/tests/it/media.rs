@@ -102,6 +102,23 @@ fn crc32(bytes: &[u8]) -> u32 {
     !crc
 }
 
+/// Stores a file message from `from` to `to` carrying `media`, as the worker would.
+async fn attach_to_message(api: &Api, from: &User, to: &User, media: uuid::Uuid) {
+    let conversation = crate::support::direct_conversation(&api.state.db, from.id, to.id).await;
+    sqlx::query(
+        "INSERT INTO messages (conversation_id, seq, id, sender_id, client_msg_id, type, content, media_id)
+         VALUES ($1, 1, $2, $3, $4, 'file', '', $5)",
+    )
+    .bind(conversation)
+    .bind(uuid::Uuid::now_v7())
+    .bind(from.id)
+    .bind(uuid::Uuid::new_v4())
+    .bind(media)
+    .execute(&api.state.db)
+    .await
+    .unwrap();
+}
+
 async fn upload(api: &Api, token: &str, query: &str, bytes: Vec<u8>) -> crate::support::Reply {
     let request = Request::post(format!("/v1/media{query}"))
         .header("authorization", format!("Bearer {token}"))
@@ -411,19 +428,7 @@ async fn only_those_who_may_see_media_can_read_it_and_links_expire() {
     );
 
     // In a direct message to bob: bob reads it, eve does not. A file downloads, sandboxed.
-    let conversation = crate::support::direct_conversation(&api.state.db, alice.id, bob.id).await;
-    sqlx::query(
-        "INSERT INTO messages (conversation_id, seq, id, sender_id, client_msg_id, type, content, media_id)
-         VALUES ($1, 1, $2, $3, $4, 'file', '', $5)",
-    )
-    .bind(conversation)
-    .bind(uuid::Uuid::now_v7())
-    .bind(alice.id)
-    .bind(uuid::Uuid::new_v4())
-    .bind(id)
-    .execute(&api.state.db)
-    .await
-    .unwrap();
+    attach_to_message(&api, &alice, &bob, id).await;
     let (status, headers, body) = fetch(&api, &path, Some(&bob.token), &[]).await;
     assert_eq!(
         (status, body.as_slice()),
@@ -742,19 +747,7 @@ async fn the_collector_takes_unused_media_after_the_grace_period_and_keeps_used_
     let unused = upload(&api, &alice.token, "?kind=image", jpeg(50, 40)).await;
     let used = upload(&api, &alice.token, "?kind=file", b"attached".to_vec()).await;
     let used_id: uuid::Uuid = used.str("/id").parse().unwrap();
-    let conversation = crate::support::direct_conversation(&api.state.db, alice.id, bob.id).await;
-    sqlx::query(
-        "INSERT INTO messages (conversation_id, seq, id, sender_id, client_msg_id, type, content, media_id)
-         VALUES ($1, 1, $2, $3, $4, 'file', '', $5)",
-    )
-    .bind(conversation)
-    .bind(uuid::Uuid::now_v7())
-    .bind(alice.id)
-    .bind(uuid::Uuid::new_v4())
-    .bind(used_id)
-    .execute(&api.state.db)
-    .await
-    .unwrap();
+    attach_to_message(&api, &alice, &bob, used_id).await;
     let media = &api.state.media;
     let unused_key = ObjectKey::from_slice(&hex::decode(unused.str("/sha256")).unwrap()).unwrap();
     let used_key = ObjectKey::from_slice(&hex::decode(used.str("/sha256")).unwrap()).unwrap();
