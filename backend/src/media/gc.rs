@@ -23,6 +23,8 @@ const BATCH: i64 = 1000;
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Swept {
     pub uploads: u64,
+    /// Staging files of plain uploads a crash left behind.
+    pub staged: u64,
     pub media: u64,
     pub objects: u64,
 }
@@ -48,6 +50,7 @@ pub async fn sweep(media: &Media, db: &PgPool) -> anyhow::Result<Swept> {
             break;
         }
     }
+    swept.staged = sweep_staging(media).await;
     loop {
         let gone: Vec<Uuid> = sqlx::query_scalar(
             "DELETE FROM media WHERE id IN (
@@ -102,6 +105,31 @@ pub async fn sweep(media: &Media, db: &PgPool) -> anyhow::Result<Swept> {
     }
     Ok(swept)
 }
+
+/// Plain uploads stage as `<uuid>.upload` and remove their file when they end; a process
+/// that died mid-upload leaves it. Those older than a day go (no upload lasts that long).
+async fn sweep_staging(media: &Media) -> u64 {
+    let Ok(mut dir) = tokio::fs::read_dir(&media.settings.staging_dir).await else {
+        return 0;
+    };
+    let mut removed = 0;
+    while let Ok(Some(entry)) = dir.next_entry().await {
+        let stale = entry
+            .metadata()
+            .await
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE_STAGING);
+        let ours = entry.file_name().to_string_lossy().ends_with(".upload");
+        if ours && stale && tokio::fs::remove_file(entry.path()).await.is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+const STALE_STAGING: Duration = Duration::from_secs(24 * 3600);
 
 /// Sweeps every [`INTERVAL`] until the process ends.
 pub async fn run(media: Media, db: PgPool) {
