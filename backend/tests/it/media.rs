@@ -753,11 +753,25 @@ async fn the_collector_takes_unused_media_after_the_grace_period_and_keeps_used_
     let used_key = ObjectKey::from_slice(&hex::decode(used.str("/sha256")).unwrap()).unwrap();
     assert!(media.storage.exists(unused_key).await.unwrap());
 
+    // A crash's leftover staging file (two days old) goes; a fresh one stays.
+    let staging = dir.0.join("staging");
+    let (stale, fresh) = (staging.join("a.upload"), staging.join("b.upload"));
+    std::fs::write(&stale, b"x").unwrap();
+    std::fs::write(&fresh, b"x").unwrap();
+    let touched = std::process::Command::new("touch")
+        .args(["-d", "2 days ago"])
+        .arg(&stale)
+        .status()
+        .unwrap();
+    assert!(touched.success());
+
     // Within the grace period nothing goes; then alice's uploads "are two days old" (only
     // hers: other tests share this database).
-    haberci_backend::media::gc::sweep(media, &api.state.db)
+    let swept = haberci_backend::media::gc::sweep(media, &api.state.db)
         .await
         .unwrap();
+    assert_eq!(swept.staged, 1);
+    assert!(!stale.exists() && fresh.exists());
     assert!(media.storage.exists(unused_key).await.unwrap());
     let grace = media.settings.gc_grace + Duration::from_secs(3600);
     sqlx::query(
