@@ -1,7 +1,8 @@
 //! What can go wrong, for the caller: connecting ([`ConnectError`]), sending a message
-//! ([`SendError`]), other requests ([`ClientError`]), and why a connection ended
-//! ([`Disconnect`]).
+//! ([`SendError`]), other requests ([`ClientError`]), why a connection ended
+//! ([`Disconnect`]), and HTTP API calls ([`ApiError`]).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use haberci_wire::{ErrorCode, WireError};
@@ -146,4 +147,43 @@ impl std::fmt::Display for Disconnect {
             Disconnect::Transport(err) => write!(f, "transport failed: {err}"),
         }
     }
+}
+
+/// Why an HTTP API call ([`Api`](crate::Api)) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// The origin or roots cannot work (not `https`, no host, unreadable certificates).
+    /// Caller's fault; retrying will not help.
+    #[error("bad API configuration: {0}")]
+    Config(String),
+    /// The file to upload could not be read. Caller's fault.
+    #[error("cannot read {path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// TCP, TLS or HTTP failed before an answer. May be retried with backoff.
+    #[error("{context}: {source}")]
+    Transport {
+        context: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    /// The server refused the request with an API error: `code` is its `error.code`
+    /// (`media_too_large`, `media_type_mismatch`, `not_found`, `unauthenticated`, …).
+    #[error("the API refused the request with HTTP {status}: {code} ({message})")]
+    Refused {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// An answer that is not what the API documents (a proxy's error page, unreadable
+    /// JSON): a bug or a misconfiguration between here and the API.
+    #[error("unexpected API answer (HTTP {status}): {detail}")]
+    Unexpected { status: u16, detail: String },
+    /// No answer within [`Api::timeout`](crate::Api::timeout).
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
 }

@@ -34,11 +34,14 @@
 //!   yielding a frame sink and a frame stream; `tls` builds rustls settings with the ring
 //!   provider.
 //! - `config`: [`ClientConfig`], [`Transport`], [`Roots`] and the `DEFAULT_*` timings.
-//! - `error`: [`ConnectError`], [`SendError`], [`ClientError`], [`Disconnect`].
+//! - `api`: [`Api`], the HTTP API beside the session: media uploads ([`Api::upload_media`])
+//!   and their [`MediaView`]; [`media_to`] turns one into a message.
+//! - `error`: [`ConnectError`], [`SendError`], [`ClientError`], [`Disconnect`], [`ApiError`].
 //!
 //! Frames are the `haberci-wire` domain types, re-exported here; the protocol is
 //! docs/PROTOCOL.md.
 
+mod api;
 pub mod backoff;
 mod client;
 mod config;
@@ -47,18 +50,19 @@ pub mod positions;
 pub mod session;
 mod transport;
 
+pub use api::{Api, DEFAULT_API_TIMEOUT, MediaKind, MediaView};
 pub use backoff::{Backoff, DEFAULT_MAX_RECONNECT_DELAY, DEFAULT_RECONNECT_DELAY};
 pub use client::{Client, Events};
 pub use config::{ClientConfig, DEFAULT_CLIENT_NAME, DEFAULT_CONNECT_TIMEOUT, Roots, Transport};
-pub use error::{BoxError, ClientError, ConnectError, Disconnect, SendError};
+pub use error::{ApiError, BoxError, ClientError, ConnectError, Disconnect, SendError};
 pub use session::{
     DEFAULT_ACK_DELAY, DEFAULT_PING_INTERVAL, DEFAULT_PONG_TIMEOUT, Event, Session, SessionSettings,
 };
 
 pub use haberci_wire::{
-    ClientMsgId, Closing, ConversationId, ErrorCode, ErrorFrame, GroupId, MediaRef, Message,
-    MessageKind, Notification, NotificationKind, Presence, Recipient, ResumePosition, SendMessage,
-    Sent, Seq, Status, Typing, TypingState, UserId, Welcome,
+    ClientMsgId, Closing, ConversationId, ErrorCode, ErrorFrame, GroupId, MediaId, MediaInfo,
+    MediaRef, Message, MessageKind, Notification, NotificationKind, Presence, Recipient,
+    ResumePosition, SendMessage, Sent, Seq, Status, Typing, TypingState, UserId, Welcome,
 };
 
 /// A text message to one user, with a fresh `client_msg_id` (UUIDv7).
@@ -75,6 +79,20 @@ pub fn message(recipient: Recipient, kind: MessageKind, content: impl Into<Strin
         kind,
         content: content.into(),
         media: None,
+    }
+}
+
+/// A media message: the upload `media` (from [`Api::upload_media`]) as a message of its kind,
+/// with `caption` as its content (may be empty), and a fresh `client_msg_id`. The server
+/// refuses it (`media_refused`) unless `media` is the sender's own upload of that kind.
+pub fn media_to(
+    recipient: Recipient,
+    media: &MediaView,
+    caption: impl Into<String>,
+) -> SendMessage {
+    SendMessage {
+        media: Some(media.media_ref()),
+        ..message(recipient, media.kind.message_kind(), caption)
     }
 }
 

@@ -184,7 +184,7 @@ fn page_policy(request: &Request, web: &Web) -> String {
         .unwrap_or_default();
     format!(
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-         connect-src 'self'{webtransport}; base-uri 'none'; form-action 'none'; \
+         media-src 'self'; connect-src 'self'{webtransport}; base-uri 'none'; form-action 'none'; \
          frame-ancestors 'none'"
     )
 }

@@ -10,12 +10,14 @@ import {
   connect,
   directConversationId,
   isRetryable,
+  mediaKindOf,
   type HaberciClient,
   type Message,
   type MessageStatus,
   type TransportName,
 } from "../sdk/src/index.js";
 import { $, ApiError, api, onSignedOut, refreshTokens, saveTokens, tokens, type Tokens } from "./api.js";
+import { mediaNode, mediaPreview, rememberUpload } from "./media.js";
 import { notificationArrived, refreshUnread, wireNotifications } from "./notifications.js";
 import { showSocial, wireSocial, type SocialView } from "./social.js";
 
@@ -208,7 +210,7 @@ function onMessage(message: Message): void {
   }
   conv.messages.set(message.seq, message);
   for (const p of conv.pending.values()) if (p.seq === message.seq) conv.pending.delete(p.clientMsgId);
-  conv.preview = message.content;
+  conv.preview = message.type === "text" ? message.content : mediaPreview(message.type, message.media, message.content);
   conv.lastActivity = message.timestamp;
   conv.typing.delete(message.senderId);
   if (message.senderId !== me?.id) {
@@ -302,7 +304,11 @@ const MARKS: Record<MessageStatus | "pending" | "failed", string> = {
   read: "✓✓",
 };
 
-function messageItem(conv: Conversation, m: { content: string; timestamp: number; seq?: number; senderId: string }, status: keyof typeof MARKS): HTMLLIElement {
+function messageItem(
+  conv: Conversation,
+  m: Pick<Message, "content" | "timestamp" | "senderId"> & Partial<Pick<Message, "seq" | "type" | "media">>,
+  status: keyof typeof MARKS,
+): HTMLLIElement {
   const li = document.createElement("li");
   const mine = m.senderId === me?.id;
   li.className = mine ? "msg mine" : "msg";
@@ -317,6 +323,11 @@ function messageItem(conv: Conversation, m: { content: string; timestamp: number
   const body = document.createElement("div");
   body.className = "body";
   body.textContent = m.content;
+  if (m.media && m.type && m.type !== "text" && client) {
+    li.classList.add("has-media");
+    li.append(mediaNode(client, m.type, m.media));
+    body.hidden = !m.content;
+  }
   const meta = document.createElement("div");
   meta.className = "meta";
   meta.textContent = new Date(m.timestamp).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
@@ -487,6 +498,38 @@ function sendText(text: string): void {
   renderMessages(true);
 }
 
+/** Uploads a picked file and sends it as a message of its kind (image, video, audio, file). */
+function sendFile(file: File): void {
+  const conv = current ? conversations.get(current) : undefined;
+  if (!conv || !client) return;
+  const recipient = conv.kind === "direct" ? { userId: conv.peerId! } : { groupId: conv.id };
+  const clientMsgId = crypto.randomUUID();
+  const pending: Pending = { clientMsgId, content: `📎 ${file.name}: uploading…`, timestamp: Date.now() };
+  conv.pending.set(clientMsgId, pending);
+  const session = client;
+  session
+    .uploadMedia(file, { kind: mediaKindOf(file.type), filename: file.name })
+    .then((view) => {
+      rememberUpload(view);
+      pending.content = `📎 ${file.name}`;
+      if (conv.id === current) renderMessages(true);
+      return session.sendMedia(recipient, view, "", { clientMsgId });
+    })
+    .then(
+      (sent) => {
+        pending.seq = sent.seq;
+        if (conv.messages.has(sent.seq)) conv.pending.delete(clientMsgId);
+        if (conv.id === current) renderMessages(true);
+      },
+      (err: Error) => {
+        pending.failed = err.message;
+        pending.content = `📎 ${file.name}: ${err.message}`;
+        if (conv.id === current) renderMessages(true);
+      },
+    );
+  renderMessages(true);
+}
+
 function logout(): void {
   if (tokens) void api("POST", "/v1/auth/logout", { refreshToken: tokens.refreshToken }).catch(() => {});
   saveTokens(null);
@@ -557,6 +600,11 @@ function wire(): void {
     clearTimeout(stopTyping);
     sendText(text.value);
     text.value = "";
+  });
+  const attach = $<HTMLInputElement>("attach");
+  attach.addEventListener("change", () => {
+    for (const file of attach.files ?? []) sendFile(file);
+    attach.value = "";
   });
   $("older").addEventListener("click", () => {
     const conv = current ? conversations.get(current) : undefined;

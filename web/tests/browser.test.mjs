@@ -353,6 +353,54 @@ describe("the demo page in Chromium", { timeout: 10 * TIMEOUT }, () => {
     assert.equal(await c.textContent("#message-list li.msg:not(.mine) .sender"), alice);
   });
 
+  test("a photo attached on the page reaches the other user, whose page loads its thumbnail through a signed link", { timeout: TIMEOUT }, async () => {
+    const { alice: a, bob: b } = pages;
+    await a.click(`#conversations li[data-title="${bob}"]`);
+    await b.click(`#conversations li[data-title="${alice}"]`);
+    // A 400 × 300 JPEG drawn in the page (two colour halves, so the BlurHash has a gradient).
+    const jpeg = await a.evaluate(async () => {
+      const canvas = document.createElement("canvas");
+      canvas.width = 400;
+      canvas.height = 300;
+      const context = canvas.getContext("2d");
+      context.fillStyle = "#e94e1b";
+      context.fillRect(0, 0, 200, 300);
+      context.fillStyle = "#1b6fe9";
+      context.fillRect(200, 0, 200, 300);
+      const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", 0.9));
+      const bytes = new Uint8Array(await blob.arrayBuffer());
+      return btoa(String.fromCharCode(...bytes));
+    });
+    await a.setInputFiles("#attach", { name: "gün batımı.jpg", mimeType: "image/jpeg", buffer: Buffer.from(jpeg, "base64") });
+
+    const shown = async (page, mine) => {
+      const selector = `#message-list li.msg${mine ? ".mine" : ":not(.mine)"} .media-image img.media-thumb`;
+      await page.waitForFunction((selector) => [...document.querySelectorAll(selector)].some((img) => img.complete && img.naturalWidth > 0), selector);
+      return page.$$eval(selector, (imgs) => imgs.filter((img) => img.naturalWidth > 0).map((img) => ({ src: img.getAttribute("src"), natural: [img.naturalWidth, img.naturalHeight] })));
+    };
+    // Bob's page: the thumbnail (≤ 320 px, the photo's shape) from a signed link, no token.
+    const [thumb] = await shown(b, false);
+    assert.match(thumb.src, /^\/v1\/media\/[0-9a-f-]{36}\/thumb\?exp=\d+&sig=/);
+    assert.deepEqual(thumb.natural, [320, 240]);
+    // Alice's own message shows it too, stored (✓ at least) rather than pending.
+    await shown(a, true);
+    await a.waitForSelector('#message-list li.msg.mine.has-media:is([data-status="sent"], [data-status="delivered"], [data-status="read"])');
+    // The signed link alone fetches the bytes, as an <img> does; a forged one is refused.
+    const fetched = await b.evaluate(async (src) => {
+      const good = await fetch(src);
+      const bad = await fetch(src.replace(/sig=[^&]+/, "sig=AAAA"));
+      return { status: good.status, type: good.headers.get("content-type"), forged: bad.status };
+    }, thumb.src);
+    assert.deepEqual(fetched, { status: 200, type: "image/jpeg", forged: 403 });
+
+    // After a reload the message comes from history (GET …/messages carries `media`) and the
+    // thumbnail loads again.
+    await b.reload();
+    await b.waitForSelector("#connection[data-state=open]");
+    await b.click(`#conversations li[data-title="${alice}"]`);
+    await shown(b, false);
+  });
+
   test("the SDK refreshes its token in-band before expiry, and the server checks it", { timeout: TIMEOUT }, async () => {
     // The SDK bundle the gateway serves, used directly by a page, for a new user.
     const outcome = await pages.bob.evaluate(async (bobName) => {

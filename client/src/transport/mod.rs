@@ -30,7 +30,7 @@ use crate::session::Transmit;
 #[cfg(test)]
 pub(crate) mod memory;
 pub(crate) mod quic;
-mod tls;
+pub(crate) mod tls;
 pub(crate) mod websocket;
 pub(crate) mod webtransport;
 

@@ -8,6 +8,7 @@ mod support;
 
 mod connect;
 mod lifecycle;
+mod media;
 mod messaging;
 mod send;
 mod social;

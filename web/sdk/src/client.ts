@@ -22,6 +22,14 @@ import {
 } from "./codec.js";
 import { randomUuid } from "./ids.js";
 import {
+  ApiError,
+  mediaInfo,
+  mediaRefOf,
+  uploadMedia,
+  type MediaView,
+  type UploadOptions,
+} from "./media.js";
+import {
   hasWebTransport,
   openWebSocket,
   openWebTransport,
@@ -251,6 +259,34 @@ export class HaberciClient {
     });
   }
 
+  /**
+   * Uploads a file (`POST /v1/media`) with the session's token; resolves with what the server
+   * stored. Rejects with an `ApiError` whose `code` names a refusal (`media_too_large`,
+   * `media_type_mismatch`, `media_quota_exceeded`, …). Send it with `sendMedia`.
+   */
+  uploadMedia(file: Blob, options: UploadOptions): Promise<MediaView> {
+    return this.withToken((token) => uploadMedia(this.options.url, token, file, options));
+  }
+
+  /** What an upload is (`GET /v1/media/{id}/info`), with freshly signed links. */
+  mediaInfo(id: string): Promise<MediaView> {
+    return this.withToken((token) => mediaInfo(this.options.url, token, id));
+  }
+
+  /**
+   * Sends an upload (from `uploadMedia`, or a received message's `media`) as a message of its
+   * kind, with an optional caption. The server refuses (`media_refused`) media that is not
+   * the sender's own upload of that kind.
+   */
+  sendMedia(
+    recipient: Recipient | string,
+    media: MediaView,
+    caption = "",
+    extra: { clientMsgId?: string } = {},
+  ): Promise<Sent> {
+    return this.send(recipient, caption, media.kind, { ...extra, media: mediaRefOf(media) });
+  }
+
   /** Tells the server (and so the other members) the user has read up to `seq`. */
   markRead(conversationId: string, seq: number): void {
     if ((this.readSent.get(conversationId) ?? 0) >= seq) return;
@@ -314,6 +350,18 @@ export class HaberciClient {
     this.link = null;
     this.failPending(new Error("the client is closed"));
     this.setState("closed");
+  }
+
+  /** An HTTP call with the current token; after a 401, once more with a refreshed one. */
+  private async withToken<T>(call: (token: string) => Promise<T>): Promise<T> {
+    try {
+      return await call(this.token);
+    } catch (err) {
+      if (!(err instanceof ApiError && err.status === 401 && this.options.refreshToken)) throw err;
+      this.token = await this.options.refreshToken();
+      if (this.welcomed) this.write({ kind: "refreshAuth", accessToken: this.token });
+      return call(this.token);
+    }
   }
 
   // ------------------------------------------------------------------ connection

@@ -3,4 +3,5 @@
 export * from "./codec.js";
 export * from "./ids.js";
 export * from "./client.js";
+export * from "./media.js";
 export { hasWebTransport, type TransportName } from "./transport.js";
