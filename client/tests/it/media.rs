@@ -37,16 +37,35 @@ async fn upload_image(api: &Api, user: &User) -> MediaView {
         .unwrap()
 }
 
+/// A one-second voice clip as a browser records it (Opus in WebM), made by ffmpeg.
+fn voice_clip() -> Vec<u8> {
+    let path = std::env::temp_dir().join(format!("haberci-voice-{}.webm", uuid::Uuid::new_v4()));
+    let status = std::process::Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=f=440:d=1",
+            "-c:a",
+            "libopus",
+            "-y",
+        ])
+        .arg(&path)
+        .status()
+        .expect("ffmpeg (installed by ./dev)");
+    assert!(status.success());
+    let bytes = std::fs::read(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    bytes
+}
+
 #[tokio::test]
 async fn an_uploaded_image_sent_over_quic_reaches_the_peer_with_what_the_upload_stored() {
     let stack = support::start().await;
-    let (alice, bob) = (
-        support::register(&stack).await,
-        support::register(&stack).await,
-    );
-    let api = api(&stack);
-
-    let view = upload_image(&api, &alice).await;
+    let alice = support::register(&stack).await;
+    let view = upload_image(&api(&stack), &alice).await;
     assert_eq!(view.kind, MediaKind::Image);
     assert_eq!(view.content_type, "image/jpeg");
     assert_eq!((view.width, view.height), (Some(16), Some(12)));
@@ -56,16 +75,71 @@ async fn an_uploaded_image_sent_over_quic_reaches_the_peer_with_what_the_upload_
         "{}",
         view.url
     );
+    let media = travels(&stack, Kind::Quic, &alice, view.clone()).await;
+    assert_eq!(
+        (media.width, media.height),
+        (NonZeroU32::new(16), NonZeroU32::new(12))
+    );
+    assert_eq!(media.blurhash, view.blurhash);
+}
+
+#[tokio::test]
+async fn a_voice_clip_sent_over_webtransport_arrives_with_its_duration() {
+    let stack = support::start().await;
+    let alice = support::register(&stack).await;
+    let view = api(&stack)
+        .upload_media(
+            &alice.token,
+            MediaKind::Audio,
+            Some("voice.webm"),
+            voice_clip(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(view.content_type, "audio/webm");
+    let media = travels(&stack, Kind::WebTransport, &alice, view).await;
+    let duration = media.duration_ms.expect("audio has a duration").get();
+    assert!((900..=1100).contains(&duration), "{duration}");
+}
+
+#[tokio::test]
+async fn a_file_sent_over_websocket_arrives_with_its_name() {
+    let stack = support::start().await;
+    let alice = support::register(&stack).await;
+    let view = api(&stack)
+        .upload_media(
+            &alice.token,
+            MediaKind::File,
+            Some("notlar.txt"),
+            "alışveriş listesi".as_bytes().to_vec(),
+        )
+        .await
+        .unwrap();
+    let media = travels(&stack, Kind::WebSocket, &alice, view).await;
+    assert_eq!(media.filename.as_deref(), Some("notlar.txt"));
+}
+
+/// Sends `view` (alice's upload) to a new user over `transport`; checks the delivered message
+/// carries what the upload stored, and that the recipient may read the media only once a
+/// message names it. Returns the delivered media.
+async fn travels(
+    stack: &Stack,
+    transport: Kind,
+    alice: &User,
+    view: MediaView,
+) -> haberci_client::MediaInfo {
+    let bob = support::register(stack).await;
+    let api = api(stack);
     // Before any message names it, Bob cannot read it: as if it did not exist.
     match api.media_info(&bob.token, view.id).await {
         Err(ApiError::Refused { status: 404, .. }) => {}
         other => panic!("expected 404, got {other:?}"),
     }
 
-    let (sender, _alice_events) = Client::connect(stack.config(Kind::Quic, &alice.token))
+    let (sender, _alice_events) = Client::connect(stack.config(transport, &alice.token))
         .await
         .unwrap();
-    let (_receiver, mut bob_events) = Client::connect(stack.config(Kind::Quic, &bob.token))
+    let (_receiver, mut bob_events) = Client::connect(stack.config(transport, &bob.token))
         .await
         .unwrap();
     let message = haberci_client::media_to(Recipient::User(bob.id), &view, "gün batımı");
@@ -86,17 +160,11 @@ async fn an_uploaded_image_sent_over_quic_reaches_the_peer_with_what_the_upload_
     })
     .await
     .expect("Bob receives it in time");
-    assert_eq!(got.kind, haberci_client::MessageKind::Image);
     assert_eq!(got.content, "gün batımı");
-    let media = got.media.expect("an image message carries its media");
+    let media = got.media.expect("a media message carries its media");
     assert_eq!(media.media_id, view.id);
     assert_eq!(media.content_type, view.content_type);
     assert_eq!(media.size_bytes, view.size);
-    assert_eq!(
-        (media.width, media.height),
-        (NonZeroU32::new(16), NonZeroU32::new(12))
-    );
-    assert_eq!(media.blurhash, view.blurhash);
 
     // Now a member of a conversation that holds it, Bob reads it, with fresh links.
     let seen = api.media_info(&bob.token, view.id).await.unwrap();
@@ -104,6 +172,7 @@ async fn an_uploaded_image_sent_over_quic_reaches_the_peer_with_what_the_upload_
         (seen.id, seen.size, seen.sha256),
         (view.id, view.size, view.sha256)
     );
+    media
 }
 
 #[tokio::test]
