@@ -43,6 +43,10 @@ pub enum Command {
     /// celebrity's post reaching a follower, fan-out throughput, and a 95/5 read/write load
     /// over HTTP/2.
     Social(crate::social::SocialArgs),
+    /// Media (#16): upload MB/s and server CPU per MB over HTTP/2 and HTTP/3 (against `cp`
+    /// on the same disk), image processing time per megapixel, and concurrent 1 MiB range
+    /// reads over HTTP/2.
+    Media(crate::media::MediaArgs),
     /// Run `connect` and `chat` against the Haberci stack and against the Socket.IO peer
     /// (bench/peers/socketio, started and stopped here) on the same machine in one run;
     /// report both and their ratios.

@@ -11,6 +11,9 @@
 //! - `social`: the home feed and social API on a generated graph (its own folder: the graph
 //!   plan, the data generator, an HTTP/2 load client, `pg_stat_statements` deltas, a minimal
 //!   RESP client, the phases).
+//! - `media`: uploads over HTTP/2 and HTTP/3, image processing per megapixel and concurrent
+//!   range reads of `/v1/media` (its own folder: a raw-body HTTP/2 and HTTP/3 client, the
+//!   payloads and quota plan, the phases).
 //! - `coordinator` / `shard` / `protocol`: the client side runs as several processes (the
 //!   open-files limit is 20,000 per process); the coordinator starts `haberci-bench shard`
 //!   children and talks JSON lines with them over stdin/stdout.
@@ -33,6 +36,7 @@ mod coordinator;
 pub mod db;
 pub mod group;
 pub mod latency;
+pub mod media;
 pub mod peer;
 pub mod plots;
 pub mod procfs;
@@ -58,6 +62,7 @@ pub async fn run(cli: cli::Cli) -> anyhow::Result<bool> {
         cli::Command::Db(args) => db::db(args).await,
         cli::Command::Churn(args) => churn::churn(args).await,
         cli::Command::Social(args) => social::social(args).await,
+        cli::Command::Media(args) => media::media(args).await,
         cli::Command::Users(args) => scenarios::users(args).await,
         cli::Command::Shard { shard } => {
             shard::run()
