@@ -17,8 +17,11 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
-use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
-use tokio::io::AsyncReadExt;
+use object_store::{
+    GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart,
+};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
 
 /// Where media objects live (`HABERCI_MEDIA_STORE`).
 #[derive(Clone, PartialEq, Eq)]
@@ -103,6 +106,10 @@ pub enum StorageError {
 const PART_BYTES: usize = 8 * 1024 * 1024;
 /// Parts uploaded at once by one put.
 const PARTS_IN_FLIGHT: usize = 2;
+/// Chunk of a local object read at once. `object_store`'s own stream of a local file reads
+/// 8 KiB per blocking task: 128 of them per MiB made range reads cost ~4 ms of CPU per MiB
+/// (docs/BENCHMARKS.md, "Media").
+const READ_CHUNK: usize = 256 * 1024;
 
 /// A byte range of an object as it streams out of the store.
 pub struct ObjectStream {
@@ -222,7 +229,17 @@ impl Storage {
         };
         let size = result.meta.size;
         let range = result.range.clone();
-        let body = result.into_stream().map_err(StorageError::from).boxed();
+        let body = match result.payload {
+            GetResultPayload::File(file, _) => {
+                let mut file = tokio::fs::File::from_std(file);
+                file.seek(std::io::SeekFrom::Start(range.start)).await?;
+                let part = file.take(range.end - range.start);
+                ReaderStream::with_capacity(part, READ_CHUNK)
+                    .map_err(StorageError::from)
+                    .boxed()
+            }
+            GetResultPayload::Stream(stream) => stream.map_err(StorageError::from).boxed(),
+        };
         Ok(ObjectStream { size, range, body })
     }
 
