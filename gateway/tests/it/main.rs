@@ -2,6 +2,8 @@
 //! and a real backend API against the Postgres, PgBouncer and Redis that `./dev test` started.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod client;
+mod memory;
 mod support;
 
 mod accounts;
@@ -9,10 +11,12 @@ mod alpn;
 mod certs_reload;
 mod http_versions;
 mod limits;
+mod media;
 mod native;
 mod proxy;
 mod relay;
 mod shutdown;
+mod streaming;
 mod web;
 mod websocket;
 mod webtransport;

@@ -337,10 +337,17 @@ impl H3Client {
                 .send_request(http::Request::from_parts(parts, ()))
                 .await
                 .unwrap();
-            if !body.is_empty() {
-                stream.send_data(body).await.unwrap();
+            // A server may answer before it has read the whole body (a 413, an early
+            // refusal) and then ask us to stop sending (STOP_SENDING); RFC 9114 §4.1.1: the
+            // answer still counts. So a failed send only ends the sending.
+            let sent = if body.is_empty() {
+                Ok(())
+            } else {
+                stream.send_data(body).await
+            };
+            if sent.is_ok() {
+                let _ = stream.finish().await;
             }
-            stream.finish().await.unwrap();
             let response = stream.recv_response().await.unwrap();
             let mut body = Vec::new();
             while let Some(mut chunk) = stream.recv_data().await.unwrap() {
