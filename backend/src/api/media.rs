@@ -284,6 +284,37 @@ pub async fn info(
     }
 }
 
+/// Delete an upload of mine that nothing uses (no message, post or avatar); its quota is
+/// freed at once, its bytes are collected later.
+#[utoipa::path(
+    delete,
+    path = "/v1/media/{id}",
+    tag = "media",
+    params(("id" = String, Path, format = Uuid, description = "Media id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No or invalid access token", body = super::ErrorBody),
+        (status = 404, description = "No such upload of mine", body = super::ErrorBody),
+        (status = 409, description = "`media_in_use`: a message, post or avatar uses it", body = super::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn delete(
+    State(state): State<AppState>,
+    me: Authenticated,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    match store::delete_unused(&state.db, me.user, id).await? {
+        store::Deleted::Gone => Ok(StatusCode::NO_CONTENT),
+        store::Deleted::NotFound => Err(ApiError::NotFound),
+        store::Deleted::InUse => Err(refused(
+            StatusCode::CONFLICT,
+            "media_in_use",
+            "a message, post or avatar uses this media",
+        )),
+    }
+}
+
 macro_rules! download_route {
     ($name:ident, $path:literal, $variant:expr, $what:literal) => {
         #[doc = concat!("The ", $what, " bytes. Authorized by a signed link (`exp`, `sig`) or an access token; an avatar needs neither. Supports `Range` (one range), `If-Range` and `If-None-Match`; the bytes never change, so they may be cached for a year.")]

@@ -153,7 +153,7 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(notifications::suspend))
         .routes(routes!(media::upload))
         .routes(routes!(media::info))
-        .routes(routes!(media::original))
+        .routes(routes!(media::original, media::delete))
         .routes(routes!(media::thumb))
         .routes(routes!(media::preview))
         .routes(routes!(uploads::create))

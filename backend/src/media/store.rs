@@ -166,3 +166,41 @@ pub async fn by_ids(db: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<Vec<M
     .fetch_all(db)
     .await
 }
+
+/// What deleting an upload found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    Gone,
+    /// No such media of this owner.
+    NotFound,
+    /// A message, a post (not deleted) or an avatar uses it.
+    InUse,
+}
+
+/// Deletes `owner`'s upload `id` unless something uses it. Its objects are left to the
+/// collector (another upload may share the bytes).
+pub async fn delete_unused(db: &PgPool, owner: UserId, id: Uuid) -> sqlx::Result<Deleted> {
+    let (exists, gone): (bool, bool) = sqlx::query_as(
+        "WITH target AS (SELECT m.id FROM media m WHERE m.id = $1 AND m.owner_id = $2),
+              gone AS (
+                  DELETE FROM media m USING target t
+                  WHERE m.id = t.id
+                    AND NOT EXISTS (SELECT 1 FROM messages g WHERE g.media_id = m.id)
+                    AND NOT EXISTS (SELECT 1 FROM posts p
+                                    WHERE p.media_ids @> ARRAY[m.id]
+                                      AND cardinality(p.media_ids) > 0
+                                      AND p.deleted_at IS NULL)
+                    AND NOT EXISTS (SELECT 1 FROM users u WHERE u.avatar_media_id = m.id)
+                  RETURNING m.id)
+         SELECT EXISTS (SELECT 1 FROM target), EXISTS (SELECT 1 FROM gone)",
+    )
+    .bind(id)
+    .bind(owner.0)
+    .fetch_one(db)
+    .await?;
+    Ok(match (exists, gone) {
+        (_, true) => Deleted::Gone,
+        (false, _) => Deleted::NotFound,
+        (true, false) => Deleted::InUse,
+    })
+}

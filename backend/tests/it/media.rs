@@ -810,6 +810,34 @@ async fn the_collector_takes_unused_media_after_the_grace_period_and_keeps_used_
         StatusCode::OK
     );
     assert!(media.storage.exists(used_key).await.unwrap());
+
+    // Its owner may delete an upload nothing uses, not one a message uses; nobody else may.
+    let spare = upload(&api, &alice.token, "?kind=file", b"spare".to_vec())
+        .await
+        .str("/id");
+    let delete = |id: String, token: String| {
+        Request::delete(format!("/v1/media/{id}"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let reply = api
+        .send(delete(used_id.to_string(), alice.token.clone()))
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::CONFLICT, "media_in_use")
+    );
+    let reply = api.send(delete(spare.clone(), bob.token.clone())).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    let (status, _, _) = api
+        .send_raw(delete(spare.clone(), alice.token.clone()))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let info = api
+        .get(&format!("/v1/media/{spare}/info"), Some(&alice.token))
+        .await;
+    assert_eq!(info.status, StatusCode::NOT_FOUND);
 }
 
 /// A `Send` of `kind` from `sender` to `peer` carrying `media`.
