@@ -239,12 +239,21 @@ pub async fn upload(
         .and_then(|v| v.to_str().ok());
     let kind = declared_kind(query.0.get("kind").map(String::as_str), content_type)?;
     let limit = media.settings.limits.bytes_for(kind);
-    if header_u64(request.headers(), "content-length")?.is_some_and(|n| n > limit) {
+    let declared_size = header_u64(request.headers(), "content-length")?;
+    if declared_size.is_some_and(|n| n > limit) {
         return Err(UploadError::TooLarge {
             kind: kind.as_str(),
             limit,
         }
         .into());
+    }
+    // Refused before a byte is read when the declared size cannot fit; the insert holds the
+    // quota in any case.
+    let quota = media.settings.quota_bytes;
+    if let Some(size) = declared_size {
+        if store::used_bytes(&state.db, me.user).await? + size > quota {
+            return Err(UploadError::QuotaExceeded { quota }.into());
+        }
     }
     let declared = Declared {
         owner: me.user,

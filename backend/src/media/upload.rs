@@ -211,10 +211,9 @@ pub async fn ingest(
         (_, Source::Bytes(bytes)) => Sha256::digest(bytes).into(),
         (_, Source::File(path)) => hash_file(path).await?,
     };
+    // The quota is held by the row's insert, atomically with it. (A check here would count
+    // a finishing resumable upload twice: as stored and as still in progress.)
     let quota = media.settings.quota_bytes;
-    if store::used_bytes(db, declared.owner).await? + size > quota {
-        return Err(UploadError::QuotaExceeded { quota });
-    }
     let original_key = ObjectKey(sha256);
     ensure_object(media, db, original_key, size, original).await?;
     let thumb = derivative(media, db, processed.thumb.as_deref()).await?;

@@ -387,12 +387,42 @@ async fn the_quota_counts_what_an_account_stored() {
             .status,
         StatusCode::CREATED
     );
-    let reply = upload(&api, &alice.token, "?kind=file", photo).await;
+    let reply = upload(&api, &alice.token, "?kind=file", photo.clone()).await;
     assert_eq!(
         (reply.status, reply.code()),
         (StatusCode::PAYLOAD_TOO_LARGE, "media_quota_exceeded")
     );
     assert_eq!(media_rows(&api, &alice).await, 1);
+
+    // A resumable upload that fits is counted once when it finishes, not twice (as stored
+    // and as still in progress); one that does not fit is refused at creation.
+    let bob = api.user().await;
+    let create = |token: &str, length: usize| {
+        Request::post("/v1/media/uploads")
+            .header("authorization", format!("Bearer {token}"))
+            .header("tus-resumable", "1.0.0")
+            .header("upload-length", length.to_string())
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (status, headers, _) = api.send_raw(create(&bob.token, photo.len())).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let location = headers["location"].to_str().unwrap().to_owned();
+    let finish = Request::patch(&location)
+        .header("authorization", format!("Bearer {}", bob.token))
+        .header("tus-resumable", "1.0.0")
+        .header("upload-offset", "0")
+        .header("content-type", "application/offset+octet-stream")
+        .body(Body::from(photo.clone()))
+        .unwrap();
+    let (status, headers, _) = api.send_raw(finish).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(headers.contains_key("haberci-media-id"));
+    let reply = api.send(create(&bob.token, photo.len())).await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "media_quota_exceeded")
+    );
 }
 
 #[tokio::test]
