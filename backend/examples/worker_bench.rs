@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use fred::prelude::*;
 use haberci_backend::config::MessagingSettings;
 use haberci_kit::shutdown::Shutdown;
-use haberci_wire::relay::{self, Inbound};
+use haberci_seam::streams::{self, Inbound};
 use haberci_wire::{ClientMsgId, MessageKind, Recipient, SendMessage, SessionId, UserId};
 use uuid::Uuid;
 
@@ -58,7 +58,7 @@ async fn main() {
     let mut pipeline = redis.pipeline();
     for n in 0..sends {
         let (sender, recipient) = (users[2 * (n % pairs)], users[2 * (n % pairs) + 1]);
-        let conversation = relay::direct_conversation(sender, recipient);
+        let conversation = streams::direct_conversation(sender, recipient);
         let entry = Inbound::Send {
             sender,
             session: SessionId::new(Uuid::new_v4()).unwrap(),
@@ -71,9 +71,9 @@ async fn main() {
                 media: None,
             },
         };
-        let key = relay::stream_key(
+        let key = streams::stream_key(
             &settings.stream_prefix,
-            relay::shard_of(conversation, settings.shards),
+            streams::shard_of(conversation, settings.shards),
         );
         let () = pipeline
             .xadd(
@@ -81,7 +81,7 @@ async fn main() {
                 false,
                 None,
                 "*",
-                vec![(relay::ENTRY_FIELD, entry.to_json())],
+                vec![(streams::ENTRY_FIELD, entry.to_json())],
             )
             .await
             .unwrap();
@@ -132,7 +132,7 @@ async fn main() {
     );
     for shard in 0..settings.shards {
         let _: i64 = redis
-            .del(relay::stream_key(&settings.stream_prefix, shard))
+            .del(streams::stream_key(&settings.stream_prefix, shard))
             .await
             .unwrap();
     }

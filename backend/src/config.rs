@@ -243,35 +243,8 @@ impl ApiSettings {
     }
 }
 
-/// The shared secret of the internal API. `Debug` never prints it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct InternalToken(String);
-
-impl InternalToken {
-    /// Shortest token accepted: 32 characters (e.g. 16 random bytes in hex).
-    pub const MIN_LEN: usize = 32;
-
-    pub fn new(text: impl Into<String>) -> Result<InternalToken, &'static str> {
-        let text = text.into();
-        if text.chars().count() < Self::MIN_LEN {
-            return Err("must be at least 32 characters");
-        }
-        if !text.chars().all(|c| c.is_ascii_graphic()) {
-            return Err("must be printable ASCII without spaces (it travels in an HTTP header)");
-        }
-        Ok(InternalToken(text))
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-}
-
-impl fmt::Debug for InternalToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("InternalToken(***)")
-    }
-}
+/// The shared secret of the internal API (parsed the way the gateway parses it).
+pub use haberci_seam::internal::InternalToken;
 
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
@@ -572,10 +545,10 @@ pub const DEFAULT_TRIM_INTERVAL: Duration = Duration::from_secs(30);
 
 impl Default for MessagingSettings {
     fn default() -> Self {
-        use haberci_wire::relay;
+        use haberci_seam::streams;
         MessagingSettings {
-            shards: relay::DEFAULT_SHARDS,
-            stream_prefix: relay::DEFAULT_STREAM_PREFIX.to_owned(),
+            shards: streams::DEFAULT_SHARDS,
+            stream_prefix: streams::DEFAULT_STREAM_PREFIX.to_owned(),
             batch_size: DEFAULT_BATCH_SIZE,
             block: DEFAULT_BATCH_BLOCK,
             claim_interval: DEFAULT_CLAIM_INTERVAL,
@@ -902,7 +875,7 @@ mod tests {
         ];
         let config = ApiConfig::from_env(Env::from_pairs(&pairs)).expect("valid");
         let token = config.settings.internal_token.clone().expect("set");
-        assert_eq!(token.as_bytes(), secret.as_bytes());
+        assert_eq!(token.as_str(), secret);
         assert!(!format!("{config:?}").contains(secret));
     }
 

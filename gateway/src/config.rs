@@ -6,16 +6,16 @@ use std::time::Duration;
 use haberci_certs::CertPaths;
 use haberci_kit::config::{ConfigError, Env};
 use haberci_kit::http::CorsOrigins;
-use haberci_wire::relay;
-
-use crate::session::SessionConfig;
+use haberci_seam::internal::InternalToken;
+use haberci_seam::streams;
+use haberci_session::SessionConfig;
 
 pub const DEFAULT_TCP_ADDR: &str = "[::]:8443";
 pub const DEFAULT_UDP_ADDR: &str = "[::]:4433";
 pub const DEFAULT_BACKEND_URL: &str = "http://127.0.0.1:58080";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:56379";
 pub const DEFAULT_CERT_DIR: &str = ".dev/certs";
-pub const DEFAULT_CERT_RELOAD_INTERVAL_MS: u64 = 1_000;
+pub const DEFAULT_CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 /// Largest request body the gateway forwards (1 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 /// Largest media upload body the gateway forwards (210 MiB): a 200 MB video plus slack. The
@@ -25,24 +25,46 @@ pub const DEFAULT_MAX_UPLOAD_BYTES: usize = 210 << 20;
 /// A request body that has started may pause this long between chunks before the request is
 /// aborted. A whole-body deadline would cut a 200 MB upload on a slow link; an idle timeout
 /// only cuts a client (or backend) that stopped moving bytes.
-pub const DEFAULT_BODY_IDLE_TIMEOUT_MS: u64 = 30_000;
-pub const DEFAULT_BACKEND_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// A QUIC connection with no packets for this long is closed. Above the clients' 25 s ping
 /// with room for a lost one; the session's own idle timeout (75 s) is the longer guard.
-pub const DEFAULT_QUIC_IDLE_TIMEOUT_MS: u64 = 60_000;
+pub const DEFAULT_QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Asked for; Linux grants at most `net.core.rmem_max` / `wmem_max` unless the gateway holds
 /// `CAP_NET_ADMIN` (docs/OPERATIONS.md). 32 MiB booked holds 14,500 full-size (1,200
 /// byte) or 40,000 tiny datagrams while the endpoint's task waits for a core.
 pub const DEFAULT_QUIC_SOCKET_BUFFER_BYTES: usize = 16 << 20;
+/// QUIC handshakes in flight at once (see `edge::quic::Admission`).
+pub const DEFAULT_QUIC_MAX_HANDSHAKES: usize = 256;
 /// TCP connections held at once. The process may hold 20,000 open files (hard limit here);
 /// the rest is left for the backend pool, Redis, logs and certificates.
 pub const DEFAULT_MAX_TCP_CONNECTIONS: usize = 16_000;
 /// How long a client may take to send a request's headers (slowloris guard), on TCP and
 /// HTTP/3 alike.
-pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a gateway says in Redis that it is alive; its users read as offline three of
+/// these after it dies.
+pub const DEFAULT_PRESENCE_REFRESH: Duration = Duration::from_secs(20);
 
+/// Every gateway setting, as a tree: where it listens, QUIC, HTTP, the relay, and realtime
+/// sessions. Read whole by [`GatewayConfig::from_env`] before anything binds; every duration is
+/// a `HABERCI_…_MS` variable.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
+    pub listen: Listen,
+    pub tls: Tls,
+    pub quic: Quic,
+    pub http: Http,
+    pub relay: Relay,
+    /// Realtime sessions: `HABERCI_SESSION_HELLO_TIMEOUT_MS`, `HABERCI_SESSION_IDLE_TIMEOUT_MS`,
+    /// `HABERCI_SESSION_WRITE_TIMEOUT_MS`, `HABERCI_SESSION_SEND_RATE` (sends per second) and
+    /// `HABERCI_SESSION_SEND_BURST`.
+    pub session: SessionConfig,
+}
+
+/// Where the gateway listens.
+#[derive(Debug, Clone)]
+pub struct Listen {
     /// `HABERCI_GATEWAY_TCP_ADDR`: TLS over TCP (HTTP/1.1, HTTP/2, WebSocket).
     pub tcp_addr: SocketAddr,
     /// `HABERCI_GATEWAY_UDP_ADDR`: the QUIC endpoint. Dual-stack `[::]` by default: Chromium
@@ -51,62 +73,169 @@ pub struct GatewayConfig {
     /// `HABERCI_GATEWAY_ALT_SVC_PORT`: the port advertised in `Alt-Svc: h3` on TCP responses;
     /// `None` advertises the port the UDP endpoint is bound to.
     pub alt_svc_port: Option<u16>,
-    /// `HABERCI_BACKEND_URL`: base URL of the backend API.
-    pub backend_url: http::Uri,
-    /// `HABERCI_REDIS_URL`: where session revocations are announced (`auth:revoked`). `None`
-    /// (tests only): revoked sessions end at token expiry.
-    pub redis_url: Option<String>,
-    /// `HABERCI_BACKEND_TIMEOUT_MS`: how long a proxied request may take.
-    pub backend_timeout: Duration,
+    /// `HABERCI_MAX_TCP_CONNECTIONS`: above it, new TCP connections wait in the kernel backlog.
+    pub max_tcp_connections: usize,
+}
+
+/// The certificates both listeners serve.
+#[derive(Debug, Clone)]
+pub struct Tls {
     /// `HABERCI_CERT_DIR`: where `haberci-certs` wrote the certificates.
     pub cert_paths: CertPaths,
     /// `HABERCI_CERT_RELOAD_INTERVAL_MS`: how often certificate files are checked for changes.
-    pub cert_reload_interval: Duration,
+    pub reload_interval: Duration,
+}
+
+/// The QUIC endpoint.
+#[derive(Debug, Clone)]
+pub struct Quic {
+    /// `HABERCI_QUIC_IDLE_TIMEOUT_MS`.
+    pub idle_timeout: Duration,
+    /// `HABERCI_QUIC_SOCKET_BUFFER_BYTES`: kernel receive and send buffers of the UDP socket
+    /// every QUIC connection shares.
+    pub socket_buffer: usize,
+    /// `HABERCI_QUIC_MAX_HANDSHAKES`: QUIC handshakes in flight at once; more are refused at
+    /// once and their clients back off (see `edge::quic::Admission`).
+    pub max_handshakes: usize,
+}
+
+/// HTTP on every version, and the backend it proxies to.
+#[derive(Debug, Clone)]
+pub struct Http {
+    /// `HABERCI_BACKEND_URL`: base URL of the backend API.
+    pub backend_url: http::Uri,
+    /// `HABERCI_BACKEND_TIMEOUT_MS`: how long a proxied request may take until its answer's
+    /// headers.
+    pub backend_timeout: Duration,
     /// `HABERCI_MAX_BODY_BYTES`: the body limit of every request but media uploads.
     pub max_body_bytes: usize,
     /// `HABERCI_GATEWAY_MAX_UPLOAD_BYTES`: the body limit of media uploads (`POST /v1/media`,
-    /// `/v1/media/uploads[/…]`), see [`crate::proxy::RequestClass`].
+    /// `/v1/media/uploads[/…]`), see `edge::proxy::RequestClass`.
     pub max_upload_bytes: usize,
     /// `HABERCI_GATEWAY_BODY_IDLE_TIMEOUT_MS`: how long a request body may pause between
     /// chunks (HTTP/3 bodies, and media uploads on every HTTP version).
     pub body_idle_timeout: Duration,
-    /// `HABERCI_QUIC_IDLE_TIMEOUT_MS`.
-    pub quic_idle_timeout: Duration,
-    /// `HABERCI_QUIC_SOCKET_BUFFER_BYTES`: kernel receive and send buffers of the UDP socket
-    /// every QUIC connection shares.
-    pub quic_socket_buffer: usize,
-    /// `HABERCI_QUIC_MAX_HANDSHAKES`: QUIC handshakes in flight at once; more are refused at
-    /// once and their clients back off (see [`crate::quic::Admission`]).
-    pub quic_max_handshakes: usize,
-    /// `HABERCI_PRESENCE_REFRESH_MS`: how often this gateway says in Redis that it is alive;
-    /// its users read as offline three of these after it dies.
-    pub presence_refresh: Duration,
-    /// `HABERCI_CORS_ORIGINS`: browser origins allowed to call the API (comma-separated).
-    pub cors: CorsOrigins,
-    /// `HABERCI_MAX_TCP_CONNECTIONS`: above it, new TCP connections wait in the kernel backlog.
-    pub max_tcp_connections: usize,
     /// `HABERCI_HEADER_READ_TIMEOUT_MS`.
     pub header_read_timeout: Duration,
-    /// Realtime sessions: `HABERCI_SESSION_HELLO_TIMEOUT_MS`, `HABERCI_SESSION_IDLE_TIMEOUT_MS`,
-    /// `HABERCI_SESSION_SEND_RATE` (sends per second) and `HABERCI_SESSION_SEND_BURST`.
-    pub session: SessionConfig,
-    /// The relay: `HABERCI_STREAM_SHARDS`, `HABERCI_STREAM_PREFIX`, and the backend's internal
-    /// API secret `HABERCI_INTERNAL_TOKEN`. Messaging needs Redis and the secret; without
-    /// either, sessions open but sends are answered `unavailable`.
-    pub stream_shards: u16,
-    pub stream_prefix: String,
-    pub internal_token: Option<String>,
+    /// `HABERCI_CORS_ORIGINS`: browser origins allowed to call the API (comma-separated).
+    pub cors: CorsOrigins,
     /// `HABERCI_WEB_DIR`: static files served at `/` (the demo page, `web/dist`); unset: none.
     pub web_dir: Option<std::path::PathBuf>,
 }
 
+/// Redis and the backend's internal API. Messaging needs Redis and the secret; without either,
+/// sessions open but sends are answered `unavailable`.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    /// `HABERCI_REDIS_URL`: streams, pub/sub, presence, and where session revocations are
+    /// announced. `None` (tests only): no messaging, and revoked sessions end at token expiry.
+    pub redis_url: Option<String>,
+    /// `HABERCI_STREAM_SHARDS`.
+    pub stream_shards: u16,
+    /// `HABERCI_STREAM_PREFIX`.
+    pub stream_prefix: String,
+    /// `HABERCI_INTERNAL_TOKEN`: the backend's internal API secret.
+    pub internal_token: Option<InternalToken>,
+    /// `HABERCI_PRESENCE_REFRESH_MS`.
+    pub presence_refresh: Duration,
+}
+
 impl GatewayConfig {
     pub fn from_env(mut env: Env<'_>) -> Result<Self, ConfigError> {
+        let listen = Listen::read(&mut env);
+        let tls = Tls {
+            cert_paths: CertPaths::new(env.string_or("HABERCI_CERT_DIR", DEFAULT_CERT_DIR)),
+            reload_interval: env.millis_or(
+                "HABERCI_CERT_RELOAD_INTERVAL_MS",
+                DEFAULT_CERT_RELOAD_INTERVAL,
+            ),
+        };
+        let quic = Quic {
+            idle_timeout: env.millis_or("HABERCI_QUIC_IDLE_TIMEOUT_MS", DEFAULT_QUIC_IDLE_TIMEOUT),
+            socket_buffer: env.parse_or(
+                "HABERCI_QUIC_SOCKET_BUFFER_BYTES",
+                DEFAULT_QUIC_SOCKET_BUFFER_BYTES,
+            ),
+            max_handshakes: env
+                .parse_or("HABERCI_QUIC_MAX_HANDSHAKES", DEFAULT_QUIC_MAX_HANDSHAKES),
+        };
+        let http = Http::read(&mut env);
+        let relay = Relay::read(&mut env);
+        let session = read_session(&mut env);
+        env.finish()?;
+        Ok(GatewayConfig {
+            listen,
+            tls,
+            quic,
+            http,
+            relay,
+            session,
+        })
+    }
+
+    /// Settings for tests: ephemeral ports on loopback, certificates in `cert_dir`, no relay.
+    pub fn for_tests(cert_dir: &std::path::Path, backend_url: http::Uri) -> Self {
+        GatewayConfig {
+            listen: Listen {
+                tcp_addr: addr("127.0.0.1:0"),
+                udp_addr: addr("[::]:0"),
+                alt_svc_port: None,
+                max_tcp_connections: DEFAULT_MAX_TCP_CONNECTIONS,
+            },
+            tls: Tls {
+                cert_paths: CertPaths::new(cert_dir),
+                reload_interval: Duration::from_millis(100),
+            },
+            quic: Quic {
+                idle_timeout: DEFAULT_QUIC_IDLE_TIMEOUT,
+                socket_buffer: DEFAULT_QUIC_SOCKET_BUFFER_BYTES,
+                max_handshakes: DEFAULT_QUIC_MAX_HANDSHAKES,
+            },
+            http: Http {
+                backend_url,
+                backend_timeout: DEFAULT_BACKEND_TIMEOUT,
+                max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+                max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+                body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
+                header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+                cors: CorsOrigins::default(),
+                web_dir: None,
+            },
+            relay: Relay {
+                redis_url: None,
+                stream_shards: streams::DEFAULT_SHARDS,
+                stream_prefix: streams::DEFAULT_STREAM_PREFIX.to_owned(),
+                internal_token: None,
+                presence_refresh: DEFAULT_PRESENCE_REFRESH,
+            },
+            session: SessionConfig::default(),
+        }
+    }
+}
+
+impl Listen {
+    fn read(env: &mut Env<'_>) -> Listen {
         let tcp_addr = env.parse_or("HABERCI_GATEWAY_TCP_ADDR", addr(DEFAULT_TCP_ADDR));
         let udp_addr = env.parse_or("HABERCI_GATEWAY_UDP_ADDR", addr(DEFAULT_UDP_ADDR));
         let alt_svc_port = env
             .raw("HABERCI_GATEWAY_ALT_SVC_PORT")
             .map(|_| env.parse_or("HABERCI_GATEWAY_ALT_SVC_PORT", udp_addr.port()));
+        let max_tcp_connections =
+            env.parse_or("HABERCI_MAX_TCP_CONNECTIONS", DEFAULT_MAX_TCP_CONNECTIONS);
+        if max_tcp_connections == 0 {
+            env.problem("HABERCI_MAX_TCP_CONNECTIONS must be at least 1");
+        }
+        Listen {
+            tcp_addr,
+            udp_addr,
+            alt_svc_port,
+            max_tcp_connections,
+        }
+    }
+}
+
+impl Http {
+    fn read(env: &mut Env<'_>) -> Http {
         let backend_url: http::Uri = env.parse_or(
             "HABERCI_BACKEND_URL",
             http::Uri::from_static(DEFAULT_BACKEND_URL),
@@ -116,72 +245,11 @@ impl GatewayConfig {
                 "HABERCI_BACKEND_URL must be an http://host:port URL, got {backend_url}"
             ));
         }
-        let backend_timeout = Duration::from_millis(
-            env.parse_or("HABERCI_BACKEND_TIMEOUT_MS", DEFAULT_BACKEND_TIMEOUT_MS),
-        );
-        let redis_url = env.string_or("HABERCI_REDIS_URL", DEFAULT_REDIS_URL);
-        if !redis_url.starts_with("redis://") {
-            env.problem("HABERCI_REDIS_URL must be a redis:// URL");
-        }
-        let cert_dir = env.string_or("HABERCI_CERT_DIR", DEFAULT_CERT_DIR);
-        let cert_reload_interval = Duration::from_millis(env.parse_or(
-            "HABERCI_CERT_RELOAD_INTERVAL_MS",
-            DEFAULT_CERT_RELOAD_INTERVAL_MS,
-        ));
-        if cert_reload_interval.is_zero() {
-            env.problem("HABERCI_CERT_RELOAD_INTERVAL_MS must be above 0");
-        }
-        let max_body_bytes = env.parse_or("HABERCI_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES);
         let max_upload_bytes =
             env.parse_or("HABERCI_GATEWAY_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES);
         if max_upload_bytes == 0 {
             env.problem("HABERCI_GATEWAY_MAX_UPLOAD_BYTES must be at least 1");
         }
-        let body_idle_timeout = Duration::from_millis(env.parse_or(
-            "HABERCI_GATEWAY_BODY_IDLE_TIMEOUT_MS",
-            DEFAULT_BODY_IDLE_TIMEOUT_MS,
-        ));
-        if body_idle_timeout.is_zero() {
-            env.problem("HABERCI_GATEWAY_BODY_IDLE_TIMEOUT_MS must be above 0");
-        }
-        let quic_idle_timeout = Duration::from_millis(
-            env.parse_or("HABERCI_QUIC_IDLE_TIMEOUT_MS", DEFAULT_QUIC_IDLE_TIMEOUT_MS),
-        );
-        let quic_socket_buffer = env.parse_or(
-            "HABERCI_QUIC_SOCKET_BUFFER_BYTES",
-            DEFAULT_QUIC_SOCKET_BUFFER_BYTES,
-        );
-        let quic_max_handshakes = env.parse_or(
-            "HABERCI_QUIC_MAX_HANDSHAKES",
-            crate::quic::DEFAULT_MAX_HANDSHAKES,
-        );
-        let presence_refresh = Duration::from_millis(env.parse_or(
-            "HABERCI_PRESENCE_REFRESH_MS",
-            crate::presence::DEFAULT_REFRESH_INTERVAL.as_millis() as u64,
-        ));
-        if presence_refresh.is_zero() {
-            env.problem("HABERCI_PRESENCE_REFRESH_MS must be above 0");
-        }
-        let cors = CorsOrigins::read(&mut env);
-        let max_tcp_connections =
-            env.parse_or("HABERCI_MAX_TCP_CONNECTIONS", DEFAULT_MAX_TCP_CONNECTIONS);
-        if max_tcp_connections == 0 {
-            env.problem("HABERCI_MAX_TCP_CONNECTIONS must be at least 1");
-        }
-        let header_read_timeout = Duration::from_millis(env.parse_or(
-            "HABERCI_HEADER_READ_TIMEOUT_MS",
-            DEFAULT_HEADER_READ_TIMEOUT_MS,
-        ));
-        if header_read_timeout.is_zero() {
-            env.problem("HABERCI_HEADER_READ_TIMEOUT_MS must be above 0");
-        }
-        let session = read_session(&mut env);
-        let stream_shards = env.parse_or("HABERCI_STREAM_SHARDS", relay::DEFAULT_SHARDS);
-        if stream_shards == 0 {
-            env.problem("HABERCI_STREAM_SHARDS must be at least 1");
-        }
-        let stream_prefix = env.string_or("HABERCI_STREAM_PREFIX", relay::DEFAULT_STREAM_PREFIX);
-        let internal_token = env.raw("HABERCI_INTERNAL_TOKEN");
         let web_dir = env.raw("HABERCI_WEB_DIR").map(std::path::PathBuf::from);
         if let Some(dir) = &web_dir
             && !dir.is_dir()
@@ -191,101 +259,63 @@ impl GatewayConfig {
                 dir.display()
             ));
         }
-        if internal_token.as_ref().is_some_and(|t| t.len() < 32) {
-            env.problem("HABERCI_INTERNAL_TOKEN must be at least 32 characters");
-        }
-        env.finish()?;
-        Ok(GatewayConfig {
-            tcp_addr,
-            udp_addr,
-            alt_svc_port,
+        Http {
             backend_url,
-            backend_timeout,
-            redis_url: Some(redis_url),
-            cert_paths: CertPaths::new(cert_dir),
-            cert_reload_interval,
-            max_body_bytes,
+            backend_timeout: env.millis_or("HABERCI_BACKEND_TIMEOUT_MS", DEFAULT_BACKEND_TIMEOUT),
+            max_body_bytes: env.parse_or("HABERCI_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
             max_upload_bytes,
-            body_idle_timeout,
-            quic_idle_timeout,
-            quic_socket_buffer,
-            quic_max_handshakes,
-            presence_refresh,
-            cors,
-            max_tcp_connections,
-            header_read_timeout,
-            session,
-            stream_shards,
-            stream_prefix,
-            internal_token,
+            body_idle_timeout: env.millis_or(
+                "HABERCI_GATEWAY_BODY_IDLE_TIMEOUT_MS",
+                DEFAULT_BODY_IDLE_TIMEOUT,
+            ),
+            header_read_timeout: env.millis_or(
+                "HABERCI_HEADER_READ_TIMEOUT_MS",
+                DEFAULT_HEADER_READ_TIMEOUT,
+            ),
+            cors: CorsOrigins::read(env),
             web_dir,
-        })
+        }
     }
+}
 
-    /// Settings for tests: ephemeral ports on loopback, certificates in `cert_dir`.
-    pub fn for_tests(cert_dir: &std::path::Path, backend_url: http::Uri) -> Self {
-        GatewayConfig {
-            tcp_addr: addr("127.0.0.1:0"),
-            udp_addr: addr("[::]:0"),
-            alt_svc_port: None,
-            backend_url,
-            backend_timeout: Duration::from_millis(DEFAULT_BACKEND_TIMEOUT_MS),
-            redis_url: None,
-            cert_paths: CertPaths::new(cert_dir),
-            cert_reload_interval: Duration::from_millis(100),
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
-            body_idle_timeout: Duration::from_millis(DEFAULT_BODY_IDLE_TIMEOUT_MS),
-            quic_idle_timeout: Duration::from_millis(DEFAULT_QUIC_IDLE_TIMEOUT_MS),
-            quic_socket_buffer: DEFAULT_QUIC_SOCKET_BUFFER_BYTES,
-            quic_max_handshakes: crate::quic::DEFAULT_MAX_HANDSHAKES,
-            presence_refresh: crate::presence::DEFAULT_REFRESH_INTERVAL,
-            cors: CorsOrigins::default(),
-            max_tcp_connections: DEFAULT_MAX_TCP_CONNECTIONS,
-            header_read_timeout: Duration::from_millis(DEFAULT_HEADER_READ_TIMEOUT_MS),
-            session: SessionConfig::default(),
-            stream_shards: relay::DEFAULT_SHARDS,
-            stream_prefix: relay::DEFAULT_STREAM_PREFIX.to_owned(),
-            internal_token: None,
-            web_dir: None,
+impl Relay {
+    fn read(env: &mut Env<'_>) -> Relay {
+        let redis_url = env.string_or("HABERCI_REDIS_URL", DEFAULT_REDIS_URL);
+        if !redis_url.starts_with("redis://") {
+            env.problem("HABERCI_REDIS_URL must be a redis:// URL");
+        }
+        let stream_shards = env.parse_or("HABERCI_STREAM_SHARDS", streams::DEFAULT_SHARDS);
+        if stream_shards == 0 {
+            env.problem("HABERCI_STREAM_SHARDS must be at least 1");
+        }
+        let internal_token = env.raw("HABERCI_INTERNAL_TOKEN").and_then(|text| {
+            InternalToken::new(text)
+                .map_err(|why| env.problem(format!("HABERCI_INTERNAL_TOKEN: {why}")))
+                .ok()
+        });
+        Relay {
+            redis_url: Some(redis_url),
+            stream_shards,
+            stream_prefix: env.string_or("HABERCI_STREAM_PREFIX", streams::DEFAULT_STREAM_PREFIX),
+            internal_token,
+            presence_refresh: env
+                .millis_or("HABERCI_PRESENCE_REFRESH_MS", DEFAULT_PRESENCE_REFRESH),
         }
     }
 }
 
 fn read_session(env: &mut Env<'_>) -> SessionConfig {
     let defaults = SessionConfig::default();
-    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    let hello_timeout = Duration::from_millis(env.parse_or(
-        "HABERCI_SESSION_HELLO_TIMEOUT_MS",
-        millis(defaults.hello_timeout),
-    ));
-    let idle_timeout = Duration::from_millis(env.parse_or(
-        "HABERCI_SESSION_IDLE_TIMEOUT_MS",
-        millis(defaults.idle_timeout),
-    ));
-    let send_rate_per_sec = env.parse_or("HABERCI_SESSION_SEND_RATE", defaults.send_rate_per_sec);
     let send_burst = env.parse_or("HABERCI_SESSION_SEND_BURST", defaults.send_burst);
-    let write_timeout = Duration::from_millis(env.parse_or(
-        "HABERCI_SESSION_WRITE_TIMEOUT_MS",
-        millis(defaults.write_timeout),
-    ));
-    if write_timeout.is_zero() {
-        env.problem("HABERCI_SESSION_WRITE_TIMEOUT_MS must be above 0");
-    }
-    if hello_timeout.is_zero() || idle_timeout.is_zero() {
-        env.problem(
-            "HABERCI_SESSION_HELLO_TIMEOUT_MS and HABERCI_SESSION_IDLE_TIMEOUT_MS must be above 0",
-        );
-    }
     if send_burst == 0 {
         env.problem("HABERCI_SESSION_SEND_BURST must be at least 1");
     }
     SessionConfig {
-        hello_timeout,
-        idle_timeout,
-        send_rate_per_sec,
+        hello_timeout: env.millis_or("HABERCI_SESSION_HELLO_TIMEOUT_MS", defaults.hello_timeout),
+        idle_timeout: env.millis_or("HABERCI_SESSION_IDLE_TIMEOUT_MS", defaults.idle_timeout),
+        write_timeout: env.millis_or("HABERCI_SESSION_WRITE_TIMEOUT_MS", defaults.write_timeout),
+        send_rate_per_sec: env.parse_or("HABERCI_SESSION_SEND_RATE", defaults.send_rate_per_sec),
         send_burst,
-        write_timeout,
         ..defaults
     }
 }
@@ -308,11 +338,12 @@ mod tests {
     #[test]
     fn defaults_parse() {
         let config = GatewayConfig::from_env(Env::from_pairs(&[])).expect("defaults are valid");
-        assert_eq!(config.tcp_addr.to_string(), DEFAULT_TCP_ADDR);
-        assert_eq!(config.udp_addr.to_string(), DEFAULT_UDP_ADDR);
-        assert_eq!(config.alt_svc_port, None);
-        assert_eq!(config.max_upload_bytes, 210 * 1024 * 1024);
-        assert_eq!(config.body_idle_timeout, Duration::from_secs(30));
+        assert_eq!(config.listen.tcp_addr.to_string(), DEFAULT_TCP_ADDR);
+        assert_eq!(config.listen.udp_addr.to_string(), DEFAULT_UDP_ADDR);
+        assert_eq!(config.listen.alt_svc_port, None);
+        assert_eq!(config.http.max_upload_bytes, 210 * 1024 * 1024);
+        assert_eq!(config.http.body_idle_timeout, Duration::from_secs(30));
+        assert_eq!(config.relay.internal_token, None);
         assert_eq!(alt_svc_value(4433), "h3=\":4433\"; ma=86400");
     }
 
@@ -325,8 +356,14 @@ mod tests {
             ("HABERCI_MAX_BODY_BYTES", "lots"),
             ("HABERCI_GATEWAY_MAX_UPLOAD_BYTES", "0"),
             ("HABERCI_GATEWAY_BODY_IDLE_TIMEOUT_MS", "0"),
+            ("HABERCI_SESSION_IDLE_TIMEOUT_MS", "0"),
+            ("HABERCI_INTERNAL_TOKEN", "short"),
         ];
         let err = GatewayConfig::from_env(Env::from_pairs(&pairs)).expect_err("bad");
-        assert_eq!(err.problems.len(), 6, "{err}");
+        assert_eq!(err.problems.len(), 8, "{err}");
+        assert!(
+            !err.to_string().contains("short\""),
+            "the secret is never printed: {err}"
+        );
     }
 }

@@ -1,45 +1,28 @@
-//! Haberci's edge. A gateway terminates every client connection and relays to the backend tier;
+//! Haberci's gateway. It terminates every client connection and relays to the backend tier;
 //! it never opens a Postgres connection.
 //!
-//! Module map:
-//! - [`config`]: [`GatewayConfig`] from `HABERCI_*` variables, parsed before anything binds.
-//! - [`tls`]: the certificate store shared by both listeners, reloaded when the files change or
-//!   on SIGHUP, without dropping open connections.
-//! - [`http`]: the one axum router every HTTP version is served by: `/healthz`, `/readyz`,
-//!   [`proxy`] of every other `/v1/*` request to the backend API, and [`web`]: `/v1/realtime`
-//!   (realtime endpoints, WebTransport certificate hashes) and the demo page's static files.
-//! - [`tcp`]: TLS on TCP with ALPN `h2` / `http/1.1`; every response carries `Alt-Svc: h3`.
-//! - [`quic`]: one quinn endpoint on UDP; each connection is dispatched by its negotiated ALPN
-//!   to [`h3server`] (`h3`) or [`native`] (`haberci/1`, a [`session::Session`] on one bidi
-//!   stream). Unknown ALPNs fail the TLS handshake. An HTTP/3 connection that sends a
-//!   WebTransport CONNECT to `/v1/rt` becomes a [`webtransport`] session.
-//! - [`session`]: the sans-IO realtime session state machine the three transports share
-//!   (handshake, ping, in-band token refresh, expiry, timeouts, send rate), driven by the
-//!   [`native`] QUIC, [`webtransport`] and [`websocket`] adapters (helpers in [`transport`]).
-//!   [`auth`] keeps the token verifier in step with the backend's JWKS.
+//! Layers, each a folder, importing in one direction (edge → transport → session; edge and
+//! transport → relay; relay imports neither):
+//!
+//! - [`edge`]: sockets, TLS, HTTP/1.1, HTTP/2 and HTTP/3, the router and the proxy to the
+//!   backend, and the WebTransport session handshake.
+//! - [`transport`]: one realtime session per connection — native QUIC, WebTransport and
+//!   WebSocket links around the shared driver of a `haberci_session::Session`.
+//! - [`relay`]: Redis (streams, pub/sub hub, presence, revocations) and the backend's HTTP API
+//!   (one client pool), and what each of a session's relay outputs does.
+//! - [`config`]: [`GatewayConfig`], a tree read from `HABERCI_*` variables before anything
+//!   binds.
+//!
+//! The session state machine itself is `haberci-session` (sans-IO); what gateway and backend
+//! must agree on is `haberci-seam`.
 //!
 //! [`Gateway::start`] binds everything and returns the bound addresses, so tests run a gateway
 //! in-process on port 0.
 
-pub mod auth;
 pub mod config;
-pub mod delivery;
-pub mod h3server;
-pub mod http;
-pub mod native;
-pub mod presence;
-pub mod proxy;
-pub mod quic;
+pub mod edge;
 pub mod relay;
-pub mod revocation;
-pub mod sends;
-pub mod session;
-pub mod tcp;
-pub mod tls;
 pub mod transport;
-pub mod web;
-pub mod websocket;
-pub mod webtransport;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,6 +31,10 @@ use haberci_kit::shutdown::Shutdown;
 use tokio::task::JoinSet;
 
 pub use config::GatewayConfig;
+use edge::{h3, proxy, quic, router, tcp, tls, web};
+use relay::backend::Backend;
+use relay::effects::Messaging;
+use relay::{keys, presence, revocation};
 
 /// ALPN of HTTP/3.
 pub const ALPN_H3: &[u8] = b"h3";
@@ -60,7 +47,7 @@ pub struct Gateway {
     pub udp_addr: SocketAddr,
     pub certs: Arc<tls::CertStore>,
     /// The access-token keys realtime sessions are verified with.
-    pub keys: Arc<auth::TokenKeys>,
+    pub keys: Arc<keys::TokenKeys>,
     /// The realtime sessions held here, by session id, for revocation.
     pub revocations: Arc<revocation::Revocations>,
     tasks: JoinSet<()>,
@@ -69,72 +56,51 @@ pub struct Gateway {
 impl Gateway {
     /// Loads certificates, binds both listeners, and starts serving until `shutdown`.
     pub async fn start(config: GatewayConfig, shutdown: Shutdown) -> anyhow::Result<Gateway> {
-        let certs = Arc::new(tls::CertStore::load(config.cert_paths.clone())?);
-        let keys = Arc::new(auth::TokenKeys::default());
+        let certs = Arc::new(tls::CertStore::load(config.tls.cert_paths.clone())?);
+        let keys = Arc::new(keys::TokenKeys::default());
         let revocations = Arc::new(revocation::Revocations::default());
-        let mut realtime = transport::Realtime {
+        // Invariant: one HTTP client pool to the backend, for the proxy, the internal API, the
+        // key refresher and readiness.
+        let backend = Backend::new(config.http.backend_url.clone(), config.http.backend_timeout);
+        let messaging = start_messaging(&config, &backend, &shutdown).await?;
+        let realtime = transport::Realtime {
             keys: keys.clone(),
             session: config.session,
             revocations: revocations.clone(),
-            relay: None,
-            presence: None,
+            messaging,
         };
-        let backend = proxy::Backend::new(
-            config.backend_url.clone(),
-            config.backend_timeout,
-            config.max_body_bytes,
-        );
-        realtime.relay = match (&config.redis_url, &config.internal_token) {
-            (Some(redis_url), Some(internal_token)) => Some(
-                relay::Relay::start(
-                    relay::RelayConfig {
-                        redis_url: redis_url.clone(),
-                        shards: config.stream_shards,
-                        stream_prefix: config.stream_prefix.clone(),
-                        internal_token: internal_token.clone(),
-                    },
-                    backend.clone(),
-                    shutdown.clone(),
-                )
-                .await?,
-            ),
-            _ => {
-                tracing::warn!(
-                    "no Redis or no internal token configured: messaging is unavailable"
-                );
-                None
-            }
-        };
-        let timing = presence::Timing::every(config.presence_refresh);
-        realtime.presence = realtime
-            .relay
-            .clone()
-            .map(|relay| presence::Presence::new(relay, timing));
-        if let Some(presence) = &realtime.presence {
-            // Its first round says this gateway is alive at once, without holding up the start
-            // while Redis is away (the gateway serves HTTP meanwhile).
-            tokio::spawn(presence.clone().run(shutdown.clone()));
-        }
-        let tcp_listener = tokio::net::TcpListener::bind(config.tcp_addr)
+        let tcp_listener = tokio::net::TcpListener::bind(config.listen.tcp_addr)
             .await
-            .map_err(|err| anyhow::anyhow!("cannot bind TCP {}: {err}", config.tcp_addr))?;
+            .map_err(|err| anyhow::anyhow!("cannot bind TCP {}: {err}", config.listen.tcp_addr))?;
         let tcp_addr = tcp_listener.local_addr()?;
-        let endpoint = quic::bind(&config, &certs)?;
+        let endpoint = quic::bind(config.listen.udp_addr, &config.quic, &certs)?;
         let udp_addr = endpoint.local_addr()?;
-        let advertised_udp_port = config.alt_svc_port.unwrap_or(udp_addr.port());
+        let advertised_udp_port = config.listen.alt_svc_port.unwrap_or(udp_addr.port());
 
-        let web = web::Web {
-            dir: config.web_dir.as_deref().map(std::sync::Arc::from),
-            certs: certs.clone(),
-            webtransport_port: advertised_udp_port,
+        let state = edge::GatewayState {
+            proxy: proxy::Proxy::new(
+                backend.clone(),
+                config.http.max_body_bytes,
+                proxy::UploadLimits {
+                    max_bytes: config.http.max_upload_bytes,
+                    idle_timeout: config.http.body_idle_timeout,
+                },
+            ),
+            cors: config.http.cors.clone(),
+            realtime: realtime.clone(),
+            shutdown: shutdown.clone(),
+            web: web::Web {
+                dir: config.http.web_dir.as_deref().map(Arc::from),
+                certs: certs.clone(),
+                webtransport_port: advertised_udp_port,
+            },
+            max_body_bytes: config.http.max_body_bytes,
         };
-        let state = http::GatewayState::new(&config, realtime.clone(), shutdown.clone(), web);
-        let backend = state.backend.clone();
-        let router = http::router(state);
+        let router = router::router(state);
 
         let mut tasks = JoinSet::new();
-        tasks.spawn(auth::refresh(keys.clone(), backend, shutdown.clone()));
-        match &config.redis_url {
+        tasks.spawn(keys::refresh(keys.clone(), backend, shutdown.clone()));
+        match &config.relay.redis_url {
             Some(url) => {
                 tasks.spawn(revocation::listen(
                     revocations.clone(),
@@ -146,7 +112,7 @@ impl Gateway {
         }
         tasks.spawn(tls::watch(
             certs.clone(),
-            config.cert_reload_interval,
+            config.tls.reload_interval,
             shutdown.clone(),
         ));
         tasks.spawn(tcp::serve(
@@ -155,20 +121,20 @@ impl Gateway {
             router.clone(),
             config::alt_svc_value(advertised_udp_port),
             tcp::Limits {
-                max_connections: config.max_tcp_connections,
-                header_read_timeout: config.header_read_timeout,
+                max_connections: config.listen.max_tcp_connections,
+                header_read_timeout: config.http.header_read_timeout,
             },
             shutdown.clone(),
         ));
         tasks.spawn(quic::serve(
             endpoint,
             router,
-            h3server::Limits {
-                header_read_timeout: config.header_read_timeout,
-                body_idle_timeout: config.body_idle_timeout,
+            h3::Limits {
+                header_read_timeout: config.http.header_read_timeout,
+                body_idle_timeout: config.http.body_idle_timeout,
             },
             realtime,
-            quic::Admission::new(config.quic_max_handshakes),
+            quic::Admission::new(config.quic.max_handshakes),
             shutdown,
         ));
         tracing::info!(%tcp_addr, %udp_addr, "gateway listening");
@@ -186,4 +152,38 @@ impl Gateway {
     pub async fn wait(mut self) {
         while self.tasks.join_next().await.is_some() {}
     }
+}
+
+/// Messaging needs Redis and the internal API's secret; without either, sessions open but what
+/// needs the relay is answered `unavailable`.
+async fn start_messaging(
+    config: &GatewayConfig,
+    backend: &Backend,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Option<Messaging>> {
+    let (Some(redis_url), Some(internal_token)) =
+        (&config.relay.redis_url, &config.relay.internal_token)
+    else {
+        tracing::warn!("no Redis or no internal token configured: messaging is unavailable");
+        return Ok(None);
+    };
+    let relay = relay::Relay::start(
+        relay::RelayConfig {
+            redis_url: redis_url.clone(),
+            shards: config.relay.stream_shards,
+            stream_prefix: config.relay.stream_prefix.clone(),
+            internal_token: internal_token.clone(),
+        },
+        backend.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    let presence = presence::Presence::new(
+        relay.clone(),
+        presence::Timing::every(config.relay.presence_refresh),
+    );
+    // Its first round says this gateway is alive at once, without holding up the start while
+    // Redis is away (the gateway serves HTTP meanwhile).
+    tokio::spawn(presence.clone().run(shutdown.clone()));
+    Ok(Some(Messaging { relay, presence }))
 }

@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 /// Exit code for bad configuration (`EX_USAGE` from sysexits.h).
 pub const EXIT_BAD_CONFIG: i32 = 64;
@@ -86,6 +87,18 @@ impl<'a> Env<'a> {
         }
     }
 
+    /// A duration setting spelled in milliseconds (`…_MS`), above zero; `default` when unset.
+    /// Every duration a Haberci process reads is spelled this way.
+    pub fn millis_or(&mut self, key: &str, default: Duration) -> Duration {
+        let default_ms = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
+        let millis = self.parse_or(key, default_ms);
+        if millis == 0 {
+            self.problems.push(format!("{key} must be above 0"));
+            return default;
+        }
+        Duration::from_millis(millis)
+    }
+
     /// A string setting with a default.
     pub fn string_or(&mut self, key: &str, default: &str) -> String {
         self.raw(key).unwrap_or_else(|| default.to_owned())
@@ -123,6 +136,30 @@ impl<'a> Env<'a> {
 mod tests {
     use super::*;
     use std::net::SocketAddr;
+
+    #[test]
+    fn durations_are_milliseconds_above_zero() {
+        let pairs = [
+            ("HABERCI_A_MS", "250"),
+            ("HABERCI_B_MS", "0"),
+            ("HABERCI_C_MS", "1s"),
+        ];
+        let mut env = Env::from_pairs(&pairs);
+        let default = Duration::from_secs(9);
+        assert_eq!(
+            env.millis_or("HABERCI_A_MS", default),
+            Duration::from_millis(250)
+        );
+        assert_eq!(env.millis_or("HABERCI_B_MS", default), default);
+        assert_eq!(env.millis_or("HABERCI_C_MS", default), default);
+        assert_eq!(env.millis_or("HABERCI_D_MS", default), default);
+        let err = env.finish().expect_err("two bad settings");
+        assert_eq!(err.problems.len(), 2, "{err}");
+        assert!(
+            err.problems[0].contains("HABERCI_B_MS must be above 0"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn every_problem_is_reported_at_once() {

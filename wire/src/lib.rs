@@ -25,7 +25,6 @@ mod error;
 mod frames;
 mod framing;
 mod ids;
-pub mod relay;
 
 #[doc(hidden)]
 pub mod fuzzing;

@@ -22,6 +22,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use fred::clients::Client;
 use fred::interfaces::{KeysInterface, PubsubInterface};
 use fred::types::{Expiration, SetOptions};
+use haberci_seam::revocation::{self, Announcement};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -29,9 +30,6 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 
 use crate::accounts::{FamilyId, SessionId, UserId};
-
-/// The Redis pub/sub channel revocations are announced on.
-pub const REVOCATION_CHANNEL: &str = "auth:revoked";
 
 /// Redis key of a session's cache entry.
 pub fn cache_key(session: SessionId) -> String {
@@ -59,30 +57,7 @@ impl RefreshToken {
     }
 }
 
-/// Why a session ended, as stored in `sessions.revoked_reason` and published.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RevokeReason {
-    /// `POST /auth/logout`.
-    Logout,
-    /// `DELETE /auth/sessions/{id}`.
-    Revoked,
-    /// `POST /auth/logout-all`.
-    LogoutAll,
-    /// A spent refresh token was presented again.
-    RefreshReuse,
-}
-
-impl RevokeReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RevokeReason::Logout => "logout",
-            RevokeReason::Revoked => "revoked",
-            RevokeReason::LogoutAll => "logout_all",
-            RevokeReason::RefreshReuse => "refresh_reuse",
-        }
-    }
-}
+pub use haberci_seam::revocation::RevokeReason;
 
 /// Where a session came from.
 pub struct Origin<'a> {
@@ -324,13 +299,6 @@ pub async fn revoke_suspended(db: &PgPool, user: UserId) -> Result<Revoked, sqlx
     revoke_where(&mut conn, "user_id = $1", user.0, RevokeReason::Revoked).await
 }
 
-#[derive(Serialize)]
-struct Announcement {
-    session_id: SessionId,
-    user_id: UserId,
-    reason: RevokeReason,
-}
-
 /// Marks revoked sessions in the cache and publishes them. Postgres already holds the
 /// revocation; a Redis failure here is logged, and the cache's TTL bounds how long a stale
 /// "active" entry can outlive it.
@@ -362,14 +330,9 @@ pub async fn announce(redis: &Client, revoked: &Revoked, marker_ttl: Duration) {
             .await;
         let published = match set {
             Ok(()) => {
-                let message = Announcement {
-                    session_id,
-                    user_id,
-                    reason,
-                };
-                let message = serde_json::to_string(&message).unwrap_or_default();
+                let message = announcement(session_id, user_id, reason);
                 redis
-                    .publish::<i64, _, _>(REVOCATION_CHANNEL, message)
+                    .publish::<i64, _, _>(revocation::CHANNEL, message)
                     .await
                     .map(|_| ())
             }
@@ -384,6 +347,22 @@ pub async fn announce(redis: &Client, revoked: &Revoked, marker_ttl: Duration) {
             );
             return;
         }
+    }
+}
+
+/// The JSON announced on [`revocation::CHANNEL`]. Stored ids are never nil (UUIDv7).
+fn announcement(session: SessionId, user: UserId, reason: RevokeReason) -> String {
+    match (
+        haberci_wire::SessionId::new(session.0),
+        haberci_wire::UserId::new(user.0),
+    ) {
+        (Some(session_id), Some(user_id)) => Announcement {
+            session_id,
+            user_id,
+            reason,
+        }
+        .to_json(),
+        _ => String::new(),
     }
 }
 

@@ -330,7 +330,7 @@ pub enum MembershipChange {
     Left,
 }
 
-/// Publishes each change (`relay::Event::Joined` / `Left`) on `relay::user_channel` of its
+/// Publishes each change (`streams::Event::Joined` / `Left`) on `streams::user_channel` of its
 /// user, so that gateways holding that user's sessions subscribe to or drop the group's
 /// channel. Call after the change committed.
 ///
@@ -345,7 +345,7 @@ pub async fn announce(
     changes: &[(UserId, MembershipChange)],
 ) {
     use fred::interfaces::PubsubInterface;
-    use haberci_wire::relay::{Event, user_channel};
+    use haberci_seam::streams::{Event, user_channel};
 
     let Some(conversation) = ConversationId::new(conversation) else {
         return;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 use haberci_kit::shutdown::Shutdown;
-use haberci_wire::relay::{self, Event};
+use haberci_seam::streams::{self, Event};
 use haberci_wire::{ErrorFrame, Sent};
 use sqlx::PgPool;
 
@@ -509,7 +509,7 @@ pub fn publications(decoded: &[Decoded], committed: &Committed) -> Vec<(String, 
                         timestamp: message.timestamp,
                     };
                     out.push((
-                        relay::user_channel(request.sender),
+                        streams::user_channel(request.sender),
                         Event::Sent {
                             session: request.session,
                             sent,
@@ -518,19 +518,22 @@ pub fn publications(decoded: &[Decoded], committed: &Committed) -> Vec<(String, 
                     match request.target {
                         batch::Target::Direct(peer) => {
                             out.push((
-                                relay::user_channel(request.sender),
+                                streams::user_channel(request.sender),
                                 Event::Message(message.clone()),
                             ));
-                            out.push((relay::user_channel(peer), Event::Message(message.clone())));
+                            out.push((
+                                streams::user_channel(peer),
+                                Event::Message(message.clone()),
+                            ));
                         }
                         batch::Target::Group(_) => out.push((
-                            relay::conversation_channel(message.conversation_id),
+                            streams::conversation_channel(message.conversation_id),
                             Event::Message(message.clone()),
                         )),
                     }
                 }
                 Some(SendOutcome::Duplicate(sent)) => out.push((
-                    relay::user_channel(request.sender),
+                    streams::user_channel(request.sender),
                     Event::Sent {
                         session: request.session,
                         sent: *sent,
@@ -551,13 +554,13 @@ pub fn publications(decoded: &[Decoded], committed: &Committed) -> Vec<(String, 
         let event = Event::Status(moved.status);
         match moved.audience {
             Audience::Direct(low, high) => {
-                out.push((relay::user_channel(low), event.clone()));
-                out.push((relay::user_channel(high), event));
+                out.push((streams::user_channel(low), event.clone()));
+                out.push((streams::user_channel(high), event));
             }
             Audience::Group(conversation) => {
-                out.push((relay::conversation_channel(conversation), event));
+                out.push((streams::conversation_channel(conversation), event));
             }
-            Audience::Own(user) => out.push((relay::user_channel(user), event)),
+            Audience::Own(user) => out.push((streams::user_channel(user), event)),
         }
     }
     out
@@ -570,7 +573,7 @@ fn refused(
     refusal: Refusal,
 ) -> (String, Event) {
     (
-        relay::user_channel(sender),
+        streams::user_channel(sender),
         Event::Refused {
             session,
             error: ErrorFrame {

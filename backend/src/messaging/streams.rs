@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use fred::prelude::*;
 use fred::types::streams::{XCapKind, XCapTrim};
-use haberci_wire::relay;
+use haberci_seam::streams;
 
 /// A stream entry id, `<ms>-<seq>`. Ordered as Redis orders them.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
@@ -51,7 +51,7 @@ impl FromStr for EntryId {
 }
 
 /// One entry as read from a shard. `payload` is `None` when the entry has no
-/// [`relay::ENTRY_FIELD`] (or was deleted while pending): it is poison.
+/// [`streams::ENTRY_FIELD`] (or was deleted while pending): it is poison.
 #[derive(Clone, Debug)]
 pub struct RawEntry {
     pub shard: u16,
@@ -84,7 +84,7 @@ impl From<fred::error::Error> for StreamError {
     }
 }
 
-/// The shards one worker consumes, as one consumer of [`relay::CONSUMER_GROUP`].
+/// The shards one worker consumes, as one consumer of [`streams::CONSUMER_GROUP`].
 #[derive(Clone, Debug)]
 pub struct Shards {
     prefix: String,
@@ -102,7 +102,7 @@ impl Shards {
     }
 
     pub fn key(&self, shard: u16) -> String {
-        relay::stream_key(&self.prefix, shard)
+        streams::stream_key(&self.prefix, shard)
     }
 
     pub fn consumer(&self) -> &str {
@@ -122,7 +122,7 @@ impl Shards {
     pub async fn ensure_groups(&self, redis: &Client) -> Result<(), StreamError> {
         for key in self.keys() {
             let created: Result<Value, _> = redis
-                .xgroup_create(key, relay::CONSUMER_GROUP, "0", true)
+                .xgroup_create(key, streams::CONSUMER_GROUP, "0", true)
                 .await;
             match created {
                 Ok(_) => {}
@@ -144,7 +144,7 @@ impl Shards {
         let ids: Vec<&str> = keys.iter().map(|_| ">").collect();
         let reply: Value = blocking
             .xreadgroup(
-                relay::CONSUMER_GROUP,
+                streams::CONSUMER_GROUP,
                 self.consumer.as_str(),
                 Some(u64::from(count)),
                 Some(block_ms),
@@ -167,7 +167,7 @@ impl Shards {
     ) -> Result<Vec<RawEntry>, StreamError> {
         let reply: Value = redis
             .xreadgroup(
-                relay::CONSUMER_GROUP,
+                streams::CONSUMER_GROUP,
                 self.consumer.as_str(),
                 Some(u64::from(count)),
                 None,
@@ -192,7 +192,7 @@ impl Shards {
         let reply: Value = redis
             .xautoclaim(
                 self.key(shard),
-                relay::CONSUMER_GROUP,
+                streams::CONSUMER_GROUP,
                 self.consumer.as_str(),
                 min_idle_ms,
                 cursor.to_string(),
@@ -226,7 +226,7 @@ impl Shards {
         }
         let ids: Vec<String> = ids.iter().map(EntryId::to_string).collect();
         let _: i64 = redis
-            .xack(self.key(shard), relay::CONSUMER_GROUP, ids)
+            .xack(self.key(shard), streams::CONSUMER_GROUP, ids)
             .await?;
         Ok(())
     }
@@ -256,7 +256,7 @@ impl Shards {
             return Ok(None);
         };
         let summary: Value = redis
-            .xpending(key.as_str(), relay::CONSUMER_GROUP, ())
+            .xpending(key.as_str(), streams::CONSUMER_GROUP, ())
             .await?;
         // [count, smallest id, largest id, [[consumer, count], …]]
         let mut parts = summary.into_array().into_iter();
@@ -298,14 +298,14 @@ impl Shards {
             let summary: Value = redis
                 .xpending(
                     key.as_str(),
-                    relay::CONSUMER_GROUP,
+                    streams::CONSUMER_GROUP,
                     ("-", "+", 1, self.consumer.as_str()),
                 )
                 .await?;
             let holds_nothing = summary.into_array().iter().all(Value::is_null);
             if holds_nothing {
                 let _: i64 = redis
-                    .xgroup_delconsumer(key, relay::CONSUMER_GROUP, self.consumer.as_str())
+                    .xgroup_delconsumer(key, streams::CONSUMER_GROUP, self.consumer.as_str())
                     .await?;
             }
         }
@@ -371,7 +371,7 @@ fn parse_entries(shard: u16, list: Value) -> Result<Vec<RawEntry>, StreamError> 
             if !fields.is_null() {
                 let mut fields = fields.into_array().into_iter();
                 while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
-                    if name.as_str().as_deref() == Some(relay::ENTRY_FIELD) {
+                    if name.as_str().as_deref() == Some(streams::ENTRY_FIELD) {
                         payload = value.as_bytes().map(<[u8]>::to_vec);
                     }
                 }
@@ -381,7 +381,7 @@ fn parse_entries(shard: u16, list: Value) -> Result<Vec<RawEntry>, StreamError> 
         .collect()
 }
 
-/// `last-delivered-id` of [`relay::CONSUMER_GROUP`] in an `XINFO GROUPS` reply (a list of
+/// `last-delivered-id` of [`streams::CONSUMER_GROUP`] in an `XINFO GROUPS` reply (a list of
 /// groups, each a flat list or a map of name/value).
 fn last_delivered_id(groups: Value) -> Result<Option<EntryId>, StreamError> {
     for group in groups.into_array() {
@@ -397,7 +397,7 @@ fn last_delivered_id(groups: Value) -> Result<Option<EntryId>, StreamError> {
                 }
             }
         }
-        if name.as_deref() == Some(relay::CONSUMER_GROUP) {
+        if name.as_deref() == Some(streams::CONSUMER_GROUP) {
             return match last {
                 Some(last) => Ok(Some(last.parse()?)),
                 None => Err(StreamError::Reply(

@@ -7,7 +7,7 @@
 //! caused it.
 
 use fred::interfaces::PubsubInterface;
-use haberci_wire::relay::{Event, user_channel};
+use haberci_seam::streams::{Event, user_channel};
 use haberci_wire::{Notification, NotificationKind, UserId as WireUserId};
 
 use crate::accounts::UserId;

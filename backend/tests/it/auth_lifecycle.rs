@@ -62,7 +62,7 @@ async fn register_login_refresh_reuse_revokes_the_family() {
     subscriber.wait_for_connect().await.unwrap();
     let mut messages = subscriber.message_rx();
     subscriber
-        .subscribe(haberci_backend::auth::sessions::REVOCATION_CHANNEL)
+        .subscribe(haberci_seam::revocation::CHANNEL)
         .await
         .unwrap();
 

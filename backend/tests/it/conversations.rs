@@ -3,7 +3,7 @@
 //! the conversation list. Messages and watermarks are written with SQL, standing in for the
 //! worker.
 
-use haberci_wire::relay::Event;
+use haberci_seam::streams::Event;
 use http::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;

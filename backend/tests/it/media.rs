@@ -882,7 +882,7 @@ fn media_send(
     haberci_backend::messaging::batch::SendRequest {
         sender,
         session: SessionId::new(uuid::Uuid::new_v4()).unwrap(),
-        conversation: haberci_wire::relay::direct_conversation(sender, peer),
+        conversation: haberci_seam::streams::direct_conversation(sender, peer),
         target: haberci_backend::messaging::batch::Target::Direct(peer),
         send: SendMessage {
             client_msg_id: ClientMsgId::new(uuid::Uuid::new_v4()).unwrap(),

@@ -355,9 +355,11 @@ pub async fn set_watermarks(
 /// their first message; returns its id.
 pub async fn direct_conversation(db: &sqlx::PgPool, a: uuid::Uuid, b: uuid::Uuid) -> uuid::Uuid {
     use haberci_wire::UserId;
-    let id =
-        haberci_wire::relay::direct_conversation(UserId::new(a).unwrap(), UserId::new(b).unwrap())
-            .as_uuid();
+    let id = haberci_seam::streams::direct_conversation(
+        UserId::new(a).unwrap(),
+        UserId::new(b).unwrap(),
+    )
+    .as_uuid();
     let (low, high) = if a < b { (a, b) } else { (b, a) };
     sqlx::query(
         "INSERT INTO conversations (id, kind, user_low, user_high) VALUES ($1, 'direct', $2, $3)",
@@ -393,19 +395,19 @@ impl UserChannel {
         let client = haberci_backend::redis::connect(&env("HABERCI_TEST_REDIS_URL")).unwrap();
         client.wait_for_connect().await.unwrap();
         let messages = client.message_rx();
-        let channel = haberci_wire::relay::user_channel(haberci_wire::UserId::new(user).unwrap());
+        let channel = haberci_seam::streams::user_channel(haberci_wire::UserId::new(user).unwrap());
         client.ssubscribe(channel).await.unwrap();
         UserChannel { client, messages }
     }
 
     /// The next event, within [`TIMEOUT`].
-    pub async fn next(&mut self) -> haberci_wire::relay::Event {
+    pub async fn next(&mut self) -> haberci_seam::streams::Event {
         let message = tokio::time::timeout(TIMEOUT, self.messages.recv())
             .await
             .expect("an event within the timeout")
             .unwrap();
         let text: String = message.value.convert().unwrap();
-        haberci_wire::relay::Event::from_json(text.as_bytes()).unwrap()
+        haberci_seam::streams::Event::from_json(text.as_bytes()).unwrap()
     }
 
     pub async fn close(self) {

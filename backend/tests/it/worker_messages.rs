@@ -12,7 +12,7 @@ use haberci_backend::messaging::batch::{SendRequest, Target};
 use haberci_backend::messaging::streams::{EntryId, Shards};
 use haberci_backend::messaging::{self, store};
 use haberci_kit::shutdown::Shutdown;
-use haberci_wire::relay::{self, Event, Inbound};
+use haberci_seam::streams::{self, Event, Inbound};
 use haberci_wire::{
     ClientMsgId, ConversationId, ErrorCode, GroupId, MessageKind, MessageStatus, Recipient,
     SendMessage, Sent, Seq, SessionId, Status, UserId,
@@ -78,9 +78,9 @@ impl World {
     }
 
     fn key_of(&self, conversation: ConversationId) -> String {
-        relay::stream_key(
+        streams::stream_key(
             &self.settings.stream_prefix,
-            relay::shard_of(conversation, self.settings.shards),
+            streams::shard_of(conversation, self.settings.shards),
         )
     }
 
@@ -93,7 +93,7 @@ impl World {
 
     async fn xadd(&self, entry: &Inbound) -> String {
         let key = self.key_of(entry.conversation());
-        self.xadd_raw(&key, vec![(relay::ENTRY_FIELD, entry.to_json())])
+        self.xadd_raw(&key, vec![(streams::ENTRY_FIELD, entry.to_json())])
             .await
     }
 
@@ -151,7 +151,7 @@ impl World {
     async fn pending(&self, key: &str) -> u64 {
         let summary: Value = self
             .redis
-            .xpending(key, relay::CONSUMER_GROUP, ())
+            .xpending(key, streams::CONSUMER_GROUP, ())
             .await
             .unwrap();
         summary.into_array()[0].as_u64().unwrap_or(0)
@@ -240,8 +240,8 @@ fn send(
 ) -> (SessionId, Inbound) {
     let session = SessionId::new(Uuid::new_v4()).unwrap();
     let conversation = match recipient {
-        Recipient::User(user) => relay::direct_conversation(sender, user),
-        Recipient::Group(group) => relay::group_conversation(group),
+        Recipient::User(user) => streams::direct_conversation(sender, user),
+        Recipient::Group(group) => streams::group_conversation(group),
     };
     let entry = Inbound::Send {
         sender,
@@ -284,8 +284,8 @@ fn refusal_of(event: &Event) -> Option<(SessionId, ErrorCode, Option<ClientMsgId
 async fn a_direct_send_is_stored_then_answered_and_delivered_to_both_users() {
     let world = World::new().await;
     let (alice, bob) = (world.user().await, world.user().await);
-    let mut alice_rx = world.listen(vec![relay::user_channel(alice)]).await;
-    let mut bob_rx = world.listen(vec![relay::user_channel(bob)]).await;
+    let mut alice_rx = world.listen(vec![streams::user_channel(alice)]).await;
+    let mut bob_rx = world.listen(vec![streams::user_channel(bob)]).await;
     let worker = world.start_worker();
 
     let id = cmid();
@@ -297,7 +297,7 @@ async fn a_direct_send_is_stored_then_answered_and_delivered_to_both_users() {
     assert_eq!(answered, session);
     assert_eq!(sent.client_msg_id, id);
     assert_eq!(sent.seq, Seq::FIRST);
-    let conversation = relay::direct_conversation(alice, bob);
+    let conversation = streams::direct_conversation(alice, bob);
     assert_eq!(sent.conversation_id, conversation);
     let Event::Message(mine) = &events[1].1 else {
         panic!("then the message: {events:?}")
@@ -352,7 +352,7 @@ async fn a_direct_send_is_stored_then_answered_and_delivered_to_both_users() {
 async fn a_retried_send_is_stored_once_and_every_retry_gets_the_original() {
     let world = World::new().await;
     let (alice, bob, carol) = (world.user().await, world.user().await, world.user().await);
-    let mut alice_rx = world.listen(vec![relay::user_channel(alice)]).await;
+    let mut alice_rx = world.listen(vec![streams::user_channel(alice)]).await;
     let id = cmid();
     // Two copies before the worker starts: they arrive in one batch.
     let (first, entry) = send(alice, Recipient::User(bob), id, "once");
@@ -379,7 +379,7 @@ async fn a_retried_send_is_stored_once_and_every_retry_gets_the_original() {
     assert_eq!(answers[&first], answers[&second]);
     assert_eq!(answers[&first], sent);
     assert_eq!(sent.seq, Seq::FIRST);
-    let conversation = relay::direct_conversation(alice, bob);
+    let conversation = streams::direct_conversation(alice, bob);
     assert_eq!(world.stored(conversation).await.len(), 1);
 
     // The same client_msg_id for another conversation is refused, and stores nothing.
@@ -393,7 +393,7 @@ async fn a_retried_send_is_stored_once_and_every_retry_gets_the_original() {
     assert_eq!(refusal, (fourth, ErrorCode::InvalidField, Some(id)));
     assert!(
         world
-            .stored(relay::direct_conversation(alice, carol))
+            .stored(streams::direct_conversation(alice, carol))
             .await
             .is_empty()
     );
@@ -406,7 +406,10 @@ async fn two_workers_number_concurrent_sends_to_one_conversation_without_gaps() 
     let world = World::with(|s| s.batch_size = 7).await;
     let (alice, bob) = (world.user().await, world.user().await);
     let mut rx = world
-        .listen(vec![relay::user_channel(alice), relay::user_channel(bob)])
+        .listen(vec![
+            streams::user_channel(alice),
+            streams::user_channel(bob),
+        ])
         .await;
     let workers = [world.start_worker(), world.start_worker()];
     const EACH: usize = 100;
@@ -421,7 +424,7 @@ async fn two_workers_number_concurrent_sends_to_one_conversation_without_gaps() 
             }
         }
         let redis = world.redis.clone();
-        let key = world.key_of(relay::direct_conversation(alice, bob));
+        let key = world.key_of(streams::direct_conversation(alice, bob));
         tokio::spawn(async move {
             for entry in entries {
                 let _: String = redis
@@ -430,7 +433,7 @@ async fn two_workers_number_concurrent_sends_to_one_conversation_without_gaps() 
                         false,
                         None,
                         "*",
-                        vec![(relay::ENTRY_FIELD, entry.to_json())],
+                        vec![(streams::ENTRY_FIELD, entry.to_json())],
                     )
                     .await
                     .unwrap();
@@ -446,7 +449,7 @@ async fn two_workers_number_concurrent_sends_to_one_conversation_without_gaps() 
             assert!(answered.insert(sent.client_msg_id, sent).is_none());
         }
     }
-    let conversation = relay::direct_conversation(alice, bob);
+    let conversation = streams::direct_conversation(alice, bob);
     let stored = world.stored(conversation).await;
     let seqs: Vec<i64> = stored.iter().map(|row| row.0).collect();
     assert_eq!(seqs, (1..=2 * EACH as i64).collect::<Vec<_>>());
@@ -478,12 +481,12 @@ async fn group_sends_need_membership_and_unknown_recipients_are_refused() {
     let world = World::new().await;
     let (alice, bob, carol) = (world.user().await, world.user().await, world.user().await);
     let group = world.group(&[alice, bob]).await;
-    let conversation = relay::group_conversation(group);
+    let conversation = streams::group_conversation(group);
     let mut group_rx = world
-        .listen(vec![relay::conversation_channel(conversation)])
+        .listen(vec![streams::conversation_channel(conversation)])
         .await;
-    let mut alice_rx = world.listen(vec![relay::user_channel(alice)]).await;
-    let mut carol_rx = world.listen(vec![relay::user_channel(carol)]).await;
+    let mut alice_rx = world.listen(vec![streams::user_channel(alice)]).await;
+    let mut carol_rx = world.listen(vec![streams::user_channel(carol)]).await;
     let worker = world.start_worker();
 
     let (session, entry) = send(alice, Recipient::Group(group), cmid(), "hello group");
@@ -493,7 +496,7 @@ async fn group_sends_need_membership_and_unknown_recipients_are_refused() {
     let (channel, Event::Message(message)) = group_rx.next().await else {
         panic!("the message on the group's channel")
     };
-    assert_eq!(channel, relay::conversation_channel(conversation));
+    assert_eq!(channel, streams::conversation_channel(conversation));
     assert_eq!(message.recipient_id, group.into());
     assert_eq!(message.id, sent.message_id);
 
@@ -533,7 +536,7 @@ async fn group_sends_need_membership_and_unknown_recipients_are_refused() {
         let (session, entry) = send(sender, recipient, id, content);
         world.xadd(&entry).await;
         let (channel, event) = carol_rx.next().await;
-        assert_eq!(channel, relay::user_channel(carol));
+        assert_eq!(channel, streams::user_channel(carol));
         assert_eq!(
             refusal_of(&event),
             Some((session, code, Some(id))),
@@ -544,7 +547,7 @@ async fn group_sends_need_membership_and_unknown_recipients_are_refused() {
     let id = cmid();
     let (session, mut entry) = send(carol, Recipient::User(alice), id, "crossed");
     if let Inbound::Send { conversation, .. } = &mut entry {
-        *conversation = relay::group_conversation(group);
+        *conversation = streams::group_conversation(group);
     }
     world.xadd(&entry).await;
     assert_eq!(
@@ -554,8 +557,8 @@ async fn group_sends_need_membership_and_unknown_recipients_are_refused() {
 
     assert_eq!(world.stored(conversation).await.len(), 1);
     for conversation in [
-        relay::group_conversation(ghost_group),
-        relay::direct_conversation(carol, ghost_user),
+        streams::group_conversation(ghost_group),
+        streams::direct_conversation(carol, ghost_user),
     ] {
         let exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM conversations WHERE id = $1)")
@@ -572,10 +575,10 @@ async fn group_sends_need_membership_and_unknown_recipients_are_refused() {
 async fn poison_entries_are_acknowledged_and_do_not_block_the_stream() {
     let world = World::with(|s| s.shards = 1).await;
     let (alice, bob) = (world.user().await, world.user().await);
-    let mut alice_rx = world.listen(vec![relay::user_channel(alice)]).await;
-    let key = relay::stream_key(&world.settings.stream_prefix, 0);
+    let mut alice_rx = world.listen(vec![streams::user_channel(alice)]).await;
+    let key = streams::stream_key(&world.settings.stream_prefix, 0);
     world
-        .xadd_raw(&key, vec![(relay::ENTRY_FIELD, "{not json".to_owned())])
+        .xadd_raw(&key, vec![(streams::ENTRY_FIELD, "{not json".to_owned())])
         .await;
     world
         .xadd_raw(&key, vec![("other", "no entry field".to_owned())])
@@ -584,7 +587,7 @@ async fn poison_entries_are_acknowledged_and_do_not_block_the_stream() {
         .xadd_raw(
             &key,
             vec![(
-                relay::ENTRY_FIELD,
+                streams::ENTRY_FIELD,
                 r#"{"op":"ack","user":"nil"}"#.to_owned(),
             )],
         )
@@ -603,9 +606,9 @@ async fn poison_entries_are_acknowledged_and_do_not_block_the_stream() {
 async fn receipts_raise_watermarks_never_backwards_clamped_and_announce_them() {
     let world = World::new().await;
     let (alice, bob, carol) = (world.user().await, world.user().await, world.user().await);
-    let conversation = relay::direct_conversation(alice, bob);
-    let mut alice_rx = world.listen(vec![relay::user_channel(alice)]).await;
-    let mut bob_rx = world.listen(vec![relay::user_channel(bob)]).await;
+    let conversation = streams::direct_conversation(alice, bob);
+    let mut alice_rx = world.listen(vec![streams::user_channel(alice)]).await;
+    let mut bob_rx = world.listen(vec![streams::user_channel(bob)]).await;
     let worker = world.start_worker();
     for n in 0..3 {
         world
@@ -668,9 +671,9 @@ async fn receipts_raise_watermarks_never_backwards_clamped_and_announce_them() {
 
     // In a group, the status goes to the conversation's channel.
     let group = world.group(&[alice, bob]).await;
-    let group_conversation = relay::group_conversation(group);
+    let group_conversation = streams::group_conversation(group);
     let mut group_rx = world
-        .listen(vec![relay::conversation_channel(group_conversation)])
+        .listen(vec![streams::conversation_channel(group_conversation)])
         .await;
     world
         .xadd(&send(alice, Recipient::Group(group), cmid(), "g").1)
@@ -704,8 +707,8 @@ async fn entries_a_dead_consumer_left_unacknowledged_are_reclaimed_and_stored_on
     })
     .await;
     let (alice, bob) = (world.user().await, world.user().await);
-    let mut alice_rx = world.listen(vec![relay::user_channel(alice)]).await;
-    let key = relay::stream_key(&world.settings.stream_prefix, 0);
+    let mut alice_rx = world.listen(vec![streams::user_channel(alice)]).await;
+    let key = streams::stream_key(&world.settings.stream_prefix, 0);
     let shards = Shards::new(&world.settings.stream_prefix, 1, "dead-worker");
     shards.ensure_groups(&world.redis).await.unwrap();
     let mut entries = Vec::new();
@@ -723,7 +726,7 @@ async fn entries_a_dead_consumer_left_unacknowledged_are_reclaimed_and_stored_on
     let taken: Value = world
         .redis
         .xreadgroup(
-            relay::CONSUMER_GROUP,
+            streams::CONSUMER_GROUP,
             "dead-worker",
             Some(100),
             None,
@@ -795,7 +798,7 @@ async fn trimming_removes_only_acknowledged_entries() {
     let mut ids = Vec::new();
     for n in 0..3 {
         let id = world
-            .xadd_raw(&key, vec![(relay::ENTRY_FIELD, format!("{n}"))])
+            .xadd_raw(&key, vec![(streams::ENTRY_FIELD, format!("{n}"))])
             .await;
         ids.push(id.parse::<EntryId>().unwrap());
     }
@@ -815,7 +818,7 @@ async fn trimming_removes_only_acknowledged_entries() {
     assert!(read.is_empty());
     let _: Value = redis
         .xreadgroup(
-            relay::CONSUMER_GROUP,
+            streams::CONSUMER_GROUP,
             "trim-test",
             Some(3),
             None,
@@ -828,7 +831,7 @@ async fn trimming_removes_only_acknowledged_entries() {
     shards.ack(redis, 0, &ids[..2]).await.unwrap();
     for n in 3..5 {
         let id = world
-            .xadd_raw(&key, vec![(relay::ENTRY_FIELD, format!("{n}"))])
+            .xadd_raw(&key, vec![(streams::ENTRY_FIELD, format!("{n}"))])
             .await;
         ids.push(id.parse::<EntryId>().unwrap());
     }
@@ -855,8 +858,8 @@ async fn trimming_removes_only_acknowledged_entries() {
 async fn a_worker_recreates_a_lost_consumer_group_and_reads_what_came_meanwhile() {
     let world = World::with(|s| s.shards = 1).await;
     let (alice, bob) = (world.user().await, world.user().await);
-    let mut alice_rx = world.listen(vec![relay::user_channel(alice)]).await;
-    let key = relay::stream_key(&world.settings.stream_prefix, 0);
+    let mut alice_rx = world.listen(vec![streams::user_channel(alice)]).await;
+    let key = streams::stream_key(&world.settings.stream_prefix, 0);
     let worker = world.start_worker();
     world
         .xadd(&send(alice, Recipient::User(bob), cmid(), "before").1)
@@ -887,11 +890,11 @@ async fn in_a_large_group_only_a_members_read_is_announced_and_only_to_their_own
     }
     let (alice, bob) = (members[0], members[1]);
     let group = world.group(&members).await;
-    let conversation = relay::group_conversation(group);
+    let conversation = streams::group_conversation(group);
     let mut group_rx = world
-        .listen(vec![relay::conversation_channel(conversation)])
+        .listen(vec![streams::conversation_channel(conversation)])
         .await;
-    let mut bob_rx = world.listen(vec![relay::user_channel(bob)]).await;
+    let mut bob_rx = world.listen(vec![streams::user_channel(bob)]).await;
     let worker = world.start_worker();
 
     world
@@ -933,7 +936,7 @@ async fn in_a_large_group_only_a_members_read_is_announced_and_only_to_their_own
     });
     loop {
         let (channel, event) = bob_rx.next().await;
-        assert_eq!(channel, relay::user_channel(bob));
+        assert_eq!(channel, streams::user_channel(bob));
         if matches!(event, Event::Status(_)) {
             assert_eq!(event, expected, "the Ack was not announced");
             break;
@@ -999,9 +1002,9 @@ fn direct_request(sender: UserId, peer: UserId, content: &str) -> SendRequest {
 async fn a_direct_send_across_a_block_is_refused_either_way_and_goes_through_after_unblock() {
     let world = World::new().await;
     let (sender, recipient) = (world.user().await, world.user().await);
-    let conversation = relay::direct_conversation(sender, recipient);
-    let mut sender_rx = world.listen(vec![relay::user_channel(sender)]).await;
-    let mut recipient_rx = world.listen(vec![relay::user_channel(recipient)]).await;
+    let conversation = streams::direct_conversation(sender, recipient);
+    let mut sender_rx = world.listen(vec![streams::user_channel(sender)]).await;
+    let mut recipient_rx = world.listen(vec![streams::user_channel(recipient)]).await;
     let worker = world.start_worker();
 
     // The recipient blocked the sender; then the sender blocked the recipient too; then
@@ -1019,7 +1022,7 @@ async fn a_direct_send_across_a_block_is_refused_either_way_and_goes_through_aft
         let (session, entry) = send(sender, Recipient::User(recipient), id, "merhaba");
         world.xadd(&entry).await;
         let (channel, event) = sender_rx.next().await;
-        assert_eq!(channel, relay::user_channel(sender));
+        assert_eq!(channel, streams::user_channel(sender));
         assert_eq!(
             refusal_of(&event),
             Some((session, ErrorCode::Blocked, Some(id))),
@@ -1102,7 +1105,7 @@ async fn a_blocked_send_in_a_batch_leaves_the_others_and_a_retry_of_a_stored_one
         }
         other => panic!("the retry gets its original: {other:?}"),
     }
-    let ab = relay::direct_conversation(alice, bob);
+    let ab = streams::direct_conversation(alice, bob);
     assert_eq!(
         world.stored(ab).await.len(),
         1,
@@ -1110,7 +1113,7 @@ async fn a_blocked_send_in_a_batch_leaves_the_others_and_a_retry_of_a_stored_one
     );
     assert_eq!(
         world
-            .stored(relay::direct_conversation(alice, carol))
+            .stored(streams::direct_conversation(alice, carol))
             .await
             .len(),
         1

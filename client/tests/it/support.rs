@@ -112,10 +112,11 @@ pub async fn start() -> Stack {
     let shutdown = Shutdown::new();
     let mut config =
         GatewayConfig::for_tests(dir.path(), format!("http://{backend}").parse().unwrap());
-    config.redis_url = Some(env("HABERCI_TEST_REDIS_URL"));
-    config.internal_token = Some(INTERNAL_TOKEN.into());
-    config.stream_prefix = stream_prefix;
-    config.stream_shards = STREAM_SHARDS;
+    config.relay.redis_url = Some(env("HABERCI_TEST_REDIS_URL"));
+    config.relay.internal_token =
+        Some(haberci_backend::config::InternalToken::new(INTERNAL_TOKEN).unwrap());
+    config.relay.stream_prefix = stream_prefix;
+    config.relay.stream_shards = STREAM_SHARDS;
     let gateway = Gateway::start(config, shutdown.clone()).await.unwrap();
     tokio::time::timeout(TIMEOUT, gateway.keys.loaded())
         .await

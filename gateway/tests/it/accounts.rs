@@ -247,7 +247,7 @@ async fn gateway_answers_of_its_own_carry_the_security_headers() {
 #[tokio::test]
 async fn cors_preflights_are_answered_for_listed_origins_only() {
     let stack = support::start_real_with(|config| {
-        config.cors = haberci_kit::http::CorsOrigins::list(&["https://app.example"]).unwrap();
+        config.http.cors = haberci_kit::http::CorsOrigins::list(&["https://app.example"]).unwrap();
     })
     .await;
     let preflight = |origin: &str| {

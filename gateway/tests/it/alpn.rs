@@ -17,7 +17,7 @@ async fn native_alpn_reaches_the_native_path() {
     let client = QuicClient::connect(stack.gateway_udp, roots, b"haberci/1")
         .await
         .expect("handshake with haberci/1 succeeds");
-    let alpn = haberci_gateway::quic::negotiated_alpn(&client.connection);
+    let alpn = haberci_gateway::edge::quic::negotiated_alpn(&client.connection);
     assert_eq!(alpn.as_deref(), Some(&b"haberci/1"[..]));
     let closed = tokio::time::timeout(TIMEOUT, client.connection.closed())
         .await

@@ -41,7 +41,7 @@ async fn read_to_close(
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     let stack = support::start_with_config(support::free_addr(), |config| {
-        config.header_read_timeout = std::time::Duration::from_millis(300);
+        config.http.header_read_timeout = std::time::Duration::from_millis(300);
     })
     .await;
     let mut stream = raw_tls(&stack).await;
@@ -59,7 +59,7 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
 #[tokio::test]
 async fn a_chunked_body_over_the_limit_is_refused_with_413() {
     let echo = support::serve_router(axum::Router::new().fallback(|| async { "seen" })).await;
-    let stack = support::start_with_config(echo, |config| config.max_body_bytes = 1_000).await;
+    let stack = support::start_with_config(echo, |config| config.http.max_body_bytes = 1_000).await;
     let mut stream = raw_tls(&stack).await;
     let chunk = vec![b'x'; 1_500];
     let mut request = b"POST /v1/upload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
@@ -77,7 +77,7 @@ async fn a_chunked_body_over_the_limit_is_refused_with_413() {
 #[tokio::test]
 async fn the_configured_body_limit_holds_on_every_http_version() {
     let echo = support::serve_router(axum::Router::new().fallback(|| async { "seen" })).await;
-    let stack = support::start_with_config(echo, |config| config.max_body_bytes = 1_000).await;
+    let stack = support::start_with_config(echo, |config| config.http.max_body_bytes = 1_000).await;
     for version in ALL_VERSIONS {
         for (size, status) in [(1_000, 200), (1_001, 413)] {
             let request = http::Request::post("https://localhost/v1/upload")
@@ -106,7 +106,7 @@ async fn a_wrong_method_gets_a_json_405_on_every_http_version() {
 #[tokio::test]
 async fn quic_connections_over_the_handshake_limit_are_refused_and_tcp_still_answers() {
     let stack = support::start_with_config(support::free_addr(), |config| {
-        config.quic_max_handshakes = 0
+        config.quic.max_handshakes = 0
     })
     .await;
     let roots = support::ca_roots(&[&stack.certs.ca_cert()]);

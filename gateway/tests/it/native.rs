@@ -228,7 +228,7 @@ async fn a_frame_before_hello_is_closed_with_unauthenticated() {
 /// revocation subscription in place.
 pub async fn stack_with_revocations() -> Stack {
     let stack = support::start_real_with(|config| {
-        config.redis_url = Some(support::env("HABERCI_TEST_REDIS_URL"));
+        config.relay.redis_url = Some(support::env("HABERCI_TEST_REDIS_URL"));
     })
     .await;
     tokio::time::timeout(TIMEOUT, async {

@@ -155,7 +155,7 @@ async fn redis() -> fred::clients::Client {
 /// A relay stack whose presence renews (and reconciles, every 15th time) every 100 ms.
 async fn presence_stack() -> Stack {
     support::start_relay(|config| {
-        config.presence_refresh = Duration::from_millis(100);
+        config.relay.presence_refresh = Duration::from_millis(100);
     })
     .await
 }
@@ -163,13 +163,13 @@ async fn presence_stack() -> Stack {
 /// Writes what a gateway's claim of `user` leaves in Redis, as `gateway` would.
 async fn claim(redis: &fred::clients::Client, gateway: &str, user: UserId) {
     use fred::prelude::*;
-    use haberci_wire::relay;
+    use haberci_seam::streams;
     let _: i64 = redis
-        .hset(relay::presence_key(user), (gateway, now_ms()))
+        .hset(streams::presence_key(user), (gateway, now_ms()))
         .await
         .unwrap();
     let _: i64 = redis
-        .sadd(relay::gateway_users_key(gateway), user.to_string())
+        .sadd(streams::gateway_users_key(gateway), user.to_string())
         .await
         .unwrap();
 }
@@ -184,7 +184,7 @@ fn now_ms() -> i64 {
 #[tokio::test]
 async fn the_users_of_a_dead_gateway_go_offline_for_their_watchers() {
     use fred::prelude::*;
-    use haberci_wire::relay;
+    use haberci_seam::streams;
 
     let stack = presence_stack().await;
     let (alice_id, _) = register(&stack).await;
@@ -196,7 +196,7 @@ async fn the_users_of_a_dead_gateway_go_offline_for_their_watchers() {
     let alive = |until: i64| (until as f64, ghost.clone());
     let _: i64 = redis
         .zadd(
-            relay::GATEWAYS_KEY,
+            streams::GATEWAYS_KEY,
             None,
             None,
             false,
@@ -219,7 +219,7 @@ async fn the_users_of_a_dead_gateway_go_offline_for_their_watchers() {
     // offline, tells the watchers, and forgets it.
     let _: i64 = redis
         .zadd(
-            relay::GATEWAYS_KEY,
+            streams::GATEWAYS_KEY,
             None,
             None,
             false,
@@ -233,20 +233,20 @@ async fn the_users_of_a_dead_gateway_go_offline_for_their_watchers() {
     assert!(after.last_seen.is_some(), "last seen is recorded");
     let left: i64 = redis
         .exists(vec![
-            relay::presence_key(alice),
-            relay::gateway_users_key(&ghost),
+            streams::presence_key(alice),
+            streams::gateway_users_key(&ghost),
         ])
         .await
         .unwrap();
     assert_eq!(left, 0, "the dead gateway's claim and user list are gone");
-    let score: Option<f64> = redis.zscore(relay::GATEWAYS_KEY, &ghost).await.unwrap();
+    let score: Option<f64> = redis.zscore(streams::GATEWAYS_KEY, &ghost).await.unwrap();
     assert_eq!(score, None, "the dead gateway is forgotten");
 }
 
 #[tokio::test]
 async fn a_user_redis_still_lists_after_their_session_closed_is_set_right() {
     use fred::prelude::*;
-    use haberci_wire::relay;
+    use haberci_seam::streams;
 
     let stack = presence_stack().await;
     let (carol_id, _) = register(&stack).await;
@@ -256,7 +256,7 @@ async fn a_user_redis_still_lists_after_their_session_closed_is_set_right() {
     let mut bob = session(&stack, &bob_token).await;
     let redis = redis().await;
     let gateways: Vec<String> = redis
-        .hkeys(relay::presence_key(user(&bob_id)))
+        .hkeys(streams::presence_key(user(&bob_id)))
         .await
         .unwrap();
     let [gateway] = gateways.as_slice() else {
@@ -280,10 +280,10 @@ async fn a_user_redis_still_lists_after_their_session_closed_is_set_right() {
         }
     };
     assert!(after.last_seen.is_some(), "last seen is recorded");
-    let left: i64 = redis.exists(relay::presence_key(carol)).await.unwrap();
+    let left: i64 = redis.exists(streams::presence_key(carol)).await.unwrap();
     assert_eq!(left, 0, "her stale claim is gone");
     let listed: bool = redis
-        .sismember(relay::gateway_users_key(gateway), carol.to_string())
+        .sismember(streams::gateway_users_key(gateway), carol.to_string())
         .await
         .unwrap();
     assert!(!listed, "and she is no longer listed on the gateway");

@@ -110,7 +110,7 @@ async fn request_bodies_reach_the_backend_while_the_client_is_still_sending() {
 async fn an_upload_may_outlast_the_backend_timeout_while_its_body_flows() {
     let backend = counting_backend(FirstChunk::default()).await;
     let stack = support::start_with_config(backend, |config| {
-        config.backend_timeout = Duration::from_millis(300);
+        config.http.backend_timeout = Duration::from_millis(300);
     })
     .await;
     let target = Target::of(&stack);
@@ -143,7 +143,7 @@ async fn an_upload_may_outlast_the_backend_timeout_while_its_body_flows() {
 async fn an_upload_whose_client_goes_quiet_is_answered_408() {
     let backend = counting_backend(FirstChunk::default()).await;
     let stack = support::start_with_config(backend, |config| {
-        config.body_idle_timeout = Duration::from_millis(300);
+        config.http.body_idle_timeout = Duration::from_millis(300);
     })
     .await;
     let target = Target::of(&stack);
@@ -186,7 +186,7 @@ async fn an_upload_the_backend_stops_reading_is_answered_504() {
     );
     let backend = support::serve_router(stalled).await;
     let stack = support::start_with_config(backend, |config| {
-        config.body_idle_timeout = Duration::from_millis(300);
+        config.http.body_idle_timeout = Duration::from_millis(300);
     })
     .await;
     let target = Target::of(&stack);
@@ -209,8 +209,8 @@ async fn an_upload_the_backend_stops_reading_is_answered_504() {
 async fn uploads_have_their_own_body_limit_and_other_paths_keep_theirs() {
     let backend = counting_backend(FirstChunk::default()).await;
     let stack = support::start_with_config(backend, |config| {
-        config.max_body_bytes = 1_000;
-        config.max_upload_bytes = 10_000;
+        config.http.max_body_bytes = 1_000;
+        config.http.max_upload_bytes = 10_000;
     })
     .await;
     let target = Target::of(&stack);
@@ -274,7 +274,7 @@ async fn uploads_have_their_own_body_limit_and_other_paths_keep_theirs() {
 #[tokio::test]
 async fn routes_the_gateway_serves_itself_keep_the_body_limit() {
     let stack = support::start_with_config(support::free_addr(), |config| {
-        config.max_body_bytes = 1_000;
+        config.http.max_body_bytes = 1_000;
     })
     .await;
     for version in ALL_VERSIONS {

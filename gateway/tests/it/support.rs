@@ -28,9 +28,9 @@ pub struct Stack {
     pub gateway_tcp: SocketAddr,
     pub gateway_udp: SocketAddr,
     pub certs: CertPaths,
-    pub gateway: Arc<haberci_gateway::tls::CertStore>,
-    pub keys: Arc<haberci_gateway::auth::TokenKeys>,
-    pub revocations: Arc<haberci_gateway::revocation::Revocations>,
+    pub gateway: Arc<haberci_gateway::edge::tls::CertStore>,
+    pub keys: Arc<haberci_gateway::relay::keys::TokenKeys>,
+    pub revocations: Arc<haberci_gateway::relay::revocation::Revocations>,
     // Dropping the gateway aborts its tasks; it lives as long as the stack.
     _running: Gateway,
     _dir: tempfile::TempDir,
@@ -427,10 +427,11 @@ pub async fn start_relay(configure: impl FnOnce(&mut GatewayConfig)) -> Stack {
         });
     }
     let stack = start_with_config(backend, |config| {
-        config.redis_url = Some(redis_url);
-        config.internal_token = Some(token);
-        config.stream_prefix = prefix;
-        config.stream_shards = 2;
+        config.relay.redis_url = Some(redis_url);
+        config.relay.internal_token =
+            Some(haberci_backend::config::InternalToken::new(token).unwrap());
+        config.relay.stream_prefix = prefix;
+        config.relay.stream_shards = 2;
         configure(config);
     })
     .await;

@@ -82,7 +82,8 @@ fn web_dir() -> tempfile::TempDir {
 async fn the_web_directory_is_served_with_content_types_and_a_page_policy() {
     let root = web_dir();
     let dir = root.path().join("dist");
-    let stack = support::start_with_config(support::free_addr(), |c| c.web_dir = Some(dir)).await;
+    let stack =
+        support::start_with_config(support::free_addr(), |c| c.http.web_dir = Some(dir)).await;
     for version in ALL_VERSIONS {
         let page = support::request(&stack, version, get("/")).await;
         assert_eq!(page.status, 200, "{version:?}");

@@ -19,8 +19,8 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde_json::json;
 
-use crate::http::{GatewayState, error_response};
-use crate::tls::CertStore;
+use super::tls::CertStore;
+use super::{GatewayState, error_response};
 
 /// What the browser surface needs from the gateway.
 #[derive(Clone)]
@@ -103,19 +103,19 @@ pub async fn fallback(State(state): State<GatewayState>, request: Request) -> Re
         state.web.dir.as_deref(),
         matches!(*request.method(), Method::GET | Method::HEAD),
     ) else {
-        return crate::http::not_found().await;
+        return super::not_found().await;
     };
     let Some((path, content_type)) = file_for(dir, request.uri().path()) else {
-        return crate::http::not_found().await;
+        return super::not_found().await;
     };
     let contents = match tokio::fs::read(&path).await {
         Ok(contents) => contents,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            return crate::http::not_found().await;
+            return super::not_found().await;
         }
         // A directory whose name looks like a file's (`old.js/`): nothing to serve.
         Err(err) if err.kind() == std::io::ErrorKind::IsADirectory => {
-            return crate::http::not_found().await;
+            return super::not_found().await;
         }
         Err(err) => {
             tracing::warn!(path = %path.display(), %err, "cannot read a static file");

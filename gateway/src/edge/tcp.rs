@@ -15,8 +15,8 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use crate::http::ClientAddr;
-use crate::tls::CertStore;
+use super::ClientAddr;
+use super::tls::CertStore;
 
 /// A TLS handshake that takes longer than this is dropped.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,7 +46,7 @@ pub async fn serve(
     limits: Limits,
     shutdown: Shutdown,
 ) {
-    let acceptor = TlsAcceptor::from(Arc::new(crate::tls::tcp_server_config(&certs)));
+    let acceptor = TlsAcceptor::from(Arc::new(super::tls::tcp_server_config(&certs)));
     let alt_svc = HeaderValue::from_str(&alt_svc).unwrap_or(HeaderValue::from_static("clear"));
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));

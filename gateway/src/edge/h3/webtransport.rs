@@ -4,11 +4,10 @@
 //! body per datagram.
 //!
 //! Two parts:
-//! - [`WtSession`]: what is WebTransport-specific. Accepting the session and its stream, reading
-//!   stream chunks and datagrams ([`WtSession::read`]), writing ([`WtSession::write`],
-//!   [`WtSession::datagram`]) and closing ([`WtSession::close`]).
-//! - `WtLink`: the [`Link`] the shared driver ([`crate::transport::drive`]) runs the
-//!   [`crate::session::Session`] over, as for native QUIC and WebSocket.
+//! - [`WtSession`]: what is WebTransport-specific. Accepting the session and its stream, and
+//!   the [`Pipe`] it is: reading stream chunks and datagrams, writing, closing.
+//! - [`crate::transport::link::StreamLink`]: the framing, shared with native QUIC, which the
+//!   driver ([`crate::transport::drive`]) runs the [`haberci_session::Session`] over.
 //!
 //! h3-webtransport 0.1.2 quirks this works around:
 //! - It takes over the whole h3 connection, so a connection that opens a session is a
@@ -26,19 +25,21 @@ use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use h3::quic::{BidiStream as _, RecvStream as _, SendStream as _, SendStreamUnframed as _};
 use h3_datagram::datagram_handler::{DatagramReader, DatagramSender, SendDatagramError};
 use h3_webtransport::SessionId;
 use h3_webtransport::server::{AcceptedBi, WebTransportSession};
 use haberci_kit::shutdown::Shutdown;
-use haberci_wire::{ClientFrame, ErrorCode, Frame, FrameDecoder, ServerFrame, WireError};
+use haberci_wire::{ErrorCode, ServerFrame};
 use quinn::VarInt;
 use tokio::sync::oneshot;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::h3server::{H3Connection, H3RequestStream, Http};
-use crate::transport::{Link, Realtime, drive};
+use super::{H3Connection, H3RequestStream, Http};
+use crate::transport::Realtime;
+use crate::transport::drive::drive;
+use crate::transport::link::{Inbound, Pipe, StreamLink};
 
 /// Longest wait, after the Closing frame is written, before the connection is closed.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -50,18 +51,6 @@ const CLOSE_LINGER_RTTS: u32 = 4;
 type Wt = WebTransportSession<h3_quinn::Connection, Bytes>;
 type WtSend = h3_webtransport::stream::SendStream<h3_quinn::SendStream<Bytes>, Bytes>;
 type WtRecv = h3_webtransport::stream::RecvStream<h3_quinn::RecvStream, Bytes>;
-
-/// What woke a [`WtSession`] reader.
-pub enum Inbound {
-    /// Bytes from the session's stream, split anywhere.
-    Stream(Bytes),
-    /// One datagram's payload (the HTTP/3 datagram header removed).
-    Datagram(Bytes),
-    /// The client finished its stream: a clean goodbye.
-    Finished,
-    /// The stream or the connection failed; nothing more will arrive.
-    Failed,
-}
 
 /// Why a session never got its stream.
 enum NoStream {
@@ -138,10 +127,12 @@ impl WtSession {
             _acceptor: acceptor,
         })
     }
+}
 
+impl Pipe for WtSession {
     /// The next stream chunk or datagram of this session. Cancel-safe: both sources keep their
     /// state between polls, so it can race deadlines in `select!`.
-    pub async fn read(&mut self) -> Inbound {
+    async fn read(&mut self) -> Inbound {
         loop {
             tokio::select! {
                 data = poll_fn(|cx| self.recv.poll_data(cx)) => return match data {
@@ -169,17 +160,22 @@ impl WtSession {
     }
 
     /// Writes bytes to the session's stream.
-    pub async fn write(&mut self, mut bytes: Bytes) -> Result<(), h3::quic::StreamErrorIncoming> {
+    async fn write(&mut self, mut bytes: Bytes) -> bool {
         while bytes.has_remaining() {
-            poll_fn(|cx| self.send.poll_send(cx, &mut bytes)).await?;
+            if poll_fn(|cx| self.send.poll_send(cx, &mut bytes))
+                .await
+                .is_err()
+            {
+                return false;
+            }
         }
-        Ok(())
+        true
     }
 
     /// Sends an ephemeral frame as one datagram. `false` when it must go on the stream instead:
     /// it is not ephemeral, or does not fit in a datagram, or the client takes none (or our
     /// datagrams would not reach it, see `datagrams_reach`).
-    pub fn datagram(&mut self, frame: &ServerFrame, max_frame: usize) -> bool {
+    fn datagram(&mut self, frame: &ServerFrame, max_frame: usize) -> bool {
         if !self.datagrams_reach {
             return false;
         }
@@ -199,12 +195,20 @@ impl WtSession {
     /// Finishes the stream, gives the last frames a few round trips to arrive, then closes the
     /// QUIC connection with `code`'s QUIC code (h3-webtransport 0.1.2 cannot send
     /// `CLOSE_WEBTRANSPORT_SESSION`).
-    pub async fn close(mut self, code: ErrorCode) {
+    async fn close(mut self, code: ErrorCode) {
         let _ = poll_fn(|cx| self.send.poll_finish(cx)).await;
         let linger = (self.quic.rtt() * CLOSE_LINGER_RTTS).clamp(MIN_CLOSE_LINGER, CLOSE_LINGER);
         // Ends early if the client closes first (it read the Closing frame).
         let _ = tokio::time::timeout(linger, self.quic.closed()).await;
         close(&self.quic, code);
+    }
+
+    fn finished(&mut self) {
+        self.quic.close(VarInt::from_u32(0), b"");
+    }
+
+    fn peer(&self) -> SocketAddr {
+        self.quic.remote_address()
     }
 }
 
@@ -232,7 +236,7 @@ async fn accept_streams(
             Ok(Some(AcceptedBi::Request(request, stream))) => {
                 let http = http.clone();
                 http.requests.clone().spawn(async move {
-                    crate::h3server::serve_request(request, stream, http, peer, None).await;
+                    super::serve_request(request, stream, http, peer, None).await;
                 });
             }
             Ok(None) => return,
@@ -271,98 +275,7 @@ pub async fn serve_session(
         Err(NoStream::Draining) => return close(&quic, ErrorCode::ServerDraining),
     };
     let max_frame = realtime.session.max_frame_size as usize;
-    let link = WtLink {
-        wt,
-        decoder: FrameDecoder::new(max_frame),
-        buffered: Bytes::new(),
-        broken: false,
-        hello_seen: false,
-        max_frame,
-        outbound: BytesMut::new(),
-    };
-    drive(link, realtime, shutdown).await;
-}
-
-/// A WebTransport session as the driver sees it: frames from the stream and datagrams in,
-/// ephemeral frames out as datagrams where they fit, everything else on the stream.
-struct WtLink {
-    wt: WtSession,
-    decoder: FrameDecoder,
-    /// Stream bytes read but not decoded yet.
-    buffered: Bytes,
-    /// The stream is out of sync after a framing error: nothing more is decoded from it.
-    broken: bool,
-    /// A frame came on the stream (the first one is `Hello`).
-    hello_seen: bool,
-    max_frame: usize,
-    outbound: BytesMut,
-}
-
-impl Link for WtLink {
-    async fn recv(&mut self) -> Option<Result<ClientFrame, WireError>> {
-        loop {
-            if !self.broken {
-                match self.decoder.decode(&mut self.buffered) {
-                    Ok(Some(body)) => {
-                        self.hello_seen = true;
-                        return Some(ClientFrame::decode(body));
-                    }
-                    Ok(None) => {}
-                    Err(err) => {
-                        self.broken = true;
-                        return Some(Err(err));
-                    }
-                }
-            }
-            match self.wt.read().await {
-                Inbound::Stream(bytes) => self.buffered = bytes,
-                Inbound::Datagram(payload) => {
-                    // Datagrams may overtake the stream, so one can arrive before Hello: it is
-                    // ephemeral, so it is dropped rather than taken as "a frame before Hello".
-                    if !self.hello_seen {
-                        tracing::debug!(peer = %self.wt.quic.remote_address(), "datagram before Hello dropped");
-                        continue;
-                    }
-                    let frame =
-                        haberci_wire::datagram::decode::<ClientFrame>(payload, self.max_frame);
-                    if let Err(err) = &frame {
-                        // docs/PROTOCOL.md: a datagram that is not an ephemeral frame is bad_frame.
-                        tracing::debug!(peer = %self.wt.quic.remote_address(), %err, "bad datagram");
-                    }
-                    return Some(frame);
-                }
-                Inbound::Finished => {
-                    // The client finished its stream: a clean goodbye.
-                    self.wt.quic.close(VarInt::from_u32(0), b"");
-                    return None;
-                }
-                Inbound::Failed => return None,
-            }
-        }
-    }
-
-    async fn send(&mut self, frames: &[ServerFrame]) -> bool {
-        for frame in frames {
-            if !(frame.may_travel_as_datagram() && self.wt.datagram(frame, self.max_frame)) {
-                encode(frame, self.max_frame, &mut self.outbound);
-            }
-        }
-        if self.outbound.is_empty() {
-            return true;
-        }
-        self.wt.write(self.outbound.split().freeze()).await.is_ok()
-    }
-
-    async fn close(self, code: ErrorCode) {
-        self.wt.close(code).await;
-    }
-}
-
-fn encode(frame: &ServerFrame, max_frame: usize, outbound: &mut BytesMut) {
-    if let Err(err) = haberci_wire::encode_delimited(frame, max_frame, outbound) {
-        // Our own frames always fit; a failure here is a bug, not the peer's doing.
-        tracing::error!(%err, kind = frame.kind(), "cannot encode a server frame");
-    }
+    drive(StreamLink::new(wt, max_frame), realtime, shutdown).await;
 }
 
 fn close(connection: &quinn::Connection, code: ErrorCode) {

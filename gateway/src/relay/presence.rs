@@ -4,7 +4,7 @@
 //! - `presence:{user}` is a hash with one field per gateway holding a session of the user,
 //!   written when the user's first session on that gateway opens and removed when the last one
 //!   closes.
-//! - [`relay::GATEWAYS_KEY`] (a sorted set) says until when each gateway is alive. A gateway
+//! - [`streams::GATEWAYS_KEY`] (a sorted set) says until when each gateway is alive. A gateway
 //!   pushes its own score [`Timing::ttl`] ahead every [`Timing::refresh`]: one command, however
 //!   many users it holds. A field of a gateway whose time has passed does not count, so the
 //!   users of a gateway that died read as offline within the TTL, while users it shares with
@@ -27,13 +27,11 @@ use std::time::Duration;
 use fred::prelude::*;
 use fred::types::{Expiration, SetOptions};
 use haberci_kit::shutdown::Shutdown;
-use haberci_wire::relay::{self, Event};
+use haberci_seam::streams::{self, Event};
 use haberci_wire::{Presence as PresenceFrame, SessionId, Timestamp, UserId};
 
-use crate::relay::Relay;
+use super::Relay;
 
-/// How often a gateway says it is alive (and looks for dead ones).
-pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(20);
 /// Users of a dead gateway taken offline per Redis round.
 const REAP_BATCH: usize = 500;
 /// Every this many renewals a gateway also reconciles Redis with its sessions, so that a
@@ -61,18 +59,18 @@ impl Timing {
 
 impl Default for Timing {
     fn default() -> Timing {
-        Timing::every(DEFAULT_REFRESH_INTERVAL)
+        Timing::every(crate::config::DEFAULT_PRESENCE_REFRESH)
     }
 }
 
 /// The users with sessions on this gateway.
 pub struct Presence {
     relay: Arc<Relay>,
-    /// This gateway's member in [`relay::GATEWAYS_KEY`] and field in every `presence:{user}`.
+    /// This gateway's member in [`streams::GATEWAYS_KEY`] and field in every `presence:{user}`.
     gateway: String,
     timing: Timing,
     sessions: Mutex<HashMap<UserId, usize>>,
-    /// Whether this gateway has been in [`relay::GATEWAYS_KEY`] since it started.
+    /// Whether this gateway has been in [`streams::GATEWAYS_KEY`] since it started.
     registered: AtomicBool,
     /// Redis may disagree with the sessions: a write failed (Redis away), or another gateway
     /// took this one for dead and its users offline. Set right: at the next renewal.
@@ -148,10 +146,10 @@ impl Presence {
         }
         let pipeline = self.relay.redis().pipeline();
         let _: Result<(), _> = pipeline
-            .hdel(relay::presence_key(user), self.gateway.as_str())
+            .hdel(streams::presence_key(user), self.gateway.as_str())
             .await;
         let _: Result<(), _> = pipeline
-            .srem(relay::gateway_users_key(&self.gateway), user.to_string())
+            .srem(streams::gateway_users_key(&self.gateway), user.to_string())
             .await;
         let removed: Result<Vec<Value>, _> = pipeline.all().await;
         if removed.is_err() {
@@ -170,7 +168,7 @@ impl Presence {
         let _: Result<(), _> = self
             .relay
             .redis()
-            .set(relay::last_seen_key(user), now, None, None, false)
+            .set(streams::last_seen_key(user), now, None, None, false)
             .await;
         self.announce(user, false, Timestamp::from_unix_millis(now))
             .await;
@@ -182,12 +180,12 @@ impl Presence {
         let pipeline = self.relay.redis().pipeline();
         for user in users {
             let _: () = pipeline
-                .hset(relay::presence_key(*user), (self.gateway.as_str(), now))
+                .hset(streams::presence_key(*user), (self.gateway.as_str(), now))
                 .await?;
         }
         let members: Vec<String> = users.iter().map(|u| u.to_string()).collect();
         let _: () = pipeline
-            .sadd(relay::gateway_users_key(&self.gateway), members)
+            .sadd(streams::gateway_users_key(&self.gateway), members)
             .await?;
         let _: Vec<Value> = pipeline.all().await?;
         Ok(())
@@ -201,7 +199,7 @@ impl Presence {
         });
         if let Err(err) = self
             .relay
-            .publish(relay::presence_channel(user), &event)
+            .publish(streams::presence_channel(user), &event)
             .await
         {
             tracing::debug!(%err, %user, "presence not published");
@@ -212,7 +210,7 @@ impl Presence {
     pub async fn state(&self, user: UserId) -> PresenceFrame {
         let redis = self.relay.redis();
         let claims: HashMap<String, i64> = redis
-            .hgetall(relay::presence_key(user))
+            .hgetall(streams::presence_key(user))
             .await
             .unwrap_or_default();
         let now = now_ms();
@@ -221,7 +219,7 @@ impl Presence {
         } else {
             let gateways: Vec<String> = claims.into_keys().collect();
             let alive: Vec<Option<f64>> = redis
-                .zmscore(relay::GATEWAYS_KEY, gateways)
+                .zmscore(streams::GATEWAYS_KEY, gateways)
                 .await
                 .unwrap_or_default();
             alive.into_iter().flatten().any(|until| until > now as f64)
@@ -229,7 +227,10 @@ impl Presence {
         let last_seen = if online {
             Timestamp::from_unix_millis(now)
         } else {
-            let seen: Option<i64> = redis.get(relay::last_seen_key(user)).await.unwrap_or(None);
+            let seen: Option<i64> = redis
+                .get(streams::last_seen_key(user))
+                .await
+                .unwrap_or(None);
             seen.and_then(Timestamp::from_unix_millis)
         };
         PresenceFrame {
@@ -247,7 +248,7 @@ impl Presence {
             .relay
             .redis()
             .zadd(
-                relay::GATEWAYS_KEY,
+                streams::GATEWAYS_KEY,
                 None,
                 None,
                 false,
@@ -294,12 +295,12 @@ impl Presence {
     async fn try_reconcile(&self) -> Result<bool, fred::error::Error> {
         let redis = self.relay.redis();
         let reaping: i64 = redis
-            .exists(relay::gateway_reaper_key(&self.gateway))
+            .exists(streams::gateway_reaper_key(&self.gateway))
             .await?;
         if reaping > 0 {
             return Ok(false);
         }
-        let users_key = relay::gateway_users_key(&self.gateway);
+        let users_key = streams::gateway_users_key(&self.gateway);
         let listed: Vec<String> = redis.smembers(&users_key).await?;
         let listed: HashSet<UserId> = listed.iter().filter_map(|u| u.parse().ok()).collect();
         // Asked of the sessions at each step, not from a snapshot: a session opening meanwhile
@@ -315,7 +316,7 @@ impl Presence {
             let pipeline = redis.pipeline();
             for user in batch {
                 let _: () = pipeline
-                    .hdel(relay::presence_key(*user), self.gateway.as_str())
+                    .hdel(streams::presence_key(*user), self.gateway.as_str())
                     .await?;
             }
             let members: Vec<String> = batch.iter().map(|u| u.to_string()).collect();
@@ -354,7 +355,7 @@ impl Presence {
             .relay
             .redis()
             .zrangebyscore(
-                relay::GATEWAYS_KEY,
+                streams::GATEWAYS_KEY,
                 f64::NEG_INFINITY,
                 now as f64,
                 false,
@@ -378,7 +379,7 @@ impl Presence {
     async fn reap_one(&self, dead: &str) -> Result<(), fred::error::Error> {
         let redis = self.relay.redis();
         let ttl = i64::try_from(self.timing.ttl.as_millis()).unwrap_or(i64::MAX);
-        let lock = relay::gateway_reaper_key(dead);
+        let lock = streams::gateway_reaper_key(dead);
         let taken: Option<String> = redis
             .set(
                 &lock,
@@ -393,8 +394,8 @@ impl Presence {
         }
         // Forgotten first: if the dead gateway comes back, it finds itself new and claims
         // its users again once the lock is gone.
-        let _: i64 = redis.zrem(relay::GATEWAYS_KEY, dead).await?;
-        let users_key = relay::gateway_users_key(dead);
+        let _: i64 = redis.zrem(streams::GATEWAYS_KEY, dead).await?;
+        let users_key = streams::gateway_users_key(dead);
         let mut total = 0usize;
         loop {
             let batch: Vec<String> = redis.spop(&users_key, Some(REAP_BATCH)).await?;
@@ -405,7 +406,7 @@ impl Presence {
             total += users.len();
             let pipeline = redis.pipeline();
             for user in &users {
-                let _: () = pipeline.hdel(relay::presence_key(*user), dead).await?;
+                let _: () = pipeline.hdel(streams::presence_key(*user), dead).await?;
             }
             let _: Vec<Value> = pipeline.all().await?;
             for user in users {
@@ -443,6 +444,11 @@ impl Drop for Online {
     }
 }
 
+/// Unix time in ms, for liveness scores and last-seen stamps written to Redis (wall clock by
+/// nature; a session's own clock is read in `transport::drive`).
 fn now_ms() -> i64 {
-    crate::transport::now().unix_ms
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }

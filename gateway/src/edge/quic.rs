@@ -1,8 +1,9 @@
 //! One quinn endpoint on UDP. Each connection is dispatched by the ALPN it negotiated:
-//! `h3` → [`crate::h3server`] (which hands a WebTransport CONNECT on `/v1/rt` to
-//! [`crate::webtransport`]), `haberci/1` → [`crate::native`]. rustls refuses any other ALPN
+//! `h3` → [`super::h3`] (which hands a WebTransport CONNECT on `/v1/rt` to
+//! [`super::h3::webtransport`]), `haberci/1` → [`crate::transport::native`]. rustls refuses any other ALPN
 //! during the handshake, so nothing else gets this far.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,8 +13,8 @@ use quinn::crypto::rustls::{HandshakeData, QuicServerConfig};
 use quinn::{Endpoint, IdleTimeout, TransportConfig, VarInt};
 use tokio_util::task::TaskTracker;
 
-use crate::config::GatewayConfig;
-use crate::tls::CertStore;
+use super::tls::CertStore;
+use crate::config::Quic;
 
 /// Streams a peer may open at once. quinn reserves state for every stream ID a peer may
 /// open, so these stay small: a chat session needs one bidi stream, an HTTP/3 client a few
@@ -38,17 +39,14 @@ pub const DATAGRAM_SEND_BUFFER: usize = 16 * 1024;
 /// How long a handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Handshakes in flight at once by default (`HABERCI_QUIC_MAX_HANDSHAKES`); see [`Admission`].
-pub const DEFAULT_MAX_HANDSHAKES: usize = 256;
-
 /// Application close code used when the endpoint shuts down.
 pub const CLOSE_SHUTDOWN: u32 = 0;
 /// How long requests in flight get to finish at shutdown before the endpoint closes.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Binds the endpoint with the gateway's TLS and transport settings.
-pub fn bind(config: &GatewayConfig, certs: &CertStore) -> anyhow::Result<Endpoint> {
-    let crypto = QuicServerConfig::try_from(crate::tls::quic_server_config(certs))?;
+pub fn bind(udp_addr: SocketAddr, config: &Quic, certs: &CertStore) -> anyhow::Result<Endpoint> {
+    let crypto = QuicServerConfig::try_from(super::tls::quic_server_config(certs))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = TransportConfig::default();
     transport
@@ -59,14 +57,14 @@ pub fn bind(config: &GatewayConfig, certs: &CertStore) -> anyhow::Result<Endpoin
         .send_window(SEND_WINDOW)
         .datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER))
         .datagram_send_buffer_size(DATAGRAM_SEND_BUFFER)
-        .max_idle_timeout(Some(IdleTimeout::try_from(config.quic_idle_timeout)?));
+        .max_idle_timeout(Some(IdleTimeout::try_from(config.idle_timeout)?));
     server.transport_config(Arc::new(transport));
-    let (socket, bound) = haberci_kit::udp::bind(config.udp_addr, config.quic_socket_buffer)
-        .map_err(|err| anyhow::anyhow!("cannot bind UDP {}: {err}", config.udp_addr))?;
+    let (socket, bound) = haberci_kit::udp::bind(udp_addr, config.socket_buffer)
+        .map_err(|err| anyhow::anyhow!("cannot bind UDP {}: {err}", udp_addr))?;
     // Linux reports twice what it books against the limit.
-    if bound.recv_buffer < config.quic_socket_buffer {
+    if bound.recv_buffer < config.socket_buffer {
         tracing::warn!(
-            asked = config.quic_socket_buffer,
+            asked = config.socket_buffer,
             granted = bound.recv_buffer,
             "the UDP receive buffer is smaller than asked (raise net.core.rmem_max or grant CAP_NET_ADMIN); bursts to many QUIC connections may be dropped"
         );
@@ -86,7 +84,7 @@ pub fn bind(config: &GatewayConfig, certs: &CertStore) -> anyhow::Result<Endpoin
         socket,
         runtime,
     )
-    .map_err(|err| anyhow::anyhow!("cannot start QUIC on UDP {}: {err}", config.udp_addr))
+    .map_err(|err| anyhow::anyhow!("cannot start QUIC on UDP {}: {err}", udp_addr))
 }
 
 /// Admission control for handshakes: at most `limit` in flight; above that a new connection
@@ -186,7 +184,7 @@ impl Admission {
 pub async fn serve(
     endpoint: Endpoint,
     router: Router,
-    h3_limits: crate::h3server::Limits,
+    h3_limits: super::h3::Limits,
     realtime: crate::transport::Realtime,
     admission: Arc<Admission>,
     shutdown: Shutdown,
@@ -228,18 +226,18 @@ pub async fn serve(
             // would be as large as the largest of them (the HTTP/3 one), idle or not.
             match negotiated_alpn(&connection).as_deref() {
                 Some(crate::ALPN_H3) => {
-                    let http = crate::h3server::Http {
+                    let http = super::h3::Http {
                         router,
                         limits: h3_limits,
                         requests,
                     };
-                    Box::pin(crate::h3server::serve_connection(
+                    Box::pin(super::h3::serve_connection(
                         connection, http, realtime, shutdown,
                     ))
                     .await
                 }
                 Some(crate::ALPN_NATIVE) => {
-                    Box::pin(crate::native::serve_connection(
+                    Box::pin(crate::transport::native::serve_connection(
                         connection, realtime, shutdown,
                     ))
                     .await

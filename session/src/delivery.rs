@@ -1,7 +1,7 @@
 //! What a session is owed: every message of its conversations, once, in seq order, with no
 //! gap — whether it arrives live (pub/sub) or from the backlog (the backend's sync endpoint).
 //!
-//! Sans-IO, owned by [`crate::session::Session`]: events and backlog pages go in, frames and
+//! Sans-IO, owned by [`crate::Session`]: events and backlog pages go in, frames and
 //! requests ([`Need`]) come out.
 //!
 //! How it holds the guarantee (DESIGN: correctness rests on Postgres seq + resume, not on
@@ -25,7 +25,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
-use haberci_wire::relay::Event;
+use haberci_seam::streams::Event;
 use haberci_wire::{
     ConversationId, ErrorFrame, Message, ResumePosition, ServerFrame, SessionId, UserId,
 };
@@ -389,7 +389,7 @@ fn hold(track: &mut Track, message: &Message) {
 /// The other user of a direct message as `me` sees it; `None` for a group message.
 fn direct_peer(message: &Message, me: UserId) -> Option<UserId> {
     let recipient = UserId::new(message.recipient_id.as_uuid())?;
-    let direct = haberci_wire::relay::direct_conversation(message.sender_id, recipient);
+    let direct = haberci_seam::streams::direct_conversation(message.sender_id, recipient);
     if direct != message.conversation_id {
         return None;
     }
@@ -404,7 +404,7 @@ fn direct_peer(message: &Message, me: UserId) -> Option<UserId> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use haberci_wire::relay::direct_conversation;
+    use haberci_seam::streams::direct_conversation;
     use haberci_wire::{ClientMsgId, MessageId, MessageKind, MessageStatus, Sent, Seq, Timestamp};
     use uuid::Uuid;
 

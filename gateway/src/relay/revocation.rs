@@ -1,6 +1,6 @@
 //! Revoked sessions are closed within a second: the backend publishes every revocation
-//! (logout, revoke, refresh-token reuse) on Redis channel `auth:revoked` as
-//! `{"session_id", "user_id", "reason"}`; [`listen`] receives them and wakes the realtime
+//! (logout, revoke, refresh-token reuse) on Redis channel `auth:revoked` as a
+//! [`haberci_seam::revocation::Announcement`]; [`listen`] receives them and wakes the realtime
 //! sessions of that id that this gateway holds ([`Revocations::watch`]).
 //!
 //! A revoked session's access token stays valid until it expires, so the ids announced are
@@ -18,11 +18,10 @@ use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 use haberci_kit::shutdown::Shutdown;
+use haberci_seam::revocation::{self, Announcement};
 use haberci_wire::SessionId;
 use tokio::sync::Notify;
 
-/// The channel the backend publishes revocations on.
-pub const REVOCATION_CHANNEL: &str = "auth:revoked";
 /// Pub/sub messages buffered for this gateway before it counts as lagging (fred's default 32
 /// is too small for a burst of logouts).
 pub const MESSAGE_BUFFER: usize = 4096;
@@ -99,7 +98,7 @@ impl Revocations {
         woken.len()
     }
 
-    /// Resolves once the subscription to [`REVOCATION_CHANNEL`] is in place.
+    /// Resolves once the subscription to [`revocation::CHANNEL`] is in place.
     pub async fn subscribed(&self) {
         let mut subscribed = self.subscribed.subscribe();
         let _ = subscribed.wait_for(|s| *s).await;
@@ -125,12 +124,7 @@ impl Drop for Watch {
     }
 }
 
-#[derive(serde::Deserialize)]
-struct Announcement {
-    session_id: SessionId,
-}
-
-/// Subscribes to [`REVOCATION_CHANNEL`] on `redis_url` and applies every announcement until
+/// Subscribes to [`revocation::CHANNEL`] on `redis_url` and applies every announcement until
 /// shutdown. Reconnects (and resubscribes) on its own.
 pub async fn listen(registry: Arc<Revocations>, redis_url: String, shutdown: Shutdown) {
     let client = match subscriber(&redis_url) {
@@ -146,7 +140,7 @@ pub async fn listen(registry: Arc<Revocations>, redis_url: String, shutdown: Shu
     loop {
         let subscribed = tokio::select! {
             _ = shutdown.cancelled() => return,
-            result = client.subscribe(REVOCATION_CHANNEL) => result,
+            result = client.subscribe(revocation::CHANNEL) => result,
         };
         match subscribed {
             Ok(()) => break,
@@ -168,14 +162,17 @@ pub async fn listen(registry: Arc<Revocations>, redis_url: String, shutdown: Shu
         match message {
             Ok(message) => {
                 let text = message.value.convert::<String>().ok();
-                match text.and_then(|t| serde_json::from_str::<Announcement>(&t).ok()) {
+                match text.and_then(|t| Announcement::from_json(&t).ok()) {
                     Some(announcement) => {
                         let closed = registry.revoke(announcement.session_id);
                         if closed > 0 {
                             tracing::info!(session = %announcement.session_id, closed, "revoked session closed");
                         }
                     }
-                    None => tracing::warn!("unreadable message on {REVOCATION_CHANNEL}"),
+                    None => tracing::warn!(
+                        channel = revocation::CHANNEL,
+                        "unreadable revocation message"
+                    ),
                 }
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {

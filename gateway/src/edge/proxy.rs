@@ -1,4 +1,5 @@
-//! Forwards public API requests to the backend over a pooled keep-alive HTTP/1.1 client.
+//! Forwards public API requests to the backend over its pooled keep-alive HTTP/1.1 client
+//! ([`Backend`]).
 //!
 //! Bodies stream both ways; nothing is buffered whole. Media uploads ([`RequestClass`]) get a
 //! larger body limit and, instead of one deadline for the whole exchange, an idle timeout
@@ -16,22 +17,14 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tokio::sync::Notify;
 
-use crate::h3server::IdleBody;
-use crate::http::{ClientAddr, error_response};
-
-/// Largest JWKS document accepted from the backend.
-const MAX_JWKS_BYTES: usize = 64 * 1024;
-
-/// Largest answer of the internal API (a sync page: 200 messages of ≤ 16 KiB per conversation).
-pub const MAX_INTERNAL_BYTES: usize = 64 << 20;
+use super::h3::IdleBody;
+use super::{ClientAddr, error_response};
+use crate::relay::backend::Backend;
 
 /// Header carrying the client's IP to the backend.
 pub const CLIENT_IP_HEADER: &str = "x-haberci-client-ip";
@@ -61,7 +54,7 @@ impl Default for UploadLimits {
     fn default() -> Self {
         UploadLimits {
             max_bytes: crate::config::DEFAULT_MAX_UPLOAD_BYTES,
-            idle_timeout: Duration::from_millis(crate::config::DEFAULT_BODY_IDLE_TIMEOUT_MS),
+            idle_timeout: crate::config::DEFAULT_BODY_IDLE_TIMEOUT,
         }
     }
 }
@@ -101,120 +94,26 @@ impl RequestClass {
     }
 }
 
+/// Forwards public API requests to the [`Backend`] with the limits of their [`RequestClass`].
 #[derive(Clone)]
-pub struct Backend {
-    base: Uri,
-    client: Client<HttpConnector, Body>,
-    timeout: Duration,
+pub struct Proxy {
+    backend: Backend,
+    /// `HABERCI_MAX_BODY_BYTES`.
     max_body_bytes: usize,
     uploads: UploadLimits,
 }
 
-impl Backend {
-    /// A client of the backend at `base`. Media uploads get [`UploadLimits::default`] until
-    /// [`Backend::with_uploads`] says otherwise.
-    pub fn new(base: Uri, timeout: Duration, max_body_bytes: usize) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        // HTTP/1.1 to the backend: no flow-control window to tune here, a forwarded body
-        // moves as fast as the backend reads it (TCP autotuning on loopback or a LAN).
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
-        Backend {
-            base,
-            client,
-            timeout,
+impl Proxy {
+    pub fn new(backend: Backend, max_body_bytes: usize, uploads: UploadLimits) -> Proxy {
+        Proxy {
+            backend,
             max_body_bytes,
-            uploads: UploadLimits::default(),
+            uploads,
         }
     }
 
-    pub fn with_uploads(mut self, uploads: UploadLimits) -> Self {
-        self.uploads = uploads;
-        self
-    }
-
-    fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        let mut parts = self.base.clone().into_parts();
-        parts.path_and_query = Some(path_and_query.parse()?);
-        Ok(Uri::from_parts(parts)?)
-    }
-
-    /// Whether the backend answers its readiness probe with 200.
-    pub async fn ready(&self) -> bool {
-        let Ok(uri) = self.uri("/readyz") else {
-            return false;
-        };
-        let request = match http::Request::get(uri).body(Body::empty()) {
-            Ok(request) => request,
-            Err(_) => return false,
-        };
-        matches!(
-            tokio::time::timeout(Duration::from_secs(3), self.client.request(request)).await,
-            Ok(Ok(response)) if response.status() == StatusCode::OK
-        )
-    }
-
-    /// The backend's published access-token keys (`GET /v1/auth/jwks`), or `None` when the
-    /// backend cannot be reached or answers something else.
-    pub async fn jwks(&self) -> Option<haberci_token::Jwks> {
-        let uri = self.uri("/v1/auth/jwks").ok()?;
-        let request = http::Request::get(uri).body(Body::empty()).ok()?;
-        let response = tokio::time::timeout(Duration::from_secs(3), self.client.request(request))
-            .await
-            .ok()?
-            .ok()?;
-        if response.status() != StatusCode::OK {
-            return None;
-        }
-        let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
-            .collect()
-            .await
-            .ok()?
-            .to_bytes();
-        serde_json::from_slice(&body).ok()
-    }
-
-    /// Calls the backend's internal API: GET without a body, POST with one. Errors are for
-    /// logs; the caller retries or gives up.
-    pub async fn internal<B: serde::Serialize, T: serde::de::DeserializeOwned>(
-        &self,
-        path: &str,
-        token: &str,
-        body: Option<&B>,
-    ) -> Result<T, String> {
-        let uri = self.uri(path).map_err(|e| e.to_string())?;
-        let builder = match body {
-            Some(_) => {
-                http::Request::post(uri).header(http::header::CONTENT_TYPE, "application/json")
-            }
-            None => http::Request::get(uri),
-        }
-        .header(crate::relay::INTERNAL_TOKEN_HEADER, token);
-        let body = match body {
-            Some(body) => Body::from(serde_json::to_vec(body).map_err(|e| e.to_string())?),
-            None => Body::empty(),
-        };
-        let request = builder.body(body).map_err(|e| e.to_string())?;
-        let response = tokio::time::timeout(self.timeout, self.client.request(request))
-            .await
-            .map_err(|_| format!("{path}: timed out"))?
-            .map_err(|e| format!("{path}: {e}"))?;
-        let status = response.status();
-        let bytes = Limited::new(response.into_body(), MAX_INTERNAL_BYTES)
-            .collect()
-            .await
-            .map_err(|e| format!("{path}: {e}"))?
-            .to_bytes();
-        if status != StatusCode::OK {
-            return Err(format!(
-                "{path}: {status}: {}",
-                String::from_utf8_lossy(&bytes)
-            ));
-        }
-        serde_json::from_slice(&bytes).map_err(|e| format!("{path}: {e}"))
+    pub fn backend(&self) -> &Backend {
+        &self.backend
     }
 
     /// Sends `request` to the backend and relays its answer. Both bodies stream: the request
@@ -229,7 +128,7 @@ impl Backend {
             .path_and_query()
             .map(|pq| pq.as_str())
             .unwrap_or("/");
-        let uri = match self.uri(path) {
+        let uri = match self.backend.uri(path) {
             Ok(uri) => uri,
             Err(_) => {
                 return error_response(StatusCode::BAD_REQUEST, "bad_request", "invalid path");
@@ -268,7 +167,12 @@ impl Backend {
 
         let answer = match class {
             RequestClass::Api => {
-                match tokio::time::timeout(self.timeout, self.client.request(outbound)).await {
+                match tokio::time::timeout(
+                    self.backend.timeout(),
+                    self.backend.client().request(outbound),
+                )
+                .await
+                {
                     Ok(result) => result.map_err(Failure::Backend),
                     Err(_) => Err(Failure::Timeout),
                 }
@@ -296,7 +200,7 @@ impl Backend {
         flow: &Flow,
     ) -> Result<http::Response<hyper::body::Incoming>, Failure> {
         let idle = self.uploads.idle_timeout;
-        let response = self.client.request(request);
+        let response = self.backend.client().request(request);
         tokio::pin!(response);
         while !flow.ended() {
             let deadline = flow.last_chunk() + idle;
@@ -314,7 +218,7 @@ impl Backend {
                 }
             }
         }
-        match tokio::time::timeout(self.timeout, response).await {
+        match tokio::time::timeout(self.backend.timeout(), response).await {
             Ok(result) => result.map_err(Failure::Backend),
             Err(_) => Err(Failure::Timeout),
         }

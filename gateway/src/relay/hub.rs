@@ -1,15 +1,7 @@
-//! The gateway's side of the relay: streams in, sharded pub/sub out, and the backend's
-//! internal sync API for what pub/sub cannot promise.
-//!
-//! - [`Relay::append`]: `XADD` a validated [`Inbound`] to its conversation's stream shard.
-//!   Invariant: no `MAXLEN`; the workers trim only what every consumer acknowledged (see
-//!   docs/ARCHITECTURE.md, "Stream trimming"), so nothing unacknowledged is ever cut away.
-//! - [`Hub`]: one sharded-pub/sub subscriber per gateway. Each session has a [`Mailbox`]; a
-//!   channel (`u:{user}`, `c:{conversation}`, `p:{user}`) is subscribed while at least one
-//!   mailbox wants it, so a group message costs one publish per gateway, not per member.
-//!   Each event is decoded once and shared (`Arc`) by every local recipient.
-//! - [`Relay::conversations`] / [`Relay::sync`]: the backend's internal endpoints, for the
-//!   session's first sync and for every gap ([`crate::delivery`]).
+//! The relay hub: one sharded-pub/sub subscriber per gateway. Each session has a [`Mailbox`];
+//! a channel (`u:{user}`, `c:{conversation}`, `p:{user}`) is subscribed while at least one
+//! mailbox wants it, so a group message costs one publish per gateway, not per member. Each
+//! event is decoded once and shared (`Arc`) by every local recipient.
 //!
 //! Invariant: pub/sub may lose messages (a lagging receiver, a reconnect); then every mailbox
 //! gets [`Inbox::Resync`] and its session fetches what it may have missed, so delivery rests on
@@ -18,46 +10,19 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use fred::prelude::*;
 use haberci_kit::shutdown::Shutdown;
-use haberci_wire::relay::{self, Event, Inbound};
-use haberci_wire::{ConversationId, Message, UserId};
-use serde::{Deserialize, Serialize};
+use haberci_seam::streams::Event;
 use tokio::sync::{Notify, mpsc};
 
-use crate::delivery::{Backlog, ConversationInfo, FetchFrom};
-use crate::proxy::Backend;
+use super::RelayError;
 
 /// Events queued for one session before it counts as a slow consumer.
 pub const MAILBOX_CAPACITY: usize = 512;
 /// Pub/sub messages buffered by the subscriber before it lags (fred's default, 32, is far
 /// too small for a gateway's fan-in).
 pub const SUBSCRIBER_BUFFER: usize = 65_536;
-/// Most messages per conversation in one backlog page.
-pub const SYNC_PAGE: u32 = 200;
-/// A Redis command (XADD, SPUBLISH) gives up after this; the client hears `unavailable`.
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
-/// Header carrying the shared secret of the backend's internal API.
-pub const INTERNAL_TOKEN_HEADER: &str = "x-haberci-internal";
-
-#[derive(Clone, Debug)]
-pub struct RelayConfig {
-    pub redis_url: String,
-    pub shards: u16,
-    pub stream_prefix: String,
-    /// The backend's internal API secret (`HABERCI_INTERNAL_TOKEN`).
-    pub internal_token: String,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RelayError {
-    #[error("redis: {0}")]
-    Redis(#[from] fred::error::Error),
-    #[error("backend: {0}")]
-    Backend(String),
-}
 
 /// What reaches a session's mailbox.
 #[derive(Debug, Clone)]
@@ -65,198 +30,6 @@ pub enum Inbox {
     Event(Arc<Event>),
     /// Live events may have been lost: fetch every conversation from its position.
     Resync,
-}
-
-pub struct Relay {
-    config: RelayConfig,
-    redis: fred::clients::Client,
-    hub: Arc<Hub>,
-    backend: Backend,
-}
-
-impl Relay {
-    /// Connects to Redis and starts the hub's listener (until `shutdown`).
-    pub async fn start(
-        config: RelayConfig,
-        backend: Backend,
-        shutdown: Shutdown,
-    ) -> Result<Arc<Relay>, RelayError> {
-        // Not async work, but kept async so callers need not change if it ever waits.
-        tokio::task::yield_now().await;
-        let mut redis_config = Config::from_url(&config.redis_url)?;
-        redis_config.fail_fast = false;
-        let policy = ReconnectPolicy::new_exponential(0, 100, 2_000, 2);
-        let redis = Builder::from_config(redis_config.clone())
-            .set_policy(policy.clone())
-            .with_connection_config(|c| c.connection_timeout = Duration::from_secs(2))
-            .with_performance_config(|p| p.default_command_timeout = COMMAND_TIMEOUT)
-            .build()?;
-        // Connect in the background: a gateway starts (and serves HTTP) while Redis is down;
-        // commands wait for the connection (fail_fast off) within their timeouts.
-        let _connection = redis.connect();
-        let subscriber = Builder::from_config(redis_config)
-            .with_performance_config(|p| {
-                p.broadcast_channel_capacity = SUBSCRIBER_BUFFER;
-                // A subscribe waits at most this while Redis is away; the session is then
-                // closed `server_draining` and the client comes back later.
-                p.default_command_timeout = COMMAND_TIMEOUT;
-            })
-            .set_policy(policy)
-            .build_subscriber_client()?;
-        let _subscription = subscriber.connect();
-        let hub = Arc::new(Hub {
-            subscriber,
-            routes: Mutex::new(HashMap::new()),
-            ops: tokio::sync::Mutex::new(()),
-            next_id: AtomicU64::new(0),
-        });
-        tokio::spawn(hub.clone().listen(shutdown));
-        Ok(Arc::new(Relay {
-            config,
-            redis,
-            hub,
-            backend,
-        }))
-    }
-
-    pub fn hub(&self) -> &Arc<Hub> {
-        &self.hub
-    }
-
-    /// Appends `entry` to its conversation's stream shard.
-    pub async fn append(&self, entry: &Inbound) -> Result<(), RelayError> {
-        let shard = relay::shard_of(entry.conversation(), self.config.shards);
-        let key = relay::stream_key(&self.config.stream_prefix, shard);
-        let _: String = self
-            .redis
-            .xadd(
-                key,
-                false,
-                None,
-                "*",
-                vec![(relay::ENTRY_FIELD, entry.to_json())],
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// Publishes an ephemeral event (typing, presence).
-    pub async fn publish(&self, channel: String, event: &Event) -> Result<(), RelayError> {
-        let _: i64 = self.redis.spublish(channel, event.to_json()).await?;
-        Ok(())
-    }
-
-    /// The redis client (presence keys).
-    pub fn redis(&self) -> &fred::clients::Client {
-        &self.redis
-    }
-
-    /// Every conversation `user` is a member of.
-    pub async fn conversations(&self, user: UserId) -> Result<Vec<ConversationInfo>, RelayError> {
-        let path = format!("/internal/v1/users/{user}/conversations");
-        let listing: Listing = self
-            .backend
-            .internal(&path, &self.config.internal_token, None::<&()>)
-            .await
-            .map_err(RelayError::Backend)?;
-        Ok(listing
-            .conversations
-            .into_iter()
-            .map(|c| ConversationInfo {
-                id: c.id,
-                peer: if c.kind == "direct" { c.peer } else { None },
-                last_seq: c.last_seq,
-                delivered_seq: c.delivered_seq,
-            })
-            .collect())
-    }
-
-    /// One page of each backlog asked for.
-    pub async fn sync(&self, user: UserId, from: &[FetchFrom]) -> Result<Vec<Backlog>, RelayError> {
-        let request = SyncRequest {
-            user_id: user,
-            positions: from
-                .iter()
-                .map(|f| SyncPosition {
-                    conversation_id: f.conversation,
-                    after: f.after,
-                })
-                .collect(),
-            limit: SYNC_PAGE,
-        };
-        let answer: SyncAnswer = self
-            .backend
-            .internal(
-                "/internal/v1/sync",
-                &self.config.internal_token,
-                Some(&request),
-            )
-            .await
-            .map_err(RelayError::Backend)?;
-        let mut pages: Vec<Backlog> = answer
-            .conversations
-            .into_iter()
-            .map(|c| Backlog {
-                conversation: c.conversation_id,
-                messages: c.messages,
-                more: c.more,
-            })
-            .collect();
-        // A conversation the backend left out (no longer a member) ends its fetch empty.
-        for f in from {
-            if !pages.iter().any(|p| p.conversation == f.conversation) {
-                pages.push(Backlog {
-                    conversation: f.conversation,
-                    messages: Vec::new(),
-                    more: false,
-                });
-            }
-        }
-        Ok(pages)
-    }
-}
-
-#[derive(Deserialize)]
-struct Listing {
-    conversations: Vec<ListedConversation>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ListedConversation {
-    id: ConversationId,
-    kind: String,
-    peer: Option<UserId>,
-    last_seq: u64,
-    delivered_seq: u64,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct SyncRequest {
-    user_id: UserId,
-    positions: Vec<SyncPosition>,
-    limit: u32,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct SyncPosition {
-    conversation_id: ConversationId,
-    after: u64,
-}
-
-#[derive(Deserialize)]
-struct SyncAnswer {
-    conversations: Vec<SyncedConversation>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SyncedConversation {
-    conversation_id: ConversationId,
-    messages: Vec<Message>,
-    more: bool,
 }
 
 /// One mailbox on a channel.
@@ -296,6 +69,17 @@ pub struct Hub {
 }
 
 impl Hub {
+    /// A hub on `subscriber` (connected by the caller); [`Hub::listen`] must run for it to
+    /// deliver anything.
+    pub fn new(subscriber: fred::clients::SubscriberClient) -> Arc<Hub> {
+        Arc::new(Hub {
+            subscriber,
+            routes: Mutex::new(HashMap::new()),
+            ops: tokio::sync::Mutex::new(()),
+            next_id: AtomicU64::new(0),
+        })
+    }
+
     /// A new, empty mailbox.
     pub fn mailbox(self: &Arc<Self>) -> Mailbox {
         let (tx, rx) = mpsc::channel(MAILBOX_CAPACITY);
@@ -404,7 +188,7 @@ impl Hub {
         }
     }
 
-    async fn listen(self: Arc<Self>, shutdown: Shutdown) {
+    pub async fn listen(self: Arc<Self>, shutdown: Shutdown) {
         let mut messages = self.subscriber.message_rx();
         let mut reconnects = self.subscriber.reconnect_rx();
         loop {
@@ -512,19 +296,16 @@ impl Drop for Mailbox {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use haberci_wire::{ConversationId, Presence, Status, Typing, TypingState};
+    use std::time::Duration;
+
+    use haberci_wire::{ConversationId, Presence, Status, Typing, TypingState, UserId};
 
     fn hub() -> Arc<Hub> {
         // Never connected: these tests drive `deliver` directly.
         let subscriber = Builder::default_centralized()
             .build_subscriber_client()
             .unwrap();
-        Arc::new(Hub {
-            subscriber,
-            routes: Mutex::new(HashMap::new()),
-            ops: tokio::sync::Mutex::new(()),
-            next_id: AtomicU64::new(0),
-        })
+        Hub::new(subscriber)
     }
 
     fn user(n: u128) -> UserId {

@@ -9,7 +9,7 @@
 //! in-band `RefreshAuth`, token expiry, the idle and hello timeouts, the per-session send
 //! rate, one send in flight per conversation ([`crate::sends`]), and turns every
 //! authenticated `Send`, `Ack`, `Read`, `Typing` and `PresenceWatch` into a [`Relay`] output
-//! for the Redis relay; [`crate::transport::drive`] runs it for every transport.
+//! for the Redis relay; the gateway's `transport::drive` runs it for every transport.
 //!
 //! Invariant: after [`Output::Close`] the session emits nothing more and ignores all input.
 
@@ -18,12 +18,13 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use haberci_seam::sends;
+use haberci_seam::streams::Event;
 use haberci_token::{Verifier, VerifyError};
-use haberci_wire::relay::Event;
 use haberci_wire::{
     Ack, ClientFrame, ClientMsgId, ClientTyping, Closing, ConversationId, ErrorCode, ErrorFrame,
-    Hello, Limits, MessageKind, Pong, PresenceWatch, Read, Recipient, ResumePosition, SendMessage,
-    ServerFrame, SessionId, Timestamp, UserId, Welcome, WireError,
+    Hello, Limits, Pong, PresenceWatch, Read, ResumePosition, SendMessage, ServerFrame, SessionId,
+    Timestamp, UserId, Welcome, WireError,
 };
 
 use crate::delivery::{Backlog, ConversationInfo, Delivery, FetchFrom, Need, Route};
@@ -224,19 +225,26 @@ impl Session {
             (Some(_), ClientFrame::RefreshAuth(refresh)) => {
                 self.refresh(&refresh.access_token, verifier, now)
             }
-            (Some(identity), ClientFrame::Send(send)) => {
-                if let Err((code, message)) = check_send(&send, identity.user) {
-                    self.error(code, message.into(), Some(send.client_msg_id));
-                } else if self.take_send(now) {
-                    self.admit_send(identity, send, now);
-                } else {
+            (Some(identity), ClientFrame::Send(send)) => match sends::check(identity.user, &send) {
+                Err(refusal) => {
+                    self.error(
+                        refusal.code,
+                        refusal.message.into(),
+                        Some(send.client_msg_id),
+                    );
+                }
+                Ok(target) if self.take_send(now) => {
+                    let conversation = target.conversation(identity.user);
+                    self.admit_send(identity, conversation, send, now);
+                }
+                Ok(_) => {
                     let message = format!(
                         "more than {} sends per second; resend the same client_msg_id later",
                         self.config.send_rate_per_sec
                     );
                     self.error(ErrorCode::RateLimited, message, Some(send.client_msg_id));
                 }
-            }
+            },
             (Some(identity), ClientFrame::Ack(ack)) => self.relay(Relay::Ack(identity, ack)),
             (Some(identity), ClientFrame::Read(read)) => self.relay(Relay::Read(identity, read)),
             (Some(identity), ClientFrame::Typing(typing)) => {
@@ -268,13 +276,15 @@ impl Session {
 
     /// A valid send within the rate: to the stream now, or after the answer to the one
     /// before it in its conversation.
-    fn admit_send(&mut self, identity: Identity, send: SendMessage, now: Now) {
+    fn admit_send(
+        &mut self,
+        identity: Identity,
+        conversation: ConversationId,
+        send: SendMessage,
+        now: Now,
+    ) {
         let State::Open { pending, .. } = &mut self.state else {
             return;
-        };
-        let conversation = match send.recipient {
-            Recipient::User(user) => haberci_wire::relay::direct_conversation(identity.user, user),
-            Recipient::Group(group) => haberci_wire::relay::group_conversation(group),
         };
         match pending.admit(conversation, send, now.instant) {
             Admit::Go(send) => self.relay(Relay::Send(identity, send)),
@@ -643,30 +653,6 @@ impl Session {
     }
 }
 
-/// What the gateway checks in a `Send` before it goes to a stream (the worker checks what
-/// needs the database: that the recipient exists, membership).
-fn check_send(send: &SendMessage, me: UserId) -> Result<(), (ErrorCode, &'static str)> {
-    if send.content.len() > haberci_wire::MAX_CONTENT_BYTES {
-        return Err((
-            ErrorCode::ContentTooLarge,
-            "content is above the content limit",
-        ));
-    }
-    if send.kind == MessageKind::Text && send.content.is_empty() {
-        return Err((ErrorCode::InvalidField, "a text message needs content"));
-    }
-    if send.kind != MessageKind::Text && send.media.is_none() {
-        return Err((ErrorCode::InvalidField, "a media message needs media"));
-    }
-    if send.recipient == Recipient::User(me) {
-        return Err((
-            ErrorCode::InvalidField,
-            "a direct message needs another user",
-        ));
-    }
-    Ok(())
-}
-
 /// The monotonic instant at which a token expiring at `expires_ms` (Unix) runs out.
 fn deadline(now: Now, expires_ms: i64) -> Instant {
     let left = u64::try_from(expires_ms.saturating_sub(now.unix_ms)).unwrap_or(0);
@@ -711,7 +697,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use haberci_token::{Claims, KeySet};
-    use haberci_wire::{ConversationId, Ping, RefreshAuth, Seq};
+    use haberci_wire::{ConversationId, MessageKind, Ping, Recipient, RefreshAuth, Seq};
     use uuid::Uuid;
 
     const T0_MS: i64 = 1_800_000_000_000;
@@ -1204,7 +1190,10 @@ mod tests {
                 sent: Sent {
                     client_msg_id: to_peer(n).client_msg_id,
                     message_id: MessageId::new(Uuid::now_v7()).unwrap(),
-                    conversation_id: haberci_wire::relay::direct_conversation(identity.user, peer),
+                    conversation_id: haberci_seam::streams::direct_conversation(
+                        identity.user,
+                        peer,
+                    ),
                     seq: Seq::new(n as u64).unwrap(),
                     timestamp: Timestamp::from_unix_millis(T0_MS).unwrap(),
                 },

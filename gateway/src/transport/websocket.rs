@@ -5,47 +5,21 @@
 //! Memory per idle connection is kept small: tungstenite's read buffer is 4 KiB instead of its
 //! 128 KiB default, and nothing is buffered for writing.
 
-use axum::extract::State;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use haberci_kit::shutdown::Shutdown;
 use haberci_wire::websocket::MessageType;
 use haberci_wire::{ClientFrame, ErrorCode, ServerFrame, WireError};
 
-use crate::http::{GatewayState, error_response};
-use crate::transport::{Link, Realtime, drive};
+use super::Realtime;
+use super::drive::{Link, drive};
 
 /// How long the answer to a client's Close gets to leave.
 pub const CLOSE_REPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// tungstenite's read buffer per connection.
 pub const READ_BUFFER_SIZE: usize = 4 * 1024;
 
-pub async fn upgrade(State(state): State<GatewayState>, upgrade: WebSocketUpgrade) -> Response {
-    let offered = upgrade
-        .requested_protocols()
-        .any(|p| p.as_bytes() == haberci_wire::WEBSOCKET_SUBPROTOCOL.as_bytes());
-    if !offered {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "subprotocol_required",
-            "offer the WebSocket subprotocol haberci.v1",
-        );
-    }
-    let max = state.realtime.session.max_frame_size as usize;
-    upgrade
-        .protocols([haberci_wire::WEBSOCKET_SUBPROTOCOL])
-        .read_buffer_size(READ_BUFFER_SIZE)
-        .write_buffer_size(0)
-        // One byte over the frame limit still arrives, so the session answers
-        // `frame_too_large` itself rather than tungstenite failing the read.
-        .max_message_size(max + 1)
-        .max_frame_size(max + 1)
-        .on_upgrade(move |socket| serve(socket, state.realtime, state.shutdown))
-        .into_response()
-}
-
-async fn serve(socket: WebSocket, realtime: Realtime, shutdown: Shutdown) {
+/// Runs a realtime session on an upgraded WebSocket (`edge::router` upgrades it).
+pub async fn serve(socket: WebSocket, realtime: Realtime, shutdown: Shutdown) {
     let max = realtime.session.max_frame_size as usize;
     drive(WebSocketLink { socket, max }, realtime, shutdown).await;
 }

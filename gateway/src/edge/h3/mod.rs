@@ -1,12 +1,14 @@
 //! HTTP/3 on a QUIC connection (ALPN `h3`), served by the same router as TCP. An extended
 //! CONNECT to `/v1/rt` with `:protocol = webtransport` turns the connection into a WebTransport
-//! connection ([`crate::webtransport`]); a WebTransport CONNECT to any other path gets 404.
+//! connection ([`webtransport`]); a WebTransport CONNECT to any other path gets 404.
 //!
 //! A request body is handed to the router as it arrives ([`RecvBody`]): the receive half of
 //! the request stream becomes an `http_body::Body`, so a 200 MB upload streams through to the
 //! backend like on TCP. The router's consumer enforces the size limit as it reads (the proxy's
 //! per-path limit, [`crate::http`]'s for every other route); this module only ends a body that
 //! goes quiet for the idle timeout.
+
+pub mod webtransport;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,7 +26,7 @@ use tokio::time::Sleep;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use crate::http::{ClientAddr, error_response};
+use super::{ClientAddr, error_response};
 use crate::transport::Realtime;
 
 /// Largest header section (after QPACK decoding) a request may carry. h3 buffers a whole
@@ -56,7 +58,7 @@ pub struct Http {
 pub type H3RequestStream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 /// The receive half of a request stream: the request body.
 type H3RecvStream = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
-/// An HTTP/3 connection on quinn, as [`crate::webtransport`] takes it over.
+/// An HTTP/3 connection on quinn, as [`webtransport`] takes it over.
 pub type H3Connection = h3::server::Connection<h3_quinn::Connection, Bytes>;
 /// A WebTransport CONNECT handed from its request task to the connection's task.
 type Upgrade = (http::Request<()>, H3RequestStream);
@@ -106,7 +108,7 @@ pub async fn serve_connection(
             Some((request, stream)) = upgrades.recv() => {
                 // Invariant: from here on this QUIC connection is a WebTransport connection;
                 // its later requests are served by the session's acceptor.
-                crate::webtransport::serve_session(
+                webtransport::serve_session(
                     quic, h3, request, stream, http, realtime, shutdown,
                 )
                 .await;

@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use haberci_kit::shutdown::Shutdown;
 use haberci_token::Verifier;
 
-use crate::proxy::Backend;
+use super::backend::Backend;
 
 /// How often the JWKS is fetched again once loaded.
 pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(30);

@@ -1,5 +1,5 @@
-//! The relay's internal protocol: what gateways and workers exchange through Redis. Not seen
-//! by clients; both sides are built from this one module, so they cannot drift apart.
+//! What gateways and workers exchange through Redis. Not seen by clients; both sides are
+//! built from this one module, so they cannot drift apart.
 //!
 //! - **In**: a gateway `XADD`s an [`Inbound`] (JSON, field [`ENTRY_FIELD`]) to the stream
 //!   shard of its conversation, [`stream_key`]`(`[`shard_of`]`(conversation))`. Workers read
@@ -18,10 +18,10 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::frames::{
-    ErrorFrame, Message, Notification, Presence, SendMessage, Sent, Status, Typing,
+use haberci_wire::{
+    ConversationId, ErrorFrame, GroupId, Message, Notification, Presence, Recipient, SendMessage,
+    Sent, Seq, SessionId, Status, Typing, UserId,
 };
-use crate::ids::{ConversationId, GroupId, Seq, SessionId, UserId};
 
 /// The consumer group every worker reads the inbound streams in.
 pub const CONSUMER_GROUP: &str = "workers";
@@ -48,6 +48,14 @@ pub fn direct_conversation(a: UserId, b: UserId) -> ConversationId {
 /// A group's conversation: the same id.
 pub fn group_conversation(group: GroupId) -> ConversationId {
     ConversationId::new(group.as_uuid()).unwrap_or_else(|| unreachable!("ids are never nil"))
+}
+
+/// The conversation a message from `sender` to `recipient` belongs to.
+pub fn conversation_of(sender: UserId, recipient: Recipient) -> ConversationId {
+    match recipient {
+        Recipient::User(peer) => direct_conversation(sender, peer),
+        Recipient::Group(group) => group_conversation(group),
+    }
 }
 
 /// Which of `shards` inbound streams carries `conversation`'s traffic.

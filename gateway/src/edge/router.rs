@@ -1,15 +1,16 @@
-//! The one router every HTTP version is served by (HTTP/1.1 and HTTP/2 from [`crate::tcp`],
-//! HTTP/3 from [`crate::h3server`]), so the public API is identical on all three.
+//! The one router every HTTP version is served by (HTTP/1.1 and HTTP/2 from [`super::tcp`],
+//! HTTP/3 from [`super::h3`]), so the public API is identical on all three.
 //!
 //! - `GET /healthz`: the gateway process is alive.
 //! - `GET /readyz`: the backend API answers its own `/readyz`.
-//! - `GET /v1/ws`: a realtime session over WebSocket ([`crate::websocket`]).
+//! - `GET /v1/ws`: a realtime session over WebSocket ([`websocket_upgrade`], then
+//!   `transport::websocket`).
 //! - `GET /v1/realtime`: the realtime endpoints and WebTransport certificate hashes
-//!   ([`crate::web`]).
-//! - anything else under `/v1/`: proxied to the backend ([`crate::proxy`]), which streams both
+//!   ([`super::web`]).
+//! - anything else under `/v1/`: proxied to the backend ([`super::proxy`]), which streams both
 //!   bodies and applies its per-path body limits (media uploads get a larger one).
 //! - anything else: a static file of `HABERCI_WEB_DIR` (the demo page) for `GET`/`HEAD`, else a
-//!   JSON 404 ([`crate::web`]).
+//!   JSON 404 ([`super::web`]).
 //!
 //! Request bodies reach the router unread on every HTTP version; whoever reads one enforces its
 //! limit as it flows. The routes served here read none, but keep `HABERCI_MAX_BODY_BYTES` as
@@ -18,8 +19,6 @@
 //!
 //! Every response, proxied or not and on every HTTP version, carries the security headers and
 //! follows the CORS allow-list (`haberci_kit::http::harden`, the same rules as the backend).
-
-use std::net::SocketAddr;
 
 use axum::Router;
 use axum::body::Body;
@@ -31,63 +30,19 @@ use axum::routing::{any, get};
 use http_body_util::Limited;
 use serde_json::json;
 
-use haberci_kit::http::CorsOrigins;
+use axum::extract::ws::WebSocketUpgrade;
 
-use crate::config::GatewayConfig;
-use crate::proxy::{Backend, UploadLimits};
-
-/// The peer address of the connection a request arrived on; every transport inserts it as a
-/// request extension.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub SocketAddr);
-
-#[derive(Clone)]
-pub struct GatewayState {
-    pub backend: Backend,
-    pub cors: CorsOrigins,
-    /// For WebSocket sessions on `/v1/ws`.
-    pub realtime: crate::transport::Realtime,
-    pub shutdown: haberci_kit::shutdown::Shutdown,
-    /// Static files and `/v1/realtime`.
-    pub web: crate::web::Web,
-    /// `HABERCI_MAX_BODY_BYTES`, for the routes that are not proxied.
-    pub max_body_bytes: usize,
-}
-
-impl GatewayState {
-    pub fn new(
-        config: &GatewayConfig,
-        realtime: crate::transport::Realtime,
-        shutdown: haberci_kit::shutdown::Shutdown,
-        web: crate::web::Web,
-    ) -> Self {
-        GatewayState {
-            backend: Backend::new(
-                config.backend_url.clone(),
-                config.backend_timeout,
-                config.max_body_bytes,
-            )
-            .with_uploads(UploadLimits {
-                max_bytes: config.max_upload_bytes,
-                idle_timeout: config.body_idle_timeout,
-            }),
-            cors: config.cors.clone(),
-            realtime,
-            shutdown,
-            web,
-            max_body_bytes: config.max_body_bytes,
-        }
-    }
-}
+use super::{GatewayState, error_response};
+use crate::transport::websocket::{self, READ_BUFFER_SIZE};
 
 pub fn router(state: GatewayState) -> Router {
     let cors = state.cors.clone();
     let local = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route(haberci_wire::WEBSOCKET_PATH, get(crate::websocket::upgrade))
-        .route("/v1/realtime", get(crate::web::realtime))
-        .fallback(crate::web::fallback)
+        .route(haberci_wire::WEBSOCKET_PATH, get(websocket_upgrade))
+        .route("/v1/realtime", get(super::web::realtime))
+        .fallback(super::web::fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.max_body_bytes,
@@ -119,21 +74,12 @@ async fn cap_body(State(max): State<usize>, request: Request, next: Next) -> Res
         .await
 }
 
-/// The JSON error shape every Haberci response uses.
-pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        axum::Json(json!({ "error": { "code": code, "message": message, "field": null } })),
-    )
-        .into_response()
-}
-
 async fn healthz() -> impl IntoResponse {
     axum::Json(json!({ "status": "ok" }))
 }
 
 async fn readyz(State(state): State<GatewayState>) -> Response {
-    if state.backend.ready().await {
+    if state.proxy.backend().ready().await {
         axum::Json(json!({ "status": "ok", "backend": "ok" })).into_response()
     } else {
         (
@@ -145,7 +91,35 @@ async fn readyz(State(state): State<GatewayState>) -> Response {
 }
 
 async fn proxy(State(state): State<GatewayState>, request: Request) -> Response {
-    state.backend.forward(request).await
+    state.proxy.forward(request).await
+}
+
+/// `GET /v1/ws`: a client that offers the subprotocol gets a realtime session over WebSocket.
+async fn websocket_upgrade(
+    State(state): State<GatewayState>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let offered = upgrade
+        .requested_protocols()
+        .any(|p| p.as_bytes() == haberci_wire::WEBSOCKET_SUBPROTOCOL.as_bytes());
+    if !offered {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "subprotocol_required",
+            "offer the WebSocket subprotocol haberci.v1",
+        );
+    }
+    let max = state.realtime.session.max_frame_size as usize;
+    upgrade
+        .protocols([haberci_wire::WEBSOCKET_SUBPROTOCOL])
+        .read_buffer_size(READ_BUFFER_SIZE)
+        .write_buffer_size(0)
+        // One byte over the frame limit still arrives, so the session answers
+        // `frame_too_large` itself rather than tungstenite failing the read.
+        .max_message_size(max + 1)
+        .max_frame_size(max + 1)
+        .on_upgrade(move |socket| websocket::serve(socket, state.realtime, state.shutdown))
+        .into_response()
 }
 
 async fn method_not_allowed() -> Response {
@@ -154,8 +128,4 @@ async fn method_not_allowed() -> Response {
         "method_not_allowed",
         "method not allowed on this path",
     )
-}
-
-pub(crate) async fn not_found() -> Response {
-    error_response(StatusCode::NOT_FOUND, "not_found", "not found")
 }

@@ -1,0 +1,64 @@
+//! The edge: sockets, TLS, HTTP on every version, and the handshakes that turn a connection
+//! into a realtime transport. Imports `transport` and `relay`; nothing imports it but
+//! [`crate::Gateway`].
+//!
+//! - [`tcp`]: TLS on TCP with ALPN `h2` / `http/1.1`; every response carries `Alt-Svc: h3`.
+//! - [`quic`]: one quinn endpoint on UDP (with handshake [`quic::Admission`]); each connection
+//!   is dispatched by its ALPN to [`h3`] (`h3`) or native QUIC (`haberci/1`,
+//!   `transport::native`). Unknown ALPNs fail the TLS handshake.
+//! - [`tls`]: the certificate store both listeners share, reloaded when the files change or on
+//!   SIGHUP, without dropping open connections.
+//! - [`h3`]: HTTP/3 requests onto the [`router`]; a WebTransport CONNECT to `/v1/rt` becomes a
+//!   [`h3::webtransport`] session.
+//! - [`router`]: the one axum router every HTTP version is served by: `/healthz`, `/readyz`,
+//!   the WebSocket upgrade, [`web`], and the [`proxy`] of every other `/v1/*` request.
+//! - [`proxy`]: forwards public API requests to the backend, bodies streamed both ways.
+//! - [`web`]: `/v1/realtime` (realtime endpoints, WebTransport certificate hashes) and the
+//!   demo page's static files.
+
+pub mod h3;
+pub mod proxy;
+pub mod quic;
+pub mod router;
+pub mod tcp;
+pub mod tls;
+pub mod web;
+
+use std::net::SocketAddr;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// What every route of the [`router`] shares.
+#[derive(Clone)]
+pub struct GatewayState {
+    pub proxy: proxy::Proxy,
+    pub cors: haberci_kit::http::CorsOrigins,
+    /// For WebSocket sessions on `/v1/ws`.
+    pub realtime: crate::transport::Realtime,
+    pub shutdown: haberci_kit::shutdown::Shutdown,
+    /// Static files and `/v1/realtime`.
+    pub web: web::Web,
+    /// `HABERCI_MAX_BODY_BYTES`, for the routes that are not proxied.
+    pub max_body_bytes: usize,
+}
+
+/// The peer address of the connection a request arrived on; every listener inserts it as a
+/// request extension.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// The JSON error shape every Haberci response uses.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({
+            "error": { "code": code, "message": message, "field": null }
+        })),
+    )
+        .into_response()
+}
+
+pub(crate) async fn not_found() -> Response {
+    error_response(StatusCode::NOT_FOUND, "not_found", "not found")
+}
