@@ -1,9 +1,12 @@
 //! The message worker's consumer: inbound stream entries in, stored messages, receipts and
-//! answers out. The protocol it implements is [`haberci_wire::relay`].
+//! answers out. The protocol it implements is [`haberci_seam::streams`].
 //!
 //! - [`batch`] (sans-IO): decode entries, check sends as far as possible without the
 //!   database, coalesce receipts.
-//! - [`store`]: one Postgres transaction per batch (numbering, dedupe, insert, watermarks).
+//! - [`plan`] (sans-IO): what a batch's sends need read, and what each becomes given what
+//!   was read (dedupe, refusals, numbering), down to the rows to insert.
+//! - [`store`]: one Postgres transaction per batch: the plan's reads and writes, and the
+//!   watermarks.
 //! - [`streams`]: the Redis side (groups, `XREADGROUP`, `XAUTOCLAIM`, `XACK`, trimming).
 //! - [`consumer`]: the loop that ties them together.
 //!
@@ -46,6 +49,7 @@
 
 pub mod batch;
 pub mod consumer;
+pub mod plan;
 pub mod store;
 pub mod streams;
 

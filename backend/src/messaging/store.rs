@@ -1,5 +1,6 @@
 //! The Postgres half of a batch: one transaction that numbers and stores its sends and moves
-//! its receipt watermarks.
+//! its receipt watermarks. What to read and what each send becomes is decided by
+//! [`super::plan`]; this module runs its statements.
 //!
 //! Order inside the transaction, and why:
 //!
@@ -17,37 +18,33 @@
 //!    COMMITTED each statement sees what committed before it, so a concurrent worker's
 //!    insert of the same message is visible once its lock is released. A duplicate (in the
 //!    database, or earlier in the same batch) is answered with the original's id, seq and
-//!    timestamp; the same id reused for another conversation is refused.
+//!    timestamp; the same id reused for another conversation is refused. Then group
+//!    membership (one statement) and media uploads (one statement, 4b).
 //! 5. Seqs `last_seq + 1 …` in entry order, one multi-row `INSERT … SELECT FROM unnest`,
 //!    `last_seq` updated. Timestamps come from the database clock (ms), read after the lock,
 //!    so they never go backwards along a conversation's seqs.
 //! 6. Receipts: `delivered_seq`/`read_seq` raised, never lowered, clamped to `last_seq`.
 //!
-//! A unique violation, serialization failure or deadlock aborts the batch; the caller runs it
-//! again ([`Failure::Conflict`]) and the retry's step 4 sees the rows that won.
+//! A statement whose input is empty is not sent. A unique violation, serialization failure or
+//! deadlock aborts the batch; the caller runs it again ([`Failure::Conflict`]) and the retry's
+//! step 4 sees the rows that won.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use haberci_wire::{
-    ClientMsgId, ConversationId, ErrorCode, MediaId, MediaInfo, Message, MessageId, MessageKind,
-    MessageStatus, RecipientId, Sent, Seq, Status, Timestamp, UserId,
+    ClientMsgId, ConversationId, MediaId, MediaInfo, MessageId, MessageKind, Seq, Status,
+    Timestamp, UserId,
 };
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::batch::{Refusal, SendRequest, Target, Watermarks};
+use super::batch::{SendRequest, Watermarks};
+use super::plan::{Block, Locked, NewDirect, NewMessage, Original, Plan, StoredAs, Upload};
+use crate::conversations;
 use crate::media::store::MediaRow;
 
-/// What became of one [`SendRequest`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SendOutcome {
-    /// Stored now, with this seq.
-    Stored(Message),
-    /// Stored before (a retry): the original's id, seq and timestamp.
-    Duplicate(Sent),
-    Refused(Refusal),
-}
+pub use super::plan::SendOutcome;
 
 /// A member's watermarks that moved, and who hears about it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,48 +135,75 @@ pub async fn commit(
     Ok(Committed { sends, statuses })
 }
 
-const UNKNOWN_RECIPIENT: Refusal = Refusal::new(ErrorCode::UnknownRecipient, "no such recipient");
-const NOT_A_MEMBER: Refusal = Refusal::new(ErrorCode::Forbidden, "not a member of this group");
-const NO_SENDER: Refusal = Refusal::new(ErrorCode::Forbidden, "the sending account is gone");
-const ID_REUSED: Refusal = Refusal::new(
-    ErrorCode::InvalidField,
-    "client_msg_id was already used for another conversation",
-);
-const CONVERSATION_FULL: Refusal =
-    Refusal::new(ErrorCode::Forbidden, "the conversation has no seq left");
-
-const BLOCKED_BY_RECIPIENT: Refusal = Refusal::new(
-    ErrorCode::Blocked,
-    "the recipient does not accept messages from you",
-);
-const BLOCKED_BY_SENDER: Refusal = Refusal::new(
-    ErrorCode::Blocked,
-    "you blocked this user; unblock them to send",
-);
-
-/// Per send, the refusal a block between a direct message's two users calls for (`None`:
-/// no block, a group send, or already refused). One statement for the whole batch.
-async fn blocked_sends(
+/// Steps 1 to 5: the statements a [`Plan`] asks for, in its order.
+async fn store_sends(
     tx: &mut PgConnection,
     sends: &[SendRequest],
-    out: &[Option<SendOutcome>],
-) -> Result<Vec<Option<Refusal>>, sqlx::Error> {
-    let (senders, peers): (Vec<Uuid>, Vec<Uuid>) = sends
-        .iter()
-        .enumerate()
-        .filter_map(|(i, send)| match (&out[i], send.target) {
-            (None, Target::Direct(peer)) => Some((send.sender.as_uuid(), peer.as_uuid())),
-            _ => None,
-        })
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .unzip();
-    if senders.is_empty() {
-        return Ok(vec![None; sends.len()]);
+) -> Result<Vec<SendOutcome>, sqlx::Error> {
+    if sends.is_empty() {
+        return Ok(Vec::new());
     }
+    let mut plan = Plan::new(sends);
+    // 1, 1b.
+    plan.users_found(&existing_users(tx, &plan.users()).await?);
+    plan.blocks_found(&blocks(tx, &plan.direct_pairs()).await?);
+    // 2.
+    create_direct(tx, &plan.direct_conversations()).await?;
+    // 3, 4: the lock, then what it protects.
+    let locked = lock(tx, &plan.conversations()).await?;
+    let originals = originals(tx, &plan.idempotency_keys()).await?;
+    plan.locked(locked, &originals);
+    plan.members_found(&members(tx, &plan.group_senders()).await?);
+    // 4b.
+    plan.uploads_found(&uploads(tx, &plan.media()).await?);
+    // 5.
+    let now = if plan.needs_clock() {
+        Some(clock(tx).await?)
+    } else {
+        None
+    };
+    let decided = plan.number(now, new_message_id);
+    if let Some(now) = now
+        && !decided.inserts.is_empty()
+    {
+        insert_messages(tx, &decided.inserts, now.to_datetime()).await?;
+        set_last_seqs(tx, &decided.last_seqs).await?;
+    }
+    Ok(decided.outcomes)
+}
+
+/// Step 1: which of `users` exist.
+async fn existing_users(
+    tx: &mut PgConnection,
+    users: &[UserId],
+) -> Result<HashSet<UserId>, sqlx::Error> {
+    let ids: Vec<Uuid> = users.iter().map(UserId::as_uuid).collect();
+    Ok(
+        sqlx::query_scalar::<_, Uuid>("SELECT id FROM users WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .filter_map(UserId::new)
+            .collect(),
+    )
+}
+
+/// Step 1b: the `(sender, recipient)` pairs with a block between them, either way.
+async fn blocks(
+    tx: &mut PgConnection,
+    pairs: &[(UserId, UserId)],
+) -> Result<HashMap<(UserId, UserId), Block>, sqlx::Error> {
+    if pairs.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let (senders, peers): (Vec<Uuid>, Vec<Uuid>) = pairs
+        .iter()
+        .map(|(sender, peer)| (sender.as_uuid(), peer.as_uuid()))
+        .unzip();
     // `blocks` is keyed (blocker_id, blocked_id) with an index on (blocked_id, blocker_id):
     // both directions are index probes.
-    let found: HashMap<(Uuid, Uuid), bool> = sqlx::query_as::<_, (Uuid, Uuid, bool)>(
+    let rows = sqlx::query_as::<_, (Uuid, Uuid, bool)>(
         "SELECT t.sender, t.peer,
                 EXISTS (SELECT 1 FROM blocks b
                         WHERE b.blocker_id = t.sender AND b.blocked_id = t.peer) AS by_sender
@@ -189,31 +213,79 @@ async fn blocked_sends(
     .bind(&senders)
     .bind(&peers)
     .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .map(|(sender, peer, by_sender)| ((sender, peer), by_sender))
-    .collect();
-    Ok(sends
-        .iter()
-        .enumerate()
-        .map(|(i, send)| match (&out[i], send.target) {
-            (None, Target::Direct(peer)) => found
-                .get(&(send.sender.as_uuid(), peer.as_uuid()))
-                .map(|&by_sender| {
-                    if by_sender {
-                        BLOCKED_BY_SENDER
-                    } else {
-                        BLOCKED_BY_RECIPIENT
-                    }
-                }),
-            _ => None,
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(sender, peer, by_sender)| {
+            let block = if by_sender {
+                Block::BySender
+            } else {
+                Block::ByRecipient
+            };
+            Some(((UserId::new(sender)?, UserId::new(peer)?), block))
+        })
+        .collect())
+}
+
+/// Step 2: direct conversations, created with both members the first time.
+async fn create_direct(tx: &mut PgConnection, new: &[NewDirect]) -> Result<(), sqlx::Error> {
+    if new.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = new.iter().map(|d| d.conversation.as_uuid()).collect();
+    let lows: Vec<Uuid> = new.iter().map(|d| d.low.as_uuid()).collect();
+    let highs: Vec<Uuid> = new.iter().map(|d| d.high.as_uuid()).collect();
+    sqlx::query(
+        "WITH created AS (
+             INSERT INTO conversations (id, kind, user_low, user_high)
+             SELECT id, 'direct', low, high
+             FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) AS t(id, low, high)
+             ORDER BY id
+             ON CONFLICT (id) DO NOTHING
+             RETURNING id, user_low, user_high)
+         INSERT INTO members (conversation_id, user_id, role)
+         SELECT id, user_low, 'member' FROM created
+         UNION ALL
+         SELECT id, user_high, 'member' FROM created
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&lows)
+    .bind(&highs)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Step 3: the numbering lock, in id order. A missing conversation is absent from the answer.
+async fn lock(
+    tx: &mut PgConnection,
+    conversations: &[ConversationId],
+) -> Result<HashMap<ConversationId, Locked>, sqlx::Error> {
+    if conversations.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let ids: Vec<Uuid> = conversations.iter().map(ConversationId::as_uuid).collect();
+    let rows = sqlx::query_as::<_, (Uuid, String, i64)>(
+        "SELECT id, kind, last_seq FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    // The table's CHECK allows only the kinds `conversations::Kind` knows; a row of any other
+    // would be no conversation a send can go to, as if missing.
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, kind, last_seq)| {
+            let kind = conversations::Kind::try_from(kind).ok()?;
+            Some((ConversationId::new(id)?, Locked { kind, last_seq }))
         })
         .collect())
 }
 
 /// A stored message found by its idempotency key.
 #[derive(sqlx::FromRow)]
-struct Original {
+struct OriginalRow {
     sender_id: Uuid,
     client_msg_id: Uuid,
     conversation_id: Uuid,
@@ -222,115 +294,29 @@ struct Original {
     created_at: OffsetDateTime,
 }
 
-async fn store_sends(
+impl OriginalRow {
+    fn stored_as(&self) -> Option<StoredAs> {
+        Some(StoredAs {
+            id: MessageId::new(self.id)?,
+            seq: Seq::new(u64::try_from(self.seq).ok()?)?,
+            timestamp: Timestamp::from_datetime(self.created_at)?,
+        })
+    }
+}
+
+/// Step 4: the messages already stored under these idempotency keys.
+async fn originals(
     tx: &mut PgConnection,
-    sends: &[SendRequest],
-) -> Result<Vec<SendOutcome>, sqlx::Error> {
-    let mut out: Vec<Option<SendOutcome>> = vec![None; sends.len()];
-    if sends.is_empty() {
-        return Ok(Vec::new());
+    keys: &[(UserId, ClientMsgId)],
+) -> Result<HashMap<(UserId, ClientMsgId), Original>, sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
     }
-    // 1. Who exists.
-    let mut users: BTreeSet<Uuid> = BTreeSet::new();
-    for send in sends {
-        users.insert(send.sender.as_uuid());
-        if let Target::Direct(peer) = send.target {
-            users.insert(peer.as_uuid());
-        }
-    }
-    let users: Vec<Uuid> = users.into_iter().collect();
-    let existing: HashSet<Uuid> =
-        sqlx::query_scalar::<_, Uuid>("SELECT id FROM users WHERE id = ANY($1)")
-            .bind(&users)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .collect();
-    for (i, send) in sends.iter().enumerate() {
-        let peer_missing = match send.target {
-            Target::Direct(peer) => !existing.contains(&peer.as_uuid()),
-            Target::Group(_) => false,
-        };
-        if !existing.contains(&send.sender.as_uuid()) {
-            out[i] = Some(SendOutcome::Refused(NO_SENDER));
-        } else if peer_missing {
-            out[i] = Some(SendOutcome::Refused(UNKNOWN_RECIPIENT));
-        }
-    }
-
-    // 1b. Blocks, either way, between direct senders and recipients (one query). A blocked
-    // send is refused below, after the duplicate lookup, so a retry of a message stored
-    // before the block still gets its original `Sent`; and it creates no conversation, so
-    // the blocker never sees an empty one appear.
-    let blocked = blocked_sends(tx, sends, &out).await?;
-
-    // 2. Direct conversations, created with both members the first time.
-    let mut pairs: BTreeMap<Uuid, (Uuid, Uuid)> = BTreeMap::new();
-    for (i, send) in sends.iter().enumerate() {
-        if blocked[i].is_some() {
-            continue;
-        }
-        if let (None, Target::Direct(peer)) = (&out[i], send.target) {
-            let (low, high) = if send.sender < peer {
-                (send.sender, peer)
-            } else {
-                (peer, send.sender)
-            };
-            pairs.insert(send.conversation.as_uuid(), (low.as_uuid(), high.as_uuid()));
-        }
-    }
-    if !pairs.is_empty() {
-        let ids: Vec<Uuid> = pairs.keys().copied().collect();
-        let lows: Vec<Uuid> = pairs.values().map(|p| p.0).collect();
-        let highs: Vec<Uuid> = pairs.values().map(|p| p.1).collect();
-        sqlx::query(
-            "WITH created AS (
-                 INSERT INTO conversations (id, kind, user_low, user_high)
-                 SELECT id, 'direct', low, high
-                 FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) AS t(id, low, high)
-                 ORDER BY id
-                 ON CONFLICT (id) DO NOTHING
-                 RETURNING id, user_low, user_high)
-             INSERT INTO members (conversation_id, user_id, role)
-             SELECT id, user_low, 'member' FROM created
-             UNION ALL
-             SELECT id, user_high, 'member' FROM created
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&ids)
-        .bind(&lows)
-        .bind(&highs)
-        .execute(&mut *tx)
-        .await?;
-    }
-
-    // 3. The numbering lock.
-    let conversations: Vec<Uuid> = sends
+    let (senders, client_ids): (Vec<Uuid>, Vec<Uuid>) = keys
         .iter()
-        .enumerate()
-        .filter(|(i, _)| out[*i].is_none())
-        .map(|(_, s)| s.conversation.as_uuid())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let locked: HashMap<Uuid, (String, i64)> = sqlx::query_as::<_, (Uuid, String, i64)>(
-        "SELECT id, kind, last_seq FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-    )
-    .bind(&conversations)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .map(|(id, kind, last)| (id, (kind, last)))
-    .collect();
-
-    // 4. Duplicates already stored.
-    let (senders, client_ids): (Vec<Uuid>, Vec<Uuid>) = sends
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| out[*i].is_none())
-        .map(|(_, s)| (s.sender.as_uuid(), s.send.client_msg_id.as_uuid()))
+        .map(|(sender, id)| (sender.as_uuid(), id.as_uuid()))
         .unzip();
-    let originals: HashMap<(Uuid, Uuid), Original> = sqlx::query_as::<_, Original>(
+    let rows = sqlx::query_as::<_, OriginalRow>(
         "SELECT m.sender_id, m.client_msg_id, m.conversation_id, m.seq, m.id, m.created_at
          FROM messages m
          JOIN unnest($1::uuid[], $2::uuid[]) AS t(sender, client_msg_id)
@@ -339,306 +325,73 @@ async fn store_sends(
     .bind(&senders)
     .bind(&client_ids)
     .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .map(|o| ((o.sender_id, o.client_msg_id), o))
-    .collect();
-    for (i, send) in sends.iter().enumerate() {
-        if out[i].is_some() {
-            continue;
-        }
-        let key = (send.sender.as_uuid(), send.send.client_msg_id.as_uuid());
-        if let Some(original) = originals.get(&key) {
-            out[i] = Some(if original.conversation_id == send.conversation.as_uuid() {
-                match original_sent(send.send.client_msg_id, send.conversation, original) {
-                    Some(sent) => SendOutcome::Duplicate(sent),
-                    None => SendOutcome::Refused(Refusal::new(
-                        ErrorCode::Unavailable,
-                        "the stored original is unreadable",
-                    )),
-                }
-            } else {
-                SendOutcome::Refused(ID_REUSED)
-            });
-        }
-    }
-
-    // Neither of a direct conversation's users blocked the other.
-    for (i, refusal) in blocked.into_iter().enumerate() {
-        if let (None, Some(refusal)) = (&out[i], refusal) {
-            out[i] = Some(SendOutcome::Refused(refusal));
-        }
-    }
-
-    // The recipient group exists; the sender is a member.
-    for (i, send) in sends.iter().enumerate() {
-        if out[i].is_some() {
-            continue;
-        }
-        let kind = locked
-            .get(&send.conversation.as_uuid())
-            .map(|(kind, _)| kind.as_str());
-        let expected = match send.target {
-            Target::Direct(_) => "direct",
-            Target::Group(_) => "group",
-        };
-        if kind != Some(expected) {
-            out[i] = Some(SendOutcome::Refused(UNKNOWN_RECIPIENT));
-        }
-    }
-    let (group_ids, group_senders): (Vec<Uuid>, Vec<Uuid>) = sends
-        .iter()
-        .enumerate()
-        .filter(|(i, s)| out[*i].is_none() && matches!(s.target, Target::Group(_)))
-        .map(|(_, s)| (s.conversation.as_uuid(), s.sender.as_uuid()))
-        .unzip();
-    if !group_ids.is_empty() {
-        let members: HashSet<(Uuid, Uuid)> = sqlx::query_as::<_, (Uuid, Uuid)>(
-            "SELECT m.conversation_id, m.user_id
-             FROM members m
-             JOIN unnest($1::uuid[], $2::uuid[]) AS t(conversation_id, user_id)
-               ON m.conversation_id = t.conversation_id AND m.user_id = t.user_id",
-        )
-        .bind(&group_ids)
-        .bind(&group_senders)
-        .fetch_all(&mut *tx)
-        .await?
+    .await?;
+    Ok(rows
         .into_iter()
-        .collect();
-        for (i, send) in sends.iter().enumerate() {
-            if out[i].is_none()
-                && matches!(send.target, Target::Group(_))
-                && !members.contains(&(send.conversation.as_uuid(), send.sender.as_uuid()))
-            {
-                out[i] = Some(SendOutcome::Refused(NOT_A_MEMBER));
-            }
-        }
-    }
-
-    // 4b. Media: each media Send carries the sender's own upload, of the Send's type.
-    let media = sends_media(tx, sends, &mut out).await?;
-
-    // 5. Number and insert what is left.
-    if out.iter().any(Option::is_none) {
-        let now: OffsetDateTime =
-            sqlx::query_scalar("SELECT date_trunc('milliseconds', clock_timestamp())")
-                .fetch_one(&mut *tx)
-                .await?;
-        let timestamp = Timestamp::from_datetime(now).unwrap_or(Timestamp::UNIX_EPOCH);
-        let mut last: HashMap<Uuid, i64> =
-            locked.iter().map(|(id, (_, last))| (*id, *last)).collect();
-        let mut first_of: HashMap<(Uuid, Uuid), usize> = HashMap::new();
-        let mut rows = Rows::default();
-        for (i, send) in sends.iter().enumerate() {
-            if out[i].is_some() {
-                continue;
-            }
-            let key = (send.sender.as_uuid(), send.send.client_msg_id.as_uuid());
-            if let Some(&first) = first_of.get(&key) {
-                // Invariant: `first_of` only points at stored messages.
-                out[i] = Some(match &out[first] {
-                    Some(SendOutcome::Stored(m)) if m.conversation_id == send.conversation => {
-                        SendOutcome::Duplicate(sent_for(send.send.client_msg_id, m))
-                    }
-                    _ => SendOutcome::Refused(ID_REUSED),
-                });
-                continue;
-            }
-            let conversation = send.conversation.as_uuid();
-            let next = last.get(&conversation).copied().unwrap_or(0) + 1;
-            let Some(seq) = u64::try_from(next).ok().and_then(Seq::new) else {
-                out[i] = Some(SendOutcome::Refused(CONVERSATION_FULL));
-                continue;
+        .filter_map(|row| {
+            let key = (
+                UserId::new(row.sender_id)?,
+                ClientMsgId::new(row.client_msg_id)?,
+            );
+            let original = Original {
+                conversation: ConversationId::new(row.conversation_id),
+                stored: row.stored_as(),
             };
-            last.insert(conversation, next);
-            let message = Message {
-                id: new_message_id(),
-                sender_id: send.sender,
-                recipient_id: match send.target {
-                    Target::Direct(peer) => RecipientId::from(peer),
-                    Target::Group(group) => RecipientId::from(group),
-                },
-                kind: send.send.kind,
-                content: send.send.content.clone(),
-                timestamp,
-                status: MessageStatus::Sent,
-                conversation_id: send.conversation,
-                seq,
-                media: send
-                    .send
-                    .media
-                    .as_ref()
-                    .and_then(|m| media.get(&m.media_id.as_uuid()).cloned()),
-            };
-            rows.push(&message, send);
-            first_of.insert(key, i);
-            out[i] = Some(SendOutcome::Stored(message));
-        }
-        if !rows.seq.is_empty() {
-            rows.insert(&mut *tx, timestamp.to_datetime()).await?;
-            let (ids, lasts): (Vec<Uuid>, Vec<i64>) = last
-                .iter()
-                .filter(|(id, seq)| locked.get(*id).is_some_and(|(_, was)| was != *seq))
-                .map(|(id, seq)| (*id, *seq))
-                .unzip();
-            sqlx::query(
-                "UPDATE conversations c SET last_seq = t.last_seq
-                 FROM unnest($1::uuid[], $2::bigint[]) AS t(id, last_seq)
-                 WHERE c.id = t.id",
-            )
-            .bind(&ids)
-            .bind(&lasts)
-            .execute(&mut *tx)
-            .await?;
-        }
-    }
-    Ok(out
-        .into_iter()
-        .map(|o| {
-            o.unwrap_or(SendOutcome::Refused(Refusal::new(
-                ErrorCode::Unavailable,
-                "not decided",
-            )))
+            Some((key, original))
         })
         .collect())
 }
 
-fn new_message_id() -> MessageId {
-    // Invariant: a v7 UUID carries version bits, so it is never nil.
-    MessageId::new(Uuid::now_v7()).unwrap_or_else(|| unreachable!("a UUIDv7 is never nil"))
-}
-
-fn sent_for(client_msg_id: ClientMsgId, message: &Message) -> Sent {
-    Sent {
-        client_msg_id,
-        message_id: message.id,
-        conversation_id: message.conversation_id,
-        seq: message.seq,
-        timestamp: message.timestamp,
-    }
-}
-
-fn original_sent(
-    client_msg_id: ClientMsgId,
-    conversation: ConversationId,
-    original: &Original,
-) -> Option<Sent> {
-    Some(Sent {
-        client_msg_id,
-        message_id: MessageId::new(original.id)?,
-        conversation_id: conversation,
-        seq: Seq::new(u64::try_from(original.seq).ok()?)?,
-        timestamp: Timestamp::from_datetime(original.created_at)?,
-    })
-}
-
-/// The messages of one batch, column by column, for `INSERT … SELECT FROM unnest`.
-#[derive(Default)]
-struct Rows {
-    conversation: Vec<Uuid>,
-    seq: Vec<i64>,
-    id: Vec<Uuid>,
-    sender: Vec<Uuid>,
-    client_msg_id: Vec<Uuid>,
-    kind: Vec<&'static str>,
-    content: Vec<String>,
-    media_id: Vec<Option<Uuid>>,
-    media_content_type: Vec<Option<String>>,
-    media_size: Vec<Option<i64>>,
-}
-
-impl Rows {
-    fn push(&mut self, message: &Message, send: &SendRequest) {
-        self.conversation.push(message.conversation_id.as_uuid());
-        self.seq
-            .push(i64::try_from(message.seq.get()).unwrap_or(i64::MAX));
-        self.id.push(message.id.as_uuid());
-        self.sender.push(message.sender_id.as_uuid());
-        self.client_msg_id.push(send.send.client_msg_id.as_uuid());
-        self.kind.push(kind_name(message.kind));
-        self.content.push(message.content.clone());
-        // What the server stored, never the Send's hints.
-        let media = message.media.as_ref();
-        self.media_id.push(media.map(|m| m.media_id.as_uuid()));
-        self.media_content_type.push(
-            media
-                .filter(|m| !m.content_type.is_empty())
-                .map(|m| m.content_type.clone()),
-        );
-        self.media_size
-            .push(media.and_then(|m| i64::try_from(m.size_bytes).ok()));
-    }
-
-    async fn insert(self, tx: &mut PgConnection, created_at: OffsetDateTime) -> sqlx::Result<()> {
-        sqlx::query(
-            "INSERT INTO messages (conversation_id, seq, id, sender_id, client_msg_id, type,
-                                   content, media_id, media_content_type, media_size, created_at)
-             SELECT t.*, $11
-             FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[], $5::uuid[],
-                         $6::text[], $7::text[], $8::uuid[], $9::text[], $10::bigint[]) AS t",
-        )
-        .bind(&self.conversation)
-        .bind(&self.seq)
-        .bind(&self.id)
-        .bind(&self.sender)
-        .bind(&self.client_msg_id)
-        .bind(&self.kind)
-        .bind(&self.content)
-        .bind(&self.media_id)
-        .bind(&self.media_content_type)
-        .bind(&self.media_size)
-        .bind(created_at)
-        .execute(&mut *tx)
-        .await?;
-        Ok(())
-    }
-}
-
-const MEDIA_REFUSED: Refusal = Refusal::new(
-    ErrorCode::MediaRefused,
-    "the media is not an upload of yours of this message's type",
-);
-
-/// Looks up the media of the Sends still undecided (one statement), refuses those whose
-/// media is missing, someone else's, or of another kind than the Send's type, and returns
-/// what the delivered messages carry.
-async fn sends_media(
+/// Step 4: which of these `(conversation, user)` pairs are memberships.
+async fn members(
     tx: &mut PgConnection,
-    sends: &[SendRequest],
-    out: &mut [Option<SendOutcome>],
-) -> Result<HashMap<Uuid, MediaInfo>, sqlx::Error> {
-    let ids: Vec<Uuid> = sends
+    pairs: &[(ConversationId, UserId)],
+) -> Result<HashSet<(ConversationId, UserId)>, sqlx::Error> {
+    if pairs.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let (conversations, users): (Vec<Uuid>, Vec<Uuid>) = pairs
         .iter()
-        .enumerate()
-        .filter(|(i, _)| out[*i].is_none())
-        .filter_map(|(_, s)| s.send.media.as_ref().map(|m| m.media_id.as_uuid()))
-        .collect::<BTreeSet<_>>()
+        .map(|(conversation, user)| (conversation.as_uuid(), user.as_uuid()))
+        .unzip();
+    let rows = sqlx::query_as::<_, (Uuid, Uuid)>(
+        "SELECT m.conversation_id, m.user_id
+         FROM members m
+         JOIN unnest($1::uuid[], $2::uuid[]) AS t(conversation_id, user_id)
+           ON m.conversation_id = t.conversation_id AND m.user_id = t.user_id",
+    )
+    .bind(&conversations)
+    .bind(&users)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows
         .into_iter()
-        .collect();
-    let rows: HashMap<Uuid, MediaRow> = crate::media::store::by_ids(&mut *tx, &ids)
+        .filter_map(|(conversation, user)| {
+            Some((ConversationId::new(conversation)?, UserId::new(user)?))
+        })
+        .collect())
+}
+
+/// Step 4b: the uploads with these ids (one statement). A row that does not convert (nil
+/// owner, unknown kind) is left out: no send may carry it.
+async fn uploads(
+    tx: &mut PgConnection,
+    ids: &[MediaId],
+) -> Result<HashMap<MediaId, Upload>, sqlx::Error> {
+    let ids: Vec<Uuid> = ids.iter().map(MediaId::as_uuid).collect();
+    Ok(crate::media::store::by_ids(&mut *tx, &ids)
         .await?
         .into_iter()
-        .map(|row| (row.id, row))
-        .collect();
-    let mut infos = HashMap::new();
-    for (i, send) in sends.iter().enumerate() {
-        let Some(media) = &send.send.media else {
-            continue;
-        };
-        if out[i].is_some() {
-            continue;
-        }
-        let row = rows.get(&media.media_id.as_uuid()).filter(|row| {
-            row.owner_id == send.sender.as_uuid() && row.kind == kind_name(send.send.kind)
-        });
-        match row {
-            None => out[i] = Some(SendOutcome::Refused(MEDIA_REFUSED)),
-            Some(row) => {
-                infos.insert(row.id, media_info(media.media_id, row));
-            }
-        }
-    }
-    Ok(infos)
+        .filter_map(|row| {
+            let id = MediaId::new(row.id)?;
+            let upload = Upload {
+                owner: UserId::new(row.owner_id)?,
+                kind: row.kind()?,
+                info: media_info(id, &row),
+            };
+            Some((id, upload))
+        })
+        .collect())
 }
 
 fn media_info(id: MediaId, row: &MediaRow) -> MediaInfo {
@@ -664,6 +417,104 @@ fn media_info(id: MediaId, row: &MediaRow) -> MediaInfo {
     }
 }
 
+/// Step 5: the database's time, to the millisecond. Read after the lock, so timestamps never
+/// go backwards along a conversation's seqs.
+async fn clock(tx: &mut PgConnection) -> Result<Timestamp, sqlx::Error> {
+    let now: OffsetDateTime =
+        sqlx::query_scalar("SELECT date_trunc('milliseconds', clock_timestamp())")
+            .fetch_one(&mut *tx)
+            .await?;
+    Ok(Timestamp::from_datetime(now).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+fn new_message_id() -> MessageId {
+    // Invariant: a v7 UUID carries version bits, so it is never nil.
+    MessageId::new(Uuid::now_v7()).unwrap_or_else(|| unreachable!("a UUIDv7 is never nil"))
+}
+
+/// Step 5: the new messages, column by column, in one `INSERT … SELECT FROM unnest`.
+async fn insert_messages(
+    tx: &mut PgConnection,
+    new: &[NewMessage],
+    created_at: OffsetDateTime,
+) -> Result<(), sqlx::Error> {
+    let mut conversation = Vec::with_capacity(new.len());
+    let mut seq = Vec::with_capacity(new.len());
+    let mut id = Vec::with_capacity(new.len());
+    let mut sender = Vec::with_capacity(new.len());
+    let mut client_msg_id = Vec::with_capacity(new.len());
+    let mut kind = Vec::with_capacity(new.len());
+    let mut content = Vec::with_capacity(new.len());
+    let mut media_id = Vec::with_capacity(new.len());
+    let mut media_content_type = Vec::with_capacity(new.len());
+    let mut media_size = Vec::with_capacity(new.len());
+    for NewMessage {
+        client_msg_id: key,
+        message,
+    } in new
+    {
+        conversation.push(message.conversation_id.as_uuid());
+        seq.push(i64::try_from(message.seq.get()).unwrap_or(i64::MAX));
+        id.push(message.id.as_uuid());
+        sender.push(message.sender_id.as_uuid());
+        client_msg_id.push(key.as_uuid());
+        kind.push(kind_name(message.kind));
+        content.push(message.content.as_str());
+        // What the server stored, never the Send's hints.
+        let media = message.media.as_ref();
+        media_id.push(media.map(|m| m.media_id.as_uuid()));
+        media_content_type.push(
+            media
+                .filter(|m| !m.content_type.is_empty())
+                .map(|m| m.content_type.as_str()),
+        );
+        media_size.push(media.and_then(|m| i64::try_from(m.size_bytes).ok()));
+    }
+    sqlx::query(
+        "INSERT INTO messages (conversation_id, seq, id, sender_id, client_msg_id, type,
+                               content, media_id, media_content_type, media_size, created_at)
+         SELECT t.*, $11
+         FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[], $5::uuid[],
+                     $6::text[], $7::text[], $8::uuid[], $9::text[], $10::bigint[]) AS t",
+    )
+    .bind(&conversation)
+    .bind(&seq)
+    .bind(&id)
+    .bind(&sender)
+    .bind(&client_msg_id)
+    .bind(&kind)
+    .bind(&content)
+    .bind(&media_id)
+    .bind(&media_content_type)
+    .bind(&media_size)
+    .bind(created_at)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Step 5: the conversations' new `last_seq`s.
+async fn set_last_seqs(
+    tx: &mut PgConnection,
+    last_seqs: &[(ConversationId, Seq)],
+) -> Result<(), sqlx::Error> {
+    let (ids, lasts): (Vec<Uuid>, Vec<i64>) = last_seqs
+        .iter()
+        .map(|(id, seq)| (id.as_uuid(), i64::try_from(seq.get()).unwrap_or(i64::MAX)))
+        .unzip();
+    sqlx::query(
+        "UPDATE conversations c SET last_seq = t.last_seq
+         FROM unnest($1::uuid[], $2::bigint[]) AS t(id, last_seq)
+         WHERE c.id = t.id",
+    )
+    .bind(&ids)
+    .bind(&lasts)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// `messages.type`.
 fn kind_name(kind: MessageKind) -> &'static str {
     match kind {
         MessageKind::Text => "text",
@@ -756,8 +607,9 @@ async fn move_watermarks(
         .into_iter()
         .filter_map(|row| {
             let conversation = ConversationId::new(row.conversation_id)?;
-            let audience = match (row.kind.as_str(), row.user_low, row.user_high) {
-                ("direct", Some(low), Some(high)) => {
+            let kind = conversations::Kind::try_from(row.kind).ok();
+            let audience = match (kind, row.user_low, row.user_high) {
+                (Some(conversations::Kind::Direct), Some(low), Some(high)) => {
                     Audience::Direct(UserId::new(low)?, UserId::new(high)?)
                 }
                 _ if i64::from(row.member_count) > STATUS_BROADCAST_MAX_MEMBERS => {
