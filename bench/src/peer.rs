@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::servers::Server;
+use crate::sampling::servers::Server;
 
 /// How long a node or Redis may take to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(30);

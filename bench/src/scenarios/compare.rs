@@ -9,18 +9,80 @@
 //! durability, ordering and resume cost on top of relaying.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 
+use clap::{Args, ValueEnum};
 use serde::Serialize;
 
-use crate::cli::{CompareArgs, CompareScenario, Mix};
+use crate::load::plan::Side;
 use crate::peer::{Peer, PeerSpec};
-use crate::plots::Chart;
-use crate::report;
-use crate::scenarios::{
-    ChatFigures, ChatPlan, ConnectFigures, Measured, Side, command_line, cpu_per_1000,
-    measure_chat, measure_connect,
-};
-use crate::servers::ServerSet;
+use crate::report::charts::cpu_per_1000;
+use crate::report::plots::Chart;
+use crate::report::{self, Measured, command_line};
+use crate::sampling::servers::ServerSet;
+use crate::scenarios::chat::{ChatFigures, ChatPlan, measure_chat};
+use crate::scenarios::connect::{ConnectFigures, measure_connect};
+use crate::target::{Mix, Target};
+
+#[derive(Debug, Args, Serialize)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Which scenarios to compare.
+    #[arg(long, value_delimiter = ',', default_value = "connect,chat")]
+    pub scenarios: Vec<CompareScenario>,
+    /// connect: sessions to open on each system.
+    #[arg(long, default_value_t = 1000)]
+    pub sessions: usize,
+    /// connect: seconds to hold them idle.
+    #[arg(long, default_value_t = 5)]
+    pub hold: u64,
+    /// chat: connected users on each system (half senders, half recipients).
+    #[arg(long, default_value_t = 1000)]
+    pub users: usize,
+    /// chat: messages per second.
+    #[arg(long, default_value_t = 500.0)]
+    pub rate: f64,
+    /// chat: seconds of sending.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// chat: total messages instead of a duration.
+    #[arg(long)]
+    pub messages: Option<u64>,
+    /// chat: seconds to wait for deliveries after the last send.
+    #[arg(long, default_value_t = 10)]
+    pub drain: u64,
+    #[arg(long, default_value_t = 100)]
+    pub content_bytes: usize,
+    /// The Socket.IO peer's folder (`npm ci` done there).
+    #[arg(long, default_value = "bench/peers/socketio")]
+    pub peer_dir: PathBuf,
+    /// Socket.IO nodes (processes) sharing the peer's Redis.
+    #[arg(long, default_value_t = 2)]
+    pub peer_nodes: usize,
+    /// The peer's Redis listens here, node i on PORT + i.
+    #[arg(long, default_value_t = 9100)]
+    pub peer_port: u16,
+    /// The peer serves plain WebSocket instead of TLS (Haberci always pays for TLS).
+    #[arg(long)]
+    pub peer_plain: bool,
+    /// The peer's TLS certificate and key (default: the dev stack's, DEV_DIR/certs/server*.pem).
+    #[arg(long)]
+    pub peer_cert: Option<PathBuf>,
+    #[arg(long)]
+    pub peer_key: Option<PathBuf>,
+    #[arg(long, default_value = "node")]
+    pub node: String,
+    #[arg(long, default_value = "redis-server")]
+    pub redis_server: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompareScenario {
+    Connect,
+    Chat,
+}
 
 /// What the issue measured on the seed's stack (10K clients, 5K msg/s, this machine).
 pub const SEED_REFERENCE: &str = "the seed's stack, as measured for issue #8 at 10K clients / \
@@ -92,9 +154,9 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
     let target = &args.target;
     let started_at = report::now();
     if target.fresh_gateways {
-        crate::storm::restart_gateways(target).await?;
+        crate::revival::restart_gateways(target).await?;
     }
-    let load_before = crate::procfs::load_average();
+    let load_before = crate::sampling::procfs::load_average();
     let haberci_servers = ServerSet::discover(&target.dev_dir, &target.server_pids)?;
     let mix = target.mix(Mix::Ws);
     let certs = target.dev_dir.join("certs");

@@ -22,9 +22,7 @@
 pub mod client;
 pub mod data;
 pub mod graph;
-pub mod pgstat;
 pub mod phases;
-pub mod resp;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -45,11 +43,11 @@ use self::phases::{
     VisibilityFigures,
 };
 use crate::api::ApiTarget;
-use crate::cli::Target;
-use crate::plots::Chart;
-use crate::report::{self, Machine};
-use crate::scenarios::{bar, ca_store, command_line, cpu_chart, run_id};
-use crate::servers::ServerSet;
+use crate::report::charts::cpu_chart;
+use crate::report::plots::Chart;
+use crate::report::{self, Machine, bar, command_line, run_id};
+use crate::sampling::servers::ServerSet;
+use crate::target::{Target, ca_store};
 use crate::users::{Pool, SetupStats, loopback_sources};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -322,7 +320,7 @@ pub fn feed_and_rate_settings(environ: &[u8]) -> BTreeMap<String, String> {
 /// Lowers this process's priority (every thread: Linux keeps a nice value per thread) to the
 /// load clients' (`HABERCI_BENCH_CLIENT_NICE`), so the servers get the cores first.
 fn nice_self() {
-    let nice = crate::coordinator::client_nice();
+    let nice = crate::load::coordinator::client_nice();
     if nice == 0 {
         return;
     }
@@ -348,7 +346,7 @@ pub async fn social(args: SocialArgs) -> anyhow::Result<bool> {
     }
     let target = &args.target;
     let started_at = report::now();
-    let load_before = crate::procfs::load_average();
+    let load_before = crate::sampling::procfs::load_average();
     let servers = ServerSet::discover(&target.dev_dir, &target.server_pids)?;
     let multi = report::progress();
     let (prepared, mut db) = prepare(&args, &multi).await?;

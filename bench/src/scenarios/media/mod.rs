@@ -35,10 +35,9 @@ use serde::Serialize;
 use self::client::Gateway;
 use self::phases::{CopyFigures, DownloadFigures, ImageFigures, UploadFigures};
 use crate::api::{ApiTarget, resolve_v4};
-use crate::cli::Target;
-use crate::report::{self, Machine};
-use crate::scenarios::{bar, ca_store, command_line};
-use crate::servers::ServerSet;
+use crate::report::{self, Machine, bar, command_line};
+use crate::sampling::servers::ServerSet;
+use crate::target::{Target, ca_store};
 use crate::users::{Pool, SetupStats, loopback_sources};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -147,7 +146,7 @@ pub async fn media(args: MediaArgs) -> anyhow::Result<bool> {
     }
     let target = &args.target;
     let started_at = report::now();
-    let load_before = crate::procfs::load_average();
+    let load_before = crate::sampling::procfs::load_average();
     let servers = ServerSet::discover(&target.dev_dir, &target.server_pids)?;
     let roots = ca_store(target)?;
     let spec = target

@@ -15,12 +15,12 @@ use uuid::Uuid;
 
 use super::client::{Client, Distribution, Driver, Tally, expect};
 use super::graph::{self, Rng};
-use super::pgstat;
-use super::resp::{Redis, Value};
 use crate::api::H2Answer;
-use crate::latency::{Latency, Summary};
-use crate::scenarios::{Sampler, ServerSample};
-use crate::servers::ServerSet;
+use crate::report::latency::{Latency, Summary};
+use crate::sampling::pgstat;
+use crate::sampling::resp::{Redis, Value};
+use crate::sampling::servers::ServerSet;
+use crate::sampling::{Sampler, ServerSample};
 
 pub fn timeline_key(user: Uuid) -> String {
     format!("tl:{{{user}}}")
@@ -56,7 +56,7 @@ pub async fn home_reads(
     db: &mut PgConnection,
 ) -> anyhow::Result<ReadFigures> {
     let stats_before = pgstat::snapshot(db).await?;
-    let ticks = crate::procfs::clock_ticks_per_sec();
+    let ticks = crate::sampling::procfs::clock_ticks_per_sec();
     let cpu_before = servers.cpu();
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
@@ -456,7 +456,7 @@ pub async fn fanout(
             .map_or(0, |(_, n)| *n)
     };
     let zadd_before = zadds(&redis.command_calls().await?);
-    let ticks = crate::procfs::clock_ticks_per_sec();
+    let ticks = crate::sampling::procfs::clock_ticks_per_sec();
     let cpu_before = servers.cpu();
     let started = Instant::now();
     let tasks = post_each(client, authors, setup.posts_per_author, &run.to_string());
@@ -797,8 +797,9 @@ pub async fn mixed(
             }
         })
     };
-    let client_before = crate::procfs::sample(std::process::id()).map_or(0, |s| s.cpu_ticks);
-    let ticks = crate::procfs::clock_ticks_per_sec();
+    let client_before =
+        crate::sampling::procfs::sample(std::process::id()).map_or(0, |s| s.cpu_ticks);
+    let ticks = crate::sampling::procfs::clock_ticks_per_sec();
     let cpu_before = servers.cpu();
     let mut sampler = Sampler::start(servers);
     let mut every_second = tokio::time::interval(Duration::from_secs(1));
@@ -853,7 +854,8 @@ pub async fn mixed(
     figures.server_cpu_ms = cpu_before.delta_ms(&servers.cpu(), ticks);
     figures.server_cpu_ms_per_request =
         figures.server_cpu_ms.values().sum::<f64>() / figures.completed.max(1) as f64;
-    let client_after = crate::procfs::sample(std::process::id()).map_or(0, |s| s.cpu_ticks);
+    let client_after =
+        crate::sampling::procfs::sample(std::process::id()).map_or(0, |s| s.cpu_ticks);
     figures.client_cpu_ms =
         client_after.saturating_sub(client_before) as f64 * 1000.0 / ticks as f64;
     figures.latency = Distribution::of(&all);

@@ -17,20 +17,24 @@ use http::{Method, StatusCode};
 use indicatif::MultiProgress;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio::sync::mpsc;
 
 use crate::api::{ApiConnection, ApiTarget};
-use crate::cli::{Mix, Target};
-use crate::coordinator::Shards;
-use crate::latency::{Latency, Summary};
-use crate::plots::Chart;
-use crate::protocol::{GroupSpec, Job, SessionSpec, ShardResult, Timing};
-use crate::report::{self, Machine};
-use crate::scenarios::{
-    DEADLINE_SLACK, Edges, Participant, Sampler, ServerSample, Side, Window, bar, ca_store,
-    cdf_points, command_line, common, cpu_chart, cpu_per_1000, latency_chart, merged,
-    merged_counts, participants, run_id, shard_count, timeline,
+use crate::conn::To;
+use crate::load::coordinator::{Shards, merged, merged_counts, timeline};
+use crate::load::flows::{Flow, run_flows};
+use crate::load::plan::{
+    DEADLINE_SLACK, Edges, Participant, Side, common, participants, shard_count,
 };
-use crate::servers::ServerSet;
+use crate::load::protocol::{Common, GroupSpec, Job, Report, SessionSpec, ShardResult, Timing};
+use crate::load::shard::Live;
+use crate::report::charts::{cdf_points, cpu_chart, cpu_per_1000, latency_chart};
+use crate::report::latency::{Latency, Summary, Window};
+use crate::report::plots::Chart;
+use crate::report::{self, Machine, bar, command_line, run_id};
+use crate::sampling::servers::ServerSet;
+use crate::sampling::{Sampler, ServerSample};
+use crate::target::{Mix, Target, ca_store};
 use crate::users::loopback_sources;
 
 /// The API's limit on a group's size.
@@ -361,7 +365,7 @@ pub async fn group(args: GroupArgs) -> anyhow::Result<bool> {
         bail!("--groups and --rate must be positive");
     }
     let started_at = report::now();
-    let load_before = crate::procfs::load_average();
+    let load_before = crate::sampling::procfs::load_average();
     let servers = ServerSet::discover(&target.dev_dir, &target.server_pids)?;
     let multi: MultiProgress = report::progress();
     let mix = target.mix(Mix::Quic);
@@ -479,7 +483,7 @@ pub async fn group(args: GroupArgs) -> anyhow::Result<bool> {
         counts.connected, counts.connect_failed
     ));
     let expected_per_message = (args.members - 1) as u64;
-    let ticks = crate::procfs::clock_ticks_per_sec();
+    let ticks = crate::sampling::procfs::clock_ticks_per_sec();
     let cpu_before = servers.cpu();
     let mut sampler = Sampler::start(&servers);
     let delivering = bar(&multi, planned * expected_per_message, "deliveries");
@@ -682,6 +686,45 @@ fn markdown(mix: Mix, f: &GroupFigures, machine: &Machine) -> String {
         let _ = writeln!(md, "\nfailure ×{n}: {why}");
     }
     md
+}
+
+// ---- the shard's side --------------------------------------------------------------------------
+
+pub(crate) async fn shard(
+    common: Common,
+    groups: Vec<GroupSpec>,
+    timing: Timing,
+    live: &Arc<Live>,
+    out: &mpsc::UnboundedSender<Report>,
+    go: mpsc::UnboundedReceiver<()>,
+) -> anyhow::Result<ShardResult> {
+    // Members first, then the senders.
+    let mut specs = Vec::new();
+    let mut flows = Vec::new();
+    for g in &groups {
+        let first = specs.len();
+        specs.extend(g.members.iter().cloned());
+        flows.push(Flow {
+            id: g.id,
+            to: To::Group(g.group),
+            messages: g.messages,
+            sender: None,
+            receivers: (first..specs.len()).collect(),
+        });
+    }
+    for (flow, g) in flows.iter_mut().zip(&groups) {
+        if let Some(sender) = &g.sender {
+            flow.sender = Some(specs.len());
+            specs.push(sender.clone());
+        }
+    }
+    let mut result = run_flows(common, specs, flows, timing, true, live, out, go).await?;
+    // Only groups whose members live here report fan-out lines; the sender's shard reports
+    // its sends (sent_ok) in the totals.
+    result
+        .fanout
+        .retain(|(_, lines)| lines.iter().any(|l| l.1 > 0));
+    Ok(result)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use http::{Method, StatusCode};
 use serde::Serialize;
 
 use crate::api::{ApiTarget, H2Answer, H2Connection};
-use crate::latency::{Latency, Summary};
+use crate::report::latency::{Latency, Summary};
 
 /// A driven (registered) user: its node in the graph and its access token.
 #[derive(Clone, Debug)]
@@ -164,7 +164,7 @@ impl Distribution {
     pub fn of(latency: &Latency) -> Distribution {
         Distribution {
             summary: latency.summary(),
-            cdf: crate::scenarios::cdf_points(latency),
+            cdf: crate::report::charts::cdf_points(latency),
         }
     }
 }

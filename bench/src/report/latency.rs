@@ -105,6 +105,18 @@ impl Latency {
     }
 }
 
+/// Latency percentiles per second of sending, from the shards' per-second buckets.
+#[derive(Clone, Debug, Serialize)]
+pub struct Window {
+    /// Seconds since the first second of sending.
+    pub t_s: u64,
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

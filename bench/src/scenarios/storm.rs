@@ -14,44 +14,33 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use haberci_client::{Client, Event, Events, SendError, SendMessage, UserId};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-use crate::cli::{Mix, Target};
 use crate::conn::Incoming;
-use crate::coordinator::Shards;
-use crate::latency::{Latency, Summary};
-use crate::plots::Chart;
-use crate::protocol::{Common, PairSpec, Reconnect, Report, SessionSpec, ShardResult, Timing};
-use crate::report::{self, Machine};
-use crate::scenarios::{
-    DEADLINE_SLACK, Edges, Side, Window, bar, cdf_points, command_line, common, latency_chart,
-    merged, merged_counts, participants, run_id, shard_count, timeline,
+use crate::load::coordinator::{Shards, merged, merged_counts, timeline};
+use crate::load::flows::{Outbox, Recorder, Stamp, content, receive, unix_ns};
+use crate::load::plan::{DEADLINE_SLACK, Edges, Side, common, participants, shard_count};
+use crate::load::protocol::{
+    Back, PairSpec, Reconnect, Report, SessionSpec, ShardResult, StormJob, Timing,
 };
-use crate::servers::ServerSet;
-use crate::shard::{
-    Live, Outbox, Recorder, Stamp, client_config, content, failure_key, receive, root_store,
-    unix_ns, wait_go,
-};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Back {
-    /// Reconnect to another gateway at once; the victim is restarted after the run.
-    Other,
-    /// Restart the victim at once; clients retry it with backoff.
-    Same,
-}
+use crate::load::shard::{Live, client_config, failure_key, root_store, wait_go};
+use crate::report::charts::{cdf_points, latency_chart};
+use crate::report::latency::{Latency, Summary, Window};
+use crate::report::plots::Chart;
+use crate::report::{self, Machine, bar, command_line, run_id};
+use crate::revival::{Revival, kill9, victim_index, wait_listening};
+use crate::sampling::servers::ServerSet;
+use crate::target::{Mix, Target};
 
 #[derive(Debug, Args, Serialize)]
 pub struct StormArgs {
@@ -88,19 +77,6 @@ pub struct StormArgs {
     pub content_bytes: usize,
 }
 
-/// One shard's share of a storm.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct StormJob {
-    pub common: Common,
-    pub pairs: Vec<PairSpec>,
-    pub timing: Timing,
-    /// Every gateway's (QUIC, TCP) address, by index.
-    pub gateways: Vec<(SocketAddr, SocketAddr)>,
-    pub back: Back,
-    pub ping_ms: u64,
-    pub pong_timeout_ms: u64,
-}
-
 // ---- the shard's side --------------------------------------------------------------------------
 
 /// The gateway a session tries on its `attempt`-th reconnect.
@@ -128,7 +104,7 @@ impl Keeper {
         let mut spec = self.spec.clone();
         let (quic, tcp) = self.job.gateways[gateway];
         spec.addr = match spec.transport {
-            crate::protocol::TransportKind::Ws => SocketAddr::new(spec.addr.ip(), tcp.port()),
+            crate::load::protocol::TransportKind::Ws => SocketAddr::new(spec.addr.ip(), tcp.port()),
             _ => quic,
         };
         let mut config = client_config(
@@ -339,7 +315,7 @@ pub(crate) async fn shard(
     mut go: mpsc::UnboundedReceiver<()>,
 ) -> anyhow::Result<ShardResult> {
     let job = Arc::new(job);
-    let ticks = crate::procfs::clock_ticks_per_sec();
+    let ticks = crate::sampling::procfs::clock_ticks_per_sec();
     wait_go(&mut go).await?;
     let roots = root_store(&job.common)?;
     let endpoints: Vec<quinn::Endpoint> = (0..job
@@ -347,7 +323,7 @@ pub(crate) async fn shard(
         .len()
         .saturating_mul(2)
         .div_ceil(job.common.sessions_per_socket.max(1)))
-        .map(|_| crate::shard::client_endpoint())
+        .map(|_| crate::load::shard::client_endpoint())
         .collect::<anyhow::Result<_>>()?;
     let keeper = |i: usize, spec: &SessionSpec| Keeper {
         job: job.clone(),
@@ -398,7 +374,7 @@ pub(crate) async fn shard(
     let _ = out.send(Report::Connected(live.counts()));
     wait_go(&mut go).await?;
 
-    let cpu0 = crate::shard::cpu_ms_now(ticks);
+    let cpu0 = crate::load::shard::cpu_ms_now(ticks);
     let recorder = Arc::new(Mutex::new(Recorder::default()));
     let reconnects = Arc::new(Mutex::new(Vec::new()));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -485,7 +461,7 @@ pub(crate) async fn shard(
     for k in keepers {
         let _ = tokio::time::timeout(Duration::from_secs(10), k).await;
     }
-    result.client_cpu_ms = crate::shard::cpu_ms_now(ticks) - cpu0;
+    result.client_cpu_ms = crate::load::shard::cpu_ms_now(ticks) - cpu0;
     result.first_send_ns = if first_ns == u64::MAX { 0 } else { first_ns };
     for (flow, receiver) in receivers {
         let seen = receiver.await?;
@@ -515,163 +491,6 @@ pub(crate) async fn shard(
 }
 
 // ---- the coordinator's side --------------------------------------------------------------------
-
-/// Restarts every gateway of the stack (SIGTERM, wait, start again as it was) and waits until
-/// each answers `/readyz`.
-pub(crate) async fn restart_gateways(target: &Target) -> anyhow::Result<()> {
-    let servers = ServerSet::discover(&target.dev_dir, &[])?;
-    let roots = crate::scenarios::ca_store(target)?;
-    for gw in servers.gateways() {
-        let revival = Revival::capture(gw.pid, &target.dev_dir, &gw.role)?;
-        signal(gw.pid, "-TERM")?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while crate::procfs::sample(gw.pid).is_some() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        if crate::procfs::sample(gw.pid).is_some() {
-            let _ = kill9(gw.pid);
-        }
-        revival.start()?;
-        let Some(spec) = victim_index(&gw.role).and_then(|i| target.gateways.get(i)) else {
-            continue;
-        };
-        let port = spec.tcp.rsplit_once(':').map_or("", |(_, p)| p);
-        let api = crate::api::ApiTarget::new(
-            &format!("https://{}:{port}", target.server_name),
-            roots.clone(),
-        )
-        .await?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ready = match api.connect([127, 0, 0, 1].into()).await {
-                Ok(mut conn) => conn
-                    .get("/readyz")
-                    .await
-                    .is_ok_and(|a| a.status == http::StatusCode::OK),
-                Err(_) => false,
-            };
-            if ready {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("{} did not become ready after its restart", gw.role);
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    Ok(())
-}
-
-/// What it takes to start a process again as it was: command line, environment, directory,
-/// and the dev pid file's second line (the stamp `./dev up` compares).
-struct Revival {
-    argv: Vec<String>,
-    env: Vec<(String, String)>,
-    cwd: PathBuf,
-    pid_file: PathBuf,
-    stamp: String,
-    log: PathBuf,
-}
-
-impl Revival {
-    fn capture(pid: u32, dev_dir: &std::path::Path, role: &str) -> anyhow::Result<Revival> {
-        let split = |bytes: Vec<u8>| -> Vec<String> {
-            bytes
-                .split(|b| *b == 0)
-                .filter(|s| !s.is_empty())
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect()
-        };
-        let argv = split(std::fs::read(format!("/proc/{pid}/cmdline"))?);
-        let env = split(std::fs::read(format!("/proc/{pid}/environ"))?)
-            .into_iter()
-            .filter_map(|kv| {
-                kv.split_once('=')
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            })
-            .collect();
-        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))?;
-        let pid_file = dev_dir.join(format!("run/{role}.pid"));
-        let stamp = std::fs::read_to_string(&pid_file)
-            .unwrap_or_default()
-            .lines()
-            .nth(1)
-            .unwrap_or_default()
-            .to_owned();
-        if argv.is_empty() {
-            bail!("cannot read the command line of {role} (pid {pid})");
-        }
-        Ok(Revival {
-            argv,
-            env,
-            cwd,
-            pid_file,
-            stamp,
-            log: dev_dir.join(format!("log/{role}.log")),
-        })
-    }
-
-    /// Starts it again, detached (own process group), logging where `./dev` logs it, and
-    /// writes its pid file as `./dev up` does. Returns the new pid.
-    // The child outlives the bench on purpose (it is the stack's gateway): never waited for.
-    #[allow(clippy::zombie_processes)]
-    fn start(&self) -> anyhow::Result<u32> {
-        use std::os::unix::process::CommandExt;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let child = std::process::Command::new(&self.argv[0])
-            .args(&self.argv[1..])
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&self.cwd)
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("cannot start {} again", self.argv[0]))?;
-        let pid = child.id();
-        std::fs::write(&self.pid_file, format!("{pid}\n{}\n", self.stamp))?;
-        Ok(pid)
-    }
-}
-
-/// `gateway` → 0, `gatewayN` → N − 1: the victim's place in the gateway list.
-fn victim_index(role: &str) -> Option<usize> {
-    match role.strip_prefix("gateway")? {
-        "" => Some(0),
-        n => n.parse::<usize>().ok()?.checked_sub(1),
-    }
-}
-
-/// Waits (bounded) until `addr` accepts TCP connections.
-async fn wait_listening(addr: SocketAddr, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn kill9(pid: u32) -> anyhow::Result<()> {
-    signal(pid, "-KILL")
-}
-
-/// `kill SIGNAL pid` (the kill(1) command: the crate forbids `unsafe`, so no libc call).
-fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
-    let status = std::process::Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .context("cannot run kill")?;
-    if !status.success() {
-        bail!("kill {signal} {pid} failed");
-    }
-    Ok(())
-}
 
 #[derive(Debug, Serialize)]
 pub struct StormFigures {
@@ -738,7 +557,7 @@ pub async fn storm(args: StormArgs) -> anyhow::Result<bool> {
         bail!("--back other needs two gateways (HABERCI_DEV_GATEWAYS=2 ./dev up)");
     }
     let started_at = report::now();
-    let load_before = crate::procfs::load_average();
+    let load_before = crate::sampling::procfs::load_average();
     let servers = ServerSet::discover(&target.dev_dir, &target.server_pids)?;
     let victim = args
         .kill
@@ -775,8 +594,8 @@ pub async fn storm(args: StormArgs) -> anyhow::Result<bool> {
     let mut gateways = Vec::new();
     for spec in &target.gateways {
         gateways.push((
-            crate::cli::resolve(&spec.quic).await?,
-            crate::cli::resolve(&spec.tcp).await?,
+            crate::target::resolve(&spec.quic).await?,
+            crate::target::resolve(&spec.tcp).await?,
         ));
     }
     let pairs: Vec<PairSpec> = (0..pairs_n)
@@ -799,7 +618,7 @@ pub async fn storm(args: StormArgs) -> anyhow::Result<bool> {
     let jobs = pairs
         .chunks(chunk)
         .map(|c| {
-            crate::protocol::Job::Storm(Box::new(StormJob {
+            crate::load::protocol::Job::Storm(Box::new(StormJob {
                 common: common.clone(),
                 pairs: c.to_vec(),
                 timing,
@@ -823,7 +642,7 @@ pub async fn storm(args: StormArgs) -> anyhow::Result<bool> {
         "{} connected, {} failed",
         counts.connected, counts.connect_failed
     ));
-    let ticks = crate::procfs::clock_ticks_per_sec();
+    let ticks = crate::sampling::procfs::clock_ticks_per_sec();
     let cpu_before = servers.cpu();
     let messages = bar(&multi, planned, "messages");
     let back = bar(&multi, 0, "back");
@@ -837,7 +656,7 @@ pub async fn storm(args: StormArgs) -> anyhow::Result<bool> {
     let killing = async {
         tokio::time::sleep_until(kill_at.into()).await;
         kill9(victim_pid)?;
-        let ns = crate::shard::unix_ns();
+        let ns = unix_ns();
         let revived_pid = if args.back == Back::Same {
             Some(revival.start()?)
         } else {
@@ -1029,13 +848,5 @@ mod tests {
         assert_eq!(next_gateway(Back::Other, 0, 2, 3), 1);
         assert_eq!(next_gateway(Back::Same, 1, 3, 2), 1);
         assert_eq!(next_gateway(Back::Other, 0, 3, 1), 0);
-    }
-
-    #[test]
-    fn victims_are_found_in_the_gateway_list() {
-        assert_eq!(victim_index("gateway"), Some(0));
-        assert_eq!(victim_index("gateway2"), Some(1));
-        assert_eq!(victim_index("gateway0"), None);
-        assert_eq!(victim_index("worker"), None);
     }
 }

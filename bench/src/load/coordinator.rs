@@ -1,5 +1,7 @@
-//! The coordinator's side of the shards: start them, hand out jobs, say `go`, gather reports.
+//! The coordinator's side of the shards: start them, hand out jobs, say `go`, gather reports,
+//! and merge their results.
 
+use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -8,7 +10,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
-use crate::protocol::{Counts, Job, Report, ShardResult};
+use crate::load::protocol::{Counts, Job, Report, ShardResult};
+use crate::report::latency::{Buckets, Latency, Window};
 
 enum Note {
     Report(usize, Report),
@@ -109,7 +112,7 @@ impl Shards {
         self.children
             .iter()
             .filter_map(Child::id)
-            .filter_map(crate::procfs::sample)
+            .filter_map(crate::sampling::procfs::sample)
             .map(|s| s.cpu_ticks)
             .sum()
     }
@@ -211,5 +214,82 @@ impl Shards {
                 }
             }
         }
+    }
+}
+
+// ---- merging the shards' results --------------------------------------------------------------
+
+pub(crate) fn merged(results: &[ShardResult], pick: impl Fn(&ShardResult) -> &Buckets) -> Latency {
+    let mut h = Latency::new();
+    for r in results {
+        h.merge(pick(r));
+    }
+    h
+}
+
+pub(crate) fn merged_counts(
+    maps: impl Iterator<Item = BTreeMap<String, u64>>,
+) -> BTreeMap<String, u64> {
+    let mut all = BTreeMap::new();
+    for map in maps {
+        for (k, v) in map {
+            *all.entry(k).or_default() += v;
+        }
+    }
+    all
+}
+
+pub(crate) fn timeline(results: &[ShardResult]) -> Vec<Window> {
+    let mut by_second: BTreeMap<u64, Latency> = BTreeMap::new();
+    for r in results {
+        for (second, buckets) in &r.timeline {
+            by_second.entry(*second).or_default().merge(buckets);
+        }
+    }
+    let first = by_second.keys().next().copied().unwrap_or(0);
+    by_second
+        .iter()
+        .map(|(second, h)| {
+            let s = h.summary();
+            Window {
+                t_s: second - first,
+                count: s.count,
+                p50_ms: s.p50_ms,
+                p90_ms: s.p90_ms,
+                p99_ms: s.p99_ms,
+                max_ms: s.max_ms,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn timelines_merge_shards_by_second_from_the_first() {
+        let mut a = Latency::new();
+        a.record(Duration::from_millis(2));
+        let mut b = Latency::new();
+        b.record(Duration::from_millis(4));
+        let results = vec![
+            ShardResult {
+                timeline: vec![(100, a.buckets()), (102, a.buckets())],
+                ..ShardResult::default()
+            },
+            ShardResult {
+                timeline: vec![(100, b.buckets())],
+                ..ShardResult::default()
+            },
+        ];
+        let t = timeline(&results);
+        assert_eq!(
+            t.iter().map(|w| (w.t_s, w.count)).collect::<Vec<_>>(),
+            [(0, 2), (2, 1)]
+        );
+        assert!((t[0].max_ms - 4.0).abs() < 0.01);
     }
 }

@@ -13,9 +13,9 @@ use serde::Serialize;
 use super::client::{Answer, Connection, Gateway, Version};
 use super::payload::{assign, jpeg, random_bytes, splitmix, stamped};
 use super::{MediaArgs, MediaFigures, Phase, dimensions};
-use crate::latency::{Latency, Summary};
-use crate::scenarios::{bar, run_id};
-use crate::servers::{CpuSnapshot, ServerSet};
+use crate::report::latency::{Latency, Summary};
+use crate::report::{bar, run_id};
+use crate::sampling::servers::{CpuSnapshot, ServerSet};
 use crate::users::BenchUser;
 
 /// One size of upload over one transport.
@@ -305,14 +305,14 @@ pub async fn run(
 }
 
 fn ticks() -> u64 {
-    crate::procfs::clock_ticks_per_sec()
+    crate::sampling::procfs::clock_ticks_per_sec()
 }
 
 /// API and gateway CPU, seconds.
 fn edge_cpu_s(cpu_ms: &BTreeMap<String, f64>) -> f64 {
     cpu_ms
         .iter()
-        .filter(|(role, _)| role.as_str() == "api" || crate::servers::is_edge(role))
+        .filter(|(role, _)| role.as_str() == "api" || crate::sampling::servers::is_edge(role))
         .map(|(_, ms)| ms / 1000.0)
         .sum()
 }

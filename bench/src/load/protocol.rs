@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::latency::Buckets;
+use crate::report::latency::Buckets;
 
 /// Which transport a session speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -101,6 +101,39 @@ pub struct Timing {
     pub run_id: u64,
 }
 
+/// Where `storm`'s clients go when their gateway dies (`--back`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Back {
+    /// Reconnect to another gateway at once; the victim is restarted after the run.
+    Other,
+    /// Restart the victim at once; clients retry it with backoff.
+    Same,
+}
+
+/// One shard's share of a storm.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StormJob {
+    pub common: Common,
+    pub pairs: Vec<PairSpec>,
+    pub timing: Timing,
+    /// Every gateway's (QUIC, TCP) address, by index.
+    pub gateways: Vec<(SocketAddr, SocketAddr)>,
+    pub back: Back,
+    pub ping_ms: u64,
+    pub pong_timeout_ms: u64,
+}
+
+/// One shard's share of a churn.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChurnJob {
+    pub common: Common,
+    pub sessions: Vec<SessionSpec>,
+    pub duration_ms: u64,
+    /// A session's mean lifetime: sessions / rate.
+    pub lifetime_ms: u64,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "scenario", rename_all = "lowercase")]
 pub enum Job {
@@ -117,9 +150,9 @@ pub enum Job {
     },
     /// Phases: connect, then on `go` chat while a gateway is killed; sessions reconnect and
     /// resume.
-    Storm(Box<crate::storm::StormJob>),
+    Storm(Box<StormJob>),
     /// Phases: connect, then on `go` close and reopen sessions for the duration.
-    Churn(Box<crate::churn::ChurnJob>),
+    Churn(Box<ChurnJob>),
     /// Phases: connect members then senders, then on `go` send to the groups and drain.
     Group {
         common: Common,

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::procfs;
+use crate::sampling::procfs;
 
 /// A process and the role it plays (`gateway`, `worker`, `api`, `redis`, `pgbouncer`,
 /// `postgres`, or what `--server-pid` said).

@@ -27,12 +27,11 @@ use serde::Serialize;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::cli::Target;
-use crate::latency::{Latency, Summary};
-use crate::plots::Chart;
-use crate::report::{self, Machine};
-use crate::scenarios::{bar, command_line};
-use crate::servers::ServerSet;
+use crate::report::latency::{Latency, Summary};
+use crate::report::plots::Chart;
+use crate::report::{self, Machine, bar, command_line};
+use crate::sampling::servers::ServerSet;
+use crate::target::Target;
 
 #[derive(Debug, Args, Serialize)]
 pub struct DbArgs {
@@ -274,7 +273,7 @@ async fn insert_phase(
     servers: &ServerSet,
     progress: &indicatif::ProgressBar,
 ) -> anyhow::Result<InsertFigures> {
-    let ticks = crate::procfs::clock_ticks_per_sec();
+    let ticks = crate::sampling::procfs::clock_ticks_per_sec();
     let cpu_before = servers.cpu();
     let stored = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -357,7 +356,7 @@ fn send_request(sender: UserId, recipient: UserId, n: usize) -> SendRequest {
     SendRequest {
         sender,
         session: SessionId::new(Uuid::now_v7()).unwrap_or_else(|| unreachable!("v7 is never nil")),
-        conversation: haberci_wire::relay::direct_conversation(sender, recipient),
+        conversation: haberci_seam::streams::direct_conversation(sender, recipient),
         target: SendTarget::Direct(recipient),
         send: SendMessage {
             client_msg_id: id(Uuid::now_v7()).unwrap_or_else(|| unreachable!("v7 is never nil")),
@@ -451,7 +450,7 @@ pub async fn db(args: DbArgs) -> anyhow::Result<bool> {
     }
     let target = &args.target;
     let started_at = report::now();
-    let load_before = crate::procfs::load_average();
+    let load_before = crate::sampling::procfs::load_average();
     let servers = ServerSet::discover(&target.dev_dir, &target.server_pids)?;
     let multi = report::progress();
     let database = if args.keep {

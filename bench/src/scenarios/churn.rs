@@ -14,21 +14,20 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use clap::Args;
 use haberci_client::{Client, Event};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::cli::{Mix, Target};
-use crate::coordinator::Shards;
-use crate::latency::{Latency, Summary};
-use crate::plots::Chart;
-use crate::protocol::{Common, Report, SessionSpec, ShardResult};
-use crate::report::{self, Machine};
-use crate::scenarios::{
-    DEADLINE_SLACK, Edges, Sampler, ServerSample, Side, bar, cdf_points, command_line, common,
-    cpu_chart, merged, merged_counts, participants, shard_count,
-};
-use crate::servers::ServerSet;
-use crate::shard::{Live, client_config, failure_key, root_store, wait_go};
+use crate::load::coordinator::{Shards, merged, merged_counts};
+use crate::load::plan::{DEADLINE_SLACK, Edges, Side, common, participants, shard_count};
+use crate::load::protocol::{ChurnJob, Report, SessionSpec, ShardResult};
+use crate::load::shard::{Live, client_config, failure_key, root_store, wait_go};
+use crate::report::charts::{cdf_points, cpu_chart};
+use crate::report::latency::{Latency, Summary};
+use crate::report::plots::Chart;
+use crate::report::{self, Machine, bar, command_line};
+use crate::sampling::servers::ServerSet;
+use crate::sampling::{Sampler, ServerSample};
+use crate::target::{Mix, Target};
 
 #[derive(Debug, Args, Serialize)]
 pub struct ChurnArgs {
@@ -43,15 +42,6 @@ pub struct ChurnArgs {
     /// Seconds of churn.
     #[arg(long, default_value_t = 30.0)]
     pub duration: f64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ChurnJob {
-    pub common: Common,
-    pub sessions: Vec<SessionSpec>,
-    pub duration_ms: u64,
-    /// A session's mean lifetime: sessions / rate.
-    pub lifetime_ms: u64,
 }
 
 /// The `k`-th lifetime of slot `slot`: spread evenly over [½, 1½) of the mean, without an RNG
@@ -77,7 +67,7 @@ pub(crate) async fn shard(
     let roots = root_store(&job.common)?;
     let per_socket = job.common.sessions_per_socket.max(1);
     let endpoints: Vec<quinn::Endpoint> = (0..job.sessions.len().div_ceil(per_socket))
-        .map(|_| crate::shard::client_endpoint())
+        .map(|_| crate::load::shard::client_endpoint())
         .collect::<anyhow::Result<_>>()?;
     let config = |i: usize| {
         client_config(
@@ -230,7 +220,7 @@ pub async fn churn(args: ChurnArgs) -> anyhow::Result<bool> {
         bail!("--sessions and --rate must be positive");
     }
     let started_at = report::now();
-    let load_before = crate::procfs::load_average();
+    let load_before = crate::sampling::procfs::load_average();
     let servers = ServerSet::discover(&target.dev_dir, &target.server_pids)?;
     let multi = report::progress();
     let mix = target.mix(Mix::Quic);
@@ -259,7 +249,7 @@ pub async fn churn(args: ChurnArgs) -> anyhow::Result<bool> {
     let jobs = specs
         .chunks(chunk)
         .map(|c| {
-            crate::protocol::Job::Churn(Box::new(ChurnJob {
+            crate::load::protocol::Job::Churn(Box::new(ChurnJob {
                 common: common.clone(),
                 sessions: c.to_vec(),
                 duration_ms: (args.duration * 1000.0) as u64,
@@ -280,7 +270,7 @@ pub async fn churn(args: ChurnArgs) -> anyhow::Result<bool> {
         "{} connected, {} failed",
         counts.connected, counts.connect_failed
     ));
-    let ticks = crate::procfs::clock_ticks_per_sec();
+    let ticks = crate::sampling::procfs::clock_ticks_per_sec();
     let rss_start = servers.gateway_rss_kib()?;
     let cpu_before = servers.cpu();
     let mut sampler = Sampler::start(&servers);

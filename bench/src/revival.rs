@@ -1,0 +1,186 @@
+//! Stopping a gateway of the dev stack and starting it again as it was (same command line,
+//! environment, directory, log and pid file): `--fresh-gateways` restarts every gateway before
+//! a run, and `storm` kills one mid-run and brings it back.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::sampling::servers::ServerSet;
+use crate::target::{Target, ca_store};
+
+/// Restarts every gateway of the stack (SIGTERM, wait, start again as it was) and waits until
+/// each answers `/readyz`.
+pub(crate) async fn restart_gateways(target: &Target) -> anyhow::Result<()> {
+    let servers = ServerSet::discover(&target.dev_dir, &[])?;
+    let roots = ca_store(target)?;
+    for gw in servers.gateways() {
+        let revival = Revival::capture(gw.pid, &target.dev_dir, &gw.role)?;
+        signal(gw.pid, "-TERM")?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while crate::sampling::procfs::sample(gw.pid).is_some() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if crate::sampling::procfs::sample(gw.pid).is_some() {
+            let _ = kill9(gw.pid);
+        }
+        revival.start()?;
+        let Some(spec) = victim_index(&gw.role).and_then(|i| target.gateways.get(i)) else {
+            continue;
+        };
+        let port = spec.tcp.rsplit_once(':').map_or("", |(_, p)| p);
+        let api = crate::api::ApiTarget::new(
+            &format!("https://{}:{port}", target.server_name),
+            roots.clone(),
+        )
+        .await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = match api.connect([127, 0, 0, 1].into()).await {
+                Ok(mut conn) => conn
+                    .get("/readyz")
+                    .await
+                    .is_ok_and(|a| a.status == http::StatusCode::OK),
+                Err(_) => false,
+            };
+            if ready {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not become ready after its restart", gw.role);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
+/// What it takes to start a process again as it was: command line, environment, directory,
+/// and the dev pid file's second line (the stamp `./dev up` compares).
+pub(crate) struct Revival {
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    cwd: PathBuf,
+    pid_file: PathBuf,
+    stamp: String,
+    log: PathBuf,
+}
+
+impl Revival {
+    pub(crate) fn capture(
+        pid: u32,
+        dev_dir: &std::path::Path,
+        role: &str,
+    ) -> anyhow::Result<Revival> {
+        let split = |bytes: Vec<u8>| -> Vec<String> {
+            bytes
+                .split(|b| *b == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        };
+        let argv = split(std::fs::read(format!("/proc/{pid}/cmdline"))?);
+        let env = split(std::fs::read(format!("/proc/{pid}/environ"))?)
+            .into_iter()
+            .filter_map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            })
+            .collect();
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))?;
+        let pid_file = dev_dir.join(format!("run/{role}.pid"));
+        let stamp = std::fs::read_to_string(&pid_file)
+            .unwrap_or_default()
+            .lines()
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
+        if argv.is_empty() {
+            bail!("cannot read the command line of {role} (pid {pid})");
+        }
+        Ok(Revival {
+            argv,
+            env,
+            cwd,
+            pid_file,
+            stamp,
+            log: dev_dir.join(format!("log/{role}.log")),
+        })
+    }
+
+    /// Starts it again, detached (own process group), logging where `./dev` logs it, and
+    /// writes its pid file as `./dev up` does. Returns the new pid.
+    // The child outlives the bench on purpose (it is the stack's gateway): never waited for.
+    #[allow(clippy::zombie_processes)]
+    pub(crate) fn start(&self) -> anyhow::Result<u32> {
+        use std::os::unix::process::CommandExt;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = std::process::Command::new(&self.argv[0])
+            .args(&self.argv[1..])
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&self.cwd)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot start {} again", self.argv[0]))?;
+        let pid = child.id();
+        std::fs::write(&self.pid_file, format!("{pid}\n{}\n", self.stamp))?;
+        Ok(pid)
+    }
+}
+
+/// `gateway` → 0, `gatewayN` → N − 1: the victim's place in the gateway list.
+pub(crate) fn victim_index(role: &str) -> Option<usize> {
+    match role.strip_prefix("gateway")? {
+        "" => Some(0),
+        n => n.parse::<usize>().ok()?.checked_sub(1),
+    }
+}
+
+/// Waits (bounded) until `addr` accepts TCP connections.
+pub(crate) async fn wait_listening(addr: SocketAddr, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub(crate) fn kill9(pid: u32) -> anyhow::Result<()> {
+    signal(pid, "-KILL")
+}
+
+/// `kill SIGNAL pid` (the kill(1) command: the crate forbids `unsafe`, so no libc call).
+fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .context("cannot run kill")?;
+    if !status.success() {
+        bail!("kill {signal} {pid} failed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn victims_are_found_in_the_gateway_list() {
+        assert_eq!(victim_index("gateway"), Some(0));
+        assert_eq!(victim_index("gateway2"), Some(1));
+        assert_eq!(victim_index("gateway0"), None);
+        assert_eq!(victim_index("worker"), None);
+    }
+}
