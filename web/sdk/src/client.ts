@@ -1,34 +1,33 @@
-// The realtime session of docs/PROTOCOL.md on top of a `Link`: Hello + token -> Welcome,
-// sends answered by Sent (resent with the same client_msg_id until then), gapless in-order
-// delivery with resume positions, automatic cumulative Acks, receipts, typing and presence,
-// heartbeat, in-band token refresh, and reconnection with backoff and jitter.
+// The realtime client of docs/PROTOCOL.md: the driver of the sans-IO `Session` (session.ts),
+// which decides everything — Hello + token -> Welcome, sends kept until Sent, resume
+// positions, acks, receipts, typing and presence, heartbeat, in-band token refresh, and
+// reconnection with backoff and jitter. This side owns what the session may not: the link
+// (discovery, WebTransport then WebSocket), one timer set to the session's next deadline,
+// `refreshToken()`, the HTTP calls, and the listeners. Every input reaches the session with
+// `now` from the wall clock (token expiry is wall-clock time), then `drive` carries out what
+// it queued.
 
-import {
-  MAX_ERROR_CODE,
-  PROTOCOL_VERSION,
-  ProtocolError,
-  encodeClientFrame,
-  isRetryable,
-  type ClientFrame,
-  type ErrorCodeName,
-  type MediaRef,
-  type Message,
-  type MessageType,
-  type Recipient,
-  type ResumePosition,
-  type ServerFrame,
-  type ServerFrameOf,
-  type TypingState,
+import type {
+  ClientFrame,
+  ErrorCodeName,
+  MediaRef,
+  MessageType,
+  Recipient,
+  ResumePosition,
+  ServerFrame,
 } from "./codec.js";
 import { randomUuid } from "./ids.js";
+import { ApiError, mediaInfo, mediaRefOf, uploadMedia, type MediaView, type UploadOptions } from "./media.js";
 import {
-  ApiError,
-  mediaInfo,
-  mediaRefOf,
-  uploadMedia,
-  type MediaView,
-  type UploadOptions,
-} from "./media.js";
+  Session,
+  tokenExpiresAt,
+  type ClientEvents,
+  type ConnectionState,
+  type SessionEvent,
+  type SessionOutput,
+  type Sent,
+  type Transmit,
+} from "./session.js";
 import {
   hasWebTransport,
   openWebSocket,
@@ -37,6 +36,8 @@ import {
   type LinkClosed,
   type TransportName,
 } from "./transport.js";
+
+export type { ClientEvents, ConnectionState, Sent };
 
 export const SDK_VERSION = "0.1.0";
 
@@ -76,84 +77,21 @@ export interface ConnectOptions {
   clientVersion?: string;
 }
 
-export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
-
-/** A send the server stored (`Sent`). */
-export type Sent = Omit<ServerFrameOf<"sent">, "kind">;
-
-export interface ClientEvents {
-  /** A stored message, once, in seq order per conversation (backlog and live alike). */
-  message: Message;
-  /** One of this client's sends was stored. */
-  sent: Sent;
-  /** A member's receipt watermarks moved. */
-  status: { conversationId: string; userId: string; delivered: number; read: number };
-  /** Someone started or stopped typing (a start expires after 6 s without a refresh). */
-  typing: { conversationId: string; userId: string; typing: boolean };
-  presence: { userId: string; online: boolean; lastSeen: number | null };
-  /**
-   * A notification was stored for this user (a follow, a like, …), with the unread count
-   * after it. Best effort: one missed while disconnected is not replayed; read
-   * `GET /v1/notifications` after a reconnect.
-   */
-  notification: Omit<ServerFrameOf<"notification">, "kind">;
-  /**
-   * The connection changed: `transport` is the one in use when `open`, and `fallback` says
-   * why the transports before it in the list were not used.
-   */
-  state: { state: ConnectionState; transport: TransportName | null; error?: Error; fallback?: string };
-  /** A non-fatal `Error` the server sent that names no send of this client. */
-  error: ProtocolError;
-}
-
 type Listener<T> = (event: T) => void;
 
-/** Receivers expire a typing "started" after this long without a refresh. */
-const TYPING_EXPIRY_MS = 6_000;
-/** Senders repeat "started" at most this often while the user types. */
-const TYPING_REPEAT_MS = 3_000;
-const WELCOME_TIMEOUT_MS = 10_000;
-const DISCOVERY_TIMEOUT_MS = 5_000;
-
-interface PendingSend {
-  frame: Extract<ClientFrame, { kind: "send" }>;
+/** What waits for a send's answer: its promise's settle functions. */
+interface SendWaiter {
   resolve(sent: Sent): void;
   reject(err: Error): void;
-  /** Written on the current session (and not refused since). */
-  written: boolean;
-  /** Earliest time (ms) it may be written again, after `rate_limited` or `unavailable`. */
-  notBefore: number;
-  attempts: number;
 }
 
-/**
- * The server's send rate as a token bucket on this side (Welcome.limits), so that sends leave
- * at a pace the server accepts and in the order they were made: a send refused for its rate
- * and resent later would otherwise land after the ones written behind it.
- */
-class SendBucket {
-  private tokens: number;
-  private last: number;
-  constructor(
-    private readonly rate: number,
-    private readonly burst: number,
-    now: number,
-  ) {
-    this.tokens = burst;
-    this.last = now;
-  }
-  /** Takes a token if there is one; else returns how long until there is (ms). */
-  take(now: number): number {
-    if (this.rate <= 0) return 0; // no limit announced
-    this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) / 1000) * this.rate);
-    this.last = now;
-    if (this.tokens >= 1) {
-      this.tokens -= 1;
-      return 0;
-    }
-    return Math.ceil(((1 - this.tokens) / this.rate) * 1000);
-  }
-}
+const DISCOVERY_TIMEOUT_MS = 5_000;
+const WEBSOCKET_TIMEOUT_MS = 10_000;
+const DEFAULT_WEBTRANSPORT_TIMEOUT_MS = 3_000;
+/** `setTimeout` fires at once for longer delays: a farther deadline is waited for in steps. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+const now = (): number => Date.now();
 
 interface Endpoints {
   webTransportUrl: string;
@@ -169,45 +107,14 @@ export async function connect(options: ConnectOptions): Promise<HaberciClient> {
 }
 
 export class HaberciClient {
-  /** The transport of the current connection (null while disconnected). */
-  transport: TransportName | null = null;
-  state: ConnectionState = "connecting";
-  /** Who the token says we are (from `Welcome`). */
-  userId: string | null = null;
-  sessionId: string | null = null;
-  /** Why the current connection is not on the first transport in the list (none if it is). */
-  fallback: string | undefined;
-
   private readonly options: ConnectOptions;
-  private token: string;
+  private readonly session: Session<SendWaiter>;
+  /** The open link, if any. Invariant: only this link's frames and close reach the session. */
   private link: Link | null = null;
-  private welcomed = false;
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  /** The deadline `timer` is set for. */
+  private timerAt: number | undefined;
   private readonly listeners = new Map<keyof ClientEvents, Set<Listener<never>>>();
-  private readonly positions = new Map<string, number>();
-  /** Sends without a `Sent` yet, in the order they were made. */
-  private readonly pending = new Map<string, PendingSend>();
-  private bucket: SendBucket | null = null;
-  private pumpTimer: ReturnType<typeof setTimeout> | undefined;
-  private readonly pendingAcks = new Map<string, number>();
-  private ackTimer: ReturnType<typeof setTimeout> | undefined;
-  private readonly readSent = new Map<string, number>();
-  private readonly pendingReads = new Set<string>();
-  private readTimer: ReturnType<typeof setTimeout> | undefined;
-  private watched: string[] = [];
-  private readonly typingTimers = new Map<string, ReturnType<typeof setTimeout>>();
-  private readonly typingSentAt = new Map<string, number>();
-  private heartbeat: ReturnType<typeof setInterval> | undefined;
-  private pongTimer: ReturnType<typeof setTimeout> | undefined;
-  private refreshTimer: ReturnType<typeof setTimeout> | undefined;
-  private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
-  private welcomeTimer: ReturnType<typeof setTimeout> | undefined;
-  private lastSentAt = 0;
-  private lastReceivedAt = 0;
-  private pongPending = false;
-  private nonce = 0;
-  private attempt = 0;
-  private closing: ServerFrameOf<"closing"> | null = null;
-  private stopped = false;
   private firstOpen: { resolve(): void; reject(err: Error): void } | null = null;
 
   constructor(options: ConnectOptions) {
@@ -217,8 +124,40 @@ export class HaberciClient {
       if (t !== "webtransport" && t !== "websocket") throw new TypeError(`connect: unknown transport ${JSON.stringify(t)}`);
     }
     this.options = options;
-    this.token = options.token;
-    for (const p of options.resume ?? []) this.positions.set(p.conversationId, p.lastSeq);
+    this.session = new Session<SendWaiter>(
+      {
+        clientName: options.clientName ?? "haberci-web",
+        clientVersion: options.clientVersion ?? SDK_VERSION,
+        canRefresh: !!options.refreshToken,
+        refreshMarginMs: options.refreshMarginMs,
+        autoAck: options.autoAck,
+        reconnectDelayMs: options.reconnectDelayMs,
+        maxReconnectDelayMs: options.maxReconnectDelayMs,
+        pongTimeoutMs: options.pongTimeoutMs,
+        random: Math.random,
+      },
+      options.token,
+      options.resume ?? [],
+    );
+  }
+
+  /** The transport of the current connection (null while disconnected). */
+  get transport(): TransportName | null {
+    return this.session.transport;
+  }
+  get state(): ConnectionState {
+    return this.session.state;
+  }
+  /** Who the token says we are (from `Welcome`). */
+  get userId(): string | null {
+    return this.session.userId;
+  }
+  get sessionId(): string | null {
+    return this.session.sessionId;
+  }
+  /** Why the current connection is not on the first transport in the list (none if it is). */
+  get fallback(): string | undefined {
+    return this.session.fallback;
   }
 
   // ------------------------------------------------------------------ public API
@@ -242,8 +181,7 @@ export class HaberciClient {
     type: MessageType = "text",
     extra: { clientMsgId?: string; media?: MediaRef } = {},
   ): Promise<Sent> {
-    if (this.stopped) return Promise.reject(new Error("the client is closed"));
-    const frame: PendingSend["frame"] = {
+    const frame: Extract<ClientFrame, { kind: "send" }> = {
       kind: "send",
       clientMsgId: extra.clientMsgId ?? randomUuid(),
       recipient: typeof recipient === "string" ? { userId: recipient } : recipient,
@@ -251,12 +189,12 @@ export class HaberciClient {
       content,
       media: extra.media ?? null,
     };
-    // Checked now, so a bad call fails here rather than on the server.
-    encodeClientFrame(frame);
-    return new Promise<Sent>((resolve, reject) => {
-      this.pending.set(frame.clientMsgId, { frame, resolve, reject, written: false, notBefore: 0, attempts: 0 });
-      this.pump();
-    });
+    let waiter!: SendWaiter;
+    const sent = new Promise<Sent>((resolve, reject) => (waiter = { resolve, reject }));
+    // A bad frame throws here, at the call, and `sent` is dropped unsettled.
+    this.session.send(frame, waiter, now());
+    this.drive();
+    return sent;
   }
 
   /**
@@ -289,22 +227,14 @@ export class HaberciClient {
 
   /** Tells the server (and so the other members) the user has read up to `seq`. */
   markRead(conversationId: string, seq: number): void {
-    if ((this.readSent.get(conversationId) ?? 0) >= seq) return;
-    this.readSent.set(conversationId, seq);
-    // Cumulative, so a burst (a backlog shown at once) costs one frame per conversation.
-    this.pendingReads.add(conversationId);
-    this.readTimer ??= setTimeout(() => {
-      this.readTimer = undefined;
-      for (const id of this.pendingReads) {
-        if (this.welcomed) this.write({ kind: "read", conversationId: id, seq: this.readSent.get(id)! });
-      }
-      this.pendingReads.clear();
-    }, 50);
+    this.session.read(conversationId, seq, now());
+    this.drive();
   }
 
   /** Acks delivery up to `seq` (only needed with `autoAck: false`). */
   ack(conversationId: string, seq: number): void {
-    if (this.welcomed) this.write({ kind: "ack", conversationId, seq });
+    this.session.ack(conversationId, seq, now());
+    this.drive();
   }
 
   /**
@@ -312,75 +242,173 @@ export class HaberciClient {
    * this is called; on WebTransport it travels as a datagram.
    */
   typing(conversationId: string, typing: boolean): void {
-    if (!this.welcomed || !this.link) return;
-    const now = Date.now();
-    if (typing) {
-      if (now - (this.typingSentAt.get(conversationId) ?? 0) < TYPING_REPEAT_MS) return;
-      this.typingSentAt.set(conversationId, now);
-    } else {
-      if (!this.typingSentAt.has(conversationId)) return;
-      this.typingSentAt.delete(conversationId);
-    }
-    const state: TypingState = typing ? "started" : "stopped";
-    // Typing counts against the send rate on the server, which drops it when over: spend a
-    // token here too, so that it never costs a message its place.
-    if (this.bucket && this.bucket.take(now) > 0) return;
-    const frame: ClientFrame = { kind: "typing", conversationId, state };
-    const body = encodeClientFrame(frame);
-    if (!this.link.sendDatagram(body)) this.write(frame);
+    this.session.typing(conversationId, typing, now());
+    this.drive();
   }
 
   /** Follows these users' presence (replaces the set; kept across reconnects). */
   watchPresence(userIds: string[]): void {
-    this.watched = [...new Set(userIds)];
-    if (this.welcomed) this.write({ kind: "presenceWatch", userIds: this.watched });
+    this.session.watchPresence(userIds, now());
+    this.drive();
   }
 
   /** Where this client stands in each conversation: the last seq it holds with no gap. */
   resumePositions(): ResumePosition[] {
-    return [...this.positions].map(([conversationId, lastSeq]) => ({ conversationId, lastSeq }));
+    return this.session.positions();
   }
 
   /** Ends the session and stops reconnecting; pending sends are rejected. */
   close(): void {
-    if (this.stopped) return;
-    this.stopped = true;
-    this.teardown();
-    this.link?.close();
-    this.link = null;
-    this.failPending(new Error("the client is closed"));
-    this.setState("closed");
+    this.session.close(now());
+    this.drive();
   }
 
   /** An HTTP call with the current token; after a 401, once more with a refreshed one. */
   private async withToken<T>(call: (token: string) => Promise<T>): Promise<T> {
     try {
-      return await call(this.token);
+      return await call(this.session.token);
     } catch (err) {
       if (!(err instanceof ApiError && err.status === 401 && this.options.refreshToken)) throw err;
-      this.token = await this.options.refreshToken();
-      if (this.welcomed) this.write({ kind: "refreshAuth", accessToken: this.token });
-      return call(this.token);
+      const token = await this.options.refreshToken();
+      this.session.refreshAuth(token, now());
+      this.drive();
+      return call(token);
     }
   }
-
-  // ------------------------------------------------------------------ connection
 
   /** Opens the first session; rejects if it cannot be opened over any transport. */
   start(): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       this.firstOpen = { resolve, reject };
-      void this.open();
+      this.session.start(now());
+      this.drive();
     });
   }
 
+  // ------------------------------------------------------------------ driving the session
+
+  /**
+   * Carries out what the session queued: bodies to the link first (so a local close's last
+   * acks precede the close), then outputs, until both queues are empty; then sets the timer.
+   * Re-entrant: a listener may call the client, whose own `drive` takes what it queued.
+   */
+  private drive(): void {
+    for (;;) {
+      const transmit = this.session.pollTransmit();
+      if (transmit) {
+        this.write(transmit);
+        continue;
+      }
+      const output = this.session.pollOutput();
+      if (!output) break;
+      this.perform(output);
+    }
+    this.arm();
+  }
+
+  private write({ body, ephemeral }: Transmit): void {
+    const link = this.link;
+    if (!link) return;
+    if (ephemeral && link.sendDatagram(body)) return;
+    link.send(body);
+  }
+
+  private perform(output: SessionOutput<SendWaiter>): void {
+    switch (output.kind) {
+      case "event":
+        this.emit(output);
+        if (output.name === "state") this.settleStart(output.value);
+        return;
+      case "sendDone":
+        output.waiter.resolve(output.sent);
+        return;
+      case "sendFailed":
+        output.waiter.reject(output.error);
+        return;
+      case "connect":
+        void this.open();
+        return;
+      case "closeLink": {
+        const link = this.link;
+        // Dropped first: its close must not reach the session, which has moved on.
+        this.link = null;
+        link?.close();
+        return;
+      }
+      case "refreshToken":
+        this.refresh();
+        return;
+      case "maxFrameSize":
+        this.link?.setMaxFrameSize(output.bytes);
+        return;
+    }
+  }
+
+  /** `start()` resolves with the first `open`, and rejects with a `closed` before it. */
+  private settleStart({ state, error }: ClientEvents["state"]): void {
+    const first = this.firstOpen;
+    if (!first || (state !== "open" && state !== "closed")) return;
+    this.firstOpen = null;
+    if (state === "open") first.resolve();
+    else first.reject(error ?? new Error("the client is closed"));
+  }
+
+  /** One timer, at the session's next deadline. */
+  private arm(): void {
+    const at = this.session.pollTimeout();
+    if (at === this.timerAt) return;
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    this.timerAt = at;
+    if (at === undefined) return;
+    this.timer = setTimeout(
+      () => {
+        this.timer = undefined;
+        this.timerAt = undefined;
+        this.session.handleTimeout(now());
+        this.drive();
+      },
+      Math.min(MAX_TIMER_MS, Math.max(0, at - now())),
+    );
+  }
+
+  private refresh(): void {
+    const refreshToken = this.options.refreshToken;
+    // The session asks only when there is a refreshToken; a synchronous throw is a failure too.
+    Promise.resolve()
+      .then(() => refreshToken!())
+      .then(
+        (token) => {
+          this.session.tokenRefreshed(token, now());
+          this.drive();
+        },
+        (err: unknown) => {
+          this.session.tokenRefreshFailed(err instanceof Error ? err : new Error(String(err)), now());
+          this.drive();
+        },
+      );
+  }
+
+  private emit(event: SessionEvent): void {
+    for (const listener of this.listeners.get(event.name) ?? []) {
+      try {
+        (listener as Listener<typeof event.value>)(event.value);
+      } catch (err) {
+        // A listener's bug must not break the session.
+        console.error(`haberci: a "${event.name}" listener threw`, err);
+      }
+    }
+  }
+
+  // ------------------------------------------------------------------ the link
+
+  /** Opens a link over the first transport that connects; tells the session either way. */
   private async open(): Promise<void> {
-    this.setState(this.firstOpen ? "connecting" : "reconnecting");
     let link: Link | null = null;
     const errors: string[] = [];
     const endpoints = await this.endpoints();
     for (const transport of this.options.transports ?? ["webtransport", "websocket"]) {
-      if (this.stopped) return;
+      if (this.session.isClosed) return;
       if (transport === "webtransport" && !hasWebTransport()) {
         errors.push("webtransport: not available in this browser");
         continue;
@@ -392,45 +420,40 @@ export class HaberciClient {
         errors.push(`${transport}: ${(err as Error).message}`);
       }
     }
-    if (this.stopped) {
-      link?.close();
-      return;
-    }
     if (!link) {
-      this.retry(new Error(`cannot connect (${errors.join("; ")})`));
-      return;
+      this.session.connectFailed(new Error(`cannot connect (${errors.join("; ")})`), now());
+    } else {
+      // Closed meanwhile: the session answers with `closeLink`.
+      this.link = link;
+      this.session.linkOpened(link.transport, errors.length ? errors.join("; ") : undefined, now());
     }
-    this.link = link;
-    this.fallback = errors.length ? errors.join("; ") : undefined;
-    this.closing = null;
-    this.write({
-      kind: "hello",
-      accessToken: this.token,
-      protocolVersion: PROTOCOL_VERSION,
-      clientName: this.options.clientName ?? "haberci-web",
-      clientVersion: this.options.clientVersion ?? SDK_VERSION,
-      resume: this.resumePositions(),
-      maxErrorCode: MAX_ERROR_CODE,
-    });
-    this.welcomeTimer = setTimeout(() => {
-      if (this.link === link && !this.welcomed) link.close();
-    }, WELCOME_TIMEOUT_MS);
+    this.drive();
   }
 
   private openLink(transport: TransportName, endpoints: Endpoints): Promise<Link> {
     const events = {
       frame: (frame: ServerFrame) => {
-        if (this.link === link) this.handle(frame);
+        if (!link || this.link !== link) return;
+        this.session.handleFrame(frame, now());
+        this.drive();
       },
       closed: (why: LinkClosed) => {
-        if (this.link === link) this.lost(why);
+        if (!link || this.link !== link) return;
+        this.link = null;
+        this.session.linkClosed(why, now());
+        this.drive();
       },
     };
     let link: Link | null = null;
     const opened =
       transport === "webtransport"
-        ? openWebTransport(endpoints.webTransportUrl, endpoints.hashes, this.options.webTransportTimeoutMs ?? 3_000, events)
-        : openWebSocket(endpoints.webSocketUrl, 10_000, events);
+        ? openWebTransport(
+            endpoints.webTransportUrl,
+            endpoints.hashes,
+            this.options.webTransportTimeoutMs ?? DEFAULT_WEBTRANSPORT_TIMEOUT_MS,
+            events,
+          )
+        : openWebSocket(endpoints.webSocketUrl, WEBSOCKET_TIMEOUT_MS, events);
     return opened.then((l) => (link = l));
   }
 
@@ -472,325 +495,12 @@ export class HaberciClient {
       webSocketUrl: this.options.webSocketUrl ?? found.webSocketUrl,
     };
   }
-
-  /** The link is gone: decide between reconnecting and stopping. */
-  private lost(why: LinkClosed): void {
-    const closing = this.closing;
-    this.link = null;
-    this.teardown();
-    if (this.stopped) return;
-    if (closing && !isRetryable(closing.code)) {
-      this.stop(new ProtocolError(closing.code, closing.reason || "the server closed the session"));
-      return;
-    }
-    if (closing?.code === "token_expired") {
-      if (!this.options.refreshToken) {
-        this.stop(new ProtocolError("token_expired", "the access token expired and no refreshToken was given"));
-        return;
-      }
-      this.options.refreshToken().then(
-        (token) => {
-          this.token = token;
-          this.retry(new ProtocolError("token_expired", closing.reason), 0);
-        },
-        (err: Error) => this.stop(new Error(`the access token expired and refreshing it failed: ${err.message}`)),
-      );
-      return;
-    }
-    const error = closing
-      ? new ProtocolError(closing.code, closing.reason)
-      : (why.error ?? new Error(`connection closed${why.reason ? `: ${why.reason}` : ""}`));
-    this.retry(error, closing?.retryAfterMs ?? 0);
-  }
-
-  /** Schedules the next connection attempt, with exponential backoff and jitter. */
-  private retry(error: Error, atLeastMs = 0): void {
-    if (this.stopped) return;
-    if (this.firstOpen && !(error instanceof ProtocolError && isRetryable(error.code))) {
-      // The first connection fails to the caller, who has no client yet to watch (a server
-      // that is draining, or a token just refreshed, is worth another try).
-      const first = this.firstOpen;
-      this.firstOpen = null;
-      this.stopped = true;
-      this.failPending(error);
-      this.setState("closed", error);
-      first.reject(error);
-      return;
-    }
-    const base = this.options.reconnectDelayMs ?? 500;
-    const max = this.options.maxReconnectDelayMs ?? 30_000;
-    const backoff = Math.min(max, base * 2 ** Math.min(this.attempt, 16));
-    const delay = Math.max(atLeastMs, backoff / 2 + (Math.random() * backoff) / 2);
-    this.attempt++;
-    this.setState("reconnecting", error);
-    this.reconnectTimer = setTimeout(() => void this.open(), delay);
-  }
-
-  private stop(error: Error): void {
-    this.stopped = true;
-    this.failPending(error);
-    this.setState("closed", error);
-    if (this.firstOpen) {
-      this.firstOpen.reject(error);
-      this.firstOpen = null;
-    }
-  }
-
-  private teardown(): void {
-    this.welcomed = false;
-    this.transport = null;
-    clearInterval(this.heartbeat);
-    clearTimeout(this.pongTimer);
-    this.pongPending = false;
-    clearTimeout(this.refreshTimer);
-    clearTimeout(this.reconnectTimer);
-    clearTimeout(this.welcomeTimer);
-    clearTimeout(this.ackTimer);
-    this.ackTimer = undefined;
-    clearTimeout(this.readTimer);
-    this.readTimer = undefined;
-    this.pendingReads.clear();
-    this.pendingAcks.clear();
-    clearTimeout(this.pumpTimer);
-    this.pumpTimer = undefined;
-    for (const p of this.pending.values()) p.written = false;
-    for (const timer of this.typingTimers.values()) clearTimeout(timer);
-    this.typingTimers.clear();
-  }
-
-  private failPending(error: Error): void {
-    for (const p of this.pending.values()) p.reject(error);
-    this.pending.clear();
-  }
-
-  private setState(state: ConnectionState, error?: Error): void {
-    this.state = state;
-    this.emit("state", { state, transport: this.transport, error, fallback: state === "open" ? this.fallback : undefined });
-  }
-
-  // ------------------------------------------------------------------ frames
-
-  private write(frame: ClientFrame): void {
-    if (!this.link) return;
-    this.link.send(encodeClientFrame(frame));
-    this.lastSentAt = Date.now();
-  }
-
-  private emit<K extends keyof ClientEvents>(event: K, value: ClientEvents[K]): void {
-    for (const listener of this.listeners.get(event) ?? []) {
-      try {
-        (listener as Listener<ClientEvents[K]>)(value);
-      } catch (err) {
-        // A listener's bug must not break the session.
-        console.error(`haberci: a "${event}" listener threw`, err);
-      }
-    }
-  }
-
-  private handle(frame: ServerFrame): void {
-    this.lastReceivedAt = Date.now();
-    switch (frame.kind) {
-      case "welcome":
-        return this.welcome(frame);
-      case "message":
-        return this.message(frame);
-      case "sent": {
-        const { kind: _, ...sent } = frame;
-        const pending = this.pending.get(sent.clientMsgId);
-        if (pending) {
-          this.pending.delete(sent.clientMsgId);
-          pending.resolve(sent);
-        }
-        this.emit("sent", sent);
-        return;
-      }
-      case "status":
-        this.emit("status", {
-          conversationId: frame.conversationId,
-          userId: frame.userId,
-          delivered: frame.delivered ?? 0,
-          read: frame.read ?? 0,
-        });
-        return;
-      case "typing":
-        return this.typingFrame(frame);
-      case "presence":
-        this.emit("presence", { userId: frame.userId, online: frame.online, lastSeen: frame.lastSeen });
-        return;
-      case "notification": {
-        const { kind: _kind, ...notification } = frame;
-        this.emit("notification", notification);
-        return;
-      }
-      case "error":
-        return this.error(frame);
-      case "closing":
-        // The transport closes right after; `lost` decides what to do with the code.
-        this.closing = frame;
-        return;
-      case "pong":
-        clearTimeout(this.pongTimer);
-        this.pongPending = false;
-        return;
-    }
-  }
-
-  private welcome(frame: ServerFrameOf<"welcome">): void {
-    const link = this.link!;
-    clearTimeout(this.welcomeTimer);
-    this.welcomed = true;
-    this.attempt = 0;
-    this.userId = frame.userId;
-    this.sessionId = frame.sessionId;
-    this.transport = link.transport;
-    link.setMaxFrameSize(frame.limits.maxFrameSize);
-    // Unanswered sends go again, in order, with the same ids: the server stores each once.
-    this.bucket = new SendBucket(frame.limits.sendRatePerSec, Math.max(1, frame.limits.sendBurst), Date.now());
-    this.pump();
-    if (this.watched.length) this.write({ kind: "presenceWatch", userIds: this.watched });
-    for (const [conversationId, seq] of this.readSent) this.write({ kind: "read", conversationId, seq });
-    this.startHeartbeat(frame.limits.idleTimeoutMs);
-    this.scheduleRefresh(frame.tokenExpiresAt - frame.serverTime);
-    this.setState("open");
-    if (this.firstOpen) {
-      this.firstOpen.resolve();
-      this.firstOpen = null;
-    }
-  }
-
-  private message(frame: ServerFrameOf<"message">): void {
-    const { kind: _, ...message } = frame;
-    const last = this.positions.get(message.conversationId);
-    if (last !== undefined && message.seq <= last) return; // a harmless duplicate
-    if (last !== undefined && message.seq > last + 1) {
-      // A gap, which a correct server never produces: reconnect and resume from `last`.
-      this.link?.close();
-      return;
-    }
-    this.positions.set(message.conversationId, message.seq);
-    this.emit("message", message);
-    if (this.options.autoAck ?? true) {
-      this.pendingAcks.set(message.conversationId, message.seq);
-      // Coalesced: a backlog of many messages is acked once per conversation.
-      this.ackTimer ??= setTimeout(() => {
-        this.ackTimer = undefined;
-        for (const [conversationId, seq] of this.pendingAcks) this.write({ kind: "ack", conversationId, seq });
-        this.pendingAcks.clear();
-      }, 50);
-    }
-  }
-
-  private typingFrame(frame: ServerFrameOf<"typing">): void {
-    const key = `${frame.conversationId} ${frame.userId}`;
-    clearTimeout(this.typingTimers.get(key));
-    this.typingTimers.delete(key);
-    const typing = frame.state === "started";
-    if (typing) {
-      this.typingTimers.set(
-        key,
-        setTimeout(() => {
-          this.typingTimers.delete(key);
-          this.emit("typing", { conversationId: frame.conversationId, userId: frame.userId, typing: false });
-        }, TYPING_EXPIRY_MS),
-      );
-    }
-    this.emit("typing", { conversationId: frame.conversationId, userId: frame.userId, typing });
-  }
-
-  private error(frame: ServerFrameOf<"error">): void {
-    const error = new ProtocolError(frame.code, frame.message, undefined, frame.clientMsgId ?? undefined);
-    const pending = frame.clientMsgId ? this.pending.get(frame.clientMsgId) : undefined;
-    if (!pending) {
-      this.emit("error", error);
-      return;
-    }
-    if (isRetryable(frame.code)) {
-      // rate_limited, unavailable: the same frame again later, backing off; the sends made
-      // after it wait behind it.
-      pending.attempts++;
-      pending.written = false;
-      pending.notBefore = Date.now() + Math.min(10_000, 250 * 2 ** Math.min(pending.attempts, 6));
-      this.pump();
-      return;
-    }
-    this.pending.delete(frame.clientMsgId!);
-    pending.reject(error);
-  }
-
-  /**
-   * Writes the sends not yet written on this session, in order, as fast as the send rate
-   * allows; stops at the first that must wait (so none overtakes it) and comes back then.
-   */
-  private pump(): void {
-    if (!this.welcomed || !this.bucket) return;
-    clearTimeout(this.pumpTimer);
-    this.pumpTimer = undefined;
-    const now = Date.now();
-    for (const p of this.pending.values()) {
-      if (p.written) continue;
-      const wait = p.notBefore > now ? p.notBefore - now : this.bucket.take(now);
-      if (wait > 0) {
-        this.pumpTimer = setTimeout(() => this.pump(), wait);
-        return;
-      }
-      p.written = true;
-      this.write(p.frame);
-    }
-  }
-
-  // ------------------------------------------------------------------ timers
-
-  private startHeartbeat(idleTimeoutMs: number): void {
-    // As the Rust client: every 25 s at most (below ≈ 30 s UDP NAT bindings), a third of the
-    // server's idle timeout at least.
-    const every = Math.min(25_000, Math.max(1_000, (idleTimeoutMs || 75_000) / 3));
-    clearInterval(this.heartbeat);
-    this.heartbeat = setInterval(() => {
-      // Ping when either direction has been quiet: a client that keeps sending to a dead
-      // server hears nothing back, and only a Ping's missing Pong tells it so.
-      const quiet = Date.now() - Math.max(0, Math.min(this.lastSentAt, this.lastReceivedAt));
-      if (this.pongPending || quiet < every * 0.9) return;
-      this.pongPending = true;
-      this.nonce = (this.nonce + 1) >>> 0;
-      this.write({ kind: "ping", nonce: this.nonce });
-      clearTimeout(this.pongTimer);
-      const link = this.link;
-      this.pongTimer = setTimeout(() => {
-        // No answer: the connection is dead even if the transport has not noticed.
-        if (this.link === link) link?.close();
-      }, this.options.pongTimeoutMs ?? 10_000);
-    }, every);
-  }
-
-  /** Refreshes the token a minute (or a fifth of its lifetime) before it expires. */
-  private scheduleRefresh(lifetimeMs: number): void {
-    clearTimeout(this.refreshTimer);
-    const refresh = this.options.refreshToken;
-    if (!refresh || lifetimeMs <= 0) return;
-    const margin = this.options.refreshMarginMs ?? Math.min(60_000, lifetimeMs / 5);
-    this.refreshTimer = setTimeout(() => {
-      refresh().then(
-        (token) => {
-          this.token = token;
-          if (!this.welcomed) return;
-          this.write({ kind: "refreshAuth", accessToken: token });
-          this.scheduleRefresh(tokenLifetimeMs(token));
-        },
-        () => this.scheduleRefresh(Math.min(lifetimeMs, 10_000 * 5)),
-      );
-    }, Math.max(1_000, lifetimeMs - margin));
-  }
 }
 
 /** Milliseconds until a JWT's `exp` (0 when it has none or cannot be read). */
 export function tokenLifetimeMs(token: string, now = Date.now()): number {
-  try {
-    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
-    const claims = JSON.parse(atob(payload.padEnd(payload.length + ((4 - (payload.length % 4)) % 4), "="))) as { exp?: number };
-    return claims.exp ? claims.exp * 1000 - now : 0;
-  } catch {
-    return 0;
-  }
+  const expires = tokenExpiresAt(token);
+  return expires === null ? 0 : expires - now;
 }
 
 export type { ErrorCodeName };

@@ -1,5 +1,6 @@
 // The parts of the client that need no server: argument checks and token expiry. The session
-// itself runs against the real gateway in tests/browser.test.mjs.
+// core is scripted in session.test.mjs; the whole client runs against the real gateway in
+// tests/browser.test.mjs.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
