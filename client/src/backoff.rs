@@ -1,5 +1,5 @@
 //! When to try again after a connection is lost or refused. The same policy as the web SDK
-//! (`web/sdk/src/client.ts`, `retry`): the ceiling doubles from 500 ms to 30 s, each pause is
+//! (`web/sdk/src/session.ts`, `#retry`): the ceiling doubles from 500 ms to 30 s, each pause is
 //! drawn between half the ceiling and all of it ("equal jitter"), and it is never shorter than
 //! the server asked for (`Closing.retry_after_ms`, see [`ConnectError::retry_after`]).
 //!

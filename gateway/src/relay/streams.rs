@@ -3,7 +3,7 @@
 //!
 //! - [`Relay::append`]: `XADD` a validated [`Inbound`] to its conversation's stream shard.
 //!   Invariant: no `MAXLEN`; the workers trim only what every consumer acknowledged (see
-//!   docs/ARCHITECTURE.md, "Stream trimming"), so nothing unacknowledged is ever cut away.
+//!   docs/MESSAGING.md, "Stream trimming"), so nothing unacknowledged is ever cut away.
 //! - [`Relay::publish`]: `SPUBLISH` an ephemeral event (typing, presence).
 //! - [`Relay::conversations`] / [`Relay::sync`]: the backend's internal endpoints
 //!   (`haberci_seam::internal`), for a session's first sync and for every gap.
