@@ -12,22 +12,30 @@ use ipnet::IpNet;
 
 pub const DEFAULT_API_ADDR: &str = "127.0.0.1:58080";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:56379";
-/// Connections the API keeps to PgBouncer. In session mode each one pins a server connection.
+/// Connections the API keeps to PgBouncer at most. In session mode each one pins a server
+/// connection.
 pub const DEFAULT_DB_POOL_SIZE: u32 = 16;
+/// Connections a worker keeps to PgBouncer at most: one for the consumer's batch, one for
+/// pruning, one spare (the feed fan-out).
+pub const DEFAULT_WORKER_DB_POOL_SIZE: u32 = 3;
 
 /// Where the backend finds Postgres (through PgBouncer) and Redis.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
     /// `HABERCI_DATABASE_URL`: the PgBouncer URL every query uses.
     pub database_url: String,
-    /// `HABERCI_DB_POOL_SIZE`.
+    /// `HABERCI_DB_POOL_SIZE`: the most connections this process opens to PgBouncer (opened
+    /// as needed). Each process reads it, with its own default: [`DEFAULT_DB_POOL_SIZE`] for
+    /// the API, [`DEFAULT_WORKER_DB_POOL_SIZE`] for a worker.
     pub db_pool_size: u32,
     /// `HABERCI_REDIS_URL`.
     pub redis_url: String,
 }
 
 impl StoreConfig {
-    pub fn read(env: &mut Env<'_>) -> Self {
+    /// Reads the settings; `default_pool_size` is the process's own default for
+    /// `HABERCI_DB_POOL_SIZE`.
+    pub fn read(env: &mut Env<'_>, default_pool_size: u32) -> Self {
         let database_url = env.required(
             "HABERCI_DATABASE_URL",
             "postgres:// URL of PgBouncer in front of the Haberci database",
@@ -38,7 +46,7 @@ impl StoreConfig {
                 redact(&database_url)
             ));
         }
-        let db_pool_size = env.parse_or("HABERCI_DB_POOL_SIZE", DEFAULT_DB_POOL_SIZE);
+        let db_pool_size = env.parse_or("HABERCI_DB_POOL_SIZE", default_pool_size);
         if db_pool_size == 0 {
             env.problem("HABERCI_DB_POOL_SIZE must be at least 1");
         }
@@ -83,7 +91,7 @@ impl ApiConfig {
             "HABERCI_API_ADDR",
             SocketAddr::from(([127, 0, 0, 1], 58080)),
         );
-        let store = StoreConfig::read(&mut env);
+        let store = StoreConfig::read(&mut env, DEFAULT_DB_POOL_SIZE);
         let jwt_key_dir = PathBuf::from(env.string_or("HABERCI_JWT_KEY_DIR", DEFAULT_JWT_KEY_DIR));
         let jwt_signing_kid = env.raw("HABERCI_JWT_SIGNING_KID");
         let settings = ApiSettings::read(&mut env);
@@ -499,7 +507,7 @@ pub struct WorkerConfig {
 
 impl WorkerConfig {
     pub fn from_env(mut env: Env<'_>) -> Result<Self, ConfigError> {
-        let store = StoreConfig::read(&mut env);
+        let store = StoreConfig::read(&mut env, DEFAULT_WORKER_DB_POOL_SIZE);
         let prune = PruneSettings::read(&mut env);
         let messaging = MessagingSettings::read(&mut env);
         let feed = read_feed(&mut env);
@@ -798,6 +806,21 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("rediss:// (TLS) is not supported"), "{text}");
         assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn api_and_worker_read_the_pool_size_with_their_own_defaults() {
+        let url = ("HABERCI_DATABASE_URL", "postgres://x@y/z");
+        let api = ApiConfig::from_env(Env::from_pairs(&[url])).expect("defaults");
+        assert_eq!(api.store.db_pool_size, DEFAULT_DB_POOL_SIZE);
+        let worker = WorkerConfig::from_env(Env::from_pairs(&[url])).expect("defaults");
+        assert_eq!(worker.store.db_pool_size, DEFAULT_WORKER_DB_POOL_SIZE);
+        let pairs = [url, ("HABERCI_DB_POOL_SIZE", "7")];
+        let worker = WorkerConfig::from_env(Env::from_pairs(&pairs)).expect("valid");
+        assert_eq!(worker.store.db_pool_size, 7);
+        let pairs = [url, ("HABERCI_DB_POOL_SIZE", "0")];
+        let err = WorkerConfig::from_env(Env::from_pairs(&pairs)).expect_err("bad config");
+        assert!(err.to_string().contains("HABERCI_DB_POOL_SIZE"), "{err}");
     }
 
     #[test]

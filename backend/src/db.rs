@@ -12,6 +12,13 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
+/// A new id for a row the backend creates: a UUIDv7, so ids sort by creation time (the
+/// cursors of posts, comments and notifications rely on it), as any id newtype.
+pub fn new_id<T: TryFrom<uuid::Uuid>>() -> T {
+    // Invariant: a UUIDv7 carries version bits, so it is never nil and every id type takes it.
+    T::try_from(uuid::Uuid::now_v7()).unwrap_or_else(|_| unreachable!("a UUIDv7 is never nil"))
+}
+
 /// How long a request waits for a free pooled connection before failing.
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 

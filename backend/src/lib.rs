@@ -1,12 +1,18 @@
-//! Haberci's backend tier. One binary, `haberci-backend`, with three subcommands:
+//! Haberci's backend tier. One binary, `haberci-backend`, with four subcommands:
 //!
-//! - `api` ([`api`]): the HTTP JSON API, built as [`api::app`] so tests drive the router without
-//!   a socket. Reached by clients only through a gateway, which proxies `/v1/*` to it.
-//! - `worker` ([`worker`]): consumes the message streams from Redis, stores messages and
+//! - `api` ([`api::run`]): the HTTP JSON API, built as [`api::app`] so tests drive the router
+//!   without a socket. Reached by clients only through a gateway, which proxies `/v1/*` to it.
+//! - `worker` ([`worker::run`]): consumes the message streams from Redis, stores messages and
 //!   receipts, and publishes deliveries ([`messaging`]); also prunes ended sessions and spent
 //!   refresh tokens ([`auth::sessions::prune`]).
 //! - `migrate` ([`db::migrate`]): applies `migrations/` directly to Postgres (never through
 //!   PgBouncer: DDL and advisory locks need a real session).
+//! - `keys` ([`auth::keys::ensure_key`], [`auth::keys::add_key`]): the access-token signing keys.
+//!
+//! Ids are `haberci_wire`'s newtypes (`UserId`, `ConversationId`, `PostId`, …) everywhere, in
+//! Postgres too (the wire crate's `sqlx` feature); new rows get [`db::new_id`]. A bare `Uuid`
+//! in a signature is a position (a page cursor), an id no other tier has (an upload, a
+//! report), or a request body's value before the handler checks it.
 //!
 //! Invariant: the backend is the only Postgres user, and it never terminates a client
 //! connection. Its pool goes through PgBouncer ([`db::connect_pool`]).

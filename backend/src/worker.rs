@@ -19,8 +19,7 @@ pub const DEFAULT_DEPENDENCY_RETRY: Duration = Duration::from_millis(500);
 
 /// Runs until `shutdown` is cancelled.
 pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> anyhow::Result<()> {
-    // One connection for the consumer's batch, one for pruning, one spare.
-    let db = crate::db::connect_pool(&config.store.database_url, 3)?;
+    let db = crate::db::connect_pool(&config.store.database_url, config.store.db_pool_size)?;
     let redis = crate::redis::connect(&config.store.redis_url)?;
     // Wait until both dependencies answer, retrying, so "ready" means ready.
     // Invariant: every wait here is inside a `select!` with shutdown, so SIGTERM is honoured

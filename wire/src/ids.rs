@@ -2,6 +2,9 @@
 //!
 //! Parse, don't validate: each type can only hold a valid value, so code that takes a
 //! `ConversationId` or a `Seq` never re-checks it.
+//!
+//! With the `sqlx` feature (the backend only) the id newtypes are also Postgres `uuid` values
+//! (`sqlx::Type`, `Encode`, `Decode`); decoding a nil UUID is an error.
 
 use std::fmt;
 use std::str::FromStr;
@@ -98,6 +101,50 @@ macro_rules! uuid_id {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 let uuid = Uuid::deserialize(d)?;
                 Self::new(uuid).ok_or_else(|| serde::de::Error::custom("nil UUID is not a valid id"))
+            }
+        }
+
+        // Postgres: a `uuid` column, the same bytes as `Uuid`'s own encoding.
+        #[cfg(feature = "sqlx")]
+        impl sqlx::Type<sqlx::Postgres> for $name {
+            fn type_info() -> sqlx::postgres::PgTypeInfo {
+                <Uuid as sqlx::Type<sqlx::Postgres>>::type_info()
+            }
+
+            fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+                <Uuid as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+            }
+        }
+
+        #[cfg(feature = "sqlx")]
+        impl sqlx::postgres::PgHasArrayType for $name {
+            fn array_type_info() -> sqlx::postgres::PgTypeInfo {
+                <Uuid as sqlx::postgres::PgHasArrayType>::array_type_info()
+            }
+        }
+
+        #[cfg(feature = "sqlx")]
+        impl sqlx::Encode<'_, sqlx::Postgres> for $name {
+            fn encode_by_ref(
+                &self,
+                buf: &mut sqlx::postgres::PgArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <Uuid as sqlx::Encode<'_, sqlx::Postgres>>::encode_by_ref(&self.0, buf)
+            }
+
+            fn size_hint(&self) -> usize {
+                <Uuid as sqlx::Encode<'_, sqlx::Postgres>>::size_hint(&self.0)
+            }
+        }
+
+        /// Invariant kept on the way in: a nil UUID read from the database is a decode
+        /// error (a corrupt row), never a panic and never a value of this type.
+        #[cfg(feature = "sqlx")]
+        impl<'r> sqlx::Decode<'r, sqlx::Postgres> for $name {
+            fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+                let uuid = <Uuid as sqlx::Decode<'r, sqlx::Postgres>>::decode(value)?;
+                Self::new(uuid)
+                    .ok_or_else(|| Box::new(InvalidField::new(stringify!($name), Problem::NilId)) as _)
             }
         }
     };

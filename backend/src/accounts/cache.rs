@@ -18,10 +18,11 @@ use std::time::Duration;
 use fred::clients::Client;
 use fred::interfaces::KeysInterface;
 use fred::types::Expiration;
+use haberci_wire::UserId;
 use sqlx::PgPool;
 
+use super::Username;
 use super::store::{self, UserRecord};
-use super::{UserId, Username};
 
 /// How long a cached profile lives: also the longest a racing read can keep a stale one.
 pub const TTL: Duration = Duration::from_secs(60);
@@ -94,10 +95,9 @@ impl Profiles {
 
     /// Forgets the cached profiles of `users` (after the change committed).
     pub async fn forget(&self, db: &PgPool, redis: &Client, users: &[UserId]) {
-        let ids: Vec<uuid::Uuid> = users.iter().map(|u| u.0).collect();
         let names: Vec<String> =
             match sqlx::query_scalar("SELECT username::text FROM users WHERE id = ANY($1)")
-                .bind(&ids)
+                .bind(users)
                 .fetch_all(db)
                 .await
             {

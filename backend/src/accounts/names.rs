@@ -278,41 +278,19 @@ impl<'de> Deserialize<'de> for LoginName {
     }
 }
 
-macro_rules! id_newtype {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type)]
-        #[serde(transparent)]
-        #[sqlx(transparent)]
-        pub struct $name(pub Uuid);
+/// A refresh-token family (`sessions.family_id`). The backend's own: no other tier sees it.
+/// (Users and sessions are `haberci_wire::UserId` / `SessionId`, one type on both sides of
+/// every seam.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::Type)]
+#[sqlx(transparent)]
+pub struct FamilyId(pub Uuid);
 
-        impl $name {
-            /// A new time-ordered id (UUIDv7).
-            pub fn generate() -> Self {
-                $name(Uuid::now_v7())
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                self.0.fmt(f)
-            }
-        }
-    };
+impl FamilyId {
+    /// A new time-ordered id (UUIDv7).
+    pub fn generate() -> Self {
+        FamilyId(Uuid::now_v7())
+    }
 }
-
-id_newtype!(
-    /// A user (`users.id`, the `sub` claim).
-    UserId
-);
-id_newtype!(
-    /// A session (`sessions.id`, the `sid` claim).
-    SessionId
-);
-id_newtype!(
-    /// A refresh-token family (`sessions.family_id`).
-    FamilyId
-);
 
 #[cfg(test)]
 mod tests {

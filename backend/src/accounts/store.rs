@@ -1,10 +1,11 @@
 //! Queries on `users` and `credentials`. Every value written comes from a parsed type in
 //! [`super::names`], so what is read back is valid too.
 
+use haberci_wire::{MediaId, UserId};
 use sqlx::{PgExecutor, PgPool};
 use time::OffsetDateTime;
 
-use super::names::{AvatarRef, Bio, DisplayName, Email, LoginName, UserId, Username};
+use super::names::{AvatarRef, Bio, DisplayName, Email, LoginName, Username};
 
 /// A user as stored (and as the profile cache keeps it, in JSON).
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
@@ -18,7 +19,7 @@ pub struct UserRecord {
     /// An image upload of this user's, shown to anyone (`GET /v1/media/{id}` needs no token
     /// for it). Cached profiles written before it existed read as `None`.
     #[serde(default)]
-    pub avatar_media_id: Option<uuid::Uuid>,
+    pub avatar_media_id: Option<MediaId>,
     pub is_private: bool,
     pub is_admin: bool,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -132,7 +133,7 @@ pub struct ProfileUpdate {
     pub bio: Option<Bio>,
     pub avatar_ref: Option<Option<AvatarRef>>,
     /// Checked by the caller: an image upload of this user's.
-    pub avatar_media_id: Option<Option<uuid::Uuid>>,
+    pub avatar_media_id: Option<Option<MediaId>>,
     pub private: Option<bool>,
 }
 

@@ -4,16 +4,16 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use haberci_wire::SessionId;
 use serde::{Deserialize, Deserializer, Serialize};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 use super::extract::{ApiJson, ApiPath, Authenticated, ClientIp, UserAgent};
 use super::users::UserView;
 use super::{ApiError, AppState};
 use crate::accounts::store::{self, InsertError, NewUser};
-use crate::accounts::{DisplayName, Email, LoginName, Password, SessionId, UserId, Username};
+use crate::accounts::{DisplayName, Email, LoginName, Password, Username};
 use crate::auth::audit::{self, LoginFailure};
 use crate::auth::rate_limit::{Account, Bucket, Decision};
 use crate::auth::sessions::{self, Issued, Origin, RefreshToken, Rotation};
@@ -236,7 +236,7 @@ pub async fn register(
     let password_hash = state.auth.passwords.hash(&request.password).await?;
     let mut tx = state.db.begin().await?;
     let new = NewUser {
-        id: UserId::generate(),
+        id: crate::db::new_id(),
         username: &request.username,
         email: &request.email,
         display_name: &request.display_name,
@@ -442,16 +442,10 @@ pub async fn list_sessions(
 pub async fn revoke_session(
     State(state): State<AppState>,
     me: Authenticated,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(id): ApiPath<SessionId>,
 ) -> Result<StatusCode, ApiError> {
-    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
-    let revoked = sessions::revoke_one(
-        &state.db,
-        me.user,
-        SessionId(id),
-        sessions::RevokeReason::Revoked,
-    )
-    .await?;
+    let revoked =
+        sessions::revoke_one(&state.db, me.user, id, sessions::RevokeReason::Revoked).await?;
     if revoked.sessions.is_empty() {
         return Err(ApiError::NotFound);
     }

@@ -9,7 +9,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use haberci_wire::{Message, Seq};
+use haberci_wire::{ConversationId, GroupId, Message, Seq, UserId};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -17,7 +17,6 @@ use uuid::Uuid;
 
 use super::extract::{ApiJson, ApiPath, ApiQuery, Authenticated};
 use super::{ApiError, AppState};
-use crate::accounts::UserId;
 use crate::conversations::store::{self, ListCursor, MemberRecord};
 use crate::conversations::{
     self, GrantableRole, GroupName, Kind, MAX_GROUP_MEMBERS, MAX_INITIAL_MEMBERS, MembershipChange,
@@ -137,8 +136,8 @@ impl From<MemberRecord> for MemberView {
 #[serde(rename_all = "camelCase")]
 pub struct GroupView {
     /// The group id, which is also its conversation id (UUIDv7).
-    #[schema(format = Uuid)]
-    pub id: Uuid,
+    #[schema(value_type = String, format = Uuid)]
+    pub id: GroupId,
     pub name: String,
     /// The caller's role.
     pub role: Role,
@@ -197,8 +196,8 @@ pub struct PeerView {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConversationView {
-    #[schema(format = Uuid)]
-    pub id: Uuid,
+    #[schema(value_type = String, format = Uuid)]
+    pub id: ConversationId,
     pub kind: Kind,
     /// A direct conversation's other user; `null` for a group.
     pub peer: Option<PeerView>,
@@ -244,10 +243,6 @@ pub struct HistoryPage {
 
 // ---------------------------------------------------------------- helpers
 
-fn path_uuid(text: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(text).map_err(|_| ApiError::NotFound)
-}
-
 fn seq_out(value: i64) -> u64 {
     // Invariant: the schema keeps seqs and watermarks non-negative.
     u64::try_from(value).unwrap_or(0)
@@ -257,7 +252,11 @@ fn corrupt(err: conversations::CorruptRow) -> ApiError {
     ApiError::Internal(err.into())
 }
 
-async fn member_view(db: &sqlx::PgPool, group: Uuid, user: UserId) -> Result<MemberView, ApiError> {
+async fn member_view(
+    db: &sqlx::PgPool,
+    group: GroupId,
+    user: UserId,
+) -> Result<MemberView, ApiError> {
     store::members(db, group)
         .await?
         .into_iter()
@@ -298,7 +297,7 @@ pub async fn create_group(
             format!("no user has the id {first}"),
         ));
     }
-    let id = Uuid::now_v7();
+    let id: GroupId = crate::db::new_id();
     let mut tx = state.db.begin().await?;
     let group = store::create_group(&mut tx, id, request.name.as_str(), me.user, &members).await?;
     tx.commit().await?;
@@ -331,9 +330,8 @@ pub async fn create_group(
 pub async fn group(
     State(state): State<AppState>,
     me: Authenticated,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(id): ApiPath<GroupId>,
 ) -> Result<Json<GroupView>, ApiError> {
-    let id = path_uuid(&id)?;
     let role = store::role_of(&state.db, id, me.user)
         .await?
         .ok_or(ApiError::NotFound)?;
@@ -366,10 +364,9 @@ pub async fn group(
 pub async fn add_member(
     State(state): State<AppState>,
     me: Authenticated,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(id): ApiPath<GroupId>,
     ApiJson(request): ApiJson<AddMemberRequest>,
 ) -> Result<Response, ApiError> {
-    let id = path_uuid(&id)?;
     let role = request.role.unwrap_or(GrantableRole::MEMBER).role();
     let mut tx = state.db.begin().await?;
     let locked = store::lock_group(&mut tx, id, me.user)
@@ -436,10 +433,8 @@ pub async fn add_member(
 pub async fn remove_member(
     State(state): State<AppState>,
     me: Authenticated,
-    ApiPath((id, user)): ApiPath<(String, String)>,
+    ApiPath((id, target)): ApiPath<(GroupId, UserId)>,
 ) -> Result<StatusCode, ApiError> {
-    let id = path_uuid(&id)?;
-    let target = UserId(path_uuid(&user)?);
     if target == me.user {
         return leave_group(&state, me.user, id).await;
     }
@@ -482,13 +477,16 @@ pub async fn remove_member(
 pub async fn leave(
     State(state): State<AppState>,
     me: Authenticated,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(id): ApiPath<GroupId>,
 ) -> Result<StatusCode, ApiError> {
-    let id = path_uuid(&id)?;
     leave_group(&state, me.user, id).await
 }
 
-async fn leave_group(state: &AppState, user: UserId, group: Uuid) -> Result<StatusCode, ApiError> {
+async fn leave_group(
+    state: &AppState,
+    user: UserId,
+    group: GroupId,
+) -> Result<StatusCode, ApiError> {
     let mut tx = state.db.begin().await?;
     let locked = store::lock_group(&mut tx, group, user)
         .await?
@@ -521,11 +519,9 @@ async fn leave_group(state: &AppState, user: UserId, group: Uuid) -> Result<Stat
 pub async fn update_member(
     State(state): State<AppState>,
     me: Authenticated,
-    ApiPath((id, user)): ApiPath<(String, String)>,
+    ApiPath((id, target)): ApiPath<(GroupId, UserId)>,
     ApiJson(request): ApiJson<UpdateMemberRequest>,
 ) -> Result<Json<MemberView>, ApiError> {
-    let id = path_uuid(&id)?;
-    let target = UserId(path_uuid(&user)?);
     let mut tx = state.db.begin().await?;
     let locked = store::lock_group(&mut tx, id, me.user)
         .await?
@@ -595,7 +591,7 @@ pub async fn list_conversations(
     let next_cursor = more.then(|| rows.last()).flatten().map(|row| {
         encode_cursor(ListCursor {
             activity: row.activity,
-            id: row.id,
+            id: row.id.as_uuid(),
         })
     });
     let mut conversations = Vec::with_capacity(rows.len());
@@ -656,10 +652,9 @@ pub async fn list_conversations(
 pub async fn history(
     State(state): State<AppState>,
     me: Authenticated,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(id): ApiPath<ConversationId>,
     query: ApiQuery,
 ) -> Result<Json<HistoryPage>, ApiError> {
-    let id = path_uuid(&id)?;
     let limit = query
         .integer("limit", 1, MAX_HISTORY_LIMIT)?
         .unwrap_or(DEFAULT_HISTORY_LIMIT);

@@ -11,10 +11,10 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
+use haberci_wire::{SessionId, UserId};
 use serde::de::DeserializeOwned;
 
 use super::{ApiError, AppState};
-use crate::accounts::{SessionId, UserId};
 use crate::auth::sessions::{self, Status};
 
 /// A JSON body. Wrong content type → 415, too large → 413, not JSON → 400 `malformed_json`,
@@ -112,7 +112,9 @@ fn join_path(path: &str, name: &str) -> String {
     }
 }
 
-/// A path parameter; one that does not parse names nothing that exists (404).
+/// A path parameter, parsed: a `String`, an id newtype (`ApiPath<UserId>`), or a tuple of
+/// them for a route with several. One that does not parse (not a UUID, or the nil UUID)
+/// names nothing that exists: 404, like an id that names nothing.
 pub struct ApiPath<T>(pub T);
 
 impl<T, S> FromRequestParts<S> for ApiPath<T>
@@ -238,8 +240,11 @@ impl FromRequestParts<AppState> for Authenticated {
                 tracing::debug!(reason = err.reason(), "access token refused");
                 ApiError::InvalidToken
             })?;
-        let user = UserId(claims.sub);
-        let session = SessionId(claims.sid);
+        // Our own keys never sign a nil id; a token that holds one names nobody.
+        let (Some(user), Some(session)) = (UserId::new(claims.sub), SessionId::new(claims.sid))
+        else {
+            return Err(ApiError::InvalidToken);
+        };
         // Invariant: a verified token is not enough; its session must still be live. The
         // cache answers on the hot path; Postgres when the cache has no entry.
         match sessions::status(

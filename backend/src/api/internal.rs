@@ -15,12 +15,10 @@ use haberci_seam::internal::{
     MAX_SYNC_POSITIONS, STATS_PATH, SYNC_PATH, Stats, SyncAnswer, SyncConversation, SyncRequest,
     USER_CONVERSATIONS_ROUTE, UserConversation, UserConversations,
 };
-use haberci_wire::{ConversationId, Message, Seq};
-use uuid::Uuid;
+use haberci_wire::{ConversationId, Message, Seq, UserId};
 
 use super::extract::{ApiJson, ApiPath};
 use super::{ApiError, AppState};
-use crate::accounts::UserId;
 use crate::conversations::store::{self, SyncRow};
 use crate::conversations::{self, Kind, OthersWatermarks, status_for};
 
@@ -70,36 +68,27 @@ fn seq_out(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
-/// Stored ids are never nil (they are v7 or v5 UUIDs); a nil one would be a corrupt row.
-fn stored_id<T>(id: Uuid, wrap: fn(Uuid) -> Option<T>) -> Result<T, ApiError> {
-    wrap(id).ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a stored id is nil")))
-}
-
 async fn user_conversations(
     _gateway: Gateway,
     State(state): State<AppState>,
-    ApiPath(user): ApiPath<String>,
+    ApiPath(user): ApiPath<UserId>,
 ) -> Result<Json<UserConversations>, ApiError> {
-    let user = UserId(Uuid::parse_str(&user).map_err(|_| ApiError::NotFound)?);
     let rows = store::user_conversations(&state.db, user).await?;
-    let mut conversations = Vec::with_capacity(rows.len());
-    for row in rows {
-        conversations.push(UserConversation {
-            id: stored_id(row.id, ConversationId::new)?,
+    let conversations = rows
+        .into_iter()
+        .map(|row| UserConversation {
+            id: row.id,
             kind: match row.kind {
                 Kind::Direct => ConversationKind::Direct,
                 Kind::Group => ConversationKind::Group,
             },
-            peer: match row.peer {
-                Some(peer) => Some(stored_id(peer.0, haberci_wire::UserId::new)?),
-                None => None,
-            },
+            peer: row.peer,
             last_seq: seq_out(row.last_seq),
             joined_seq: seq_out(row.joined_seq),
             delivered_seq: seq_out(row.delivered_seq),
             read_seq: seq_out(row.read_seq),
-        });
-    }
+        })
+        .collect();
     Ok(Json(UserConversations { conversations }))
 }
 
@@ -136,7 +125,7 @@ async fn sync(
                 format!("after must be from 0 to {}", Seq::MAX),
             )
         })?;
-        positions.push((p.conversation_id.as_uuid(), after));
+        positions.push((p.conversation_id, after));
     }
     let budget = u32::try_from(MAX_SYNC_MESSAGES / positions.len().max(1)).unwrap_or(u32::MAX);
     let limit = asked.min(budget).max(1);
@@ -147,16 +136,16 @@ async fn sync(
         }));
     }
     // One more than the limit: its presence is `more`.
-    let user = UserId(request.user_id.as_uuid());
+    let user = request.user_id;
     let rows = store::sync(&state.db, user, &positions, i64::from(limit) + 1).await?;
     let mut answer: Vec<SyncConversation> = Vec::with_capacity(positions.len());
-    let mut index: HashMap<Uuid, usize> = HashMap::with_capacity(positions.len());
+    let mut index: HashMap<ConversationId, usize> = HashMap::with_capacity(positions.len());
     for row in &rows {
         let slot = match index.get(&row.position) {
             Some(&slot) => slot,
             None => {
                 answer.push(SyncConversation {
-                    conversation_id: stored_id(row.position, ConversationId::new)?,
+                    conversation_id: row.position,
                     messages: Vec::new(),
                     more: false,
                     forbidden: !row.member,

@@ -9,10 +9,10 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use haberci_wire::MediaId;
 use serde::Serialize;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 use super::extract::{ApiPath, ApiQuery, Authenticated, MaybeAuthenticated};
 use super::{ApiError, AppState};
@@ -29,8 +29,8 @@ use crate::media::{Media, MediaKind};
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MediaView {
-    #[schema(format = Uuid)]
-    pub id: Uuid,
+    #[schema(value_type = String, format = Uuid)]
+    pub id: MediaId,
     /// `image`, `video`, `audio` or `file`.
     pub kind: String,
     /// What the bytes are (decided from the bytes, not from the uploader's header).
@@ -285,7 +285,7 @@ pub async fn upload(
 pub async fn info(
     State(state): State<AppState>,
     me: Authenticated,
-    ApiPath(id): ApiPath<Uuid>,
+    ApiPath(id): ApiPath<MediaId>,
 ) -> Result<axum::Json<MediaView>, ApiError> {
     match store::readable(&state.db, id, Some(me.user)).await? {
         Some((row, true)) => Ok(axum::Json(MediaView::new(&state.media, row))),
@@ -311,7 +311,7 @@ pub async fn info(
 pub async fn delete(
     State(state): State<AppState>,
     me: Authenticated,
-    ApiPath(id): ApiPath<Uuid>,
+    ApiPath(id): ApiPath<MediaId>,
 ) -> Result<StatusCode, ApiError> {
     match store::delete_unused(&state.db, me.user, id).await? {
         store::Deleted::Gone => Ok(StatusCode::NO_CONTENT),
@@ -351,7 +351,7 @@ macro_rules! download_route {
         pub async fn $name(
             State(state): State<AppState>,
             me: MaybeAuthenticated,
-            ApiPath(id): ApiPath<Uuid>,
+            ApiPath(id): ApiPath<MediaId>,
             query: ApiQuery,
             headers: HeaderMap,
         ) -> Result<Response, ApiError> {
@@ -377,7 +377,7 @@ download_route!(
 async fn download(
     state: &AppState,
     me: MaybeAuthenticated,
-    id: Uuid,
+    id: MediaId,
     variant: Variant,
     query: &ApiQuery,
     headers: &HeaderMap,

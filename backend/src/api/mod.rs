@@ -1,6 +1,7 @@
-//! The HTTP API. [`app`] builds the whole router from an [`AppState`]; `main` serves it with
-//! [`serve`] (which records each connection's peer address, needed to trust a gateway's
-//! client-IP header), tests call it directly.
+//! The HTTP API. [`app`] builds the whole router from an [`AppState`]; [`run`] (what
+//! `haberci-backend api` does) opens the API's connections and serves it with [`serve`] (which
+//! records each connection's peer address, needed to trust a gateway's client-IP header);
+//! tests call [`app`] or [`serve`] directly.
 //!
 //! Routes: `GET /healthz` (alive), `GET /readyz` (Postgres through PgBouncer and Redis answer),
 //! `GET /v1/version`, the account and auth endpoints ([`auth`], [`users`]), and
@@ -43,7 +44,8 @@ use sqlx::PgPool;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::config::ApiSettings;
+use crate::auth::keys::{DEFAULT_KEY_POLL_INTERVAL, KeyStore};
+use crate::config::{ApiConfig, ApiSettings};
 pub use error::{ApiError, ErrorBody};
 
 /// How long a readiness probe waits for each dependency.
@@ -206,6 +208,44 @@ async fn no_store_by_default(mut response: Response) -> Response {
         .entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
     response
+}
+
+/// Runs the API until `shutdown`: loads the access-token keys (and reloads them as they
+/// change), opens the pool, Redis and the media store, binds `config.listen` and serves, with
+/// the media collector alongside. A start-up failure (keys, media store, address) is an error
+/// that says which.
+pub async fn run(config: ApiConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+    let keys = KeyStore::load_dir(&config.jwt_key_dir, config.jwt_signing_kid.as_deref())
+        .map_err(|err| anyhow::anyhow!("access-token keys (HABERCI_JWT_KEY_DIR): {err}"))?;
+    let keys = Arc::new(keys);
+    {
+        let current = keys.current();
+        tracing::info!(kids = ?current.set.kids(), signing = %current.set.signing_kid(), "access-token keys loaded");
+    }
+    tokio::spawn(crate::auth::keys::watch(
+        keys.clone(),
+        DEFAULT_KEY_POLL_INTERVAL,
+        shutdown.clone(),
+    ));
+    if config.settings.internal_token.is_none() {
+        tracing::warn!(
+            "HABERCI_INTERNAL_TOKEN is not set: the gateways' internal API (/internal/v1/*) answers 404"
+        );
+    }
+    let db = crate::db::connect_pool(&config.store.database_url, config.store.db_pool_size)?;
+    let redis = crate::redis::connect(&config.store.redis_url)?;
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, "api listening");
+    // A media store that cannot open (an unwritable directory, a malformed S3 setting) stops
+    // start-up here, with its reason, rather than at the first upload.
+    crate::media::Media::open(config.settings.media.clone())
+        .map_err(|err| anyhow::anyhow!("media store {:?}: {err}", config.settings.media.store))?;
+    let state = AppState::with_keys(db, redis, config.settings, keys);
+    tokio::spawn(crate::media::gc::run(state.media.clone(), state.db.clone()));
+    let app = app(state);
+    serve(listener, app, shutdown).await?;
+    tracing::info!("api stopped");
+    Ok(())
 }
 
 /// Serves `app` on `listener` until `shutdown`, recording each connection's peer address.

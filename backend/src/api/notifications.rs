@@ -5,6 +5,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use haberci_wire::{CommentId, NotificationId, PostId, UserId};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -23,14 +24,14 @@ use crate::social::store::{self, MAX_ID};
 #[serde(rename_all = "camelCase")]
 pub struct NotificationView {
     /// The newest event's id (also the mark-as-read position).
-    #[schema(format = Uuid)]
-    pub id: Uuid,
+    #[schema(value_type = String, format = Uuid)]
+    pub id: NotificationId,
     /// `follow`, `follow_request`, `like`, `comment`, `mention` or `repost`.
     pub kind: String,
-    #[schema(format = Uuid)]
-    pub post_id: Option<Uuid>,
-    #[schema(format = Uuid)]
-    pub comment_id: Option<Uuid>,
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub post_id: Option<PostId>,
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub comment_id: Option<CommentId>,
     /// How many people did this.
     pub actor_count: i64,
     /// The newest of them (at most 3), newest first.
@@ -45,8 +46,8 @@ pub struct NotificationView {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ActorRef {
-    #[schema(format = Uuid)]
-    pub id: Uuid,
+    #[schema(value_type = String, format = Uuid)]
+    pub id: UserId,
     pub username: String,
 }
 
@@ -71,6 +72,7 @@ pub struct UnreadCount {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MarkReadRequest {
     /// Mark read every notification up to this id (a `NotificationView.id`); absent: all.
+    // A position, not an id: any UUID.
     #[serde(default)]
     #[schema(format = Uuid)]
     pub up_to: Option<Uuid>,
@@ -104,7 +106,7 @@ pub async fn list(
     let next_cursor = more
         .then(|| rows.last())
         .flatten()
-        .map(|n| cursor::encode_id(n.latest));
+        .map(|n| cursor::encode_id(n.latest.as_uuid()));
     let unread_count = notify::unread_count(&state.db, me.user).await?;
     let notifications = rows
         .into_iter()
@@ -169,6 +171,7 @@ pub async fn mark_read(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ReportRequest {
+    // A plain UUID: one that names no post I can see (the nil UUID included) answers 404.
     #[serde(default)]
     #[schema(format = Uuid)]
     pub post_id: Option<Uuid>,
@@ -210,6 +213,7 @@ pub async fn report(
     }
     let (post, user) = match (request.post_id, request.username.as_deref()) {
         (Some(post), None) => {
+            let post = PostId::new(post).ok_or(ApiError::NotFound)?;
             store::actionable(&state.db, me.user, post)
                 .await?
                 .ok_or(ApiError::NotFound)?;

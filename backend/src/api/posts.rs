@@ -9,6 +9,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use haberci_wire::{CommentId, MediaId, PostId, UserId};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -19,7 +20,6 @@ use super::extract::{ApiJson, ApiPath, ApiQuery, Authenticated};
 use super::media::MediaView;
 use super::social::{UserPage, UserRef, limit, page_limit, visible_user};
 use super::{ApiError, AppState};
-use crate::accounts::UserId;
 use crate::social::notify::{self, Kind};
 use crate::social::store::{self, CommentRow, MAX_ID, MIN_ID, NewPost, PostRow};
 use crate::social::{MAX_POST_MEDIA, PostText, Visibility, text};
@@ -31,13 +31,13 @@ use crate::social::{MAX_POST_MEDIA, PostText, Visibility, text};
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PostView {
-    #[schema(format = Uuid)]
-    pub id: Uuid,
+    #[schema(value_type = String, format = Uuid)]
+    pub id: PostId,
     pub author: UserRef,
     pub content: String,
     pub visibility: Visibility,
     #[schema(value_type = Vec<String>)]
-    pub media_ids: Vec<Uuid>,
+    pub media_ids: Vec<MediaId>,
     /// The media of `mediaIds`, in order, with signed links.
     pub media: Vec<MediaView>,
     /// Usernames mentioned, sorted.
@@ -152,6 +152,8 @@ pub struct CreatePostRequest {
     #[serde(default)]
     pub visibility: Option<Visibility>,
     /// Up to 4 ids of media I uploaded.
+    // Plain UUIDs: one that names no upload of mine (the nil UUID included) is refused by the
+    // handler, naming it.
     #[serde(default)]
     #[schema(value_type = Option<Vec<String>>, max_items = 4)]
     pub media_ids: Option<Vec<Uuid>>,
@@ -190,13 +192,13 @@ pub struct PostEdits {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CommentView {
-    #[schema(format = Uuid)]
-    pub id: Uuid,
-    #[schema(format = Uuid)]
-    pub post_id: Uuid,
+    #[schema(value_type = String, format = Uuid)]
+    pub id: CommentId,
+    #[schema(value_type = String, format = Uuid)]
+    pub post_id: PostId,
     /// The comment this replies to; `null` for a reply to the post.
-    #[schema(format = Uuid)]
-    pub parent_id: Option<Uuid>,
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub parent_id: Option<CommentId>,
     pub author: UserRef,
     pub content: String,
     #[serde(with = "time::serde::rfc3339")]
@@ -229,6 +231,7 @@ pub struct CreateCommentRequest {
     #[schema(value_type = String, min_length = 1, max_length = 1000)]
     pub content: PostText,
     /// A comment of the same post to reply to.
+    // A plain UUID: one that names none (the nil UUID included) is refused by the handler.
     #[serde(default)]
     #[schema(format = Uuid)]
     pub parent_id: Option<Uuid>,
@@ -247,13 +250,9 @@ pub struct Thread {
 
 // ---------------------------------------------------------------- helpers
 
-fn path_post(text: &str) -> Result<Uuid, ApiError> {
-    Uuid::try_parse(text).map_err(|_| ApiError::NotFound)
-}
-
 /// Fills in the media of `posts` (and of the posts they repost): one query for the page.
 async fn with_media(state: &AppState, mut posts: Vec<PostView>) -> Result<Vec<PostView>, ApiError> {
-    let ids: Vec<Uuid> = posts
+    let ids: Vec<MediaId> = posts
         .iter()
         .flat_map(|p| {
             let original = p.repost_of.iter().flat_map(|o| o.media_ids.iter());
@@ -264,13 +263,13 @@ async fn with_media(state: &AppState, mut posts: Vec<PostView>) -> Result<Vec<Po
     if ids.is_empty() {
         return Ok(posts);
     }
-    let rows: std::collections::HashMap<Uuid, crate::media::store::MediaRow> =
+    let rows: std::collections::HashMap<MediaId, crate::media::store::MediaRow> =
         crate::media::store::by_ids(&state.db, &ids)
             .await?
             .into_iter()
             .map(|row| (row.id, row))
             .collect();
-    let views = |ids: &[Uuid]| -> Vec<MediaView> {
+    let views = |ids: &[MediaId]| -> Vec<MediaView> {
         ids.iter()
             .filter_map(|id| rows.get(id))
             .map(|row| MediaView::new(&state.media, row.clone()))
@@ -303,7 +302,7 @@ fn post_page(mut rows: Vec<PostRow>, limit: i64) -> PostPage {
     let next_cursor = more
         .then(|| rows.last())
         .flatten()
-        .map(|p| cursor::encode_id(p.id));
+        .map(|p| cursor::encode_id(p.id.as_uuid()));
     PostPage {
         posts: rows.into_iter().map(PostView::from).collect(),
         next_cursor,
@@ -337,7 +336,7 @@ async fn mentioned(state: &AppState, content: &PostText) -> Result<Vec<UserId>, 
     Ok(found.into_iter().map(|(_, id)| id).collect())
 }
 
-async fn read_post(state: &AppState, me: UserId, id: Uuid) -> Result<PostRow, ApiError> {
+async fn read_post(state: &AppState, me: UserId, id: PostId) -> Result<PostRow, ApiError> {
     store::post(&state.db, me, id)
         .await?
         .ok_or(ApiError::NotFound)
@@ -345,7 +344,7 @@ async fn read_post(state: &AppState, me: UserId, id: Uuid) -> Result<PostRow, Ap
 
 async fn mention_notifications(
     tx: &mut sqlx::PgConnection,
-    post: Uuid,
+    post: PostId,
     author: UserId,
     users: &[UserId],
 ) -> Result<Vec<notify::Stored>, ApiError> {
@@ -384,38 +383,40 @@ pub async fn create_post(
     me: Authenticated,
     ApiJson(request): ApiJson<CreatePostRequest>,
 ) -> Result<Response, ApiError> {
-    let media = request.media_ids.unwrap_or_default();
-    if media.len() > MAX_POST_MEDIA {
+    let asked = request.media_ids.unwrap_or_default();
+    if asked.len() > MAX_POST_MEDIA {
         return Err(ApiError::invalid(
             "mediaIds",
             "a post carries at most 4 media",
         ));
     }
-    let mine: std::collections::HashSet<Uuid> = crate::media::store::by_ids(&state.db, &media)
+    let ids: Vec<MediaId> = asked.iter().copied().filter_map(MediaId::new).collect();
+    let mine: std::collections::HashSet<MediaId> = crate::media::store::by_ids(&state.db, &ids)
         .await?
         .into_iter()
-        .filter(|row| row.owner_id == me.user.0)
+        .filter(|row| row.owner_id == me.user)
         .map(|row| row.id)
         .collect();
-    let mut seen = std::collections::HashSet::new();
-    for id in &media {
-        if !mine.contains(id) {
+    let mut media: Vec<MediaId> = Vec::with_capacity(asked.len());
+    for &raw in &asked {
+        let Some(id) = MediaId::new(raw).filter(|id| mine.contains(id)) else {
             return Err(ApiError::invalid(
                 "mediaIds",
-                format!("{id} is not a media upload of yours"),
+                format!("{raw} is not a media upload of yours"),
             ));
-        }
-        if !seen.insert(id) {
+        };
+        if media.contains(&id) {
             return Err(ApiError::invalid(
                 "mediaIds",
-                format!("{id} is listed twice"),
+                format!("{raw} is listed twice"),
             ));
         }
+        media.push(id);
     }
     let mentions = mentioned(&state, &request.content).await?;
     let hashtags = text::hashtags(request.content.as_str());
     limit(&state, "post", me.user, state.settings.social.post).await?;
-    let id = Uuid::now_v7();
+    let id: PostId = crate::db::new_id();
     let mut tx = state.db.begin().await?;
     store::insert_post(
         &mut tx,
@@ -450,9 +451,8 @@ pub async fn create_post(
 pub async fn post(
     State(state): State<AppState>,
     me: Authenticated,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(id): ApiPath<PostId>,
 ) -> Result<Json<PostView>, ApiError> {
-    let id = path_post(&id)?;
     Ok(Json(
         one_with_media(&state, read_post(&state, me.user, id).await?.into()).await?,
     ))
@@ -473,10 +473,9 @@ pub async fn post(
 pub async fn edit_post(
     State(state): State<AppState>,
     me: Authenticated,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(id): ApiPath<PostId>,
     ApiJson(request): ApiJson<EditPostRequest>,
 ) -> Result<Json<PostView>, ApiError> {
-    let id = path_post(&id)?;
     let before = read_post(&state, me.user, id).await?;
     if before.author_id != me.user || before.o_id.is_some() {
         return Err(ApiError::Forbidden(
@@ -528,9 +527,8 @@ pub async fn edit_post(
 pub async fn delete_post(
     State(state): State<AppState>,
     me: Authenticated,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(id): ApiPath<PostId>,
 ) -> Result<StatusCode, ApiError> {
-    let id = path_post(&id)?;
     let admin = store::is_admin(&state.db, me.user).await?;
     let mut tx = state.db.begin().await?;
     let post = store::lock_post(&mut tx, id)
@@ -564,9 +562,8 @@ pub async fn delete_post(
 pub async fn post_edits(
     State(state): State<AppState>,
     me: Authenticated,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(id): ApiPath<PostId>,
 ) -> Result<Json<PostEdits>, ApiError> {
-    let id = path_post(&id)?;
     read_post(&state, me.user, id).await?;
     let edits = store::edits(&state.db, id)
         .await?
@@ -594,9 +591,8 @@ pub async fn post_edits(
 pub async fn like(
     State(state): State<AppState>,
     me: Authenticated,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(id): ApiPath<PostId>,
 ) -> Result<Json<PostView>, ApiError> {
-    let id = path_post(&id)?;
     let post = store::actionable(&state.db, me.user, id)
         .await?
         .ok_or(ApiError::NotFound)?;
@@ -636,9 +632,8 @@ pub async fn like(
 pub async fn unlike(
     State(state): State<AppState>,
     me: Authenticated,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(id): ApiPath<PostId>,
 ) -> Result<Json<PostView>, ApiError> {
-    let id = path_post(&id)?;
     store::actionable(&state.db, me.user, id)
         .await?
         .ok_or(ApiError::NotFound)?;
@@ -668,10 +663,9 @@ pub async fn unlike(
 pub async fn likes(
     State(state): State<AppState>,
     me: Authenticated,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(id): ApiPath<PostId>,
     query: ApiQuery,
 ) -> Result<Json<UserPage>, ApiError> {
-    let id = path_post(&id)?;
     store::actionable(&state.db, me.user, id)
         .await?
         .ok_or(ApiError::NotFound)?;
@@ -693,9 +687,8 @@ pub async fn likes(
 pub async fn repost(
     State(state): State<AppState>,
     me: Authenticated,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(id): ApiPath<PostId>,
 ) -> Result<Json<PostView>, ApiError> {
-    let id = path_post(&id)?;
     let post = store::actionable(&state.db, me.user, id)
         .await?
         .ok_or(ApiError::NotFound)?;
@@ -740,9 +733,8 @@ pub async fn repost(
 pub async fn unrepost(
     State(state): State<AppState>,
     me: Authenticated,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(id): ApiPath<PostId>,
 ) -> Result<Json<PostView>, ApiError> {
-    let id = path_post(&id)?;
     store::actionable(&state.db, me.user, id)
         .await?
         .ok_or(ApiError::NotFound)?;
@@ -773,35 +765,27 @@ pub async fn unrepost(
 pub async fn create_comment(
     State(state): State<AppState>,
     me: Authenticated,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(post): ApiPath<PostId>,
     ApiJson(request): ApiJson<CreateCommentRequest>,
 ) -> Result<Response, ApiError> {
-    let post = path_post(&id)?;
     let target = store::actionable(&state.db, me.user, post)
         .await?
         .ok_or(ApiError::NotFound)?;
-    let parent_author = match request.parent_id {
-        Some(parent) => Some(
-            store::comment_author(&state.db, post, parent)
+    let no_parent = || ApiError::invalid("parentId", "no comment of this post has this id");
+    let (parent, parent_author) = match request.parent_id {
+        Some(raw) => {
+            let parent = CommentId::new(raw).ok_or_else(no_parent)?;
+            let author = store::comment_author(&state.db, post, parent)
                 .await?
-                .ok_or_else(|| {
-                    ApiError::invalid("parentId", "no comment of this post has this id")
-                })?,
-        ),
-        None => None,
+                .ok_or_else(no_parent)?;
+            (Some(parent), Some(author))
+        }
+        None => (None, None),
     };
     limit(&state, "comment", me.user, state.settings.social.comment).await?;
-    let id = Uuid::now_v7();
+    let id: CommentId = crate::db::new_id();
     let mut tx = state.db.begin().await?;
-    store::insert_comment(
-        &mut tx,
-        id,
-        post,
-        request.parent_id,
-        me.user,
-        request.content.as_str(),
-    )
-    .await?;
+    store::insert_comment(&mut tx, id, post, parent, me.user, request.content.as_str()).await?;
     let mut users = vec![target.author_id];
     users.extend(parent_author.filter(|a| *a != target.author_id));
     let mut told = Vec::new();
@@ -843,10 +827,8 @@ pub async fn create_comment(
 pub async fn delete_comment(
     State(state): State<AppState>,
     me: Authenticated,
-    ApiPath((id, comment)): ApiPath<(String, String)>,
+    ApiPath((post, comment)): ApiPath<(PostId, CommentId)>,
 ) -> Result<StatusCode, ApiError> {
-    let post = path_post(&id)?;
-    let comment = path_post(&comment)?;
     let target = store::actionable(&state.db, me.user, post)
         .await?
         .ok_or(ApiError::NotFound)?;
@@ -884,10 +866,9 @@ pub async fn delete_comment(
 pub async fn thread(
     State(state): State<AppState>,
     me: Authenticated,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(id): ApiPath<PostId>,
     query: ApiQuery,
 ) -> Result<Json<Thread>, ApiError> {
-    let id = path_post(&id)?;
     let limit = page_limit(&query)?;
     let after = query
         .text("cursor")
@@ -901,7 +882,7 @@ pub async fn thread(
     let next_cursor = more
         .then(|| comments.last())
         .flatten()
-        .map(|c| cursor::encode_id(c.id));
+        .map(|c| cursor::encode_id(c.id.as_uuid()));
     Ok(Json(Thread {
         post: one_with_media(&state, post.into()).await?,
         comments: comments.into_iter().map(CommentView::from).collect(),

@@ -8,14 +8,15 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use haberci_wire::{PostId, UserId};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::cursor;
 use super::extract::{ApiPath, ApiQuery, Authenticated};
 use super::{ApiError, AppState};
+use crate::accounts::Username;
 use crate::accounts::store::{self as accounts, UserRecord};
-use crate::accounts::{UserId, Username};
 use crate::auth::rate_limit::{Account, Bucket};
 use crate::social::notify::{self, Kind};
 use crate::social::store::{self, Followed, TimeCursor, UserList, UserSummary};
@@ -149,7 +150,7 @@ async fn user_page(
     let next_cursor = more.then(|| rows.last()).flatten().map(|u| {
         cursor::encode_time(TimeCursor {
             at: u.at,
-            id: u.id.0,
+            id: u.id.as_uuid(),
         })
     });
     Ok(UserPage {
@@ -513,7 +514,7 @@ pub async fn mutes(
 pub async fn likers_page(
     state: &AppState,
     me: UserId,
-    post: uuid::Uuid,
+    post: PostId,
     query: &ApiQuery,
 ) -> Result<UserPage, ApiError> {
     user_page(state, me, UserList::Likers(post), query).await

@@ -14,6 +14,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use haberci_wire::MediaId;
 use serde::Serialize;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -58,7 +59,7 @@ struct UploadRow {
     length: i64,
     received: i64,
     filename: Option<String>,
-    media_id: Option<Uuid>,
+    media_id: Option<MediaId>,
     expires_at: OffsetDateTime,
 }
 
@@ -175,7 +176,7 @@ pub async fn create(
          RETURNING expires_at",
     )
     .bind(id)
-    .bind(me.user.0)
+    .bind(me.user)
     .bind(kind.as_str())
     .bind(i64::try_from(length).unwrap_or(i64::MAX))
     .bind(filename.as_deref().and_then(clean_filename))
@@ -228,7 +229,7 @@ async fn find(state: &AppState, me: Authenticated, id: Uuid) -> Result<UploadRow
          WHERE id = $1 AND owner_id = $2 AND expires_at > now()",
     )
     .bind(id)
-    .bind(me.user.0)
+    .bind(me.user)
     .fetch_optional(&state.db)
     .await?
     .ok_or(ApiError::NotFound)
@@ -373,7 +374,7 @@ pub async fn patch(
            AND (leased_until IS NULL OR leased_until < now())",
     )
     .bind(id)
-    .bind(me.user.0)
+    .bind(me.user)
     .bind(LEASE_SECS)
     .bind(row.received)
     .execute(&state.db)
@@ -431,7 +432,7 @@ async fn finish(
     me: Authenticated,
     row: &UploadRow,
     path: &std::path::Path,
-) -> Result<Uuid, ApiError> {
+) -> Result<MediaId, ApiError> {
     let kind = MediaKind::parse(&row.kind).unwrap_or(MediaKind::File);
     let staged = async {
         let sha256 = upload::hash_file(path).await?;
@@ -489,7 +490,7 @@ pub async fn terminate(
     check_version(&headers)?;
     let gone = sqlx::query("DELETE FROM media_uploads WHERE id = $1 AND owner_id = $2")
         .bind(id)
-        .bind(me.user.0)
+        .bind(me.user)
         .execute(&state.db)
         .await?;
     if gone.rows_affected() == 0 {

@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use haberci_wire::{MediaId, UserId};
 use serde::{Deserialize, Deserializer, Serialize};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -11,7 +12,7 @@ use uuid::Uuid;
 use super::extract::{ApiJson, ApiPath, Authenticated};
 use super::{ApiError, AppState};
 use crate::accounts::store::{self, ProfileUpdate, UserRecord};
-use crate::accounts::{AvatarRef, Bio, DisplayName, UserId, Username};
+use crate::accounts::{AvatarRef, Bio, DisplayName, Username};
 use crate::media::links::Variant;
 
 /// My account.
@@ -27,7 +28,7 @@ pub struct UserView {
     pub avatar_ref: Option<String>,
     /// My avatar, an image upload (`PATCH /v1/me` `avatarMediaId`).
     #[schema(value_type = Option<String>, format = Uuid)]
-    pub avatar_media_id: Option<Uuid>,
+    pub avatar_media_id: Option<MediaId>,
     /// Where anyone can load it, without a token.
     pub avatar_url: Option<String>,
     /// A small version (JPEG, ≤ 320 px).
@@ -79,7 +80,7 @@ pub struct ProfileView {
     pub bio: String,
     pub avatar_ref: Option<String>,
     #[schema(value_type = Option<String>, format = Uuid)]
-    pub avatar_media_id: Option<Uuid>,
+    pub avatar_media_id: Option<MediaId>,
     /// Public: loads without a token.
     pub avatar_url: Option<String>,
     pub avatar_thumb_url: Option<String>,
@@ -120,6 +121,8 @@ pub struct UpdateMeRequest {
     pub avatar_ref: Option<Option<AvatarRef>>,
     /// An image I uploaded (`POST /v1/media?kind=image`) becomes my avatar, shown to anyone;
     /// `null` removes it.
+    // Any UUID parses here (the nil one included) and is then refused unless it is such an
+    // upload: the answer a client has always had.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>, format = Uuid)]
     pub avatar_media_id: Option<Option<Uuid>>,
@@ -164,23 +167,16 @@ pub async fn update_me(
     me: Authenticated,
     ApiJson(request): ApiJson<UpdateMeRequest>,
 ) -> Result<Json<UserView>, ApiError> {
-    if let Some(Some(id)) = request.avatar_media_id {
-        let mine = crate::media::store::by_ids(&state.db, &[id])
-            .await?
-            .into_iter()
-            .any(|row| row.owner_id == me.user.0 && row.kind == "image");
-        if !mine {
-            return Err(ApiError::invalid(
-                "avatarMediaId",
-                format!("{id} is not an image upload of yours"),
-            ));
-        }
-    }
+    let avatar_media_id = match request.avatar_media_id {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(raw)) => Some(Some(my_image(&state, me.user, raw).await?)),
+    };
     let update = ProfileUpdate {
         display_name: request.display_name,
         bio: request.bio,
         avatar_ref: request.avatar_ref,
-        avatar_media_id: request.avatar_media_id,
+        avatar_media_id,
         private: request.private,
     };
     let user = store::update_profile(&state.db, me.user, &update)
@@ -191,6 +187,22 @@ pub async fn update_me(
         .forget(&state.db, &state.redis, &[me.user])
         .await;
     Ok(Json(user.into()))
+}
+
+/// `raw` as an image upload of `me`'s, else 422 on `avatarMediaId`.
+async fn my_image(state: &AppState, me: UserId, raw: Uuid) -> Result<MediaId, ApiError> {
+    let refused = || {
+        ApiError::invalid(
+            "avatarMediaId",
+            format!("{raw} is not an image upload of yours"),
+        )
+    };
+    let id = MediaId::new(raw).ok_or_else(refused)?;
+    let mine = crate::media::store::by_ids(&state.db, &[id])
+        .await?
+        .into_iter()
+        .any(|row| row.owner_id == me && row.kind == "image");
+    if mine { Ok(id) } else { Err(refused()) }
 }
 
 /// Someone's profile (for signed-in users). A user with a block between us answers 404.

@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 
-use crate::accounts::{SessionId, UserId};
+use haberci_wire::{SessionId, UserId};
 
 /// Why a login failed, as logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -197,3 +197,50 @@ pub async fn watch(store: Arc<KeyStore>, interval: Duration, shutdown: Shutdown)
         }
     }
 }
+
+/// The id of a key made at `now`: its UTC time, `20261125T100000Z`, so a newer key sorts last
+/// (and, unpinned, signs).
+pub fn kid_at(now: time::OffsetDateTime) -> String {
+    let now = now.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    )
+}
+
+/// `keys ensure`: a new key in `dir` unless it holds one already (idempotent). The file
+/// written, or `None` when there was a key.
+pub fn ensure_key(dir: &Path, now: time::OffsetDateTime) -> Result<Option<PathBuf>, KeyError> {
+    if haberci_token::keys::has_keys(dir) {
+        return Ok(None);
+    }
+    add_key(dir, now).map(Some)
+}
+
+/// `keys new`: a new key in `dir`, named by [`kid_at`]`(now)` (rotation: it is published at
+/// once, and signs once it sorts last or is named by `HABERCI_JWT_SIGNING_KID`).
+pub fn add_key(dir: &Path, now: time::OffsetDateTime) -> Result<PathBuf, KeyError> {
+    haberci_token::keys::write_new_key(dir, &kid_at(now))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_ids_are_utc_times_that_sort_by_age() {
+        let at = |unix: i64| {
+            time::OffsetDateTime::from_unix_timestamp(unix)
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        };
+        assert_eq!(kid_at(at(1_795_600_800)), "20261125T100000Z");
+        let east = at(1_795_600_800).to_offset(time::macros::offset!(+3));
+        assert_eq!(kid_at(east), "20261125T100000Z");
+        assert!(kid_at(at(1_795_600_800)) < kid_at(at(1_795_600_801)));
+    }
+}

@@ -23,9 +23,9 @@ use std::time::Duration;
 
 use axum::http::HeaderMap;
 use haberci_token::Claims;
+use haberci_wire::{SessionId, UserId};
 use time::OffsetDateTime;
 
-use crate::accounts::{SessionId, UserId};
 use crate::config::{AuthSettings, TrustedProxies};
 
 /// The header a gateway puts the client's address in.
@@ -57,7 +57,7 @@ impl Auth {
     /// A signed access token for `session` of `user`, and its lifetime in seconds.
     pub fn access_token(&self, user: UserId, session: SessionId) -> (String, i64) {
         let ttl = i64::try_from(self.settings.access_ttl.as_secs()).unwrap_or(900);
-        let claims = Claims::new(user.0, session.0, unix_now(), ttl);
+        let claims = Claims::new(user.as_uuid(), session.as_uuid(), unix_now(), ttl);
         (self.keys.current().set.sign(&claims), ttl)
     }
 

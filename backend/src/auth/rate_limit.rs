@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use fred::clients::Client;
 use fred::types::scripts::Script;
+use haberci_wire::UserId;
 
-use crate::accounts::UserId;
 use crate::config::Rate;
 
 /// Prefix length an IPv6 client is bucketed by: a /64 is the smallest block a site or
@@ -193,10 +193,10 @@ mod tests {
     #[test]
     fn account_subjects_keep_users_and_names_apart() {
         let rate = Rate::new(10, Duration::from_secs(300));
-        let id = UserId(uuid::Uuid::nil());
+        let id = UserId::new(uuid::Uuid::from_u128(1)).unwrap_or_else(|| unreachable!());
         assert_eq!(
             Bucket::account("login", Account::User(id), rate).key,
-            "rl:login:account:10/300s:user:00000000-0000-0000-0000-000000000000"
+            "rl:login:account:10/300s:user:00000000-0000-0000-0000-000000000001"
         );
         assert_eq!(
             Bucket::account("login", Account::Name("alice"), rate).key,

@@ -23,13 +23,14 @@ use fred::clients::Client;
 use fred::interfaces::{KeysInterface, PubsubInterface};
 use fred::types::{Expiration, SetOptions};
 use haberci_seam::revocation::{self, Announcement};
+use haberci_wire::{SessionId, UserId};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
-use crate::accounts::{FamilyId, SessionId, UserId};
+use crate::accounts::FamilyId;
 
 /// Redis key of a session's cache entry.
 pub fn cache_key(session: SessionId) -> String {
@@ -93,7 +94,7 @@ pub async fn create(
     origin: &Origin<'_>,
     ttl: Duration,
 ) -> Result<Issued, SessionError> {
-    let session = SessionId::generate();
+    let session: SessionId = crate::db::new_id();
     let family = FamilyId::generate();
     let expires_at = OffsetDateTime::now_utc() + ttl;
     let token = RefreshToken::generate().map_err(|_| SessionError::Random)?;
@@ -290,13 +291,25 @@ pub async fn revoke_one(
 /// Revokes every live session of `user`.
 pub async fn revoke_all(db: &PgPool, user: UserId) -> Result<Revoked, sqlx::Error> {
     let mut conn = db.acquire().await?;
-    revoke_where(&mut conn, "user_id = $1", user.0, RevokeReason::LogoutAll).await
+    revoke_where(
+        &mut conn,
+        "user_id = $1",
+        user.as_uuid(),
+        RevokeReason::LogoutAll,
+    )
+    .await
 }
 
 /// Revokes every session of a suspended account (reason `revoked`).
 pub async fn revoke_suspended(db: &PgPool, user: UserId) -> Result<Revoked, sqlx::Error> {
     let mut conn = db.acquire().await?;
-    revoke_where(&mut conn, "user_id = $1", user.0, RevokeReason::Revoked).await
+    revoke_where(
+        &mut conn,
+        "user_id = $1",
+        user.as_uuid(),
+        RevokeReason::Revoked,
+    )
+    .await
 }
 
 /// Marks revoked sessions in the cache and publishes them. Postgres already holds the
@@ -350,20 +363,14 @@ pub async fn announce(redis: &Client, revoked: &Revoked, marker_ttl: Duration) {
     }
 }
 
-/// The JSON announced on [`revocation::CHANNEL`]. Stored ids are never nil (UUIDv7).
-fn announcement(session: SessionId, user: UserId, reason: RevokeReason) -> String {
-    match (
-        haberci_wire::SessionId::new(session.0),
-        haberci_wire::UserId::new(user.0),
-    ) {
-        (Some(session_id), Some(user_id)) => Announcement {
-            session_id,
-            user_id,
-            reason,
-        }
-        .to_json(),
-        _ => String::new(),
+/// The JSON announced on [`revocation::CHANNEL`].
+fn announcement(session_id: SessionId, user_id: UserId, reason: RevokeReason) -> String {
+    Announcement {
+        session_id,
+        user_id,
+        reason,
     }
+    .to_json()
 }
 
 #[derive(Debug, Serialize, Deserialize)]

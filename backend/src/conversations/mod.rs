@@ -6,7 +6,8 @@
 //! - [`Role`], [`GroupName`]: values that can only be valid.
 //! - [`status_for`]: a message's status as one member sees it, from the watermarks.
 //! - [`MessageRow::to_message`]: a stored row as the API's message object
-//!   ([`haberci_wire::Message`]).
+//!   ([`haberci_wire::Message`]); [`kind_name`] / [`kind_named`]: a message kind as
+//!   `messages.type` stores it (the worker writes it, this module reads it).
 //! - [`store`]: the SQL.
 //!
 //! Invariant: membership changes take the conversation row `FOR UPDATE`, the lock the worker
@@ -18,15 +19,14 @@ pub mod store;
 use std::fmt;
 
 use haberci_wire::{
-    ConversationId, Message, MessageId, MessageKind, MessageStatus, RecipientId, Seq, Timestamp,
-    UserId as WireUserId,
+    ConversationId, GroupId, MediaId, Message, MessageId, MessageKind, MessageStatus, RecipientId,
+    Seq, Timestamp, UserId,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
-use uuid::Uuid;
 
-use crate::accounts::{Invalid, UserId};
+use crate::accounts::Invalid;
 
 /// Members a group may start with (besides its owner), in `POST /v1/groups`.
 pub const MAX_INITIAL_MEMBERS: usize = 256;
@@ -186,12 +186,38 @@ pub fn status_for(
     }
 }
 
+/// `messages.type`: the name a message kind is stored under. The one mapping between the two;
+/// [`kind_named`] is its inverse.
+pub fn kind_name(kind: MessageKind) -> &'static str {
+    match kind {
+        MessageKind::Text => "text",
+        MessageKind::Image => "image",
+        MessageKind::Video => "video",
+        MessageKind::Audio => "audio",
+        MessageKind::File => "file",
+    }
+}
+
+/// The kind stored as `name` (`messages.type`); `None` for a name [`kind_name`] never gives.
+pub fn kind_named(name: &str) -> Option<MessageKind> {
+    // Every kind `kind_name` names; one added to the wire enum must be added here too (until
+    // then its messages read back as corrupt rows).
+    const KINDS: [MessageKind; 5] = [
+        MessageKind::Text,
+        MessageKind::Image,
+        MessageKind::Video,
+        MessageKind::Audio,
+        MessageKind::File,
+    ];
+    KINDS.into_iter().find(|&kind| kind_name(kind) == name)
+}
+
 /// A stored message with what it takes to address it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct MessageRow {
-    pub conversation_id: Uuid,
+    pub conversation_id: ConversationId,
     pub seq: i64,
-    pub id: Uuid,
+    pub id: MessageId,
     pub sender_id: UserId,
     #[sqlx(rename = "type")]
     pub kind: String,
@@ -205,7 +231,7 @@ pub struct MessageRow {
 /// the upload's row knows (`LEFT JOIN media md`). All `None` for text.
 #[derive(Debug, Clone, Default, PartialEq, Eq, sqlx::FromRow)]
 pub struct MediaColumns {
-    pub media_id: Option<Uuid>,
+    pub media_id: Option<MediaId>,
     pub media_content_type: Option<String>,
     pub media_size: Option<i64>,
     pub media_width: Option<i32>,
@@ -218,7 +244,7 @@ pub struct MediaColumns {
 impl MediaColumns {
     /// The wire's view; `None` without a media id.
     pub fn info(&self) -> Option<haberci_wire::MediaInfo> {
-        let id = haberci_wire::MediaId::new(self.media_id?)?;
+        let id = self.media_id?;
         Some(haberci_wire::MediaInfo {
             media_id: id,
             content_type: self.media_content_type.clone().unwrap_or_default(),
@@ -274,7 +300,7 @@ impl DirectPair {
 #[derive(Debug, thiserror::Error)]
 #[error("stored message {id} is invalid: {what}")]
 pub struct CorruptRow {
-    pub id: Uuid,
+    pub id: MessageId,
     pub what: &'static str,
 }
 
@@ -287,30 +313,21 @@ impl MessageRow {
         status: MessageStatus,
     ) -> Result<Message, CorruptRow> {
         let bad = |what| CorruptRow { id: self.id, what };
-        let conversation = ConversationId::new(self.conversation_id).ok_or(bad("conversation"))?;
-        let sender = WireUserId::new(self.sender_id.0).ok_or(bad("sender"))?;
         let recipient = match pair {
-            Some(pair) => RecipientId::new(pair.peer_of(self.sender_id).0),
-            None => RecipientId::new(self.conversation_id),
-        }
-        .ok_or(bad("recipient"))?;
-        let kind = match self.kind.as_str() {
-            "text" => MessageKind::Text,
-            "image" => MessageKind::Image,
-            "video" => MessageKind::Video,
-            "audio" => MessageKind::Audio,
-            "file" => MessageKind::File,
-            _ => return Err(bad("type")),
+            Some(pair) => RecipientId::from(pair.peer_of(self.sender_id)),
+            // A group's id is its conversation's.
+            None => RecipientId::from(group_of(self.conversation_id)),
         };
+        let kind = kind_named(&self.kind).ok_or(bad("type"))?;
         Ok(Message {
-            id: MessageId::new(self.id).ok_or(bad("id"))?,
-            sender_id: sender,
+            id: self.id,
+            sender_id: self.sender_id,
             recipient_id: recipient,
             kind,
             content: self.content.clone(),
             timestamp: Timestamp::from_datetime(self.created_at).ok_or(bad("timestamp"))?,
             status,
-            conversation_id: conversation,
+            conversation_id: self.conversation_id,
             seq: u64::try_from(self.seq)
                 .ok()
                 .and_then(Seq::new)
@@ -330,9 +347,9 @@ pub enum MembershipChange {
     Left,
 }
 
-/// Publishes each change (`streams::Event::Joined` / `Left`) on `streams::user_channel` of its
-/// user, so that gateways holding that user's sessions subscribe to or drop the group's
-/// channel. Call after the change committed.
+/// Publishes each change of `group`'s membership (`streams::Event::Joined` / `Left`) on
+/// `streams::user_channel` of its user, so that gateways holding that user's sessions
+/// subscribe to or drop the group's channel. Call after the change committed.
 ///
 /// A Redis failure is logged, not returned: the change is in Postgres, and gateways also
 /// learn every membership when a session starts (`GET /internal/v1/users/{id}/conversations`),
@@ -341,19 +358,14 @@ pub enum MembershipChange {
 /// first failure the rest are skipped, so an unreachable Redis costs one command timeout.
 pub async fn announce(
     redis: &fred::clients::Client,
-    conversation: Uuid,
+    group: GroupId,
     changes: &[(UserId, MembershipChange)],
 ) {
     use fred::interfaces::PubsubInterface;
-    use haberci_seam::streams::{Event, user_channel};
+    use haberci_seam::streams::{Event, group_conversation, user_channel};
 
-    let Some(conversation) = ConversationId::new(conversation) else {
-        return;
-    };
+    let conversation = group_conversation(group);
     for (done, &(user, change)) in changes.iter().enumerate() {
-        let Some(user) = WireUserId::new(user.0) else {
-            continue;
-        };
         let event = match change {
             MembershipChange::Joined { after } => Event::Joined {
                 conversation,
@@ -375,6 +387,13 @@ pub async fn announce(
     }
 }
 
+/// The group whose conversation this is, for a group conversation: the same id
+/// (`haberci_seam::streams::group_conversation` the other way round).
+pub fn group_of(conversation: ConversationId) -> GroupId {
+    // Invariant: both are never-nil UUIDs, and a group's conversation has the group's id.
+    GroupId::new(conversation.as_uuid()).unwrap_or_else(|| unreachable!("ids are never nil"))
+}
+
 /// A seq as stored (`bigint`), from the API's `u64`; `None` past [`Seq::MAX`].
 pub fn stored_seq(value: u64) -> Option<i64> {
     (value <= Seq::MAX.get()).then(|| i64::try_from(value).ok())?
@@ -385,7 +404,7 @@ mod tests {
     use super::*;
 
     fn user(n: u128) -> UserId {
-        UserId(Uuid::from_u128(n))
+        UserId::new(uuid::Uuid::from_u128(n)).unwrap_or_else(|| unreachable!())
     }
 
     #[test]
@@ -427,6 +446,15 @@ mod tests {
         assert_eq!(parse("\"admin\"").ok(), Some(Role::Admin));
         assert_eq!(parse("\"member\"").ok(), Some(Role::Member));
         assert!(parse("\"owner\"").is_err());
+    }
+
+    #[test]
+    fn message_kinds_round_trip() {
+        use MessageKind::*;
+        for kind in [Text, Image, Video, Audio, File] {
+            assert_eq!(kind_named(kind_name(kind)), Some(kind), "{kind:?}");
+        }
+        assert_eq!(kind_named("sticker"), None);
     }
 
     #[test]

@@ -1,17 +1,21 @@
 //! Queries on `conversations`, `members` and `messages` (reads of messages only: the worker
-//! writes them). Plans of the hot ones are in docs/ARCHITECTURE.md ("Reading messages").
+//! writes them). Plans of the hot ones are in docs/BENCHMARKS.md ("Query plans: history and
+//! sync").
+//!
+//! Membership changes and group reads take a [`GroupId`] (a group's conversation has the same
+//! id, so it is bound to `conversation_id` as it is); message reads take a [`ConversationId`].
 
+use haberci_wire::{ConversationId, GroupId, MessageId, UserId};
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{DirectPair, Kind, MessageRow, OthersWatermarks, Role};
-use crate::accounts::UserId;
 
 /// A group as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct GroupRecord {
-    pub id: Uuid,
+    pub id: GroupId,
     pub name: String,
     pub created_at: OffsetDateTime,
     pub last_seq: i64,
@@ -31,7 +35,7 @@ pub struct MemberRecord {
 /// One user's membership of one conversation, with the conversation.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Membership {
-    pub conversation_id: Uuid,
+    pub conversation_id: ConversationId,
     #[sqlx(try_from = "String")]
     pub kind: Kind,
     pub user_low: Option<UserId>,
@@ -50,7 +54,6 @@ impl Membership {
 
 /// Of `ids`, those that name no user.
 pub async fn unknown_users(db: impl PgExecutor<'_>, ids: &[UserId]) -> sqlx::Result<Vec<UserId>> {
-    let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
     sqlx::query_scalar::<_, UserId>(
         "SELECT x FROM unnest($1::uuid[]) AS x
          WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = x)",
@@ -64,7 +67,7 @@ pub async fn unknown_users(db: impl PgExecutor<'_>, ids: &[UserId]) -> sqlx::Res
 /// Call inside a transaction, after checking that every member exists.
 pub async fn create_group(
     tx: &mut PgConnection,
-    id: Uuid,
+    id: GroupId,
     name: &str,
     owner: UserId,
     members: &[UserId],
@@ -78,9 +81,9 @@ pub async fn create_group(
     .bind(owner)
     .fetch_one(&mut *tx)
     .await?;
-    let mut users: Vec<Uuid> = Vec::with_capacity(members.len() + 1);
-    users.push(owner.0);
-    users.extend(members.iter().map(|m| m.0));
+    let mut users: Vec<UserId> = Vec::with_capacity(members.len() + 1);
+    users.push(owner);
+    users.extend_from_slice(members);
     sqlx::query(
         "INSERT INTO members (conversation_id, user_id, role)
          SELECT $1, u, CASE WHEN u = $2 THEN 'owner' ELSE 'member' END
@@ -106,7 +109,7 @@ pub struct LockedGroup {
 /// `None` when there is no such group or the caller is not in it.
 pub async fn lock_group(
     tx: &mut PgConnection,
-    group: Uuid,
+    group: GroupId,
     caller: UserId,
 ) -> sqlx::Result<Option<LockedGroup>> {
     sqlx::query_as::<_, LockedGroup>(
@@ -124,13 +127,13 @@ pub async fn lock_group(
 
 pub async fn role_of(
     db: impl PgExecutor<'_>,
-    conversation: Uuid,
+    group: GroupId,
     user: UserId,
 ) -> sqlx::Result<Option<Role>> {
     let role = sqlx::query_scalar::<_, String>(
         "SELECT role FROM members WHERE conversation_id = $1 AND user_id = $2",
     )
-    .bind(conversation)
+    .bind(group)
     .bind(user)
     .fetch_optional(db)
     .await?;
@@ -146,9 +149,9 @@ pub async fn user_exists(db: impl PgExecutor<'_>, user: UserId) -> sqlx::Result<
         .await
 }
 
-pub async fn count_members(db: impl PgExecutor<'_>, conversation: Uuid) -> sqlx::Result<i64> {
+pub async fn count_members(db: impl PgExecutor<'_>, group: GroupId) -> sqlx::Result<i64> {
     sqlx::query_scalar::<_, i64>("SELECT count(*) FROM members WHERE conversation_id = $1")
-        .bind(conversation)
+        .bind(group)
         .fetch_one(db)
         .await
 }
@@ -157,7 +160,7 @@ pub async fn count_members(db: impl PgExecutor<'_>, conversation: Uuid) -> sqlx:
 /// Returns false when they are already a member.
 pub async fn add_member(
     tx: &mut PgConnection,
-    conversation: Uuid,
+    group: GroupId,
     user: UserId,
     role: Role,
     last_seq: i64,
@@ -167,7 +170,7 @@ pub async fn add_member(
          VALUES ($1, $2, $3, $4, $4, $4)
          ON CONFLICT (conversation_id, user_id) DO NOTHING",
     )
-    .bind(conversation)
+    .bind(group)
     .bind(user)
     .bind(role.as_str())
     .bind(last_seq)
@@ -178,11 +181,11 @@ pub async fn add_member(
 
 pub async fn remove_member(
     tx: &mut PgConnection,
-    conversation: Uuid,
+    group: GroupId,
     user: UserId,
 ) -> sqlx::Result<bool> {
     let removed = sqlx::query("DELETE FROM members WHERE conversation_id = $1 AND user_id = $2")
-        .bind(conversation)
+        .bind(group)
         .bind(user)
         .execute(&mut *tx)
         .await?;
@@ -191,13 +194,13 @@ pub async fn remove_member(
 
 pub async fn set_role(
     tx: &mut PgConnection,
-    conversation: Uuid,
+    group: GroupId,
     user: UserId,
     role: Role,
 ) -> sqlx::Result<bool> {
     let updated =
         sqlx::query("UPDATE members SET role = $3 WHERE conversation_id = $1 AND user_id = $2")
-            .bind(conversation)
+            .bind(group)
             .bind(user)
             .bind(role.as_str())
             .execute(&mut *tx)
@@ -207,19 +210,19 @@ pub async fn set_role(
 
 /// Who inherits a group whose owner leaves: the longest-standing admin, else the
 /// longest-standing member (ties broken by user id, so the choice is deterministic).
-pub async fn successor(tx: &mut PgConnection, conversation: Uuid) -> sqlx::Result<Option<UserId>> {
+pub async fn successor(tx: &mut PgConnection, group: GroupId) -> sqlx::Result<Option<UserId>> {
     sqlx::query_scalar::<_, UserId>(
         "SELECT user_id FROM members
          WHERE conversation_id = $1 AND role <> 'owner'
          ORDER BY role = 'admin' DESC, joined_at, user_id
          LIMIT 1",
     )
-    .bind(conversation)
+    .bind(group)
     .fetch_optional(&mut *tx)
     .await
 }
 
-pub async fn group(db: &PgPool, id: Uuid) -> sqlx::Result<Option<GroupRecord>> {
+pub async fn group(db: &PgPool, id: GroupId) -> sqlx::Result<Option<GroupRecord>> {
     sqlx::query_as::<_, GroupRecord>(
         "SELECT id, name, created_at, last_seq FROM conversations WHERE id = $1 AND kind = 'group'",
     )
@@ -229,17 +232,14 @@ pub async fn group(db: &PgPool, id: Uuid) -> sqlx::Result<Option<GroupRecord>> {
 }
 
 /// Every member, owner first, then by joining time.
-pub async fn members(
-    db: impl PgExecutor<'_>,
-    conversation: Uuid,
-) -> sqlx::Result<Vec<MemberRecord>> {
+pub async fn members(db: impl PgExecutor<'_>, group: GroupId) -> sqlx::Result<Vec<MemberRecord>> {
     sqlx::query_as::<_, MemberRecord>(
         "SELECT m.user_id, u.username::text AS username, u.display_name, m.role, m.joined_at
          FROM members m JOIN users u ON u.id = m.user_id
          WHERE m.conversation_id = $1
          ORDER BY m.role = 'owner' DESC, m.joined_at, m.user_id",
     )
-    .bind(conversation)
+    .bind(group)
     .fetch_all(db)
     .await
 }
@@ -248,7 +248,7 @@ pub async fn members(
 /// (the API answers both with 404).
 pub async fn membership(
     db: &PgPool,
-    conversation: Uuid,
+    conversation: ConversationId,
     user: UserId,
 ) -> sqlx::Result<Option<Membership>> {
     sqlx::query_as::<_, Membership>(
@@ -266,7 +266,7 @@ pub async fn membership(
 /// The lowest receipt watermarks among the members other than `viewer`.
 pub async fn others_watermarks(
     db: &PgPool,
-    conversation: Uuid,
+    conversation: ConversationId,
     viewer: UserId,
 ) -> sqlx::Result<OthersWatermarks> {
     let (delivered, read) = sqlx::query_as::<_, (i64, i64)>(
@@ -293,7 +293,7 @@ pub const HISTORY_SQL: &str =
 
 pub async fn history(
     db: &PgPool,
-    conversation: Uuid,
+    conversation: ConversationId,
     after: i64,
     before: i64,
     limit: i64,
@@ -307,7 +307,8 @@ pub async fn history(
         .await
 }
 
-/// Where a page of the conversation list starts: after this (activity, id).
+/// Where a page of the conversation list starts: after this (activity, id). A position, not
+/// necessarily a conversation: any UUID orders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListCursor {
     pub activity: OffsetDateTime,
@@ -317,7 +318,7 @@ pub struct ListCursor {
 /// One row of the conversation list.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ListRow {
-    pub id: Uuid,
+    pub id: ConversationId,
     #[sqlx(try_from = "String")]
     pub kind: Kind,
     pub name: Option<String>,
@@ -333,7 +334,7 @@ pub struct ListRow {
     pub peer_display_name: Option<String>,
     pub unread: i64,
     pub lm_seq: Option<i64>,
-    pub lm_id: Option<Uuid>,
+    pub lm_id: Option<MessageId>,
     pub lm_sender: Option<UserId>,
     pub lm_type: Option<String>,
     pub lm_content: Option<String>,
@@ -412,7 +413,7 @@ pub async fn list(
 /// One conversation of a user, as a gateway needs it at session start.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct UserConversation {
-    pub id: Uuid,
+    pub id: ConversationId,
     #[sqlx(try_from = "String")]
     pub kind: Kind,
     pub peer: Option<UserId>,
@@ -442,13 +443,13 @@ pub async fn user_conversations(db: &PgPool, user: UserId) -> sqlx::Result<Vec<U
 /// a member or nothing is new).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SyncRow {
-    pub position: Uuid,
+    pub position: ConversationId,
     pub member: bool,
     pub user_low: Option<UserId>,
     pub user_high: Option<UserId>,
     pub read_seq: Option<i64>,
     pub seq: Option<i64>,
-    pub id: Option<Uuid>,
+    pub id: Option<MessageId>,
     pub sender_id: Option<UserId>,
     #[sqlx(rename = "type")]
     pub kind: Option<String>,
@@ -521,10 +522,10 @@ ORDER BY r.ord, r.seq";
 pub async fn sync(
     db: &PgPool,
     user: UserId,
-    positions: &[(Uuid, i64)],
+    positions: &[(ConversationId, i64)],
     limit_each: i64,
 ) -> sqlx::Result<Vec<SyncRow>> {
-    let ids: Vec<Uuid> = positions.iter().map(|p| p.0).collect();
+    let ids: Vec<ConversationId> = positions.iter().map(|p| p.0).collect();
     let afters: Vec<i64> = positions.iter().map(|p| p.1).collect();
     sqlx::query_as::<_, SyncRow>(SYNC_SQL)
         .bind(user)

@@ -9,6 +9,7 @@ use std::fmt;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use haberci_wire::MediaId;
 use ring::hmac;
 use uuid::Uuid;
 
@@ -29,7 +30,7 @@ impl Variant {
         }
     }
     /// The path of this variant's bytes.
-    pub fn path(self, id: Uuid) -> String {
+    pub fn path(self, id: MediaId) -> String {
         match self {
             Variant::Original => format!("/v1/media/{id}"),
             Variant::Thumb => format!("/v1/media/{id}/thumb"),
@@ -68,19 +69,26 @@ impl UrlKey {
         UrlKey(key)
     }
 
-    fn tag(&self, id: Uuid, variant: Variant, expires: i64) -> hmac::Tag {
+    fn tag(&self, id: MediaId, variant: Variant, expires: i64) -> hmac::Tag {
         let message = format!("haberci-media-v1\n{id}\n{}\n{expires}", variant.as_str());
         hmac::sign(&self.0, message.as_bytes())
     }
 
     /// The link to `variant` of `id`, valid until `expires` (Unix seconds).
-    pub fn sign(&self, id: Uuid, variant: Variant, expires: i64) -> String {
+    pub fn sign(&self, id: MediaId, variant: Variant, expires: i64) -> String {
         let sig = URL_SAFE_NO_PAD.encode(self.tag(id, variant, expires).as_ref());
         format!("{}?exp={expires}&sig={sig}", variant.path(id))
     }
 
     /// Whether `sig` signs (`id`, `variant`, `expires`) and `expires` is not before `now`.
-    pub fn verify(&self, id: Uuid, variant: Variant, expires: i64, sig: &str, now: i64) -> Check {
+    pub fn verify(
+        &self,
+        id: MediaId,
+        variant: Variant,
+        expires: i64,
+        sig: &str,
+        now: i64,
+    ) -> Check {
         let Ok(sig) = URL_SAFE_NO_PAD.decode(sig) else {
             return Check::Forged;
         };
@@ -106,6 +114,10 @@ pub enum Check {
 mod tests {
     use super::*;
 
+    fn media(n: u128) -> MediaId {
+        MediaId::new(Uuid::from_u128(n)).unwrap_or_else(|| unreachable!())
+    }
+
     fn parts(link: &str) -> (i64, String) {
         let query = link.split_once('?').map(|(_, q)| q).unwrap_or_default();
         let mut exp = 0;
@@ -123,7 +135,7 @@ mod tests {
     #[test]
     fn a_link_verifies_until_it_expires_and_only_for_its_media_and_variant() {
         let key = UrlKey::random();
-        let id = Uuid::from_u128(7);
+        let id = media(7);
         let link = key.sign(id, Variant::Thumb, 1_000);
         assert!(link.starts_with(&format!("/v1/media/{id}/thumb?exp=1000&sig=")));
         let (exp, sig) = parts(&link);
@@ -141,7 +153,7 @@ mod tests {
             Check::Forged
         );
         assert_eq!(
-            key.verify(Uuid::from_u128(8), Variant::Thumb, exp, &sig, 0),
+            key.verify(media(8), Variant::Thumb, exp, &sig, 0),
             Check::Forged
         );
         assert_eq!(

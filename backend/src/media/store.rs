@@ -1,18 +1,18 @@
 //! The media tables' SQL (migrations/20261204000003_media.sql).
 
+use haberci_wire::{MediaId, UserId};
 use sqlx::{PgExecutor, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::process::MediaKind;
 use super::storage::ObjectKey;
-use crate::accounts::UserId;
 
 /// A media row as the API reads it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct MediaRow {
-    pub id: Uuid,
-    pub owner_id: Uuid,
+    pub id: MediaId,
+    pub owner_id: UserId,
     pub kind: String,
     pub content_type: String,
     pub size: i64,
@@ -41,7 +41,7 @@ pub const COLUMNS: &str = "m.id, m.owner_id, m.kind, m.content_type, m.size, m.s
      m.filename, m.created_at";
 
 pub struct NewMedia {
-    pub id: Uuid,
+    pub id: MediaId,
     pub owner: UserId,
     pub kind: MediaKind,
     pub content_type: String,
@@ -63,7 +63,7 @@ pub async fn used_bytes(db: impl PgExecutor<'_>, owner: UserId) -> sqlx::Result<
               + (SELECT coalesce(sum(length), 0) FROM media_uploads
                  WHERE owner_id = $1 AND media_id IS NULL AND expires_at > now())::bigint",
     )
-    .bind(owner.0)
+    .bind(owner)
     .fetch_one(db)
     .await?;
     Ok(u64::try_from(used).unwrap_or(0))
@@ -102,7 +102,7 @@ pub async fn insert(db: &PgPool, new: &NewMedia, quota: u64) -> sqlx::Result<Opt
          RETURNING {COLUMNS}"
     ))
     .bind(new.id)
-    .bind(new.owner.0)
+    .bind(new.owner)
     .bind(new.kind.as_str())
     .bind(&new.content_type)
     .bind(i64::try_from(new.size).unwrap_or(i64::MAX))
@@ -124,7 +124,7 @@ pub async fn insert(db: &PgPool, new: &NewMedia, quota: u64) -> sqlx::Result<Opt
 /// `viewer` `None`: an anonymous request, which may read avatars only.
 pub async fn readable(
     db: impl PgExecutor<'_>,
-    id: Uuid,
+    id: MediaId,
     viewer: Option<UserId>,
 ) -> sqlx::Result<Option<(MediaRow, bool)>> {
     #[derive(sqlx::FromRow)]
@@ -147,7 +147,8 @@ pub async fn readable(
                               AND p.deleted_at IS NULL AND {visible})) AS allowed
          FROM media m WHERE m.id = $2"
     ))
-    .bind(viewer.map(|v| v.0).unwrap_or(Uuid::nil()))
+    // Anonymous: the nil UUID, which owns nothing and is no member of anything.
+    .bind(viewer.map_or(Uuid::nil(), |v| v.as_uuid()))
     .bind(id)
     .fetch_optional(db)
     .await?;
@@ -155,7 +156,7 @@ pub async fn readable(
 }
 
 /// Rows by id (any owner), for attaching to messages and posts.
-pub async fn by_ids(db: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<Vec<MediaRow>> {
+pub async fn by_ids(db: impl PgExecutor<'_>, ids: &[MediaId]) -> sqlx::Result<Vec<MediaRow>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -179,7 +180,7 @@ pub enum Deleted {
 
 /// Deletes `owner`'s upload `id` unless something uses it. Its objects are left to the
 /// collector (another upload may share the bytes).
-pub async fn delete_unused(db: &PgPool, owner: UserId, id: Uuid) -> sqlx::Result<Deleted> {
+pub async fn delete_unused(db: &PgPool, owner: UserId, id: MediaId) -> sqlx::Result<Deleted> {
     let (exists, gone): (bool, bool) = sqlx::query_as(
         "WITH target AS (SELECT m.id FROM media m WHERE m.id = $1 AND m.owner_id = $2),
               gone AS (
@@ -195,7 +196,7 @@ pub async fn delete_unused(db: &PgPool, owner: UserId, id: Uuid) -> sqlx::Result
          SELECT EXISTS (SELECT 1 FROM target), EXISTS (SELECT 1 FROM gone)",
     )
     .bind(id)
-    .bind(owner.0)
+    .bind(owner)
     .fetch_one(db)
     .await?;
     Ok(match (exists, gone) {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use haberci_wire::UserId;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
@@ -15,7 +16,6 @@ use super::Media;
 use super::process::{self, MediaError, MediaKind, Processed, Replacement};
 use super::storage::{ObjectKey, StorageError};
 use super::store::{self, MediaRow, NewMedia};
-use crate::accounts::UserId;
 
 /// Why an upload was not kept.
 #[derive(Debug, thiserror::Error)]
@@ -221,7 +221,7 @@ pub async fn ingest(
     let row = store::insert(
         db,
         &NewMedia {
-            id: Uuid::now_v7(),
+            id: crate::db::new_id(),
             owner: declared.owner,
             kind: processed.kind,
             content_type: processed.mime.clone(),

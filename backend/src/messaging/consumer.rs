@@ -431,7 +431,7 @@ impl Consumer {
     }
 
     /// Stores the entries of a refused batch one at a time, so that only the poison one is
-    /// refused (`internal`). `None`: shutdown.
+    /// refused (`invalid_field`; a poison receipt is dropped). `None`: shutdown.
     async fn one_by_one(
         &mut self,
         sends: &[SendRequest],

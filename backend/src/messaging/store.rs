@@ -32,8 +32,7 @@
 use std::collections::{HashMap, HashSet};
 
 use haberci_wire::{
-    ClientMsgId, ConversationId, MediaId, MediaInfo, MessageId, MessageKind, Seq, Status,
-    Timestamp, UserId,
+    ClientMsgId, ConversationId, MediaId, MediaInfo, MessageId, Seq, Status, Timestamp, UserId,
 };
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
@@ -162,7 +161,7 @@ async fn store_sends(
     } else {
         None
     };
-    let decided = plan.number(now, new_message_id);
+    let decided = plan.number(now, crate::db::new_id::<MessageId>);
     if let Some(now) = now
         && !decided.inserts.is_empty()
     {
@@ -372,24 +371,22 @@ async fn members(
         .collect())
 }
 
-/// Step 4b: the uploads with these ids (one statement). A row that does not convert (nil
-/// owner, unknown kind) is left out: no send may carry it.
+/// Step 4b: the uploads with these ids (one statement). A row of a kind this build does not
+/// know is left out: no send may carry it.
 async fn uploads(
     tx: &mut PgConnection,
     ids: &[MediaId],
 ) -> Result<HashMap<MediaId, Upload>, sqlx::Error> {
-    let ids: Vec<Uuid> = ids.iter().map(MediaId::as_uuid).collect();
-    Ok(crate::media::store::by_ids(&mut *tx, &ids)
+    Ok(crate::media::store::by_ids(&mut *tx, ids)
         .await?
         .into_iter()
         .filter_map(|row| {
-            let id = MediaId::new(row.id)?;
             let upload = Upload {
-                owner: UserId::new(row.owner_id)?,
+                owner: row.owner_id,
                 kind: row.kind()?,
-                info: media_info(id, &row),
+                info: media_info(row.id, &row),
             };
-            Some((id, upload))
+            Some((row.id, upload))
         })
         .collect())
 }
@@ -427,11 +424,6 @@ async fn clock(tx: &mut PgConnection) -> Result<Timestamp, sqlx::Error> {
     Ok(Timestamp::from_datetime(now).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
-fn new_message_id() -> MessageId {
-    // Invariant: a v7 UUID carries version bits, so it is never nil.
-    MessageId::new(Uuid::now_v7()).unwrap_or_else(|| unreachable!("a UUIDv7 is never nil"))
-}
-
 /// Step 5: the new messages, column by column, in one `INSERT … SELECT FROM unnest`.
 async fn insert_messages(
     tx: &mut PgConnection,
@@ -458,7 +450,7 @@ async fn insert_messages(
         id.push(message.id.as_uuid());
         sender.push(message.sender_id.as_uuid());
         client_msg_id.push(key.as_uuid());
-        kind.push(kind_name(message.kind));
+        kind.push(conversations::kind_name(message.kind));
         content.push(message.content.as_str());
         // What the server stored, never the Send's hints.
         let media = message.media.as_ref();
@@ -512,17 +504,6 @@ async fn set_last_seqs(
     .execute(&mut *tx)
     .await?;
     Ok(())
-}
-
-/// `messages.type`.
-fn kind_name(kind: MessageKind) -> &'static str {
-    match kind {
-        MessageKind::Text => "text",
-        MessageKind::Image => "image",
-        MessageKind::Video => "video",
-        MessageKind::Audio => "audio",
-        MessageKind::File => "file",
-    }
 }
 
 #[derive(sqlx::FromRow)]

@@ -10,11 +10,10 @@ use std::time::Duration;
 
 use fred::clients::Client;
 use haberci_kit::shutdown::Shutdown;
+use haberci_wire::{PostId, UserId};
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use super::feed::{Feed, fanout_targets};
-use crate::accounts::UserId;
 
 /// How often an idle worker looks at the outbox.
 pub const DEFAULT_POLL: Duration = Duration::from_millis(50);
@@ -24,7 +23,7 @@ pub const BATCH: i64 = 32;
 #[derive(Debug, Clone, sqlx::FromRow)]
 struct Job {
     id: i64,
-    post_id: Uuid,
+    post_id: PostId,
     author_id: UserId,
     action: String,
 }

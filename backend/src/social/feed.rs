@@ -23,11 +23,11 @@ use std::time::Duration;
 
 use fred::clients::Client;
 use fred::types::scripts::Script;
+use haberci_wire::{PostId, UserId};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::store::{MAX_ID, MIN_ID, NOT_MUTED, PostRow, post_query};
-use crate::accounts::UserId;
 
 /// Followers above which an author's posts are merged at read time instead of fanned out.
 pub const DEFAULT_FANOUT_LIMIT: i64 = 10_000;
@@ -246,7 +246,7 @@ impl Feed {
                 let mut posts = window(db, viewer, &ids, low, before, limit, self.settings).await?;
                 let next = if posts.len() > limit {
                     posts.truncate(limit);
-                    posts.last().map(|p| p.id)
+                    posts.last().map(|p| p.id.as_uuid())
                 } else {
                     more.then_some(low)
                 };
@@ -270,7 +270,7 @@ impl Feed {
         let mut posts = reference_page(db, viewer, before, limit + 1).await?;
         let next = if posts.len() > limit {
             posts.truncate(limit);
-            posts.last().map(|p| p.id)
+            posts.last().map(|p| p.id.as_uuid())
         } else {
             None
         };
@@ -394,7 +394,7 @@ impl Feed {
         &self,
         redis: &Client,
         users: &[UserId],
-        post: Uuid,
+        post: PostId,
     ) -> Result<(), fred::error::Error> {
         for chunk in users.chunks(FANOUT_CHUNK) {
             let keys: Vec<String> = chunk.iter().map(|u| timeline_key(*u)).collect();
@@ -404,7 +404,7 @@ impl Feed {
                     redis,
                     keys,
                     vec![
-                        super::score(post).to_string(),
+                        super::score(post.as_uuid()).to_string(),
                         post.to_string(),
                         self.settings.cap.to_string(),
                         self.ttl_secs().to_string(),
@@ -420,7 +420,7 @@ impl Feed {
         &self,
         redis: &Client,
         users: &[UserId],
-        post: Uuid,
+        post: PostId,
     ) -> Result<(), fred::error::Error> {
         for chunk in users.chunks(FANOUT_CHUNK) {
             let keys: Vec<String> = chunk.iter().map(|u| timeline_key(*u)).collect();

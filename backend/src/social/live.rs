@@ -8,18 +8,14 @@
 
 use fred::interfaces::PubsubInterface;
 use haberci_seam::streams::{Event, user_channel};
-use haberci_wire::{Notification, NotificationKind, UserId as WireUserId};
+use haberci_wire::{Notification, NotificationKind, UserId};
 
-use crate::accounts::UserId;
 use crate::social::notify::Kind;
 
 /// Publishes `notification` on `user`'s channel (`u:{user}`), where every gateway holding a
 /// session of the user forwards it. Call it only after the notification's transaction
 /// committed, so a client never hears of a row it cannot read.
 pub async fn publish(redis: &fred::clients::Client, user: UserId, notification: Notification) {
-    let Some(user) = WireUserId::new(user.0) else {
-        return;
-    };
     let id = notification.id;
     let event = Event::Notification(notification);
     let sent: Result<i64, _> = redis.spublish(user_channel(user), event.to_json()).await;

@@ -5,11 +5,10 @@
 //! Invariant: no notification is stored for oneself, across a block (either way), or from
 //! someone the recipient muted ([`notify`] checks in the same statement as the insert).
 
+use haberci_wire::{CommentId, NotificationId, PostId, UserId};
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
-
-use crate::accounts::UserId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -40,13 +39,13 @@ pub struct Event {
     pub user: UserId,
     pub kind: Kind,
     pub actor: UserId,
-    pub post: Option<Uuid>,
-    pub comment: Option<Uuid>,
+    pub post: Option<PostId>,
+    pub comment: Option<CommentId>,
 }
 
 impl Event {
     /// Likes and reposts of one post group together; every other event stands alone.
-    fn group_key(&self, id: Uuid) -> String {
+    fn group_key(&self, id: NotificationId) -> String {
         match (self.kind, self.post) {
             (Kind::Like | Kind::Repost, Some(post)) => format!("{}:{post}", self.kind.as_str()),
             _ => id.to_string(),
@@ -57,7 +56,7 @@ impl Event {
 /// A notification stored in a transaction not yet committed: announce it after the commit.
 #[derive(Debug, Clone, Copy)]
 pub struct Stored {
-    pub id: Uuid,
+    pub id: NotificationId,
     pub event: Event,
 }
 
@@ -66,7 +65,7 @@ pub async fn notify(tx: &mut PgConnection, event: Event) -> sqlx::Result<Option<
     if event.user == event.actor {
         return Ok(None);
     }
-    let id = Uuid::now_v7();
+    let id: NotificationId = crate::db::new_id();
     let stored = sqlx::query(
         "INSERT INTO notifications (id, user_id, kind, actor_id, post_id, comment_id, group_key)
          SELECT $1, $2, $3, $4, $5, $6, $7
@@ -105,23 +104,19 @@ pub async fn announce(db: &PgPool, redis: &fred::clients::Client, stored: &[Stor
                 continue;
             }
         };
-        let (Some(id), Some(actor_id), Some(created_at)) = (
-            haberci_wire::NotificationId::new(one.id),
-            haberci_wire::UserId::new(one.event.actor.0),
-            haberci_wire::Timestamp::from_unix_millis(
-                i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
-                    .unwrap_or(0),
-            ),
+        let Some(created_at) = haberci_wire::Timestamp::from_unix_millis(
+            i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+                .unwrap_or(0),
         ) else {
             continue;
         };
         let frame = haberci_wire::Notification {
-            id,
+            id: one.id,
             kind: super::live::wire_kind(one.event.kind),
-            actor_id,
+            actor_id: one.event.actor,
             actor_username,
-            post_id: one.event.post.and_then(haberci_wire::PostId::new),
-            comment_id: one.event.comment.and_then(haberci_wire::CommentId::new),
+            post_id: one.event.post,
+            comment_id: one.event.comment,
             created_at,
             unread_count: u32::try_from(unread).unwrap_or(u32::MAX),
         };
@@ -134,7 +129,7 @@ pub async fn withdraw(
     tx: &mut PgConnection,
     kind: Kind,
     actor: UserId,
-    post: Uuid,
+    post: PostId,
 ) -> sqlx::Result<()> {
     sqlx::query(
         "DELETE FROM notifications
@@ -151,12 +146,12 @@ pub async fn withdraw(
 /// A group of notifications: its newest event, how many actors, the newest few of them.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct GroupRow {
-    pub latest: Uuid,
+    pub latest: NotificationId,
     pub kind: String,
-    pub post_id: Option<Uuid>,
-    pub comment_id: Option<Uuid>,
+    pub post_id: Option<PostId>,
+    pub comment_id: Option<CommentId>,
     pub actor_count: i64,
-    pub actor_ids: Vec<Uuid>,
+    pub actor_ids: Vec<UserId>,
     pub actor_usernames: Vec<String>,
     pub unread: bool,
     pub at: OffsetDateTime,
@@ -165,8 +160,8 @@ pub struct GroupRow {
 /// Actors named in a group.
 pub const ACTORS_SHOWN: i32 = 3;
 
-/// The user's notification groups, newest activity first, below `before` (a group's latest
-/// id). Actors blocked or muted since are left out.
+/// The user's notification groups, newest activity first, below `before` (a position: a
+/// group's latest id, or above them all). Actors blocked or muted since are left out.
 pub async fn list(
     db: &PgPool,
     user: UserId,
@@ -214,7 +209,8 @@ pub async fn unread_count(db: &PgPool, user: UserId) -> sqlx::Result<i64> {
         .await
 }
 
-/// Marks read every notification up to `up_to` (all when `None`); how many changed.
+/// Marks read every notification up to `up_to` (all when `None`); how many changed. `up_to` is
+/// a position, any UUID (a client's `upTo`), not necessarily a notification.
 pub async fn mark_read(db: &PgPool, user: UserId, up_to: Option<Uuid>) -> sqlx::Result<u64> {
     Ok(sqlx::query(
         "UPDATE notifications SET read_at = now()

@@ -4,12 +4,12 @@
 
 use std::sync::LazyLock;
 
+use haberci_wire::{CommentId, MediaId, PostId, UserId};
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::Visibility;
-use crate::accounts::UserId;
 
 /// Whether the viewer (`$1`) may see post `p` written by `u` (its author's `users` row): the
 /// one definition of docs/SOCIAL.md, "Who sees what". Own posts always; never across a block
@@ -35,7 +35,8 @@ pub fn visible(p: &str, u: &str) -> String {
     )
 }
 
-/// Above every UUIDv7 and below none: the "no upper bound" of a cursor window.
+/// Above every UUIDv7 and below none: the "no upper bound" of a cursor window. Cursors are
+/// positions (`Uuid`), not ids: these two bounds are no post, comment or notification.
 pub const MAX_ID: Uuid = Uuid::max();
 /// The "no lower bound" of a cursor window.
 pub const MIN_ID: Uuid = Uuid::nil();
@@ -293,7 +294,7 @@ pub enum UserList {
     Following(UserId),
     /// Pending follow requests to this (private) account.
     Requests(UserId),
-    Likers(Uuid),
+    Likers(PostId),
     Blocked(UserId),
     Muted(UserId),
 }
@@ -310,27 +311,27 @@ pub async fn users(
     let (source, subject) = match list {
         UserList::Followers(u) => (
             "SELECT follower_id AS uid, created_at AS at FROM follows WHERE followee_id = $1",
-            u.0,
+            u.as_uuid(),
         ),
         UserList::Following(u) => (
             "SELECT followee_id AS uid, created_at AS at FROM follows WHERE follower_id = $1",
-            u.0,
+            u.as_uuid(),
         ),
         UserList::Requests(u) => (
             "SELECT requester_id AS uid, created_at AS at FROM follow_requests WHERE target_id = $1",
-            u.0,
+            u.as_uuid(),
         ),
         UserList::Likers(post) => (
             "SELECT user_id AS uid, created_at AS at FROM likes WHERE post_id = $1",
-            post,
+            post.as_uuid(),
         ),
         UserList::Blocked(u) => (
             "SELECT blocked_id AS uid, created_at AS at FROM blocks WHERE blocker_id = $1",
-            u.0,
+            u.as_uuid(),
         ),
         UserList::Muted(u) => (
             "SELECT muted_id AS uid, created_at AS at FROM mutes WHERE muter_id = $1",
-            u.0,
+            u.as_uuid(),
         ),
     };
     // The viewer's own block list shows the blocked; every other list hides them.
@@ -360,11 +361,11 @@ pub async fn users(
 
 /// A post to store.
 pub struct NewPost<'a> {
-    pub id: Uuid,
+    pub id: PostId,
     pub author: UserId,
     pub content: &'a str,
     pub visibility: Visibility,
-    pub media: &'a [Uuid],
+    pub media: &'a [MediaId],
     pub mentions: &'a [UserId],
     pub hashtags: &'a [String],
 }
@@ -404,7 +405,7 @@ pub async fn insert_post(tx: &mut PgConnection, post: &NewPost<'_>) -> sqlx::Res
 
 async fn set_tags(
     tx: &mut PgConnection,
-    post: Uuid,
+    post: PostId,
     mentions: &[UserId],
     hashtags: &[String],
 ) -> sqlx::Result<()> {
@@ -416,10 +417,9 @@ async fn set_tags(
         .bind(post)
         .execute(&mut *tx)
         .await?;
-    let mention_ids: Vec<Uuid> = mentions.iter().map(|m| m.0).collect();
     sqlx::query("INSERT INTO post_mentions (post_id, user_id) SELECT $1, unnest($2::uuid[])")
         .bind(post)
-        .bind(&mention_ids)
+        .bind(mentions)
         .execute(&mut *tx)
         .await?;
     sqlx::query("INSERT INTO post_hashtags (tag, post_id) SELECT unnest($2::text[]), $1")
@@ -432,7 +432,7 @@ async fn set_tags(
 
 async fn queue_fanout(
     tx: &mut PgConnection,
-    post: Uuid,
+    post: PostId,
     author: UserId,
     action: &str,
 ) -> sqlx::Result<()> {
@@ -448,13 +448,13 @@ async fn queue_fanout(
 /// A live post, locked, as its author or a moderator acts on it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LockedPost {
-    pub id: Uuid,
+    pub id: PostId,
     pub author_id: UserId,
     pub content: String,
-    pub repost_of: Option<Uuid>,
+    pub repost_of: Option<PostId>,
 }
 
-pub async fn lock_post(tx: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<LockedPost>> {
+pub async fn lock_post(tx: &mut PgConnection, id: PostId) -> sqlx::Result<Option<LockedPost>> {
     sqlx::query_as::<_, LockedPost>(
         "SELECT id, author_id, content, repost_of FROM posts
          WHERE id = $1 AND deleted_at IS NULL FOR UPDATE",
@@ -518,7 +518,7 @@ pub async fn delete_post(
 }
 
 /// The versions a post's text had before its current one, oldest first.
-pub async fn edits(db: &PgPool, post: Uuid) -> sqlx::Result<Vec<(i32, String, OffsetDateTime)>> {
+pub async fn edits(db: &PgPool, post: PostId) -> sqlx::Result<Vec<(i32, String, OffsetDateTime)>> {
     sqlx::query_as::<_, (i32, String, OffsetDateTime)>(
         "SELECT version, content, replaced_at FROM post_edits WHERE post_id = $1 ORDER BY version",
     )
@@ -538,7 +538,7 @@ pub struct Actionable {
 pub async fn actionable(
     db: impl PgExecutor<'_>,
     viewer: UserId,
-    post: Uuid,
+    post: PostId,
 ) -> sqlx::Result<Option<Actionable>> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
@@ -558,7 +558,7 @@ pub async fn actionable(
 
 /// Likes a post once; whether this call added the like. Counts exactly: the count moves only
 /// with a row that was inserted, under the post row's lock.
-pub async fn like(tx: &mut PgConnection, user: UserId, post: Uuid) -> sqlx::Result<bool> {
+pub async fn like(tx: &mut PgConnection, user: UserId, post: PostId) -> sqlx::Result<bool> {
     let inserted =
         sqlx::query("INSERT INTO likes (post_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(post)
@@ -576,7 +576,7 @@ pub async fn like(tx: &mut PgConnection, user: UserId, post: Uuid) -> sqlx::Resu
     Ok(inserted)
 }
 
-pub async fn unlike(tx: &mut PgConnection, user: UserId, post: Uuid) -> sqlx::Result<bool> {
+pub async fn unlike(tx: &mut PgConnection, user: UserId, post: PostId) -> sqlx::Result<bool> {
     let removed = sqlx::query("DELETE FROM likes WHERE post_id = $1 AND user_id = $2")
         .bind(post)
         .bind(user)
@@ -594,8 +594,12 @@ pub async fn unlike(tx: &mut PgConnection, user: UserId, post: Uuid) -> sqlx::Re
 }
 
 /// Reposts once; the repost's id when this call made it.
-pub async fn repost(tx: &mut PgConnection, user: UserId, post: Uuid) -> sqlx::Result<Option<Uuid>> {
-    let id = Uuid::now_v7();
+pub async fn repost(
+    tx: &mut PgConnection,
+    user: UserId,
+    post: PostId,
+) -> sqlx::Result<Option<PostId>> {
+    let id: PostId = crate::db::new_id();
     let inserted = sqlx::query(
         "INSERT INTO posts (id, author_id, visibility, repost_of) VALUES ($1, $2, 'public', $3)
          ON CONFLICT (author_id, repost_of) WHERE repost_of IS NOT NULL AND deleted_at IS NULL
@@ -623,7 +627,7 @@ pub async fn repost(tx: &mut PgConnection, user: UserId, post: Uuid) -> sqlx::Re
 pub async fn lock_repost(
     tx: &mut PgConnection,
     user: UserId,
-    post: Uuid,
+    post: PostId,
 ) -> sqlx::Result<Option<LockedPost>> {
     sqlx::query_as::<_, LockedPost>(
         "SELECT id, author_id, content, repost_of FROM posts
@@ -640,7 +644,7 @@ pub async fn lock_repost(
 /// A post as read for one viewer; a repost carries its original in the `o_` columns.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PostRow {
-    pub id: Uuid,
+    pub id: PostId,
     pub author_id: UserId,
     pub author_username: String,
     pub author_display_name: String,
@@ -648,7 +652,7 @@ pub struct PostRow {
     pub content: String,
     #[sqlx(try_from = "String")]
     pub visibility: Visibility,
-    pub media_ids: Vec<Uuid>,
+    pub media_ids: Vec<MediaId>,
     pub created_at: OffsetDateTime,
     pub edited_at: Option<OffsetDateTime>,
     pub likes_count: i64,
@@ -658,14 +662,14 @@ pub struct PostRow {
     pub reposted: bool,
     pub mentions: Vec<String>,
     pub hashtags: Vec<String>,
-    pub o_id: Option<Uuid>,
+    pub o_id: Option<PostId>,
     pub o_author_id: Option<UserId>,
     pub o_author_username: Option<String>,
     pub o_author_display_name: Option<String>,
     pub o_author_avatar_ref: Option<String>,
     pub o_content: Option<String>,
     pub o_visibility: Option<String>,
-    pub o_media_ids: Option<Vec<Uuid>>,
+    pub o_media_ids: Option<Vec<MediaId>>,
     pub o_created_at: Option<OffsetDateTime>,
     pub o_edited_at: Option<OffsetDateTime>,
     pub o_likes_count: Option<i64>,
@@ -727,7 +731,7 @@ pub const NOT_MUTED: &str = "NOT EXISTS (SELECT 1 FROM mutes WHERE muter_id = $1
         AND (muted_id = p.author_id OR muted_id = o.author_id))";
 
 /// One post, if the viewer may see it.
-pub async fn post(db: &PgPool, viewer: UserId, id: Uuid) -> sqlx::Result<Option<PostRow>> {
+pub async fn post(db: &PgPool, viewer: UserId, id: PostId) -> sqlx::Result<Option<PostRow>> {
     static SQL: LazyLock<String> = LazyLock::new(|| post_query("", "", "p.id = $2", ""));
     sqlx::query_as::<_, PostRow>(&SQL)
         .bind(viewer)
@@ -842,9 +846,9 @@ pub async fn search_users(
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct CommentRow {
-    pub id: Uuid,
-    pub post_id: Uuid,
-    pub parent_id: Option<Uuid>,
+    pub id: CommentId,
+    pub post_id: PostId,
+    pub parent_id: Option<CommentId>,
     pub author_id: UserId,
     pub author_username: String,
     pub author_display_name: String,
@@ -853,7 +857,11 @@ pub struct CommentRow {
 }
 
 /// Whether `parent` is a live comment of `post`.
-pub async fn comment_of(db: impl PgExecutor<'_>, post: Uuid, parent: Uuid) -> sqlx::Result<bool> {
+pub async fn comment_of(
+    db: impl PgExecutor<'_>,
+    post: PostId,
+    parent: CommentId,
+) -> sqlx::Result<bool> {
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM comments WHERE id = $2 AND post_id = $1 AND deleted_at IS NULL)",
     )
@@ -866,8 +874,8 @@ pub async fn comment_of(db: impl PgExecutor<'_>, post: Uuid, parent: Uuid) -> sq
 /// The author of a live comment of `post`.
 pub async fn comment_author(
     db: impl PgExecutor<'_>,
-    post: Uuid,
-    comment: Uuid,
+    post: PostId,
+    comment: CommentId,
 ) -> sqlx::Result<Option<UserId>> {
     sqlx::query_scalar(
         "SELECT author_id FROM comments WHERE id = $2 AND post_id = $1 AND deleted_at IS NULL",
@@ -880,9 +888,9 @@ pub async fn comment_author(
 
 pub async fn insert_comment(
     tx: &mut PgConnection,
-    id: Uuid,
-    post: Uuid,
-    parent: Option<Uuid>,
+    id: CommentId,
+    post: PostId,
+    parent: Option<CommentId>,
     author: UserId,
     content: &str,
 ) -> sqlx::Result<()> {
@@ -905,8 +913,8 @@ pub async fn insert_comment(
 
 pub async fn delete_comment(
     tx: &mut PgConnection,
-    post: Uuid,
-    comment: Uuid,
+    post: PostId,
+    comment: CommentId,
 ) -> sqlx::Result<bool> {
     let deleted = sqlx::query(
         "UPDATE comments SET deleted_at = now() WHERE id = $2 AND post_id = $1 AND deleted_at IS NULL",
@@ -927,7 +935,7 @@ pub async fn delete_comment(
 }
 
 /// One comment, as its author just wrote it.
-pub async fn comment(db: &PgPool, id: Uuid) -> sqlx::Result<Option<CommentRow>> {
+pub async fn comment(db: &PgPool, id: CommentId) -> sqlx::Result<Option<CommentRow>> {
     sqlx::query_as::<_, CommentRow>(
         "SELECT c.id, c.post_id, c.parent_id, c.author_id, u.username::text AS author_username,
                 u.display_name AS author_display_name, c.content, c.created_at
@@ -944,7 +952,7 @@ pub async fn comment(db: &PgPool, id: Uuid) -> sqlx::Result<Option<CommentRow>> 
 pub async fn comments(
     db: &PgPool,
     viewer: UserId,
-    post: Uuid,
+    post: PostId,
     after: Uuid,
     limit: i64,
 ) -> sqlx::Result<Vec<CommentRow>> {
@@ -969,7 +977,7 @@ pub async fn comments(
 pub async fn report(
     db: impl PgExecutor<'_>,
     reporter: UserId,
-    post: Option<Uuid>,
+    post: Option<PostId>,
     user: Option<UserId>,
     reason: &str,
 ) -> sqlx::Result<Uuid> {

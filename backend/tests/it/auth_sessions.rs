@@ -5,13 +5,13 @@
 use fred::prelude::*;
 use http::StatusCode;
 
-use haberci_backend::accounts::SessionId;
 use haberci_backend::auth::sessions::cache_key;
+use haberci_wire::SessionId;
 
 use crate::support::Api;
 
 fn session_key(reply_session: &str) -> String {
-    cache_key(SessionId(reply_session.parse().unwrap()))
+    cache_key(reply_session.parse::<SessionId>().unwrap())
 }
 
 #[tokio::test]

@@ -18,13 +18,13 @@ use crate::support::{Api, User, roomy_settings, state_with};
 async fn reference(api: &Api, viewer: &User) -> Vec<Uuid> {
     let rows = reference_page(
         &api.state.db,
-        haberci_backend::accounts::UserId(viewer.id),
+        haberci_wire::UserId::new(viewer.id).unwrap(),
         MAX_ID,
         100_000,
     )
     .await
     .unwrap();
-    rows.into_iter().map(|r| r.id).collect()
+    rows.into_iter().map(|r| r.id.as_uuid()).collect()
 }
 
 async fn source(api: &Api, viewer: &User, query: &str) -> String {
@@ -42,7 +42,7 @@ async fn timeline_len(api: &Api, user: &User) -> i64 {
     use fred::prelude::*;
     api.state
         .redis
-        .zcard(timeline_key(haberci_backend::accounts::UserId(user.id)))
+        .zcard(timeline_key(haberci_wire::UserId::new(user.id).unwrap()))
         .await
         .unwrap()
 }
@@ -120,7 +120,7 @@ async fn large_authors_are_merged_at_read_time_and_never_fanned_out() {
         .state
         .redis
         .zscore(
-            timeline_key(haberci_backend::accounts::UserId(f1.id)),
+            timeline_key(haberci_wire::UserId::new(f1.id).unwrap()),
             big.to_string(),
         )
         .await
@@ -197,7 +197,7 @@ async fn deleting_a_post_or_blocking_its_author_takes_it_out_of_timelines() {
         .state
         .redis
         .zscore(
-            timeline_key(haberci_backend::accounts::UserId(reader.id)),
+            timeline_key(haberci_wire::UserId::new(reader.id).unwrap()),
             gone.to_string(),
         )
         .await

@@ -59,6 +59,91 @@ async fn unknown_methods_and_routes_get_json_errors() {
     );
 }
 
+/// Ids in paths are parsed by the extractor (`ApiPath<PostId>`, …): one that is not a UUID,
+/// or is the nil UUID, names nothing, and every route answers it exactly like an id that
+/// exists nowhere (404 `not_found`), after the token was checked (401 without one).
+#[tokio::test]
+async fn ids_in_paths_that_do_not_parse_answer_like_unknown_ids() {
+    let api = Api::new();
+    let me = api.user().await;
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let bad = ["not-a-uuid", "00000000-0000-0000-0000-000000000000", "1234"];
+    let body = |json: serde_json::Value| Some(json);
+    let member = serde_json::json!({ "userId": me.id });
+    // (method, path with `{}` for the id under test and `{u}` for a valid unknown id, body)
+    let routes = [
+        ("GET", "/v1/groups/{}", None),
+        ("POST", "/v1/groups/{}/members", body(member.clone())),
+        ("DELETE", "/v1/groups/{}/members/{u}", None),
+        ("DELETE", "/v1/groups/{u}/members/{}", None),
+        (
+            "PATCH",
+            "/v1/groups/{}/members/{u}",
+            body(serde_json::json!({ "role": "admin" })),
+        ),
+        ("POST", "/v1/groups/{}/leave", None),
+        ("GET", "/v1/conversations/{}/messages", None),
+        ("GET", "/v1/posts/{}", None),
+        (
+            "PATCH",
+            "/v1/posts/{}",
+            body(serde_json::json!({ "content": "x" })),
+        ),
+        ("DELETE", "/v1/posts/{}", None),
+        ("GET", "/v1/posts/{}/edits", None),
+        ("POST", "/v1/posts/{}/like", None),
+        ("DELETE", "/v1/posts/{}/like", None),
+        ("GET", "/v1/posts/{}/likes", None),
+        ("POST", "/v1/posts/{}/repost", None),
+        ("DELETE", "/v1/posts/{}/repost", None),
+        (
+            "POST",
+            "/v1/posts/{}/comments",
+            body(serde_json::json!({ "content": "x" })),
+        ),
+        ("DELETE", "/v1/posts/{}/comments/{u}", None),
+        ("DELETE", "/v1/posts/{u}/comments/{}", None),
+        ("GET", "/v1/posts/{}/thread", None),
+        ("DELETE", "/v1/auth/sessions/{}", None),
+        ("GET", "/v1/media/{}/info", None),
+        ("DELETE", "/v1/media/{}", None),
+        ("GET", "/v1/media/{}", None),
+        ("GET", "/v1/media/{}/thumb", None),
+        ("GET", "/v1/media/{}/preview", None),
+    ];
+    for (method, template, body) in routes {
+        let with = |id: &str| template.replace("{u}", &unknown).replace("{}", id);
+        let body = body.unwrap_or(serde_json::json!({}));
+        let reply = api
+            .call(method, &with(&unknown), body.clone(), Some(&me.token))
+            .await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (StatusCode::NOT_FOUND, "not_found"),
+            "{method} {template} with an unknown id"
+        );
+        for id in bad {
+            let reply = api
+                .call(method, &with(id), body.clone(), Some(&me.token))
+                .await;
+            assert_eq!(
+                (reply.status, reply.code()),
+                (StatusCode::NOT_FOUND, "not_found"),
+                "{method} {template} with {id:?}"
+            );
+        }
+        if !template.starts_with("/v1/media/") {
+            // Media bytes may be read without a token (avatars, signed links).
+            let reply = api.call(method, &with(bad[0]), body, None).await;
+            assert_eq!(
+                reply.status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {template} without a token"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn cors_answers_only_listed_origins_and_never_a_wildcard() {
     let mut settings = roomy_settings();

@@ -15,6 +15,7 @@ mod auth_validation;
 mod conversations;
 mod feed;
 mod http_surface;
+mod ids;
 mod internal_sync;
 mod media;
 mod migrations;

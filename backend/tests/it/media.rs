@@ -494,6 +494,7 @@ async fn only_those_who_may_see_media_can_read_it_and_links_expire() {
         (StatusCode::FORBIDDEN, "invalid_link")
     );
     let key = &api.state.media.settings.url_key;
+    let id = haberci_wire::MediaId::new(id).unwrap();
     let expired = key.sign(id, haberci_backend::media::links::Variant::Original, 1_000);
     let reply = api.get(&expired, None).await;
     assert_eq!(

@@ -390,7 +390,11 @@ async fn query_phase(
 ) -> anyhow::Result<QueryFigures> {
     let started = Instant::now();
     let per_task = args.queries.div_ceil(args.query_concurrency.max(1));
-    let conversations = Arc::new(conversations.to_vec());
+    let conversations = conversations
+        .iter()
+        .map(|&c| haberci_wire::ConversationId::try_from(c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let conversations = Arc::new(conversations);
     let mut tasks = Vec::new();
     for t in 0..args.query_concurrency.max(1) {
         let (pool, conversations, progress) =

@@ -239,7 +239,7 @@ async fn stored_bytes(
         .context("cannot connect to Postgres (--database-url)")?;
     let mut stored = Vec::with_capacity(users.len());
     for user in users {
-        let id = haberci_backend::accounts::UserId(user.id);
+        let id = haberci_wire::UserId::try_from(user.id)?;
         stored.push(haberci_backend::media::store::used_bytes(&pool, id).await?);
     }
     pool.close().await;

@@ -558,7 +558,9 @@ async fn prebuild(setup: &FanoutSetup<'_>, users: &[Uuid]) -> anyhow::Result<(us
             while Instant::now() < until {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(user) = missing.get(i) else { break };
-                let viewer = haberci_backend::accounts::UserId(*user);
+                let Ok(viewer) = haberci_wire::UserId::try_from(*user) else {
+                    continue;
+                };
                 if let Ok(page) = feed.page(&pool, &redis_client, viewer, None, 20).await {
                     if page.source == "rebuilt" {
                         built.fetch_add(1, Ordering::Relaxed);
