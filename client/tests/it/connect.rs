@@ -1,13 +1,14 @@
 //! Opening a session: Welcome, ping, and every way a connect fails that a user can hit.
 
 use haberci_client::{Client, ConnectError, ErrorCode, Roots};
+use haberci_testkit::{TIMEOUT, TransportKind, labelled};
 
-use crate::support::{self, Kind, TIMEOUT};
+use crate::support;
 
-async fn is_welcomed_and_pongs(kind: Kind) {
+async fn is_welcomed_and_pongs(kind: TransportKind) {
     let stack = support::start().await;
     let user = support::register(&stack).await;
-    let (client, _events) = Client::connect(stack.config(kind, &user.token))
+    let (client, _events) = Client::connect(stack.client_config(kind, &user.token))
         .await
         .unwrap();
     assert_eq!(client.user_id(), user.id);
@@ -25,23 +26,15 @@ async fn is_welcomed_and_pongs(kind: Kind) {
 }
 
 #[tokio::test]
-async fn quic_connects_is_welcomed_and_pongs() {
-    is_welcomed_and_pongs(Kind::Quic).await;
+async fn connects_is_welcomed_and_pongs() {
+    for kind in TransportKind::ALL {
+        labelled(kind, is_welcomed_and_pongs(kind)).await;
+    }
 }
 
-#[tokio::test]
-async fn webtransport_connects_is_welcomed_and_pongs() {
-    is_welcomed_and_pongs(Kind::WebTransport).await;
-}
-
-#[tokio::test]
-async fn websocket_connects_is_welcomed_and_pongs() {
-    is_welcomed_and_pongs(Kind::WebSocket).await;
-}
-
-async fn bad_token_is_refused(kind: Kind) {
+async fn bad_token_is_refused(kind: TransportKind) {
     let stack = support::start().await;
-    let err = Client::connect(stack.config(kind, "not.a.token"))
+    let err = Client::connect(stack.client_config(kind, "not.a.token"))
         .await
         .unwrap_err();
     match err {
@@ -51,26 +44,18 @@ async fn bad_token_is_refused(kind: Kind) {
 }
 
 #[tokio::test]
-async fn quic_bad_token_is_refused_with_unauthenticated() {
-    bad_token_is_refused(Kind::Quic).await;
-}
-
-#[tokio::test]
-async fn webtransport_bad_token_is_refused_with_unauthenticated() {
-    bad_token_is_refused(Kind::WebTransport).await;
-}
-
-#[tokio::test]
-async fn websocket_bad_token_is_refused_with_unauthenticated() {
-    bad_token_is_refused(Kind::WebSocket).await;
+async fn a_bad_token_is_refused_with_unauthenticated() {
+    for kind in TransportKind::ALL {
+        labelled(kind, bad_token_is_refused(kind)).await;
+    }
 }
 
 #[tokio::test]
 async fn an_untrusted_certificate_fails_the_transport_handshake() {
     let stack = support::start().await;
     let user = support::register(&stack).await;
-    for kind in Kind::ALL {
-        let mut config = stack.config(kind, &user.token);
+    for kind in TransportKind::ALL {
+        let mut config = stack.client_config(kind, &user.token);
         // A CA that never signed the gateway's certificate.
         let other = tempfile::tempdir().unwrap();
         let certs = haberci_certs::CertPaths::new(other.path());
@@ -91,7 +76,7 @@ async fn an_untrusted_certificate_fails_the_transport_handshake() {
 #[tokio::test]
 async fn unreadable_roots_are_a_config_error() {
     let stack = support::start().await;
-    let mut config = stack.config(Kind::Quic, "token");
+    let mut config = stack.client_config(TransportKind::Quic, "token");
     config.roots = Roots::PemFile("/nonexistent/ca.pem".into());
     let err = Client::connect(config).await.unwrap_err();
     assert!(
@@ -103,7 +88,7 @@ async fn unreadable_roots_are_a_config_error() {
 #[tokio::test]
 async fn a_quic_address_without_a_port_is_a_config_error() {
     let stack = support::start().await;
-    let mut config = stack.config(Kind::Quic, "token");
+    let mut config = stack.client_config(TransportKind::Quic, "token");
     config.transport = haberci_client::Transport::Quic {
         addr: "localhost".into(),
     };
@@ -115,7 +100,7 @@ async fn a_quic_address_without_a_port_is_a_config_error() {
 async fn a_webtransport_connect_to_another_path_is_refused_with_its_http_status() {
     let stack = support::start().await;
     let user = support::register(&stack).await;
-    let mut config = stack.config(Kind::WebTransport, &user.token);
+    let mut config = stack.client_config(TransportKind::WebTransport, &user.token);
     config.transport = haberci_client::Transport::WebTransport {
         url: format!(
             "https://localhost:{}/v1/elsewhere",
@@ -132,7 +117,7 @@ async fn a_webtransport_connect_to_another_path_is_refused_with_its_http_status(
 #[tokio::test]
 async fn a_webtransport_url_that_is_not_https_is_a_config_error() {
     let stack = support::start().await;
-    let mut config = stack.config(Kind::WebTransport, "token");
+    let mut config = stack.client_config(TransportKind::WebTransport, "token");
     config.transport = haberci_client::Transport::WebTransport {
         url: format!("http://localhost:{}/v1/rt", stack.gateway_udp.port()),
     };

@@ -4,13 +4,14 @@
 use haberci_client::{
     Client, ConversationId, Disconnect, ErrorCode, Event, ResumePosition, SendError, Seq,
 };
+use haberci_testkit::{TIMEOUT, TransportKind, labelled, users};
 
-use crate::support::{self, Kind, TIMEOUT, next_event};
+use crate::support::{self, next_event};
 
-async fn server_shutdown_yields_closing_then_disconnected(kind: Kind) {
+async fn server_shutdown(kind: TransportKind) {
     let stack = support::start().await;
     let user = support::register(&stack).await;
-    let (client, mut events) = Client::connect(stack.config(kind, &user.token))
+    let (client, mut events) = Client::connect(stack.client_config(kind, &user.token))
         .await
         .unwrap();
     stack.begin_shutdown();
@@ -40,24 +41,16 @@ async fn server_shutdown_yields_closing_then_disconnected(kind: Kind) {
 }
 
 #[tokio::test]
-async fn quic_server_shutdown_yields_closing_then_disconnected() {
-    server_shutdown_yields_closing_then_disconnected(Kind::Quic).await;
+async fn server_shutdown_yields_closing_then_disconnected() {
+    for kind in TransportKind::ALL {
+        labelled(kind, server_shutdown(kind)).await;
+    }
 }
 
-#[tokio::test]
-async fn webtransport_server_shutdown_yields_closing_then_disconnected() {
-    server_shutdown_yields_closing_then_disconnected(Kind::WebTransport).await;
-}
-
-#[tokio::test]
-async fn websocket_server_shutdown_yields_closing_then_disconnected() {
-    server_shutdown_yields_closing_then_disconnected(Kind::WebSocket).await;
-}
-
-async fn close_ends_events_with_a_local_disconnect(kind: Kind) {
+async fn local_close(kind: TransportKind) {
     let stack = support::start().await;
     let user = support::register(&stack).await;
-    let (client, mut events) = Client::connect(stack.config(kind, &user.token))
+    let (client, mut events) = Client::connect(stack.client_config(kind, &user.token))
         .await
         .unwrap();
     tokio::time::timeout(TIMEOUT, client.close())
@@ -75,27 +68,20 @@ async fn close_ends_events_with_a_local_disconnect(kind: Kind) {
 }
 
 #[tokio::test]
-async fn quic_close_ends_events_with_a_local_disconnect() {
-    close_ends_events_with_a_local_disconnect(Kind::Quic).await;
-}
-
-#[tokio::test]
-async fn webtransport_close_ends_events_with_a_local_disconnect() {
-    close_ends_events_with_a_local_disconnect(Kind::WebTransport).await;
-}
-
-#[tokio::test]
-async fn websocket_close_ends_events_with_a_local_disconnect() {
-    close_ends_events_with_a_local_disconnect(Kind::WebSocket).await;
+async fn close_ends_events_with_a_local_disconnect() {
+    for kind in TransportKind::ALL {
+        labelled(kind, local_close(kind)).await;
+    }
 }
 
 #[tokio::test]
 async fn dropping_every_handle_closes_the_connection() {
     let stack = support::start().await;
     let user = support::register(&stack).await;
-    let (client, mut events) = Client::connect(stack.config(Kind::Quic, &user.token))
-        .await
-        .unwrap();
+    let (client, mut events) =
+        Client::connect(stack.client_config(TransportKind::Quic, &user.token))
+            .await
+            .unwrap();
     let clone = client.clone();
     drop(client);
     clone
@@ -117,7 +103,7 @@ async fn reconnect_resumes_from_the_tracked_positions() {
         conversation_id: ConversationId::new(uuid::Uuid::now_v7()).unwrap(),
         last_seq: Seq::new(5),
     }];
-    let mut config = stack.config(Kind::Quic, &user.token);
+    let mut config = stack.client_config(TransportKind::Quic, &user.token);
     config.resume = resume.clone();
     let (client, _events) = Client::connect(config).await.unwrap();
     assert_eq!(client.positions(), resume);
@@ -137,11 +123,12 @@ async fn reconnect_resumes_from_the_tracked_positions() {
 async fn a_reconnect_after_refresh_auth_uses_the_new_token() {
     let stack = support::start().await;
     let user = support::register(&stack).await;
-    let (client, _events) = Client::connect(stack.config(Kind::WebSocket, &user.token))
-        .await
-        .unwrap();
+    let (client, _events) =
+        Client::connect(stack.client_config(TransportKind::WebSocket, &user.token))
+            .await
+            .unwrap();
     let session = client.welcome().session_id;
-    let token = support::refresh(&stack, &user).await;
+    let token = users::refresh(stack.backend, &user).await;
     client.refresh_auth(token.clone()).unwrap();
     // A refused RefreshAuth closes the session; a Pong after it says it was accepted.
     client.ping().await.unwrap();
@@ -157,14 +144,14 @@ async fn a_reconnect_after_refresh_auth_uses_the_new_token() {
     );
 }
 
-async fn refresh_auth_with_another_sessions_token_closes_with_unauthenticated(kind: Kind) {
+async fn refresh_auth_with_another_sessions_token(kind: TransportKind) {
     let stack = support::start().await;
     let user = support::register(&stack).await;
-    let (client, mut events) = Client::connect(stack.config(kind, &user.token))
+    let (client, mut events) = Client::connect(stack.client_config(kind, &user.token))
         .await
         .unwrap();
     // Another login: a token for the same user, but another session.
-    let other = support::login(&stack, &user).await;
+    let other = users::login(stack.backend, &user).await;
     client.refresh_auth(other).unwrap();
     match next_event(&mut events).await {
         Some(Event::Closing(closing)) => assert_eq!(closing.code, ErrorCode::Unauthenticated),
@@ -180,11 +167,8 @@ async fn refresh_auth_with_another_sessions_token_closes_with_unauthenticated(ki
 }
 
 #[tokio::test]
-async fn quic_refresh_auth_with_another_sessions_token_closes_with_unauthenticated() {
-    refresh_auth_with_another_sessions_token_closes_with_unauthenticated(Kind::Quic).await;
-}
-
-#[tokio::test]
-async fn webtransport_refresh_auth_with_another_sessions_token_closes_with_unauthenticated() {
-    refresh_auth_with_another_sessions_token_closes_with_unauthenticated(Kind::WebTransport).await;
+async fn refresh_auth_with_another_sessions_token_closes_with_unauthenticated() {
+    for kind in TransportKind::ALL {
+        labelled(kind, refresh_auth_with_another_sessions_token(kind)).await;
+    }
 }

@@ -9,8 +9,9 @@ use std::num::NonZeroU32;
 use haberci_client::{
     Api, ApiError, Client, ErrorCode, Event, MediaKind, MediaView, Recipient, Roots, SendError,
 };
+use haberci_testkit::{Stack, TIMEOUT, TransportKind, User};
 
-use crate::support::{self, Kind, Stack, TIMEOUT, User};
+use crate::support;
 
 /// A 16 × 12 JPEG (a colour gradient, so the server's BlurHash has something to say).
 fn tiny_jpeg() -> Vec<u8> {
@@ -26,7 +27,7 @@ fn tiny_jpeg() -> Vec<u8> {
 fn api(stack: &Stack) -> Api {
     Api::new(
         &format!("https://localhost:{}", stack.gateway_tcp.port()),
-        &Roots::PemFile(stack.ca.clone()),
+        &Roots::PemFile(stack.ca()),
     )
     .unwrap()
 }
@@ -75,7 +76,7 @@ async fn an_uploaded_image_sent_over_quic_reaches_the_peer_with_what_the_upload_
         "{}",
         view.url
     );
-    let media = travels(&stack, Kind::Quic, &alice, view.clone()).await;
+    let media = travels(&stack, TransportKind::Quic, &alice, view.clone()).await;
     assert_eq!(
         (media.width, media.height),
         (NonZeroU32::new(16), NonZeroU32::new(12))
@@ -97,7 +98,7 @@ async fn a_voice_clip_sent_over_webtransport_arrives_with_its_duration() {
         .await
         .unwrap();
     assert_eq!(view.content_type, "audio/webm");
-    let media = travels(&stack, Kind::WebTransport, &alice, view).await;
+    let media = travels(&stack, TransportKind::WebTransport, &alice, view).await;
     let duration = media.duration_ms.expect("audio has a duration").get();
     assert!((900..=1100).contains(&duration), "{duration}");
 }
@@ -115,7 +116,7 @@ async fn a_file_sent_over_websocket_arrives_with_its_name() {
         )
         .await
         .unwrap();
-    let media = travels(&stack, Kind::WebSocket, &alice, view).await;
+    let media = travels(&stack, TransportKind::WebSocket, &alice, view).await;
     assert_eq!(media.filename.as_deref(), Some("notlar.txt"));
 }
 
@@ -124,7 +125,7 @@ async fn a_file_sent_over_websocket_arrives_with_its_name() {
 /// message names it. Returns the delivered media.
 async fn travels(
     stack: &Stack,
-    transport: Kind,
+    transport: TransportKind,
     alice: &User,
     view: MediaView,
 ) -> haberci_client::MediaInfo {
@@ -136,10 +137,10 @@ async fn travels(
         other => panic!("expected 404, got {other:?}"),
     }
 
-    let (sender, _alice_events) = Client::connect(stack.config(transport, &alice.token))
+    let (sender, _alice_events) = Client::connect(stack.client_config(transport, &alice.token))
         .await
         .unwrap();
-    let (_receiver, mut bob_events) = Client::connect(stack.config(transport, &bob.token))
+    let (_receiver, mut bob_events) = Client::connect(stack.client_config(transport, &bob.token))
         .await
         .unwrap();
     let message = haberci_client::media_to(Recipient::User(bob.id), &view, "gün batımı");
@@ -184,7 +185,7 @@ async fn sending_someone_elses_upload_is_refused_as_media_refused() {
     );
     let bobs = upload_image(&api(&stack), &bob).await;
 
-    let (client, _events) = Client::connect(stack.config(Kind::Quic, &alice.token))
+    let (client, _events) = Client::connect(stack.client_config(TransportKind::Quic, &alice.token))
         .await
         .unwrap();
     let answer = tokio::time::timeout(

@@ -4,11 +4,12 @@
 //! refusals, groups across transports, and typing.
 
 use haberci_client::{
-    Client, ConversationId, ErrorCode, Event, Events, GroupId, Message, MessageKind, Recipient,
-    SendError, Sent, Seq, Status, TypingState, UserId,
+    Client, ConversationId, ErrorCode, Event, Events, Message, MessageKind, Recipient, SendError,
+    Sent, Seq, Status, TypingState, UserId,
 };
+use haberci_testkit::{Stack, TIMEOUT, TransportKind, User, users};
 
-use crate::support::{self, Kind, Stack, TIMEOUT, User};
+use crate::support;
 
 /// The next `Message` event of `conversation` (other events are skipped).
 async fn next_message(events: &mut Events, conversation: ConversationId) -> Message {
@@ -63,8 +64,8 @@ async fn next_matching<T>(events: &mut Events, pick: impl Fn(Event) -> Option<T>
     .expect("the event in time")
 }
 
-async fn connect(stack: &Stack, kind: Kind, user: &User) -> (Client, Events) {
-    Client::connect(stack.config(kind, &user.token))
+async fn connect(stack: &Stack, kind: TransportKind, user: &User) -> (Client, Events) {
+    Client::connect(stack.client_config(kind, &user.token))
         .await
         .unwrap_or_else(|err| panic!("{kind:?}: {err}"))
 }
@@ -84,7 +85,7 @@ fn seqs(messages: &[Message]) -> Vec<u64> {
     messages.iter().map(|m| m.seq.get()).collect()
 }
 
-async fn direct_messages_flow_with_receipts(kind: Kind) {
+async fn direct_messages_flow_with_receipts(kind: TransportKind) {
     let stack = support::start().await;
     let (alice, bob) = (
         support::register(&stack).await,
@@ -128,20 +129,20 @@ async fn direct_messages_flow_with_receipts(kind: Kind) {
 
 #[tokio::test]
 async fn quic_direct_messages_flow_with_receipts() {
-    direct_messages_flow_with_receipts(Kind::Quic).await;
+    direct_messages_flow_with_receipts(TransportKind::Quic).await;
 }
 
 #[tokio::test]
 async fn webtransport_direct_messages_flow_with_receipts() {
-    direct_messages_flow_with_receipts(Kind::WebTransport).await;
+    direct_messages_flow_with_receipts(TransportKind::WebTransport).await;
 }
 
 #[tokio::test]
 async fn websocket_direct_messages_flow_with_receipts() {
-    direct_messages_flow_with_receipts(Kind::WebSocket).await;
+    direct_messages_flow_with_receipts(TransportKind::WebSocket).await;
 }
 
-async fn reconnect_resumes_what_was_missed_without_gap_or_duplicate(kind: Kind) {
+async fn reconnect_resumes_what_was_missed_without_gap_or_duplicate(kind: TransportKind) {
     let stack = support::start().await;
     let (alice, bob) = (
         support::register(&stack).await,
@@ -177,20 +178,20 @@ async fn reconnect_resumes_what_was_missed_without_gap_or_duplicate(kind: Kind) 
 
 #[tokio::test]
 async fn quic_reconnect_resumes_what_was_missed_without_gap_or_duplicate() {
-    reconnect_resumes_what_was_missed_without_gap_or_duplicate(Kind::Quic).await;
+    reconnect_resumes_what_was_missed_without_gap_or_duplicate(TransportKind::Quic).await;
 }
 
 #[tokio::test]
 async fn webtransport_reconnect_resumes_what_was_missed_without_gap_or_duplicate() {
-    reconnect_resumes_what_was_missed_without_gap_or_duplicate(Kind::WebTransport).await;
+    reconnect_resumes_what_was_missed_without_gap_or_duplicate(TransportKind::WebTransport).await;
 }
 
 #[tokio::test]
 async fn websocket_reconnect_resumes_what_was_missed_without_gap_or_duplicate() {
-    reconnect_resumes_what_was_missed_without_gap_or_duplicate(Kind::WebSocket).await;
+    reconnect_resumes_what_was_missed_without_gap_or_duplicate(TransportKind::WebSocket).await;
 }
 
-async fn a_send_to_an_unknown_user_is_refused(kind: Kind) {
+async fn a_send_to_an_unknown_user_is_refused(kind: TransportKind) {
     let stack = support::start().await;
     let alice = support::register(&stack).await;
     let (a, _events) = connect(&stack, kind, &alice).await;
@@ -214,20 +215,20 @@ async fn a_send_to_an_unknown_user_is_refused(kind: Kind) {
 
 #[tokio::test]
 async fn quic_a_send_to_an_unknown_user_is_refused() {
-    a_send_to_an_unknown_user_is_refused(Kind::Quic).await;
+    a_send_to_an_unknown_user_is_refused(TransportKind::Quic).await;
 }
 
 #[tokio::test]
 async fn webtransport_a_send_to_an_unknown_user_is_refused() {
-    a_send_to_an_unknown_user_is_refused(Kind::WebTransport).await;
+    a_send_to_an_unknown_user_is_refused(TransportKind::WebTransport).await;
 }
 
 #[tokio::test]
 async fn websocket_a_send_to_an_unknown_user_is_refused() {
-    a_send_to_an_unknown_user_is_refused(Kind::WebSocket).await;
+    a_send_to_an_unknown_user_is_refused(TransportKind::WebSocket).await;
 }
 
-async fn the_same_client_msg_id_is_stored_once(kind: Kind) {
+async fn the_same_client_msg_id_is_stored_once(kind: TransportKind) {
     let stack = support::start().await;
     let (alice, bob) = (
         support::register(&stack).await,
@@ -250,17 +251,17 @@ async fn the_same_client_msg_id_is_stored_once(kind: Kind) {
 
 #[tokio::test]
 async fn quic_the_same_client_msg_id_is_stored_once() {
-    the_same_client_msg_id_is_stored_once(Kind::Quic).await;
+    the_same_client_msg_id_is_stored_once(TransportKind::Quic).await;
 }
 
 #[tokio::test]
 async fn webtransport_the_same_client_msg_id_is_stored_once() {
-    the_same_client_msg_id_is_stored_once(Kind::WebTransport).await;
+    the_same_client_msg_id_is_stored_once(TransportKind::WebTransport).await;
 }
 
 #[tokio::test]
 async fn websocket_the_same_client_msg_id_is_stored_once() {
-    the_same_client_msg_id_is_stored_once(Kind::WebSocket).await;
+    the_same_client_msg_id_is_stored_once(TransportKind::WebSocket).await;
 }
 
 #[tokio::test]
@@ -273,11 +274,10 @@ async fn a_group_reaches_every_member_on_every_transport_once_in_order() {
     ];
     // Everyone is connected before the group exists: a group you are added to is followed
     // from its start.
-    let (o, mut o_events) = connect(&stack, Kind::Quic, &owner).await;
-    let (_m1, mut m1_events) = connect(&stack, Kind::WebTransport, &members[0]).await;
-    let (_m2, mut m2_events) = connect(&stack, Kind::WebSocket, &members[1]).await;
-    let group = support::create_group(&stack, &owner, &[&members[0], &members[1]]).await;
-    let group = GroupId::new(group).unwrap();
+    let (o, mut o_events) = connect(&stack, TransportKind::Quic, &owner).await;
+    let (_m1, mut m1_events) = connect(&stack, TransportKind::WebTransport, &members[0]).await;
+    let (_m2, mut m2_events) = connect(&stack, TransportKind::WebSocket, &members[1]).await;
+    let group = users::create_group(stack.backend, &owner, &[&members[0], &members[1]]).await;
 
     let mut sent = Vec::new();
     for n in 1..=5 {
@@ -312,7 +312,7 @@ async fn a_group_reaches_every_member_on_every_transport_once_in_order() {
     }
 }
 
-async fn typing_reaches_the_peer(kind: Kind) {
+async fn typing_reaches_the_peer(kind: TransportKind) {
     let stack = support::start().await;
     let (alice, bob) = (
         support::register(&stack).await,
@@ -351,15 +351,15 @@ async fn typing_reaches_the_peer(kind: Kind) {
 
 #[tokio::test]
 async fn quic_typing_reaches_the_peer() {
-    typing_reaches_the_peer(Kind::Quic).await;
+    typing_reaches_the_peer(TransportKind::Quic).await;
 }
 
 #[tokio::test]
 async fn webtransport_typing_reaches_the_peer() {
-    typing_reaches_the_peer(Kind::WebTransport).await;
+    typing_reaches_the_peer(TransportKind::WebTransport).await;
 }
 
 #[tokio::test]
 async fn websocket_typing_reaches_the_peer() {
-    typing_reaches_the_peer(Kind::WebSocket).await;
+    typing_reaches_the_peer(TransportKind::WebSocket).await;
 }

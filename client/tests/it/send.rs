@@ -5,8 +5,9 @@
 
 use futures::future::join_all;
 use haberci_client::{Client, ErrorCode, SendError, UserId};
+use haberci_testkit::{TIMEOUT, TransportKind};
 
-use crate::support::{self, Kind, TIMEOUT};
+use crate::support;
 
 /// A user id nobody has.
 fn nobody() -> UserId {
@@ -20,10 +21,10 @@ fn assert_refused(result: Result<haberci_client::Sent, SendError>) {
     }
 }
 
-async fn an_error_naming_a_send_resolves_it_as_refused(kind: Kind) {
+async fn an_error_naming_a_send_resolves_it_as_refused(kind: TransportKind) {
     let stack = support::start().await;
     let user = support::register(&stack).await;
-    let (client, _events) = Client::connect(stack.config(kind, &user.token))
+    let (client, _events) = Client::connect(stack.client_config(kind, &user.token))
         .await
         .unwrap();
     let answer = tokio::time::timeout(
@@ -40,24 +41,24 @@ async fn an_error_naming_a_send_resolves_it_as_refused(kind: Kind) {
 
 #[tokio::test]
 async fn quic_an_error_naming_a_send_resolves_it_as_refused() {
-    an_error_naming_a_send_resolves_it_as_refused(Kind::Quic).await;
+    an_error_naming_a_send_resolves_it_as_refused(TransportKind::Quic).await;
 }
 
 #[tokio::test]
 async fn webtransport_an_error_naming_a_send_resolves_it_as_refused() {
-    an_error_naming_a_send_resolves_it_as_refused(Kind::WebTransport).await;
+    an_error_naming_a_send_resolves_it_as_refused(TransportKind::WebTransport).await;
 }
 
 #[tokio::test]
 async fn websocket_an_error_naming_a_send_resolves_it_as_refused() {
-    an_error_naming_a_send_resolves_it_as_refused(Kind::WebSocket).await;
+    an_error_naming_a_send_resolves_it_as_refused(TransportKind::WebSocket).await;
 }
 
 #[tokio::test]
 async fn concurrent_sends_each_get_their_own_answer() {
     let stack = support::start().await;
     let user = support::register(&stack).await;
-    let (client, _events) = Client::connect(stack.config(Kind::Quic, &user.token))
+    let (client, _events) = Client::connect(stack.client_config(TransportKind::Quic, &user.token))
         .await
         .unwrap();
     // Within the gateway's send burst (40), so none is rate limited.
@@ -80,9 +81,10 @@ async fn concurrent_sends_each_get_their_own_answer() {
 async fn the_same_client_msg_id_twice_in_flight_is_refused_locally() {
     let stack = support::start().await;
     let user = support::register(&stack).await;
-    let (client, _events) = Client::connect(stack.config(Kind::WebSocket, &user.token))
-        .await
-        .unwrap();
+    let (client, _events) =
+        Client::connect(stack.client_config(TransportKind::WebSocket, &user.token))
+            .await
+            .unwrap();
     let message = haberci_client::text_to(nobody(), "once");
     // `join!` polls the first send (which queues it) before the second: the second finds the
     // id in flight and never leaves the client.

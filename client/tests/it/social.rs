@@ -3,12 +3,15 @@
 //! afterwards; blocked and muted users cause none.
 
 use haberci_client::{Event, Events, Notification, NotificationKind};
+use haberci_testkit::{Stack, TIMEOUT, TransportKind, User, api};
+use http::Method;
 use serde_json::{Value, json};
 
-use crate::support::{self, Kind, Stack, TIMEOUT, User, call_json};
+use crate::support;
 
-async fn api(stack: &Stack, method: &str, path: &str, body: Value, by: &User) -> Value {
-    let (status, json) = call_json(stack.backend, method, path, body, Some(&by.token)).await;
+async fn call(stack: &Stack, method: Method, path: &str, body: Value, by: &User) -> Value {
+    let (status, json) =
+        api::call(stack.backend, method.clone(), path, body, Some(&by.token)).await;
     assert!(
         (200..300).contains(&status),
         "{method} {path}: {status} {json}"
@@ -41,26 +44,27 @@ async fn a_like_reaches_open_quic_and_websocket_sessions_and_blocked_or_muted_us
     let blocked = support::register(&stack).await;
     let last = support::register(&stack).await;
     let (_quic, mut on_quic) =
-        haberci_client::Client::connect(stack.config(Kind::Quic, &author.token))
+        haberci_client::Client::connect(stack.client_config(TransportKind::Quic, &author.token))
             .await
             .unwrap();
-    let (_ws, mut on_ws) =
-        haberci_client::Client::connect(stack.config(Kind::WebSocket, &author.token))
-            .await
-            .unwrap();
+    let (_ws, mut on_ws) = haberci_client::Client::connect(
+        stack.client_config(TransportKind::WebSocket, &author.token),
+    )
+    .await
+    .unwrap();
 
-    let post = api(
+    let post = call(
         &stack,
-        "POST",
+        Method::POST,
         "/v1/posts",
         json!({ "content": "hello" }),
         &author,
     )
     .await;
     let post_id = post["id"].as_str().unwrap().to_owned();
-    api(
+    call(
         &stack,
-        "POST",
+        Method::POST,
         &format!("/v1/posts/{post_id}/like"),
         Value::Null,
         &fan,
@@ -78,47 +82,54 @@ async fn a_like_reaches_open_quic_and_websocket_sessions_and_blocked_or_muted_us
         );
         assert_eq!(n.unread_count, 1);
     }
-    let list = api(&stack, "GET", "/v1/notifications", Value::Null, &author).await;
+    let list = call(
+        &stack,
+        Method::GET,
+        "/v1/notifications",
+        Value::Null,
+        &author,
+    )
+    .await;
     assert_eq!(list["notifications"][0]["kind"], "like");
     assert_eq!(list["unreadCount"], 1);
 
     // A muted user's like and a blocked user's mention cause nothing: the next frame on both
     // sessions is the comment that came after them (one channel, published in order).
-    api(
+    call(
         &stack,
-        "POST",
+        Method::POST,
         &format!("/v1/users/{}/mute", muted.username),
         Value::Null,
         &author,
     )
     .await;
-    api(
+    call(
         &stack,
-        "POST",
+        Method::POST,
         &format!("/v1/users/{}/block", blocked.username),
         Value::Null,
         &author,
     )
     .await;
-    api(
+    call(
         &stack,
-        "POST",
+        Method::POST,
         &format!("/v1/posts/{post_id}/like"),
         Value::Null,
         &muted,
     )
     .await;
-    api(
+    call(
         &stack,
-        "POST",
+        Method::POST,
         "/v1/posts",
         json!({ "content": format!("hey @{}", author.username) }),
         &blocked,
     )
     .await;
-    api(
+    call(
         &stack,
-        "POST",
+        Method::POST,
         &format!("/v1/posts/{post_id}/comments"),
         json!({ "content": "nice" }),
         &last,

@@ -6,11 +6,12 @@ use std::time::Duration;
 use haberci_client::{
     Client, ConnectError, Disconnect, ErrorCode, MessageKind, Recipient, SendError, UserId,
 };
+use haberci_testkit::TransportKind;
 use haberci_wire::ServerFrame;
 
 use crate::peer::Peer;
 use crate::raw_ws::Raw;
-use crate::support::{Cluster, LEGS, Leg, TIMEOUT};
+use crate::support::{Cluster, TIMEOUT};
 
 /// How soon a revoked session must end. A session's token lives for minutes, so an end
 /// within this bound is the revocation's doing, not the token's expiry.
@@ -55,8 +56,12 @@ async fn bad_input_gets_its_error_and_leaves_others_untouched() {
         cluster.register("by_b").await,
     );
     let mut bystanders = Bystanders {
-        a: Peer::connect(&a, cluster.client_config(0, Leg::Quic, &a.token)).await,
-        b: Peer::connect(&b, cluster.client_config(0, Leg::WebSocket, &b.token)).await,
+        a: Peer::connect(&a, cluster.client_config(0, TransportKind::Quic, &a.token)).await,
+        b: Peer::connect(
+            &b,
+            cluster.client_config(0, TransportKind::WebSocket, &b.token),
+        )
+        .await,
         sent: 0,
     };
     bystanders.still_talk().await;
@@ -65,9 +70,9 @@ async fn bad_input_gets_its_error_and_leaves_others_untouched() {
     let group = cluster.create_group(&owner, &[&a]).await;
     let nobody = UserId::new(uuid::Uuid::now_v7()).expect("not nil");
 
-    for leg in LEGS {
+    for kind in TransportKind::ALL {
         let user = cluster.register("offender").await;
-        let (client, _events) = Client::connect(cluster.client_config(0, leg, &user.token))
+        let (client, _events) = Client::connect(cluster.client_config(0, kind, &user.token))
             .await
             .expect("connect");
         let refusals: [(&str, Recipient, String, ErrorCode); 4] = [
@@ -100,27 +105,27 @@ async fn bad_input_gets_its_error_and_leaves_others_untouched() {
             let message = haberci_client::message(recipient, MessageKind::Text, content);
             match tokio::time::timeout(TIMEOUT, client.send(message)).await {
                 Ok(Err(SendError::Refused { code: got, .. })) => {
-                    assert_eq!(got, code, "{leg:?}: {case}")
+                    assert_eq!(got, code, "{kind:?}: {case}")
                 }
-                other => panic!("{leg:?}: {case}: expected {code:?}, got {other:?}"),
+                other => panic!("{kind:?}: {case}: expected {code:?}, got {other:?}"),
             }
-            assert!(client.is_open(), "{leg:?}: {case}: a refusal is not fatal");
+            assert!(client.is_open(), "{kind:?}: {case}: a refusal is not fatal");
             bystanders.still_talk().await;
         }
         client.close().await;
 
         // An expired token is refused at the door with token_expired.
         let expired = cluster.expired_token(&user);
-        match Client::connect(cluster.client_config(0, leg, &expired)).await {
+        match Client::connect(cluster.client_config(0, kind, &expired)).await {
             Err(ConnectError::Closed { code, .. }) => {
-                assert_eq!(code, ErrorCode::TokenExpired, "{leg:?}")
+                assert_eq!(code, ErrorCode::TokenExpired, "{kind:?}")
             }
-            other => panic!("{leg:?}: expected token_expired, got {other:?}"),
+            other => panic!("{kind:?}: expected token_expired, got {other:?}"),
         }
         bystanders.still_talk().await;
 
         // Logging out revokes the login session: its open sessions close with unauthenticated.
-        let (_client, mut events) = Client::connect(cluster.client_config(0, leg, &user.token))
+        let (_client, mut events) = Client::connect(cluster.client_config(0, kind, &user.token))
             .await
             .expect("connect");
         cluster.logout(&user).await;
@@ -136,8 +141,8 @@ async fn bad_input_gets_its_error_and_leaves_others_untouched() {
             panic!("events ended without Disconnected")
         })
         .await
-        .unwrap_or_else(|_| panic!("{leg:?}: the revoked session is still open"));
-        assert_eq!(closed.0, Some(ErrorCode::Unauthenticated), "{leg:?}");
+        .unwrap_or_else(|_| panic!("{kind:?}: the revoked session is still open"));
+        assert_eq!(closed.0, Some(ErrorCode::Unauthenticated), "{kind:?}");
         assert!(
             matches!(
                 closed.1,
@@ -146,14 +151,14 @@ async fn bad_input_gets_its_error_and_leaves_others_untouched() {
                     ..
                 }
             ),
-            "{leg:?}: {:?}",
+            "{kind:?}: {:?}",
             closed.1
         );
         // A new session with the revoked (unexpired) access token is ended as well: at once,
         // or right after its Welcome.
-        match Client::connect(cluster.client_config(0, leg, &user.token)).await {
+        match Client::connect(cluster.client_config(0, kind, &user.token)).await {
             Err(haberci_client::ConnectError::Closed { code, .. }) => {
-                assert_eq!(code, ErrorCode::Unauthenticated, "{leg:?}")
+                assert_eq!(code, ErrorCode::Unauthenticated, "{kind:?}")
             }
             Ok((_client, mut events)) => {
                 let code = tokio::time::timeout(REVOCATION_BOUND, async {
@@ -169,10 +174,10 @@ async fn bad_input_gets_its_error_and_leaves_others_untouched() {
                     None
                 })
                 .await
-                .unwrap_or_else(|_| panic!("{leg:?}: a session with a revoked token stays open"));
-                assert_eq!(code, Some(ErrorCode::Unauthenticated), "{leg:?}");
+                .unwrap_or_else(|_| panic!("{kind:?}: a session with a revoked token stays open"));
+                assert_eq!(code, Some(ErrorCode::Unauthenticated), "{kind:?}");
             }
-            Err(other) => panic!("{leg:?}: expected unauthenticated, got {other:?}"),
+            Err(other) => panic!("{kind:?}: expected unauthenticated, got {other:?}"),
         }
         bystanders.still_talk().await;
     }

@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 
 use futures::future::join_all;
 use haberci_client::{ConversationId, MessageKind, Recipient, Seq};
+use haberci_testkit::{TransportKind, User};
 use haberci_wire::MessageId;
 
 use crate::peer::Peer;
-use crate::support::{Cluster, LEGS, User};
+use crate::support::Cluster;
 
 /// Messages each member sends into each of their conversations.
 const PER_SENDER: usize = 4;
@@ -29,8 +30,8 @@ async fn users_across_gateways_and_transports_get_every_message_once_in_order() 
     // Gateway by parity, transport by pairs: every (gateway, transport) holds someone.
     let mut peers = Vec::new();
     for (i, user) in users.iter().enumerate() {
-        let leg = LEGS[(i / 2) % LEGS.len()];
-        let config = cluster.client_config(i % 2, leg, &user.token);
+        let kind = TransportKind::ALL[(i / 2) % TransportKind::ALL.len()];
+        let config = cluster.client_config(i % 2, kind, &user.token);
         peers.push(Peer::connect(user, config).await);
     }
     let group = cluster

@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use haberci_client::{ConversationId, MessageKind, Recipient, Sent};
+use haberci_testkit::TransportKind;
 use haberci_wire::MessageId;
 use tokio::sync::watch;
 
 use crate::peer::Peer;
 use crate::raw_ws::{self, Seen};
-use crate::support::{self, Cluster, Leg, TIMEOUT};
+use crate::support::{self, Cluster, TIMEOUT};
 
 /// Sends in flight at once from one streaming sender.
 const PIPELINE: usize = 16;
@@ -99,7 +100,7 @@ async fn a_worker_killed_mid_stream_loses_and_doubles_nothing() {
     let bob_user = cluster.register("bob").await;
     let alice = Peer::connect(
         &alice_user,
-        cluster.client_config(0, Leg::Quic, &alice_user.token),
+        cluster.client_config(0, TransportKind::Quic, &alice_user.token),
     )
     .await;
     // No reconnecting for Alice: a send the dead worker had read but not acknowledged must
@@ -107,7 +108,7 @@ async fn a_worker_killed_mid_stream_loses_and_doubles_nothing() {
     // (`Peer::send_reliably` fails a send unanswered for `SEND_ATTEMPT`).
     let bob = Peer::connect(
         &bob_user,
-        cluster.client_config(0, Leg::WebSocket, &bob_user.token),
+        cluster.client_config(0, TransportKind::WebSocket, &bob_user.token),
     )
     .await;
     let observer = raw_ws::observe(
@@ -150,17 +151,20 @@ async fn clients_of_a_killed_gateway_resume_on_another_with_no_gap_and_no_duplic
     // The sender lives on the gateway that survives.
     let alice = Peer::connect(
         &alice_user,
-        cluster.client_config(1, Leg::Quic, &alice_user.token),
+        cluster.client_config(1, TransportKind::Quic, &alice_user.token),
     )
     .await;
     // Bob and Carol on the gateway that dies, one per transport. A killed QUIC server sends
     // no close: a short heartbeat finds the dead connection in about a second.
     let mut on_doomed = Vec::new();
-    for (user, leg) in [(&bob_user, Leg::Quic), (&carol_user, Leg::WebSocket)] {
-        let mut config = cluster.client_config(0, leg, &user.token);
+    for (user, kind) in [
+        (&bob_user, TransportKind::Quic),
+        (&carol_user, TransportKind::WebSocket),
+    ] {
+        let mut config = cluster.client_config(0, kind, &user.token);
         config.ping_interval = Duration::from_millis(300);
         config.pong_timeout = Duration::from_secs(1);
-        on_doomed.push((Peer::connect(user, config).await, leg));
+        on_doomed.push((Peer::connect(user, config).await, kind));
     }
     let group = cluster
         .create_group(&alice_user, &[&bob_user, &carol_user, &dave_user])
@@ -218,8 +222,9 @@ async fn clients_of_a_killed_gateway_resume_on_another_with_no_gap_and_no_duplic
     }
     // Sent while Bob, Carol (and maybe Dave) are away.
     record(&mut sents, send_phase("away").await);
-    for (peer, leg) in &on_doomed {
-        peer.reconnect_to(leg.transport(&cluster.gateways[1])).await;
+    for (peer, kind) in &on_doomed {
+        peer.reconnect_to(cluster.gateways[1].transport(*kind))
+            .await;
     }
     record(&mut sents, send_phase("after").await);
 
@@ -256,16 +261,18 @@ async fn a_redis_restart_pauses_sending_and_loses_nothing_that_was_sent() {
     let bob_user = cluster.register("bob").await;
     let alice = Peer::connect(
         &alice_user,
-        cluster.client_config(0, Leg::WebSocket, &alice_user.token),
+        cluster.client_config(0, TransportKind::WebSocket, &alice_user.token),
     )
     .await;
-    alice.reconnect_automatically(vec![Leg::WebSocket.transport(&cluster.gateways[0])]);
+    alice.reconnect_automatically(vec![
+        cluster.gateways[0].transport(TransportKind::WebSocket),
+    ]);
     let bob = Peer::connect(
         &bob_user,
-        cluster.client_config(0, Leg::Quic, &bob_user.token),
+        cluster.client_config(0, TransportKind::Quic, &bob_user.token),
     )
     .await;
-    bob.reconnect_automatically(vec![Leg::Quic.transport(&cluster.gateways[0])]);
+    bob.reconnect_automatically(vec![cluster.gateways[0].transport(TransportKind::Quic)]);
     let observer = raw_ws::observe(
         cluster.certs.ca_cert(),
         vec![cluster.gateways[0].tcp],
@@ -306,13 +313,13 @@ async fn after_a_redis_restart_open_sessions_get_live_messages_again() {
     let bob_user = cluster.register("bob").await;
     let alice = Peer::connect(
         &alice_user,
-        cluster.client_config(0, Leg::Quic, &alice_user.token),
+        cluster.client_config(0, TransportKind::Quic, &alice_user.token),
     )
     .await;
-    alice.reconnect_automatically(vec![Leg::Quic.transport(&cluster.gateways[0])]);
+    alice.reconnect_automatically(vec![cluster.gateways[0].transport(TransportKind::Quic)]);
     let bob = Peer::connect(
         &bob_user,
-        cluster.client_config(0, Leg::WebSocket, &bob_user.token),
+        cluster.client_config(0, TransportKind::WebSocket, &bob_user.token),
     )
     .await;
     let first = alice

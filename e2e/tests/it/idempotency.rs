@@ -3,9 +3,10 @@
 //! one message in the history, one delivery, and every answer names the same message and seq.
 
 use haberci_client::{ErrorCode, SendError};
+use haberci_testkit::TransportKind;
 
 use crate::peer::Peer;
-use crate::support::{self, Cluster, Leg, TIMEOUT};
+use crate::support::{self, Cluster, TIMEOUT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_client_msg_id_three_times_is_stored_and_answered_once() {
@@ -15,12 +16,12 @@ async fn the_same_client_msg_id_three_times_is_stored_and_answered_once() {
     let carol_user = cluster.register("carol").await;
     let alice = Peer::connect(
         &alice_user,
-        cluster.client_config(0, Leg::Quic, &alice_user.token),
+        cluster.client_config(0, TransportKind::Quic, &alice_user.token),
     )
     .await;
     let bob = Peer::connect(
         &bob_user,
-        cluster.client_config(0, Leg::WebSocket, &bob_user.token),
+        cluster.client_config(0, TransportKind::WebSocket, &bob_user.token),
     )
     .await;
 
@@ -28,7 +29,7 @@ async fn the_same_client_msg_id_three_times_is_stored_and_answered_once() {
     let first = alice.send_reliably(message.clone()).await;
     let second = alice.send_reliably(message.clone()).await;
     alice
-        .reconnect_to(Leg::WebSocket.transport(&cluster.gateways[0]))
+        .reconnect_to(cluster.gateways[0].transport(TransportKind::WebSocket))
         .await;
     let third = alice.send_reliably(message.clone()).await;
     for again in [second, third] {

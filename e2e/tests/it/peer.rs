@@ -23,10 +23,11 @@ use haberci_client::{
     Client, ClientConfig, Closing, ConversationId, Disconnect, ErrorFrame, Event, Events, Message,
     SendError, SendMessage, Sent, Status, Transport, UserId,
 };
+use haberci_testkit::User;
 use haberci_wire::MessageId;
 use tokio::sync::watch;
 
-use crate::support::{TIMEOUT, User};
+use crate::support::TIMEOUT;
 
 /// How long one attempt of a send may wait for its answer before the connection is presumed
 /// to have lost it (e.g. a `Sent` published while Redis restarted): then the peer reconnects
@@ -127,7 +128,7 @@ impl Peer {
         let peer = Peer {
             id: user.id,
             inner: Arc::new(Inner {
-                name: user.name.clone(),
+                name: user.username.clone(),
                 client: Mutex::new(None),
                 log: Mutex::new(Log::default()),
                 changed,
@@ -136,8 +137,8 @@ impl Peer {
         };
         let (client, events) = tokio::time::timeout(TIMEOUT, Client::connect(config))
             .await
-            .unwrap_or_else(|_| panic!("{}: no Welcome in time", user.name))
-            .unwrap_or_else(|e| panic!("{}: connect: {e}", user.name));
+            .unwrap_or_else(|_| panic!("{}: no Welcome in time", user.username))
+            .unwrap_or_else(|e| panic!("{}: connect: {e}", user.username));
         assert_eq!(client.user_id(), user.id);
         attach(&peer.inner, client, events);
         peer

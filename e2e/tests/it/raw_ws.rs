@@ -5,16 +5,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use futures::{SinkExt, StreamExt};
+use haberci_testkit::tls;
 use haberci_wire::websocket::MessageType;
 use haberci_wire::{
     Ack, ClientFrame, ClientMsgId, ConversationId, Hello, MessageKind, Read, Recipient,
     ResumePosition, SendMessage, Seq, ServerFrame,
 };
-use rustls_pki_types::ServerName;
-use rustls_pki_types::pem::PemObject;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -37,19 +35,7 @@ impl Raw {
 
     /// A WebSocket to the gateway at `addr` (TCP), trusting the CA in `ca`.
     pub async fn open_at(ca: &Path, addr: SocketAddr) -> std::io::Result<Raw> {
-        haberci_kit::crypto::install_crypto_provider();
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let mut config = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let tcp = tokio::net::TcpStream::connect(addr).await?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await?;
+        let tls = tls::connect(addr, tls::roots(&[ca]), b"http/1.1").await?;
         let mut request = "wss://localhost/v1/ws".into_client_request().unwrap();
         request
             .headers_mut()

@@ -9,27 +9,21 @@
 //! Every wait is on an event (a log line, an answer) and bounded by [`TIMEOUT`]; every
 //! process is killed when the [`Cluster`] is dropped.
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use bytes::Bytes;
 use haberci_client::{ClientConfig, GroupId, Roots, Transport, UserId};
-use http_body_util::{BodyExt, Full};
-use serde_json::{Value, json};
+use haberci_testkit::unique::free_port;
+use haberci_testkit::{TransportKind, User, api, env, unique, users};
+use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
-/// Bounds every wait.
+/// Bounds every wait: longer than `haberci_testkit::TIMEOUT`, for processes that start cold.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
-
-pub fn env(key: &str) -> String {
-    std::env::var(key).unwrap_or_else(|_| {
-        panic!("{key} is not set: run the tests through `./dev test`, which starts the stack")
-    })
-}
 
 /// The directory holding the workspace's binaries: this test runs from `<target>/<profile>/deps`,
 /// unless `HABERCI_E2E_BIN_DIR` names another.
@@ -44,7 +38,7 @@ fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
-fn binary(name: &str) -> PathBuf {
+pub(crate) fn binary(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
     assert!(
         path.exists(),
@@ -52,17 +46,6 @@ fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-/// A port nobody listens on right now (TCP and UDP), for a child process to bind.
-pub fn free_port() -> u16 {
-    loop {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = tcp.local_addr().expect("addr").port();
-        if UdpSocket::bind(("::", port)).is_ok() && UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
 }
 
 /// One child process, its log file, and the last log line it printed.
@@ -272,6 +255,13 @@ pub struct GatewayProcess {
     pub udp: SocketAddr,
 }
 
+impl GatewayProcess {
+    /// Where a client reaches this gateway over `kind`.
+    pub fn transport(&self, kind: TransportKind) -> Transport {
+        kind.client_transport(self.tcp, self.udp)
+    }
+}
+
 /// The whole deployment of one test.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
@@ -282,17 +272,21 @@ pub struct Cluster {
     pub gateways: Vec<GatewayProcess>,
     pub certs: haberci_certs::CertPaths,
     pub prefix: String,
+    /// The database the processes use, through PgBouncer.
+    database_url: String,
     internal_token: String,
     key_dir: PathBuf,
-    http: hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        Full<Bytes>,
-    >,
 }
 
 impl Cluster {
-    /// Redis, the api, `workers` workers and `gateways` gateways, all ready.
+    /// Redis, the api, `workers` workers and `gateways` gateways, all ready, on the shared
+    /// test database.
     pub async fn start(workers: usize, gateways: usize) -> Cluster {
+        Cluster::start_on(env::database_url(), workers, gateways).await
+    }
+
+    /// [`Cluster::start`] on the database at `database_url` (through PgBouncer).
+    pub async fn start_on(database_url: String, workers: usize, gateways: usize) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let logs = dir.path().join("logs");
         std::fs::create_dir_all(&logs).expect("logs dir");
@@ -314,20 +308,10 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
 
-        let prefix = format!(
-            "e2e{}:msg:in:",
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        );
-        let internal_token = format!(
-            "{}{}",
-            uuid::Uuid::new_v4().simple(),
-            uuid::Uuid::new_v4().simple()
-        );
+        let prefix = unique::stream_prefix("e2e");
+        let internal_token = unique::secret();
         let api_port = free_port();
         let api_addr: SocketAddr = format!("127.0.0.1:{api_port}").parse().expect("addr");
-        let http =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http();
         let mut cluster = Cluster {
             dir,
             redis,
@@ -337,9 +321,9 @@ impl Cluster {
             gateways: Vec::new(),
             certs,
             prefix,
+            database_url,
             internal_token,
             key_dir,
-            http,
         };
         let mut api = Process::spawn(
             "api",
@@ -366,7 +350,7 @@ impl Cluster {
 
     fn common_env(&self) -> Vec<(String, String)> {
         let mut env = vec![
-            ("HABERCI_DATABASE_URL", env("HABERCI_TEST_DATABASE_URL")),
+            ("HABERCI_DATABASE_URL", self.database_url.clone()),
             ("HABERCI_REDIS_URL", self.redis.url()),
             ("HABERCI_API_ADDR", self.api_addr.to_string()),
             ("HABERCI_BACKEND_URL", format!("http://{}", self.api_addr)),
@@ -438,90 +422,22 @@ impl Cluster {
         token: Option<&str>,
         body: Value,
     ) -> (u16, Value) {
-        let mut request = http::Request::builder()
-            .method(method)
-            .uri(format!("http://{}{path}", self.api_addr))
-            .header("content-type", "application/json");
-        if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        let body = if body.is_null() {
-            Bytes::new()
-        } else {
-            Bytes::from(body.to_string())
-        };
-        let response = tokio::time::timeout(
-            TIMEOUT,
-            self.http
-                .request(request.body(Full::new(body)).expect("request")),
-        )
-        .await
-        .expect("api answers in time")
-        .expect("api request");
-        let status = response.status().as_u16();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+        api::call(self.api_addr, method, path, body, token).await
     }
 
     /// Registers a new user named `prefix_<random>`.
     pub async fn register(&self, prefix: &str) -> User {
-        let name = format!(
-            "{prefix}_{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        );
-        let (status, body) = self
-            .api(
-                http::Method::POST,
-                "/v1/auth/register",
-                None,
-                json!({"username": name, "email": format!("{name}@example.com"), "password": "correct horse battery staple", "displayName": name}),
-            )
-            .await;
-        assert_eq!(status, 201, "register: {body}");
-        let text = |v: &Value| v.as_str().expect("a string").to_owned();
-        let uuid: uuid::Uuid = text(&body["user"]["id"]).parse().expect("uuid");
-        User {
-            name,
-            id: UserId::new(uuid).expect("not nil"),
-            token: text(&body["tokens"]["accessToken"]),
-        }
+        users::register(self.api_addr, prefix).await
     }
 
     /// `POST /v1/groups` as `owner`, with `members` besides the owner.
     pub async fn create_group(&self, owner: &User, members: &[&User]) -> GroupId {
-        let ids: Vec<String> = members.iter().map(|m| m.id.to_string()).collect();
-        let (status, body) = self
-            .api(
-                http::Method::POST,
-                "/v1/groups",
-                Some(&owner.token),
-                json!({"name": format!("group of {}", owner.name), "memberIds": ids}),
-            )
-            .await;
-        assert_eq!(status, 201, "create group: {body}");
-        let uuid: uuid::Uuid = body["id"].as_str().expect("id").parse().expect("uuid");
-        GroupId::new(uuid).expect("not nil")
+        users::create_group(self.api_addr, owner, members).await
     }
 
     /// `POST /v1/auth/logout`: revokes the login session `user.token` belongs to.
     pub async fn logout(&self, user: &User) {
-        let (status, body) = self
-            .api(
-                http::Method::POST,
-                "/v1/auth/logout",
-                Some(&user.token),
-                Value::Null,
-            )
-            .await;
-        assert_eq!(status, 204, "logout: {body}");
+        users::logout(self.api_addr, &user.token).await;
     }
 
     /// An access token for `user`, correctly signed with the deployment's key, that expired
@@ -534,10 +450,10 @@ impl Cluster {
         keys.sign(&claims)
     }
 
-    /// A client configuration for `leg` to gateway number `gateway`, trusting the cluster's CA.
-    pub fn client_config(&self, gateway: usize, leg: Leg, token: &str) -> ClientConfig {
+    /// A client configuration for `kind` to gateway number `gateway`, trusting the cluster's CA.
+    pub fn client_config(&self, gateway: usize, kind: TransportKind, token: &str) -> ClientConfig {
         let mut config = ClientConfig::new(
-            leg.transport(&self.gateways[gateway]),
+            self.gateways[gateway].transport(kind),
             Roots::PemFile(self.certs.ca_cert()),
             token,
         );
@@ -549,45 +465,9 @@ impl Cluster {
     pub async fn db(&self) -> sqlx::PgPool {
         sqlx::postgres::PgPoolOptions::new()
             .max_connections(2)
-            .connect(&env("HABERCI_TEST_DIRECT_DATABASE_URL"))
+            .connect(&env::direct_database_url())
             .await
             .expect("connect to the test database")
-    }
-}
-
-/// A registered user.
-#[derive(Clone, Debug)]
-pub struct User {
-    pub name: String,
-    pub id: UserId,
-    pub token: String,
-}
-
-/// The transports a client can reach a gateway with. Tests that must hold on each iterate
-/// [`LEGS`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Leg {
-    Quic,
-    WebSocket,
-    /// HTTP/3 CONNECT on `/v1/rt`, as a browser connects.
-    WebTransport,
-}
-
-pub const LEGS: [Leg; 3] = [Leg::Quic, Leg::WebSocket, Leg::WebTransport];
-
-impl Leg {
-    pub fn transport(self, gateway: &GatewayProcess) -> Transport {
-        match self {
-            Leg::Quic => Transport::Quic {
-                addr: format!("localhost:{}", gateway.udp.port()),
-            },
-            Leg::WebSocket => Transport::WebSocket {
-                url: format!("wss://localhost:{}/v1/ws", gateway.tcp.port()),
-            },
-            Leg::WebTransport => Transport::WebTransport {
-                url: format!("https://localhost:{}/v1/rt", gateway.udp.port()),
-            },
-        }
     }
 }
 

@@ -2,10 +2,11 @@
 //! the same answers, and every response carries the security headers.
 
 use bytes::Bytes;
+use haberci_testkit::{Backend, Stack};
 use http_body_util::Full;
 use serde_json::{Value, json};
 
-use crate::support::{self, ALL_VERSIONS, BackendKind, Reply, Stack, Version};
+use crate::support::{self, ALL_VERSIONS, Reply, Version};
 
 const SECURITY_HEADERS: [(&str, &str); 4] = [
     (
@@ -171,7 +172,7 @@ async fn lifecycle(stack: &Stack, version: Version) -> Vec<(String, (u16, String
 
 #[tokio::test]
 async fn the_account_lifecycle_gets_the_same_answers_on_every_http_version() {
-    let stack = support::start(BackendKind::Real).await;
+    let stack = Stack::start(Backend::Api).await;
     let mut runs = Vec::new();
     for version in ALL_VERSIONS {
         runs.push((version, lifecycle(&stack, version).await));
@@ -219,7 +220,7 @@ async fn the_account_lifecycle_gets_the_same_answers_on_every_http_version() {
 
 #[tokio::test]
 async fn gateway_answers_of_its_own_carry_the_security_headers() {
-    let stack = support::start(BackendKind::Real).await;
+    let stack = Stack::start(Backend::Api).await;
     let big = Bytes::from(vec![
         b'x';
         haberci_gateway::config::DEFAULT_MAX_BODY_BYTES + 1
@@ -238,7 +239,7 @@ async fn gateway_answers_of_its_own_carry_the_security_headers() {
         assert_eq!(reply.status, 413, "{version:?}");
         assert_hardened(&reply, &format!("413 over {version:?}"));
     }
-    let down = support::start(BackendKind::Down).await;
+    let down = Stack::start(Backend::Down).await;
     let reply = support::request(&down, Version::Http2, support::get("/v1/version")).await;
     assert_eq!(reply.status, 502);
     assert_hardened(&reply, "502");
@@ -246,10 +247,13 @@ async fn gateway_answers_of_its_own_carry_the_security_headers() {
 
 #[tokio::test]
 async fn cors_preflights_are_answered_for_listed_origins_only() {
-    let stack = support::start_real_with(|config| {
-        config.http.cors = haberci_kit::http::CorsOrigins::list(&["https://app.example"]).unwrap();
-    })
-    .await;
+    let stack = Stack::builder()
+        .configure(|config| {
+            config.http.cors =
+                haberci_kit::http::CorsOrigins::list(&["https://app.example"]).unwrap();
+        })
+        .start()
+        .await;
     let preflight = |origin: &str| {
         http::Request::options("https://localhost/v1/auth/login")
             .header("origin", origin)

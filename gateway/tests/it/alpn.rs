@@ -1,19 +1,23 @@
 //! One QUIC endpoint, dispatched by ALPN: `h3` is HTTP/3 (tested in `http_versions`),
 //! `haberci/1` reaches the native path, anything else is refused in the TLS handshake.
 
+use haberci_testkit::{Backend, Stack, TIMEOUT};
 use haberci_wire::ErrorCode;
 use quinn::{ConnectionError, VarInt};
 
-use crate::support::{self, BackendKind, QuicClient, TIMEOUT};
+use crate::support::{self, QuicClient};
 
 #[tokio::test]
 async fn native_alpn_reaches_the_native_path() {
     // The native path waits for the client's stream; opening none ends in `idle_timeout`.
-    let stack = support::start_with_config(support::free_addr(), |config| {
-        config.session.hello_timeout = std::time::Duration::from_millis(200);
-    })
-    .await;
-    let roots = support::ca_roots(&[&stack.certs.ca_cert()]);
+    let stack = Stack::builder()
+        .backend(Backend::Down)
+        .configure(|config| {
+            config.session.hello_timeout = std::time::Duration::from_millis(200);
+        })
+        .start()
+        .await;
+    let roots = support::roots(&stack);
     let client = QuicClient::connect(stack.gateway_udp, roots, b"haberci/1")
         .await
         .expect("handshake with haberci/1 succeeds");
@@ -35,8 +39,8 @@ async fn native_alpn_reaches_the_native_path() {
 
 #[tokio::test]
 async fn unknown_alpn_is_refused_in_the_handshake() {
-    let stack = support::start(BackendKind::Down).await;
-    let roots = support::ca_roots(&[&stack.certs.ca_cert()]);
+    let stack = Stack::start(Backend::Down).await;
+    let roots = support::roots(&stack);
     let err = match QuicClient::connect(stack.gateway_udp, roots, b"bogus/9").await {
         Ok(_) => panic!("a handshake offering only an unknown ALPN must fail"),
         Err(err) => err,

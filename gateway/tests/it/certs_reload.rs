@@ -2,10 +2,11 @@
 //! connections already open.
 
 use haberci_certs::CertPaths;
+use haberci_testkit::{Backend, Stack, TIMEOUT, tls};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
-use crate::support::{self, BackendKind, H3Client, TIMEOUT, TcpClient, Version, get};
+use crate::support::{self, H3Client, TcpClient, Version, get};
 
 fn first_cert(path: &std::path::Path) -> CertificateDer<'static> {
     CertificateDer::pem_file_iter(path)
@@ -31,25 +32,26 @@ fn replace(from: &CertPaths, to: &CertPaths) {
 
 #[tokio::test]
 async fn new_connections_see_new_certificates_and_open_ones_stay_up() {
-    let stack = support::start(BackendKind::Real).await;
+    let stack = Stack::start(Backend::Api).await;
     let fresh_dir = tempfile::tempdir().unwrap();
     let fresh = CertPaths::new(fresh_dir.path());
     haberci_certs::ensure(&fresh, time::OffsetDateTime::now_utc()).unwrap();
-    let both = || support::ca_roots(&[&stack.certs.ca_cert(), &fresh.ca_cert()]);
+    let both = || tls::roots(&[&stack.certs.ca_cert(), &fresh.ca_cert()]);
 
     let mut old_tcp = TcpClient::connect(stack.gateway_tcp, both(), Version::Http1).await;
     let mut old_h3 = H3Client::connect(stack.gateway_udp, both()).await;
     assert_eq!(old_tcp.peer_cert, first_cert(&stack.certs.server_cert()));
     assert_eq!(old_h3.quic.peer_cert(), first_cert(&stack.certs.wt_cert()));
 
-    let mut reloads = stack.gateway.reloads();
+    let mut reloads = stack.gateway.certs.reloads();
     replace(&fresh, &stack.certs);
     let new_server = first_cert(&fresh.server_cert());
     let new_wt = first_cert(&fresh.wt_cert());
 
     // Wait for the file watcher to swap both in (it may see the files in two polls).
     tokio::time::timeout(TIMEOUT, async {
-        while stack.gateway.tcp_cert_der() != new_server || stack.gateway.quic_cert_der() != new_wt
+        while stack.gateway.certs.tcp_cert_der() != new_server
+            || stack.gateway.certs.quic_cert_der() != new_wt
         {
             reloads.changed().await.unwrap();
         }
@@ -70,12 +72,12 @@ async fn new_connections_see_new_certificates_and_open_ones_stay_up() {
 
 #[tokio::test]
 async fn a_broken_certificate_file_keeps_the_current_one_in_service() {
-    let stack = support::start(BackendKind::Real).await;
-    let before = stack.gateway.tcp_cert_der();
+    let stack = Stack::start(Backend::Api).await;
+    let before = stack.gateway.certs.tcp_cert_der();
     std::fs::write(stack.certs.server_cert(), "not a certificate").unwrap();
-    assert!(!stack.gateway.reload(), "nothing valid to swap in");
-    assert_eq!(stack.gateway.tcp_cert_der(), before);
-    let roots = support::ca_roots(&[&stack.certs.ca_cert()]);
+    assert!(!stack.gateway.certs.reload(), "nothing valid to swap in");
+    assert_eq!(stack.gateway.certs.tcp_cert_der(), before);
+    let roots = support::roots(&stack);
     let mut client = TcpClient::connect(stack.gateway_tcp, roots, Version::Http2).await;
     assert_eq!(client.peer_cert, before);
     assert_eq!(client.send(get("/healthz")).await.status, 200);

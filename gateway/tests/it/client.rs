@@ -7,16 +7,15 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use futures::{Stream, StreamExt};
+use haberci_testkit::{Stack, TIMEOUT, env, tls};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use rustls_pki_types::ServerName;
 
-use crate::support::{self, Stack, TIMEOUT, Version};
+use crate::support::{self, Version};
 
 /// A streamed request or answer body.
 pub type Chunks = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
@@ -35,28 +34,17 @@ impl Target {
         Target {
             tcp: stack.gateway_tcp,
             udp: stack.gateway_udp,
-            ca: stack.certs.ca_cert(),
+            ca: stack.ca(),
         }
     }
 
     /// The gateway `./dev up` runs (`HABERCI_TEST_GATEWAY_URL`, `_UDP`, `HABERCI_TEST_CA`).
     pub fn dev_stack() -> Target {
-        let port = |text: &str| -> u16 {
-            let port = text.rsplit(':').next().unwrap_or_default();
-            port.trim_end_matches('/')
-                .parse()
-                .unwrap_or_else(|_| panic!("no port in {text:?}"))
-        };
+        let dev = env::dev_gateway();
         Target {
-            tcp: SocketAddr::from((
-                [127, 0, 0, 1],
-                port(&support::env("HABERCI_TEST_GATEWAY_URL")),
-            )),
-            udp: SocketAddr::from((
-                [127, 0, 0, 1],
-                port(&support::env("HABERCI_TEST_GATEWAY_UDP")),
-            )),
-            ca: PathBuf::from(support::env("HABERCI_TEST_CA")),
+            tcp: dev.tcp,
+            udp: dev.udp,
+            ca: dev.ca,
         }
     }
 }
@@ -114,7 +102,7 @@ pub async fn send_within(
     chunks: Chunks,
     wait: Duration,
 ) -> Answer {
-    let roots = support::ca_roots(&[&target.ca]);
+    let roots = tls::roots(&[&target.ca]);
     match version {
         Version::Http3 => send_h3(target.udp, roots, head, chunks, wait).await,
         tcp => send_tcp(target.tcp, roots, tcp, head, chunks, wait).await,
@@ -135,13 +123,7 @@ async fn tls(
     roots: rustls::RootCertStore,
     alpn: &[u8],
 ) -> hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    let config = Arc::new(support::client_tls(roots, &[alpn]));
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
-    hyper_util::rt::TokioIo::new(tls)
+    hyper_util::rt::TokioIo::new(tls::connect(addr, roots, alpn).await.unwrap())
 }
 
 fn answer(response: http::Response<hyper::body::Incoming>) -> Answer {
@@ -202,7 +184,7 @@ pub struct H2Connection {
 
 impl H2Connection {
     pub async fn open(target: &Target) -> H2Connection {
-        let io = tls(target.tcp, support::ca_roots(&[&target.ca]), b"h2").await;
+        let io = tls(target.tcp, tls::roots(&[&target.ca]), b"h2").await;
         let (sender, conn) =
             hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
                 .await

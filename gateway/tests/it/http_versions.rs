@@ -1,10 +1,12 @@
 //! The same requests over HTTP/1.1, HTTP/2 and HTTP/3 get the same answers.
 
-use crate::support::{self, ALL_VERSIONS, BackendKind, Version, get};
+use haberci_testkit::{Backend, Stack};
+
+use crate::support::{self, ALL_VERSIONS, Version, get};
 
 #[tokio::test]
 async fn healthz_answers_on_every_http_version() {
-    let stack = support::start(BackendKind::Real).await;
+    let stack = Stack::start(Backend::Api).await;
     for version in ALL_VERSIONS {
         let reply = support::request(&stack, version, get("/healthz")).await;
         assert_eq!(reply.status, 200, "{version:?}");
@@ -14,7 +16,7 @@ async fn healthz_answers_on_every_http_version() {
 
 #[tokio::test]
 async fn version_is_proxied_to_the_backend_on_every_http_version() {
-    let stack = support::start(BackendKind::Real).await;
+    let stack = Stack::start(Backend::Api).await;
     let expected = serde_json::to_value(haberci_backend::api::VERSION).unwrap();
     for version in ALL_VERSIONS {
         let reply = support::request(&stack, version, get("/v1/version")).await;
@@ -25,8 +27,8 @@ async fn version_is_proxied_to_the_backend_on_every_http_version() {
 
 #[tokio::test]
 async fn readyz_reports_the_backend_on_every_http_version() {
-    let up = support::start(BackendKind::Real).await;
-    let down = support::start(BackendKind::Down).await;
+    let up = Stack::start(Backend::Api).await;
+    let down = Stack::start(Backend::Down).await;
     for version in ALL_VERSIONS {
         let reply = support::request(&up, version, get("/readyz")).await;
         assert_eq!(reply.status, 200, "{version:?}");
@@ -38,7 +40,7 @@ async fn readyz_reports_the_backend_on_every_http_version() {
 
 #[tokio::test]
 async fn tcp_responses_advertise_http3() {
-    let stack = support::start(BackendKind::Real).await;
+    let stack = Stack::start(Backend::Api).await;
     for version in [Version::Http1, Version::Http2] {
         for path in ["/healthz", "/v1/version", "/no/such/page"] {
             let reply = support::request(&stack, version, get(path)).await;
@@ -54,7 +56,7 @@ async fn tcp_responses_advertise_http3() {
 
 #[tokio::test]
 async fn unknown_paths_get_a_json_404_on_every_http_version() {
-    let stack = support::start(BackendKind::Real).await;
+    let stack = Stack::start(Backend::Api).await;
     for version in ALL_VERSIONS {
         let reply = support::request(&stack, version, get("/nope")).await;
         assert_eq!(reply.status, 404, "{version:?}");

@@ -1,24 +1,16 @@
 //! Bounds on what a client may hold or send: header read timeout, body limits on every HTTP
 //! version (with and without a declared length), and JSON errors for the gateway's own refusals.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
+use haberci_testkit::{Backend, Stack, TIMEOUT, tls};
 use http_body_util::Full;
-use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{self, ALL_VERSIONS, BackendKind, TIMEOUT};
+use crate::support::{self, ALL_VERSIONS};
 
 /// A raw TLS connection speaking HTTP/1.1 by hand.
-async fn raw_tls(stack: &support::Stack) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let roots = support::ca_roots(&[&stack.certs.ca_cert()]);
-    let config = Arc::new(support::client_tls(roots, &[b"http/1.1"]));
-    let tcp = tokio::net::TcpStream::connect(stack.gateway_tcp)
-        .await
-        .unwrap();
-    tokio_rustls::TlsConnector::from(config)
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+async fn raw_tls(stack: &Stack) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    tls::connect(stack.gateway_tcp, support::roots(stack), b"http/1.1")
         .await
         .unwrap()
 }
@@ -40,10 +32,13 @@ async fn read_to_close(
 
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_disconnected() {
-    let stack = support::start_with_config(support::free_addr(), |config| {
-        config.http.header_read_timeout = std::time::Duration::from_millis(300);
-    })
-    .await;
+    let stack = Stack::builder()
+        .backend(Backend::Down)
+        .configure(|config| {
+            config.http.header_read_timeout = std::time::Duration::from_millis(300);
+        })
+        .start()
+        .await;
     let mut stream = raw_tls(&stack).await;
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
@@ -59,7 +54,11 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
 #[tokio::test]
 async fn a_chunked_body_over_the_limit_is_refused_with_413() {
     let echo = support::serve_router(axum::Router::new().fallback(|| async { "seen" })).await;
-    let stack = support::start_with_config(echo, |config| config.http.max_body_bytes = 1_000).await;
+    let stack = Stack::builder()
+        .backend(Backend::At(echo))
+        .configure(|config| config.http.max_body_bytes = 1_000)
+        .start()
+        .await;
     let mut stream = raw_tls(&stack).await;
     let chunk = vec![b'x'; 1_500];
     let mut request = b"POST /v1/upload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
@@ -77,7 +76,11 @@ async fn a_chunked_body_over_the_limit_is_refused_with_413() {
 #[tokio::test]
 async fn the_configured_body_limit_holds_on_every_http_version() {
     let echo = support::serve_router(axum::Router::new().fallback(|| async { "seen" })).await;
-    let stack = support::start_with_config(echo, |config| config.http.max_body_bytes = 1_000).await;
+    let stack = Stack::builder()
+        .backend(Backend::At(echo))
+        .configure(|config| config.http.max_body_bytes = 1_000)
+        .start()
+        .await;
     for version in ALL_VERSIONS {
         for (size, status) in [(1_000, 200), (1_001, 413)] {
             let request = http::Request::post("https://localhost/v1/upload")
@@ -91,7 +94,7 @@ async fn the_configured_body_limit_holds_on_every_http_version() {
 
 #[tokio::test]
 async fn a_wrong_method_gets_a_json_405_on_every_http_version() {
-    let stack = support::start(BackendKind::Down).await;
+    let stack = Stack::start(Backend::Down).await;
     for version in ALL_VERSIONS {
         let request = http::Request::post("https://localhost/healthz")
             .body(Full::new(Bytes::new()))
@@ -105,11 +108,12 @@ async fn a_wrong_method_gets_a_json_405_on_every_http_version() {
 
 #[tokio::test]
 async fn quic_connections_over_the_handshake_limit_are_refused_and_tcp_still_answers() {
-    let stack = support::start_with_config(support::free_addr(), |config| {
-        config.quic.max_handshakes = 0
-    })
-    .await;
-    let roots = support::ca_roots(&[&stack.certs.ca_cert()]);
+    let stack = Stack::builder()
+        .backend(Backend::Down)
+        .configure(|config| config.quic.max_handshakes = 0)
+        .start()
+        .await;
+    let roots = support::roots(&stack);
     let refused = support::QuicClient::connect_with(
         stack.gateway_udp,
         roots,

@@ -9,6 +9,7 @@ mod support;
 mod accounts;
 mod alpn;
 mod certs_reload;
+mod handshake;
 mod http_versions;
 mod limits;
 mod media;

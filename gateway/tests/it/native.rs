@@ -1,17 +1,12 @@
-//! The native QUIC transport (`haberci/1`) through real sockets: a user registered through the
-//! real API opens a session with its access token; bad tokens, versions and bytes get their
-//! codes from the code table, both as a `Closing` frame and as the QUIC close code.
+//! A native QUIC (`haberci/1`) client written from docs/PROTOCOL.md: one bidirectional stream of
+//! length-delimited frames, and datagrams for ephemeral frames. Its handshake cases are rows of
+//! [`crate::handshake`]; the relay tests drive sessions with it.
 
-use bytes::{Bytes, BytesMut};
-use haberci_wire::{
-    ClientFrame, ClientMsgId, ErrorCode, Frame, FrameDecoder, Hello, MessageKind, Ping, Recipient,
-    SendMessage, ServerFrame, UserId,
-};
-use http_body_util::Full;
-use quinn::{ConnectionError, VarInt};
-use serde_json::json;
+use bytes::BytesMut;
+use haberci_testkit::{Stack, TIMEOUT};
+use haberci_wire::{ClientFrame, Closing, ErrorCode, Frame, FrameDecoder, ServerFrame};
 
-use crate::support::{self, QuicClient, Stack, TIMEOUT, Version};
+use crate::support::{self, QuicClient};
 
 /// A native session's stream.
 pub struct Native {
@@ -29,7 +24,7 @@ impl Native {
 
     /// A session whose client has its own QUIC transport settings.
     pub async fn open_with(stack: &Stack, transport: quinn::TransportConfig) -> Native {
-        let roots = support::ca_roots(&[&stack.certs.ca_cert()]);
+        let roots = support::roots(stack);
         let client =
             QuicClient::connect_with(stack.gateway_udp, roots, haberci_wire::ALPN, transport)
                 .await
@@ -48,7 +43,12 @@ impl Native {
         let mut buf = BytesMut::new();
         haberci_wire::encode_delimited(frame, haberci_wire::DEFAULT_MAX_FRAME_SIZE, &mut buf)
             .unwrap();
-        self.send.write_all(&buf).await.unwrap();
+        self.write_bytes(&buf).await;
+    }
+
+    /// Bytes on the stream as they are, framed or not.
+    pub async fn write_bytes(&mut self, bytes: &[u8]) {
+        self.send.write_all(bytes).await.unwrap();
     }
 
     pub async fn read(&mut self) -> ServerFrame {
@@ -82,184 +82,14 @@ impl Native {
         .expect("a frame in time")
     }
 
-    /// The Closing frame, then the QUIC close code it matches.
-    async fn expect_closing(&mut self, code: ErrorCode) -> haberci_wire::Closing {
-        let ServerFrame::Closing(closing) = self.read().await else {
-            panic!("expected Closing({code:?})")
+    /// A Closing frame with `code`, then the QUIC close that matches it.
+    pub async fn expect_closing(&mut self, code: ErrorCode) -> Closing {
+        let closing = match self.read().await {
+            ServerFrame::Closing(closing) => closing,
+            other => panic!("expected Closing({code:?}), got {other:?}"),
         };
         assert_eq!(closing.code, code);
-        let closed = tokio::time::timeout(TIMEOUT, self.client.connection.closed())
-            .await
-            .expect("closed in time");
-        match closed {
-            ConnectionError::ApplicationClosed(close) => {
-                assert_eq!(
-                    close.error_code,
-                    VarInt::from_u64(code.quic_code()).unwrap()
-                )
-            }
-            other => panic!("expected an application close, got {other:?}"),
-        }
+        support::expect_quic_close(&self.client.connection, code).await;
         closing
     }
-}
-
-pub fn hello(token: &str, version: u32) -> ClientFrame {
-    ClientFrame::Hello(Hello {
-        access_token: token.to_owned(),
-        protocol_version: version,
-        client_name: "gateway-test".into(),
-        client_version: "0".into(),
-        resume: Vec::new(),
-        max_error_code: haberci_wire::LAST_CODE,
-    })
-}
-
-/// Registers a fresh user through the gateway; returns (user id, access token).
-pub async fn register(stack: &Stack) -> (String, String) {
-    let random = uuid::Uuid::new_v4().simple().to_string();
-    let username = format!("qn_{}", &random[..16]);
-    let body = json!({
-        "username": username,
-        "email": format!("{username}@example.com"),
-        "password": "correct horse battery staple",
-        "displayName": "Native",
-    });
-    let request = http::Request::post("https://localhost/v1/auth/register")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    let reply = support::request(stack, Version::Http1, request).await;
-    assert_eq!(reply.status, 201, "{}", reply.json());
-    let json = reply.json();
-    (
-        json["user"]["id"].as_str().unwrap().to_owned(),
-        json["tokens"]["accessToken"].as_str().unwrap().to_owned(),
-    )
-}
-
-pub async fn stack_with_keys() -> Stack {
-    let stack = support::start_real_with(|_| {}).await;
-    tokio::time::timeout(TIMEOUT, stack.keys.loaded())
-        .await
-        .expect("the gateway loads the backend's JWKS");
-    stack
-}
-
-#[tokio::test]
-async fn a_registered_user_opens_a_session_and_pings() {
-    let stack = stack_with_keys().await;
-    let (user_id, token) = register(&stack).await;
-    let mut native = Native::open(&stack).await;
-    native
-        .write(&hello(&token, haberci_wire::PROTOCOL_VERSION))
-        .await;
-    let ServerFrame::Welcome(welcome) = native.read().await else {
-        panic!("expected Welcome")
-    };
-    assert_eq!(welcome.user_id.to_string(), user_id);
-    assert_eq!(welcome.protocol_version, haberci_wire::PROTOCOL_VERSION);
-
-    native.write(&ClientFrame::Ping(Ping { nonce: 7 })).await;
-    assert_eq!(
-        native.read().await,
-        ServerFrame::Pong(haberci_wire::Pong { nonce: 7 })
-    );
-
-    // Messaging is not relayed yet (#6): a Send is answered, retryable, and nothing closes.
-    let client_msg_id = ClientMsgId::new(uuid::Uuid::now_v7()).unwrap();
-    native
-        .write(&ClientFrame::Send(SendMessage {
-            client_msg_id,
-            recipient: Recipient::User(UserId::new(uuid::Uuid::now_v7()).unwrap()),
-            kind: MessageKind::Text,
-            content: "hello".into(),
-            media: None,
-        }))
-        .await;
-    let ServerFrame::Error(error) = native.read().await else {
-        panic!("expected Error")
-    };
-    assert_eq!(error.code, ErrorCode::Unavailable);
-    assert_eq!(error.client_msg_id, Some(client_msg_id));
-    native.write(&ClientFrame::Ping(Ping { nonce: 8 })).await;
-    assert_eq!(
-        native.read().await,
-        ServerFrame::Pong(haberci_wire::Pong { nonce: 8 })
-    );
-}
-
-#[tokio::test]
-async fn a_bad_token_is_closed_with_unauthenticated() {
-    let stack = stack_with_keys().await;
-    let mut native = Native::open(&stack).await;
-    native.write(&hello("not.a.token", 1)).await;
-    native.expect_closing(ErrorCode::Unauthenticated).await;
-}
-
-#[tokio::test]
-async fn an_unsupported_version_is_closed_with_the_versions_spoken() {
-    let stack = stack_with_keys().await;
-    let (_, token) = register(&stack).await;
-    let mut native = Native::open(&stack).await;
-    native.write(&hello(&token, 99)).await;
-    let closing = native.expect_closing(ErrorCode::UnsupportedVersion).await;
-    assert_eq!(closing.supported_versions, haberci_wire::SUPPORTED_VERSIONS);
-}
-
-#[tokio::test]
-async fn malformed_bytes_are_closed_with_bad_frame() {
-    let stack = stack_with_keys().await;
-    let mut native = Native::open(&stack).await;
-    // A length prefix that never ends (11 continuation bytes).
-    native.send.write_all(&[0xff; 11]).await.unwrap();
-    native.expect_closing(ErrorCode::BadFrame).await;
-}
-
-#[tokio::test]
-async fn a_frame_before_hello_is_closed_with_unauthenticated() {
-    let stack = stack_with_keys().await;
-    let mut native = Native::open(&stack).await;
-    native.write(&ClientFrame::Ping(Ping { nonce: 1 })).await;
-    native.expect_closing(ErrorCode::Unauthenticated).await;
-}
-
-/// A gateway that also follows revocations on the test Redis, with keys loaded and the
-/// revocation subscription in place.
-pub async fn stack_with_revocations() -> Stack {
-    let stack = support::start_real_with(|config| {
-        config.relay.redis_url = Some(support::env("HABERCI_TEST_REDIS_URL"));
-    })
-    .await;
-    tokio::time::timeout(TIMEOUT, async {
-        stack.keys.loaded().await;
-        stack.revocations.subscribed().await;
-    })
-    .await
-    .expect("keys loaded and revocations subscribed");
-    stack
-}
-
-/// Logs the session out through the API (the backend announces the revocation).
-pub async fn logout(stack: &Stack, token: &str) {
-    let request = http::Request::post("https://localhost/v1/auth/logout")
-        .header("authorization", format!("Bearer {token}"))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let reply = support::request(stack, Version::Http1, request).await;
-    assert_eq!(reply.status, 204, "{:?}", reply.body);
-}
-
-#[tokio::test]
-async fn a_revoked_session_is_closed_with_unauthenticated() {
-    let stack = stack_with_revocations().await;
-    let (_, token) = register(&stack).await;
-    let mut native = Native::open(&stack).await;
-    native
-        .write(&hello(&token, haberci_wire::PROTOCOL_VERSION))
-        .await;
-    assert!(matches!(native.read().await, ServerFrame::Welcome(_)));
-    logout(&stack, &token).await;
-    let closing = native.expect_closing(ErrorCode::Unauthenticated).await;
-    assert!(closing.reason.contains("revoked"), "{}", closing.reason);
 }

@@ -5,10 +5,11 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, Uri};
 use bytes::Bytes as RawBytes;
+use haberci_testkit::{Backend, Stack};
 use http_body_util::Full;
 use serde_json::json;
 
-use crate::support::{self, ALL_VERSIONS, BackendKind, Version};
+use crate::support::{self, ALL_VERSIONS, Version};
 
 async fn echo(
     method: Method,
@@ -28,9 +29,9 @@ async fn echo(
     }))
 }
 
-async fn echo_stack() -> support::Stack {
+async fn echo_stack() -> Stack {
     let backend = support::serve_router(axum::Router::new().fallback(echo)).await;
-    support::start_with_backend(backend).await
+    Stack::start(Backend::At(backend)).await
 }
 
 #[tokio::test]
@@ -105,7 +106,7 @@ async fn oversized_bodies_are_refused_with_413() {
 
 #[tokio::test]
 async fn a_dead_backend_gives_502_with_a_json_error() {
-    let stack = support::start(BackendKind::Down).await;
+    let stack = Stack::start(Backend::Down).await;
     for version in ALL_VERSIONS {
         let reply = support::request(&stack, version, support::get("/v1/version")).await;
         assert_eq!(reply.status, 502, "{version:?}");

@@ -1,20 +1,22 @@
 //! The relay through real sockets, with the real API, an in-process worker and the test Redis
-//! ([`support::start_relay`]): typing reaches the peer, presence follows sessions, and a client
-//! that stops reading is closed as a slow consumer while its peer is untouched.
+//! ([`haberci_testkit::stack::Builder::relay`]): typing reaches the peer, presence follows
+//! sessions, and a client that stops reading is closed as a slow consumer while its peer is
+//! untouched.
 
 use std::time::Duration;
 
+use haberci_testkit::{Stack, TIMEOUT, User, env, users};
 use haberci_wire::{
     ClientFrame, ClientMsgId, ClientTyping, ErrorCode, MessageKind, PresenceWatch, Recipient,
     SendMessage, ServerFrame, TypingState, UserId,
 };
 use quinn::{ConnectionError, VarInt};
 
-use crate::native::{Native, hello, register};
-use crate::support::{self, Stack, TIMEOUT};
+use crate::native::Native;
+use crate::support::hello;
 
-fn user(id: &str) -> UserId {
-    UserId::new(id.parse().unwrap()).unwrap()
+async fn register(stack: &Stack) -> User {
+    users::register(stack.backend, "relay").await
 }
 
 fn text(to: UserId, content: &str) -> ClientFrame {
@@ -61,13 +63,21 @@ async fn until<T>(native: &mut Native, mut pick: impl FnMut(ServerFrame) -> Opti
 
 #[tokio::test]
 async fn typing_reaches_the_peer_of_a_direct_conversation() {
-    let stack = support::start_relay(|_| {}).await;
-    let (alice_id, alice_token) = register(&stack).await;
-    let (bob_id, bob_token) = register(&stack).await;
+    let stack = Stack::builder().relay().start().await;
+    let User {
+        id: alice_id,
+        token: alice_token,
+        ..
+    } = register(&stack).await;
+    let User {
+        id: bob_id,
+        token: bob_token,
+        ..
+    } = register(&stack).await;
     let mut alice = session(&stack, &alice_token).await;
     let mut bob = session(&stack, &bob_token).await;
 
-    alice.write(&text(user(&bob_id), "hi")).await;
+    alice.write(&text(bob_id, "hi")).await;
     // Both sessions follow the new conversation once its first message reached them.
     let conversation = until(&mut alice, |f| match f {
         ServerFrame::Message(m) => Some(m.conversation_id),
@@ -91,7 +101,7 @@ async fn typing_reaches_the_peer_of_a_direct_conversation() {
     })
     .await;
     assert_eq!(typing.conversation_id, conversation);
-    assert_eq!(typing.user_id, user(&alice_id));
+    assert_eq!(typing.user_id, alice_id);
     assert_eq!(typing.state, TypingState::Started);
 
     // The same over a QUIC datagram, the way ephemeral frames may travel on native QUIC.
@@ -114,10 +124,16 @@ async fn typing_reaches_the_peer_of_a_direct_conversation() {
 
 #[tokio::test]
 async fn presence_follows_the_watched_users_sessions() {
-    let stack = support::start_relay(|_| {}).await;
-    let (alice_id, alice_token) = register(&stack).await;
-    let (_, bob_token) = register(&stack).await;
-    let alice = user(&alice_id);
+    let stack = Stack::builder().relay().start().await;
+    let User {
+        id: alice_id,
+        token: alice_token,
+        ..
+    } = register(&stack).await;
+    let User {
+        token: bob_token, ..
+    } = register(&stack).await;
+    let alice = alice_id;
     let mut bob = session(&stack, &bob_token).await;
     bob.write(&ClientFrame::PresenceWatch(PresenceWatch {
         user_ids: vec![alice],
@@ -146,7 +162,7 @@ async fn presence_follows_the_watched_users_sessions() {
 /// A Redis client of the test's own, to play another gateway.
 async fn redis() -> fred::clients::Client {
     use fred::prelude::*;
-    let config = Config::from_url(&support::env("HABERCI_TEST_REDIS_URL")).unwrap();
+    let config = Config::from_url(&env::redis_url()).unwrap();
     let client = Builder::from_config(config).build().unwrap();
     client.init().await.unwrap();
     client
@@ -154,10 +170,13 @@ async fn redis() -> fred::clients::Client {
 
 /// A relay stack whose presence renews (and reconciles, every 15th time) every 100 ms.
 async fn presence_stack() -> Stack {
-    support::start_relay(|config| {
-        config.relay.presence_refresh = Duration::from_millis(100);
-    })
-    .await
+    Stack::builder()
+        .relay()
+        .configure(|config| {
+            config.relay.presence_refresh = Duration::from_millis(100);
+        })
+        .start()
+        .await
 }
 
 /// Writes what a gateway's claim of `user` leaves in Redis, as `gateway` would.
@@ -187,9 +206,11 @@ async fn the_users_of_a_dead_gateway_go_offline_for_their_watchers() {
     use haberci_seam::streams;
 
     let stack = presence_stack().await;
-    let (alice_id, _) = register(&stack).await;
-    let (_, bob_token) = register(&stack).await;
-    let alice = user(&alice_id);
+    let User { id: alice_id, .. } = register(&stack).await;
+    let User {
+        token: bob_token, ..
+    } = register(&stack).await;
+    let alice = alice_id;
     // Another gateway holds Alice's session and is alive for a minute, as far as Redis knows.
     let redis = redis().await;
     let ghost = format!("ghost-{}", uuid::Uuid::new_v4().simple());
@@ -249,16 +270,17 @@ async fn a_user_redis_still_lists_after_their_session_closed_is_set_right() {
     use haberci_seam::streams;
 
     let stack = presence_stack().await;
-    let (carol_id, _) = register(&stack).await;
-    let (bob_id, bob_token) = register(&stack).await;
-    let carol = user(&carol_id);
+    let User { id: carol_id, .. } = register(&stack).await;
+    let User {
+        id: bob_id,
+        token: bob_token,
+        ..
+    } = register(&stack).await;
+    let carol = carol_id;
     // Bob's session claims him on the gateway: that names the gateway in Redis.
     let mut bob = session(&stack, &bob_token).await;
     let redis = redis().await;
-    let gateways: Vec<String> = redis
-        .hkeys(streams::presence_key(user(&bob_id)))
-        .await
-        .unwrap();
+    let gateways: Vec<String> = redis.hkeys(streams::presence_key(bob_id)).await.unwrap();
     let [gateway] = gateways.as_slice() else {
         panic!("one gateway holds Bob: {gateways:?}");
     };
@@ -291,15 +313,30 @@ async fn a_user_redis_still_lists_after_their_session_closed_is_set_right() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_closed_as_slow_and_its_peer_goes_on() {
-    let stack = support::start_relay(|config| {
-        config.session.send_rate_per_sec = 100_000;
-        config.session.send_burst = 100_000;
-        config.session.write_timeout = Duration::from_secs(1);
-    })
-    .await;
-    let (alice_id, alice_token) = register(&stack).await;
-    let (bob_id, bob_token) = register(&stack).await;
-    let (carol_id, carol_token) = register(&stack).await;
+    let stack = Stack::builder()
+        .relay()
+        .configure(|config| {
+            config.session.send_rate_per_sec = 100_000;
+            config.session.send_burst = 100_000;
+            config.session.write_timeout = Duration::from_secs(1);
+        })
+        .start()
+        .await;
+    let User {
+        id: alice_id,
+        token: alice_token,
+        ..
+    } = register(&stack).await;
+    let User {
+        id: bob_id,
+        token: bob_token,
+        ..
+    } = register(&stack).await;
+    let User {
+        id: carol_id,
+        token: carol_token,
+        ..
+    } = register(&stack).await;
     let mut alice = session(&stack, &alice_token).await;
     // Bob's client takes at most 8 KiB on its stream and then reads nothing more.
     let mut transport = quinn::TransportConfig::default();
@@ -308,9 +345,7 @@ async fn a_client_that_stops_reading_is_closed_as_slow_and_its_peer_goes_on() {
 
     // Far more than the stream window plus the session's mailbox holds.
     for n in 0..1_500 {
-        alice
-            .write(&text(user(&bob_id), &format!("flood {n}")))
-            .await;
+        alice.write(&text(bob_id, &format!("flood {n}"))).await;
     }
     let closed = tokio::time::timeout(TIMEOUT, bob.client.connection.closed())
         .await
@@ -325,14 +360,14 @@ async fn a_client_that_stops_reading_is_closed_as_slow_and_its_peer_goes_on() {
 
     // Alice's session is untouched: she still sends, and a new peer hears from her.
     let mut carol = session(&stack, &carol_token).await;
-    alice.write(&text(user(&carol_id), "still here")).await;
+    alice.write(&text(carol_id, "still here")).await;
     let heard = until(&mut carol, |f| match f {
         ServerFrame::Message(m) => Some(m),
         _ => None,
     })
     .await;
     assert_eq!(heard.content, "still here");
-    assert_eq!(heard.sender_id, user(&alice_id));
+    assert_eq!(heard.sender_id, alice_id);
 }
 
 /// A notification the backend publishes on `u:{user}` (`social::live::publish`) reaches
@@ -342,14 +377,22 @@ async fn a_published_notification_reaches_every_session_of_the_user() {
     use crate::websocket as ws;
     use haberci_wire::{Notification, NotificationId, NotificationKind, PostId, Timestamp};
 
-    let stack = support::start_relay(|_| {}).await;
-    let (alice_id, alice_token) = register(&stack).await;
-    let (bob_id, _) = register(&stack).await;
+    let stack = Stack::builder().relay().start().await;
+    let User {
+        id: alice_id,
+        token: alice_token,
+        ..
+    } = register(&stack).await;
+    let User { id: bob_id, .. } = register(&stack).await;
     let mut quic = session(&stack, &alice_token).await;
     let mut socket = ws::connect(&stack, Some(haberci_wire::WEBSOCKET_SUBPROTOCOL))
         .await
         .unwrap();
-    ws::write(&mut socket, &ws::hello(&alice_token)).await;
+    ws::write(
+        &mut socket,
+        &hello(&alice_token, haberci_wire::PROTOCOL_VERSION),
+    )
+    .await;
     assert!(matches!(
         ws::read(&mut socket).await,
         Ok(ServerFrame::Welcome(_))
@@ -357,7 +400,7 @@ async fn a_published_notification_reaches_every_session_of_the_user() {
     // Synchronisation, not a sleep: a session lists (and fetches) conversations only after
     // it subscribed `u:{user}`, so once both sessions hold this message — live or fetched —
     // both listen on the channel the notification goes to.
-    quic.write(&text(user(&bob_id), "hi")).await;
+    quic.write(&text(bob_id, "hi")).await;
     until(&mut quic, |f| {
         matches!(f, ServerFrame::Message(_)).then_some(())
     })
@@ -373,7 +416,7 @@ async fn a_published_notification_reaches_every_session_of_the_user() {
     let notification = Notification {
         id: NotificationId::new(uuid::Uuid::now_v7()).unwrap(),
         kind: NotificationKind::Like,
-        actor_id: user(&bob_id),
+        actor_id: bob_id,
         actor_username: "bob".into(),
         post_id: Some(PostId::new(uuid::Uuid::now_v7()).unwrap()),
         comment_id: None,
@@ -381,8 +424,7 @@ async fn a_published_notification_reaches_every_session_of_the_user() {
         unread_count: 4,
     };
     let redis = redis().await;
-    let alice = haberci_backend::accounts::UserId(alice_id.parse().unwrap());
-    haberci_backend::social::live::publish(&redis, alice, notification.clone()).await;
+    haberci_backend::social::live::publish(&redis, alice_id, notification.clone()).await;
 
     let on_quic = until(&mut quic, |f| match f {
         ServerFrame::Notification(n) => Some(n),

@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
+use haberci_testkit::{Backend, Stack, TIMEOUT};
 use tokio::sync::Notify;
 
-use crate::support::{self, ALL_VERSIONS, TIMEOUT, get};
+use crate::support::{self, ALL_VERSIONS, get};
 
 #[tokio::test]
 async fn requests_in_flight_finish_after_shutdown_begins() {
@@ -25,7 +26,7 @@ async fn requests_in_flight_finish_after_shutdown_begins() {
             });
             support::serve_router(axum::Router::new().route("/v1/slow", slow)).await
         };
-        let stack = Arc::new(support::start_with_backend(backend).await);
+        let stack = Arc::new(Stack::start(Backend::At(backend)).await);
         let pending = {
             let stack = stack.clone();
             tokio::spawn(async move { support::request(&stack, version, get("/v1/slow")).await })

@@ -13,13 +13,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use bytes::Bytes;
 use futures::StreamExt;
+use haberci_testkit::{Backend, Stack, TIMEOUT};
 use http_body_util::Full;
 use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::client::{self, Chunks, H2Connection, Target};
 use crate::memory::{Peak, Process, RSS_GROWTH_LIMIT, mib};
-use crate::support::{self, ALL_VERSIONS, TIMEOUT, Version};
+use crate::support::{self, ALL_VERSIONS, Version};
 
 /// Told by the backend when the first chunk of a body has arrived.
 #[derive(Clone, Default)]
@@ -73,7 +74,7 @@ fn paced(parts: usize, size: usize, pause: Duration) -> Chunks {
 #[tokio::test]
 async fn request_bodies_reach_the_backend_while_the_client_is_still_sending() {
     let first = FirstChunk::default();
-    let stack = support::start_with_backend(counting_backend(first.clone()).await).await;
+    let stack = Stack::start(Backend::At(counting_backend(first.clone()).await)).await;
     let target = Target::of(&stack);
     // An upload and an ordinary API request alike.
     for path in ["/v1/media", "/v1/posts"] {
@@ -109,10 +110,13 @@ async fn request_bodies_reach_the_backend_while_the_client_is_still_sending() {
 #[tokio::test]
 async fn an_upload_may_outlast_the_backend_timeout_while_its_body_flows() {
     let backend = counting_backend(FirstChunk::default()).await;
-    let stack = support::start_with_config(backend, |config| {
-        config.http.backend_timeout = Duration::from_millis(300);
-    })
-    .await;
+    let stack = Stack::builder()
+        .backend(Backend::At(backend))
+        .configure(|config| {
+            config.http.backend_timeout = Duration::from_millis(300);
+        })
+        .start()
+        .await;
     let target = Target::of(&stack);
     let pause = Duration::from_millis(250);
     for version in ALL_VERSIONS {
@@ -142,10 +146,13 @@ async fn an_upload_may_outlast_the_backend_timeout_while_its_body_flows() {
 #[tokio::test]
 async fn an_upload_whose_client_goes_quiet_is_answered_408() {
     let backend = counting_backend(FirstChunk::default()).await;
-    let stack = support::start_with_config(backend, |config| {
-        config.http.body_idle_timeout = Duration::from_millis(300);
-    })
-    .await;
+    let stack = Stack::builder()
+        .backend(Backend::At(backend))
+        .configure(|config| {
+            config.http.body_idle_timeout = Duration::from_millis(300);
+        })
+        .start()
+        .await;
     let target = Target::of(&stack);
     // One chunk, then nothing, with the request still open.
     let quiet = || -> Chunks {
@@ -185,10 +192,13 @@ async fn an_upload_the_backend_stops_reading_is_answered_504() {
         post(|_request: Request| futures::future::pending::<()>()),
     );
     let backend = support::serve_router(stalled).await;
-    let stack = support::start_with_config(backend, |config| {
-        config.http.body_idle_timeout = Duration::from_millis(300);
-    })
-    .await;
+    let stack = Stack::builder()
+        .backend(Backend::At(backend))
+        .configure(|config| {
+            config.http.body_idle_timeout = Duration::from_millis(300);
+        })
+        .start()
+        .await;
     let target = Target::of(&stack);
     for version in ALL_VERSIONS {
         // As much as the gateway takes (the upload limit ends it otherwise).
@@ -208,11 +218,14 @@ async fn an_upload_the_backend_stops_reading_is_answered_504() {
 #[tokio::test]
 async fn uploads_have_their_own_body_limit_and_other_paths_keep_theirs() {
     let backend = counting_backend(FirstChunk::default()).await;
-    let stack = support::start_with_config(backend, |config| {
-        config.http.max_body_bytes = 1_000;
-        config.http.max_upload_bytes = 10_000;
-    })
-    .await;
+    let stack = Stack::builder()
+        .backend(Backend::At(backend))
+        .configure(|config| {
+            config.http.max_body_bytes = 1_000;
+            config.http.max_upload_bytes = 10_000;
+        })
+        .start()
+        .await;
     let target = Target::of(&stack);
     let cases = [
         (http::Method::POST, "/v1/media", 10_000, 200),
@@ -273,10 +286,13 @@ async fn uploads_have_their_own_body_limit_and_other_paths_keep_theirs() {
 
 #[tokio::test]
 async fn routes_the_gateway_serves_itself_keep_the_body_limit() {
-    let stack = support::start_with_config(support::free_addr(), |config| {
-        config.http.max_body_bytes = 1_000;
-    })
-    .await;
+    let stack = Stack::builder()
+        .backend(Backend::Down)
+        .configure(|config| {
+            config.http.max_body_bytes = 1_000;
+        })
+        .start()
+        .await;
     for version in ALL_VERSIONS {
         for (size, status) in [(1_000, 404), (1_001, 413)] {
             let request = http::Request::post("https://localhost/no/such/page")
@@ -355,7 +371,7 @@ async fn download(headers: HeaderMap) -> Response {
 async fn download_headers_ranges_and_bytes_pass_unchanged_on_every_http_version() {
     let backend =
         support::serve_router(axum::Router::new().route("/v1/media/{id}", get(download))).await;
-    let stack = support::start_with_backend(backend).await;
+    let stack = Stack::start(Backend::At(backend)).await;
     let target = Target::of(&stack);
     let all = media_bytes();
     let request = |method: http::Method, headers: &[(&str, &str)]| {
@@ -448,7 +464,7 @@ async fn answer_bodies_reach_the_client_while_the_backend_is_still_writing() {
             }
         }),
     );
-    let stack = support::start_with_backend(support::serve_router(router).await).await;
+    let stack = Stack::start(Backend::At(support::serve_router(router).await)).await;
     let target = Target::of(&stack);
     for version in ALL_VERSIONS {
         let mut answer = client::send(
@@ -481,7 +497,7 @@ async fn a_100_mib_upload_passes_through_without_the_gateway_holding_it() {
     const CHUNK: usize = 256 * 1024;
     const CHUNKS: usize = 400;
     let backend = counting_backend(FirstChunk::default()).await;
-    let stack = support::start_with_backend(backend).await;
+    let stack = Stack::start(Backend::At(backend)).await;
     let target = Target::of(&stack);
     for version in ALL_VERSIONS {
         // This test process holds client, gateway and backend: the backend counts and drops
@@ -560,7 +576,7 @@ async fn range_reads_on_long_lived_http2_connections_do_not_pin_memory() {
     let router = axum::Router::new()
         .route("/v1/media/{id}", get(ranges))
         .with_state(file.clone());
-    let stack = support::start_with_backend(support::serve_router(router).await).await;
+    let stack = Stack::start(Backend::At(support::serve_router(router).await)).await;
     let target = Target::of(&stack);
     let peak = Peak::start(Process::current());
     let mut connections = Vec::new();

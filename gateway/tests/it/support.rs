@@ -1,165 +1,26 @@
-//! Test harness: certificates in a temp dir, a backend API (real, or an echo server standing in
-//! for it where a test inspects what the proxy sends), a gateway, and TLS/QUIC/HTTP clients.
+//! The gateway suite's own clients (HTTP/1.1 and HTTP/2 over TLS, QUIC, HTTP/3, trusting the
+//! stack's CA) and what its realtime clients share: a Hello, the QUIC close check. Stacks,
+//! users and settings come from `haberci_testkit`.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use haberci_certs::CertPaths;
-use haberci_gateway::{Gateway, GatewayConfig};
-use haberci_kit::shutdown::Shutdown;
+use haberci_testkit::{Stack, TIMEOUT, tls};
 use http_body_util::{BodyExt, Full};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::CertificateDer;
 
-/// Bounds every network wait in the tests.
-pub const TIMEOUT: Duration = Duration::from_secs(10);
-
-pub fn env(key: &str) -> String {
-    std::env::var(key).unwrap_or_else(|_| {
-        panic!("{key} is not set: run the tests through `./dev test`, which starts the stack")
-    })
+/// Trust roots for `stack`'s CA.
+pub fn roots(stack: &Stack) -> rustls::RootCertStore {
+    tls::roots(&[&stack.ca()])
 }
 
-/// A running gateway with its certificates and the backend behind it.
-pub struct Stack {
-    pub gateway_tcp: SocketAddr,
-    pub gateway_udp: SocketAddr,
-    pub certs: CertPaths,
-    pub gateway: Arc<haberci_gateway::edge::tls::CertStore>,
-    pub keys: Arc<haberci_gateway::relay::keys::TokenKeys>,
-    pub revocations: Arc<haberci_gateway::relay::revocation::Revocations>,
-    // Dropping the gateway aborts its tasks; it lives as long as the stack.
-    _running: Gateway,
-    _dir: tempfile::TempDir,
-    shutdown: Shutdown,
-}
-
-impl Stack {
-    /// Starts the gateway's shutdown (as SIGTERM would).
-    pub fn begin_shutdown(&self) {
-        self.shutdown.cancel();
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-pub enum BackendKind {
-    /// The real `haberci-backend api` router on real Postgres (through PgBouncer) and Redis.
-    Real,
-    /// Nothing listens at the backend address.
-    Down,
-}
-
-pub async fn start(kind: BackendKind) -> Stack {
-    let backend = match kind {
-        BackendKind::Real => spawn_real_backend().await,
-        BackendKind::Down => free_addr(),
-    };
-    start_with_backend(backend).await
-}
-
-pub async fn start_with_backend(backend: SocketAddr) -> Stack {
-    start_with_config(backend, |_| {}).await
-}
-
-/// A real backend behind a gateway whose settings `configure` adjusts.
-pub async fn start_real_with(configure: impl FnOnce(&mut GatewayConfig)) -> Stack {
-    start_with_config(spawn_real_backend().await, configure).await
-}
-
-pub async fn start_with_config(
-    backend: SocketAddr,
-    configure: impl FnOnce(&mut GatewayConfig),
-) -> Stack {
-    haberci_kit::crypto::install_crypto_provider();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("HABERCI_LOG"))
-        .with_test_writer()
-        .try_init();
-    let dir = tempfile::tempdir().unwrap();
-    let certs = CertPaths::new(dir.path());
-    haberci_certs::ensure(&certs, time::OffsetDateTime::now_utc()).unwrap();
-    let shutdown = Shutdown::new();
-    let mut config =
-        GatewayConfig::for_tests(dir.path(), format!("http://{backend}").parse().unwrap());
-    configure(&mut config);
-    let gateway = Gateway::start(config, shutdown.clone()).await.unwrap();
-    Stack {
-        gateway_tcp: gateway.tcp_addr,
-        gateway_udp: gateway.udp_addr,
-        gateway: gateway.certs.clone(),
-        keys: gateway.keys.clone(),
-        revocations: gateway.revocations.clone(),
-        _running: gateway,
-        certs,
-        _dir: dir,
-        shutdown,
-    }
-}
-
-/// An address nothing listens on (bound, then released).
-pub fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
-async fn spawn_real_backend() -> SocketAddr {
-    spawn_backend(None).await
-}
-
-/// The real API; with `internal_token`, its internal routes (what a relaying gateway calls).
-async fn spawn_backend(internal_token: Option<&str>) -> SocketAddr {
-    let db = haberci_backend::db::connect_pool(&env("HABERCI_TEST_DATABASE_URL"), 4).unwrap();
-    let redis = haberci_backend::redis::connect(&env("HABERCI_TEST_REDIS_URL")).unwrap();
-    // Every request reaches this backend from 127.0.0.1 (through the gateway), so its rate
-    // limits are generous; the backend's own tests check the limits with unique addresses.
-    let mut settings = haberci_backend::config::ApiSettings::default();
-    settings.auth.limits = haberci_backend::config::RateLimits::uniform(
-        haberci_backend::config::Rate::new(100_000, Duration::from_secs(60)),
-    );
-    settings.internal_token =
-        internal_token.map(|t| haberci_backend::config::InternalToken::new(t).unwrap());
-    let keys = haberci_token::KeySet::generate("gateway-test").unwrap();
-    let app = haberci_backend::api::app(haberci_backend::api::AppState::new(
-        db, redis, settings, keys,
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(haberci_backend::api::serve(listener, app, Shutdown::new()));
-    addr
-}
-
-/// Serves `router` on an ephemeral loopback port.
+/// Serves `router` on an ephemeral loopback port (a backend standing in for the API).
 pub async fn serve_router(router: axum::Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await });
     addr
-}
-
-pub fn ca_roots(ca_files: &[&Path]) -> rustls::RootCertStore {
-    let mut roots = rustls::RootCertStore::empty();
-    for file in ca_files {
-        for cert in CertificateDer::pem_file_iter(file).unwrap() {
-            roots.add(cert.unwrap()).unwrap();
-        }
-    }
-    roots
-}
-
-pub fn client_tls(roots: rustls::RootCertStore, alpn: &[&[u8]]) -> rustls::ClientConfig {
-    let mut config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    config
 }
 
 /// A plain response: status, headers, body.
@@ -204,12 +65,7 @@ impl TcpClient {
             Version::Http2 => b"h2",
             Version::Http3 => unreachable!("HTTP/3 is not over TCP"),
         };
-        let config = Arc::new(client_tls(roots, &[alpn]));
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let tls = tokio_rustls::TlsConnector::from(config)
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .unwrap();
+        let tls = tls::connect(addr, roots, alpn).await.unwrap();
         let (_, session) = tls.get_ref();
         assert_eq!(session.alpn_protocol(), Some(alpn), "negotiated ALPN");
         let peer_cert = session.peer_certificates().unwrap()[0].clone().into_owned();
@@ -281,7 +137,7 @@ impl QuicClient {
         alpn: &[u8],
         transport: quinn::TransportConfig,
     ) -> Result<Self, quinn::ConnectionError> {
-        let tls = client_tls(roots, &[alpn]);
+        let tls = tls::client_config(roots, &[alpn]);
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Arc::new(transport));
@@ -375,7 +231,7 @@ pub async fn request(
     version: Version,
     request: http::Request<Full<Bytes>>,
 ) -> Reply {
-    let roots = ca_roots(&[&stack.certs.ca_cert()]);
+    let roots = roots(stack);
     match version {
         Version::Http3 => {
             H3Client::connect(stack.gateway_udp, roots)
@@ -398,51 +254,33 @@ pub fn get(path: &str) -> http::Request<Full<Bytes>> {
         .unwrap()
 }
 
-/// A gateway that relays messages: the real API (with its internal routes), an in-process
-/// worker, and the gateway, on the test Redis with a stream prefix of their own (so parallel
-/// tests never read each other's streams).
-pub async fn start_relay(configure: impl FnOnce(&mut GatewayConfig)) -> Stack {
-    let token = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
-    let prefix = format!(
-        "gwtest{}:msg:in:",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    );
-    let backend = spawn_backend(Some(&token)).await;
-    let settings = haberci_backend::config::MessagingSettings {
-        stream_prefix: prefix.clone(),
-        shards: 2,
-        ..Default::default()
-    };
-    let db = haberci_backend::db::connect_pool(&env("HABERCI_TEST_DATABASE_URL"), 4).unwrap();
-    let worker_shutdown = Shutdown::new();
-    let redis_url = env("HABERCI_TEST_REDIS_URL");
-    {
-        let (redis_url, shutdown) = (redis_url.clone(), worker_shutdown.clone());
-        tokio::spawn(async move {
-            haberci_backend::messaging::run(db, &redis_url, settings, shutdown).await
-        });
-    }
-    let stack = start_with_config(backend, |config| {
-        config.relay.redis_url = Some(redis_url);
-        config.relay.internal_token =
-            Some(haberci_backend::config::InternalToken::new(token).unwrap());
-        config.relay.stream_prefix = prefix;
-        config.relay.stream_shards = 2;
-        configure(config);
+/// A Hello with `token` and `version`, from a client that knows every error code.
+pub fn hello(token: &str, version: u32) -> haberci_wire::ClientFrame {
+    haberci_wire::ClientFrame::Hello(haberci_wire::Hello {
+        access_token: token.to_owned(),
+        protocol_version: version,
+        client_name: "gateway-test".into(),
+        client_version: "0".into(),
+        resume: Vec::new(),
+        max_error_code: haberci_wire::LAST_CODE,
     })
-    .await;
-    tokio::time::timeout(TIMEOUT, stack.keys.loaded())
+}
+
+/// The server closes `connection` with `code`: QUIC application code = protocol code, and
+/// the code's name as the reason.
+pub async fn expect_quic_close(connection: &quinn::Connection, code: haberci_wire::ErrorCode) {
+    let closed = tokio::time::timeout(TIMEOUT, connection.closed())
         .await
-        .expect("the gateway loads the backend's JWKS");
-    // The worker stops with the stack.
-    let shutdown = stack.shutdown.clone();
-    tokio::spawn(async move {
-        shutdown.cancelled().await;
-        worker_shutdown.cancel();
-    });
-    stack
+        .expect("closed in time");
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(
+                close.error_code,
+                quinn::VarInt::from_u64(code.quic_code()).unwrap(),
+                "{close:?}"
+            );
+            assert_eq!(&close.reason[..], code.name().as_bytes());
+        }
+        other => panic!("expected an application close with {code:?}, got {other:?}"),
+    }
 }

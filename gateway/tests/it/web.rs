@@ -2,14 +2,19 @@
 //! and the static files of `HABERCI_WEB_DIR`, on every HTTP version.
 
 use bytes::Bytes;
+use haberci_testkit::{Backend, Stack};
 use http_body_util::Full;
 
 use crate::support::{self, ALL_VERSIONS, Version, get};
 
 #[tokio::test]
 async fn realtime_publishes_the_current_and_next_certificate_hashes() {
-    let stack = support::start_with_config(support::free_addr(), |_| {}).await;
-    let current = haberci_certs::sha256_hex(&stack.gateway.quic_cert_der());
+    let stack = Stack::builder()
+        .backend(Backend::Down)
+        .configure(|_| {})
+        .start()
+        .await;
+    let current = haberci_certs::sha256_hex(&stack.gateway.certs.quic_cert_der());
     let next = std::fs::read_to_string(stack.certs.wt_next_hash()).unwrap();
     for version in ALL_VERSIONS {
         let reply = support::request(&stack, version, get("/v1/realtime")).await;
@@ -36,9 +41,13 @@ async fn realtime_publishes_the_current_and_next_certificate_hashes() {
 
 #[tokio::test]
 async fn a_renewed_certificate_is_published_without_a_restart() {
-    let stack = support::start_with_config(support::free_addr(), |_| {}).await;
+    let stack = Stack::builder()
+        .backend(Backend::Down)
+        .configure(|_| {})
+        .start()
+        .await;
     let next = std::fs::read_to_string(stack.certs.wt_next_hash()).unwrap();
-    let mut reloads = stack.gateway.reloads();
+    let mut reloads = stack.gateway.certs.reloads();
     let later = time::OffsetDateTime::now_utc() + haberci_certs::WT_MAX_VALIDITY
         - haberci_certs::WT_RENEW_BEFORE
         + time::Duration::hours(1);
@@ -82,8 +91,11 @@ fn web_dir() -> tempfile::TempDir {
 async fn the_web_directory_is_served_with_content_types_and_a_page_policy() {
     let root = web_dir();
     let dir = root.path().join("dist");
-    let stack =
-        support::start_with_config(support::free_addr(), |c| c.http.web_dir = Some(dir)).await;
+    let stack = Stack::builder()
+        .backend(Backend::Down)
+        .configure(|c| c.http.web_dir = Some(dir))
+        .start()
+        .await;
     for version in ALL_VERSIONS {
         let page = support::request(&stack, version, get("/")).await;
         assert_eq!(page.status, 200, "{version:?}");
@@ -141,7 +153,11 @@ async fn the_web_directory_is_served_with_content_types_and_a_page_policy() {
 
 #[tokio::test]
 async fn without_a_web_directory_the_root_is_a_json_404() {
-    let stack = support::start_with_config(support::free_addr(), |_| {}).await;
+    let stack = Stack::builder()
+        .backend(Backend::Down)
+        .configure(|_| {})
+        .start()
+        .await;
     let reply = support::request(&stack, Version::Http2, get("/")).await;
     assert_eq!(reply.status, 404);
     assert_eq!(reply.json()["error"]["code"], "not_found");

@@ -1,23 +1,23 @@
 //! The WebTransport transport (`CONNECT /v1/rt` over HTTP/3) through real sockets: the same
 //! session as native QUIC on one bidirectional stream, typing as datagrams, close codes = the
-//! protocol's QUIC codes, and plain HTTP/3 still served on the same endpoint.
+//! protocol's QUIC codes, and plain HTTP/3 still served on the same endpoint. Its handshake
+//! cases are rows of [`crate::handshake`].
 //!
 //! Two clients: web-transport-quinn's `Session` (a real WebTransport client library) for the
 //! handshake and refusals, and a client driven by hand on raw quinn with the same library's
 //! protocol encoding where a test checks the QUIC close code: `Session` closes the connection
 //! itself as soon as the CONNECT stream fails, which races the server's close code.
 
-use std::time::Duration;
-
 use bytes::BytesMut;
+use haberci_testkit::{Backend, Stack, TIMEOUT, User, users};
 use haberci_wire::{
-    ClientFrame, ClientMsgId, ClientTyping, ConversationId, ErrorCode, Frame, FrameDecoder, Hello,
-    MessageKind, Ping, Pong, Recipient, SendMessage, ServerFrame, TypingState, UserId,
+    ClientFrame, ClientTyping, ConversationId, ErrorCode, Frame, FrameDecoder, Ping, Pong,
+    ServerFrame, TypingState,
 };
-use quinn::{ConnectionError, VarInt};
+use quinn::VarInt;
 use web_transport_quinn::{ClientError, ConnectError, proto};
 
-use crate::support::{self, H3Client, QuicClient, Stack, TIMEOUT};
+use crate::support::{self, H3Client, QuicClient};
 
 fn url(stack: &Stack, path: &str) -> url::Url {
     url::Url::parse(&format!(
@@ -33,7 +33,7 @@ async fn connect(
     stack: &Stack,
     path: &str,
 ) -> Result<(QuicClient, web_transport_quinn::Session), ClientError> {
-    let roots = support::ca_roots(&[&stack.certs.ca_cert()]);
+    let roots = support::roots(stack);
     let quic = QuicClient::connect(stack.gateway_udp, roots, b"h3")
         .await
         .unwrap();
@@ -70,8 +70,8 @@ async fn send_connect(
 }
 
 /// A session driven by hand: its QUIC connection is left for the server to close.
-struct Wt {
-    quic: QuicClient,
+pub struct Wt {
+    pub quic: QuicClient,
     session_id: u64,
     // Closing either would end the session: kept for its life.
     _control: quinn::SendStream,
@@ -79,7 +79,7 @@ struct Wt {
 }
 
 /// A session's one bidirectional stream.
-struct WtStream {
+pub struct WtStream {
     wt: Wt,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
@@ -89,8 +89,8 @@ struct WtStream {
 
 impl Wt {
     /// SETTINGS (WebTransport, datagrams), then `CONNECT /v1/rt` → 200.
-    async fn connect(stack: &Stack) -> Wt {
-        let roots = support::ca_roots(&[&stack.certs.ca_cert()]);
+    pub async fn connect(stack: &Stack) -> Wt {
+        let roots = support::roots(stack);
         let quic = QuicClient::connect(stack.gateway_udp, roots, b"h3")
             .await
             .unwrap();
@@ -113,7 +113,7 @@ impl Wt {
     }
 
     /// Opens the session's stream (its header: WEBTRANSPORT_STREAM, session id).
-    async fn open(self) -> WtStream {
+    pub async fn open(self) -> WtStream {
         let (mut send, recv) = self.quic.connection.open_bi().await.unwrap();
         let mut header = BytesMut::new();
         proto::Frame::WEBTRANSPORT.encode(&mut header);
@@ -129,36 +129,23 @@ impl Wt {
             pending: Vec::new(),
         }
     }
-
-    /// The QUIC close code and reason the server closed with.
-    async fn expect_close_code(&self, code: ErrorCode) {
-        let closed = tokio::time::timeout(TIMEOUT, self.quic.connection.closed())
-            .await
-            .expect("closed in time");
-        match closed {
-            ConnectionError::ApplicationClosed(close) => {
-                assert_eq!(
-                    close.error_code,
-                    VarInt::from_u64(code.quic_code()).unwrap(),
-                    "{close:?}"
-                );
-                assert_eq!(&close.reason[..], code.name().as_bytes());
-            }
-            other => panic!("expected an application close, got {other:?}"),
-        }
-    }
 }
 
 impl WtStream {
-    async fn open(stack: &Stack) -> WtStream {
+    pub async fn open(stack: &Stack) -> WtStream {
         Wt::connect(stack).await.open().await
     }
 
-    async fn write(&mut self, frame: &ClientFrame) {
+    pub async fn write(&mut self, frame: &ClientFrame) {
         let mut buf = BytesMut::new();
         haberci_wire::encode_delimited(frame, haberci_wire::DEFAULT_MAX_FRAME_SIZE, &mut buf)
             .unwrap();
-        self.send.write_all(&buf).await.unwrap();
+        self.write_bytes(&buf).await;
+    }
+
+    /// Bytes on the session's stream as they are, framed or not.
+    pub async fn write_bytes(&mut self, bytes: &[u8]) {
+        self.send.write_all(bytes).await.unwrap();
     }
 
     /// Sends a frame as one datagram: RFC 9297's quarter stream id of the CONNECT stream, then
@@ -177,7 +164,7 @@ impl WtStream {
             .unwrap();
     }
 
-    async fn read(&mut self) -> ServerFrame {
+    pub async fn read(&mut self) -> ServerFrame {
         tokio::time::timeout(TIMEOUT, async {
             loop {
                 if !self.pending.is_empty() {
@@ -200,7 +187,7 @@ impl WtStream {
     }
 
     async fn hello(&mut self, token: &str) -> haberci_wire::Welcome {
-        self.write(&hello(token, haberci_wire::PROTOCOL_VERSION))
+        self.write(&support::hello(token, haberci_wire::PROTOCOL_VERSION))
             .await;
         match self.read().await {
             ServerFrame::Welcome(welcome) => welcome,
@@ -214,26 +201,15 @@ impl WtStream {
     }
 
     /// The Closing frame, then the QUIC close code it matches.
-    async fn expect_closing(&mut self, code: ErrorCode) -> haberci_wire::Closing {
+    pub async fn expect_closing(&mut self, code: ErrorCode) -> haberci_wire::Closing {
         let closing = match self.read().await {
             ServerFrame::Closing(closing) => closing,
             other => panic!("expected Closing({code:?}), got {other:?}"),
         };
         assert_eq!(closing.code, code);
-        self.wt.expect_close_code(code).await;
+        support::expect_quic_close(&self.wt.quic.connection, code).await;
         closing
     }
-}
-
-fn hello(token: &str, version: u32) -> ClientFrame {
-    ClientFrame::Hello(Hello {
-        access_token: token.to_owned(),
-        protocol_version: version,
-        client_name: "wt-test".into(),
-        client_version: "0".into(),
-        resume: Vec::new(),
-        max_error_code: haberci_wire::LAST_CODE,
-    })
 }
 
 fn typing() -> ClientFrame {
@@ -243,10 +219,14 @@ fn typing() -> ClientFrame {
     })
 }
 
+/// Interop with a WebTransport client library (the handshake cases, the Send included, run on
+/// the hand-driven client in [`crate::handshake`]).
 #[tokio::test]
-async fn a_webtransport_client_opens_a_session_and_pings() {
-    let stack = crate::native::stack_with_keys().await;
-    let (user_id, token) = crate::native::register(&stack).await;
+async fn a_webtransport_library_client_opens_a_session_and_pings() {
+    let stack = Stack::start(Backend::Api).await;
+    let User {
+        id: user_id, token, ..
+    } = users::register(stack.backend, "wt").await;
     let (_quic, session) = connect(&stack, haberci_wire::WEBTRANSPORT_PATH)
         .await
         .unwrap();
@@ -276,108 +256,22 @@ async fn a_webtransport_client_opens_a_session_and_pings() {
         .expect("a frame in time")
     };
     let ServerFrame::Welcome(welcome) =
-        exchange(hello(&token, haberci_wire::PROTOCOL_VERSION)).await
+        exchange(support::hello(&token, haberci_wire::PROTOCOL_VERSION)).await
     else {
         panic!("expected Welcome")
     };
-    assert_eq!(welcome.user_id.to_string(), user_id);
+    assert_eq!(welcome.user_id, user_id);
     assert_eq!(welcome.protocol_version, haberci_wire::PROTOCOL_VERSION);
     assert_eq!(
         exchange(ClientFrame::Ping(Ping { nonce: 7 })).await,
         ServerFrame::Pong(Pong { nonce: 7 })
     );
-
-    // Messaging is not relayed yet (#6): a Send is answered, retryable, and nothing closes.
-    let client_msg_id = ClientMsgId::new(uuid::Uuid::now_v7()).unwrap();
-    let answer = exchange(ClientFrame::Send(SendMessage {
-        client_msg_id,
-        recipient: Recipient::User(UserId::new(uuid::Uuid::now_v7()).unwrap()),
-        kind: MessageKind::Text,
-        content: "hello".into(),
-        media: None,
-    }))
-    .await;
-    let ServerFrame::Error(error) = answer else {
-        panic!("expected Error, got {answer:?}")
-    };
-    assert_eq!(error.code, ErrorCode::Unavailable);
-    assert_eq!(error.client_msg_id, Some(client_msg_id));
-    assert_eq!(
-        exchange(ClientFrame::Ping(Ping { nonce: 8 })).await,
-        ServerFrame::Pong(Pong { nonce: 8 })
-    );
-}
-
-#[tokio::test]
-async fn a_bad_token_is_closed_with_unauthenticated() {
-    let stack = crate::native::stack_with_keys().await;
-    let mut wt = WtStream::open(&stack).await;
-    wt.write(&hello("not.a.token", haberci_wire::PROTOCOL_VERSION))
-        .await;
-    wt.expect_closing(ErrorCode::Unauthenticated).await;
-}
-
-#[tokio::test]
-async fn an_unsupported_version_is_closed_with_the_versions_spoken() {
-    let stack = crate::native::stack_with_keys().await;
-    let (_, token) = crate::native::register(&stack).await;
-    let mut wt = WtStream::open(&stack).await;
-    wt.write(&hello(&token, 99)).await;
-    let closing = wt.expect_closing(ErrorCode::UnsupportedVersion).await;
-    assert_eq!(closing.supported_versions, haberci_wire::SUPPORTED_VERSIONS);
-}
-
-#[tokio::test]
-async fn malformed_bytes_are_closed_with_bad_frame() {
-    let stack = crate::native::stack_with_keys().await;
-    let mut wt = WtStream::open(&stack).await;
-    // A length prefix that never ends (11 continuation bytes).
-    wt.send.write_all(&[0xff; 11]).await.unwrap();
-    wt.expect_closing(ErrorCode::BadFrame).await;
-}
-
-#[tokio::test]
-async fn an_oversized_length_is_closed_with_frame_too_large() {
-    let stack = crate::native::stack_with_keys().await;
-    let mut wt = WtStream::open(&stack).await;
-    // Only the prefix: the declared length alone is refused, before any body is buffered.
-    let mut prefix = BytesMut::new();
-    let mut value = haberci_wire::DEFAULT_MAX_FRAME_SIZE as u64 + 1;
-    while value >= 0x80 {
-        prefix.extend_from_slice(&[(value as u8) | 0x80]);
-        value >>= 7;
-    }
-    prefix.extend_from_slice(&[value as u8]);
-    wt.send.write_all(&prefix).await.unwrap();
-    wt.expect_closing(ErrorCode::FrameTooLarge).await;
-}
-
-#[tokio::test]
-async fn a_frame_before_hello_is_closed_with_unauthenticated() {
-    let stack = crate::native::stack_with_keys().await;
-    let mut wt = WtStream::open(&stack).await;
-    wt.write(&ClientFrame::Ping(Ping { nonce: 1 })).await;
-    wt.expect_closing(ErrorCode::Unauthenticated).await;
-}
-
-#[tokio::test]
-async fn no_hello_in_time_is_closed_with_idle_timeout() {
-    let stack = support::start_with_config(support::free_addr(), |config| {
-        config.session.hello_timeout = Duration::from_millis(200);
-    })
-    .await;
-    // A stream but no Hello: the session's handshake deadline.
-    let mut wt = WtStream::open(&stack).await;
-    wt.expect_closing(ErrorCode::IdleTimeout).await;
-    // A session but no stream: the adapter's wait for it.
-    let wt = Wt::connect(&stack).await;
-    wt.expect_close_code(ErrorCode::IdleTimeout).await;
 }
 
 #[tokio::test]
 async fn a_typing_datagram_is_taken_and_a_reliable_one_is_bad_frame() {
-    let stack = crate::native::stack_with_keys().await;
-    let (_, token) = crate::native::register(&stack).await;
+    let stack = Stack::start(Backend::Api).await;
+    let User { token, .. } = users::register(stack.backend, "wt").await;
     let mut wt = WtStream::open(&stack).await;
     wt.hello(&token).await;
     wt.datagram(&typing());
@@ -391,12 +285,12 @@ async fn a_typing_datagram_is_taken_and_a_reliable_one_is_bad_frame() {
 
 #[tokio::test]
 async fn plain_http3_is_served_alongside_and_on_a_session_connection() {
-    let stack = crate::native::stack_with_keys().await;
-    let (_, token) = crate::native::register(&stack).await;
+    let stack = Stack::start(Backend::Api).await;
+    let User { token, .. } = users::register(stack.backend, "wt").await;
     let mut wt = WtStream::open(&stack).await;
     wt.hello(&token).await;
     // Another connection on the same endpoint.
-    let roots = support::ca_roots(&[&stack.certs.ca_cert()]);
+    let roots = support::roots(&stack);
     let mut h3 = H3Client::connect(stack.gateway_udp, roots).await;
     let reply = h3.send(support::get("/healthz")).await;
     assert_eq!(reply.status, 200);
@@ -413,7 +307,7 @@ async fn plain_http3_is_served_alongside_and_on_a_session_connection() {
 
 #[tokio::test]
 async fn connect_to_another_path_is_404() {
-    let stack = support::start(support::BackendKind::Down).await;
+    let stack = Stack::start(Backend::Down).await;
     match connect(&stack, "/v1/elsewhere").await {
         Err(ClientError::HttpError(ConnectError::ProtoError(
             proto::ConnectError::WrongStatus(status),

@@ -1,0 +1,448 @@
+//! Opening a realtime session, as one table of cases run on each transport: native QUIC,
+//! WebTransport and WebSocket. A row is a script (what the client sends, what it must see next)
+//! and the transports it applies to; each transport's module holds its client.
+//!
+//! A close is checked twice: the `Closing` frame's code, then the transport's own close (QUIC
+//! application code = protocol code, WebSocket close code = 4000 + protocol code), whose reason
+//! is the code's name.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::SinkExt;
+use haberci_testkit::TransportKind::{self, Quic, WebSocket, WebTransport};
+use haberci_testkit::{Backend, Stack, users};
+use haberci_wire::{
+    ClientFrame, ClientMsgId, ErrorCode, MessageKind, Recipient, SendMessage, ServerFrame, UserId,
+};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::native::Native;
+use crate::support::{self, QuicClient};
+use crate::websocket;
+use crate::webtransport::{Wt, WtStream};
+
+/// The stack behind a row. Rows with the same one share it; each row has a user of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Setup {
+    /// The real API, whose keys the gateway has loaded. Messages are not relayed, so a Send
+    /// is answered `unavailable`.
+    Api,
+    /// As [`Setup::Api`], and the gateway follows revocations on the test Redis.
+    Revocations,
+    /// No backend, and a session's stream and Hello are due within [`SHORT_HELLO_TIMEOUT`].
+    ShortHelloTimeout,
+}
+
+/// Short, so the rows that wait for it end soon; long enough for a loaded machine to open a
+/// stream in time.
+const SHORT_HELLO_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the client opens before a row's steps.
+#[derive(Clone, Copy, Debug)]
+enum Open {
+    /// The session's stream (native QUIC, WebTransport), or the upgraded socket.
+    Stream,
+    /// The QUIC connection (native) or the WebTransport session, and no stream.
+    NoStream,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Token {
+    /// The row's user's access token.
+    User,
+    /// Not a token at all.
+    Garbage,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    // What the client does.
+    /// A Hello with a token and a protocol version.
+    Hello(Token, u32),
+    Ping(u32),
+    /// A text message to a user nobody registered.
+    SendText,
+    /// Bytes as they are: on the stream, or as one binary WebSocket message.
+    Raw(&'static [u8]),
+    /// A frame one byte over the limit: on a stream its length prefix alone (the declared
+    /// length is refused before any body is buffered), on a WebSocket the whole message.
+    Oversized,
+    /// A WebSocket text message.
+    Text(&'static str),
+    /// The user logs out through the API, which announces the revocation.
+    Logout,
+    // What the client must see next.
+    /// `Welcome` for the row's user, in the current protocol version.
+    Welcome,
+    Pong(u32),
+    /// `Error(unavailable)` naming the last [`Step::SendText`]: retryable, and nothing closes.
+    Unavailable,
+    /// A `Closing` frame with `code` whose reason contains `reason` (and which lists the
+    /// supported versions when `versions`), then the transport's close with `code`.
+    Closing {
+        code: ErrorCode,
+        reason: &'static str,
+        versions: bool,
+    },
+    /// The transport's close with the code, and no frame: there was no stream to carry one.
+    Closed(ErrorCode),
+}
+
+use Step::*;
+
+const fn closing(code: ErrorCode) -> Step {
+    Closing {
+        code,
+        reason: "",
+        versions: false,
+    }
+}
+
+struct Case {
+    name: &'static str,
+    setup: Setup,
+    open: Open,
+    on: &'static [TransportKind],
+    steps: &'static [Step],
+}
+
+const ALL: &[TransportKind] = &TransportKind::ALL;
+const VERSION: u32 = haberci_wire::PROTOCOL_VERSION;
+
+const CASES: &[Case] = &[
+    Case {
+        name: "a registered user is welcomed, pongs, and a Send is answered unavailable",
+        setup: Setup::Api,
+        open: Open::Stream,
+        on: ALL,
+        steps: &[
+            Hello(Token::User, VERSION),
+            Welcome,
+            Ping(7),
+            Pong(7),
+            SendText,
+            Unavailable,
+            Ping(8),
+            Pong(8),
+        ],
+    },
+    Case {
+        name: "a bad token is closed with unauthenticated",
+        setup: Setup::Api,
+        open: Open::Stream,
+        on: ALL,
+        steps: &[
+            Hello(Token::Garbage, VERSION),
+            closing(ErrorCode::Unauthenticated),
+        ],
+    },
+    Case {
+        name: "an unsupported version is closed with the versions spoken",
+        setup: Setup::Api,
+        open: Open::Stream,
+        on: ALL,
+        steps: &[
+            Hello(Token::User, 99),
+            Closing {
+                code: ErrorCode::UnsupportedVersion,
+                reason: "",
+                versions: true,
+            },
+        ],
+    },
+    Case {
+        name: "a frame before Hello is closed with unauthenticated",
+        setup: Setup::Api,
+        open: Open::Stream,
+        on: ALL,
+        steps: &[Ping(1), closing(ErrorCode::Unauthenticated)],
+    },
+    Case {
+        // On a stream, a length prefix that never ends (11 continuation bytes); on a
+        // WebSocket, a message that is no frame.
+        name: "malformed bytes are closed with bad_frame",
+        setup: Setup::Api,
+        open: Open::Stream,
+        on: ALL,
+        steps: &[Raw(&[0xff; 11]), closing(ErrorCode::BadFrame)],
+    },
+    Case {
+        name: "an oversized frame is closed with frame_too_large",
+        setup: Setup::Api,
+        open: Open::Stream,
+        on: ALL,
+        steps: &[Oversized, closing(ErrorCode::FrameTooLarge)],
+    },
+    Case {
+        // Only a WebSocket has text messages.
+        name: "a text message is refused with text_message_refused",
+        setup: Setup::Api,
+        open: Open::Stream,
+        on: &[WebSocket],
+        steps: &[Text("hello"), closing(ErrorCode::TextMessageRefused)],
+    },
+    Case {
+        // The session's handshake deadline. Native QUIC is the next row: a stream its client
+        // has not written to is not announced to the server.
+        name: "a stream without Hello is closed with idle_timeout",
+        setup: Setup::ShortHelloTimeout,
+        open: Open::Stream,
+        on: &[WebTransport, WebSocket],
+        steps: &[closing(ErrorCode::IdleTimeout)],
+    },
+    Case {
+        // The adapter's wait for the stream. A WebSocket's stream is its upgrade.
+        name: "a connection without a stream is closed with idle_timeout",
+        setup: Setup::ShortHelloTimeout,
+        open: Open::NoStream,
+        on: &[Quic, WebTransport],
+        steps: &[Closed(ErrorCode::IdleTimeout)],
+    },
+    Case {
+        name: "a revoked session is closed with unauthenticated",
+        setup: Setup::Revocations,
+        open: Open::Stream,
+        on: ALL,
+        steps: &[
+            Hello(Token::User, VERSION),
+            Welcome,
+            Logout,
+            Closing {
+                code: ErrorCode::Unauthenticated,
+                reason: "revoked",
+                versions: false,
+            },
+        ],
+    },
+];
+
+#[tokio::test]
+async fn native_quic() {
+    run(Quic).await;
+}
+
+#[tokio::test]
+async fn webtransport() {
+    run(WebTransport).await;
+}
+
+#[tokio::test]
+async fn websocket() {
+    run(WebSocket).await;
+}
+
+/// Every row that applies to `kind`, one after another, each on a connection of its own.
+async fn run(kind: TransportKind) {
+    let mut stacks: HashMap<Setup, Arc<Stack>> = HashMap::new();
+    for case in CASES.iter().filter(|case| case.on.contains(&kind)) {
+        let stack = match stacks.get(&case.setup) {
+            Some(stack) => stack.clone(),
+            None => {
+                let stack = Arc::new(case.setup.start().await);
+                stacks.insert(case.setup, stack.clone());
+                stack
+            }
+        };
+        let label = format!("{kind}: {}", case.name);
+        haberci_testkit::labelled(label, play(case, kind, stack)).await;
+    }
+}
+
+impl Setup {
+    async fn start(self) -> Stack {
+        match self {
+            Setup::Api => Stack::start(Backend::Api).await,
+            Setup::Revocations => Stack::builder().revocations().start().await,
+            Setup::ShortHelloTimeout => {
+                Stack::builder()
+                    .backend(Backend::Down)
+                    .configure(|config| config.session.hello_timeout = SHORT_HELLO_TIMEOUT)
+                    .start()
+                    .await
+            }
+        }
+    }
+}
+
+async fn play(case: &'static Case, kind: TransportKind, stack: Arc<Stack>) {
+    let needs_user = case
+        .steps
+        .iter()
+        .any(|step| matches!(step, Hello(Token::User, _) | Logout | Welcome));
+    let registered = match needs_user {
+        true => Some(users::register(stack.backend, "hs").await),
+        false => None,
+    };
+    let user = || registered.as_ref().expect("a registered user");
+    let mut conn = Conn::open(&stack, kind, case.open).await;
+    let mut last_send = None;
+    for step in case.steps {
+        match *step {
+            Hello(token, version) => {
+                let token = match token {
+                    Token::User => user().token.as_str(),
+                    Token::Garbage => "not.a.token",
+                };
+                conn.write(&support::hello(token, version)).await;
+            }
+            Ping(nonce) => {
+                conn.write(&ClientFrame::Ping(haberci_wire::Ping { nonce }))
+                    .await
+            }
+            SendText => {
+                let client_msg_id = ClientMsgId::new(uuid::Uuid::now_v7()).unwrap();
+                last_send = Some(client_msg_id);
+                conn.write(&ClientFrame::Send(SendMessage {
+                    client_msg_id,
+                    recipient: Recipient::User(UserId::new(uuid::Uuid::now_v7()).unwrap()),
+                    kind: MessageKind::Text,
+                    content: "hello".into(),
+                    media: None,
+                }))
+                .await;
+            }
+            Raw(bytes) => conn.write_raw(bytes).await,
+            Oversized => conn.write_oversized().await,
+            Text(text) => conn.write_text(text).await,
+            Logout => users::logout(stack.backend, &user().token).await,
+            Welcome => match conn.read().await {
+                ServerFrame::Welcome(welcome) => {
+                    assert_eq!(welcome.user_id, user().id);
+                    assert_eq!(welcome.protocol_version, VERSION);
+                }
+                other => panic!("expected Welcome, got {other:?}"),
+            },
+            Pong(nonce) => assert_eq!(
+                conn.read().await,
+                ServerFrame::Pong(haberci_wire::Pong { nonce })
+            ),
+            Unavailable => match conn.read().await {
+                ServerFrame::Error(error) => {
+                    assert_eq!(error.code, ErrorCode::Unavailable);
+                    assert_eq!(error.client_msg_id, last_send);
+                }
+                other => panic!("expected Error(unavailable), got {other:?}"),
+            },
+            Closing {
+                code,
+                reason,
+                versions,
+            } => {
+                let closing = conn.expect_closing(code).await;
+                assert!(closing.reason.contains(reason), "{}", closing.reason);
+                if versions {
+                    assert_eq!(closing.supported_versions, haberci_wire::SUPPORTED_VERSIONS);
+                }
+            }
+            Closed(code) => conn.expect_closed(code).await,
+        }
+    }
+}
+
+/// One transport's client, as a row's steps drive it.
+enum Conn {
+    Quic(Native),
+    QuicNoStream(QuicClient),
+    WebTransport(WtStream),
+    WebTransportNoStream(Wt),
+    // Boxed: a WebSocket stream is several times the size of the others.
+    WebSocket(Box<websocket::Socket>),
+}
+
+impl Conn {
+    async fn open(stack: &Stack, kind: TransportKind, open: Open) -> Conn {
+        match (kind, open) {
+            (Quic, Open::Stream) => Conn::Quic(Native::open(stack).await),
+            (Quic, Open::NoStream) => Conn::QuicNoStream(
+                QuicClient::connect(stack.gateway_udp, support::roots(stack), haberci_wire::ALPN)
+                    .await
+                    .unwrap(),
+            ),
+            (WebTransport, Open::Stream) => Conn::WebTransport(WtStream::open(stack).await),
+            (WebTransport, Open::NoStream) => Conn::WebTransportNoStream(Wt::connect(stack).await),
+            (WebSocket, Open::Stream) => Conn::WebSocket(Box::new(websocket::open(stack).await)),
+            (WebSocket, Open::NoStream) => panic!("a WebSocket is its stream"),
+        }
+    }
+
+    async fn write(&mut self, frame: &ClientFrame) {
+        match self {
+            Conn::Quic(native) => native.write(frame).await,
+            Conn::WebTransport(wt) => wt.write(frame).await,
+            Conn::WebSocket(socket) => websocket::write(socket, frame).await,
+            _ => panic!("no stream to write on"),
+        }
+    }
+
+    async fn write_raw(&mut self, bytes: &[u8]) {
+        match self {
+            Conn::Quic(native) => native.write_bytes(bytes).await,
+            Conn::WebTransport(wt) => wt.write_bytes(bytes).await,
+            Conn::WebSocket(socket) => socket
+                .send(Message::Binary(Bytes::copy_from_slice(bytes)))
+                .await
+                .unwrap(),
+            _ => panic!("no stream to write on"),
+        }
+    }
+
+    async fn write_oversized(&mut self) {
+        let size = haberci_wire::DEFAULT_MAX_FRAME_SIZE + 1;
+        match self {
+            Conn::WebSocket(_) => self.write_raw(&vec![0u8; size]).await,
+            _ => {
+                let mut prefix = BytesMut::new();
+                let mut value = size as u64;
+                while value >= 0x80 {
+                    prefix.extend_from_slice(&[(value as u8) | 0x80]);
+                    value >>= 7;
+                }
+                prefix.extend_from_slice(&[value as u8]);
+                self.write_raw(&prefix).await;
+            }
+        }
+    }
+
+    async fn write_text(&mut self, text: &str) {
+        match self {
+            Conn::WebSocket(socket) => socket.send(Message::Text(text.into())).await.unwrap(),
+            _ => panic!("only a WebSocket has text messages"),
+        }
+    }
+
+    async fn read(&mut self) -> ServerFrame {
+        match self {
+            Conn::Quic(native) => native.read().await,
+            Conn::WebTransport(wt) => wt.read().await,
+            Conn::WebSocket(socket) => match websocket::read(socket).await {
+                Ok(frame) => frame,
+                Err(close) => panic!("expected a frame, got the close {close:?}"),
+            },
+            _ => panic!("no stream to read from"),
+        }
+    }
+
+    async fn expect_closing(&mut self, code: ErrorCode) -> haberci_wire::Closing {
+        match self {
+            Conn::Quic(native) => native.expect_closing(code).await,
+            Conn::WebTransport(wt) => wt.expect_closing(code).await,
+            Conn::WebSocket(socket) => websocket::expect_closing(socket, code).await,
+            _ => panic!("no stream to read a Closing from"),
+        }
+    }
+
+    async fn expect_closed(&mut self, code: ErrorCode) {
+        match self {
+            Conn::QuicNoStream(client) => {
+                support::expect_quic_close(&client.connection, code).await
+            }
+            Conn::WebTransportNoStream(wt) => {
+                support::expect_quic_close(&wt.quic.connection, code).await
+            }
+            _ => panic!("a close without a frame is for connections without a stream"),
+        }
+    }
+}
