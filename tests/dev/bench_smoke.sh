@@ -40,4 +40,12 @@ reports=$(find "$OUT" -name '*.json' | wc -l)
 plots=$(find "$OUT" -name '*.svg' | wc -l)
 [ "$plots" -ge 10 ] || { echo "bench_smoke: expected plots, found $plots SVG files" >&2; exit 1; }
 grep -q '"socketio"' "$OUT"/*/compare-*.json || { echo "bench_smoke: no Socket.IO side in the compare report" >&2; exit 1; }
+# Every chat, group and connect report carries its cost ledger, with Redis and Postgres counted.
+for kind in chat group connect; do
+  for file in "$OUT"/*/"$kind"-*.md; do
+    grep -q '### Cost ledger' "$file" || { echo "bench_smoke: no cost ledger in $file" >&2; exit 1; }
+    grep -q '^Redis commands: [0-9]' "$file" || { echo "bench_smoke: Redis not counted in $file" >&2; exit 1; }
+    grep -q '^Postgres: [0-9]' "$file" || { echo "bench_smoke: Postgres not counted in $file" >&2; exit 1; }
+  done
+done
 echo "bench_smoke: ok"

@@ -3,6 +3,7 @@
 //! the plots (`Sampler`); and the counters of the stack's stores, Postgres statements
 //! ([`pgstat`]) and Redis commands ([`resp`]).
 
+pub mod ledger;
 pub mod pgstat;
 pub mod procfs;
 pub mod resp;

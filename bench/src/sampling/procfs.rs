@@ -106,6 +106,115 @@ pub fn load_average() -> Option<f64> {
         .ok()
 }
 
+/// What a process asked of the kernel, summed over its live threads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounts {
+    /// Context switches: the thread waited (`voluntary_ctxt_switches`) or was preempted
+    /// (`nonvoluntary_ctxt_switches`).
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
+    /// Read and write system calls (`/proc/<pid>/io` `syscr`, `syscw`: every read-like and
+    /// write-like call, sockets included).
+    pub read_syscalls: u64,
+    pub write_syscalls: u64,
+}
+
+/// `voluntary_ctxt_switches` and `nonvoluntary_ctxt_switches` of one `/proc/…/status`.
+pub fn parse_switches(status: &str) -> (u64, u64) {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        field("voluntary_ctxt_switches:"),
+        field("nonvoluntary_ctxt_switches:"),
+    )
+}
+
+/// `syscr` and `syscw` of a `/proc/<pid>/io`.
+pub fn parse_io_syscalls(io: &str) -> (u64, u64) {
+    let field = |name: &str| {
+        io.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("syscr:"), field("syscw:"))
+}
+
+/// The kernel counts of `pid` now (threads that ended since are not in the switch counts;
+/// `/proc/<pid>/io` keeps theirs).
+pub fn kernel_counts(pid: u32) -> Option<KernelCounts> {
+    let io = fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    let (read_syscalls, write_syscalls) = parse_io_syscalls(&io);
+    let mut counts = KernelCounts {
+        read_syscalls,
+        write_syscalls,
+        ..KernelCounts::default()
+    };
+    for task in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        if let Ok(status) = fs::read_to_string(task.path().join("status")) {
+            let (voluntary, involuntary) = parse_switches(&status);
+            counts.voluntary_switches += voluntary;
+            counts.involuntary_switches += involuntary;
+        }
+    }
+    Some(counts)
+}
+
+/// Datagrams and segments the whole machine moved (`/proc/net/snmp` and `snmp6`): on
+/// loopback every packet is counted once out and once in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetCounts {
+    pub udp_in: u64,
+    pub udp_out: u64,
+    pub tcp_in: u64,
+    pub tcp_out: u64,
+}
+
+/// The value under `column` of the `proto:` table in `/proc/net/snmp` (a header line of names
+/// followed by a line of values).
+pub fn snmp_field(snmp: &str, proto: &str, column: &str) -> u64 {
+    let mut lines = snmp
+        .lines()
+        .filter(|line| line.starts_with(&format!("{proto}:")));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == column)
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A `name value` field of `/proc/net/snmp6`.
+pub fn snmp6_field(snmp6: &str, name: &str) -> u64 {
+    snmp6
+        .lines()
+        .find_map(|line| {
+            let (key, value) = line.split_once(char::is_whitespace)?;
+            (key == name).then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
+pub fn net_counts() -> NetCounts {
+    let snmp = fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let snmp6 = fs::read_to_string("/proc/net/snmp6").unwrap_or_default();
+    NetCounts {
+        udp_in: snmp_field(&snmp, "Udp", "InDatagrams") + snmp6_field(&snmp6, "Udp6InDatagrams"),
+        udp_out: snmp_field(&snmp, "Udp", "OutDatagrams") + snmp6_field(&snmp6, "Udp6OutDatagrams"),
+        // TCP counts both families in /proc/net/snmp.
+        tcp_in: snmp_field(&snmp, "Tcp", "InSegs"),
+        tcp_out: snmp_field(&snmp, "Tcp", "OutSegs"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -141,5 +250,22 @@ mod tests {
         let s = sample(me).unwrap();
         assert_eq!(s.pid, me);
         assert!(rss_kib(me).unwrap() > 0);
+    }
+
+    #[test]
+    fn kernel_and_network_counters_parse() {
+        let status = "Name:\tgw\nvoluntary_ctxt_switches:\t1200\nnonvoluntary_ctxt_switches:\t34\n";
+        assert_eq!(parse_switches(status), (1200, 34));
+        let io = "rchar: 10\nwchar: 20\nsyscr: 345\nsyscw: 678\nread_bytes: 0\n";
+        assert_eq!(parse_io_syscalls(io), (345, 678));
+        let snmp = "Udp: InDatagrams NoPorts InErrors OutDatagrams\nUdp: 1000 2 3 990\n\
+                    Tcp: RtoAlgorithm InSegs OutSegs\nTcp: 1 55 66\n";
+        assert_eq!(snmp_field(snmp, "Udp", "InDatagrams"), 1000);
+        assert_eq!(snmp_field(snmp, "Udp", "OutDatagrams"), 990);
+        assert_eq!(snmp_field(snmp, "Tcp", "OutSegs"), 66);
+        assert_eq!(snmp_field(snmp, "Icmp", "InMsgs"), 0);
+        let snmp6 = "Udp6InDatagrams                 \t7\nUdp6OutDatagrams                \t9\n";
+        assert_eq!(snmp6_field(snmp6, "Udp6OutDatagrams"), 9);
+        assert_eq!(snmp6_field(snmp6, "Udp6NoPorts"), 0);
     }
 }

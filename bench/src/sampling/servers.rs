@@ -144,6 +144,19 @@ impl ServerSet {
         }));
         all
     }
+
+    /// [`ServerSet::processes`] and the postmaster's children alive now (one backend per
+    /// connection, plus helpers), each as `postgres`.
+    pub fn processes_now(&self) -> Vec<Server> {
+        let mut all = self.processes();
+        if let Some(pm) = self.postmaster {
+            all.extend(procfs::children(pm).into_iter().map(|child| Server {
+                role: "postgres".into(),
+                pid: child.pid,
+            }));
+        }
+        all
+    }
 }
 
 /// Whether a role holds client connections: Haberci's gateways (`gateway`, `gateway2`, …) and

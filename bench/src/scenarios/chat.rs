@@ -26,6 +26,7 @@ use crate::report::plots::Chart;
 use crate::report::{
     self, LATENCY_HEADER, Machine, Measured, bar, command_line, latency_row, run_id, setup_line,
 };
+use crate::sampling::ledger::{self, Ledger, Stores};
 use crate::sampling::procfs;
 use crate::sampling::servers::ServerSet;
 use crate::sampling::{Sampler, ServerSample};
@@ -95,6 +96,8 @@ pub struct ChatFigures {
     pub latency_cdf: Vec<(f64, f64)>,
     /// The servers every second (`done` = messages delivered).
     pub samples: Vec<ServerSample>,
+    /// What the servers asked of the kernel, Redis and Postgres per 1,000 deliveries.
+    pub ledger: Ledger,
 }
 
 impl ChatFigures {
@@ -236,6 +239,11 @@ pub async fn measure_chat(
         counts.connected, counts.connect_failed
     ));
     let ticks = procfs::clock_ticks_per_sec();
+    let stores = match side {
+        Side::Haberci => Stores::from_env(),
+        Side::SocketIo { .. } => Stores::default(),
+    };
+    let ledger_before = ledger::snapshot(servers, &stores).await;
     let cpu_before = servers.cpu();
     let mut sampler = Sampler::start(servers);
     let t0 = Instant::now();
@@ -250,8 +258,10 @@ pub async fn measure_chat(
         .await?;
     let measured_seconds = t0.elapsed().as_secs_f64();
     let cpu = cpu_before.delta_ms(&servers.cpu(), ticks);
+    let ledger_after = ledger::snapshot(servers, &stores).await;
     let sum = |f: fn(&ShardResult) -> u64| results.iter().map(f).sum::<u64>();
     let delivered = sum(|r| r.received);
+    let ledger = Ledger::between(&ledger_before, &ledger_after, "deliveries", delivered, 1000);
     sampler.sample(delivered);
     let first = results
         .iter()
@@ -308,6 +318,7 @@ pub async fn measure_chat(
         timeline: timeline(&results),
         latency_cdf: cdf_points(&latency),
         samples: sampler.samples,
+        ledger,
     };
     sending.finish_with_message(format!(
         "delivered {} of {} sent; lost {}, dup {}, out of order {}",
@@ -408,6 +419,7 @@ fn markdown(mix: Mix, f: &ChatFigures, machine: &Machine, setup: &SetupStats) ->
     for (why, n) in f.send_failures.iter().chain(&f.connect_failures) {
         let _ = writeln!(md, "\nfailure ×{n}: {why}");
     }
+    let _ = writeln!(md, "\n{}", f.ledger.markdown());
     md
 }
 

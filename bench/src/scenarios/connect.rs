@@ -26,6 +26,7 @@ use crate::report::{
     self, LATENCY_HEADER, Machine, Measured, REUSED_MEMORY, bar, command_line, latency_row,
     setup_line,
 };
+use crate::sampling::ledger::{self, Ledger, Stores};
 use crate::sampling::procfs;
 use crate::sampling::servers::{ServerSet, is_edge};
 use crate::sampling::{SAMPLE_EVERY, Sampler, ServerSample};
@@ -77,6 +78,8 @@ pub struct ConnectFigures {
     /// The servers every second of the ramp and the hold (`done` = sessions connected).
     pub samples: Vec<ServerSample>,
     pub handshake_cdf: Vec<(f64, f64)>,
+    /// What the servers asked of the kernel, Redis and Postgres per connect (the ramp).
+    pub ledger: Ledger,
 }
 
 impl ConnectFigures {
@@ -131,6 +134,11 @@ pub async fn measure_connect(
     let ticks = procfs::clock_ticks_per_sec();
     let rss_before = servers.gateway_rss_kib()?;
     let rss_before_by = servers.edge_rss_by_role();
+    let stores = match side {
+        Side::Haberci => Stores::from_env(),
+        Side::SocketIo { .. } => Stores::default(),
+    };
+    let ledger_before = ledger::snapshot(servers, &stores).await;
     let cpu_before = servers.cpu();
     let progress = bar(multi, sessions as u64, side.name());
     let mut sampler = Sampler::start(servers);
@@ -145,6 +153,14 @@ pub async fn measure_connect(
         .await?;
     let ramp_seconds = t0.elapsed().as_secs_f64();
     let cpu_ramp = cpu_before.delta_ms(&servers.cpu(), ticks);
+    let ledger_after = ledger::snapshot(servers, &stores).await;
+    let ledger = Ledger::between(
+        &ledger_before,
+        &ledger_after,
+        "connects",
+        counts.connected,
+        1,
+    );
     progress.finish_with_message(format!(
         "{} connected, {} failed in {ramp_seconds:.1}s; holding {hold}s",
         counts.connected, counts.connect_failed
@@ -197,6 +213,7 @@ pub async fn measure_connect(
         client_cpu_ms: results.iter().map(|r| r.client_cpu_ms).sum(),
         samples: sampler.samples,
         handshake_cdf: cdf_points(&handshake),
+        ledger,
     };
     Ok(Measured {
         figures,
@@ -342,6 +359,7 @@ fn markdown(
     for (why, n) in &f.failures {
         let _ = writeln!(md, "\nfailure ×{n}: {why}");
     }
+    let _ = writeln!(md, "\n{}", f.ledger.markdown());
     md
 }
 

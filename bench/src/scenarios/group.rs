@@ -32,6 +32,7 @@ use crate::report::charts::{cdf_points, cpu_chart, cpu_per_1000, latency_chart};
 use crate::report::latency::{Latency, Summary, Window};
 use crate::report::plots::Chart;
 use crate::report::{self, Machine, bar, command_line, run_id};
+use crate::sampling::ledger::{self, Ledger, Stores};
 use crate::sampling::servers::ServerSet;
 use crate::sampling::{Sampler, ServerSample};
 use crate::target::{Mix, Target, ca_store};
@@ -302,6 +303,8 @@ pub struct GroupFigures {
     pub latency_cdf: Vec<(f64, f64)>,
     pub last_member_cdf: Vec<(f64, f64)>,
     pub samples: Vec<ServerSample>,
+    /// What the servers asked of the kernel, Redis and Postgres per 1,000 deliveries.
+    pub ledger: Ledger,
 }
 
 impl GroupFigures {
@@ -484,6 +487,8 @@ pub async fn group(args: GroupArgs) -> anyhow::Result<bool> {
     ));
     let expected_per_message = (args.members - 1) as u64;
     let ticks = crate::sampling::procfs::clock_ticks_per_sec();
+    let stores = Stores::from_env();
+    let ledger_before = ledger::snapshot(&servers, &stores).await;
     let cpu_before = servers.cpu();
     let mut sampler = Sampler::start(&servers);
     let delivering = bar(&multi, planned * expected_per_message, "deliveries");
@@ -496,8 +501,10 @@ pub async fn group(args: GroupArgs) -> anyhow::Result<bool> {
         })
         .await?;
     let cpu = cpu_before.delta_ms(&servers.cpu(), ticks);
+    let ledger_after = ledger::snapshot(&servers, &stores).await;
     let sum = |f: fn(&ShardResult) -> u64| results.iter().map(f).sum::<u64>();
     let delivered = sum(|r| r.received);
+    let ledger = Ledger::between(&ledger_before, &ledger_after, "deliveries", delivered, 1000);
     sampler.sample(delivered);
     let sent_ok = sum(|r| r.sent_ok);
     let fanout = merge_fanout(&results);
@@ -564,6 +571,7 @@ pub async fn group(args: GroupArgs) -> anyhow::Result<bool> {
         latency_cdf: cdf_points(&latency),
         last_member_cdf: cdf_points(&last),
         samples: sampler.samples,
+        ledger,
     };
     delivering.finish_with_message(format!(
         "delivered {} of {}; lost {}, dup {}, out of order {}",
@@ -685,6 +693,7 @@ fn markdown(mix: Mix, f: &GroupFigures, machine: &Machine) -> String {
     for (why, n) in f.send_failures.iter().chain(&f.connect_failures) {
         let _ = writeln!(md, "\nfailure ×{n}: {why}");
     }
+    let _ = writeln!(md, "\n{}", f.ledger.markdown());
     md
 }
 

@@ -7,6 +7,7 @@ mod bad_input;
 mod exchange;
 mod faults;
 mod idempotency;
+mod ledger;
 mod peer;
 mod raw_ws;
 mod smoke;

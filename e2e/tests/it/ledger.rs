@@ -1,0 +1,248 @@
+//! The cost ledger as a regression test (#18): a small chat on real processes, counted rather
+//! than timed. It has a database of its own (so `pg_stat_statements` counts only its work) and,
+//! like every cluster, a Redis of its own (so `INFO commandstats` does too). The bounds are what
+//! today's build costs with some room; a change that adds Postgres or Redis work per delivery
+//! fails here, on any machine, however busy. docs/BENCHMARKS.md has the full ledger of `./dev
+//! bench` runs; tighten these bounds as the hot path gets leaner.
+
+use std::collections::BTreeMap;
+
+use futures::future::join_all;
+use haberci_client::{MessageKind, Recipient};
+use haberci_testkit::{TransportKind, env};
+use sqlx::{Connection, PgConnection};
+
+use crate::peer::Peer;
+use crate::support::{Cluster, binary};
+
+const PAIRS: usize = 25;
+const PER_PAIR: u64 = 20;
+
+// Upper bounds per delivered message (each also acknowledged to `delivered`): today's design in
+// its worst case, every send and every acknowledgement a batch of its own (a send ≈ 10
+// statements in one transaction, an acknowledgement ≈ 4 in another; an XADD each; `Sent`, the
+// message to both users' channels and a `Status` to both). How much batching saves depends on
+// timing, so it cannot be asserted; it can only make the counts lower. Measured on the
+// project's 2-core machine (Dec 2026): 1.31 statements, 0.10 commits, 5.73 Redis commands
+// (spublish 3.86, xadd 1.43, xack 0.32, xreadgroup 0.10).
+const MAX_PG_STATEMENTS: f64 = 14.0;
+const MAX_PG_COMMITS: f64 = 2.0;
+const MAX_REDIS_COMMANDS: f64 = 12.0;
+const MAX_XADDS: f64 = 2.0;
+const MAX_SPUBLISHES: f64 = 5.0;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_chat_costs_no_more_postgres_and_redis_work_per_delivery_than_allowed() {
+    let database = Database::create().await;
+    let cluster = Cluster::start_on(database.pooled_url(), 1, 1).await;
+    let mut peers = Vec::new();
+    for i in 0..2 * PAIRS {
+        let user = cluster.register(&format!("l{i}")).await;
+        let config = cluster.client_config(0, TransportKind::Quic, &user.token);
+        peers.push((user.id, Peer::connect(&user, config).await));
+    }
+
+    let before = Counts::read(&cluster, &database.name).await;
+    let chats = (0..PAIRS).map(|p| {
+        let (sender, recipient) = (&peers[2 * p], &peers[2 * p + 1]);
+        async move {
+            let mut conversation = None;
+            for k in 0..PER_PAIR {
+                let message = haberci_client::message(
+                    Recipient::User(recipient.0),
+                    MessageKind::Text,
+                    format!("pair {p} #{k}"),
+                );
+                conversation = Some(sender.1.send_reliably(message).await.conversation_id);
+            }
+            let conversation = conversation.expect("sent");
+            recipient.1.wait_for_seq(conversation, PER_PAIR).await;
+            // The recipient's acknowledgement is part of a delivery's cost: wait until the
+            // sender hears the watermark moved.
+            sender
+                .1
+                .wait("told the chat was delivered", |log| {
+                    log.status_reached(conversation, recipient.0, PER_PAIR, 0)
+                })
+                .await;
+        }
+    });
+    join_all(chats).await;
+    let after = Counts::read(&cluster, &database.name).await;
+
+    let deliveries = (PAIRS as u64 * PER_PAIR) as f64;
+    let per = |n: u64| n as f64 / deliveries;
+    let statements = per(after.statements - before.statements);
+    let commits = per(after.commits - before.commits);
+    let redis: BTreeMap<&str, f64> = after
+        .redis
+        .iter()
+        .filter(|(command, _)| command.as_str() != "info")
+        .map(|(command, n)| {
+            let was = before.redis.get(command).copied().unwrap_or(0);
+            (command.as_str(), per(n - was))
+        })
+        .filter(|(_, n)| *n > 0.0)
+        .collect();
+    let redis_total: f64 = redis.values().sum();
+    let ledger = format!(
+        "per delivery: {statements:.2} Postgres statements, {commits:.2} commits, \
+         {redis_total:.2} Redis commands {redis:?}"
+    );
+    eprintln!("{ledger}");
+    assert!(
+        statements > 0.0 && redis_total > 0.0,
+        "nothing counted: {ledger}"
+    );
+    assert!(statements <= MAX_PG_STATEMENTS, "{ledger}");
+    assert!(commits <= MAX_PG_COMMITS, "{ledger}");
+    assert!(redis_total <= MAX_REDIS_COMMANDS, "{ledger}");
+    let calls = |command: &str| redis.get(command).copied().unwrap_or(0.0);
+    assert!(calls("xadd") <= MAX_XADDS, "{ledger}");
+    assert!(calls("spublish") <= MAX_SPUBLISHES, "{ledger}");
+
+    drop(peers);
+    drop(cluster);
+    database.drop().await;
+}
+
+/// Cumulative counters of the run's database and Redis.
+struct Counts {
+    statements: u64,
+    commits: u64,
+    redis: BTreeMap<String, u64>,
+}
+
+impl Counts {
+    async fn read(cluster: &Cluster, database: &str) -> Counts {
+        // pg_stat_statements is updated as each statement ends (no stats-collector delay); it
+        // is readable from the test database, where `./dev` created the extension.
+        let mut stats = PgConnection::connect(&env::direct_database_url())
+            .await
+            .expect("connect to the test database");
+        let (statements, commits): (i64, i64) = sqlx::query_as(
+            "SELECT coalesce(sum(s.calls), 0)::bigint,
+                    coalesce(sum(s.calls) FILTER (WHERE s.query ILIKE 'commit%'), 0)::bigint
+             FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+             WHERE d.datname = $1",
+        )
+        .bind(database)
+        .fetch_one(&mut stats)
+        .await
+        .expect("pg_stat_statements (./dev creates the extension)");
+        let _ = stats.close().await;
+        let info = redis_info_commandstats(&cluster.redis.url()).await;
+        Counts {
+            statements: u64::try_from(statements).unwrap_or(0),
+            commits: u64::try_from(commits).unwrap_or(0),
+            redis: command_calls(&info),
+        }
+    }
+}
+
+/// `INFO commandstats` of the Redis at `redis://host:port`, over one plain connection.
+async fn redis_info_commandstats(url: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("redis://").trim_end_matches('/');
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the cluster's Redis");
+    stream
+        .write_all(b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n")
+        .await
+        .expect("send INFO");
+    // A bulk string: `$<len>\r\n<len bytes>\r\n`.
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await.expect("read INFO");
+        assert!(n > 0, "Redis closed the connection mid-reply");
+        reply.extend_from_slice(&chunk[..n]);
+        let Some(end) = reply.windows(2).position(|w| w == b"\r\n") else {
+            continue;
+        };
+        let len: usize = std::str::from_utf8(&reply[1..end])
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .expect("a bulk string reply");
+        if reply.len() >= end + 2 + len {
+            return String::from_utf8_lossy(&reply[end + 2..end + 2 + len]).into_owned();
+        }
+    }
+}
+
+/// `calls` of every command in an `INFO commandstats` text.
+fn command_calls(info: &str) -> BTreeMap<String, u64> {
+    info.lines()
+        .filter_map(|line| {
+            let (name, rest) = line.trim().strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .split(',')
+                .find_map(|field| field.strip_prefix("calls="))?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+/// A database of this test's own, migrated; dropped at the end.
+struct Database {
+    name: String,
+}
+
+impl Database {
+    async fn create() -> Database {
+        let name = format!(
+            "haberci_ledger_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let mut admin = PgConnection::connect(&env::direct_database_url())
+            .await
+            .expect("connect to the test database");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create the ledger's database (the test role has CREATEDB)");
+        let _ = admin.close().await;
+        let database = Database { name };
+        let out = std::process::Command::new(binary("haberci-backend"))
+            .arg("migrate")
+            .env(
+                "HABERCI_MIGRATE_DATABASE_URL",
+                with_database(&env::direct_database_url(), &database.name),
+            )
+            .env("HABERCI_LOG", "warn")
+            .output()
+            .expect("run migrate");
+        assert!(
+            out.status.success(),
+            "migrate: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        database
+    }
+
+    fn pooled_url(&self) -> String {
+        with_database(&env::database_url(), &self.name)
+    }
+
+    async fn drop(self) {
+        let mut admin = PgConnection::connect(&env::direct_database_url())
+            .await
+            .expect("connect to the test database");
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await
+        .expect("drop the ledger's database");
+    }
+}
+
+/// `url` with its database name replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, _) = url.rsplit_once('/').expect("a database URL ends in /name");
+    format!("{base}/{name}")
+}
