@@ -277,19 +277,26 @@ impl Delivery {
         let Some(tracks) = self.tracks.as_mut() else {
             return;
         };
+        let seq = message.seq.get();
         let track = tracks.entry(conversation).or_insert_with(|| {
             // A conversation that began after the session's listing (a first direct message):
-            // everything in it is new to this session; the backend starts after the user's
-            // join point.
-            let mut track = Track::new(direct_peer(message, self.user), 0);
-            track.fetching = true;
-            self.needs.push_back(Need::Fetch(vec![FetchFrom {
-                conversation,
-                after: 0,
-            }]));
+            // everything in it is new to this session. A direct conversation has both users
+            // from its start, and the user's channel was subscribed before the listing, so its
+            // seq 1 arriving live is all there is: written at once, nothing fetched (this was
+            // one backlog query per new conversation per session, docs/BENCHMARKS.md "Cost
+            // ledger"). Anything else — a group, or a later seq (something was lost) — is
+            // fetched from the start; the backend starts after the user's join point.
+            let peer = direct_peer(message, self.user);
+            let mut track = Track::new(peer, 0);
+            if peer.is_none() || seq != 1 {
+                track.fetching = true;
+                self.needs.push_back(Need::Fetch(vec![FetchFrom {
+                    conversation,
+                    after: 0,
+                }]));
+            }
             track
         });
-        let seq = message.seq.get();
         if seq <= track.pos {
             return; // a duplicate of what the client has
         }
@@ -603,12 +610,44 @@ mod tests {
     }
 
     #[test]
-    fn a_new_direct_conversation_is_fetched_from_its_start() {
+    fn a_new_direct_conversation_is_written_from_its_first_message_without_a_fetch() {
         let mut d = delivery();
         d.start(&[], &[]);
         live(&mut d, conv(), 1);
+        live(&mut d, conv(), 2);
         let (written, fetches, _) = drain(&mut d);
-        assert_eq!(written, Vec::<u64>::new());
+        assert_eq!(written, vec![1, 2]);
+        assert_eq!(
+            fetches,
+            Vec::<FetchFrom>::new(),
+            "seq 1 is the start: no backlog"
+        );
+        assert_eq!(d.route(conv()), Some(Route::Direct(user(PEER))));
+    }
+
+    #[test]
+    fn a_message_of_a_group_the_session_does_not_follow_is_fetched_even_at_seq_1() {
+        let mut d = delivery();
+        d.start(&[], &[]);
+        live(&mut d, group(), 1);
+        let (written, fetches, _) = drain(&mut d);
+        assert_eq!(written, Vec::<u64>::new(), "a group has join points: held");
+        assert_eq!(
+            fetches,
+            vec![FetchFrom {
+                conversation: group(),
+                after: 0
+            }]
+        );
+    }
+
+    #[test]
+    fn a_new_direct_conversation_first_seen_past_its_start_is_fetched_from_its_start() {
+        let mut d = delivery();
+        d.start(&[], &[]);
+        live(&mut d, conv(), 2);
+        let (written, fetches, _) = drain(&mut d);
+        assert_eq!(written, Vec::<u64>::new(), "seq 1 was lost: held");
         assert_eq!(
             fetches,
             vec![FetchFrom {
@@ -616,8 +655,8 @@ mod tests {
                 after: 0
             }]
         );
-        d.backlog(page(conv(), 1..=1, false));
-        assert_eq!(drain(&mut d).0, vec![1]);
+        d.backlog(page(conv(), 1..=2, false));
+        assert_eq!(drain(&mut d).0, vec![1, 2], "2 came twice, written once");
         assert_eq!(d.route(conv()), Some(Route::Direct(user(PEER))));
     }
 
