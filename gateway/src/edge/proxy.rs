@@ -240,7 +240,7 @@ impl Failure {
     fn into_response(self, flow: &Flow) -> Response {
         match self {
             Failure::Backend(err) if caused_by::<LengthLimitError>(&err) => too_large(),
-            // The client's HTTP/3 body went quiet (`h3server`'s own idle timeout).
+            // The client's HTTP/3 body went quiet (`edge::h3`'s own idle timeout).
             Failure::Backend(err) if caused_by::<IdleBody>(&err) => body_timeout(),
             Failure::Backend(err) if flow.client_failed.load(Ordering::Acquire) => {
                 // Whose fault: the client's (it reset the stream or broke the framing);
