@@ -19,6 +19,13 @@ use subtle::ConstantTimeEq;
 /// The header that carries the shared secret.
 pub const HEADER: &str = "x-haberci-internal";
 
+/// Every header a gateway sets for the backend starts with this; the proxy drops any a client
+/// sent, so the backend can trust them.
+pub const PRIVATE_HEADER_PREFIX: &str = "x-haberci-";
+/// The client's IP, set by the gateway from the connection (API boundary: trusted only
+/// because of [`PRIVATE_HEADER_PREFIX`]).
+pub const CLIENT_IP_HEADER: &str = "x-haberci-client-ip";
+
 /// The route of [`user_conversations_path`], in axum's syntax.
 pub const USER_CONVERSATIONS_ROUTE: &str = "/internal/v1/users/{userId}/conversations";
 /// `POST`: [`SyncRequest`] → [`SyncAnswer`].

@@ -1,6 +1,7 @@
 //! The seam between Haberci's gateways and its backend tier: everything both sides must agree
 //! on, written once. Rename a field here and both sides stop compiling together, instead of
-//! breaking at run time. Clients never see any of it (their protocol is `haberci-wire`).
+//! breaking at run time. Clients do not speak it (their protocol is `haberci-wire`); the one
+//! rule they share is the direct conversation id, which the web SDK computes the same way.
 //!
 //! Map of the crate:
 //!

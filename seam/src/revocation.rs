@@ -20,6 +20,9 @@ pub enum RevokeReason {
     LogoutAll,
     /// A spent refresh token was presented again.
     RefreshReuse,
+    /// A reason this build does not know (a newer backend's): the session is still closed.
+    #[serde(other)]
+    Other,
 }
 
 impl RevokeReason {
@@ -29,6 +32,7 @@ impl RevokeReason {
             RevokeReason::Revoked => "revoked",
             RevokeReason::LogoutAll => "logout_all",
             RevokeReason::RefreshReuse => "refresh_reuse",
+            RevokeReason::Other => "other",
         }
     }
 }
@@ -72,6 +76,13 @@ mod tests {
             format!(r#"{{"session_id":"{session}","user_id":"{user}","reason":"refresh_reuse"}}"#)
         );
         assert_eq!(Announcement::from_json(&json).unwrap().session_id, session);
+        let newer = json.replace("refresh_reuse", "password_changed");
+        let read = Announcement::from_json(&newer).unwrap();
+        assert_eq!(
+            (read.session_id, read.reason),
+            (session, RevokeReason::Other),
+            "a reason added later still closes the session"
+        );
         for reason in [
             RevokeReason::Logout,
             RevokeReason::Revoked,

@@ -29,7 +29,7 @@ use time::OffsetDateTime;
 use crate::config::{AuthSettings, TrustedProxies};
 
 /// The header a gateway puts the client's address in.
-pub const CLIENT_IP_HEADER: &str = "x-haberci-client-ip";
+pub use haberci_seam::internal::CLIENT_IP_HEADER;
 
 /// Everything the auth endpoints share.
 pub struct Auth {

@@ -19,15 +19,13 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
+use haberci_seam::internal::{CLIENT_IP_HEADER, PRIVATE_HEADER_PREFIX};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tokio::sync::Notify;
 
 use super::h3::IdleBody;
 use super::{ClientAddr, error_response};
 use crate::relay::backend::Backend;
-
-/// Header carrying the client's IP to the backend.
-pub const CLIENT_IP_HEADER: &str = "x-haberci-client-ip";
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -148,7 +146,7 @@ impl Proxy {
         headers.remove(header::HOST);
         let private: Vec<HeaderName> = headers
             .keys()
-            .filter(|name| name.as_str().starts_with("x-haberci-"))
+            .filter(|name| name.as_str().starts_with(PRIVATE_HEADER_PREFIX))
             .cloned()
             .collect();
         for name in private {

@@ -15,8 +15,11 @@ use hyper_util::rt::TokioExecutor;
 /// Largest JWKS document accepted from the backend.
 const MAX_JWKS_BYTES: usize = 64 * 1024;
 
-/// Largest answer of the internal API (a sync page: 200 messages of ≤ 16 KiB per conversation).
-pub const MAX_INTERNAL_BYTES: usize = 64 << 20;
+/// Largest answer of the internal API: what a sync answer may hold by the contract
+/// ([`internal::MAX_SYNC_MESSAGES`] messages of at most `MAX_CONTENT_BYTES`, ordinary text
+/// JSON-escaped at most twice as long, plus a kilobyte of fields each).
+pub const MAX_INTERNAL_BYTES: usize =
+    internal::MAX_SYNC_MESSAGES * (2 * haberci_wire::MAX_CONTENT_BYTES + 1024);
 
 /// The backend API, through one keep-alive HTTP/1.1 connection pool shared by the proxy,
 /// the internal API, the key refresher and readiness probes. Cheap to clone.

@@ -151,35 +151,35 @@ impl Relay {
 
     /// One page of each backlog asked for.
     pub async fn sync(&self, user: UserId, from: &[FetchFrom]) -> Result<Vec<Backlog>, RelayError> {
-        let request = SyncRequest {
-            user_id: user,
-            positions: from
-                .iter()
-                .map(|f| SyncPosition {
-                    conversation_id: f.conversation,
-                    after: f.after,
-                })
-                .collect(),
-            limit: Some(SYNC_PAGE),
-        };
-        let answer: SyncAnswer = self
-            .backend
-            .internal(
-                internal::SYNC_PATH,
-                &self.config.internal_token,
-                Some(&request),
-            )
-            .await
-            .map_err(RelayError::Backend)?;
-        let mut pages: Vec<Backlog> = answer
-            .conversations
-            .into_iter()
-            .map(|c| Backlog {
+        let mut pages: Vec<Backlog> = Vec::with_capacity(from.len());
+        // A request names at most MAX_SYNC_POSITIONS conversations (the contract's limit).
+        for chunk in from.chunks(internal::MAX_SYNC_POSITIONS) {
+            let request = SyncRequest {
+                user_id: user,
+                positions: chunk
+                    .iter()
+                    .map(|f| SyncPosition {
+                        conversation_id: f.conversation,
+                        after: f.after,
+                    })
+                    .collect(),
+                limit: Some(SYNC_PAGE),
+            };
+            let answer: SyncAnswer = self
+                .backend
+                .internal(
+                    internal::SYNC_PATH,
+                    &self.config.internal_token,
+                    Some(&request),
+                )
+                .await
+                .map_err(RelayError::Backend)?;
+            pages.extend(answer.conversations.into_iter().map(|c| Backlog {
                 conversation: c.conversation_id,
                 messages: c.messages,
                 more: c.more,
-            })
-            .collect();
+            }));
+        }
         // A conversation the backend left out (no longer a member) ends its fetch empty.
         for f in from {
             if !pages.iter().any(|p| p.conversation == f.conversation) {

@@ -8,7 +8,7 @@
 //! - [`native`]: native QUIC (ALPN `haberci/1`), a pipe on a quinn connection.
 //! - [`websocket`]: WebSocket, one binary message per frame.
 //!
-//! (WebTransport's pipe lives in `edge::webtransport`: it is an HTTP/3 session first.)
+//! (WebTransport's pipe lives in `edge::h3::webtransport`: it is an HTTP/3 session first.)
 
 pub mod drive;
 pub mod link;

@@ -34,7 +34,7 @@ export function randomUuid(): string {
   return bytesToUuid(bytes);
 }
 
-// Namespace of direct conversation ids: must equal `DIRECT_NAMESPACE` in wire/src/relay.rs.
+// Namespace of direct conversation ids: must equal `DIRECT_NAMESPACE` in seam/src/streams.rs.
 const DIRECT_NAMESPACE = uuidToBytes("68616265-7263-6940-8000-646972656374");
 
 /**
