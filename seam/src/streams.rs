@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use haberci_wire::{
-    ConversationId, ErrorFrame, GroupId, Message, Notification, Presence, Recipient, SendMessage,
-    Sent, Seq, SessionId, Status, Typing, UserId,
+    ClientMsgId, ConversationId, ErrorFrame, GroupId, Message, Notification, Presence, Recipient,
+    SendMessage, Sent, Seq, SessionId, Status, Typing, UserId,
 };
 
 /// The consumer group every worker reads the inbound streams in.
@@ -176,6 +176,15 @@ pub enum Event {
     /// The answer to one session's `Send`: stored.
     #[serde(rename_all = "camelCase")]
     Sent { session: SessionId, sent: Sent },
+    /// A stored direct message on its sender's channel: the sender's copy, for every session
+    /// of the sender, and the answer to its `Send` for the session that sent it (`Sent`, then
+    /// the message). One publication where [`Event::Sent`] and [`Event::Message`] would be two.
+    #[serde(rename_all = "camelCase")]
+    SentMessage {
+        session: SessionId,
+        client_msg_id: ClientMsgId,
+        message: Message,
+    },
     /// The answer to one session's `Send`: refused (unknown recipient, not a member, …).
     #[serde(rename_all = "camelCase")]
     Refused {
@@ -218,6 +227,25 @@ impl Event {
 }
 
 impl Event {
+    /// The `Sent` this event answers `session` with, if any.
+    pub fn sent_to(&self, session: SessionId) -> Option<Sent> {
+        match self {
+            Event::Sent { session: to, sent } if *to == session => Some(*sent),
+            Event::SentMessage {
+                session: to,
+                client_msg_id,
+                message,
+            } if *to == session => Some(Sent {
+                client_msg_id: *client_msg_id,
+                message_id: message.id,
+                conversation_id: message.conversation_id,
+                seq: message.seq,
+                timestamp: message.timestamp,
+            }),
+            _ => None,
+        }
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }

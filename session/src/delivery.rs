@@ -186,6 +186,12 @@ impl Delivery {
             Event::Sent { session, sent } if *session == self.session => {
                 self.frame(ServerFrame::Sent(*sent))
             }
+            Event::SentMessage { message, .. } => {
+                if let Some(sent) = event.sent_to(self.session) {
+                    self.frame(ServerFrame::Sent(sent));
+                }
+                self.message(message);
+            }
             Event::Refused { session, error } if *session == self.session => {
                 self.frame(ServerFrame::Error(ErrorFrame::clone(error)))
             }
@@ -710,6 +716,44 @@ mod tests {
             sent,
         }));
         assert_eq!(d.poll(), Some(Need::Frame(ServerFrame::Sent(sent))));
+    }
+
+    #[test]
+    fn a_sent_message_is_sent_then_the_copy_for_its_session_and_the_copy_alone_for_others() {
+        let client_msg_id = ClientMsgId::new(Uuid::from_u128(7)).unwrap();
+        let mut own = msg(conv(), 1);
+        own.sender_id = user(ME);
+        own.recipient_id = user(PEER).into();
+        let event = |session: u128| {
+            Arc::new(Event::SentMessage {
+                session: SessionId::new(Uuid::from_u128(session)).unwrap(),
+                client_msg_id,
+                message: own.clone(),
+            })
+        };
+        let sent = Sent {
+            client_msg_id,
+            message_id: own.id,
+            conversation_id: conv(),
+            seq: Seq::FIRST,
+            timestamp: own.timestamp,
+        };
+        // The session that sent it.
+        let mut d = delivery();
+        d.start(&[], &[]);
+        d.event(&event(0x5e5));
+        assert_eq!(d.poll(), Some(Need::Frame(ServerFrame::Sent(sent))));
+        assert_eq!(
+            d.poll(),
+            Some(Need::Frame(ServerFrame::Message(own.clone())))
+        );
+        assert_eq!(d.poll(), None);
+        // Another session of the sender: the copy only, once.
+        let mut d = delivery();
+        d.start(&[], &[]);
+        d.event(&event(0xbad));
+        d.event(&event(0xbad));
+        assert_eq!(drain(&mut d), (vec![1], vec![], vec![]));
     }
 
     #[test]

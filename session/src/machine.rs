@@ -358,9 +358,9 @@ impl Session {
         } = &mut self.state
         {
             let answered = match event.as_ref() {
-                Event::Sent { session, sent } if *session == identity.session => {
-                    Some(sent.client_msg_id)
-                }
+                Event::Sent { .. } | Event::SentMessage { .. } => event
+                    .sent_to(identity.session)
+                    .map(|sent| sent.client_msg_id),
                 Event::Refused { session, error } if *session == identity.session => {
                     error.client_msg_id
                 }

@@ -500,38 +500,39 @@ pub fn publications(decoded: &[Decoded], committed: &Committed) -> Vec<(String, 
                 refusal,
             } => out.push(refused(*sender, *session, send.client_msg_id, *refusal)),
             Decoded::Send(request) => match outcomes.next() {
-                Some(SendOutcome::Stored(message)) => {
-                    let sent = Sent {
-                        client_msg_id: request.send.client_msg_id,
-                        message_id: message.id,
-                        conversation_id: message.conversation_id,
-                        seq: message.seq,
-                        timestamp: message.timestamp,
-                    };
-                    out.push((
-                        streams::user_channel(request.sender),
-                        Event::Sent {
-                            session: request.session,
-                            sent,
-                        },
-                    ));
-                    match request.target {
-                        batch::Target::Direct(peer) => {
-                            out.push((
-                                streams::user_channel(request.sender),
-                                Event::Message(message.clone()),
-                            ));
-                            out.push((
-                                streams::user_channel(peer),
-                                Event::Message(message.clone()),
-                            ));
-                        }
-                        batch::Target::Group(_) => out.push((
+                Some(SendOutcome::Stored(message)) => match request.target {
+                    batch::Target::Direct(peer) => {
+                        out.push((
+                            streams::user_channel(request.sender),
+                            Event::SentMessage {
+                                session: request.session,
+                                client_msg_id: request.send.client_msg_id,
+                                message: message.clone(),
+                            },
+                        ));
+                        out.push((streams::user_channel(peer), Event::Message(message.clone())));
+                    }
+                    batch::Target::Group(_) => {
+                        let sent = Sent {
+                            client_msg_id: request.send.client_msg_id,
+                            message_id: message.id,
+                            conversation_id: message.conversation_id,
+                            seq: message.seq,
+                            timestamp: message.timestamp,
+                        };
+                        out.push((
+                            streams::user_channel(request.sender),
+                            Event::Sent {
+                                session: request.session,
+                                sent,
+                            },
+                        ));
+                        out.push((
                             streams::conversation_channel(message.conversation_id),
                             Event::Message(message.clone()),
-                        )),
+                        ));
                     }
-                }
+                },
                 Some(SendOutcome::Duplicate(sent)) => out.push((
                     streams::user_channel(request.sender),
                     Event::Sent {
@@ -560,7 +561,7 @@ pub fn publications(decoded: &[Decoded], committed: &Committed) -> Vec<(String, 
             Audience::Group(conversation) => {
                 out.push((streams::conversation_channel(conversation), event));
             }
-            Audience::Own(user) => out.push((streams::user_channel(user), event)),
+            Audience::User(user) => out.push((streams::user_channel(user), event)),
         }
     }
     out

@@ -745,23 +745,20 @@ mod tests {
         created: Vec<ConversationId>,
     }
 
-    /// Runs `sends` through a plan as `store::store_sends` does, answering its reads from
+    /// Runs `sends` through a plan as `store::plan_sends` and `store::write` do, answering its reads from
     /// `world` (and skipping a statement whose input is empty, as the store does).
     fn run(world: &World, sends: &[SendRequest]) -> Run {
         let mut world = world.clone();
+        // Users and blocks are one round trip, the pairs taken before users are refused.
         let mut trips = vec!["users"];
         let mut plan = Plan::new(sends);
+        let pairs = plan.direct_pairs();
         let existing = plan
             .users()
             .into_iter()
             .filter(|u| world.users.contains(u))
             .collect();
         plan.users_found(&existing);
-
-        let pairs = plan.direct_pairs();
-        if !pairs.is_empty() {
-            trips.push("blocks");
-        }
         let blocks = pairs
             .into_iter()
             .filter_map(|(sender, peer)| {
@@ -828,17 +825,15 @@ mod tests {
             .collect();
         plan.uploads_found(&uploads);
 
-        let now = plan.needs_clock().then(|| {
-            trips.push("clock");
-            now()
-        });
+        // The clock came with the originals.
+        let now = plan.needs_clock().then(now);
         let mut next_id = 1000;
         let decided = plan.number(now, || {
             next_id += 1;
             message_id(next_id)
         });
         if now.is_some() && !decided.inserts.is_empty() {
-            trips.extend(["insert", "update"]);
+            trips.push("write");
         }
         Run {
             decided,
@@ -852,7 +847,7 @@ mod tests {
         let ac = direct(AYSE, CEM);
         let bc = direct(BURAK, CEM);
         let kulup = of_group(KULUP);
-        let all = "users blocks create lock originals clock insert update";
+        let all = "users create lock originals write";
         let max = Seq::MAX.get();
         let max_i64 = i64::try_from(max).unwrap_or(i64::MAX);
         vec![
@@ -903,7 +898,7 @@ mod tests {
                     Stored(5),
                     Stored(2),
                 ],
-                trips: "users blocks create lock originals members clock insert update",
+                trips: "users create lock originals members write",
                 created: vec![ac],
                 last_seqs: vec![(ab, 5), (kulup, 9), (ac, 2)],
             },
@@ -936,7 +931,7 @@ mod tests {
                     .at(kulup, Kind::Group, -1),
                 sends: vec![dm(AYSE, BURAK, 1), post(AYSE, KULUP, 2)],
                 want: vec![Refused(CONVERSATION_FULL), Refused(CONVERSATION_FULL)],
-                trips: "users blocks create lock originals members clock",
+                trips: "users create lock originals members",
                 created: vec![],
                 last_seqs: vec![],
             },
@@ -969,7 +964,7 @@ mod tests {
                 world: World::base(),
                 sends: vec![post(BURAK, KULUP, 1)],
                 want: vec![Stored(8)],
-                trips: "users lock originals members clock insert update",
+                trips: "users lock originals members write",
                 created: vec![],
                 last_seqs: vec![(kulup, 8)],
             },
@@ -978,7 +973,7 @@ mod tests {
                 world: World::base(),
                 sends: vec![post(CEM, KULUP, 1), post(AYSE, KULUP, 2)],
                 want: vec![Refused(NOT_A_MEMBER), Stored(8)],
-                trips: "users lock originals members clock insert update",
+                trips: "users lock originals members write",
                 created: vec![],
                 last_seqs: vec![(kulup, 8)],
             },
@@ -998,7 +993,7 @@ mod tests {
                     .at(of_group(NO_GROUP), Kind::Direct, 0),
                 sends: vec![dm(AYSE, CEM, 1), post(AYSE, NO_GROUP, 2)],
                 want: vec![Refused(UNKNOWN_RECIPIENT), Refused(UNKNOWN_RECIPIENT)],
-                trips: "users blocks create lock originals",
+                trips: "users create lock originals",
                 created: vec![],
                 last_seqs: vec![],
             },
@@ -1008,7 +1003,7 @@ mod tests {
                 world: World::base().block(CEM, AYSE),
                 sends: vec![dm(AYSE, CEM, 1)],
                 want: vec![Refused(BLOCKED_BY_RECIPIENT)],
-                trips: "users blocks lock originals",
+                trips: "users lock originals",
                 created: vec![],
                 last_seqs: vec![],
             },
@@ -1017,7 +1012,7 @@ mod tests {
                 world: World::base().block(AYSE, BURAK),
                 sends: vec![dm(AYSE, BURAK, 1)],
                 want: vec![Refused(BLOCKED_BY_SENDER)],
-                trips: "users blocks lock originals",
+                trips: "users lock originals",
                 created: vec![],
                 last_seqs: vec![],
             },
@@ -1026,7 +1021,7 @@ mod tests {
                 world: World::base().block(AYSE, CEM).block(CEM, AYSE),
                 sends: vec![dm(CEM, AYSE, 1)],
                 want: vec![Refused(BLOCKED_BY_SENDER)],
-                trips: "users blocks lock originals",
+                trips: "users lock originals",
                 created: vec![],
                 last_seqs: vec![],
             },
@@ -1045,7 +1040,7 @@ mod tests {
                     Stored(1),
                     Stored(8),
                 ],
-                trips: "users blocks create lock originals members clock insert update",
+                trips: "users create lock originals members write",
                 created: vec![bc],
                 last_seqs: vec![(ab, 4), (bc, 1), (kulup, 8)],
             },
@@ -1054,7 +1049,7 @@ mod tests {
                 world: World::base().block(BURAK, AYSE),
                 sends: vec![post(AYSE, KULUP, 1)],
                 want: vec![Stored(8)],
-                trips: "users lock originals members clock insert update",
+                trips: "users lock originals members write",
                 created: vec![],
                 last_seqs: vec![(kulup, 8)],
             },
@@ -1064,7 +1059,7 @@ mod tests {
                 world: World::base().stored(AYSE, 1, ab, 2),
                 sends: vec![dm(AYSE, BURAK, 1)],
                 want: vec![Duplicate(2)],
-                trips: "users blocks create lock originals",
+                trips: "users create lock originals",
                 created: vec![],
                 last_seqs: vec![],
             },
@@ -1073,7 +1068,7 @@ mod tests {
                 world: World::base().stored(AYSE, 1, ab, 2).block(BURAK, AYSE),
                 sends: vec![dm(AYSE, BURAK, 1), dm(AYSE, BURAK, 2)],
                 want: vec![Duplicate(2), Refused(BLOCKED_BY_RECIPIENT)],
-                trips: "users blocks lock originals",
+                trips: "users lock originals",
                 created: vec![],
                 last_seqs: vec![],
             },
@@ -1091,7 +1086,7 @@ mod tests {
                 world: World::base().stored(AYSE, 1, ab, 2),
                 sends: vec![with_media(dm(AYSE, BURAK, 1), MessageKind::Image, NO_MEDIA)],
                 want: vec![Duplicate(2)],
-                trips: "users blocks create lock originals",
+                trips: "users create lock originals",
                 created: vec![],
                 last_seqs: vec![],
             },
@@ -1109,7 +1104,7 @@ mod tests {
                 world: World::base().stored(AYSE, 1, kulup, 5),
                 sends: vec![dm(AYSE, BURAK, 1)],
                 want: vec![Refused(ID_REUSED)],
-                trips: "users blocks create lock originals",
+                trips: "users create lock originals",
                 created: vec![],
                 last_seqs: vec![],
             },
@@ -1118,7 +1113,7 @@ mod tests {
                 world: World::base().unreadable(AYSE, 1, ab),
                 sends: vec![dm(AYSE, BURAK, 1)],
                 want: vec![Refused(UNREADABLE_ORIGINAL)],
-                trips: "users blocks create lock originals",
+                trips: "users create lock originals",
                 created: vec![],
                 last_seqs: vec![],
             },
@@ -1146,7 +1141,7 @@ mod tests {
                 world: World::base(),
                 sends: vec![post(AYSE, KULUP, 1), dm(AYSE, CEM, 1)],
                 want: vec![Stored(8), Refused(ID_REUSED)],
-                trips: "users blocks create lock originals members clock insert update",
+                trips: "users create lock originals members write",
                 // Created before the numbering finds the repeat: a conversation with no
                 // message, as before this plan.
                 created: vec![ac],
@@ -1166,7 +1161,7 @@ mod tests {
                 world: World::base(),
                 sends: vec![post(CEM, KULUP, 1), dm(CEM, AYSE, 1)],
                 want: vec![Refused(NOT_A_MEMBER), Stored(1)],
-                trips: "users blocks create lock originals members clock insert update",
+                trips: "users create lock originals members write",
                 created: vec![ac],
                 last_seqs: vec![(ac, 1)],
             },
@@ -1179,7 +1174,7 @@ mod tests {
                     with_media(post(BURAK, KULUP, 2), MessageKind::File, DOC),
                 ],
                 want: vec![Stored(4), Stored(8)],
-                trips: "users blocks create lock originals members media clock insert update",
+                trips: "users create lock originals members media write",
                 created: vec![],
                 last_seqs: vec![(ab, 4), (kulup, 8)],
             },
@@ -1200,7 +1195,7 @@ mod tests {
                     Refused(MEDIA_REFUSED),
                     Stored(4),
                 ],
-                trips: "users blocks create lock originals media clock insert update",
+                trips: "users create lock originals media write",
                 created: vec![],
                 last_seqs: vec![(ab, 4)],
             },
@@ -1221,7 +1216,7 @@ mod tests {
                     dm(AYSE, BURAK, 2),
                 ],
                 want: vec![Refused(MEDIA_REFUSED), Stored(4)],
-                trips: "users blocks create lock originals media clock insert update",
+                trips: "users create lock originals media write",
                 created: vec![],
                 last_seqs: vec![(ab, 4)],
             },
@@ -1255,7 +1250,7 @@ mod tests {
                     Duplicate(1),
                     Stored(8),
                 ],
-                trips: "users blocks create lock originals members media clock insert update",
+                trips: "users create lock originals members media write",
                 created: vec![ac],
                 last_seqs: vec![(ac, 1), (kulup, 8)],
             },

@@ -2,12 +2,14 @@
 //! its receipt watermarks. What to read and what each send becomes is decided by
 //! [`super::plan`]; this module runs its statements.
 //!
-//! Order inside the transaction, and why:
+//! Order inside the transaction, and why (five round trips for a batch of new direct
+//! messages with receipts, plus `BEGIN` and `COMMIT`; the ledger test in
+//! `e2e/tests/it/ledger.rs` bounds them):
 //!
-//! 1. Senders and direct recipients must exist (one `SELECT … ANY`); blocks between a direct
-//!    message's two users (either way) are read in one statement, and such a send is refused
-//!    with `blocked` after step 4 (a retry of a message stored before the block is still
-//!    answered with its original `Sent`) and creates no conversation in step 2.
+//! 1. Senders and direct recipients must exist, and blocks between a direct message's two
+//!    users (either way) are read, in one statement; a blocked send is refused with `blocked`
+//!    after step 4 (a retry of a message stored before the block is still answered with its
+//!    original `Sent`) and creates no conversation in step 2.
 //! 2. Missing direct conversations are created with both members (`INSERT … ON CONFLICT DO
 //!    NOTHING`, in id order).
 //! 3. The batch's conversations are locked `FOR UPDATE` in id order. Invariant: whoever
@@ -18,12 +20,14 @@
 //!    COMMITTED each statement sees what committed before it, so a concurrent worker's
 //!    insert of the same message is visible once its lock is released. A duplicate (in the
 //!    database, or earlier in the same batch) is answered with the original's id, seq and
-//!    timestamp; the same id reused for another conversation is refused. Then group
-//!    membership (one statement) and media uploads (one statement, 4b).
-//! 5. Seqs `last_seq + 1 …` in entry order, one multi-row `INSERT … SELECT FROM unnest`,
-//!    `last_seq` updated. Timestamps come from the database clock (ms), read after the lock,
-//!    so they never go backwards along a conversation's seqs.
-//! 6. Receipts: `delivered_seq`/`read_seq` raised, never lowered, clamped to `last_seq`.
+//!    timestamp; the same id reused for another conversation is refused. The database clock
+//!    (ms) comes with this statement: read after the lock, timestamps never go backwards
+//!    along a conversation's seqs. Then group membership (one statement, group sends only)
+//!    and media uploads (one statement, 4b, media sends only).
+//! 5. Seqs `last_seq + 1 …` in entry order; the messages inserted, `last_seq` updated and
+//! 6. the receipts' `delivered_seq`/`read_seq` raised (never lowered, clamped to `last_seq`),
+//!    all in one statement of data-modifying CTEs. A batch of receipts alone is that one
+//!    statement with no explicit transaction.
 //!
 //! A statement whose input is empty is not sent. A unique violation, serialization failure or
 //! deadlock aborts the batch; the caller runs it again ([`Failure::Conflict`]) and the retry's
@@ -39,7 +43,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::batch::{SendRequest, Watermarks};
-use super::plan::{Block, Locked, NewDirect, NewMessage, Original, Plan, StoredAs, Upload};
+use super::plan::{
+    Block, Decided, Locked, NewDirect, NewMessage, Original, Plan, StoredAs, Upload,
+};
 use crate::conversations;
 use crate::media::store::MediaRow;
 
@@ -58,10 +64,12 @@ pub enum Audience {
     Direct(UserId, UserId),
     /// The group conversation's channel: every member hears it.
     Group(ConversationId),
-    /// Only the member's own channel (their other sessions): a group above
-    /// [`STATUS_BROADCAST_MAX_MEMBERS`], where telling every member of every member's receipt
-    /// would be O(members²) events per message. Only when the read mark may have moved.
-    Own(UserId),
+    /// One user's channel. In a direct conversation, the other user, for a delivery-only move
+    /// (an `Ack`): the member's own sessions need only the read mark. In a group above
+    /// [`STATUS_BROADCAST_MAX_MEMBERS`], the member's own sessions, only when the read mark
+    /// may have moved: telling every member of every member's receipt would be O(members²)
+    /// events per message.
+    User(UserId),
 }
 
 /// Groups up to this size hear each member's `Status`; in larger ones only the member's own
@@ -127,103 +135,102 @@ pub async fn commit(
     if sends.is_empty() && receipts.is_empty() {
         return Ok(Committed::default());
     }
+    if sends.is_empty() {
+        // One statement is its own transaction: no BEGIN and COMMIT round trips.
+        let mut conn = db.acquire().await?;
+        let statuses = write(&mut conn, &Decided::default(), None, receipts).await?;
+        return Ok(Committed {
+            sends: Vec::new(),
+            statuses,
+        });
+    }
     let mut tx = db.begin().await?;
-    let sends = store_sends(&mut tx, sends).await?;
-    let statuses = move_watermarks(&mut tx, receipts).await?;
+    let (decided, now) = plan_sends(&mut tx, sends).await?;
+    let statuses = write(&mut tx, &decided, now, receipts).await?;
     tx.commit().await?;
-    Ok(Committed { sends, statuses })
+    Ok(Committed {
+        sends: decided.outcomes,
+        statuses,
+    })
 }
 
-/// Steps 1 to 5: the statements a [`Plan`] asks for, in its order.
-async fn store_sends(
+/// Steps 1 to 5 up to the writes: the reads a [`Plan`] asks for, in its order, and what it
+/// decides from them (with the database time it numbered at, if anything was numbered).
+async fn plan_sends(
     tx: &mut PgConnection,
     sends: &[SendRequest],
-) -> Result<Vec<SendOutcome>, sqlx::Error> {
-    if sends.is_empty() {
-        return Ok(Vec::new());
-    }
+) -> Result<(Decided, Option<Timestamp>), sqlx::Error> {
     let mut plan = Plan::new(sends);
-    // 1, 1b.
-    plan.users_found(&existing_users(tx, &plan.users()).await?);
-    plan.blocks_found(&blocks(tx, &plan.direct_pairs()).await?);
+    // 1, 1b in one round trip. The pairs are read before unknown users are refused: a pair
+    // with a refused user is no longer undecided, so `blocks_found` passes it over.
+    let (users, blocks) = users_and_blocks(tx, &plan.users(), &plan.direct_pairs()).await?;
+    plan.users_found(&users);
+    plan.blocks_found(&blocks);
     // 2.
     create_direct(tx, &plan.direct_conversations()).await?;
-    // 3, 4: the lock, then what it protects.
+    // 3, 4: the lock, then what it protects (the clock comes with the originals: it is read
+    // after the lock either way).
     let locked = lock(tx, &plan.conversations()).await?;
-    let originals = originals(tx, &plan.idempotency_keys()).await?;
+    let (originals, clock) = originals_and_clock(tx, &plan.idempotency_keys()).await?;
     plan.locked(locked, &originals);
     plan.members_found(&members(tx, &plan.group_senders()).await?);
     // 4b.
     plan.uploads_found(&uploads(tx, &plan.media()).await?);
     // 5.
-    let now = if plan.needs_clock() {
-        Some(clock(tx).await?)
-    } else {
-        None
-    };
-    let decided = plan.number(now, crate::db::new_id::<MessageId>);
-    if let Some(now) = now
-        && !decided.inserts.is_empty()
-    {
-        insert_messages(tx, &decided.inserts, now.to_datetime()).await?;
-        set_last_seqs(tx, &decided.last_seqs).await?;
-    }
-    Ok(decided.outcomes)
+    let now = if plan.needs_clock() { clock } else { None };
+    Ok((plan.number(now, crate::db::new_id::<MessageId>), now))
 }
 
-/// Step 1: which of `users` exist.
-async fn existing_users(
+/// Steps 1 and 1b in one statement: which of `users` exist, and the `(sender, recipient)`
+/// pairs with a block between them, either way.
+async fn users_and_blocks(
     tx: &mut PgConnection,
     users: &[UserId],
-) -> Result<HashSet<UserId>, sqlx::Error> {
-    let ids: Vec<Uuid> = users.iter().map(UserId::as_uuid).collect();
-    Ok(
-        sqlx::query_scalar::<_, Uuid>("SELECT id FROM users WHERE id = ANY($1)")
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .filter_map(UserId::new)
-            .collect(),
-    )
-}
-
-/// Step 1b: the `(sender, recipient)` pairs with a block between them, either way.
-async fn blocks(
-    tx: &mut PgConnection,
     pairs: &[(UserId, UserId)],
-) -> Result<HashMap<(UserId, UserId), Block>, sqlx::Error> {
-    if pairs.is_empty() {
-        return Ok(HashMap::new());
-    }
+) -> Result<(HashSet<UserId>, HashMap<(UserId, UserId), Block>), sqlx::Error> {
+    let ids: Vec<Uuid> = users.iter().map(UserId::as_uuid).collect();
     let (senders, peers): (Vec<Uuid>, Vec<Uuid>) = pairs
         .iter()
         .map(|(sender, peer)| (sender.as_uuid(), peer.as_uuid()))
         .unzip();
-    // `blocks` is keyed (blocker_id, blocked_id) with an index on (blocked_id, blocker_id):
-    // both directions are index probes.
-    let rows = sqlx::query_as::<_, (Uuid, Uuid, bool)>(
-        "SELECT t.sender, t.peer,
+    // A row with no peer is a user that exists; a row with one is a blocked pair. `blocks` is
+    // keyed (blocker_id, blocked_id) with an index on (blocked_id, blocker_id): both
+    // directions are index probes.
+    let rows = sqlx::query_as::<_, (Uuid, Option<Uuid>, Option<bool>)>(
+        "SELECT id, NULL::uuid, NULL::boolean FROM users WHERE id = ANY($1)
+         UNION ALL
+         SELECT t.sender, t.peer,
                 EXISTS (SELECT 1 FROM blocks b
-                        WHERE b.blocker_id = t.sender AND b.blocked_id = t.peer) AS by_sender
-         FROM unnest($1::uuid[], $2::uuid[]) AS t(sender, peer)
+                        WHERE b.blocker_id = t.sender AND b.blocked_id = t.peer)
+         FROM unnest($2::uuid[], $3::uuid[]) AS t(sender, peer)
          WHERE blocked_between(t.sender, t.peer)",
     )
+    .bind(&ids)
     .bind(&senders)
     .bind(&peers)
     .fetch_all(&mut *tx)
     .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(sender, peer, by_sender)| {
-            let block = if by_sender {
-                Block::BySender
-            } else {
-                Block::ByRecipient
-            };
-            Some(((UserId::new(sender)?, UserId::new(peer)?), block))
-        })
-        .collect())
+    let mut existing = HashSet::new();
+    let mut blocks = HashMap::new();
+    for (user, peer, by_sender) in rows {
+        let Some(user) = UserId::new(user) else {
+            continue;
+        };
+        match peer.and_then(UserId::new) {
+            None => {
+                existing.insert(user);
+            }
+            Some(peer) => {
+                let block = if by_sender == Some(true) {
+                    Block::BySender
+                } else {
+                    Block::ByRecipient
+                };
+                blocks.insert((user, peer), block);
+            }
+        }
+    }
+    Ok((existing, blocks))
 }
 
 /// Step 2: direct conversations, created with both members the first time.
@@ -283,7 +290,6 @@ async fn lock(
 }
 
 /// A stored message found by its idempotency key.
-#[derive(sqlx::FromRow)]
 struct OriginalRow {
     sender_id: Uuid,
     client_msg_id: Uuid,
@@ -303,30 +309,44 @@ impl OriginalRow {
     }
 }
 
-/// Step 4: the messages already stored under these idempotency keys.
-async fn originals(
+/// Step 4: the messages already stored under these idempotency keys, and the database's time
+/// to the millisecond (step 5's clock). Read after the lock, so timestamps never go backwards
+/// along a conversation's seqs. (Not in the locking statement: its expressions are computed
+/// before it waits for the lock.)
+async fn originals_and_clock(
     tx: &mut PgConnection,
     keys: &[(UserId, ClientMsgId)],
-) -> Result<HashMap<(UserId, ClientMsgId), Original>, sqlx::Error> {
+) -> Result<(HashMap<(UserId, ClientMsgId), Original>, Option<Timestamp>), sqlx::Error> {
     if keys.is_empty() {
-        return Ok(HashMap::new());
+        // Nothing undecided: nothing to number either.
+        return Ok((HashMap::new(), None));
     }
     let (senders, client_ids): (Vec<Uuid>, Vec<Uuid>) = keys
         .iter()
         .map(|(sender, id)| (sender.as_uuid(), id.as_uuid()))
         .unzip();
-    let rows = sqlx::query_as::<_, OriginalRow>(
-        "SELECT m.sender_id, m.client_msg_id, m.conversation_id, m.seq, m.id, m.created_at
-         FROM messages m
-         JOIN unnest($1::uuid[], $2::uuid[]) AS t(sender, client_msg_id)
-           ON m.sender_id = t.sender AND m.client_msg_id = t.client_msg_id",
+    // One row at least: the clock, with the originals (if any) joined to it.
+    let rows = sqlx::query_as::<_, ClockedRow>(
+        "SELECT now.at, o.sender_id, o.client_msg_id, o.conversation_id, o.seq, o.id,
+                o.created_at
+         FROM (SELECT date_trunc('milliseconds', clock_timestamp()) AS at) AS now
+         LEFT JOIN (
+           SELECT m.sender_id, m.client_msg_id, m.conversation_id, m.seq, m.id, m.created_at
+           FROM messages m
+           JOIN unnest($1::uuid[], $2::uuid[]) AS t(sender, client_msg_id)
+             ON m.sender_id = t.sender AND m.client_msg_id = t.client_msg_id
+         ) AS o ON true",
     )
     .bind(&senders)
     .bind(&client_ids)
     .fetch_all(&mut *tx)
     .await?;
-    Ok(rows
-        .into_iter()
+    let clock = rows
+        .first()
+        .map(|row| Timestamp::from_datetime(row.at).unwrap_or(Timestamp::UNIX_EPOCH));
+    let originals = rows
+        .iter()
+        .filter_map(ClockedRow::original)
         .filter_map(|row| {
             let key = (
                 UserId::new(row.sender_id)?,
@@ -338,7 +358,33 @@ async fn originals(
             };
             Some((key, original))
         })
-        .collect())
+        .collect();
+    Ok((originals, clock))
+}
+
+/// The clock, and an original when one was found (its columns all null otherwise).
+#[derive(sqlx::FromRow)]
+struct ClockedRow {
+    at: OffsetDateTime,
+    sender_id: Option<Uuid>,
+    client_msg_id: Option<Uuid>,
+    conversation_id: Option<Uuid>,
+    seq: Option<i64>,
+    id: Option<Uuid>,
+    created_at: Option<OffsetDateTime>,
+}
+
+impl ClockedRow {
+    fn original(&self) -> Option<OriginalRow> {
+        Some(OriginalRow {
+            sender_id: self.sender_id?,
+            client_msg_id: self.client_msg_id?,
+            conversation_id: self.conversation_id?,
+            seq: self.seq?,
+            id: self.id?,
+            created_at: self.created_at?,
+        })
+    }
 }
 
 /// Step 4: which of these `(conversation, user)` pairs are memberships.
@@ -414,98 +460,6 @@ fn media_info(id: MediaId, row: &MediaRow) -> MediaInfo {
     }
 }
 
-/// Step 5: the database's time, to the millisecond. Read after the lock, so timestamps never
-/// go backwards along a conversation's seqs.
-async fn clock(tx: &mut PgConnection) -> Result<Timestamp, sqlx::Error> {
-    let now: OffsetDateTime =
-        sqlx::query_scalar("SELECT date_trunc('milliseconds', clock_timestamp())")
-            .fetch_one(&mut *tx)
-            .await?;
-    Ok(Timestamp::from_datetime(now).unwrap_or(Timestamp::UNIX_EPOCH))
-}
-
-/// Step 5: the new messages, column by column, in one `INSERT … SELECT FROM unnest`.
-async fn insert_messages(
-    tx: &mut PgConnection,
-    new: &[NewMessage],
-    created_at: OffsetDateTime,
-) -> Result<(), sqlx::Error> {
-    let mut conversation = Vec::with_capacity(new.len());
-    let mut seq = Vec::with_capacity(new.len());
-    let mut id = Vec::with_capacity(new.len());
-    let mut sender = Vec::with_capacity(new.len());
-    let mut client_msg_id = Vec::with_capacity(new.len());
-    let mut kind = Vec::with_capacity(new.len());
-    let mut content = Vec::with_capacity(new.len());
-    let mut media_id = Vec::with_capacity(new.len());
-    let mut media_content_type = Vec::with_capacity(new.len());
-    let mut media_size = Vec::with_capacity(new.len());
-    for NewMessage {
-        client_msg_id: key,
-        message,
-    } in new
-    {
-        conversation.push(message.conversation_id.as_uuid());
-        seq.push(i64::try_from(message.seq.get()).unwrap_or(i64::MAX));
-        id.push(message.id.as_uuid());
-        sender.push(message.sender_id.as_uuid());
-        client_msg_id.push(key.as_uuid());
-        kind.push(conversations::kind_name(message.kind));
-        content.push(message.content.as_str());
-        // What the server stored, never the Send's hints.
-        let media = message.media.as_ref();
-        media_id.push(media.map(|m| m.media_id.as_uuid()));
-        media_content_type.push(
-            media
-                .filter(|m| !m.content_type.is_empty())
-                .map(|m| m.content_type.as_str()),
-        );
-        media_size.push(media.and_then(|m| i64::try_from(m.size_bytes).ok()));
-    }
-    sqlx::query(
-        "INSERT INTO messages (conversation_id, seq, id, sender_id, client_msg_id, type,
-                               content, media_id, media_content_type, media_size, created_at)
-         SELECT t.*, $11
-         FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[], $5::uuid[],
-                     $6::text[], $7::text[], $8::uuid[], $9::text[], $10::bigint[]) AS t",
-    )
-    .bind(&conversation)
-    .bind(&seq)
-    .bind(&id)
-    .bind(&sender)
-    .bind(&client_msg_id)
-    .bind(&kind)
-    .bind(&content)
-    .bind(&media_id)
-    .bind(&media_content_type)
-    .bind(&media_size)
-    .bind(created_at)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
-/// Step 5: the conversations' new `last_seq`s.
-async fn set_last_seqs(
-    tx: &mut PgConnection,
-    last_seqs: &[(ConversationId, Seq)],
-) -> Result<(), sqlx::Error> {
-    let (ids, lasts): (Vec<Uuid>, Vec<i64>) = last_seqs
-        .iter()
-        .map(|(id, seq)| (id.as_uuid(), i64::try_from(seq.get()).unwrap_or(i64::MAX)))
-        .unzip();
-    sqlx::query(
-        "UPDATE conversations c SET last_seq = t.last_seq
-         FROM unnest($1::uuid[], $2::bigint[]) AS t(id, last_seq)
-         WHERE c.id = t.id",
-    )
-    .bind(&ids)
-    .bind(&lasts)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
 #[derive(sqlx::FromRow)]
 struct MovedRow {
     conversation_id: Uuid,
@@ -518,21 +472,96 @@ struct MovedRow {
     member_count: i32,
 }
 
-/// Raises members' watermarks (never lowers them), clamped to the conversation's
-/// `last_seq`; returns the ones that moved. A receipt from a non-member matches no row and is
-/// dropped.
-async fn move_watermarks(
-    tx: &mut PgConnection,
+/// Columns of the new messages, for `unnest`.
+#[derive(Default)]
+struct MessageColumns<'a> {
+    conversation: Vec<Uuid>,
+    seq: Vec<i64>,
+    id: Vec<Uuid>,
+    sender: Vec<Uuid>,
+    client_msg_id: Vec<Uuid>,
+    kind: Vec<&'static str>,
+    content: Vec<&'a str>,
+    media_id: Vec<Option<Uuid>>,
+    media_content_type: Vec<Option<&'a str>>,
+    media_size: Vec<Option<i64>>,
+}
+
+impl<'a> MessageColumns<'a> {
+    fn of(new: &'a [NewMessage]) -> MessageColumns<'a> {
+        let mut columns = MessageColumns::default();
+        for NewMessage {
+            client_msg_id: key,
+            message,
+        } in new
+        {
+            columns.conversation.push(message.conversation_id.as_uuid());
+            columns.seq.push(as_i64(message.seq));
+            columns.id.push(message.id.as_uuid());
+            columns.sender.push(message.sender_id.as_uuid());
+            columns.client_msg_id.push(key.as_uuid());
+            columns.kind.push(conversations::kind_name(message.kind));
+            columns.content.push(message.content.as_str());
+            // What the server stored, never the Send's hints.
+            let media = message.media.as_ref();
+            columns.media_id.push(media.map(|m| m.media_id.as_uuid()));
+            columns.media_content_type.push(
+                media
+                    .filter(|m| !m.content_type.is_empty())
+                    .map(|m| m.content_type.as_str()),
+            );
+            columns
+                .media_size
+                .push(media.and_then(|m| i64::try_from(m.size_bytes).ok()));
+        }
+        columns
+    }
+}
+
+fn as_i64(seq: Seq) -> i64 {
+    i64::try_from(seq.get()).unwrap_or(i64::MAX)
+}
+
+/// Steps 5 and 6 in one statement: the new messages (one `INSERT … SELECT FROM unnest`, all
+/// at `now`), the conversations' new `last_seq`s, and the receipts. Returns the watermarks
+/// that moved.
+///
+/// Receipts raise members' watermarks (never lower them), clamped to the conversation's
+/// `last_seq` as it was before this statement (the statement's snapshot: a receipt cannot
+/// name a seq numbered in its own batch, since a client learns a seq only once its batch has
+/// committed). A receipt from a non-member matches no row and is dropped.
+async fn write(
+    conn: &mut PgConnection,
+    decided: &Decided,
+    now: Option<Timestamp>,
     marks: &[Watermarks],
 ) -> Result<Vec<MovedStatus>, sqlx::Error> {
-    if marks.is_empty() {
+    let inserts = if now.is_some() {
+        decided.inserts.as_slice()
+    } else {
+        &[]
+    };
+    if inserts.is_empty() && marks.is_empty() {
         return Ok(Vec::new());
     }
-    let as_i64 = |seq: Option<Seq>| seq.map_or(0, |s| i64::try_from(s.get()).unwrap_or(i64::MAX));
+    let messages = MessageColumns::of(inserts);
+    let (numbered, lasts): (Vec<Uuid>, Vec<i64>) = if inserts.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        decided
+            .last_seqs
+            .iter()
+            .map(|(id, seq)| (id.as_uuid(), as_i64(*seq)))
+            .unzip()
+    };
+    let receipt = |seq: Option<Seq>| seq.map_or(0, as_i64);
     let conversations: Vec<Uuid> = marks.iter().map(|m| m.conversation.as_uuid()).collect();
     let users: Vec<Uuid> = marks.iter().map(|m| m.user.as_uuid()).collect();
-    let delivered: Vec<i64> = marks.iter().map(|m| as_i64(Some(m.delivered))).collect();
-    let read: Vec<i64> = marks.iter().map(|m| as_i64(m.read)).collect();
+    let delivered: Vec<i64> = marks.iter().map(|m| receipt(Some(m.delivered))).collect();
+    let read: Vec<i64> = marks.iter().map(|m| receipt(m.read)).collect();
+    // Data-modifying CTEs run once each whether or not anything refers to them; an empty
+    // `unnest` writes nothing.
+    //
     // Invariant: read <= delivered per input row and in every stored row, so the new
     // GREATEST(old_read, LEAST(read, last)) <= GREATEST(old_delivered, LEAST(delivered, last))
     // and the members_watermarks CHECK holds.
@@ -544,11 +573,21 @@ async fn move_watermarks(
     // group that read 109,000 buffers for 42 receipts (58 ms) against 383 (1.8 ms) this way
     // (docs/BENCHMARKS.md, "Fan-out").
     let rows = sqlx::query_as::<_, MovedRow>(
-        "WITH t AS MATERIALIZED (
+        "WITH inserted AS (
+           INSERT INTO messages (conversation_id, seq, id, sender_id, client_msg_id, type,
+                                 content, media_id, media_content_type, media_size, created_at)
+           SELECT n.*, $11
+           FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[], $5::uuid[],
+                       $6::text[], $7::text[], $8::uuid[], $9::text[], $10::bigint[]) AS n
+         ), numbered AS (
+           UPDATE conversations c SET last_seq = l.last_seq
+           FROM unnest($12::uuid[], $13::bigint[]) AS l(id, last_seq)
+           WHERE c.id = l.id
+         ), t AS MATERIALIZED (
            SELECT r.conversation_id, r.user_id,
                   LEAST(r.delivered, c.last_seq) AS delivered, LEAST(r.read, c.last_seq) AS read,
                   c.kind, c.user_low, c.user_high, c.member_count
-           FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::bigint[])
+           FROM unnest($14::uuid[], $15::uuid[], $16::bigint[], $17::bigint[])
                   AS r(conversation_id, user_id, delivered, read)
            JOIN conversations c ON c.id = r.conversation_id
          )
@@ -561,12 +600,26 @@ async fn move_watermarks(
          RETURNING m.conversation_id, m.user_id, m.delivered_seq, m.read_seq,
                    t.kind, t.user_low, t.user_high, t.member_count",
     )
+    .bind(&messages.conversation)
+    .bind(&messages.seq)
+    .bind(&messages.id)
+    .bind(&messages.sender)
+    .bind(&messages.client_msg_id)
+    .bind(&messages.kind)
+    .bind(&messages.content)
+    .bind(&messages.media_id)
+    .bind(&messages.media_content_type)
+    .bind(&messages.media_size)
+    .bind(now.map(Timestamp::to_datetime))
+    .bind(&numbered)
+    .bind(&lasts)
     .bind(&conversations)
     .bind(&users)
     .bind(&delivered)
     .bind(&read)
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut *conn)
     .await?;
+
     let dropped = marks.len() - rows.len();
     if dropped > 0 {
         tracing::debug!(
@@ -574,10 +627,12 @@ async fn move_watermarks(
             "receipts that moved nothing (not a member, or not ahead)"
         );
     }
-    // In a large group only the member's own devices hear their Status, and what they need
-    // from it is the read mark (to clear what was read elsewhere); a delivery-only move (an
-    // Ack) would echo back to the session that sent it. One message to 10,000 members brings
-    // 10,000 Acks: announcing none of them saves as many frames as the message itself took.
+    // A member's own devices need a Status only for the read mark (to clear what was read
+    // elsewhere); a delivery-only move (an Ack) would echo back to the session that sent it.
+    // So a direct Ack is told to the other user alone, and in a large group, where only the
+    // member's own devices hear their Status, not at all: one message to 10,000 members
+    // brings 10,000 Acks, and announcing none of them saves as many frames as the message
+    // itself took.
     let reads: HashSet<(Uuid, Uuid)> = marks
         .iter()
         .filter(|m| m.read.is_some())
@@ -591,13 +646,18 @@ async fn move_watermarks(
             let kind = conversations::Kind::try_from(row.kind).ok();
             let audience = match (kind, row.user_low, row.user_high) {
                 (Some(conversations::Kind::Direct), Some(low), Some(high)) => {
-                    Audience::Direct(UserId::new(low)?, UserId::new(high)?)
+                    if reads.contains(&(row.conversation_id, row.user_id)) {
+                        Audience::Direct(UserId::new(low)?, UserId::new(high)?)
+                    } else {
+                        let peer = if row.user_id == low { high } else { low };
+                        Audience::User(UserId::new(peer)?)
+                    }
                 }
                 _ if i64::from(row.member_count) > STATUS_BROADCAST_MAX_MEMBERS => {
                     if !reads.contains(&(row.conversation_id, row.user_id)) {
                         return None;
                     }
-                    Audience::Own(UserId::new(row.user_id)?)
+                    Audience::User(UserId::new(row.user_id)?)
                 }
                 _ => Audience::Group(conversation),
             };
