@@ -106,6 +106,10 @@ pub struct Target {
     pub ramp: f64,
     #[arg(long, default_value_t = 10_000)]
     pub connect_timeout_ms: u64,
+    /// Share TLS session tickets between the sessions of a client process, so that later
+    /// handshakes resume (as reconnecting devices do); `false`: every handshake is full.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub tls_resume: bool,
     /// Loopback source addresses for setup API calls (127.0.0.2 …).
     #[arg(long, default_value_t = crate::users::DEFAULT_SOURCE_ADDRESSES)]
     pub source_addresses: u8,

@@ -131,7 +131,9 @@ impl Api {
         let server_name =
             ServerName::try_from(host.clone()).map_err(|err| bad(&err.to_string()))?;
         let roots = tls::root_store(roots).map_err(|err| ApiError::Config(err.to_string()))?;
-        let config = tls::client_config(roots, b"http/1.1", false)
+        // One connector for the API's life: its requests resume each other's TLS sessions.
+        let tickets = Arc::new(rustls::client::ClientSessionMemoryCache::new(4));
+        let config = tls::client_config(roots, b"http/1.1", false, tickets)
             .map_err(|err| ApiError::Config(err.to_string()))?;
         Ok(Api {
             origin,

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use haberci_wire::ResumePosition;
@@ -16,6 +17,9 @@ use crate::session::{
 /// How long [`Client::connect`](crate::Client::connect) may take, transport handshake and
 /// `Welcome` included.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Servers whose tickets a new [`ClientConfig::tickets`] store keeps (rustls keeps a few
+/// tickets per server name).
+const TICKET_STORE_SERVERS: usize = 8;
 /// `Hello.client_name` unless set.
 pub const DEFAULT_CLIENT_NAME: &str = "haberci-client";
 
@@ -92,6 +96,11 @@ pub struct ClientConfig {
     /// A QUIC endpoint (UDP socket) to share between many connections, as a load generator
     /// wants (native QUIC and WebTransport). `None`: each connection binds its own.
     pub quic_endpoint: Option<quinn::Endpoint>,
+    /// Where TLS session tickets are kept between connections, so that a reconnect resumes
+    /// (no certificate to send and check). Made by [`ClientConfig::new`] for this
+    /// configuration; share one store between configurations (as a load generator making
+    /// many clients does) to resume across them.
+    pub tickets: Arc<dyn rustls::client::ClientSessionStore>,
 }
 
 impl ClientConfig {
@@ -111,6 +120,9 @@ impl ClientConfig {
             pong_timeout: DEFAULT_PONG_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             quic_endpoint: None,
+            tickets: Arc::new(rustls::client::ClientSessionMemoryCache::new(
+                TICKET_STORE_SERVERS,
+            )),
         }
     }
 

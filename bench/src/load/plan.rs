@@ -218,6 +218,7 @@ pub(crate) fn common(target: &Target, side: &Side, shards: usize, deadline: Dura
         ramp_per_sec: target.ramp / shards as f64,
         deadline_secs: deadline.as_secs(),
         socketio_plain: matches!(side, Side::SocketIo { plain: true, .. }),
+        tls_resume: target.tls_resume,
     }
 }
 

@@ -47,6 +47,8 @@ pub struct Common {
     /// Socket.IO sessions speak plain WebSocket (the peer runs without TLS).
     #[serde(default)]
     pub socketio_plain: bool,
+    /// Sessions share TLS session tickets (`--tls-resume`).
+    pub tls_resume: bool,
 }
 
 /// One session to open.

@@ -327,7 +327,21 @@ pub(crate) fn client_config(
     config.client_name = "haberci-bench".into();
     config.connect_timeout = Duration::from_millis(common.connect_timeout_ms);
     config.quic_endpoint = endpoint;
+    if common.tls_resume {
+        config.tickets = tickets();
+    }
     config
+}
+
+/// The TLS session tickets of this load process, shared by all its sessions: a session that
+/// reconnects (or a slot's next session) resumes with a ticket an earlier one was given, as
+/// a device reconnecting with its own ticket would. rustls keeps a few per server name.
+fn tickets() -> Arc<dyn rustls::client::ClientSessionStore> {
+    static TICKETS: std::sync::OnceLock<Arc<rustls::client::ClientSessionMemoryCache>> =
+        std::sync::OnceLock::new();
+    TICKETS
+        .get_or_init(|| Arc::new(rustls::client::ClientSessionMemoryCache::new(16)))
+        .clone()
 }
 
 /// Drains a session's inbox and counts an early end.

@@ -64,13 +64,13 @@ pub(crate) async fn connect(
     let roots = tls::root_store(&config.roots)?;
     match &config.transport {
         Transport::Quic { addr } => {
-            let tls = tls::client_config(roots, haberci_wire::ALPN, true)?;
+            let tls = tls::client_config(roots, haberci_wire::ALPN, true, config.tickets.clone())?;
             let (sink, stream) =
                 quic::connect(addr, &server_name, tls, config.quic_endpoint.clone()).await?;
             Ok((FrameSink::Quic(sink), FrameStream::Quic(Box::new(stream))))
         }
         Transport::WebTransport { url } => {
-            let tls = tls::client_config(roots, b"h3", true)?;
+            let tls = tls::client_config(roots, b"h3", true, config.tickets.clone())?;
             let (sink, stream) =
                 webtransport::connect(url, &server_name, tls, config.quic_endpoint.clone()).await?;
             Ok((
@@ -79,7 +79,7 @@ pub(crate) async fn connect(
             ))
         }
         Transport::WebSocket { url } => {
-            let tls = tls::client_config(roots, b"http/1.1", false)?;
+            let tls = tls::client_config(roots, b"http/1.1", false, config.tickets.clone())?;
             let (sink, stream) = websocket::connect(url, &server_name, tls).await?;
             Ok((FrameSink::WebSocket(sink), FrameStream::WebSocket(stream)))
         }

@@ -29,11 +29,13 @@ pub(crate) fn root_store(roots: &Roots) -> Result<rustls::RootCertStore, Connect
     }
 }
 
-/// A TLS client config offering exactly `alpn`. QUIC needs TLS 1.3 only.
+/// A TLS client config offering exactly `alpn`, resuming with the tickets in `tickets`. QUIC
+/// needs TLS 1.3 only.
 pub(crate) fn client_config(
     roots: rustls::RootCertStore,
     alpn: &[u8],
     tls13_only: bool,
+    tickets: Arc<dyn rustls::client::ClientSessionStore>,
 ) -> Result<rustls::ClientConfig, ConnectError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider);
@@ -45,5 +47,6 @@ pub(crate) fn client_config(
     .map_err(|err| ConnectError::Config(format!("TLS settings: {err}")))?;
     let mut config = builder.with_root_certificates(roots).with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
+    config.resumption = rustls::client::Resumption::store(tickets);
     Ok(config)
 }

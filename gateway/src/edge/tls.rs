@@ -37,6 +37,8 @@ pub enum TlsError {
         #[source]
         source: rustls::Error,
     },
+    #[error("cannot make session ticket keys: {0}")]
+    Tickets(#[source] rustls::Error),
     #[error("{cert} and {key} do not belong together: {source}")]
     Mismatch {
         cert: PathBuf,
@@ -69,6 +71,13 @@ pub struct CertStore {
     pub tcp: Arc<Slot>,
     /// Presented on QUIC (HTTP/3, WebTransport, native).
     pub quic: Arc<Slot>,
+    /// Seals TLS 1.3 session tickets for both listeners, so a reconnecting client resumes
+    /// instead of a full handshake (no certificate signature, no chain to send or verify).
+    /// Stateless: the server keeps nothing per session. Keys are random per process and
+    /// rotate every 6 hours, so a ticket resumes only at the gateway that issued it; a client
+    /// that reconnects elsewhere makes a full handshake. Resumption keeps an (EC)DHE exchange
+    /// (rustls offers no PSK-only mode), so forward secrecy holds.
+    pub tickets: Arc<dyn rustls::server::ProducesTickets>,
     stamp: std::sync::Mutex<Stamp>,
     /// Counts reloads that swapped something in; tests and operators can wait on it.
     generation: tokio::sync::watch::Sender<u64>,
@@ -88,6 +97,7 @@ impl CertStore {
             paths,
             tcp: Arc::new(Slot(ArcSwap::from_pointee(tcp))),
             quic: Arc::new(Slot(ArcSwap::from_pointee(quic))),
+            tickets: rustls::crypto::ring::Ticketer::new().map_err(TlsError::Tickets)?,
             stamp: std::sync::Mutex::new(stamp),
             generation: tokio::sync::watch::Sender::new(0),
         })
@@ -243,11 +253,14 @@ pub fn tcp_server_config(store: &CertStore) -> rustls::ServerConfig {
         .with_no_client_auth()
         .with_cert_resolver(store.tcp.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.ticketer = store.tickets.clone();
     config
 }
 
 /// rustls config for QUIC: TLS 1.3 only, ALPN `h3` and `haberci/1`. A client offering neither
-/// fails the handshake with `no_application_protocol`.
+/// fails the handshake with `no_application_protocol`. Session tickets resume; 0-RTT is
+/// refused (`max_early_data_size` 0): early data can be replayed by anyone who captured it, and
+/// a session's first frames (`Hello`, then `Send`s) are not all safe to run twice.
 pub fn quic_server_config(store: &CertStore) -> rustls::ServerConfig {
     let mut config =
         rustls::ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
@@ -255,5 +268,6 @@ pub fn quic_server_config(store: &CertStore) -> rustls::ServerConfig {
             .with_cert_resolver(store.quic.clone());
     config.alpn_protocols = vec![crate::ALPN_H3.to_vec(), crate::ALPN_NATIVE.to_vec()];
     config.max_early_data_size = 0;
+    config.ticketer = store.tickets.clone();
     config
 }

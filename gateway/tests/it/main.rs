@@ -16,6 +16,7 @@ mod media;
 mod native;
 mod proxy;
 mod relay;
+mod resumption;
 mod shutdown;
 mod streaming;
 mod web;
