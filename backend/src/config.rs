@@ -535,6 +535,10 @@ pub struct MessagingSettings {
     /// `HABERCI_BATCH_BLOCK`: how long `XREADGROUP` waits for entries. Also bounds how long
     /// shutdown waits for the read in flight.
     pub block: Duration,
+    /// `HABERCI_BATCH_LINGER`: the longest a small batch waits for more entries while they
+    /// arrive fast enough that more are expected meanwhile (`0ms`: never; see
+    /// `messaging::linger`).
+    pub linger: Duration,
     /// `HABERCI_CLAIM_INTERVAL`: how often the worker looks for entries other consumers read
     /// and never acknowledged (`XAUTOCLAIM`).
     pub claim_interval: Duration,
@@ -547,6 +551,7 @@ pub struct MessagingSettings {
 
 pub const DEFAULT_BATCH_SIZE: u32 = 256;
 pub const DEFAULT_BATCH_BLOCK: Duration = Duration::from_secs(1);
+pub const DEFAULT_BATCH_LINGER: Duration = Duration::from_millis(2);
 pub const DEFAULT_CLAIM_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_CLAIM_IDLE: Duration = Duration::from_secs(30);
 pub const DEFAULT_TRIM_INTERVAL: Duration = Duration::from_secs(30);
@@ -559,6 +564,7 @@ impl Default for MessagingSettings {
             stream_prefix: streams::DEFAULT_STREAM_PREFIX.to_owned(),
             batch_size: DEFAULT_BATCH_SIZE,
             block: DEFAULT_BATCH_BLOCK,
+            linger: DEFAULT_BATCH_LINGER,
             claim_interval: DEFAULT_CLAIM_INTERVAL,
             claim_idle: DEFAULT_CLAIM_IDLE,
             trim_interval: DEFAULT_TRIM_INTERVAL,
@@ -578,6 +584,9 @@ impl MessagingSettings {
         if !(1..=10_000).contains(&batch_size) {
             env.problem("HABERCI_BATCH_SIZE must be between 1 and 10000");
         }
+        let linger = env
+            .parse_or("HABERCI_BATCH_LINGER", HumanDuration(d.linger))
+            .0;
         let mut duration = |key: &str, default: Duration| {
             let value = env.parse_or(key, HumanDuration(default)).0;
             if value.is_zero() {
@@ -585,14 +594,22 @@ impl MessagingSettings {
             }
             value
         };
+        let block = duration("HABERCI_BATCH_BLOCK", d.block);
+        let claim_interval = duration("HABERCI_CLAIM_INTERVAL", d.claim_interval);
+        let claim_idle = duration("HABERCI_CLAIM_IDLE", d.claim_idle);
+        let trim_interval = duration("HABERCI_TRIM_INTERVAL", d.trim_interval);
+        if linger > block {
+            env.problem("HABERCI_BATCH_LINGER must not be above HABERCI_BATCH_BLOCK");
+        }
         MessagingSettings {
             shards,
             stream_prefix,
             batch_size,
-            block: duration("HABERCI_BATCH_BLOCK", d.block),
-            claim_interval: duration("HABERCI_CLAIM_INTERVAL", d.claim_interval),
-            claim_idle: duration("HABERCI_CLAIM_IDLE", d.claim_idle),
-            trim_interval: duration("HABERCI_TRIM_INTERVAL", d.trim_interval),
+            block,
+            linger,
+            claim_interval,
+            claim_idle,
+            trim_interval,
         }
     }
 }
@@ -848,8 +865,14 @@ mod tests {
             ("HABERCI_STREAM_PREFIX", "t:in:"),
             ("HABERCI_CLAIM_IDLE", "250ms"),
             ("HABERCI_CLAIM_INTERVAL", "2m"),
+            ("HABERCI_BATCH_LINGER", "0ms"),
         ];
         let config = WorkerConfig::from_env(Env::from_pairs(&pairs)).expect("valid");
+        assert_eq!(
+            config.messaging.linger,
+            Duration::ZERO,
+            "0ms turns lingering off"
+        );
         assert_eq!(config.messaging.shards, 3);
         assert_eq!(config.messaging.stream_prefix, "t:in:");
         assert_eq!(config.messaging.claim_idle, Duration::from_millis(250));
@@ -861,9 +884,18 @@ mod tests {
             ("HABERCI_CLAIM_IDLE", "30"),
             ("HABERCI_TRIM_INTERVAL", "0s"),
             ("HABERCI_BATCH_BLOCK", "1d"),
+            ("HABERCI_BATCH_LINGER", "2"),
         ];
         let err = WorkerConfig::from_env(Env::from_pairs(&pairs)).expect_err("bad config");
-        assert_eq!(err.problems.len(), 5, "{err}");
+        assert_eq!(err.problems.len(), 6, "{err}");
+        // Lingering longer than a read may block makes no sense.
+        let pairs = [
+            ("HABERCI_DATABASE_URL", "postgres://x@y/z"),
+            ("HABERCI_BATCH_BLOCK", "100ms"),
+            ("HABERCI_BATCH_LINGER", "200ms"),
+        ];
+        let err = WorkerConfig::from_env(Env::from_pairs(&pairs)).expect_err("bad config");
+        assert_eq!(err.problems.len(), 1, "{err}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use haberci_wire::{ErrorFrame, Sent};
 use sqlx::PgPool;
 
 use super::batch::{self, Decoded, Refusal, SendRequest, Watermarks};
+use super::linger::Linger;
 use super::store::{self, Audience, Committed, Failure, SendOutcome};
 use super::streams::{EntryId, RawEntry, Shards, StreamError};
 use crate::config::MessagingSettings;
@@ -107,6 +108,7 @@ pub struct Consumer {
     blocking: Client,
     shards: Shards,
     settings: MessagingSettings,
+    linger: Linger,
     postgres_outage: Outage,
     redis_outage: Outage,
 }
@@ -125,6 +127,10 @@ impl Consumer {
             redis,
             blocking,
             shards: Shards::new(&settings.stream_prefix, settings.shards, name),
+            linger: Linger::new(
+                settings.linger,
+                usize::try_from(settings.batch_size).unwrap_or(usize::MAX),
+            ),
             settings,
             postgres_outage: Outage::new("postgres"),
             redis_outage: Outage::new("redis"),
@@ -163,11 +169,12 @@ impl Consumer {
             // delivered to us and unprocessed. The block bounds how long shutdown waits.
             let read = self
                 .shards
-                .read_new(&self.blocking, self.settings.batch_size, block_ms)
+                .read_new(&self.blocking, self.settings.batch_size, Some(block_ms))
                 .await;
             match read {
-                Ok(entries) => {
+                Ok(mut entries) => {
                     self.redis_outage.recovered();
+                    self.linger_for_more(&mut entries).await;
                     if !entries.is_empty() && !self.process(entries, &shutdown).await {
                         break;
                     }
@@ -190,6 +197,27 @@ impl Consumer {
             tracing::debug!(%err, "could not remove this consumer from its groups");
         }
         tracing::info!(consumer = self.name(), "message consumer stopped");
+    }
+
+    /// Waits as [`Linger`] says and adds what came meanwhile to the batch (a read that fails
+    /// adds nothing; the next read meets the error). Not raced with shutdown: the wait is a
+    /// few milliseconds.
+    async fn linger_for_more(&mut self, entries: &mut Vec<RawEntry>) {
+        let wait = self.linger.after_read(entries.len(), Instant::now());
+        if wait.is_zero() {
+            return;
+        }
+        tokio::time::sleep(wait).await;
+        let room = self
+            .settings
+            .batch_size
+            .saturating_sub(u32::try_from(entries.len()).unwrap_or(u32::MAX));
+        if room > 0
+            && let Ok(more) = self.shards.read_new(&self.blocking, room, None).await
+        {
+            entries.extend(more);
+        }
+        self.linger.read_again(Instant::now());
     }
 
     /// Creates the groups, retrying through a Redis outage. `false`: shutdown.

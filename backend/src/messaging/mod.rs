@@ -7,6 +7,7 @@
 //!   was read (dedupe, refusals, numbering), down to the rows to insert.
 //! - [`store`]: one Postgres transaction per batch: the plan's reads and writes, and the
 //!   watermarks.
+//! - [`linger`] (sans-IO): how long a small batch waits for more entries under load.
 //! - [`streams`]: the Redis side (groups, `XREADGROUP`, `XAUTOCLAIM`, `XACK`, trimming).
 //! - [`consumer`]: the loop that ties them together.
 //!
@@ -49,6 +50,7 @@
 
 pub mod batch;
 pub mod consumer;
+pub mod linger;
 pub mod plan;
 pub mod store;
 pub mod streams;

@@ -133,12 +133,13 @@ impl Shards {
         Ok(())
     }
 
-    /// New entries (`>`) from every shard: at most `count` in all, waiting up to `block_ms`.
+    /// New entries (`>`) from every shard: at most `count` in all, waiting up to `block_ms`
+    /// (`None`: answer at once with what is there).
     pub async fn read_new(
         &self,
         blocking: &Client,
         count: u32,
-        block_ms: u64,
+        block_ms: Option<u64>,
     ) -> Result<Vec<RawEntry>, StreamError> {
         let keys = self.keys();
         let ids: Vec<&str> = keys.iter().map(|_| ">").collect();
@@ -147,7 +148,7 @@ impl Shards {
                 streams::CONSUMER_GROUP,
                 self.consumer.as_str(),
                 Some(u64::from(count)),
-                Some(block_ms),
+                block_ms,
                 false,
                 keys,
                 ids,

@@ -1,0 +1,142 @@
+//! How long a small batch waits for company before it goes to Postgres.
+//!
+//! Postgres's cost per batch is mostly per *transaction* (the row locks, the WAL flush, the
+//! round trips through PgBouncer), and a worker that starts a transaction as soon as one entry
+//! is there runs as many transactions as its cycle time allows: the faster each one, the more
+//! of them (docs/BENCHMARKS.md, "Second round"). So after a read that came back small, while
+//! entries are arriving fast enough that more are expected within [`Linger::max`], the worker
+//! waits that long and reads again, and the batch goes with what came meanwhile. When traffic
+//! is sparse (fewer than one entry expected in the wait) nothing waits: a lone message is not
+//! held back for nobody.
+//!
+//! Pure: fed the reads' sizes and times, it answers with a wait. The consumer does the waiting.
+
+use std::time::{Duration, Instant};
+
+/// The arrival rate is a moving average over reads; each read weighs this much.
+const RATE_WEIGHT: f64 = 0.25;
+
+#[derive(Debug, Clone)]
+pub struct Linger {
+    /// The longest a batch waits (`HABERCI_BATCH_LINGER`); zero: never.
+    max: Duration,
+    /// A batch of at least this many entries goes at once.
+    enough: usize,
+    /// Entries per second, averaged over reads.
+    rate: f64,
+    last_read: Option<Instant>,
+}
+
+impl Linger {
+    /// `max`: the longest wait; `capacity`: the most entries one batch takes.
+    pub fn new(max: Duration, capacity: usize) -> Linger {
+        Linger {
+            max,
+            enough: (capacity / 2).max(1),
+            rate: 0.0,
+            last_read: None,
+        }
+    }
+
+    /// A read returned `entries` at `now`. Returns how long to wait for more before the batch
+    /// goes (zero: go now). `entries` includes what an earlier wait of the same batch added,
+    /// as the batch is counted once: call it once per batch.
+    pub fn after_read(&mut self, entries: usize, now: Instant) -> Duration {
+        if let Some(last) = self.last_read {
+            let elapsed = now.saturating_duration_since(last).as_secs_f64();
+            if elapsed > 0.0 {
+                let sample = entries as f64 / elapsed;
+                self.rate += RATE_WEIGHT * (sample - self.rate);
+            }
+        }
+        self.last_read = Some(now);
+        if self.max.is_zero() || entries == 0 || entries >= self.enough {
+            return Duration::ZERO;
+        }
+        let expected = self.rate * self.max.as_secs_f64();
+        if expected >= 1.0 {
+            self.max
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// The wait is over and the batch read again at `now`: arrivals from here on count toward
+    /// the next read's rate.
+    pub fn read_again(&mut self, now: Instant) {
+        self.last_read = Some(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: Duration = Duration::from_millis(2);
+
+    /// Feeds reads of `entries` every `every`, returning the last answer.
+    fn steady(linger: &mut Linger, start: Instant, entries: usize, every: Duration) -> Duration {
+        let mut answer = Duration::ZERO;
+        for i in 1..=40 {
+            answer = linger.after_read(entries, start + every * i);
+        }
+        answer
+    }
+
+    #[test]
+    fn waits_only_while_more_entries_are_expected_within_the_wait() {
+        let start = Instant::now();
+        // (entries per read, read every, waits?)
+        let cases = [
+            // 4 entries per 2 ms: 2,000/s, four more expected in 2 ms.
+            (4, Duration::from_millis(2), true),
+            // One entry every 10 ms: 100/s, 0.2 expected: a lone message goes at once.
+            (1, Duration::from_millis(10), false),
+            // One per second: idle traffic never waits.
+            (1, Duration::from_secs(1), false),
+            // A batch already half full goes at once, however busy.
+            (128, Duration::from_millis(2), false),
+            (127, Duration::from_millis(2), true),
+        ];
+        for (entries, every, waits) in cases {
+            let mut linger = Linger::new(MAX, 256);
+            let answer = steady(&mut linger, start, entries, every);
+            assert_eq!(
+                answer,
+                if waits { MAX } else { Duration::ZERO },
+                "{entries} entries every {every:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_first_read_and_an_empty_one_never_wait_and_zero_means_never() {
+        let start = Instant::now();
+        let mut linger = Linger::new(MAX, 256);
+        assert_eq!(linger.after_read(5, start), Duration::ZERO, "no rate yet");
+        let mut busy = Linger::new(MAX, 256);
+        steady(&mut busy, start, 4, Duration::from_millis(2));
+        assert_eq!(
+            busy.after_read(0, start + Duration::from_millis(90)),
+            Duration::ZERO
+        );
+        let mut off = Linger::new(Duration::ZERO, 256);
+        assert_eq!(
+            steady(&mut off, start, 4, Duration::from_millis(2)),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn the_rate_follows_a_drop_in_traffic() {
+        let start = Instant::now();
+        let mut linger = Linger::new(MAX, 256);
+        assert_eq!(steady(&mut linger, start, 4, Duration::from_millis(2)), MAX);
+        // Traffic falls to one entry every 50 ms: within a few reads, no more waiting.
+        let later = start + Duration::from_secs(1);
+        let answers: Vec<Duration> = (1..=10)
+            .map(|i| linger.after_read(1, later + Duration::from_millis(50) * i))
+            .collect();
+        assert_eq!(answers.last(), Some(&Duration::ZERO), "{answers:?}");
+    }
+}
