@@ -529,8 +529,8 @@ pub struct MessagingSettings {
     pub shards: u16,
     /// `HABERCI_STREAM_PREFIX`: the stream keys' prefix (tests use one of their own).
     pub stream_prefix: String,
-    /// `HABERCI_BATCH_SIZE`: most entries one `XREADGROUP` returns (across all shards); one
-    /// batch is one Postgres transaction.
+    /// `HABERCI_BATCH_SIZE`: most entries one `XREADGROUP` returns from each shard (Redis
+    /// applies `COUNT` per stream); one batch is one Postgres transaction.
     pub batch_size: u32,
     /// `HABERCI_BATCH_BLOCK`: how long `XREADGROUP` waits for entries. Also bounds how long
     /// shutdown waits for the read in flight.
@@ -552,6 +552,9 @@ pub struct MessagingSettings {
 pub const DEFAULT_BATCH_SIZE: u32 = 256;
 pub const DEFAULT_BATCH_BLOCK: Duration = Duration::from_secs(1);
 pub const DEFAULT_BATCH_LINGER: Duration = Duration::from_millis(2);
+/// A linger is a few milliseconds of batching, not a schedule: the worker does not race it
+/// with shutdown.
+pub const MAX_BATCH_LINGER: Duration = Duration::from_millis(100);
 pub const DEFAULT_CLAIM_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_CLAIM_IDLE: Duration = Duration::from_secs(30);
 pub const DEFAULT_TRIM_INTERVAL: Duration = Duration::from_secs(30);
@@ -598,8 +601,10 @@ impl MessagingSettings {
         let claim_interval = duration("HABERCI_CLAIM_INTERVAL", d.claim_interval);
         let claim_idle = duration("HABERCI_CLAIM_IDLE", d.claim_idle);
         let trim_interval = duration("HABERCI_TRIM_INTERVAL", d.trim_interval);
-        if linger > block {
-            env.problem("HABERCI_BATCH_LINGER must not be above HABERCI_BATCH_BLOCK");
+        if linger > MAX_BATCH_LINGER.min(block) {
+            env.problem(
+                "HABERCI_BATCH_LINGER must be at most 100ms and not above HABERCI_BATCH_BLOCK",
+            );
         }
         MessagingSettings {
             shards,
@@ -888,14 +893,16 @@ mod tests {
         ];
         let err = WorkerConfig::from_env(Env::from_pairs(&pairs)).expect_err("bad config");
         assert_eq!(err.problems.len(), 6, "{err}");
-        // Lingering longer than a read may block makes no sense.
-        let pairs = [
-            ("HABERCI_DATABASE_URL", "postgres://x@y/z"),
-            ("HABERCI_BATCH_BLOCK", "100ms"),
-            ("HABERCI_BATCH_LINGER", "200ms"),
-        ];
-        let err = WorkerConfig::from_env(Env::from_pairs(&pairs)).expect_err("bad config");
-        assert_eq!(err.problems.len(), 1, "{err}");
+        // Lingering longer than a read may block, or than a moment, makes no sense.
+        for (block, linger) in [("50ms", "60ms"), ("1s", "101ms")] {
+            let pairs = [
+                ("HABERCI_DATABASE_URL", "postgres://x@y/z"),
+                ("HABERCI_BATCH_BLOCK", block),
+                ("HABERCI_BATCH_LINGER", linger),
+            ];
+            let err = WorkerConfig::from_env(Env::from_pairs(&pairs)).expect_err("bad config");
+            assert_eq!(err.problems.len(), 1, "{err}");
+        }
     }
 
     #[test]

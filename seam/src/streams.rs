@@ -168,10 +168,15 @@ impl Inbound {
 }
 
 /// What a worker or gateway publishes for gateways to deliver.
+///
+/// Upgrades: a gateway drops an event it cannot read (logged), so a new kind of event needs
+/// every gateway upgraded before the workers that publish it. `SentMessage` is one: a gateway
+/// older than it would leave the sender's `Send` unanswered until its 20 s resend.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "camelCase")]
 pub enum Event {
-    /// A stored message, for every session of the members (its sender's included).
+    /// A stored message, for every session of the members: a group's on its conversation's
+    /// channel, a direct one on its recipient's (the sender's copy is [`Event::SentMessage`]).
     Message(Message),
     /// The answer to one session's `Send`: stored.
     #[serde(rename_all = "camelCase")]

@@ -13,7 +13,10 @@
 
 use std::time::{Duration, Instant};
 
-/// The arrival rate is a moving average over reads; each read weighs this much.
+/// The arrival rate is the ratio of two moving averages over reads, of the entries read and
+/// of the time they took to come; each read weighs this much. (An average of per-read rates
+/// would overrate sparse traffic: a blocking read returns at the first arrival, so one entry
+/// over a short wait reads as a high rate.)
 const RATE_WEIGHT: f64 = 0.25;
 
 #[derive(Debug, Clone)]
@@ -22,8 +25,10 @@ pub struct Linger {
     max: Duration,
     /// A batch of at least this many entries goes at once.
     enough: usize,
-    /// Entries per second, averaged over reads.
-    rate: f64,
+    /// Entries per read, averaged.
+    entries: f64,
+    /// Seconds between reads, averaged.
+    elapsed: f64,
     last_read: Option<Instant>,
 }
 
@@ -33,27 +38,25 @@ impl Linger {
         Linger {
             max,
             enough: (capacity / 2).max(1),
-            rate: 0.0,
+            entries: 0.0,
+            elapsed: 0.0,
             last_read: None,
         }
     }
 
-    /// A read returned `entries` at `now`. Returns how long to wait for more before the batch
-    /// goes (zero: go now). `entries` includes what an earlier wait of the same batch added,
-    /// as the batch is counted once: call it once per batch.
+    /// A read (the first of a batch) returned `entries` at `now`. Returns how long to wait
+    /// for more before the batch goes (zero: go now). Call it once per batch, before the wait.
     pub fn after_read(&mut self, entries: usize, now: Instant) -> Duration {
         if let Some(last) = self.last_read {
             let elapsed = now.saturating_duration_since(last).as_secs_f64();
-            if elapsed > 0.0 {
-                let sample = entries as f64 / elapsed;
-                self.rate += RATE_WEIGHT * (sample - self.rate);
-            }
+            self.entries += RATE_WEIGHT * (entries as f64 - self.entries);
+            self.elapsed += RATE_WEIGHT * (elapsed - self.elapsed);
         }
         self.last_read = Some(now);
-        if self.max.is_zero() || entries == 0 || entries >= self.enough {
+        if self.max.is_zero() || entries == 0 || entries >= self.enough || self.elapsed <= 0.0 {
             return Duration::ZERO;
         }
-        let expected = self.rate * self.max.as_secs_f64();
+        let expected = self.entries / self.elapsed * self.max.as_secs_f64();
         if expected >= 1.0 {
             self.max
         } else {
@@ -94,6 +97,10 @@ mod tests {
             (1, Duration::from_millis(10), false),
             // One per second: idle traffic never waits.
             (1, Duration::from_secs(1), false),
+            // One entry every 3 ms: 333/s, 0.67 expected in 2 ms: no wait.
+            (1, Duration::from_millis(3), false),
+            // Two every 3 ms: 1.3 expected: wait.
+            (2, Duration::from_millis(3), true),
             // A batch already half full goes at once, however busy.
             (128, Duration::from_millis(2), false),
             (127, Duration::from_millis(2), true),

@@ -133,7 +133,8 @@ impl Shards {
         Ok(())
     }
 
-    /// New entries (`>`) from every shard: at most `count` in all, waiting up to `block_ms`
+    /// New entries (`>`) from every shard: at most `count` from each (Redis applies `COUNT`
+    /// per stream), waiting up to `block_ms`
     /// (`None`: answer at once with what is there).
     pub async fn read_new(
         &self,

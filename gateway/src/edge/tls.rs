@@ -75,8 +75,10 @@ pub struct CertStore {
     /// instead of a full handshake (no certificate signature, no chain to send or verify).
     /// Stateless: the server keeps nothing per session. Keys are random per process and
     /// rotate every 6 hours, so a ticket resumes only at the gateway that issued it; a client
-    /// that reconnects elsewhere makes a full handshake. Resumption keeps an (EC)DHE exchange
-    /// (rustls offers no PSK-only mode), so forward secrecy holds.
+    /// that reconnects elsewhere makes a full handshake. A TLS 1.3 resumption keeps an (EC)DHE
+    /// exchange (rustls offers no PSK-only mode), so forward secrecy holds. TLS 1.2 (TCP only,
+    /// for old WebSocket clients) resumes from the ticket alone: such a session's secrecy
+    /// rests on the ticket key, which lives only in this process's memory, 12 hours at most.
     pub tickets: Arc<dyn rustls::server::ProducesTickets>,
     stamp: std::sync::Mutex<Stamp>,
     /// Counts reloads that swapped something in; tests and operators can wait on it.
