@@ -31,8 +31,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -196,9 +198,48 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .layer(axum::middleware::from_fn(read_small_bodies_first))
         .layer(axum::middleware::map_response(no_store_by_default))
         .with_state(state);
     haberci_kit::http::harden(router, &settings.cors)
+}
+
+/// Bodies up to this size (by `Content-Length`) are read to their end before the request is
+/// routed.
+pub const READ_FIRST_MAX_BYTES: u64 = 64 * 1024;
+
+/// Reads a small request body to its end before routing it, so that an answer given without
+/// looking at the body (415 for a content type, 401, 404, 429, …) never leaves it unread.
+///
+/// Why: hyper closes an HTTP/1.1 connection whose request body was not read when the answer
+/// went out. The gateway forwards a client's body as it arrives, so when the API answered
+/// early, the gateway's write of the rest of the body met a closed connection and the client
+/// got `502 backend_unavailable` instead of the API's answer (schemathesis found it:
+/// `multipart/form-data` on `POST /v1/auth/login`). A larger body (an upload) is read by its
+/// handler as it streams.
+async fn read_small_bodies_first(request: axum::extract::Request, next: Next) -> Response {
+    let length = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    let Some(length) = length.filter(|&n| n > 0 && n <= READ_FIRST_MAX_BYTES) else {
+        return next.run(request).await;
+    };
+    let (parts, body) = request.into_parts();
+    // `length` bounds the read (hyper enforces Content-Length framing as well).
+    let limit = usize::try_from(length).unwrap_or(usize::MAX);
+    match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => {
+            next.run(axum::extract::Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Err(_) => ApiError::InvalidField {
+            field: None,
+            message: "the request body ended before its Content-Length".into(),
+        }
+        .into_response(),
+    }
 }
 
 /// API answers are per-user data: not cached unless a handler says otherwise.

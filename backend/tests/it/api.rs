@@ -66,3 +66,34 @@ async fn unknown_routes_get_the_json_error_shape() {
         serde_json::json!({"error": {"code": "not_found", "message": "not found", "field": null}})
     );
 }
+
+/// A small body is read in full before any answer, even one that does not need it (here the
+/// 404 of an unknown route): hyper closes an HTTP/1.1 connection whose request body went unread,
+/// and the gateway, still forwarding that body, met a closed connection and answered
+/// `502 backend_unavailable` instead of the API's answer.
+#[tokio::test(flavor = "current_thread")]
+async fn an_early_answer_waits_for_a_small_body_to_arrive_in_full() {
+    use futures::SinkExt;
+    let (mut sender, body) =
+        futures::channel::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
+    let content = br#"{"usernameOrEmail":"ada_l","password":"x"}"#;
+    let request = Request::post("/v1/no-such-route")
+        .header("content-type", "application/json")
+        .header("content-length", content.len())
+        .body(Body::from_stream(body))
+        .unwrap();
+    let answer = tokio::spawn(api::app(state(&env("HABERCI_TEST_REDIS_URL"))).oneshot(request));
+    // On this one-thread runtime each yield lets the call run until it waits on something:
+    // the only thing it can wait on is the body.
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!answer.is_finished(), "answered before the body arrived");
+    sender
+        .send(Ok(bytes::Bytes::from_static(content)))
+        .await
+        .unwrap();
+    drop(sender);
+    let response = answer.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+}

@@ -647,11 +647,12 @@ async fn receipts_raise_watermarks_never_backwards_clamped_and_announce_them() {
     let steps: Vec<Step> = vec![
         (vec![ack(bob, 2)], status(Some(2), None), false, (2, 0)),
         (vec![read(bob, 1)], status(Some(2), Some(1)), true, (2, 1)),
-        // Backwards, a non-member, then one that moves: only the last is announced.
+        // Backwards, a non-member, then one that moves: only the last is announced. (No Read
+        // among them: whether bob hears would then depend on how the worker batches them.)
         (
-            vec![ack(bob, 1), ack(carol, 3), read(bob, 1), ack(bob, 3)],
+            vec![ack(bob, 1), ack(carol, 3), ack(bob, 3)],
             status(Some(3), Some(1)),
-            true,
+            false,
             (3, 1),
         ),
         // Beyond the last message: clamped to last_seq.
