@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use futures::future::join_all;
+use haberci_bench::sampling::resp::{Redis, command_calls};
 use haberci_client::{MessageKind, Recipient};
 use haberci_testkit::{TransportKind, env};
 use sqlx::{Connection, PgConnection};
@@ -149,60 +150,21 @@ impl Counts {
         .await
         .expect("pg_stat_statements (./dev creates the extension)");
         let _ = stats.close().await;
-        let info = redis_info_commandstats(&cluster.redis.url()).await;
+        let mut redis = Redis::connect(&cluster.redis.url())
+            .await
+            .expect("connect to the cluster's Redis");
+        let info = redis
+            .command(&["INFO", "commandstats"])
+            .await
+            .and_then(|reply| reply.text())
+            .expect("INFO commandstats");
         Counts {
             statements: u64::try_from(statements).unwrap_or(0),
             commits: u64::try_from(commits).unwrap_or(0),
             syncs: u64::try_from(syncs).unwrap_or(0),
-            redis: command_calls(&info),
+            redis: command_calls(&info).into_iter().collect(),
         }
     }
-}
-
-/// `INFO commandstats` of the Redis at `redis://host:port`, over one plain connection.
-async fn redis_info_commandstats(url: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = url.trim_start_matches("redis://").trim_end_matches('/');
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to the cluster's Redis");
-    stream
-        .write_all(b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n")
-        .await
-        .expect("send INFO");
-    // A bulk string: `$<len>\r\n<len bytes>\r\n`.
-    let mut reply = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut chunk).await.expect("read INFO");
-        assert!(n > 0, "Redis closed the connection mid-reply");
-        reply.extend_from_slice(&chunk[..n]);
-        let Some(end) = reply.windows(2).position(|w| w == b"\r\n") else {
-            continue;
-        };
-        let len: usize = std::str::from_utf8(&reply[1..end])
-            .ok()
-            .and_then(|t| t.parse().ok())
-            .expect("a bulk string reply");
-        if reply.len() >= end + 2 + len {
-            return String::from_utf8_lossy(&reply[end + 2..end + 2 + len]).into_owned();
-        }
-    }
-}
-
-/// `calls` of every command in an `INFO commandstats` text.
-fn command_calls(info: &str) -> BTreeMap<String, u64> {
-    info.lines()
-        .filter_map(|line| {
-            let (name, rest) = line.trim().strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
-                .split(',')
-                .find_map(|field| field.strip_prefix("calls="))?
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), calls))
-        })
-        .collect()
 }
 
 /// A database of this test's own, migrated; dropped at the end.
