@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use haberci_kit::config::{ConfigError, Env};
 use haberci_kit::http::CorsOrigins;
+use haberci_kit::metrics::MetricsConfig;
 use ipnet::IpNet;
 
 pub const DEFAULT_API_ADDR: &str = "127.0.0.1:58080";
@@ -77,6 +78,8 @@ impl StoreConfig {
 pub struct ApiConfig {
     /// `HABERCI_API_ADDR`: where the API listens (plain HTTP; only gateways reach it).
     pub listen: SocketAddr,
+    /// `HABERCI_METRICS_ADDR`: `/metrics` (default [`DEFAULT_API_METRICS_ADDR`]; `off`: none).
+    pub metrics: MetricsConfig,
     pub store: StoreConfig,
     /// `HABERCI_JWT_KEY_DIR`: the directory of Ed25519 signing keys (`<kid>.pem`).
     pub jwt_key_dir: PathBuf,
@@ -91,6 +94,7 @@ impl ApiConfig {
             "HABERCI_API_ADDR",
             SocketAddr::from(([127, 0, 0, 1], 58080)),
         );
+        let metrics = MetricsConfig::from_env(&mut env, addr(DEFAULT_API_METRICS_ADDR));
         let store = StoreConfig::read(&mut env, DEFAULT_DB_POOL_SIZE);
         let jwt_key_dir = PathBuf::from(env.string_or("HABERCI_JWT_KEY_DIR", DEFAULT_JWT_KEY_DIR));
         let jwt_signing_kid = env.raw("HABERCI_JWT_SIGNING_KID");
@@ -98,6 +102,7 @@ impl ApiConfig {
         env.finish()?;
         Ok(ApiConfig {
             listen,
+            metrics,
             store,
             jwt_key_dir,
             jwt_signing_kid,
@@ -107,6 +112,16 @@ impl ApiConfig {
 }
 
 pub const DEFAULT_JWT_KEY_DIR: &str = ".dev/jwt";
+/// The API's internal `/metrics` listener: loopback only.
+pub const DEFAULT_API_METRICS_ADDR: &str = "127.0.0.1:9602";
+/// A worker's internal `/metrics` listener: loopback only (a second worker on one host needs
+/// its own `HABERCI_METRICS_ADDR`).
+pub const DEFAULT_WORKER_METRICS_ADDR: &str = "127.0.0.1:9603";
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+}
 /// Largest request body the API reads (64 KiB; every JSON body it takes is small).
 pub const DEFAULT_API_MAX_BODY_BYTES: usize = 64 * 1024;
 /// Access tokens live 15 minutes.
@@ -499,6 +514,8 @@ impl FromStr for TrustedProxies {
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
+    /// `HABERCI_METRICS_ADDR`: `/metrics` (default [`DEFAULT_WORKER_METRICS_ADDR`]; `off`: none).
+    pub metrics: MetricsConfig,
     pub store: StoreConfig,
     pub prune: PruneSettings,
     pub messaging: MessagingSettings,
@@ -507,12 +524,14 @@ pub struct WorkerConfig {
 
 impl WorkerConfig {
     pub fn from_env(mut env: Env<'_>) -> Result<Self, ConfigError> {
+        let metrics = MetricsConfig::from_env(&mut env, addr(DEFAULT_WORKER_METRICS_ADDR));
         let store = StoreConfig::read(&mut env, DEFAULT_WORKER_DB_POOL_SIZE);
         let prune = PruneSettings::read(&mut env);
         let messaging = MessagingSettings::read(&mut env);
         let feed = read_feed(&mut env);
         env.finish()?;
         Ok(WorkerConfig {
+            metrics,
             store,
             prune,
             messaging,

@@ -22,7 +22,8 @@
 //! (passwords, sessions and refresh tokens, the session cache, rate limits, audit lines),
 //! [`conversations`] (groups, members, roles; reading messages for history and resume; the
 //! membership events gateways follow), [`social`] (follows, blocks, posts, comments, likes,
-//! the home feed and its fan-out, notifications).
+//! the home feed and its fan-out, notifications), [`metrics`] (every metric the API and the
+//! worker record).
 
 pub mod accounts;
 pub mod api;
@@ -32,6 +33,7 @@ pub mod conversations;
 pub mod db;
 pub mod media;
 pub mod messaging;
+pub mod metrics;
 pub mod redis;
 pub mod social;
 pub mod worker;

@@ -75,6 +75,11 @@ where
 {
     haberci_kit::telemetry::init("backend");
     haberci_kit::crypto::install_crypto_provider();
+    if let Err(err) = haberci_kit::metrics::install() {
+        eprintln!("haberci-backend: {err}");
+        return ExitCode::FAILURE;
+    }
+    haberci_backend::metrics::describe();
     let config = match read(Env::process()) {
         Ok(config) => config,
         Err(err) => {

@@ -21,6 +21,9 @@ pub const DEFAULT_DEPENDENCY_RETRY: Duration = Duration::from_millis(500);
 pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> anyhow::Result<()> {
     let db = crate::db::connect_pool(&config.store.database_url, config.store.db_pool_size)?;
     let redis = crate::redis::connect(&config.store.redis_url)?;
+    haberci_kit::metrics::serve_if_configured(config.metrics, shutdown.clone())
+        .await
+        .map_err(|err| anyhow::anyhow!("metrics listener (HABERCI_METRICS_ADDR): {err}"))?;
     // Wait until both dependencies answer, retrying, so "ready" means ready.
     // Invariant: every wait here is inside a `select!` with shutdown, so SIGTERM is honoured
     // while Postgres or Redis is down (each probe is bounded too, but not by shutdown).

@@ -6,12 +6,16 @@ use std::time::Duration;
 use haberci_certs::CertPaths;
 use haberci_kit::config::{ConfigError, Env};
 use haberci_kit::http::CorsOrigins;
+use haberci_kit::metrics::MetricsConfig;
 use haberci_seam::internal::InternalToken;
 use haberci_seam::streams;
 use haberci_session::SessionConfig;
 
 pub const DEFAULT_TCP_ADDR: &str = "[::]:8443";
 pub const DEFAULT_UDP_ADDR: &str = "[::]:4433";
+/// The internal listener of `/metrics` and the status page: loopback, never the public
+/// interface (docs/OPERATIONS.md, "Metrics").
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9601";
 pub const DEFAULT_BACKEND_URL: &str = "http://127.0.0.1:58080";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:56379";
 pub const DEFAULT_CERT_DIR: &str = ".dev/certs";
@@ -67,6 +71,8 @@ pub struct GatewayConfig {
 pub struct Listen {
     /// `HABERCI_GATEWAY_TCP_ADDR`: TLS over TCP (HTTP/1.1, HTTP/2, WebSocket).
     pub tcp_addr: SocketAddr,
+    /// `HABERCI_METRICS_ADDR`: `/metrics` and the status page (`off`: none).
+    pub metrics: MetricsConfig,
     /// `HABERCI_GATEWAY_UDP_ADDR`: the QUIC endpoint. Dual-stack `[::]` by default: Chromium
     /// resolves `localhost` to `::1` and fails against an IPv4-only socket.
     pub udp_addr: SocketAddr,
@@ -178,6 +184,7 @@ impl GatewayConfig {
         GatewayConfig {
             listen: Listen {
                 tcp_addr: addr("127.0.0.1:0"),
+                metrics: MetricsConfig { addr: None },
                 udp_addr: addr("[::]:0"),
                 alt_svc_port: None,
                 max_tcp_connections: DEFAULT_MAX_TCP_CONNECTIONS,
@@ -227,6 +234,7 @@ impl Listen {
         }
         Listen {
             tcp_addr,
+            metrics: MetricsConfig::from_env(env, addr(DEFAULT_METRICS_ADDR)),
             udp_addr,
             alt_svc_port,
             max_tcp_connections,

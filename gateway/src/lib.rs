@@ -10,6 +10,7 @@
 //!   WebSocket links around the shared driver of a `haberci_session::Session`.
 //! - [`relay`]: Redis (streams, pub/sub hub, presence, revocations) and the backend's HTTP API
 //!   (one client pool), and what each of a session's relay outputs does.
+//! - [`metrics`]: every metric the gateway records, by name, in one file.
 //! - [`config`]: [`GatewayConfig`], a tree read from `HABERCI_*` variables before anything
 //!   binds.
 //!
@@ -21,6 +22,7 @@
 
 pub mod config;
 pub mod edge;
+pub mod metrics;
 pub mod relay;
 pub mod transport;
 

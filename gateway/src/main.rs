@@ -25,8 +25,28 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let cert_paths = config.tls.cert_paths.clone();
+    let metrics = match haberci_kit::metrics::install() {
+        Ok(metrics) => metrics
+            .sampled_by(haberci_gateway::metrics::sample_udp_drops)
+            .sampled_by(move || haberci_gateway::metrics::sample_certificates(&cert_paths)),
+        Err(err) => {
+            eprintln!("haberci-gateway: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    haberci_gateway::metrics::describe();
     runtime.block_on(async {
         let shutdown = haberci_kit::shutdown::on_signals();
+        if let Some(addr) = config.listen.metrics.addr {
+            let router = haberci_kit::metrics::router(metrics.clone(), axum::Router::new());
+            if let Err(err) =
+                haberci_kit::metrics::serve(addr, metrics, router, shutdown.clone()).await
+            {
+                eprintln!("haberci-gateway: cannot bind the metrics listener {addr}: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
         match Gateway::start(config, shutdown).await {
             Ok(gateway) => {
                 tracing::info!("gateway ready");

@@ -18,6 +18,6 @@ done
 
 out=$(./dev up 2>&1) || { echo "$out"; exit 1; }
 grep -q "Haberci is up" <<<"$out" || { echo "$out"; exit 1; }
-./dev status | grep -c ' up ' | grep -qx 7 || { ./dev status; exit 1; }
+./dev status | grep -c ' up ' | grep -qx 8 || { ./dev status; exit 1; }
 curl -fsS --cacert .dev/certs/ca.pem "https://localhost:${HABERCI_GATEWAY_TCP_PORT:-8443}/readyz" | grep -q '"backend":"ok"'
 echo "crash_recovery: ok"

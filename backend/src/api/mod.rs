@@ -199,6 +199,7 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
         .layer(axum::middleware::from_fn(read_small_bodies_first))
+        .layer(axum::middleware::from_fn(haberci_kit::metrics::track_http))
         .layer(axum::middleware::map_response(no_store_by_default))
         .with_state(state);
     haberci_kit::http::harden(router, &settings.cors)
@@ -275,6 +276,9 @@ pub async fn run(config: ApiConfig, shutdown: Shutdown) -> anyhow::Result<()> {
     }
     let db = crate::db::connect_pool(&config.store.database_url, config.store.db_pool_size)?;
     let redis = crate::redis::connect(&config.store.redis_url)?;
+    haberci_kit::metrics::serve_if_configured(config.metrics, shutdown.clone())
+        .await
+        .map_err(|err| anyhow::anyhow!("metrics listener (HABERCI_METRICS_ADDR): {err}"))?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "api listening");
     // A media store that cannot open (an unwritable directory, a malformed S3 setting) stops

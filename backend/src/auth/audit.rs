@@ -36,11 +36,13 @@ pub fn login_failed_line(ip: IpAddr, user: &str, reason: LoginFailure) -> String
 }
 
 pub fn login_failed(ip: IpAddr, user: &str, reason: LoginFailure) {
+    crate::metrics::login_failed(reason.as_str());
     tracing::warn!(target: "haberci_auth", "{}", login_failed_line(ip, user, reason));
 }
 
 /// `haberci-auth: refresh token reused ip=203.0.113.7 user_id=… session=…`
 pub fn refresh_reused(ip: IpAddr, user: UserId, session: SessionId) {
+    crate::metrics::refresh_reused();
     tracing::warn!(
         target: "haberci_auth",
         "haberci-auth: refresh token reused ip={ip} user_id={user} session={session}"

@@ -156,6 +156,9 @@ impl RateLimiter {
         Ok(if wait_ms <= 0 {
             Decision::Allowed
         } else {
+            if let Some(bucket) = buckets.first() {
+                crate::metrics::rate_limited(&bucket.key);
+            }
             Decision::Limited {
                 retry_after: Duration::from_millis(wait_ms.unsigned_abs()),
             }

@@ -323,6 +323,7 @@ pub async fn announce(redis: &Client, revoked: &Revoked, marker_ttl: Duration) {
     let Some(reason) = revoked.reason else {
         return;
     };
+    crate::metrics::sessions_revoked(reason.as_str(), revoked.sessions.len());
     let px = i64::try_from(marker_ttl.as_millis())
         .unwrap_or(i64::MAX)
         .max(1);

@@ -369,6 +369,7 @@ impl Consumer {
             decoded.push(item);
         }
         let marks = batch::coalesce(receipts);
+        let started = Instant::now();
         let committed = match self.commit_with_retry(&sends, &marks, shutdown).await {
             Ok(committed) => committed,
             Err(Stopped::Shutdown) => return false,
@@ -400,6 +401,15 @@ impl Consumer {
                 .iter()
                 .filter(|o| matches!(o, SendOutcome::Refused(_)))
                 .count();
+        crate::metrics::batch_committed(&crate::metrics::Batch {
+            entries: entries.len(),
+            took: started.elapsed(),
+            stored,
+            duplicates,
+            refused,
+            poison,
+            receipts: marks.len(),
+        });
         tracing::debug!(
             entries = entries.len(),
             stored,
@@ -413,6 +423,7 @@ impl Consumer {
         // Publish, then acknowledge: if either fails the entries stay pending, and whoever
         // reclaims them answers again from the stored rows (at least once, never twice stored).
         if let Err(err) = self.publish(publications).await {
+            crate::metrics::publish_failed();
             tracing::warn!(%err, "publishing a committed batch failed; its entries stay pending for reclaim");
             return true;
         }
@@ -444,9 +455,11 @@ impl Consumer {
                 Err(err) => match store::classify(&err) {
                     Failure::Conflict if conflicts < MAX_CONFLICT_RETRIES => {
                         conflicts += 1;
+                        crate::metrics::postgres_retry("conflict");
                         tracing::debug!(%err, conflicts, "batch lost a race; running it again");
                     }
                     Failure::Conflict | Failure::Outage => {
+                        crate::metrics::postgres_retry("outage");
                         let delay = self.postgres_outage.failed(&err);
                         if pause(delay, shutdown).await {
                             return Err(Stopped::Shutdown);

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use super::tls::CertStore;
 use crate::config::Quic;
+use crate::metrics::{self, Handshake, Listener};
 
 /// Streams a peer may open at once. quinn reserves state for every stream ID a peer may
 /// open, so these stay small: a chat session needs one bidi stream, an HTTP/3 client a few
@@ -200,6 +201,7 @@ pub async fn serve(
             },
         };
         let Some(admitted) = admission.admit() else {
+            metrics::handshake(Listener::Quic, Handshake::Refused);
             incoming.refuse();
             continue;
         };
@@ -212,12 +214,17 @@ pub async fn serve(
             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await;
             drop(admitted);
             let connection = match handshake {
-                Ok(Ok(connection)) => connection,
+                Ok(Ok(connection)) => {
+                    metrics::handshake(Listener::Quic, Handshake::Ok);
+                    connection
+                }
                 Ok(Err(err)) => {
+                    metrics::handshake(Listener::Quic, Handshake::Failed);
                     tracing::debug!(%peer, %err, "quic handshake failed");
                     return;
                 }
                 Err(_) => {
+                    metrics::handshake(Listener::Quic, Handshake::TimedOut);
                     tracing::debug!(%peer, "quic handshake timed out");
                     return;
                 }

@@ -51,7 +51,10 @@ pub fn router(state: GatewayState) -> Router {
     // Invariant: the proxy route is merged in after the cap; it applies its own limits per
     // path (proxy::RequestClass).
     let proxied = Router::new().route("/v1/{*rest}", any(proxy));
-    let router = local.merge(proxied).with_state(state);
+    let router = local
+        .merge(proxied)
+        .layer(axum::middleware::from_fn(haberci_kit::metrics::track_http))
+        .with_state(state);
     haberci_kit::http::harden(router, &cors)
 }
 

@@ -17,6 +17,7 @@ use tower::ServiceExt;
 
 use super::ClientAddr;
 use super::tls::CertStore;
+use crate::metrics::{self, Handshake, Listener};
 
 /// A TLS handshake that takes longer than this is dropped.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -94,12 +95,17 @@ pub async fn serve(
             let _slot = slot;
             let tls =
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => tls,
+                    Ok(Ok(tls)) => {
+                        metrics::handshake(Listener::Tcp, Handshake::Ok);
+                        tls
+                    }
                     Ok(Err(err)) => {
+                        metrics::handshake(Listener::Tcp, Handshake::Failed);
                         tracing::debug!(%peer, %err, "tls handshake failed");
                         return;
                     }
                     Err(_) => {
+                        metrics::handshake(Listener::Tcp, Handshake::TimedOut);
                         tracing::debug!(%peer, "tls handshake timed out");
                         return;
                     }

@@ -92,6 +92,7 @@ impl Revocations {
             .and_then(|mut watchers| watchers.remove(&session))
             .unwrap_or_default();
         for (_, notify) in &woken {
+            crate::metrics::revoked();
             // A stored permit: the session sees it even if it is not waiting right now.
             notify.notify_one();
         }

@@ -9,17 +9,19 @@
 //!
 //! Invariant: this is the only place the session's clock is read ([`now`]).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use haberci_kit::shutdown::Shutdown;
 use haberci_seam::streams::Event;
 use haberci_session::{Now, Output, Session};
-use haberci_wire::{ClientFrame, ErrorCode, ServerFrame, WireError};
+use haberci_wire::{ClientFrame, ClientMsgId, ErrorCode, ServerFrame, WireError};
 use tokio::sync::mpsc;
 
 use super::Realtime;
+use crate::metrics::{self, OpenSession, Transport};
 use crate::relay::effects::{self, Attached, Done, Outcome};
 use crate::relay::hub::{Inbox, Mailbox, Overflow};
 use crate::relay::revocation::{Revocations, Watch};
@@ -38,7 +40,27 @@ pub trait Link: Send {
 }
 
 /// Runs one realtime session over `link` until it ends.
-pub async fn drive<L: Link>(mut link: L, realtime: Realtime, shutdown: Shutdown) {
+pub async fn drive<L: Link>(link: L, transport: Transport, realtime: Realtime, shutdown: Shutdown) {
+    let _open = OpenSession::new(transport);
+    let mut link = Counted {
+        link,
+        sends: HashMap::new(),
+        user: None,
+    };
+    let code = run(&mut link, realtime, shutdown).await;
+    metrics::session_closed(code.map_or("client_gone", ErrorCode::name));
+    if let Some(code) = code {
+        link.link.close(code).await;
+    }
+}
+
+/// The session's loop; returns the code to close the connection with, or `None` when the
+/// client is gone.
+async fn run<L: Link>(
+    link: &mut Counted<L>,
+    realtime: Realtime,
+    shutdown: Shutdown,
+) -> Option<ErrorCode> {
     let mut session = Session::new(realtime.session, now());
     let mut revocable = Revocable::default();
     let mut draining = false;
@@ -75,19 +97,18 @@ pub async fn drive<L: Link>(mut link: L, realtime: Realtime, shutdown: Shutdown)
         }
         if !frames.is_empty() {
             let limit = realtime.session.write_timeout;
+            link.user = session.identity().map(|identity| identity.user);
             match tokio::time::timeout(limit, link.send(&frames)).await {
                 Ok(true) => frames.clear(),
-                Ok(false) => return,
+                Ok(false) => return None,
                 Err(_) => {
                     tracing::info!("client took no frames for {limit:?}; closing as slow");
-                    link.close(ErrorCode::SlowConsumer).await;
-                    return;
+                    return Some(ErrorCode::SlowConsumer);
                 }
             }
         }
-        if let Some(code) = close_with {
-            link.close(code).await;
-            return;
+        if close_with.is_some() {
+            return close_with;
         }
 
         let overflow = attached.overflow();
@@ -104,7 +125,7 @@ pub async fn drive<L: Link>(mut link: L, realtime: Realtime, shutdown: Shutdown)
             Wake::Input(Input::Frame(Some(frame))) => {
                 session.handle_frame(frame, &realtime.keys.current(), now())
             }
-            Wake::Input(Input::Frame(None)) => return,
+            Wake::Input(Input::Frame(None)) => return None,
             Wake::Input(Input::Inbox(Some(first))) => {
                 // Take what is queued in one go: a session that also reads a busy client must
                 // still empty its mailbox faster than the hub fills it.
@@ -148,6 +169,63 @@ pub async fn drive<L: Link>(mut link: L, realtime: Realtime, shutdown: Shutdown)
         }
     }
 }
+
+/// A link whose frames are counted by kind, and timed: a `Send` until its `Sent`, a message
+/// from its server timestamp until it is written to a recipient.
+struct Counted<L> {
+    link: L,
+    /// When each `Send` still waiting for its `Sent` was read. Empty (no allocation) while the
+    /// client sends nothing; at most one entry per conversation (the session's send window).
+    sends: HashMap<ClientMsgId, Instant>,
+    /// The session's user once it is open: its own messages are not deliveries.
+    user: Option<haberci_wire::UserId>,
+}
+
+impl<L: Link> Counted<L> {
+    async fn recv(&mut self) -> Option<Result<ClientFrame, WireError>> {
+        let frame = self.link.recv().await;
+        if let Some(Ok(frame)) = &frame {
+            metrics::frame_received(frame.name());
+            if let ClientFrame::Send(send) = frame {
+                if self.sends.len() < MAX_TIMED_SENDS {
+                    self.sends.insert(send.client_msg_id, Instant::now());
+                }
+            }
+        }
+        frame
+    }
+
+    async fn send(&mut self, frames: &[ServerFrame]) -> bool {
+        let now = now();
+        for frame in frames {
+            metrics::frame_sent(frame.name());
+            match frame {
+                ServerFrame::Sent(sent) => {
+                    if let Some(read) = self.sends.remove(&sent.client_msg_id) {
+                        metrics::send_answered(now.instant.saturating_duration_since(read));
+                    }
+                }
+                ServerFrame::Error(error) => {
+                    if let Some(id) = error.client_msg_id {
+                        self.sends.remove(&id);
+                    }
+                }
+                ServerFrame::Message(message) if Some(message.sender_id) != self.user => {
+                    let age = now.unix_ms.saturating_sub(message.timestamp.unix_millis());
+                    metrics::delivered(Duration::from_millis(u64::try_from(age).unwrap_or(0)));
+                }
+                _ => {}
+            }
+        }
+        if self.sends.is_empty() && self.sends.capacity() > 0 {
+            self.sends = HashMap::new();
+        }
+        self.link.send(frames).await
+    }
+}
+
+/// Sends timed at once per session; more (a client far over its send window) go untimed.
+const MAX_TIMED_SENDS: usize = 64;
 
 enum Input {
     Frame(Option<Result<ClientFrame, WireError>>),

@@ -17,6 +17,7 @@ use quinn::VarInt;
 use super::Realtime;
 use super::drive::drive;
 use super::link::{Inbound, Pipe, StreamLink};
+use crate::metrics::Transport;
 
 /// How long the Closing frame gets to reach the client before the connection is closed.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -53,7 +54,13 @@ pub async fn serve_connection(
         send,
         recv,
     };
-    drive(StreamLink::new(pipe, max_frame), realtime, shutdown).await;
+    drive(
+        StreamLink::new(pipe, max_frame),
+        Transport::Quic,
+        realtime,
+        shutdown,
+    )
+    .await;
 }
 
 /// One native connection: its bidirectional stream and its datagrams.

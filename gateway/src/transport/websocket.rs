@@ -12,6 +12,7 @@ use haberci_wire::{ClientFrame, ErrorCode, ServerFrame, WireError};
 
 use super::Realtime;
 use super::drive::{Link, drive};
+use crate::metrics::Transport;
 
 /// How long the answer to a client's Close gets to leave.
 pub const CLOSE_REPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -21,7 +22,13 @@ pub const READ_BUFFER_SIZE: usize = 4 * 1024;
 /// Runs a realtime session on an upgraded WebSocket (`edge::router` upgrades it).
 pub async fn serve(socket: WebSocket, realtime: Realtime, shutdown: Shutdown) {
     let max = realtime.session.max_frame_size as usize;
-    drive(WebSocketLink { socket, max }, realtime, shutdown).await;
+    drive(
+        WebSocketLink { socket, max },
+        Transport::WebSocket,
+        realtime,
+        shutdown,
+    )
+    .await;
 }
 
 /// One WebSocket connection: a binary message per frame.

@@ -37,6 +37,7 @@ use tokio::sync::oneshot;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::{H3Connection, H3RequestStream, Http};
+use crate::metrics::Transport;
 use crate::transport::Realtime;
 use crate::transport::drive::drive;
 use crate::transport::link::{Inbound, Pipe, StreamLink};
@@ -275,7 +276,13 @@ pub async fn serve_session(
         Err(NoStream::Draining) => return close(&quic, ErrorCode::ServerDraining),
     };
     let max_frame = realtime.session.max_frame_size as usize;
-    drive(StreamLink::new(wt, max_frame), realtime, shutdown).await;
+    drive(
+        StreamLink::new(wt, max_frame),
+        Transport::WebTransport,
+        realtime,
+        shutdown,
+    )
+    .await;
 }
 
 fn close(connection: &quinn::Connection, code: ErrorCode) {

@@ -1,0 +1,214 @@
+//! What the gateway counts, in one place: every metric it records is a function here, so the
+//! names, their units and their few label values are read in one file (docs/OPERATIONS.md,
+//! "Metrics", lists them for operators). Labels take fixed values only: a transport, a frame
+//! kind, a close code, a handshake outcome (HTTP requests are counted by `haberci_kit::metrics`).
+
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+
+/// The transport a realtime session runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Quic,
+    WebTransport,
+    WebSocket,
+}
+
+impl Transport {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Transport::Quic => "quic",
+            Transport::WebTransport => "webtransport",
+            Transport::WebSocket => "websocket",
+        }
+    }
+}
+
+/// Which listener a TLS handshake came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    Tcp,
+    Quic,
+}
+
+/// How a TLS handshake ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handshake {
+    Ok,
+    Failed,
+    TimedOut,
+    /// Refused before any crypto: too many handshakes in flight (QUIC admission control).
+    Refused,
+}
+
+/// Gives every metric its help text and unit; called once at start.
+pub fn describe() {
+    describe_gauge!(
+        "haberci_gateway_sessions",
+        "Realtime sessions open, by transport."
+    );
+    describe_counter!(
+        "haberci_gateway_sessions_opened_total",
+        "Realtime sessions begun, by transport."
+    );
+    describe_counter!(
+        "haberci_gateway_session_closes_total",
+        "Realtime sessions ended, by close code (`client_gone` when the client left without one)."
+    );
+    describe_counter!(
+        "haberci_gateway_frames_received_total",
+        "Frames read from clients, by kind."
+    );
+    describe_counter!(
+        "haberci_gateway_frames_sent_total",
+        "Frames written to clients, by kind."
+    );
+    describe_counter!(
+        "haberci_gateway_handshakes_total",
+        "TLS handshakes by listener (tcp, quic) and result (ok, failed, timed_out, refused)."
+    );
+    describe_histogram!(
+        "haberci_gateway_send_seconds",
+        metrics::Unit::Seconds,
+        "From a Send read from the client to its Sent written back (persisted)."
+    );
+    describe_histogram!(
+        "haberci_gateway_delivery_seconds",
+        metrics::Unit::Seconds,
+        "From a message's server timestamp (when its batch was stored) to its write to a recipient's session."
+    );
+    describe_counter!(
+        "haberci_gateway_revocations_total",
+        "Sessions on this gateway closed because their login session was revoked."
+    );
+    describe_gauge!(
+        "haberci_gateway_certificate_expiry_timestamp_seconds",
+        "When the certificate on disk expires (Unix seconds), by use: tcp (TLS over TCP and HTTP/3), webtransport (the short-lived QUIC leaf)."
+    );
+    describe_counter!(
+        "haberci_gateway_udp_receive_buffer_errors_total",
+        "UDP datagrams the kernel dropped for a full receive buffer (host-wide, IPv4 + IPv6; /proc/net/snmp)."
+    );
+}
+
+/// A realtime session, counted in `haberci_gateway_sessions` while this lives.
+pub struct OpenSession(Transport);
+
+impl OpenSession {
+    pub fn new(transport: Transport) -> OpenSession {
+        counter!("haberci_gateway_sessions_opened_total", "transport" => transport.name())
+            .increment(1);
+        gauge!("haberci_gateway_sessions", "transport" => transport.name()).increment(1.0);
+        OpenSession(transport)
+    }
+}
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        gauge!("haberci_gateway_sessions", "transport" => self.0.name()).decrement(1.0);
+    }
+}
+
+pub fn session_closed(code: &'static str) {
+    counter!("haberci_gateway_session_closes_total", "code" => code).increment(1);
+}
+
+pub fn frame_received(kind: &'static str) {
+    counter!("haberci_gateway_frames_received_total", "kind" => kind).increment(1);
+}
+
+pub fn frame_sent(kind: &'static str) {
+    counter!("haberci_gateway_frames_sent_total", "kind" => kind).increment(1);
+}
+
+pub fn handshake(listener: Listener, result: Handshake) {
+    let listener = match listener {
+        Listener::Tcp => "tcp",
+        Listener::Quic => "quic",
+    };
+    let result = match result {
+        Handshake::Ok => "ok",
+        Handshake::Failed => "failed",
+        Handshake::TimedOut => "timed_out",
+        Handshake::Refused => "refused",
+    };
+    counter!("haberci_gateway_handshakes_total", "listener" => listener, "result" => result)
+        .increment(1);
+}
+
+pub fn send_answered(took: Duration) {
+    histogram!("haberci_gateway_send_seconds").record(took.as_secs_f64());
+}
+
+pub fn delivered(after: Duration) {
+    histogram!("haberci_gateway_delivery_seconds").record(after.as_secs_f64());
+}
+
+pub fn revoked() {
+    counter!("haberci_gateway_revocations_total").increment(1);
+}
+
+/// Reads when the gateway's certificates expire into their gauge; called on every scrape.
+pub fn sample_certificates(paths: &haberci_certs::CertPaths) {
+    for (usage, path) in [
+        ("tcp", paths.server_cert()),
+        ("webtransport", paths.wt_cert()),
+    ] {
+        if let Some(not_after) = haberci_certs::not_after(&path) {
+            gauge!("haberci_gateway_certificate_expiry_timestamp_seconds", "usage" => usage)
+                .set(not_after.unix_timestamp() as f64);
+        }
+    }
+}
+
+/// Reads the kernel's UDP receive-buffer drops (IPv4 and IPv6) into their counter; called on
+/// every scrape.
+pub fn sample_udp_drops() {
+    let v4 = std::fs::read_to_string("/proc/net/snmp")
+        .ok()
+        .and_then(|text| snmp_udp_rcvbuf_errors(&text));
+    let v6 = std::fs::read_to_string("/proc/net/snmp6")
+        .ok()
+        .and_then(|text| snmp6_udp_rcvbuf_errors(&text));
+    if v4.is_some() || v6.is_some() {
+        counter!("haberci_gateway_udp_receive_buffer_errors_total")
+            .absolute(v4.unwrap_or(0) + v6.unwrap_or(0));
+    }
+}
+
+/// `RcvbufErrors` of the `Udp:` table in /proc/net/snmp (a header line, then a value line).
+fn snmp_udp_rcvbuf_errors(text: &str) -> Option<u64> {
+    let mut lines = text.lines().filter(|line| line.starts_with("Udp: "));
+    let header = lines.next()?;
+    let values = lines.next()?;
+    let at = header
+        .split_whitespace()
+        .position(|name| name == "RcvbufErrors")?;
+    values.split_whitespace().nth(at)?.parse().ok()
+}
+
+/// `Udp6RcvbufErrors` in /proc/net/snmp6 (one `name value` pair per line).
+fn snmp6_udp_rcvbuf_errors(text: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let mut parts = line.split_whitespace();
+        (parts.next()? == "Udp6RcvbufErrors").then(|| parts.next()?.parse().ok())?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receive_buffer_errors_are_read_from_both_tables() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+            Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+            Udp: 10 2 7 12 5 0\n";
+        assert_eq!(snmp_udp_rcvbuf_errors(snmp), Some(5));
+        let snmp6 = "Udp6InDatagrams                 \t41\nUdp6RcvbufErrors                \t3\n";
+        assert_eq!(snmp6_udp_rcvbuf_errors(snmp6), Some(3));
+        assert_eq!(snmp_udp_rcvbuf_errors("Ip: a\nIp: 1\n"), None);
+        assert_eq!(snmp6_udp_rcvbuf_errors(""), None);
+    }
+}
