@@ -76,7 +76,10 @@ impl Process {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .kill_on_drop(true)
+            // Many processes of a kind run at once (across tests too): each serves its
+            // metrics on a port of its own.
+            .env("HABERCI_METRICS_ADDR", "127.0.0.1:0");
         for (key, value) in envs {
             command.env(key, value);
         }
