@@ -39,10 +39,8 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         let shutdown = haberci_kit::shutdown::on_signals();
         if let Some(addr) = config.listen.metrics.addr {
-            let router = haberci_kit::metrics::router(metrics.clone(), axum::Router::new());
-            if let Err(err) =
-                haberci_kit::metrics::serve(addr, metrics, router, shutdown.clone()).await
-            {
+            let router = haberci_kit::metrics::router(metrics, axum::Router::new());
+            if let Err(err) = haberci_kit::metrics::serve(addr, router, shutdown.clone()).await {
                 eprintln!("haberci-gateway: cannot bind the metrics listener {addr}: {err}");
                 return ExitCode::FAILURE;
             }

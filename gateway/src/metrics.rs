@@ -76,7 +76,7 @@ pub fn describe() {
     describe_histogram!(
         "haberci_gateway_delivery_seconds",
         metrics::Unit::Seconds,
-        "From a message's server timestamp (when its batch was stored) to its write to a recipient's session."
+        "From a live message's server timestamp (when its batch was stored) to its arrival at a recipient's session (backlog pages excluded)."
     );
     describe_counter!(
         "haberci_gateway_revocations_total",

@@ -93,6 +93,18 @@ pub fn install() -> Result<Metrics, MetricsError> {
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|err| MetricsError(err.to_string()))?;
     let _ = INSTALLED.set(handle.clone());
+    // Histogram samples wait in per-metric queues until drained into buckets: drain them
+    // whether or not anything scrapes (`HABERCI_METRICS_ADDR=off`), so memory stays flat.
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                upkeep.run_upkeep();
+            }
+        })
+        .map_err(|err| MetricsError(err.to_string()))?;
     metrics_process::Collector::default().describe();
     describe_counter!(
         "haberci_http_requests_total",
@@ -164,19 +176,19 @@ pub fn installed() -> Option<Metrics> {
 /// Serves `/metrics` on `config`'s address when it has one and a recorder is installed.
 pub async fn serve_if_configured(config: MetricsConfig, shutdown: Shutdown) -> std::io::Result<()> {
     if let (Some(addr), Some(metrics)) = (config.addr, installed()) {
-        let router = router(metrics.clone(), Router::new());
-        serve(addr, metrics, router, shutdown).await?;
+        let router = router(metrics, Router::new());
+        serve(addr, router, shutdown).await?;
     }
     Ok(())
 }
 
 /// The internal router: `GET /metrics` and whatever `extra` adds (the gateway's status page).
 pub fn router(metrics: Metrics, extra: Router) -> Router {
-    let upkeep = metrics.clone();
+    let shared = metrics;
     extra.route(
         "/metrics",
         get(move || {
-            let metrics = upkeep.clone();
+            let metrics = shared.clone();
             async move {
                 (
                     [(
@@ -191,26 +203,14 @@ pub fn router(metrics: Metrics, extra: Router) -> Router {
     )
 }
 
-/// Binds `addr` and serves `router` until `shutdown`; returns the bound address. Histograms are
-/// drained into their buckets every few seconds, scraped or not, so memory stays flat.
+/// Binds `addr` and serves `router` until `shutdown`; returns the bound address.
 pub async fn serve(
     addr: SocketAddr,
-    metrics: Metrics,
     router: Router,
     shutdown: Shutdown,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let upkeep = shutdown.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(UPKEEP_EVERY);
-        loop {
-            tokio::select! {
-                _ = upkeep.cancelled() => return,
-                _ = tick.tick() => metrics.handle.run_upkeep(),
-            }
-        }
-    });
     tokio::spawn(async move {
         let serve =
             axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned());

@@ -6,8 +6,9 @@
 # 2. Every target (gateway, api, worker, the exporters, Prometheus itself) is up, and
 #    PgBouncer's pools arrive through the textfile collector.
 # 3. After a small chat, every panel of the Grafana dashboard (deploy/grafana/haberci.json)
-#    runs without error and returns at least one series: no panel is broken or names a
-#    metric nobody exports.
+#    runs without error and returns at least one series, and every haberci_* metric a panel
+#    names is recorded somewhere in the code (a panel ending in `or vector(0)` returns a
+#    series even for a misspelled name): no panel is broken or names a metric nobody exports.
 # 4. An alert fires for real: the worker is stopped, messages are sent, StreamLagging fires;
 #    the worker comes back, the entries are stored and the alert resolves.
 #
@@ -93,6 +94,19 @@ while True:
     if not broken or time.monotonic() > deadline:
         break
     time.sleep(2)
+# Every haberci_* name a panel queries is written in the code that records it (recording
+# rules, haberci:*, are checked by promtool against the rules file instead).
+import pathlib, re
+root = pathlib.Path(sys.argv[1]).resolve().parents[2]
+code = "\n".join(p.read_text() for folder in ("gateway/src", "backend/src", "kit/src")
+                  for p in (root / folder).rglob("*.rs"))
+code += (root / "deploy/pgbouncer/pool-metrics.sh").read_text()
+for panel in panels:
+    for target in panel["targets"]:
+        for name in set(re.findall(r"\bhaberci_[a-z_]+", target["expr"])):
+            base = re.sub(r"_(bucket|sum|count)$", "", name)
+            if f'"{base}"' not in code and base not in code:
+                broken.append(f"{panel['title']}: {name} is recorded nowhere in the code")
 if broken:
     sys.exit("monitoring: broken dashboard panels:\n  " + "\n  ".join(broken))
 print(f"monitoring: {len(panels)} dashboard panels return data")

@@ -368,6 +368,7 @@ impl Consumer {
             }
             decoded.push(item);
         }
+        let receipt_entries = receipts.len();
         let marks = batch::coalesce(receipts);
         let started = Instant::now();
         let committed = match self.commit_with_retry(&sends, &marks, shutdown).await {
@@ -408,7 +409,7 @@ impl Consumer {
             duplicates,
             refused,
             poison,
-            receipts: marks.len(),
+            receipts: receipt_entries,
         });
         tracing::debug!(
             entries = entries.len(),
@@ -458,8 +459,11 @@ impl Consumer {
                         crate::metrics::postgres_retry("conflict");
                         tracing::debug!(%err, conflicts, "batch lost a race; running it again");
                     }
-                    Failure::Conflict | Failure::Outage => {
-                        crate::metrics::postgres_retry("outage");
+                    failure @ (Failure::Conflict | Failure::Outage) => {
+                        crate::metrics::postgres_retry(match failure {
+                            Failure::Conflict => "conflict",
+                            _ => "outage",
+                        });
                         let delay = self.postgres_outage.failed(&err);
                         if pause(delay, shutdown).await {
                             return Err(Stopped::Shutdown);

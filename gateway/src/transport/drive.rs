@@ -45,7 +45,6 @@ pub async fn drive<L: Link>(link: L, transport: Transport, realtime: Realtime, s
     let mut link = Counted {
         link,
         sends: HashMap::new(),
-        user: None,
     };
     let code = run(&mut link, realtime, shutdown).await;
     metrics::session_closed(code.map_or("client_gone", ErrorCode::name));
@@ -97,7 +96,6 @@ async fn run<L: Link>(
         }
         if !frames.is_empty() {
             let limit = realtime.session.write_timeout;
-            link.user = session.identity().map(|identity| identity.user);
             match tokio::time::timeout(limit, link.send(&frames)).await {
                 Ok(true) => frames.clear(),
                 Ok(false) => return None,
@@ -134,7 +132,10 @@ async fn run<L: Link>(
                 let at = now();
                 while let Some(inbox) = next {
                     match inbox {
-                        Inbox::Event(event) => session.handle_event(&event, at),
+                        Inbox::Event(event) => {
+                            time_delivery(&event, &session, at);
+                            session.handle_event(&event, at)
+                        }
                         Inbox::Resync => session.resync(at),
                     }
                     taken += 1;
@@ -170,15 +171,26 @@ async fn run<L: Link>(
     }
 }
 
-/// A link whose frames are counted by kind, and timed: a `Send` until its `Sent`, a message
-/// from its server timestamp until it is written to a recipient.
+/// A live message for someone else reaching this session: how long after it was stored
+/// (its server timestamp). Backlog pages are not timed: they are old by design.
+fn time_delivery(event: &Event, session: &Session, at: Now) {
+    if let Event::Message(message) = event
+        && session
+            .identity()
+            .is_some_and(|me| me.user != message.sender_id)
+    {
+        let age = at.unix_ms.saturating_sub(message.timestamp.unix_millis());
+        metrics::delivered(Duration::from_millis(u64::try_from(age).unwrap_or(0)));
+    }
+}
+
+/// A link whose frames are counted by kind, and a `Send` timed until its `Sent`.
 struct Counted<L> {
     link: L,
-    /// When each `Send` still waiting for its `Sent` was read. Empty (no allocation) while the
-    /// client sends nothing; at most one entry per conversation (the session's send window).
+    /// When each `Send` still waiting for its `Sent` was read. No allocation until the client
+    /// sends; then kept (about 4 KiB at most: [`MAX_TIMED_SENDS`] entries) rather than freed
+    /// and allocated again with every send.
     sends: HashMap<ClientMsgId, Instant>,
-    /// The session's user once it is open: its own messages are not deliveries.
-    user: Option<haberci_wire::UserId>,
 }
 
 impl<L: Link> Counted<L> {
@@ -210,21 +222,15 @@ impl<L: Link> Counted<L> {
                         self.sends.remove(&id);
                     }
                 }
-                ServerFrame::Message(message) if Some(message.sender_id) != self.user => {
-                    let age = now.unix_ms.saturating_sub(message.timestamp.unix_millis());
-                    metrics::delivered(Duration::from_millis(u64::try_from(age).unwrap_or(0)));
-                }
                 _ => {}
             }
-        }
-        if self.sends.is_empty() && self.sends.capacity() > 0 {
-            self.sends = HashMap::new();
         }
         self.link.send(frames).await
     }
 }
 
-/// Sends timed at once per session; more (a client far over its send window) go untimed.
+/// Sends timed at once per session; more (a client with many conversations' sends in flight)
+/// go untimed.
 const MAX_TIMED_SENDS: usize = 64;
 
 enum Input {
