@@ -26,6 +26,8 @@ pub mod web;
 
 use std::net::SocketAddr;
 
+use crate::metrics::{Handshake, Listener};
+
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
@@ -61,4 +63,52 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response
 
 pub(crate) async fn not_found() -> Response {
     error_response(StatusCode::NOT_FOUND, "not_found", "not found")
+}
+
+/// Counts a TLS handshake that did not complete and writes its fail2ban line (INFO, target
+/// `haberci_edge`; `deploy/fail2ban/filter.d/haberci-handshake.conf` matches it).
+pub fn handshake_failed(listener: Listener, peer: SocketAddr, result: Handshake) {
+    crate::metrics::handshake(listener, result);
+    tracing::info!(target: "haberci_edge", "{}", handshake_failed_line(listener, peer, result));
+}
+
+/// `haberci-gateway: handshake failed ip=203.0.113.7 listener=tcp reason=failed`: the address
+/// bare (an IPv4 client of a dual-stack socket as IPv4), then fixed words.
+pub fn handshake_failed_line(listener: Listener, peer: SocketAddr, result: Handshake) -> String {
+    let listener = match listener {
+        Listener::Tcp => "tcp",
+        Listener::Quic => "quic",
+    };
+    let reason = match result {
+        Handshake::TimedOut => "timed_out",
+        _ => "failed",
+    };
+    format!(
+        "haberci-gateway: handshake failed ip={} listener={listener} reason={reason}",
+        peer.ip().to_canonical()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Changing this line breaks deployed fail2ban filters (docs/OPERATIONS.md).
+    #[test]
+    fn the_failed_handshake_line_has_the_documented_format() {
+        let v4_mapped: SocketAddr = "[::ffff:203.0.113.7]:5000"
+            .parse()
+            .unwrap_or_else(|_| unreachable!());
+        assert_eq!(
+            handshake_failed_line(Listener::Tcp, v4_mapped, Handshake::Failed),
+            "haberci-gateway: handshake failed ip=203.0.113.7 listener=tcp reason=failed"
+        );
+        let v6: SocketAddr = "[2001:db8::1]:443"
+            .parse()
+            .unwrap_or_else(|_| unreachable!());
+        assert_eq!(
+            handshake_failed_line(Listener::Quic, v6, Handshake::TimedOut),
+            "haberci-gateway: handshake failed ip=2001:db8::1 listener=quic reason=timed_out"
+        );
+    }
 }

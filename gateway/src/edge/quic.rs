@@ -219,12 +219,12 @@ pub async fn serve(
                     connection
                 }
                 Ok(Err(err)) => {
-                    metrics::handshake(Listener::Quic, Handshake::Failed);
+                    super::handshake_failed(Listener::Quic, peer, Handshake::Failed);
                     tracing::debug!(%peer, %err, "quic handshake failed");
                     return;
                 }
                 Err(_) => {
-                    metrics::handshake(Listener::Quic, Handshake::TimedOut);
+                    super::handshake_failed(Listener::Quic, peer, Handshake::TimedOut);
                     tracing::debug!(%peer, "quic handshake timed out");
                     return;
                 }

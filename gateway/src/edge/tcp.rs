@@ -100,12 +100,12 @@ pub async fn serve(
                         tls
                     }
                     Ok(Err(err)) => {
-                        metrics::handshake(Listener::Tcp, Handshake::Failed);
+                        super::handshake_failed(Listener::Tcp, peer, Handshake::Failed);
                         tracing::debug!(%peer, %err, "tls handshake failed");
                         return;
                     }
                     Err(_) => {
-                        metrics::handshake(Listener::Tcp, Handshake::TimedOut);
+                        super::handshake_failed(Listener::Tcp, peer, Handshake::TimedOut);
                         tracing::debug!(%peer, "tls handshake timed out");
                         return;
                     }
