@@ -156,6 +156,23 @@ pub(crate) async fn wait_listening(addr: SocketAddr, limit: Duration) {
     }
 }
 
+/// Waits (bounded) until `addr` refuses TCP connections: a killed process's sockets close only
+/// once its last thread has exited, after its pid already shows it dead; a process started
+/// again before then cannot bind the same ports.
+pub(crate) async fn wait_refused(addr: SocketAddr, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        let connect = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        );
+        if matches!(connect.await, Ok(Err(_))) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 pub(crate) fn kill9(pid: u32) -> anyhow::Result<()> {
     signal(pid, "-KILL")
 }
@@ -175,6 +192,24 @@ fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn waiting_for_a_closed_listener_ends_once_it_refuses() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let closer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(listener);
+        });
+        wait_refused(addr, Duration::from_secs(10)).await;
+        assert!(
+            closer.is_finished(),
+            "returned only after the listener closed"
+        );
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
 
     #[test]
     fn victims_are_found_in_the_gateway_list() {

@@ -39,7 +39,17 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         let shutdown = haberci_kit::shutdown::on_signals();
         if let Some(addr) = config.listen.metrics.addr {
-            let router = haberci_kit::metrics::router(metrics, axum::Router::new());
+            let page = metrics.clone();
+            let status = axum::Router::new().route(
+                "/",
+                axum::routing::get(move || {
+                    let page = page.clone();
+                    async move {
+                        axum::response::Html(haberci_gateway::metrics::status_page(&page.render()))
+                    }
+                }),
+            );
+            let router = haberci_kit::metrics::router(metrics, status);
             if let Err(err) = haberci_kit::metrics::serve(addr, router, shutdown.clone()).await {
                 eprintln!("haberci-gateway: cannot bind the metrics listener {addr}: {err}");
                 return ExitCode::FAILURE;

@@ -212,3 +212,93 @@ mod tests {
         assert_eq!(snmp6_udp_rcvbuf_errors(""), None);
     }
 }
+
+/// The families the status page shows, in this order.
+const STATUS_FAMILIES: &[&str] = &[
+    "haberci_gateway_sessions",
+    "haberci_gateway_sessions_opened_total",
+    "haberci_gateway_session_closes_total",
+    "haberci_gateway_handshakes_total",
+    "haberci_gateway_revocations_total",
+    "haberci_gateway_certificate_expiry_timestamp_seconds",
+    "haberci_gateway_udp_receive_buffer_errors_total",
+    "process_resident_memory_bytes",
+    "process_open_fds",
+    "process_cpu_seconds_total",
+];
+
+/// The gateway's status page (`GET /` on the metrics listener), for people without Grafana:
+/// the current value of the metrics above, read from `rendered` (the Prometheus text of this
+/// process), as a plain HTML table.
+pub fn status_page(rendered: &str) -> String {
+    let mut rows = String::new();
+    for family in STATUS_FAMILIES {
+        for line in rendered.lines() {
+            let Some(rest) = line.strip_prefix(family) else {
+                continue;
+            };
+            // `name value` or `name{labels} value`, and not a longer name with this prefix.
+            let (labels, value) = match rest.chars().next() {
+                Some('{') => match rest.rsplit_once("} ") {
+                    Some((labels, value)) => (&labels[1..], value),
+                    None => continue,
+                },
+                Some(' ') => ("", rest.trim_start()),
+                _ => continue,
+            };
+            rows.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                escape(family),
+                escape(labels),
+                escape(value)
+            ));
+        }
+    }
+    format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Haberci gateway</title></head>\n\
+         <body><h1>Haberci gateway</h1>\n<p>Every metric: <a href=\"/metrics\">/metrics</a>. \
+         Certificate expiry in Unix seconds.</p>\n\
+         <table border=\"1\" cellpadding=\"4\">\n<tr><th>metric</th><th>labels</th><th>value</th></tr>\n\
+         {rows}</table></body></html>\n"
+    )
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::status_page;
+
+    #[test]
+    fn the_status_page_shows_the_chosen_families_escaped_and_nothing_else() {
+        let rendered = "# HELP haberci_gateway_sessions Realtime sessions open.\n\
+            haberci_gateway_sessions{transport=\"quic\"} 12\n\
+            haberci_gateway_sessions_opened_total{transport=\"quic\"} 40\n\
+            haberci_gateway_frames_sent_total{kind=\"message\"} 9\n\
+            process_open_fds 31\n";
+        let page = status_page(rendered);
+        assert!(
+            page.contains(
+                "<td>haberci_gateway_sessions</td><td>transport=&quot;quic&quot;</td><td>12</td>"
+            ),
+            "{page}"
+        );
+        assert!(page.contains("<td>haberci_gateway_sessions_opened_total</td><td>transport=&quot;quic&quot;</td><td>40</td>"), "{page}");
+        assert!(
+            page.contains("<td>process_open_fds</td><td></td><td>31</td>"),
+            "{page}"
+        );
+        assert!(!page.contains("frames_sent"), "not a status family: {page}");
+        // `haberci_gateway_sessions` must not also list `…_sessions_opened_total` as its own.
+        assert_eq!(
+            page.matches("<td>haberci_gateway_sessions</td>").count(),
+            1,
+            "{page}"
+        );
+    }
+}

@@ -38,7 +38,7 @@ use crate::report::charts::{cdf_points, latency_chart};
 use crate::report::latency::{Latency, Summary, Window};
 use crate::report::plots::Chart;
 use crate::report::{self, Machine, bar, command_line, run_id};
-use crate::revival::{Revival, kill9, victim_index, wait_listening};
+use crate::revival::{Revival, kill9, victim_index, wait_listening, wait_refused};
 use crate::sampling::servers::ServerSet;
 use crate::target::{Mix, Target};
 
@@ -653,11 +653,17 @@ pub async fn storm(args: StormArgs) -> anyhow::Result<bool> {
     let mut revived = false;
     let mut outcome = None;
     // Kill (and, for `same`, revive) in the middle of the run, while the shards report.
+    let victim_tcp = victim_index(&victim)
+        .and_then(|i| gateways.get(i))
+        .map(|(_, tcp)| *tcp);
     let killing = async {
         tokio::time::sleep_until(kill_at.into()).await;
         kill9(victim_pid)?;
         let ns = unix_ns();
         let revived_pid = if args.back == Back::Same {
+            if let Some(tcp) = victim_tcp {
+                wait_refused(tcp, Duration::from_secs(10)).await;
+            }
             Some(revival.start()?)
         } else {
             None
@@ -687,6 +693,9 @@ pub async fn storm(args: StormArgs) -> anyhow::Result<bool> {
         // Whatever happened, the stack is left whole.
         if outcome.is_none() {
             let _ = kill9(victim_pid);
+        }
+        if let Some(tcp) = victim_tcp {
+            wait_refused(tcp, Duration::from_secs(10)).await;
         }
         revival.start()?;
     }
