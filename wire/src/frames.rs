@@ -152,23 +152,6 @@ pub enum ClientFrame {
     Ping(Ping),
 }
 
-impl ClientFrame {
-    /// The frame's `kind` as in its JSON form (`hello`, `send`, …): a fixed set, fit for a
-    /// metric label.
-    pub const fn name(&self) -> &'static str {
-        match self {
-            ClientFrame::Hello(_) => "hello",
-            ClientFrame::Send(_) => "send",
-            ClientFrame::Ack(_) => "ack",
-            ClientFrame::Read(_) => "read",
-            ClientFrame::Typing(_) => "typing",
-            ClientFrame::PresenceWatch(_) => "presenceWatch",
-            ClientFrame::RefreshAuth(_) => "refreshAuth",
-            ClientFrame::Ping(_) => "ping",
-        }
-    }
-}
-
 /// First frame of a session. `Debug` redacts the token so frames can be logged.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -273,25 +256,6 @@ pub enum ServerFrame {
     Closing(Closing),
     Pong(Pong),
     Notification(Notification),
-}
-
-impl ServerFrame {
-    /// The frame's `kind` as in its JSON form (`welcome`, `message`, …): a fixed set, fit for a
-    /// metric label.
-    pub const fn name(&self) -> &'static str {
-        match self {
-            ServerFrame::Welcome(_) => "welcome",
-            ServerFrame::Message(_) => "message",
-            ServerFrame::Sent(_) => "sent",
-            ServerFrame::Status(_) => "status",
-            ServerFrame::Typing(_) => "typing",
-            ServerFrame::Presence(_) => "presence",
-            ServerFrame::Error(_) => "error",
-            ServerFrame::Closing(_) => "closing",
-            ServerFrame::Pong(_) => "pong",
-            ServerFrame::Notification(_) => "notification",
-        }
-    }
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]

@@ -197,7 +197,7 @@ impl<L: Link> Counted<L> {
     async fn recv(&mut self) -> Option<Result<ClientFrame, WireError>> {
         let frame = self.link.recv().await;
         if let Some(Ok(frame)) = &frame {
-            metrics::frame_received(frame.name());
+            metrics::frame_received(frame.kind());
             if let ClientFrame::Send(send) = frame {
                 if self.sends.len() < MAX_TIMED_SENDS {
                     self.sends.insert(send.client_msg_id, Instant::now());
@@ -210,7 +210,7 @@ impl<L: Link> Counted<L> {
     async fn send(&mut self, frames: &[ServerFrame]) -> bool {
         let now = now();
         for frame in frames {
-            metrics::frame_sent(frame.name());
+            metrics::frame_sent(frame.kind());
             match frame {
                 ServerFrame::Sent(sent) => {
                     if let Some(read) = self.sends.remove(&sent.client_msg_id) {

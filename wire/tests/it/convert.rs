@@ -624,19 +624,19 @@ fn debug_output_never_shows_tokens() {
     assert!(format!("{hello:?}").contains("<redacted, 29 bytes>"));
 }
 
-/// A frame's `name()` (a metric label) is its JSON `kind`, for every frame of either side.
+/// A frame's `kind()` (also a metric label) is its JSON `kind`, for every frame of either side.
 #[test]
 fn frame_names_are_their_json_kinds() {
     let mut seen = std::collections::BTreeSet::new();
     for (_, frame) in crate::fixtures::client_frames() {
         let json = serde_json::to_value(&frame).expect("client frame to JSON");
-        assert_eq!(json["kind"], frame.name(), "{frame:?}");
-        seen.insert(frame.name());
+        assert_eq!(json["kind"], frame.kind(), "{frame:?}");
+        seen.insert(frame.kind());
     }
     for (_, frame) in crate::fixtures::server_frames() {
         let json = serde_json::to_value(&frame).expect("server frame to JSON");
-        assert_eq!(json["kind"], frame.name(), "{frame:?}");
-        seen.insert(frame.name());
+        assert_eq!(json["kind"], frame.kind(), "{frame:?}");
+        seen.insert(frame.kind());
     }
     // Every kind of both enums appears in the fixtures (8 client, 10 server; typing is both).
     assert_eq!(seen.len(), 8 + 10 - 1, "{seen:?}");
