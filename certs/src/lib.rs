@@ -136,6 +136,7 @@ pub fn ensure(paths: &CertPaths, now: OffsetDateTime) -> Result<Report, CertErro
         path: paths.dir.clone(),
         source,
     })?;
+    let _lock = lock(paths)?;
 
     let ca_state = validity(&paths.ca_cert(), &paths.ca_key());
     let ca = match ca_state {
@@ -172,6 +173,54 @@ pub fn ensure(paths: &CertPaths, now: OffsetDateTime) -> Result<Report, CertErro
         )?;
     }
 
+    let (wt, wt_next) = ensure_wt(paths, &issuer, ca, now)?;
+    Ok(Report {
+        ca,
+        server,
+        wt,
+        wt_next,
+    })
+}
+
+/// Renews only the WebTransport leaves (`wt`, `wt-next`) with the CA already in `paths`: what
+/// the gateway runs itself, hourly, so the short-lived certificate rotates with no `./dev up`
+/// or timer. Returns what it did to each; an error when the CA is missing or unreadable.
+pub fn ensure_webtransport(
+    paths: &CertPaths,
+    now: OffsetDateTime,
+) -> Result<(Action, Action), CertError> {
+    let _lock = lock(paths)?;
+    let issuer = load_issuer(paths)?;
+    ensure_wt(paths, &issuer, Action::Kept, now)
+}
+
+/// Holds `.lock` in the directory (an exclusive `flock`, released when the file closes):
+/// gateways sharing it and `haberci-certs ensure` take turns, so one next leaf is issued, not
+/// one per process.
+fn lock(paths: &CertPaths) -> Result<fs::File, CertError> {
+    let path = paths.dir.join(".lock");
+    let io = |source| CertError::Io {
+        path: path.clone(),
+        source,
+    };
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|errno| io(errno.into()))?;
+    Ok(file)
+}
+
+/// The WebTransport part of [`ensure`]: `ca` says whether the CA was just replaced.
+fn ensure_wt(
+    paths: &CertPaths,
+    issuer: &Issuer<'static, KeyPair>,
+    ca: Action,
+    now: OffsetDateTime,
+) -> Result<(Action, Action), CertError> {
     let wt = renewal(
         ca,
         &paths.wt_cert(),
@@ -195,7 +244,7 @@ pub fn ensure(paths: &CertPaths, now: OffsetDateTime) -> Result<Report, CertErro
         write_hash(&paths.wt_cert(), &paths.wt_hash())?;
     } else if wt != Action::Kept || !paths.wt_hash().exists() {
         let (cert_pem, key_pem, der) = issue_leaf(
-            &issuer,
+            issuer,
             now - BACKDATE,
             now + WT_MAX_VALIDITY - BACKDATE,
             "haberci webtransport",
@@ -223,7 +272,7 @@ pub fn ensure(paths: &CertPaths, now: OffsetDateTime) -> Result<Report, CertErro
     };
     if wt_next != Action::Kept || !paths.wt_next_hash().exists() {
         let (cert_pem, key_pem, der) = issue_leaf(
-            &issuer,
+            issuer,
             rotation - BACKDATE,
             rotation + WT_MAX_VALIDITY - BACKDATE,
             "haberci webtransport (next)",
@@ -240,12 +289,7 @@ pub fn ensure(paths: &CertPaths, now: OffsetDateTime) -> Result<Report, CertErro
         )?;
     }
 
-    Ok(Report {
-        ca,
-        server,
-        wt,
-        wt_next,
-    })
+    Ok((wt, wt_next))
 }
 
 /// A certificate a browser may pin by hash (`serverCertificateHashes`): its SHA-256 and
@@ -433,10 +477,17 @@ fn issue_leaf(
 const PUBLIC_MODE: u32 = 0o644;
 const PRIVATE_MODE: u32 = 0o600;
 
-fn write_pair(cert: &Path, cert_pem: &str, key: &Path, key_pem: &str) -> Result<(), CertError> {
+/// Installs a certificate and its key, each through a temporary file and a rename.
+pub fn write_pair(cert: &Path, cert_pem: &str, key: &Path, key_pem: &str) -> Result<(), CertError> {
     // Key first: a reader that sees a new certificate must find its key already in place.
     write_file(key, key_pem.as_bytes(), PRIVATE_MODE)?;
     write_atomic(cert, cert_pem.as_bytes())
+}
+
+/// Writes a secret (a private key, ACME account credentials) readable only by its owner,
+/// through a temporary file and a rename.
+pub fn write_secret(path: &Path, contents: &[u8]) -> Result<(), CertError> {
+    write_file(path, contents, PRIVATE_MODE)
 }
 
 /// Writes through a temporary file and a rename, so a watcher never reads half a file.

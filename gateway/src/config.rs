@@ -20,6 +20,8 @@ pub const DEFAULT_BACKEND_URL: &str = "http://127.0.0.1:58080";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:56379";
 pub const DEFAULT_CERT_DIR: &str = ".dev/certs";
 pub const DEFAULT_CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the gateway renews the short-lived WebTransport certificate itself.
+pub const DEFAULT_WT_ROTATE_INTERVAL: Duration = Duration::from_secs(3600);
 /// Largest request body the gateway forwards (1 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 /// Largest media upload body the gateway forwards (210 MiB): a 200 MB video plus slack. The
@@ -90,6 +92,34 @@ pub struct Tls {
     pub cert_paths: CertPaths,
     /// `HABERCI_CERT_RELOAD_INTERVAL_MS`: how often certificate files are checked for changes.
     pub reload_interval: Duration,
+    /// `HABERCI_QUIC_CERT`: what the QUIC endpoint presents.
+    pub quic_cert: QuicCert,
+    /// `HABERCI_WT_ROTATE_INTERVAL_MS`: how often the gateway renews the WebTransport leaf
+    /// (`haberci_certs::ensure_webtransport`) when it presents one and the directory holds
+    /// the CA that signs it.
+    pub rotate_interval: Duration,
+}
+
+/// The certificate of the QUIC endpoint (HTTP/3, WebTransport, native QUIC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuicCert {
+    /// `webtransport` (default): `wt.pem`, the short-lived leaf browsers accept by hash,
+    /// rotated by the gateway with its successor announced ahead.
+    WebTransport,
+    /// `tls`: the TCP listener's `server.pem`, e.g. a CA-issued certificate from
+    /// `haberci-acme`; browsers verify it the usual way and no hash is announced.
+    Tls,
+}
+
+impl std::str::FromStr for QuicCert {
+    type Err = &'static str;
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "webtransport" => Ok(QuicCert::WebTransport),
+            "tls" => Ok(QuicCert::Tls),
+            _ => Err("expected webtransport or tls"),
+        }
+    }
 }
 
 /// The QUIC endpoint.
@@ -155,6 +185,9 @@ impl GatewayConfig {
                 "HABERCI_CERT_RELOAD_INTERVAL_MS",
                 DEFAULT_CERT_RELOAD_INTERVAL,
             ),
+            quic_cert: env.parse_or("HABERCI_QUIC_CERT", QuicCert::WebTransport),
+            rotate_interval: env
+                .millis_or("HABERCI_WT_ROTATE_INTERVAL_MS", DEFAULT_WT_ROTATE_INTERVAL),
         };
         let quic = Quic {
             idle_timeout: env.millis_or("HABERCI_QUIC_IDLE_TIMEOUT_MS", DEFAULT_QUIC_IDLE_TIMEOUT),
@@ -192,6 +225,8 @@ impl GatewayConfig {
             tls: Tls {
                 cert_paths: CertPaths::new(cert_dir),
                 reload_interval: Duration::from_millis(100),
+                quic_cert: QuicCert::WebTransport,
+                rotate_interval: DEFAULT_WT_ROTATE_INTERVAL,
             },
             quic: Quic {
                 idle_timeout: DEFAULT_QUIC_IDLE_TIMEOUT,
@@ -352,6 +387,7 @@ mod tests {
         assert_eq!(config.http.max_upload_bytes, 210 * 1024 * 1024);
         assert_eq!(config.http.body_idle_timeout, Duration::from_secs(30));
         assert_eq!(config.relay.internal_token, None);
+        assert_eq!(config.tls.quic_cert, QuicCert::WebTransport);
         assert_eq!(alt_svc_value(4433), "h3=\":4433\"; ma=86400");
     }
 
@@ -361,6 +397,8 @@ mod tests {
             ("HABERCI_GATEWAY_TCP_ADDR", "8443"),
             ("HABERCI_BACKEND_URL", "ftp://x"),
             ("HABERCI_CERT_RELOAD_INTERVAL_MS", "0"),
+            ("HABERCI_QUIC_CERT", "acme"),
+            ("HABERCI_WT_ROTATE_INTERVAL_MS", "0"),
             ("HABERCI_MAX_BODY_BYTES", "lots"),
             ("HABERCI_GATEWAY_MAX_UPLOAD_BYTES", "0"),
             ("HABERCI_GATEWAY_BODY_IDLE_TIMEOUT_MS", "0"),
@@ -368,7 +406,7 @@ mod tests {
             ("HABERCI_INTERNAL_TOKEN", "short"),
         ];
         let err = GatewayConfig::from_env(Env::from_pairs(&pairs)).expect_err("bad");
-        assert_eq!(err.problems.len(), 8, "{err}");
+        assert_eq!(err.problems.len(), 10, "{err}");
         assert!(
             !err.to_string().contains("short\""),
             "the secret is never printed: {err}"

@@ -58,7 +58,10 @@ pub struct Gateway {
 impl Gateway {
     /// Loads certificates, binds both listeners, and starts serving until `shutdown`.
     pub async fn start(config: GatewayConfig, shutdown: Shutdown) -> anyhow::Result<Gateway> {
-        let certs = Arc::new(tls::CertStore::load(config.tls.cert_paths.clone())?);
+        let certs = Arc::new(tls::CertStore::load(
+            config.tls.cert_paths.clone(),
+            config.tls.quic_cert,
+        )?);
         let keys = Arc::new(keys::TokenKeys::default());
         let revocations = Arc::new(revocation::Revocations::default());
         // Invariant: one HTTP client pool to the backend, for the proxy, the internal API, the
@@ -115,6 +118,11 @@ impl Gateway {
         tasks.spawn(tls::watch(
             certs.clone(),
             config.tls.reload_interval,
+            shutdown.clone(),
+        ));
+        tasks.spawn(tls::rotate(
+            certs.clone(),
+            config.tls.rotate_interval,
             shutdown.clone(),
         ));
         tasks.spawn(tcp::serve(

@@ -5,8 +5,12 @@
 //! crate). Each lives in an [`ArcSwap`] behind a rustls [`ResolvesServerCert`], so a reload
 //! swaps what *new* handshakes see while established connections keep their sessions.
 //!
+//! With `HABERCI_QUIC_CERT=tls` the QUIC endpoint presents `server.pem` too (a CA-issued
+//! certificate, e.g. from `haberci-acme`).
+//!
 //! [`watch`] polls the files' metadata and also reloads on SIGHUP. A half-written or invalid
-//! pair is logged and skipped: the previous certificate stays in service.
+//! pair is logged and skipped: the previous certificate stays in service. [`rotate`] renews the
+//! WebTransport leaf and announces its successor, so a gateway left alone keeps a valid one.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -16,6 +20,8 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use haberci_certs::CertPaths;
 use haberci_kit::shutdown::Shutdown;
+
+use crate::config::QuicCert;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
@@ -67,6 +73,7 @@ impl ResolvesServerCert for Slot {
 #[derive(Debug)]
 pub struct CertStore {
     paths: CertPaths,
+    quic_cert: QuicCert,
     /// Presented on TCP.
     pub tcp: Arc<Slot>,
     /// Presented on QUIC (HTTP/3, WebTransport, native).
@@ -91,12 +98,14 @@ pub struct CertStore {
 type Stamp = Vec<Option<(u64, i64, SystemTime, u64)>>;
 
 impl CertStore {
-    pub fn load(paths: CertPaths) -> Result<Self, TlsError> {
+    pub fn load(paths: CertPaths, quic_cert: QuicCert) -> Result<Self, TlsError> {
         let stamp = stamp(&paths);
         let tcp = load_pair(&paths.server_cert(), &paths.server_key())?;
-        let quic = load_pair(&paths.wt_cert(), &paths.wt_key())?;
+        let (cert, key) = quic_files(&paths, quic_cert);
+        let quic = load_pair(&cert, &key)?;
         Ok(CertStore {
             paths,
+            quic_cert,
             tcp: Arc::new(Slot(ArcSwap::from_pointee(tcp))),
             quic: Arc::new(Slot(ArcSwap::from_pointee(quic))),
             tickets: rustls::crypto::ring::Ticketer::new().map_err(TlsError::Tickets)?,
@@ -124,9 +133,10 @@ impl CertStore {
     /// Loads both pairs from disk and swaps in each one that is valid.
     pub fn reload(&self) -> bool {
         let mut swapped = false;
+        let (quic_cert, quic_key) = quic_files(&self.paths, self.quic_cert);
         for (slot, cert, key) in [
             (&self.tcp, self.paths.server_cert(), self.paths.server_key()),
-            (&self.quic, self.paths.wt_cert(), self.paths.wt_key()),
+            (&self.quic, quic_cert, quic_key),
         ] {
             match load_pair(&cert, &key) {
                 Ok(pair) => {
@@ -157,6 +167,11 @@ impl CertStore {
         &self.paths
     }
 
+    /// What the QUIC endpoint presents.
+    pub fn quic_cert(&self) -> QuicCert {
+        self.quic_cert
+    }
+
     /// The DER of the certificate the QUIC endpoint presents now.
     pub fn quic_cert_der(&self) -> CertificateDer<'static> {
         self.quic.0.load().cert[0].clone()
@@ -165,6 +180,14 @@ impl CertStore {
     /// The DER of the certificate the TCP listener presents now.
     pub fn tcp_cert_der(&self) -> CertificateDer<'static> {
         self.tcp.0.load().cert[0].clone()
+    }
+}
+
+/// The certificate and key files the QUIC endpoint presents.
+fn quic_files(paths: &CertPaths, quic_cert: QuicCert) -> (PathBuf, PathBuf) {
+    match quic_cert {
+        QuicCert::WebTransport => (paths.wt_cert(), paths.wt_key()),
+        QuicCert::Tls => (paths.server_cert(), paths.server_key()),
     }
 }
 
@@ -245,6 +268,45 @@ pub async fn watch(store: Arc<CertStore>, interval: Duration, shutdown: Shutdown
                 tracing::info!("SIGHUP: reloading certificates");
                 store.reload();
             }
+        }
+    }
+}
+
+/// Renews the WebTransport leaf every `interval` (and once at start) until shutdown, when the
+/// QUIC endpoint presents it and the directory holds the CA key that signs it; a renewal is
+/// swapped in at once. Without the CA key the files are left to whoever provides them.
+pub async fn rotate(store: Arc<CertStore>, interval: Duration, shutdown: Shutdown) {
+    if store.quic_cert != QuicCert::WebTransport {
+        return;
+    }
+    if !store.paths.ca_key().exists() {
+        tracing::info!(
+            dir = %store.paths.dir.display(),
+            "no CA key beside the certificates: the WebTransport certificate is not rotated here"
+        );
+        return;
+    }
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let paths = store.paths.clone();
+        let now = time::OffsetDateTime::now_utc();
+        let renewed =
+            tokio::task::spawn_blocking(move || haberci_certs::ensure_webtransport(&paths, now))
+                .await;
+        match renewed {
+            Ok(Ok((wt, next))) => {
+                if wt != haberci_certs::Action::Kept || next != haberci_certs::Action::Kept {
+                    tracing::info!(?wt, ?next, "WebTransport certificate rotated");
+                    store.reload();
+                }
+            }
+            Ok(Err(err)) => tracing::warn!(%err, "WebTransport certificate rotation failed"),
+            Err(err) => tracing::warn!(%err, "WebTransport certificate rotation panicked"),
         }
     }
 }

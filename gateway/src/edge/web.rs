@@ -50,6 +50,10 @@ const CONTENT_TYPES: [(&str, &str); 10] = [
 pub async fn realtime(State(state): State<GatewayState>) -> Response {
     let web = &state.web;
     let mut hashes = Vec::new();
+    // A CA-issued certificate is verified the usual way: nothing to pin.
+    if web.certs.quic_cert() == crate::config::QuicCert::Tls {
+        return realtime_body(web, hashes);
+    }
     let current = web.certs.quic_cert_der();
     if let Some(cert) = haberci_certs::pinnable(&current) {
         hashes.push(hash_json(&cert, true));
@@ -63,6 +67,10 @@ pub async fn realtime(State(state): State<GatewayState>) -> Response {
     {
         hashes.push(hash_json(&cert, false));
     }
+    realtime_body(web, hashes)
+}
+
+fn realtime_body(web: &Web, hashes: Vec<serde_json::Value>) -> Response {
     let body = json!({
         "protocolVersions": [haberci_wire::PROTOCOL_VERSION],
         "webTransport": {

@@ -70,6 +70,51 @@ async fn a_renewed_certificate_is_published_without_a_restart() {
     assert_eq!(hashes[1]["value"], new_next.trim());
 }
 
+#[tokio::test]
+async fn the_gateway_rotates_the_webtransport_certificate_itself() {
+    // Certificates made ten days ago: the WebTransport leaf has under four days left (due),
+    // and its successor has been valid since yesterday.
+    let dir = tempfile::tempdir().unwrap();
+    let old = haberci_certs::CertPaths::new(dir.path());
+    let ten_days_ago = time::OffsetDateTime::now_utc() - time::Duration::days(10);
+    haberci_certs::ensure(&old, ten_days_ago).unwrap();
+    let announced = std::fs::read_to_string(old.wt_next_hash()).unwrap();
+    let cert_dir = old.dir.clone();
+    let stack = Stack::builder()
+        .backend(Backend::Down)
+        .configure(move |config| {
+            config.tls.cert_paths = haberci_certs::CertPaths::new(cert_dir);
+            config.tls.rotate_interval = std::time::Duration::from_millis(100);
+        })
+        .start()
+        .await;
+
+    // Nobody runs `haberci-certs`: the gateway promotes the announced leaf on its own.
+    let mut reloads = stack.gateway.certs.reloads();
+    tokio::time::timeout(haberci_testkit::TIMEOUT, async {
+        while haberci_certs::sha256_hex(&stack.gateway.certs.quic_cert_der()) != announced.trim() {
+            reloads.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the announced certificate is presented within the timeout");
+
+    let roots = haberci_testkit::tls::roots(&[&old.ca_cert()]);
+    let mut client = support::TcpClient::connect(stack.gateway_tcp, roots, Version::Http1).await;
+    let body = client.send(get("/v1/realtime")).await.json();
+    let hashes = body["webTransport"]["certificateHashes"]
+        .as_array()
+        .unwrap();
+    assert_eq!(hashes.len(), 2, "{body}");
+    assert_eq!(hashes[0]["value"], announced.trim());
+    assert_eq!(hashes[0]["presented"], true);
+    // A new successor is announced, valid before the promoted one is due.
+    let successor = std::fs::read_to_string(old.wt_next_hash()).unwrap();
+    assert_ne!(successor, announced);
+    assert_eq!(hashes[1]["value"], successor.trim());
+    assert!(hashes[1]["notBefore"].as_str() < hashes[0]["notAfter"].as_str());
+}
+
 /// A web directory with a page, a script and a stylesheet, and a file outside it.
 fn web_dir() -> tempfile::TempDir {
     let root = tempfile::tempdir().unwrap();
