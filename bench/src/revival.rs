@@ -178,7 +178,7 @@ pub(crate) fn kill9(pid: u32) -> anyhow::Result<()> {
 }
 
 /// `kill SIGNAL pid` (the kill(1) command: the crate forbids `unsafe`, so no libc call).
-fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+pub(crate) fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
     let status = std::process::Command::new("kill")
         .args([signal, &pid.to_string()])
         .status()

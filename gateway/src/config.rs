@@ -357,6 +357,7 @@ fn read_session(env: &mut Env<'_>) -> SessionConfig {
         hello_timeout: env.millis_or("HABERCI_SESSION_HELLO_TIMEOUT_MS", defaults.hello_timeout),
         idle_timeout: env.millis_or("HABERCI_SESSION_IDLE_TIMEOUT_MS", defaults.idle_timeout),
         write_timeout: env.millis_or("HABERCI_SESSION_WRITE_TIMEOUT_MS", defaults.write_timeout),
+        drain_spread: env.millis_or("HABERCI_SESSION_DRAIN_SPREAD_MS", defaults.drain_spread),
         send_rate_per_sec: env.parse_or("HABERCI_SESSION_SEND_RATE", defaults.send_rate_per_sec),
         send_burst,
         ..defaults

@@ -47,8 +47,11 @@ pub const MAX_PRESENCE_WATCH: usize = 256;
 /// The `unavailable` answer to a send that could not reach its stream.
 pub const UNAVAILABLE: &str =
     "messaging is unavailable right now; retry with the same client_msg_id";
-/// Advised wait before reconnecting to a draining server.
+/// Advised wait before reconnecting to a draining server: at least this…
 pub const DRAIN_RETRY_AFTER_MS: u32 = 1_000;
+/// …plus a share of this window that differs per session, so the clients of a drained gateway
+/// come back to the others over the window instead of all in the same second.
+pub const DEFAULT_DRAIN_SPREAD: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy)]
 pub struct SessionConfig {
@@ -59,6 +62,9 @@ pub struct SessionConfig {
     pub send_burst: u32,
     /// A client that takes no bytes for this long is closed as a slow consumer.
     pub write_timeout: Duration,
+    /// Drained sessions are told to come back after [`DRAIN_RETRY_AFTER_MS`] plus a share of
+    /// this window (see [`Session::drain`]).
+    pub drain_spread: Duration,
 }
 
 impl Default for SessionConfig {
@@ -70,6 +76,7 @@ impl Default for SessionConfig {
             send_rate_per_sec: DEFAULT_SEND_RATE_PER_SEC,
             send_burst: DEFAULT_SEND_BURST,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
+            drain_spread: DEFAULT_DRAIN_SPREAD,
         }
     }
 }
@@ -495,18 +502,32 @@ impl Session {
         self.close(ErrorCode::Unauthenticated, "the session was revoked");
     }
 
-    /// The server is shutting down: the client reconnects elsewhere and resumes.
+    /// The server is shutting down: the client reconnects elsewhere and resumes, after
+    /// [`Session::drain_retry_after_ms`].
     pub fn drain(&mut self) {
         if !self.is_closed() {
             self.out
                 .push_back(Output::Frame(ServerFrame::Closing(Closing {
                     code: ErrorCode::ServerDraining,
                     reason: "server shutting down; reconnect and resume".into(),
-                    retry_after_ms: NonZeroU32::new(DRAIN_RETRY_AFTER_MS),
+                    retry_after_ms: NonZeroU32::new(self.drain_retry_after_ms()),
                     supported_versions: Vec::new(),
                 })));
             self.finish(ErrorCode::ServerDraining);
         }
+    }
+
+    /// [`DRAIN_RETRY_AFTER_MS`] plus a share of the drain spread taken from the session id's
+    /// random bits (a UUIDv7's last 62 are random): spread evenly over the window across
+    /// sessions, with no random number generator in the session core. A session that never
+    /// opened gets the floor.
+    pub fn drain_retry_after_ms(&self) -> u32 {
+        let spread_ms = u64::try_from(self.config.drain_spread.as_millis()).unwrap_or(u64::MAX);
+        let share = match (self.identity(), spread_ms) {
+            (Some(identity), 1..) => (identity.session.as_uuid().as_u128() as u64) % spread_ms,
+            _ => 0,
+        };
+        DRAIN_RETRY_AFTER_MS.saturating_add(u32::try_from(share).unwrap_or(u32::MAX))
     }
 
     fn hello(&mut self, hello: Hello, verifier: &Verifier, now: Now) {
@@ -1336,15 +1357,34 @@ mod tests {
 
         let mut h = Harness::new();
         h.open();
+        let expected = h.session.drain_retry_after_ms();
         h.session.drain();
         let out = h.drain();
         assert_eq!(closed_with(&out), ErrorCode::ServerDraining);
         let [Output::Frame(ServerFrame::Closing(closing)), _] = &out[..] else {
             panic!("{out:?}")
         };
-        assert_eq!(
-            closing.retry_after_ms,
-            NonZeroU32::new(DRAIN_RETRY_AFTER_MS)
-        );
+        assert_eq!(closing.retry_after_ms, NonZeroU32::new(expected));
+    }
+
+    /// The clients of a drained gateway are told to come back over the spread window, not
+    /// all at once: 200 sessions' waits fall in [1 s, 1 s + spread) and fill every tenth of it.
+    #[test]
+    fn drained_sessions_come_back_spread_over_the_window() {
+        let spread_ms = u64::try_from(DEFAULT_DRAIN_SPREAD.as_millis()).unwrap();
+        let mut tenths = [0u32; 10];
+        for _ in 0..200 {
+            let mut h = Harness::new();
+            h.open();
+            let wait = u64::from(h.session.drain_retry_after_ms());
+            let floor = u64::from(DRAIN_RETRY_AFTER_MS);
+            assert!((floor..floor + spread_ms).contains(&wait), "{wait}");
+            tenths[((wait - floor) * 10 / spread_ms) as usize] += 1;
+        }
+        assert!(tenths.iter().all(|&n| n > 0), "{tenths:?}");
+
+        // Before Hello there is no session id: the floor.
+        let h = Harness::new();
+        assert_eq!(h.session.drain_retry_after_ms(), DRAIN_RETRY_AFTER_MS);
     }
 }

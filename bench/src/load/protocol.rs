@@ -113,6 +113,17 @@ pub enum Back {
     Same,
 }
 
+/// How `storm` stops its victim (`--signal`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stop {
+    /// SIGKILL: a crash; clients notice by their heartbeat or a reset.
+    Kill,
+    /// SIGTERM: a drain; every session gets `Closing{server_draining}` with its
+    /// `retry_after_ms`, and the gateway exits once they are closed.
+    Term,
+}
+
 /// One shard's share of a storm.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StormJob {

@@ -1,5 +1,7 @@
 //! `storm`: a gateway dies (SIGKILL, as a crash or an OOM kill would) while its clients chat,
-//! and all of them reconnect at once and resume.
+//! and all of them reconnect at once and resume. With `--signal term` it is drained instead
+//! (SIGTERM, as an upgrade does): its sessions are told `server_draining` with a wait spread
+//! over the gateway's window, and come back elsewhere after it.
 //!
 //! Pairs chat at an even pace across two or more gateways (a sender never on its recipient's
 //! gateway). After `--kill-after` seconds the coordinator kills the victim gateway (pid from
@@ -31,14 +33,14 @@ use crate::load::coordinator::{Shards, merged, merged_counts, timeline};
 use crate::load::flows::{Outbox, Recorder, Stamp, content, receive, unix_ns};
 use crate::load::plan::{DEADLINE_SLACK, Edges, Side, common, participants, shard_count};
 use crate::load::protocol::{
-    Back, PairSpec, Reconnect, Report, SessionSpec, ShardResult, StormJob, Timing,
+    Back, PairSpec, Reconnect, Report, SessionSpec, ShardResult, Stop, StormJob, Timing,
 };
 use crate::load::shard::{Live, client_config, failure_key, root_store, wait_go};
 use crate::report::charts::{cdf_points, latency_chart};
 use crate::report::latency::{Latency, Summary, Window};
 use crate::report::plots::Chart;
 use crate::report::{self, Machine, bar, command_line, run_id};
-use crate::revival::{Revival, kill9, victim_index, wait_listening, wait_refused};
+use crate::revival::{Revival, kill9, signal, victim_index, wait_listening, wait_refused};
 use crate::sampling::servers::ServerSet;
 use crate::target::{Mix, Target};
 
@@ -64,6 +66,9 @@ pub struct StormArgs {
     /// Where the clients go.
     #[arg(long, value_enum, default_value = "other")]
     pub back: Back,
+    /// How the victim is stopped: `kill` (a crash) or `term` (a drain).
+    #[arg(long, value_enum, default_value = "kill")]
+    pub signal: Stop,
     /// Client heartbeat: a QUIC client notices a dead gateway only by a missing Pong
     /// (WebSocket clients get a reset at once). Default: the SDK's.
     #[arg(long, default_value_t = haberci_client::DEFAULT_PING_INTERVAL.as_millis() as u64)]
@@ -129,10 +134,17 @@ impl Keeper {
     ) {
         let mut gateway = self.spec.gateway;
         loop {
+            // A drained gateway says when to come back (`Closing.retry_after_ms`).
+            let mut retry_after = None;
             let ended = loop {
                 tokio::select! {
                     event = events.recv() => match event {
                         Some(Event::Message(m)) => { let _ = messages.send(Incoming::Message(m.content)); }
+                        Some(Event::Closing(closing)) => {
+                            retry_after = closing
+                                .retry_after_ms
+                                .map(|ms| Duration::from_millis(u64::from(ms.get())));
+                        }
                         Some(Event::Disconnected(_)) | None => break true,
                         Some(_) => {}
                     },
@@ -154,7 +166,7 @@ impl Keeper {
             // Paced like the SDKs' clients: the first try after 250–500 ms, then exponential
             // with jitter up to 30 s, never sooner than the server asked.
             let backoff = haberci_client::Backoff::default();
-            let mut pause = backoff.delay(0, None);
+            let mut pause = backoff.delay(0, retry_after);
             loop {
                 tokio::select! {
                     () = tokio::time::sleep(pause) => {}
@@ -501,6 +513,9 @@ pub struct StormFigures {
     pub rate: f64,
     pub duration_s: f64,
     pub kill_after_s: f64,
+    pub signal: Stop,
+    /// SIGTERM → the drained gateway's process is gone (`--signal term`).
+    pub victim_exit_ms: Option<f64>,
     pub connected: u64,
     pub connect_failed: u64,
     pub connect_failures: BTreeMap<String, u64>,
@@ -650,6 +665,7 @@ pub async fn storm(args: StormArgs) -> anyhow::Result<bool> {
     let t0 = Instant::now();
     let kill_at = t0 + Duration::from_secs_f64(kill_after);
     let mut kill_ns = 0;
+    let exited_ns = std::sync::atomic::AtomicU64::new(0);
     let mut revived = false;
     let mut outcome = None;
     // Kill (and, for `same`, revive) in the middle of the run, while the shards report.
@@ -658,8 +674,18 @@ pub async fn storm(args: StormArgs) -> anyhow::Result<bool> {
         .map(|(_, tcp)| *tcp);
     let killing = async {
         tokio::time::sleep_until(kill_at.into()).await;
-        kill9(victim_pid)?;
         let ns = unix_ns();
+        match args.signal {
+            Stop::Kill => kill9(victim_pid)?,
+            Stop::Term => {
+                // Empty when the process is gone: every session was told and closed.
+                signal(victim_pid, "-TERM")?;
+                while crate::sampling::procfs::sample(victim_pid).is_some() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                exited_ns.store(unix_ns(), Ordering::Relaxed);
+            }
+        }
         let revived_pid = if args.back == Back::Same {
             if let Some(tcp) = victim_tcp {
                 wait_refused(tcp, Duration::from_secs(10)).await;
@@ -728,6 +754,11 @@ pub async fn storm(args: StormArgs) -> anyhow::Result<bool> {
         rate: args.rate,
         duration_s: args.duration,
         kill_after_s: kill_after,
+        signal: args.signal,
+        victim_exit_ms: match exited_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(ns.saturating_sub(kill_ns) as f64 / 1e6),
+        },
         connected: counts.connected,
         connect_failed: counts.connect_failed,
         connect_failures: merged_counts(results.iter().map(|r| r.failures.clone())),
@@ -791,8 +822,16 @@ fn markdown(mix: Mix, f: &StormFigures, machine: &Machine) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "### storm: {} users ({mix:?}) on {} gateways, {} killed after {:.0} s, clients go to {:?}\n",
-        f.users, f.gateways, f.victim, f.kill_after_s, f.back
+        "### storm: {} users ({mix:?}) on {} gateways, {} {} after {:.0} s, clients go to {:?}\n",
+        f.users,
+        f.gateways,
+        f.victim,
+        match f.signal {
+            Stop::Kill => "killed",
+            Stop::Term => "drained (SIGTERM)",
+        },
+        f.kill_after_s,
+        f.back
     );
     let _ = writeln!(md, "{}\n", machine.line());
     let _ = writeln!(md, "| what | figure |\n|---|---:|");
@@ -811,6 +850,12 @@ fn markdown(mix: Mix, f: &StormFigures, machine: &Machine) -> String {
         "| **kill → every session back** | **{:.0} ms** |",
         f.all_back_ms
     );
+    if let Some(ms) = f.victim_exit_ms {
+        let _ = writeln!(
+            md,
+            "| **SIGTERM → gateway empty (process exited)** | **{ms:.0} ms** |"
+        );
+    }
     let _ = writeln!(md, "| reconnect attempts | {} |", f.reconnect_attempts);
     let _ = writeln!(
         md,
