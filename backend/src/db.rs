@@ -39,11 +39,21 @@ pub fn connect_pool(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Err
         .connect_lazy_with(options))
 }
 
+/// How long a migration's statement waits for a lock on a live database.
+pub const MIGRATION_LOCK_TIMEOUT: &str = "SET lock_timeout = '5s'";
+
 /// Applies pending migrations directly to Postgres; returns how many were applied.
 pub async fn migrate(url: &str) -> Result<usize, sqlx::migrate::MigrateError> {
     use sqlx::Connection;
     // One connection, one attempt: a migration run is a command, not a service that waits.
     let mut conn = sqlx::PgConnection::connect(url)
+        .await
+        .map_err(sqlx::migrate::MigrateError::Execute)?;
+    // On a live database a DDL statement queued behind a long transaction would hold up every
+    // query queued behind it: give up after MIGRATION_LOCK_TIMEOUT instead (the migration
+    // fails, nothing is applied, run it again) — docs/OPERATIONS.md "Migrations".
+    sqlx::query(MIGRATION_LOCK_TIMEOUT)
+        .execute(&mut conn)
         .await
         .map_err(sqlx::migrate::MigrateError::Execute)?;
     let applied_before = applied_count(&mut conn).await;

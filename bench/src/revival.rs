@@ -145,6 +145,59 @@ pub(crate) fn victim_index(role: &str) -> Option<usize> {
     }
 }
 
+/// Restarts a backend process of the stack (`api`, `worker`, `worker2`, …) as an upgrade
+/// would: SIGTERM, wait until it has exited, start the binary at the same path again with the
+/// same settings (a new binary when the file was replaced), and wait until it is ready (the
+/// api listens on its `HABERCI_API_ADDR`; a worker logs `worker ready` again). Returns how long
+/// the role had no process ready.
+pub(crate) async fn roll(dev_dir: &std::path::Path, role: &str) -> anyhow::Result<Duration> {
+    let servers = ServerSet::discover(dev_dir, &[])?;
+    let pid = servers
+        .pid_of(role)
+        .with_context(|| format!("no running {role} in {}", dev_dir.display()))?;
+    let revival = Revival::capture(pid, dev_dir, role)?;
+    let readies = |log: &std::path::Path| {
+        std::fs::read_to_string(log)
+            .map(|text| text.matches("worker ready").count())
+            .unwrap_or(0)
+    };
+    let readies_before = readies(&revival.log);
+    let started = Instant::now();
+    signal(pid, "-TERM")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while crate::sampling::procfs::sample(pid).is_some() {
+        if Instant::now() > deadline {
+            bail!("{role} (pid {pid}) did not exit within 30 s of SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let api_addr = revival
+        .env
+        .iter()
+        .find(|(k, _)| k == "HABERCI_API_ADDR")
+        .and_then(|(_, v)| v.parse::<SocketAddr>().ok());
+    if role == "api"
+        && let Some(addr) = api_addr
+    {
+        wait_refused(addr, Duration::from_secs(10)).await;
+    }
+    revival.start()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = match (role, api_addr) {
+            ("api", Some(addr)) => tokio::net::TcpStream::connect(addr).await.is_ok(),
+            _ => readies(&revival.log) > readies_before,
+        };
+        if ready {
+            return Ok(started.elapsed());
+        }
+        if Instant::now() > deadline {
+            bail!("{role} was not ready within 60 s of its restart");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits (bounded) until `addr` accepts TCP connections.
 pub(crate) async fn wait_listening(addr: SocketAddr, limit: Duration) {
     let deadline = Instant::now() + limit;

@@ -1,6 +1,7 @@
 //! The HTTP surface rules every Haberci response follows, applied the same way by the gateway
-//! (all HTTP versions) and the backend API: security headers ([`harden`]) and CORS with an
-//! allow-list of origins ([`CorsOrigins`], `HABERCI_CORS_ORIGINS`).
+//! (all HTTP versions) and the backend API: security headers ([`harden`]), CORS with an
+//! allow-list of origins ([`CorsOrigins`], `HABERCI_CORS_ORIGINS`), and a request id in every
+//! log line of a request and in its answer ([`with_request_ids`]).
 
 use std::time::Duration;
 
@@ -144,6 +145,68 @@ where
         ))
 }
 
+/// `x-request-id`: one id per HTTP request, made by the gateway (the edge), forwarded with the
+/// request to the backend, in the span `request{id=…}` of every log line either writes while
+/// serving it, and in the answer, so a user's report can name it.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Where a request's id comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestIds {
+    /// The edge: always a new id; a client's own `x-request-id` is replaced (a client must
+    /// not write what lands in the operators' logs).
+    Assign,
+    /// Behind the gateway (only gateways reach the backend): the gateway's id when it sent a
+    /// well-formed one, a new one otherwise.
+    Accept,
+}
+
+/// The longest id accepted from a gateway.
+pub const MAX_REQUEST_ID_LEN: usize = 64;
+
+/// Wraps `router` (outermost) so every request gets an id as `mode` says: set on the request
+/// (a proxy forwards it), in a span around its handling, and on the answer.
+pub fn with_request_ids<S>(router: Router<S>, mode: RequestIds) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    router.layer(axum::middleware::from_fn(
+        move |mut request: axum::extract::Request, next: axum::middleware::Next| async move {
+            use tracing::Instrument;
+            let id = request
+                .headers()
+                .get(&REQUEST_ID)
+                .filter(|_| mode == RequestIds::Accept)
+                .filter(|value| well_formed_request_id(value.as_bytes()))
+                .cloned()
+                .unwrap_or_else(new_request_id);
+            request.headers_mut().insert(REQUEST_ID, id.clone());
+            let span = tracing::info_span!(
+                "request",
+                id = id.to_str().unwrap_or_default(),
+                method = %request.method(),
+            );
+            let mut response = next.run(request).instrument(span).await;
+            response.headers_mut().insert(REQUEST_ID, id);
+            response
+        },
+    ))
+}
+
+/// 1–64 characters of `[A-Za-z0-9._-]`.
+fn well_formed_request_id(id: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID_LEN).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A UUIDv7 in 32 hex digits: unique, and sorts by time.
+fn new_request_id() -> HeaderValue {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 /// A gateway and the backend behind it both apply CORS, and each adds its `Vary`; keep one
 /// copy of each value. (`Access-Control-Allow-*` values are replaced, never doubled.)
 fn dedupe_vary(headers: &mut HeaderMap) {
@@ -164,6 +227,17 @@ fn dedupe_vary(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_short_plain_request_ids_are_accepted() {
+        assert!(well_formed_request_id(b"0191c2d4e5f6789a0b1c2d3e4f5a6b7c"));
+        assert!(well_formed_request_id(b"a.b_c-D"));
+        assert!(!well_formed_request_id(b""));
+        assert!(!well_formed_request_id(&[b'a'; MAX_REQUEST_ID_LEN + 1]));
+        assert!(!well_formed_request_id(b"a b"));
+        assert!(!well_formed_request_id(b"id\nforged log line"));
+        assert!(well_formed_request_id(new_request_id().as_bytes()));
+    }
 
     #[test]
     fn origins_are_checked() {

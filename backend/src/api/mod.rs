@@ -202,7 +202,10 @@ pub fn app(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(haberci_kit::metrics::track_http))
         .layer(axum::middleware::map_response(no_store_by_default))
         .with_state(state);
-    haberci_kit::http::harden(router, &settings.cors)
+    haberci_kit::http::with_request_ids(
+        haberci_kit::http::harden(router, &settings.cors),
+        haberci_kit::http::RequestIds::Accept,
+    )
 }
 
 /// Bodies up to this size (by `Content-Length`) are read to their end before the request is

@@ -492,7 +492,7 @@ impl Consumer {
                 Ok(one) => all.sends.extend(one.sends),
                 Err(Stopped::Shutdown) => return None,
                 Err(Stopped::Data(err)) => {
-                    tracing::error!(%err, sender = %send.sender, client_msg_id = %send.send.client_msg_id, "postgres refused a send; answering invalid_field");
+                    tracing::error!(%err, session = %send.session, sender = %send.sender, client_msg_id = %send.send.client_msg_id, "postgres refused a send; answering invalid_field");
                     // Postgres refused this message's data: resending it as is cannot help.
                     all.sends.push(SendOutcome::Refused(Refusal::new(
                         haberci_wire::ErrorCode::InvalidField,

@@ -69,6 +69,10 @@ pub struct StormArgs {
     /// How the victim is stopped: `kill` (a crash) or `term` (a drain).
     #[arg(long, value_enum, default_value = "kill")]
     pub signal: Stop,
+    /// Before the victim, restart these backend processes one after another (`worker,api`),
+    /// as an upgrade rolls them: SIGTERM, exit, start again, ready (`revival::roll`).
+    #[arg(long, value_delimiter = ',')]
+    pub roll: Vec<String>,
     /// Client heartbeat: a QUIC client notices a dead gateway only by a missing Pong
     /// (WebSocket clients get a reset at once). Default: the SDK's.
     #[arg(long, default_value_t = haberci_client::DEFAULT_PING_INTERVAL.as_millis() as u64)]
@@ -514,6 +518,8 @@ pub struct StormFigures {
     pub duration_s: f64,
     pub kill_after_s: f64,
     pub signal: Stop,
+    /// `--roll`: each process restarted before the victim, and how long it was not ready (ms).
+    pub rolled: Vec<(String, f64)>,
     /// SIGTERM → the drained gateway's process is gone (`--signal term`).
     pub victim_exit_ms: Option<f64>,
     pub connected: u64,
@@ -666,6 +672,7 @@ pub async fn storm(args: StormArgs) -> anyhow::Result<bool> {
     let kill_at = t0 + Duration::from_secs_f64(kill_after);
     let mut kill_ns = 0;
     let exited_ns = std::sync::atomic::AtomicU64::new(0);
+    let rolled = Mutex::new(Vec::new());
     let mut revived = false;
     let mut outcome = None;
     // Kill (and, for `same`, revive) in the middle of the run, while the shards report.
@@ -674,6 +681,12 @@ pub async fn storm(args: StormArgs) -> anyhow::Result<bool> {
         .map(|(_, tcp)| *tcp);
     let killing = async {
         tokio::time::sleep_until(kill_at.into()).await;
+        for role in &args.roll {
+            let down = crate::revival::roll(&target.dev_dir, role).await?;
+            if let Ok(mut rolled) = rolled.lock() {
+                rolled.push((role.clone(), down.as_secs_f64() * 1000.0));
+            }
+        }
         let ns = unix_ns();
         match args.signal {
             Stop::Kill => kill9(victim_pid)?,
@@ -755,6 +768,7 @@ pub async fn storm(args: StormArgs) -> anyhow::Result<bool> {
         duration_s: args.duration,
         kill_after_s: kill_after,
         signal: args.signal,
+        rolled: rolled.lock().map(|r| r.clone()).unwrap_or_default(),
         victim_exit_ms: match exited_ns.load(Ordering::Relaxed) {
             0 => None,
             ns => Some(ns.saturating_sub(kill_ns) as f64 / 1e6),
@@ -850,6 +864,12 @@ fn markdown(mix: Mix, f: &StormFigures, machine: &Machine) -> String {
         "| **kill → every session back** | **{:.0} ms** |",
         f.all_back_ms
     );
+    for (role, ms) in &f.rolled {
+        let _ = writeln!(
+            md,
+            "| {role} restarted (SIGTERM → ready again) | {ms:.0} ms |"
+        );
+    }
     if let Some(ms) = f.victim_exit_ms {
         let _ = writeln!(
             md,

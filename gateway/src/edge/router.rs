@@ -55,7 +55,10 @@ pub fn router(state: GatewayState) -> Router {
         .merge(proxied)
         .layer(axum::middleware::from_fn(haberci_kit::metrics::track_http))
         .with_state(state);
-    haberci_kit::http::harden(router, &cors)
+    haberci_kit::http::with_request_ids(
+        haberci_kit::http::harden(router, &cors),
+        haberci_kit::http::RequestIds::Assign,
+    )
 }
 
 /// Bounds the body of a request served by the gateway itself: a declared length over `max`

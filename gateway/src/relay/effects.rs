@@ -132,7 +132,7 @@ async fn opened(
 ) -> Outcome {
     let mut inbox = messaging.relay.hub().mailbox();
     if let Err(err) = inbox.join(streams::user_channel(identity.user)).await {
-        tracing::warn!(%err, "cannot subscribe a session's user channel");
+        tracing::warn!(%err, session = %identity.session, "cannot subscribe a session's user channel");
         return Outcome::CloseUnavailable("messaging is unavailable; retry");
     }
     attached.mailbox = Some(inbox);
@@ -143,7 +143,7 @@ async fn opened(
         let result = match relay.conversations(identity.user).await {
             Ok(list) => Done::Synced(list),
             Err(err) => {
-                tracing::warn!(%err, user = %identity.user, "session sync failed");
+                tracing::warn!(%err, session = %identity.session, user = %identity.user, "session sync failed");
                 Done::SyncFailed
             }
         };
@@ -164,7 +164,7 @@ async fn send(relay: &Relay, identity: Identity, send: SendMessage) -> Outcome {
     match relay.append(&entry).await {
         Ok(()) => Outcome::Nothing,
         Err(err) => {
-            tracing::warn!(%err, "cannot append a send to its stream");
+            tracing::warn!(%err, session = %identity.session, %client_msg_id, "cannot append a send to its stream");
             Outcome::SendUnavailable(client_msg_id)
         }
     }
@@ -257,7 +257,7 @@ fn fetch(relay: Arc<Relay>, identity: Identity, from: Vec<FetchFrom>, done: mpsc
         let result = match relay.sync(identity.user, &from).await {
             Ok(pages) => Done::Fetched(pages),
             Err(err) => {
-                tracing::warn!(%err, user = %identity.user, "backlog fetch failed; retrying");
+                tracing::warn!(%err, session = %identity.session, user = %identity.user, "backlog fetch failed; retrying");
                 tokio::time::sleep(FETCH_RETRY).await;
                 Done::FetchFailed(from)
             }

@@ -100,7 +100,11 @@ async fn run<L: Link>(
                 Ok(true) => frames.clear(),
                 Ok(false) => return None,
                 Err(_) => {
-                    tracing::info!("client took no frames for {limit:?}; closing as slow");
+                    let session = session.identity().map(|identity| identity.session);
+                    tracing::info!(
+                        ?session,
+                        "client took no frames for {limit:?}; closing as slow"
+                    );
                     return Some(ErrorCode::SlowConsumer);
                 }
             }

@@ -12,6 +12,7 @@ mod certs_reload;
 mod handshake;
 mod http_versions;
 mod limits;
+mod logs;
 mod media;
 mod native;
 mod proxy;
