@@ -34,6 +34,7 @@ pub mod db;
 pub mod media;
 pub mod messaging;
 pub mod metrics;
+pub mod migration_rules;
 pub mod redis;
 pub mod social;
 pub mod worker;
