@@ -133,7 +133,7 @@ fn account_path(dir: &Path) -> PathBuf {
 }
 
 fn installed_path(dir: &Path) -> PathBuf {
-    dir.join("acme-certificate.json")
+    dir.join(haberci_certs::ACME_RECORD)
 }
 
 /// `Some(renewal time)` while the certificate in place needs nothing; `None` when one must
@@ -162,11 +162,25 @@ pub async fn ensure(settings: &Settings) -> Result<Outcome, AcmeError> {
     if let Some(renew_at) = current(settings, OffsetDateTime::now_utc()) {
         return Ok(Outcome::Kept { renew_at });
     }
+    // A certificate that could not be written would be ordered again at every retry, and a
+    // CA allows few per week for the same names: know the directory takes files first.
+    writable(&settings.cert_dir)?;
     let (chain_pem, key_pem) = order(settings).await?;
     install(settings, &chain_pem, &key_pem)
 }
 
-/// Checks the chain, writes key then chain, then the record that marks it as ours.
+/// Fails unless a private file can be written (and removed) in `dir`.
+fn writable(dir: &Path) -> Result<(), AcmeError> {
+    let probe = dir.join(".acme-probe");
+    haberci_certs::write_secret(&probe, b"")?;
+    std::fs::remove_file(&probe).map_err(|source| AcmeError::File {
+        path: probe,
+        source,
+    })
+}
+
+/// Checks the chain, writes key then chain, then the record that marks it as ours, holding
+/// the directory's lock (`haberci-certs` and rotating gateways take turns with it).
 fn install(settings: &Settings, chain_pem: &str, key_pem: &str) -> Result<Outcome, AcmeError> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
@@ -361,21 +375,35 @@ impl Responses {
                 ),
             )
             .with_state(self.clone());
-        let shutdown = Shutdown::new();
+        // The guard first: a later address that fails to bind stops those already serving.
+        let servers = Servers(Shutdown::new());
         for &addr in addrs {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| AcmeError::Listen { addr, source })?;
+            let listener = listen(addr).map_err(|source| AcmeError::Listen { addr, source })?;
             let router = router.clone();
-            let stop = shutdown.clone();
+            let stop = servers.0.clone();
             tokio::spawn(async move {
                 let _ = axum::serve(listener, router)
                     .with_graceful_shutdown(async move { stop.cancelled().await })
                     .await;
             });
         }
-        Ok(Servers(shutdown))
+        Ok(servers)
     }
+}
+
+/// A listener on `addr`. An IPv6 one is IPv6 only, so `0.0.0.0:80` and `[::]:80` can both be
+/// bound (Linux's default `bindv6only=0` would have `[::]` take the IPv4 port too).
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    tokio::net::TcpListener::from_std(socket.into())
 }
 
 /// Stops the challenge servers when dropped.
@@ -428,6 +456,14 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use time::macros::datetime;
+
+    #[tokio::test]
+    async fn both_wildcard_addresses_can_listen_on_one_port() {
+        let v4 = listen(SocketAddr::from(([0, 0, 0, 0], 0))).unwrap();
+        let port = v4.local_addr().unwrap().port();
+        let v6 = listen(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)));
+        assert!(v6.is_ok(), "{v6:?}");
+    }
 
     #[test]
     fn renewal_is_due_with_a_third_of_the_lifetime_left() {

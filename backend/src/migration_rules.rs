@@ -47,7 +47,14 @@ pub fn violations(sql: &str) -> Vec<String> {
                     "`{s}`: CONCURRENTLY needs `{NO_TRANSACTION}` on the migration's first line"
                 ));
             }
-            if let Some((_, on)) = rest.split_once(" ON ") {
+            // `CREATE INDEX name ON t`, or unnamed: `CREATE INDEX ON t`.
+            let target = rest
+                .trim_start_matches("CONCURRENTLY ")
+                .trim_start_matches("IF NOT EXISTS ");
+            let on = target
+                .strip_prefix("ON ")
+                .or_else(|| target.split_once(" ON ").map(|(_, on)| on));
+            if let Some(on) = on {
                 let table = table_name(on.trim_start_matches("ONLY "));
                 if existing(&table) && !concurrently {
                     found.push(format!(
@@ -65,8 +72,12 @@ pub fn violations(sql: &str) -> Vec<String> {
             }
             let adds_constraint = s.contains(" ADD CONSTRAINT ")
                 || s.contains(" ADD CHECK ")
-                || s.contains(" ADD FOREIGN KEY ");
-            if s.contains(" ALTER COLUMN ") && s.contains(" TYPE ") {
+                || s.contains(" ADD FOREIGN KEY ")
+                || s.contains(" ADD PRIMARY KEY")
+                || s.contains(" ADD UNIQUE");
+            // `ALTER [COLUMN] c TYPE t`: COLUMN is optional.
+            let alters = rest.contains(" ALTER ");
+            if alters && s.contains(" TYPE ") {
                 found.push(format!("`{s}`: a type change rewrites {table}"));
             }
             if s.contains(" SET NOT NULL") {
@@ -82,6 +93,15 @@ pub fn violations(sql: &str) -> Vec<String> {
             {
                 found.push(format!(
                     "`{s}`: add the constraint NOT VALID, validate it later"
+                ));
+            }
+            // A new column with a CHECK, UNIQUE or PRIMARY KEY of its own is validated (or
+            // indexed) over the whole table under the strictest lock.
+            if s.contains(" ADD COLUMN ")
+                && (s.contains(" CHECK ") || s.contains(" UNIQUE") || s.contains(" PRIMARY KEY"))
+            {
+                found.push(format!(
+                    "`{s}`: add the column bare; constrain it NOT VALID or by an index built CONCURRENTLY"
                 ));
             }
             if adds_constraint
@@ -158,7 +178,7 @@ mod tests {
 
     #[test]
     fn the_rules_catch_what_locks_a_live_table() {
-        let cases: [(&str, usize); 14] = [
+        let cases: [(&str, usize); 19] = [
             ("CREATE TABLE t (id int); CREATE INDEX t_id ON t (id);", 0),
             ("CREATE INDEX m_x ON messages (created_at);", 1),
             ("CREATE UNIQUE INDEX m_x ON public.messages (id);", 1),
@@ -189,6 +209,14 @@ mod tests {
             (
                 "LOCK TABLE messages IN ACCESS EXCLUSIVE MODE; VACUUM FULL messages;",
                 2,
+            ),
+            ("CREATE INDEX ON messages (created_at);", 1),
+            ("ALTER TABLE messages ALTER seq TYPE numeric;", 1),
+            ("ALTER TABLE messages ADD PRIMARY KEY (id);", 1),
+            ("ALTER TABLE messages ADD COLUMN n int CHECK (n > 0);", 1),
+            (
+                "ALTER TABLE messages ADD COLUMN n int REFERENCES users (id);",
+                0,
             ),
             (
                 "CREATE FUNCTION f() RETURNS trigger AS $$ BEGIN CREATE INDEX x ON y (z); END; $$ LANGUAGE plpgsql;",

@@ -150,14 +150,20 @@ pub fn ensure(paths: &CertPaths, now: OffsetDateTime) -> Result<Report, CertErro
     }
     let issuer = load_issuer(paths)?;
 
-    // A new CA invalidates every leaf it signed before.
-    let server = renewal(
-        ca,
-        &paths.server_cert(),
-        validity(&paths.server_cert(), &paths.server_key()),
-        now,
-        SERVER_RENEW_BEFORE,
-    );
+    // A new CA invalidates every leaf it signed before. A certificate haberci-acme installed
+    // is not this CA's to renew.
+    let acme = paths.dir.join(ACME_RECORD).exists();
+    let server = if acme {
+        Action::Kept
+    } else {
+        renewal(
+            ca,
+            &paths.server_cert(),
+            validity(&paths.server_cert(), &paths.server_key()),
+            now,
+            SERVER_RENEW_BEFORE,
+        )
+    };
     if server != Action::Kept {
         let (cert_pem, key_pem, _) = issue_leaf(
             &issuer,
@@ -194,21 +200,32 @@ pub fn ensure_webtransport(
     ensure_wt(paths, &issuer, Action::Kept, now)
 }
 
+/// The file `haberci-acme` keeps beside a certificate it installed; with it, [`ensure`]
+/// leaves `server.pem` alone (it is the ACME CA's, not the dev CA's).
+pub const ACME_RECORD: &str = "acme-certificate.json";
+
 /// Holds `.lock` in the directory (an exclusive `flock`, released when the file closes):
-/// gateways sharing it and `haberci-certs ensure` take turns, so one next leaf is issued, not
-/// one per process.
-fn lock(paths: &CertPaths) -> Result<fs::File, CertError> {
+/// gateways sharing it, `haberci-certs ensure` and `haberci-acme` take turns, so one next leaf
+/// is issued, not one per process. Opened read-only when it exists (a lock needs no write
+/// access, so a `.lock` another user created does not stop a gateway), created 0644 otherwise.
+pub fn lock(paths: &CertPaths) -> Result<fs::File, CertError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let path = paths.dir.join(".lock");
     let io = |source| CertError::Io {
         path: path.clone(),
         source,
     };
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io)?;
+    let file = match fs::File::open(&path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(PUBLIC_MODE)
+            .open(&path)
+            .map_err(io)?,
+        Err(err) => return Err(io(err)),
+    };
     rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
         .map_err(|errno| io(errno.into()))?;
     Ok(file)
@@ -518,6 +535,22 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertError> 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn a_certificate_installed_by_haberci_acme_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = CertPaths::new(dir.path());
+        let now = OffsetDateTime::now_utc();
+        ensure(&paths, now).unwrap();
+        std::fs::write(dir.path().join(ACME_RECORD), "{}").unwrap();
+        let before = std::fs::read(paths.server_cert()).unwrap();
+        // A new CA would renew every leaf it signs; not the ACME CA's.
+        std::fs::remove_file(paths.ca_cert()).unwrap();
+        let report = ensure(&paths, now).unwrap();
+        assert_eq!(report.ca, Action::Created);
+        assert_eq!(report.server, Action::Kept);
+        assert_eq!(std::fs::read(paths.server_cert()).unwrap(), before);
+    }
     use super::*;
 
     /// Regression: leaves were issued with an explicit `cA: FALSE`, which DER forbids (a

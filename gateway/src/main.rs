@@ -26,10 +26,13 @@ fn main() -> ExitCode {
         }
     };
     let cert_paths = config.tls.cert_paths.clone();
+    let quic_cert = config.tls.quic_cert;
     let metrics = match haberci_kit::metrics::install() {
         Ok(metrics) => metrics
             .sampled_by(haberci_gateway::metrics::sample_udp_drops)
-            .sampled_by(move || haberci_gateway::metrics::sample_certificates(&cert_paths)),
+            .sampled_by(move || {
+                haberci_gateway::metrics::sample_certificates(&cert_paths, quic_cert)
+            }),
         Err(err) => {
             eprintln!("haberci-gateway: {err}");
             return ExitCode::FAILURE;

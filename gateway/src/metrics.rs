@@ -150,11 +150,12 @@ pub fn revoked() {
 }
 
 /// Reads when the gateway's certificates expire into their gauge; called on every scrape.
-pub fn sample_certificates(paths: &haberci_certs::CertPaths) {
-    for (usage, path) in [
-        ("tcp", paths.server_cert()),
-        ("webtransport", paths.wt_cert()),
-    ] {
+pub fn sample_certificates(paths: &haberci_certs::CertPaths, quic: crate::config::QuicCert) {
+    // With `HABERCI_QUIC_CERT=tls` no WebTransport leaf is served: a stale `wt.pem` on disk
+    // must not page anyone.
+    let webtransport =
+        (quic == crate::config::QuicCert::WebTransport).then(|| ("webtransport", paths.wt_cert()));
+    for (usage, path) in std::iter::once(("tcp", paths.server_cert())).chain(webtransport) {
         if let Some(not_after) = haberci_certs::not_after(&path) {
             gauge!("haberci_gateway_certificate_expiry_timestamp_seconds", "usage" => usage)
                 .set(not_after.unix_timestamp() as f64);

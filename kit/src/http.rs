@@ -99,6 +99,7 @@ impl CorsOrigins {
                 HeaderName::from_static("upload-metadata"),
             ])
             .expose_headers([
+                REQUEST_ID,
                 header::RETRY_AFTER,
                 header::LOCATION,
                 header::CONTENT_RANGE,

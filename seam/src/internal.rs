@@ -6,12 +6,15 @@
 //! time ([`InternalToken::admits`]).
 //!
 //! - `GET` [`user_conversations_path`]: every conversation the user is in, with kind, direct
-//!   peer, last seq and the user's watermarks ([`UserConversations`]; a gateway's session start).
+//!   peer, last seq and the user's watermarks ([`UserConversations`]; a gateway's session
+//!   start). With `?session=`, first the check that it is an active session of that user:
+//!   `403` when it is revoked, expired, unknown or another user's (the gateway then refuses
+//!   the `Hello`).
 //! - `POST` [`SYNC_PATH`]: for a list of `(conversation, after)` positions, the messages the
 //!   user missed, ascending ([`SyncRequest`] → [`SyncAnswer`]; resume).
 //! - `GET` [`STATS_PATH`]: the API process's cache counters ([`Stats`]; operators, benchmarks).
 
-use haberci_wire::{ConversationId, Message, UserId};
+use haberci_wire::{ConversationId, Message, SessionId, UserId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -33,9 +36,17 @@ pub const SYNC_PATH: &str = "/internal/v1/sync";
 /// `GET`: [`Stats`].
 pub const STATS_PATH: &str = "/internal/v1/stats";
 
-/// `GET`: [`UserConversations`] of `user`.
-pub fn user_conversations_path(user: UserId) -> String {
-    format!("/internal/v1/users/{user}/conversations")
+/// `GET`: [`UserConversations`] of `user`, once `session` is found to be an active session
+/// of `user` (`403` otherwise).
+pub fn user_conversations_path(user: UserId, session: SessionId) -> String {
+    format!("/internal/v1/users/{user}/conversations?session={session}")
+}
+
+/// The query of [`USER_CONVERSATIONS_ROUTE`]. `session` is optional only for gateways of
+/// earlier releases during a rolling upgrade; every gateway of this release sends it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct SessionQuery {
+    pub session: Option<SessionId>,
 }
 
 /// Default and largest number of messages per conversation in one sync answer.

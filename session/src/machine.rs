@@ -47,6 +47,9 @@ pub const MAX_PRESENCE_WATCH: usize = 256;
 /// The `unavailable` answer to a send that could not reach its stream.
 pub const UNAVAILABLE: &str =
     "messaging is unavailable right now; retry with the same client_msg_id";
+/// Frames a client may pipeline behind `Hello` while its session is checked; more close the
+/// connection (`bad_frame`).
+pub const MAX_FRAMES_BEFORE_WELCOME: usize = 64;
 /// Advised wait before reconnecting to a draining server: at least this…
 pub const DRAIN_RETRY_AFTER_MS: u32 = 1_000;
 /// …plus a share of this window that differs per session, so the clients of a drained gateway
@@ -99,8 +102,10 @@ pub struct Identity {
 /// Work for the relay (Redis streams in, pub/sub out), always on behalf of `identity`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Relay {
-    /// The session is open: subscribe its user's channel, then list the user's conversations
-    /// and hand them to [`Session::handle_sync`]. The client's resume positions stay here.
+    /// The token verified: subscribe its user's channel, then check that its session is an
+    /// active session of that user while listing the user's conversations, and hand them to
+    /// [`Session::handle_sync`] (or call [`Session::refuse_session`]). `Welcome` waits for
+    /// that. The client's resume positions stay here.
     Opened {
         identity: Identity,
     },
@@ -133,6 +138,12 @@ enum State {
     AwaitingHello {
         deadline: Instant,
     },
+    /// The token verified; its session is being checked (revoked? another user's? never
+    /// existed?). Frames after `Hello` wait here, handled after `Welcome` or dropped.
+    Checking {
+        deadline: Instant,
+        hello: Box<Checked>,
+    },
     Open {
         identity: Identity,
         token_deadline: Instant,
@@ -148,6 +159,16 @@ enum State {
         max_error_code: u32,
     },
     Closed,
+}
+
+/// What a verified `Hello` left for `Welcome`.
+#[derive(Debug)]
+struct Checked {
+    identity: Identity,
+    expires_ms: i64,
+    resume: Vec<ResumePosition>,
+    max_error_code: u32,
+    queued: Vec<ClientFrame>,
 }
 
 #[derive(Debug)]
@@ -168,10 +189,11 @@ impl Session {
         }
     }
 
-    /// The identity once `Hello` was accepted.
+    /// The identity once `Hello`'s token verified.
     pub fn identity(&self) -> Option<Identity> {
         match &self.state {
             State::Open { identity, .. } => Some(*identity),
+            State::Checking { hello, .. } => Some(hello.identity),
             _ => None,
         }
     }
@@ -187,7 +209,7 @@ impl Session {
     /// When [`Session::handle_timeout`] must be called next.
     pub fn next_timeout(&self) -> Option<Instant> {
         match &self.state {
-            State::AwaitingHello { deadline } => Some(*deadline),
+            State::AwaitingHello { deadline } | State::Checking { deadline, .. } => Some(*deadline),
             State::Open {
                 token_deadline,
                 idle_deadline,
@@ -215,8 +237,18 @@ impl Session {
             Ok(frame) => frame,
             Err(err) => return self.refuse(&err),
         };
+        if let State::Checking { hello, .. } = &mut self.state {
+            return match frame {
+                ClientFrame::Hello(_) => self.close(ErrorCode::BadFrame, "Hello was already sent"),
+                frame if hello.queued.len() < MAX_FRAMES_BEFORE_WELCOME => hello.queued.push(frame),
+                _ => self.close(
+                    ErrorCode::BadFrame,
+                    "more than 64 frames before Welcome; wait for it",
+                ),
+            };
+        }
         let identity = match &self.state {
-            State::Closed => return,
+            State::Closed | State::Checking { .. } => return,
             State::AwaitingHello { .. } => None,
             State::Open { identity, .. } => Some(*identity),
         };
@@ -346,8 +378,32 @@ impl Session {
         }
     }
 
-    /// The user's conversations, listed by the backend after [`Relay::Opened`]'s subscription.
-    pub fn handle_sync(&mut self, conversations: &[ConversationInfo]) {
+    /// The user's conversations, listed by the backend after [`Relay::Opened`]'s subscription,
+    /// which also found the session active: `Welcome`, then the frames that waited behind
+    /// `Hello`, in order.
+    pub fn handle_sync(
+        &mut self,
+        conversations: &[ConversationInfo],
+        verifier: &Verifier,
+        now: Now,
+    ) {
+        let queued = if matches!(self.state, State::Checking { .. }) {
+            let State::Checking { hello, .. } = std::mem::replace(&mut self.state, State::Closed)
+            else {
+                return;
+            };
+            let Checked {
+                identity,
+                expires_ms,
+                resume,
+                max_error_code,
+                queued,
+            } = *hello;
+            self.welcome(identity, expires_ms, resume, max_error_code, now);
+            queued
+        } else {
+            Vec::new()
+        };
         if let State::Open {
             delivery, resume, ..
         } = &mut self.state
@@ -356,6 +412,20 @@ impl Session {
             delivery.start(conversations, &resume);
         }
         self.collect();
+        for frame in queued {
+            self.handle_frame(Ok(frame), verifier, now);
+        }
+    }
+
+    /// The backend found the token's session revoked, expired, unknown, or another user's:
+    /// the connection closes and nothing sent behind `Hello` goes anywhere.
+    pub fn refuse_session(&mut self) {
+        if matches!(self.state, State::Checking { .. }) {
+            self.close(
+                ErrorCode::Unauthenticated,
+                "the token's session was revoked or does not exist; log in again",
+            );
+        }
     }
 
     /// Something published on a channel this session listens to.
@@ -484,6 +554,9 @@ impl Session {
             State::AwaitingHello { deadline } if now.instant >= *deadline => {
                 self.close(ErrorCode::IdleTimeout, "no Hello in time")
             }
+            State::Checking { deadline, .. } if now.instant >= *deadline => {
+                self.close_unavailable("the session could not be checked in time; retry")
+            }
             State::Open { token_deadline, .. } if now.instant >= *token_deadline => self.close(
                 ErrorCode::TokenExpired,
                 "the access token expired; refresh it and reconnect",
@@ -518,7 +591,7 @@ impl Session {
     }
 
     /// [`DRAIN_RETRY_AFTER_MS`] plus a share of the drain spread taken from the session id's
-    /// random bits (a UUIDv7's last 62 are random): spread evenly over the window across
+    /// random bits (the low 32 of a UUIDv7 are random): spread evenly over the window across
     /// sessions, with no random number generator in the session core. A session that never
     /// opened gets the floor.
     pub fn drain_retry_after_ms(&self) -> u32 {
@@ -548,6 +621,30 @@ impl Session {
         else {
             return;
         };
+        // The token verified; its session is checked (and the user's conversations listed)
+        // before Welcome.
+        self.state = State::Checking {
+            deadline: now.instant + self.config.hello_timeout,
+            hello: Box::new(Checked {
+                identity,
+                expires_ms,
+                resume: hello.resume,
+                max_error_code: hello.max_error_code,
+                queued: Vec::new(),
+            }),
+        };
+        self.out
+            .push_back(Output::Relay(Relay::Opened { identity }));
+    }
+
+    fn welcome(
+        &mut self,
+        identity: Identity,
+        expires_ms: i64,
+        resume: Vec<ResumePosition>,
+        max_error_code: u32,
+        now: Now,
+    ) {
         let (Some(server_time), Some(token_expires_at)) = (
             Timestamp::from_unix_millis(now.unix_ms),
             Timestamp::from_unix_millis(expires_ms),
@@ -565,8 +662,8 @@ impl Session {
             ),
             pending: SendQueue::default(),
             delivery: Box::new(Delivery::new(identity.session, identity.user)),
-            resume: hello.resume,
-            max_error_code: hello.max_error_code,
+            resume,
+            max_error_code,
         };
         self.out
             .push_back(Output::Frame(ServerFrame::Welcome(Welcome {
@@ -583,8 +680,6 @@ impl Session {
                         .unwrap_or(u32::MAX),
                 },
             })));
-        self.out
-            .push_back(Output::Relay(Relay::Opened { identity }));
     }
 
     fn refresh(&mut self, token: &str, verifier: &Verifier, now: Now) {
@@ -775,9 +870,22 @@ mod tests {
             std::iter::from_fn(|| self.session.poll_output()).collect()
         }
 
+        /// The backend listed `conversations` (and found the session active).
+        fn sync(&mut self, conversations: &[ConversationInfo], after_ms: u64) -> Vec<Output> {
+            let now = self.now(after_ms);
+            self.session.handle_sync(conversations, &self.verifier, now);
+            self.drain()
+        }
+
+        /// Hello, its session checked with no conversations: Welcome.
         fn open(&mut self) {
             let token = self.token(0, 900);
             let out = self.send(hello(token, 1), 0);
+            assert!(
+                matches!(out[..], [Output::Relay(Relay::Opened { .. })]),
+                "{out:?}"
+            );
+            let out = self.sync(&[], 0);
             assert!(
                 matches!(out[0], Output::Frame(ServerFrame::Welcome(_))),
                 "{out:?}"
@@ -850,6 +958,7 @@ mod tests {
             let mut h = Harness::new();
             let token = h.token(0, 900);
             h.send(hello(token, 1), 0);
+            h.sync(&[], 0);
             fail(&mut h.session);
             assert_eq!(closed_with(&h.drain()), code);
             assert!(
@@ -864,6 +973,7 @@ mod tests {
         let mut h = Harness::new();
         let token = h.token(0, 900);
         h.send(hello(token, 1), 0);
+        h.sync(&[], 0);
         let me = UserId::new(h.user).unwrap();
         let ClientFrame::Send(base) = send_frame(1) else {
             unreachable!()
@@ -911,24 +1021,87 @@ mod tests {
     }
 
     #[test]
-    fn hello_with_a_valid_token_opens_the_session() {
+    fn hello_with_a_valid_token_opens_the_session_once_it_is_checked() {
         let mut h = Harness::new();
         let token = h.token(0, 900);
         let out = h.send(hello(token, 1), 5);
+        // No Welcome yet: the token's session is checked (and the conversations listed) first.
+        let identity = h.session.identity().unwrap();
+        assert_eq!(out, [Output::Relay(Relay::Opened { identity })]);
+        let out = h.sync(&[], 7);
         let Output::Frame(ServerFrame::Welcome(welcome)) = &out[0] else {
             panic!("{out:?}")
         };
         assert_eq!(welcome.user_id.as_uuid(), h.user);
         assert_eq!(welcome.session_id.as_uuid(), h.sid);
-        assert_eq!(welcome.server_time.unix_millis(), T0_MS + 5);
+        assert_eq!(welcome.server_time.unix_millis(), T0_MS + 7);
         assert_eq!(
             welcome.token_expires_at.unix_millis(),
             (T0_MS / 1000 + 900) * 1000
         );
         assert_eq!(welcome.limits.send_rate_per_sec, DEFAULT_SEND_RATE_PER_SEC);
-        let identity = h.session.identity().unwrap();
-        assert_eq!(out[1], Output::Relay(Relay::Opened { identity }));
-        assert_eq!(out.len(), 2);
+        assert_eq!(out.len(), 1);
+    }
+
+    /// Frames pipelined behind Hello wait for the check: after Welcome they are handled in
+    /// order; for a refused session they go nowhere and the connection closes.
+    #[test]
+    fn frames_behind_hello_wait_for_the_session_check() {
+        let pipelined = |h: &mut Harness| {
+            let token = h.token(0, 900);
+            assert_eq!(h.send(hello(token, 1), 0).len(), 1);
+            assert!(h.send(send_frame(1), 1).is_empty(), "held until Welcome");
+            assert!(h.send(ClientFrame::Ping(Ping { nonce: 9 }), 2).is_empty());
+        };
+
+        let mut h = Harness::new();
+        pipelined(&mut h);
+        let out = h.sync(&[], 3);
+        assert!(
+            matches!(out[0], Output::Frame(ServerFrame::Welcome(_))),
+            "{out:?}"
+        );
+        assert!(matches!(out[1], Output::Relay(Relay::Send(..))), "{out:?}");
+        assert_eq!(out[2], Output::Frame(ServerFrame::Pong(Pong { nonce: 9 })));
+
+        let mut h = Harness::new();
+        pipelined(&mut h);
+        h.session.refuse_session();
+        let out = h.drain();
+        assert_eq!(closed_with(&out), ErrorCode::Unauthenticated);
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::Relay(_))),
+            "nothing behind a refused Hello reaches the relay: {out:?}"
+        );
+
+        // A second Hello while checking, or too many frames, close.
+        let mut h = Harness::new();
+        let token = h.token(0, 900);
+        h.send(hello(token.clone(), 1), 0);
+        assert_eq!(
+            closed_with(&h.send(hello(token, 1), 1)),
+            ErrorCode::BadFrame
+        );
+        let mut h = Harness::new();
+        let token = h.token(0, 900);
+        h.send(hello(token, 1), 0);
+        for n in 0..MAX_FRAMES_BEFORE_WELCOME {
+            assert!(
+                h.send(ClientFrame::Ping(Ping { nonce: n as u32 }), 1)
+                    .is_empty()
+            );
+        }
+        assert_eq!(
+            closed_with(&h.send(ClientFrame::Ping(Ping { nonce: 0 }), 1)),
+            ErrorCode::BadFrame
+        );
+
+        // A check that never answers ends at the Hello timeout, to be retried.
+        let mut h = Harness::new();
+        let token = h.token(0, 900);
+        h.send(hello(token, 1), 0);
+        let late = u64::try_from(DEFAULT_HELLO_TIMEOUT.as_millis()).unwrap();
+        assert_eq!(closed_with(&h.tick(late)), ErrorCode::ServerDraining);
     }
 
     #[test]
@@ -1045,6 +1218,7 @@ mod tests {
         let mut h = Harness::new();
         let token = h.token(0, 60);
         h.send(hello(token, 1), 0);
+        h.sync(&[], 0);
         // Keep the session busy so only the token can end it.
         for t in (10_000..60_000).step_by(10_000) {
             h.send(ClientFrame::Ping(Ping { nonce: 0 }), t);
@@ -1054,6 +1228,7 @@ mod tests {
         let mut h = Harness::new();
         let token = h.token(0, 60);
         h.send(hello(token, 1), 0);
+        h.sync(&[], 0);
         let fresh = h.token(50_000, 900);
         let out = h.send(
             ClientFrame::RefreshAuth(RefreshAuth {
@@ -1134,8 +1309,7 @@ mod tests {
             };
             hello.max_error_code = max_error_code;
             h.send(ClientFrame::Hello(hello), 0);
-            h.session.handle_sync(&[]);
-            h.drain();
+            h.sync(&[], 0);
             let identity = h.session.identity().unwrap();
             let client_msg_id = ClientMsgId::new(Uuid::now_v7()).unwrap();
             let refused = Arc::new(Event::Refused {
@@ -1166,8 +1340,6 @@ mod tests {
         use haberci_wire::{Notification, NotificationId, NotificationKind};
         let mut h = Harness::new();
         h.open();
-        h.session.handle_sync(&[]);
-        h.drain();
         let notification = Notification {
             id: NotificationId::new(Uuid::now_v7()).unwrap(),
             kind: NotificationKind::Follow,
@@ -1193,8 +1365,6 @@ mod tests {
         use haberci_wire::{MessageId, Sent};
         let mut h = Harness::new();
         h.open();
-        h.session.handle_sync(&[]);
-        h.drain();
         let identity = h.session.identity().unwrap();
         let peer = UserId::new(Uuid::now_v7()).unwrap();
         let to_peer = |n: u128| SendMessage {

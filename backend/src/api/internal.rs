@@ -12,13 +12,14 @@ use axum::http::request::Parts;
 use axum::routing::{get, post};
 use haberci_seam::internal::{
     CacheStats, ConversationKind, DEFAULT_SYNC_LIMIT, HEADER, MAX_SYNC_LIMIT, MAX_SYNC_MESSAGES,
-    MAX_SYNC_POSITIONS, STATS_PATH, SYNC_PATH, Stats, SyncAnswer, SyncConversation, SyncRequest,
-    USER_CONVERSATIONS_ROUTE, UserConversation, UserConversations,
+    MAX_SYNC_POSITIONS, STATS_PATH, SYNC_PATH, SessionQuery, Stats, SyncAnswer, SyncConversation,
+    SyncRequest, USER_CONVERSATIONS_ROUTE, UserConversation, UserConversations,
 };
 use haberci_wire::{ConversationId, Message, Seq, UserId};
 
 use super::extract::{ApiJson, ApiPath};
 use super::{ApiError, AppState};
+use crate::auth::sessions::{self, Status};
 use crate::conversations::store::{self, SyncRow};
 use crate::conversations::{self, Kind, OthersWatermarks, status_for};
 
@@ -72,7 +73,28 @@ async fn user_conversations(
     _gateway: Gateway,
     State(state): State<AppState>,
     ApiPath(user): ApiPath<UserId>,
+    query: Result<axum::extract::Query<SessionQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<UserConversations>, ApiError> {
+    let axum::extract::Query(query) =
+        query.map_err(|_| ApiError::invalid("session", "must be a session id"))?;
+    // Invariant: a gateway welcomes a Hello only after this: a signed token is not enough,
+    // its session must be live and its subject's (the check the HTTP API makes per request).
+    if let Some(session) = query.session {
+        match sessions::status(
+            &state.db,
+            &state.redis,
+            session,
+            state.auth.settings.session_cache_ttl,
+        )
+        .await?
+        {
+            Status::Active(owner) if owner == user => {}
+            Status::Active(_) => return Err(ApiError::Forbidden("another user's session")),
+            Status::Revoked | Status::Expired | Status::Unknown => {
+                return Err(ApiError::Forbidden("the session is not active"));
+            }
+        }
+    }
     let rows = store::user_conversations(&state.db, user).await?;
     let conversations = rows
         .into_iter()

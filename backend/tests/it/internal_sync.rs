@@ -315,3 +315,50 @@ async fn sync_refuses_bad_requests_naming_the_field() {
     assert_eq!(reply.json["limit"], 10);
     assert_eq!(reply.json["conversations"].as_array().unwrap().len(), 1000);
 }
+
+/// `GET /internal/v1/users/{user}/conversations?session=` answers only for an active session of
+/// that user: a gateway welcomes a `Hello` on that answer alone.
+#[tokio::test]
+async fn a_session_start_is_refused_unless_the_session_is_the_users_and_active() {
+    let api = Api::new();
+    let (a, b) = (api.user().await, api.user().await);
+    let (sa, sb) = (session_of(&api, a.id).await, session_of(&api, b.id).await);
+    assert_eq!(
+        start(&api, a.id, sa.to_string()).await.status,
+        StatusCode::OK
+    );
+    for (what, session) in [
+        ("another user's session", sb.to_string()),
+        ("a session that never existed", Uuid::now_v7().to_string()),
+    ] {
+        let reply = start(&api, a.id, session).await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (StatusCode::FORBIDDEN, "forbidden"),
+            "{what}: {}",
+            reply.json
+        );
+    }
+    let bad = start(&api, a.id, "nope".into()).await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.json);
+
+    let out = api
+        .call("POST", "/v1/auth/logout", Value::Null, Some(&a.token))
+        .await;
+    assert_eq!(out.status, StatusCode::NO_CONTENT, "{}", out.json);
+    let revoked = start(&api, a.id, sa.to_string()).await;
+    assert_eq!(revoked.status, StatusCode::FORBIDDEN, "{}", revoked.json);
+}
+
+async fn session_of(api: &Api, user: Uuid) -> Uuid {
+    sqlx::query_scalar::<_, Uuid>("SELECT id FROM sessions WHERE user_id = $1")
+        .bind(user)
+        .fetch_one(&api.state.db)
+        .await
+        .unwrap()
+}
+
+async fn start(api: &Api, user: Uuid, session: String) -> Reply {
+    let path = format!("/internal/v1/users/{user}/conversations?session={session}");
+    api.internal("GET", &path, None, Some(INTERNAL_TOKEN)).await
+}

@@ -565,7 +565,10 @@ impl StormFigures {
             && self.delivered == self.sent_ok
             && self.lost == 0
             && self.duplicates == 0
+            && self.out_of_order == 0
             && self.unexpected == 0
+            // A drain that did not end in the gateway's own exit was not a drain.
+            && (self.signal == Stop::Kill || self.victim_exit_ms.is_some())
     }
 }
 
@@ -672,6 +675,7 @@ pub async fn storm(args: StormArgs) -> anyhow::Result<bool> {
     let kill_at = t0 + Duration::from_secs_f64(kill_after);
     let mut kill_ns = 0;
     let exited_ns = std::sync::atomic::AtomicU64::new(0);
+    let signalled_ns = std::sync::atomic::AtomicU64::new(0);
     let rolled = Mutex::new(Vec::new());
     let mut revived = false;
     let mut outcome = None;
@@ -688,6 +692,8 @@ pub async fn storm(args: StormArgs) -> anyhow::Result<bool> {
             }
         }
         let ns = unix_ns();
+        // Kept outside this future: the run may end (and drop it) before the victim exits.
+        signalled_ns.store(ns, Ordering::Relaxed);
         match args.signal {
             Stop::Kill => kill9(victim_pid)?,
             Stop::Term => {
@@ -743,6 +749,9 @@ pub async fn storm(args: StormArgs) -> anyhow::Result<bool> {
         wait_listening(*tcp, Duration::from_secs(30)).await;
     }
     let results = results?;
+    if kill_ns == 0 {
+        kill_ns = signalled_ns.load(Ordering::Relaxed);
+    }
     let cpu = cpu_before.delta_ms(&servers.cpu(), ticks);
     let sum = |f: fn(&ShardResult) -> u64| results.iter().map(f).sum::<u64>();
     let all: Vec<&Reconnect> = results.iter().flat_map(|r| &r.reconnects).collect();

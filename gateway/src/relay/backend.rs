@@ -108,8 +108,23 @@ impl Backend {
         path: &str,
         token: &InternalToken,
         body: Option<&B>,
-    ) -> Result<T, String> {
-        let uri = self.uri(path).map_err(|e| e.to_string())?;
+    ) -> Result<T, InternalError> {
+        self.internal_call(path, token, body)
+            .await
+            .map_err(|(status, message)| match status {
+                Some(StatusCode::FORBIDDEN) => InternalError::Forbidden(message),
+                _ => InternalError::Failed(message),
+            })
+    }
+
+    async fn internal_call<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        token: &InternalToken,
+        body: Option<&B>,
+    ) -> Result<T, (Option<StatusCode>, String)> {
+        let failed = |message: String| (None, message);
+        let uri = self.uri(path).map_err(|e| failed(e.to_string()))?;
         let builder = match body {
             Some(_) => {
                 http::Request::post(uri).header(http::header::CONTENT_TYPE, "application/json")
@@ -118,26 +133,37 @@ impl Backend {
         }
         .header(internal::HEADER, token.as_str());
         let body = match body {
-            Some(body) => Body::from(serde_json::to_vec(body).map_err(|e| e.to_string())?),
+            Some(body) => Body::from(serde_json::to_vec(body).map_err(|e| failed(e.to_string()))?),
             None => Body::empty(),
         };
-        let request = builder.body(body).map_err(|e| e.to_string())?;
+        let request = builder.body(body).map_err(|e| failed(e.to_string()))?;
         let response = tokio::time::timeout(self.timeout, self.client.request(request))
             .await
-            .map_err(|_| format!("{path}: timed out"))?
-            .map_err(|e| format!("{path}: {e}"))?;
+            .map_err(|_| failed(format!("{path}: timed out")))?
+            .map_err(|e| failed(format!("{path}: {e}")))?;
         let status = response.status();
         let bytes = Limited::new(response.into_body(), MAX_INTERNAL_BYTES)
             .collect()
             .await
-            .map_err(|e| format!("{path}: {e}"))?
+            .map_err(|e| failed(format!("{path}: {e}")))?
             .to_bytes();
         if status != StatusCode::OK {
-            return Err(format!(
-                "{path}: {status}: {}",
-                String::from_utf8_lossy(&bytes)
+            return Err((
+                Some(status),
+                format!("{path}: {status}: {}", String::from_utf8_lossy(&bytes)),
             ));
         }
-        serde_json::from_slice(&bytes).map_err(|e| format!("{path}: {e}"))
+        serde_json::from_slice(&bytes).map_err(|e| failed(format!("{path}: {e}")))
     }
+}
+
+/// Why an internal API call gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum InternalError {
+    /// `403`: the backend refuses what was asked (a session that is not active).
+    #[error("refused: {0}")]
+    Forbidden(String),
+    /// Anything else: unreachable, timed out, another status, an unreadable answer.
+    #[error("{0}")]
+    Failed(String),
 }

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use super::Relay;
 use super::hub::{Mailbox, Overflow};
 use super::presence::{Online, Presence};
+use super::streams::RelayError;
 
 /// Pause before a failed backlog fetch is asked again.
 pub const FETCH_RETRY: Duration = Duration::from_millis(500);
@@ -55,6 +56,8 @@ impl Attached {
 /// The result of work a session's loop handed to a task.
 pub enum Done {
     Synced(Vec<ConversationInfo>),
+    /// The backend found the session revoked, expired, unknown or another user's.
+    SessionRefused,
     SyncFailed,
     Fetched(Vec<Backlog>),
     FetchFailed(Vec<FetchFrom>),
@@ -72,6 +75,9 @@ pub enum Outcome {
     /// The session cannot go on here:
     /// [`haberci_session::Session::close_unavailable`].
     CloseUnavailable(&'static str),
+    /// No messaging here (tests; a gateway without Redis or the internal API's secret): the
+    /// session opens with no conversations and its session unchecked.
+    OpenUnchecked,
 }
 
 /// Carries out one piece of relay work.
@@ -109,6 +115,7 @@ pub async fn carry_out(
 /// nothing else is.
 pub fn unserved(work: &Work) -> Outcome {
     match work {
+        Work::Opened { .. } => Outcome::OpenUnchecked,
         Work::Send(_, send) => Outcome::SendUnavailable(send.client_msg_id),
         Work::Ack(..) | Work::Read(..) => {
             Outcome::Write(Box::new(ServerFrame::Error(ErrorFrame {
@@ -140,8 +147,12 @@ async fn opened(
     let relay = messaging.relay.clone();
     let done = done.clone();
     tokio::spawn(async move {
-        let result = match relay.conversations(identity.user).await {
+        let result = match relay.conversations(identity).await {
             Ok(list) => Done::Synced(list),
+            Err(RelayError::SessionRefused(why)) => {
+                tracing::info!(session = %identity.session, user = %identity.user, %why, "session refused at Hello");
+                Done::SessionRefused
+            }
             Err(err) => {
                 tracing::warn!(%err, session = %identity.session, user = %identity.user, "session sync failed");
                 Done::SyncFailed
@@ -340,8 +351,8 @@ mod tests {
         assert_eq!(unserved(&Work::Subscribe(conversation)), Outcome::Nothing);
         assert_eq!(
             unserved(&Work::Opened { identity }),
-            Outcome::Nothing,
-            "the session opens; messaging answers unavailable when used"
+            Outcome::OpenUnchecked,
+            "the session opens unchecked; messaging answers unavailable when used"
         );
     }
 }

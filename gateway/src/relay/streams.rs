@@ -18,10 +18,10 @@ use haberci_seam::internal::{
     self, ConversationKind, InternalToken, SyncAnswer, SyncPosition, SyncRequest, UserConversations,
 };
 use haberci_seam::streams::{self, Event, Inbound};
-use haberci_session::{Backlog, ConversationInfo, FetchFrom};
+use haberci_session::{Backlog, ConversationInfo, FetchFrom, Identity};
 use haberci_wire::UserId;
 
-use super::backend::Backend;
+use super::backend::{Backend, InternalError};
 use super::hub::{Hub, SUBSCRIBER_BUFFER};
 
 /// Most messages per conversation in one backlog page.
@@ -45,6 +45,8 @@ pub enum RelayError {
     Redis(#[from] fred::error::Error),
     #[error("backend: {0}")]
     Backend(String),
+    #[error("session refused: {0}")]
+    SessionRefused(String),
 }
 
 pub struct Relay {
@@ -127,13 +129,21 @@ impl Relay {
     }
 
     /// Every conversation `user` is a member of.
-    pub async fn conversations(&self, user: UserId) -> Result<Vec<ConversationInfo>, RelayError> {
-        let path = internal::user_conversations_path(user);
+    /// The conversations of `identity`'s user, once the backend found `identity`'s session
+    /// active and the user's own ([`RelayError::SessionRefused`] otherwise).
+    pub async fn conversations(
+        &self,
+        identity: Identity,
+    ) -> Result<Vec<ConversationInfo>, RelayError> {
+        let path = internal::user_conversations_path(identity.user, identity.session);
         let listing: UserConversations = self
             .backend
             .internal(&path, &self.config.internal_token, None::<&()>)
             .await
-            .map_err(RelayError::Backend)?;
+            .map_err(|err| match err {
+                InternalError::Forbidden(why) => RelayError::SessionRefused(why),
+                InternalError::Failed(why) => RelayError::Backend(why),
+            })?;
         Ok(listing
             .conversations
             .into_iter()
@@ -173,7 +183,7 @@ impl Relay {
                     Some(&request),
                 )
                 .await
-                .map_err(RelayError::Backend)?;
+                .map_err(|err| RelayError::Backend(err.to_string()))?;
             pages.extend(answer.conversations.into_iter().map(|c| Backlog {
                 conversation: c.conversation_id,
                 messages: c.messages,

@@ -89,6 +89,9 @@ async fn run<L: Link>(
                         Outcome::Write(frame) => frames.push(*frame),
                         Outcome::SendUnavailable(id) => session.send_unavailable(id),
                         Outcome::CloseUnavailable(reason) => session.close_unavailable(reason),
+                        Outcome::OpenUnchecked => {
+                            session.handle_sync(&[], &realtime.keys.current(), now())
+                        }
                     }
                 }
                 Output::Close(code) => close_with = Some(code),
@@ -151,7 +154,10 @@ async fn run<L: Link>(
             }
             Wake::Input(Input::Inbox(None) | Input::Done(None)) => {}
             Wake::Input(Input::Done(Some(done))) => match done {
-                Done::Synced(conversations) => session.handle_sync(&conversations),
+                Done::Synced(conversations) => {
+                    session.handle_sync(&conversations, &realtime.keys.current(), now())
+                }
+                Done::SessionRefused => session.refuse_session(),
                 Done::SyncFailed => session.close_unavailable("cannot list your conversations"),
                 Done::Fetched(pages) => {
                     for page in pages {

@@ -441,3 +441,71 @@ async fn a_published_notification_reaches_every_session_of_the_user() {
     };
     assert_eq!(on_socket, notification);
 }
+
+/// A revoked session's token still verifies (signed, unexpired). A gateway that missed the
+/// revocation's announcement (it was not running; Redis lost the message) must still refuse
+/// its Hello, on every transport, and a Send pipelined behind that Hello goes nowhere.
+#[tokio::test]
+async fn a_revoked_sessions_token_is_refused_at_hello_and_nothing_behind_it_is_stored() {
+    use fred::interfaces::KeysInterface;
+    let stack = Stack::builder().relay().start().await;
+    let alice = register(&stack).await;
+    let bob = register(&stack).await;
+    let (first, _) = haberci_client::Client::connect(
+        stack.client_config(haberci_testkit::TransportKind::WebSocket, &alice.token),
+    )
+    .await
+    .unwrap();
+    let session = first.welcome().session_id;
+    first.close().await;
+
+    // Revoked in Postgres only: no announcement, and the cached "active" entry gone, as after
+    // a missed message and the cache entry's expiry.
+    let db = haberci_backend::db::connect_pool(&env::database_url(), 1).unwrap();
+    let revoked = haberci_backend::auth::sessions::revoke_one(
+        &db,
+        alice.id,
+        session,
+        haberci_seam::revocation::RevokeReason::Logout,
+    )
+    .await
+    .unwrap();
+    assert_eq!(revoked.sessions.len(), 1);
+    let redis = haberci_backend::redis::connect(&env::redis_url()).unwrap();
+    let _: i64 = redis
+        .del(haberci_backend::auth::sessions::cache_key(session))
+        .await
+        .unwrap();
+
+    for kind in haberci_testkit::TransportKind::ALL {
+        let refused = haberci_client::Client::connect(stack.client_config(kind, &alice.token))
+            .await
+            .map(|_| ())
+            .expect_err("a revoked session's token opens nothing");
+        assert_eq!(
+            refused.code(),
+            Some(ErrorCode::Unauthenticated),
+            "{kind:?}: {refused}"
+        );
+    }
+
+    // Hello and a Send written together, on native QUIC.
+    let mut native = Native::open_with(&stack, quinn::TransportConfig::default()).await;
+    native.write(&hello(&alice.token, 1)).await;
+    native.write(&text(bob.id, "behind a revoked hello")).await;
+    match native.read().await {
+        ServerFrame::Closing(closing) => assert_eq!(closing.code, ErrorCode::Unauthenticated),
+        other => panic!("expected Closing, got {other:?}"),
+    }
+    // Had it been stored, Bob would have a conversation with Alice.
+    let (status, body) = haberci_testkit::api::call(
+        stack.backend,
+        http::Method::GET,
+        "/v1/conversations",
+        serde_json::Value::Null,
+        Some(&bob.token),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["conversations"], serde_json::json!([]), "{body}");
+}
