@@ -15,7 +15,7 @@ use haberci_wire::{SessionId, UserId};
 use serde::de::DeserializeOwned;
 
 use super::{ApiError, AppState};
-use crate::auth::sessions::{self, Status};
+use crate::auth::sessions::{self, NotUsable};
 
 /// A JSON body. Wrong content type → 415, too large → 413, not JSON → 400 `malformed_json`,
 /// a missing, unknown or invalid field → 422 `invalid_field` naming the field.
@@ -247,17 +247,18 @@ impl FromRequestParts<AppState> for Authenticated {
         };
         // Invariant: a verified token is not enough; its session must still be live. The
         // cache answers on the hot path; Postgres when the cache has no entry.
-        match sessions::status(
+        match sessions::usable_by(
             &state.db,
             &state.redis,
             session,
+            user,
             state.auth.settings.session_cache_ttl,
         )
         .await?
         {
-            Status::Active(owner) if owner == user => Ok(Authenticated { user, session }),
-            Status::Active(_) => Err(ApiError::InvalidToken),
-            Status::Revoked | Status::Expired | Status::Unknown => Err(ApiError::SessionRevoked),
+            Ok(()) => Ok(Authenticated { user, session }),
+            Err(NotUsable::OtherUser) => Err(ApiError::InvalidToken),
+            Err(NotUsable::NotActive) => Err(ApiError::SessionRevoked),
         }
     }
 }

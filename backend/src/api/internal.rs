@@ -19,7 +19,7 @@ use haberci_wire::{ConversationId, Message, Seq, UserId};
 
 use super::extract::{ApiJson, ApiPath};
 use super::{ApiError, AppState};
-use crate::auth::sessions::{self, Status};
+use crate::auth::sessions::{self, NotUsable};
 use crate::conversations::store::{self, SyncRow};
 use crate::conversations::{self, Kind, OthersWatermarks, status_for};
 
@@ -80,19 +80,19 @@ async fn user_conversations(
     // Invariant: a gateway welcomes a Hello only after this: a signed token is not enough,
     // its session must be live and its subject's (the check the HTTP API makes per request).
     if let Some(session) = query.session {
-        match sessions::status(
+        let usable = sessions::usable_by(
             &state.db,
             &state.redis,
             session,
+            user,
             state.auth.settings.session_cache_ttl,
         )
-        .await?
-        {
-            Status::Active(owner) if owner == user => {}
-            Status::Active(_) => return Err(ApiError::Forbidden("another user's session")),
-            Status::Revoked | Status::Expired | Status::Unknown => {
-                return Err(ApiError::Forbidden("the session is not active"));
-            }
+        .await?;
+        if let Err(why) = usable {
+            return Err(ApiError::Forbidden(match why {
+                NotUsable::OtherUser => "another user's session",
+                NotUsable::NotActive => "the session is not active",
+            }));
         }
     }
     let rows = store::user_conversations(&state.db, user).await?;

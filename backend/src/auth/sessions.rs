@@ -396,6 +396,30 @@ pub enum Status {
     Unknown,
 }
 
+/// Why a session may not act for a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotUsable {
+    /// Active, but another user's.
+    OtherUser,
+    /// Revoked, expired, or unknown.
+    NotActive,
+}
+
+/// Whether `session` may act for `user` now ([`status`], and its owner checked).
+pub async fn usable_by(
+    db: &PgPool,
+    redis: &Client,
+    session: SessionId,
+    user: UserId,
+    cache_ttl: Duration,
+) -> Result<Result<(), NotUsable>, sqlx::Error> {
+    Ok(match status(db, redis, session, cache_ttl).await? {
+        Status::Active(owner) if owner == user => Ok(()),
+        Status::Active(_) => Err(NotUsable::OtherUser),
+        Status::Revoked | Status::Expired | Status::Unknown => Err(NotUsable::NotActive),
+    })
+}
+
 /// Whether `session` may be used now: from the cache, else from Postgres (then cached).
 pub async fn status(
     db: &PgPool,
