@@ -353,6 +353,13 @@ fn read_session(env: &mut Env<'_>) -> SessionConfig {
     if send_burst == 0 {
         env.problem("HABERCI_SESSION_SEND_BURST must be at least 1");
     }
+    let receipt_rate_per_sec = env.parse_or(
+        "HABERCI_SESSION_RECEIPT_RATE",
+        defaults.receipt_rate_per_sec,
+    );
+    if receipt_rate_per_sec == 0 {
+        env.problem("HABERCI_SESSION_RECEIPT_RATE must be at least 1");
+    }
     SessionConfig {
         hello_timeout: env.millis_or("HABERCI_SESSION_HELLO_TIMEOUT_MS", defaults.hello_timeout),
         idle_timeout: env.millis_or("HABERCI_SESSION_IDLE_TIMEOUT_MS", defaults.idle_timeout),
@@ -360,6 +367,7 @@ fn read_session(env: &mut Env<'_>) -> SessionConfig {
         drain_spread: env.millis_or("HABERCI_SESSION_DRAIN_SPREAD_MS", defaults.drain_spread),
         send_rate_per_sec: env.parse_or("HABERCI_SESSION_SEND_RATE", defaults.send_rate_per_sec),
         send_burst,
+        receipt_rate_per_sec,
         ..defaults
     }
 }

@@ -288,6 +288,13 @@ mod tests {
             user(0x0190_0000_0000_7000_8000_0000_0000_0002),
         );
         assert_eq!(id.to_string(), GOLDEN_DIRECT);
+        // The worked example of docs/PROTOCOL.md ("Conversation ids").
+        let alice = 0x0192_0000_0000_7000_8000_0000_0000_a11c;
+        let bob = 0x0192_0000_0000_7000_8000_0000_0000_0b0b;
+        assert_eq!(
+            direct_conversation(user(alice), user(bob)).to_string(),
+            "fed322fd-be84-5894-bf7d-eb10829849da"
+        );
     }
     // Computed independently: Python `uuid.UUID(bytes=sha1(ns + low + high)[:16], version=5)`.
     const GOLDEN_DIRECT: &str = "43932eb0-41e9-5f02-a254-979808ba7765";

@@ -147,7 +147,10 @@ impl Delivery {
                 .iter()
                 .find(|r| r.conversation_id == info.id)
                 .map(|r| r.last_seq.map_or(0, |s| s.get()))
-                .unwrap_or(info.delivered_seq);
+                .unwrap_or(info.delivered_seq)
+                // A client cannot hold what was never stored: a position above the last seq
+                // would hide the next messages from it, so it is clamped (docs/PROTOCOL.md).
+                .min(info.last_seq);
             let mut track = Track::new(info.peer, pos);
             if info.peer.is_none() {
                 self.needs.push_back(Need::Subscribe(info.id));
@@ -565,6 +568,23 @@ mod tests {
                 },
             ]
         );
+    }
+
+    /// A position above the conversation's last seq is clamped to it: the next live
+    /// message is delivered, not mistaken for one the client already holds.
+    #[test]
+    fn a_resume_position_above_the_last_seq_is_clamped_to_it() {
+        let mut d = delivery();
+        d.start(
+            &[info(conv(), Some(user(PEER)), 3, 3)],
+            &[ResumePosition {
+                conversation_id: conv(),
+                last_seq: Seq::new(1_000),
+            }],
+        );
+        assert_eq!(drain(&mut d).1, vec![], "nothing missing up to 3");
+        live(&mut d, conv(), 4);
+        assert_eq!(drain(&mut d).0, vec![4]);
     }
 
     #[test]

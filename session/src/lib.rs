@@ -12,11 +12,15 @@
 //!   order, without gaps — from live events and backlog pages ([`Need`] asks for the pages).
 //! - [`sends`]: at most one send in flight per conversation, so a conversation's order is the
 //!   order the client sent in.
+//! - [`receipts`]: `Ack` and `Read` coalesced per conversation (the latest watermark wins) and
+//!   rate-limited; [`bucket`] is the token bucket sends and receipts share the code of.
 //!
 //! The rules a `Send` obeys are `haberci_seam::sends`, shared with the worker.
 
+pub mod bucket;
 pub mod delivery;
 pub mod machine;
+pub mod receipts;
 pub mod sends;
 
 pub use delivery::{Backlog, ConversationInfo, FetchFrom, Need, Route};

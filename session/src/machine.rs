@@ -23,11 +23,13 @@ use haberci_seam::streams::Event;
 use haberci_token::{Verifier, VerifyError};
 use haberci_wire::{
     Ack, ClientFrame, ClientMsgId, ClientTyping, Closing, ConversationId, ErrorCode, ErrorFrame,
-    Hello, Limits, Pong, PresenceWatch, Read, ResumePosition, SendMessage, ServerFrame, SessionId,
-    Timestamp, UserId, Welcome, WireError,
+    Hello, Limits, Pong, PresenceWatch, Read, ResumePosition, SendMessage, Seq, ServerFrame,
+    SessionId, Timestamp, UserId, Welcome, WireError,
 };
 
+use crate::bucket::TokenBucket;
 use crate::delivery::{Backlog, ConversationInfo, Delivery, FetchFrom, Need, Route};
+use crate::receipts::{DEFAULT_RECEIPT_BURST, DEFAULT_RECEIPT_RATE_PER_SEC, Receipt, Receipts};
 use crate::sends::{Admit, MAX_PENDING_SENDS, SendQueue};
 
 /// A session that has not sent `Hello` within this is closed (`idle_timeout`).
@@ -63,6 +65,10 @@ pub struct SessionConfig {
     pub max_frame_size: u32,
     pub send_rate_per_sec: u32,
     pub send_burst: u32,
+    /// `Ack`s and `Read`s leaving per second (coalesced per conversation; see
+    /// [`crate::receipts`]), and the burst above it.
+    pub receipt_rate_per_sec: u32,
+    pub receipt_burst: u32,
     /// A client that takes no bytes for this long is closed as a slow consumer.
     pub write_timeout: Duration,
     /// Drained sessions are told to come back after [`DRAIN_RETRY_AFTER_MS`] plus a share of
@@ -78,6 +84,8 @@ impl Default for SessionConfig {
             max_frame_size: u32::try_from(haberci_wire::DEFAULT_MAX_FRAME_SIZE).unwrap_or(u32::MAX),
             send_rate_per_sec: DEFAULT_SEND_RATE_PER_SEC,
             send_burst: DEFAULT_SEND_BURST,
+            receipt_rate_per_sec: DEFAULT_RECEIPT_RATE_PER_SEC,
+            receipt_burst: DEFAULT_RECEIPT_BURST,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             drain_spread: DEFAULT_DRAIN_SPREAD,
         }
@@ -149,6 +157,7 @@ enum State {
         token_deadline: Instant,
         idle_deadline: Instant,
         sends: TokenBucket,
+        receipts: Box<Receipts>,
         /// Sends in flight, one per conversation (see [`crate::sends`]).
         pending: SendQueue,
         delivery: Box<Delivery>,
@@ -168,7 +177,8 @@ struct Checked {
     expires_ms: i64,
     resume: Vec<ResumePosition>,
     max_error_code: u32,
-    queued: Vec<ClientFrame>,
+    /// Frames (or their decoding errors) pipelined behind `Hello`, in arrival order.
+    queued: Vec<Result<ClientFrame, WireError>>,
 }
 
 #[derive(Debug)]
@@ -214,11 +224,13 @@ impl Session {
                 token_deadline,
                 idle_deadline,
                 pending,
+                receipts,
                 ..
-            } => {
-                let at = (*token_deadline).min(*idle_deadline);
-                Some(pending.next_timeout().map_or(at, |resend| resend.min(at)))
-            }
+            } => [pending.next_timeout(), receipts.next_timeout()]
+                .into_iter()
+                .flatten()
+                .chain([*token_deadline, *idle_deadline])
+                .min(),
             State::Closed => None,
         }
     }
@@ -233,13 +245,14 @@ impl Session {
         if let State::Open { idle_deadline, .. } = &mut self.state {
             *idle_deadline = now.instant + self.config.idle_timeout;
         }
-        let frame = match frame {
-            Ok(frame) => frame,
-            Err(err) => return self.refuse(&err),
-        };
         if let State::Checking { hello, .. } = &mut self.state {
+            let fatal = frame.as_ref().is_err_and(|err| err.code().is_fatal());
             return match frame {
-                ClientFrame::Hello(_) => self.close(ErrorCode::BadFrame, "Hello was already sent"),
+                Ok(ClientFrame::Hello(_)) | Err(WireError::InvalidHello(_)) => {
+                    self.close(ErrorCode::BadFrame, "Hello was already sent")
+                }
+                Err(err) if fatal => self.refuse(&err),
+                // A non-fatal refusal waits too: nothing is answered before Welcome.
                 frame if hello.queued.len() < MAX_FRAMES_BEFORE_WELCOME => hello.queued.push(frame),
                 _ => self.close(
                     ErrorCode::BadFrame,
@@ -247,6 +260,10 @@ impl Session {
                 ),
             };
         }
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(err) => return self.refuse(&err),
+        };
         let identity = match &self.state {
             State::Closed | State::Checking { .. } => return,
             State::AwaitingHello { .. } => None,
@@ -284,8 +301,12 @@ impl Session {
                     self.error(ErrorCode::RateLimited, message, Some(send.client_msg_id));
                 }
             },
-            (Some(identity), ClientFrame::Ack(ack)) => self.relay(Relay::Ack(identity, ack)),
-            (Some(identity), ClientFrame::Read(read)) => self.relay(Relay::Read(identity, read)),
+            (Some(identity), ClientFrame::Ack(ack)) => {
+                self.receipt(identity, ack.conversation_id, ack.seq, false, now)
+            }
+            (Some(identity), ClientFrame::Read(read)) => {
+                self.receipt(identity, read.conversation_id, read.seq, true, now)
+            }
             (Some(identity), ClientFrame::Typing(typing)) => {
                 // Ephemeral: over the rate, or in a conversation the session does not follow,
                 // it is dropped, never answered.
@@ -311,6 +332,43 @@ impl Session {
 
     fn relay(&mut self, relay: Relay) {
         self.out.push_back(Output::Relay(relay));
+    }
+
+    /// An `Ack` or `Read`: refused for a conversation the session does not follow, else
+    /// coalesced and sent within the receipt rate.
+    fn receipt(
+        &mut self,
+        identity: Identity,
+        conversation: ConversationId,
+        seq: Seq,
+        read: bool,
+        now: Now,
+    ) {
+        if self
+            .delivery()
+            .and_then(|d| d.route(conversation))
+            .is_none()
+        {
+            let kind = if read { "Read" } else { "Ack" };
+            let message = format!("{kind} for conversation {conversation}, which is not yours");
+            return self.error(ErrorCode::Forbidden, message, None);
+        }
+        if let State::Open { receipts, .. } = &mut self.state {
+            receipts.add(conversation, seq, read);
+        }
+        self.flush_receipts(identity, now);
+    }
+
+    fn flush_receipts(&mut self, identity: Identity, now: Now) {
+        let State::Open { receipts, .. } = &mut self.state else {
+            return;
+        };
+        for receipt in receipts.ready(now.instant) {
+            self.out.push_back(Output::Relay(match receipt {
+                Receipt::Ack(ack) => Relay::Ack(identity, ack),
+                Receipt::Read(read) => Relay::Read(identity, read),
+            }));
+        }
     }
 
     /// A valid send within the rate: to the stream now, or after the answer to the one
@@ -413,7 +471,7 @@ impl Session {
         }
         self.collect();
         for frame in queued {
-            self.handle_frame(Ok(frame), verifier, now);
+            self.handle_frame(frame, verifier, now);
         }
     }
 
@@ -565,7 +623,11 @@ impl Session {
                 ErrorCode::IdleTimeout,
                 "nothing received; send Ping more often",
             ),
-            State::Open { .. } => self.resend_unanswered(false, now),
+            State::Open { identity, .. } => {
+                let identity = *identity;
+                self.resend_unanswered(false, now);
+                self.flush_receipts(identity, now);
+            }
             _ => {}
         }
     }
@@ -660,6 +722,11 @@ impl Session {
                 self.config.send_burst,
                 now.instant,
             ),
+            receipts: Box::new(Receipts::new(
+                self.config.receipt_rate_per_sec,
+                self.config.receipt_burst,
+                now.instant,
+            )),
             pending: SendQueue::default(),
             delivery: Box::new(Delivery::new(identity.session, identity.user)),
             resume,
@@ -738,10 +805,19 @@ impl Session {
     /// A frame that could not be decoded: `Error` for a non-fatal problem, `Closing` for a
     /// fatal one (the stream is out of sync, or the client is broken).
     fn refuse(&mut self, err: &WireError) {
-        if self.is_closed() {
-            return;
-        }
         let code = err.code();
+        match (&self.state, err) {
+            (State::Closed, _) => return,
+            (State::Open { .. }, WireError::InvalidHello(_)) => {
+                return self.close(ErrorCode::BadFrame, "Hello was already sent");
+            }
+            // Before Hello only Hello counts: a frame that is no valid Hello (but is a frame)
+            // is a frame before Hello, never answered with Error.
+            (State::AwaitingHello { .. }, _) if !code.is_fatal() => {
+                return self.close(ErrorCode::Unauthenticated, "the first frame must be Hello");
+            }
+            _ => {}
+        }
         if code.is_fatal() {
             self.close(code, &err.to_string());
         } else {
@@ -775,45 +851,14 @@ fn deadline(now: Now, expires_ms: i64) -> Instant {
     now.instant + Duration::from_millis(left)
 }
 
-/// A token bucket on the caller's clock: `rate` tokens per second, at most `burst` saved.
-#[derive(Debug)]
-struct TokenBucket {
-    rate_per_sec: f64,
-    burst: f64,
-    tokens: f64,
-    at: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate_per_sec: u32, burst: u32, now: Instant) -> Self {
-        let burst = f64::from(burst.max(1));
-        TokenBucket {
-            rate_per_sec: f64::from(rate_per_sec),
-            burst,
-            tokens: burst,
-            at: now,
-        }
-    }
-
-    fn take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate_per_sec).min(self.burst);
-        self.at = now.max(self.at);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use haberci_token::{Claims, KeySet};
-    use haberci_wire::{ConversationId, MessageKind, Ping, Recipient, RefreshAuth, Seq};
+    use haberci_wire::{
+        ConversationId, InvalidField, MessageKind, Ping, Problem, Recipient, RefreshAuth, Seq,
+    };
     use uuid::Uuid;
 
     const T0_MS: i64 = 1_800_000_000_000;
@@ -879,13 +924,19 @@ mod tests {
 
         /// Hello, its session checked with no conversations: Welcome.
         fn open(&mut self) {
+            self.open_following(&[]);
+        }
+
+        /// Hello, its session checked with these conversations: Welcome (what the sync
+        /// asks for beyond it is drained).
+        fn open_following(&mut self, conversations: &[ConversationInfo]) {
             let token = self.token(0, 900);
             let out = self.send(hello(token, 1), 0);
             assert!(
                 matches!(out[..], [Output::Relay(Relay::Opened { .. })]),
                 "{out:?}"
             );
-            let out = self.sync(&[], 0);
+            let out = self.sync(conversations, 0);
             assert!(
                 matches!(out[0], Output::Frame(ServerFrame::Welcome(_))),
                 "{out:?}"
@@ -916,6 +967,18 @@ mod tests {
             conversation_id: ConversationId::new(Uuid::now_v7()).unwrap(),
             seq: Seq::new(3).unwrap(),
         })
+    }
+
+    /// A direct conversation of the harness's user, seqs 1..=100 stored.
+    fn followed(h: &Harness) -> ConversationInfo {
+        let me = UserId::new(h.user).unwrap();
+        let peer = UserId::new(Uuid::from_u128(0xb0b)).unwrap();
+        ConversationInfo {
+            id: haberci_seam::streams::direct_conversation(me, peer),
+            peer: Some(peer),
+            last_seq: 100,
+            delivered_seq: 100,
+        }
     }
 
     fn send_frame(n: u128) -> ClientFrame {
@@ -1104,6 +1167,74 @@ mod tests {
         assert_eq!(closed_with(&h.tick(late)), ErrorCode::ServerDraining);
     }
 
+    /// Before Welcome nothing is answered with `Error`: a Hello that fails a field check
+    /// closes, as does any refused frame before Hello; refusals of frames pipelined behind
+    /// Hello wait for Welcome like the frames themselves.
+    #[test]
+    fn refusals_before_welcome_close_or_wait() {
+        let bad_hello = |field| WireError::InvalidHello(InvalidField::new(field, Problem::Empty));
+        let bad_ack = || WireError::Invalid(InvalidField::new("Ack.seq", Problem::Empty));
+        let cases = [
+            (
+                "Hello without a token",
+                bad_hello("Hello.access_token"),
+                ErrorCode::Unauthenticated,
+            ),
+            (
+                "Hello listing a conversation twice",
+                bad_hello("ResumePosition.conversation_id"),
+                ErrorCode::BadFrame,
+            ),
+            (
+                "an invalid Ack before Hello",
+                bad_ack(),
+                ErrorCode::Unauthenticated,
+            ),
+            (
+                "an unknown kind before Hello",
+                WireError::UnknownFrameKind,
+                ErrorCode::Unauthenticated,
+            ),
+            (
+                "a truncated frame before Hello",
+                WireError::Truncated { buffered: 1 },
+                ErrorCode::BadFrame,
+            ),
+        ];
+        for (case, err, code) in cases {
+            let mut h = Harness::new();
+            let now = h.now(0);
+            h.session.handle_frame(Err(err), &h.verifier, now);
+            assert_eq!(closed_with(&h.drain()), code, "{case}");
+        }
+
+        // An invalid second Hello is out of place, whatever its fields hold.
+        let mut h = Harness::new();
+        h.open();
+        let now = h.now(1);
+        h.session
+            .handle_frame(Err(bad_hello("Hello.access_token")), &h.verifier, now);
+        assert_eq!(closed_with(&h.drain()), ErrorCode::BadFrame);
+
+        // Behind Hello, an invalid frame's Error comes after Welcome, in order.
+        let mut h = Harness::new();
+        let token = h.token(0, 900);
+        h.send(hello(token, 1), 0);
+        let now = h.now(1);
+        h.session.handle_frame(Err(bad_ack()), &h.verifier, now);
+        assert!(h.drain().is_empty(), "nothing before Welcome");
+        let out = h.sync(&[], 2);
+        assert!(
+            matches!(out[0], Output::Frame(ServerFrame::Welcome(_))),
+            "{out:?}"
+        );
+        assert!(
+            matches!(&out[1], Output::Frame(ServerFrame::Error(e)) if e.code == ErrorCode::InvalidField),
+            "{out:?}"
+        );
+        assert!(!h.session.is_closed());
+    }
+
     #[test]
     fn handshake_refusals_close_with_their_code() {
         let other_keys = KeySet::generate("test-key").unwrap();
@@ -1259,7 +1390,8 @@ mod tests {
     #[test]
     fn authenticated_frames_go_to_the_relay_with_the_identity() {
         let mut h = Harness::new();
-        h.open();
+        let conversation = followed(&h);
+        h.open_following(&[conversation]);
         let identity = h.session.identity().unwrap();
         let frame = send_frame(1);
         let ClientFrame::Send(send) = frame.clone() else {
@@ -1269,11 +1401,65 @@ mod tests {
             h.send(frame, 1),
             [Output::Relay(Relay::Send(identity, send))]
         );
-        let frame = ack();
-        let ClientFrame::Ack(a) = frame.clone() else {
-            unreachable!()
+        let a = Ack {
+            conversation_id: conversation.id,
+            seq: Seq::new(3).unwrap(),
         };
-        assert_eq!(h.send(frame, 2), [Output::Relay(Relay::Ack(identity, a))]);
+        assert_eq!(
+            h.send(ClientFrame::Ack(a), 2),
+            [Output::Relay(Relay::Ack(identity, a))]
+        );
+    }
+
+    /// Receipts cost the worker a transaction each: one for a conversation the session does
+    /// not follow is refused, one that moves nothing is dropped, and over the rate they wait,
+    /// merged, for the timer.
+    #[test]
+    fn receipts_are_refused_for_foreign_conversations_coalesced_and_rated() {
+        let mut h = Harness::new();
+        let conversation = followed(&h);
+        h.open_following(&[conversation]);
+        let identity = h.session.identity().unwrap();
+        let out = h.send(ack(), 1);
+        assert!(
+            matches!(&out[..], [Output::Frame(ServerFrame::Error(e))] if e.code == ErrorCode::Forbidden),
+            "{out:?}"
+        );
+        let receipt = |seq, read| {
+            let (conversation_id, seq) = (conversation.id, Seq::new(seq).unwrap());
+            match read {
+                false => ClientFrame::Ack(Ack {
+                    conversation_id,
+                    seq,
+                }),
+                true => ClientFrame::Read(Read {
+                    conversation_id,
+                    seq,
+                }),
+            }
+        };
+        let mut relayed = 0;
+        for seq in 1..=DEFAULT_RECEIPT_BURST {
+            relayed += h.send(receipt(u64::from(seq), false), 2).len();
+        }
+        assert_eq!(
+            relayed, DEFAULT_RECEIPT_BURST as usize,
+            "the burst leaves at once"
+        );
+        assert!(h.send(receipt(1, false), 2).is_empty(), "moves nothing");
+        // Over the rate: nothing leaves now; the latest marks leave at the timer, once.
+        for seq in 41..=90 {
+            assert!(h.send(receipt(seq, seq % 2 == 0), 2).is_empty());
+        }
+        let at = h.session.next_timeout().unwrap();
+        let after_ms = u64::try_from((at - h.start).as_millis()).unwrap() + 1;
+        let out = h.tick(after_ms);
+        let read = Read {
+            conversation_id: conversation.id,
+            seq: Seq::new(90).unwrap(),
+        };
+        assert_eq!(out, [Output::Relay(Relay::Read(identity, read))]);
+        assert!(h.tick(after_ms + 1_000).is_empty());
     }
 
     /// A code newer than the client's `Hello.max_error_code` reaches it as its fallback

@@ -120,7 +120,7 @@ use Fault::{Client, Peer, Server};
 #[rustfmt::skip]
 pub const CODE_TABLE: [CodeInfo; 19] = [
     //  code                    name                    fault   retry  fatal  meaning
-    row(C::BadFrame,           "bad_frame",            Client, false, true,  "The bytes are not a frame (malformed length prefix, zero-length or truncated frame, body that is not protobuf), or a frame out of place (a reliable frame kind as a datagram, a second Hello)."),
+    row(C::BadFrame,           "bad_frame",            Client, false, true,  "The bytes are not a frame (malformed length prefix, zero-length or truncated frame, body that is not protobuf), a frame out of place (a reliable frame kind as a datagram, a second Hello), or a Hello that breaks a field rule other than its token (before Welcome nothing is answered with Error)."),
     row(C::FrameTooLarge,      "frame_too_large",      Client, false, true,  "A frame declared a length above the max frame size (announced in Welcome); rejected before it is buffered."),
     row(C::InvalidField,       "invalid_field",        Client, false, false, "The frame parsed but a field is missing or invalid (wrong id length, nil id, seq 0, unknown enum value...). Fix the client; do not resend as is."),
     row(C::UnknownFrameKind,   "unknown_frame_kind",   Client, false, false, "The server does not know this frame kind (a newer client). The frame is ignored; the session stays open."),

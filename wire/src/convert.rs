@@ -368,7 +368,7 @@ impl TryFrom<p::ClientFrame> for ClientFrame {
         // unknown field): that is a newer client, not a broken one.
         let frame = frame.frame.ok_or(WireError::UnknownFrameKind)?;
         Ok(match frame {
-            F::Hello(h) => ClientFrame::Hello(h.try_into()?),
+            F::Hello(h) => ClientFrame::Hello(h.try_into().map_err(WireError::InvalidHello)?),
             F::Send(s) => ClientFrame::Send(s.try_into()?),
             F::Ack(a) => ClientFrame::Ack(Ack {
                 conversation_id: ConversationId::from_wire(

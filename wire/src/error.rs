@@ -32,6 +32,11 @@ pub enum WireError {
     /// The frame decoded but a field is missing or invalid.
     #[error(transparent)]
     Invalid(#[from] InvalidField),
+    /// A `Hello` whose field is missing or invalid. Before `Welcome` there is no session to
+    /// answer `Error` in, so it is fatal: `unauthenticated` without an access token,
+    /// `bad_frame` for any other field.
+    #[error("Hello refused: {0}")]
+    InvalidHello(InvalidField),
     /// A WebSocket text message: frames travel as binary messages.
     #[error("WebSocket text message refused: frames travel as binary messages")]
     TextMessage,
@@ -52,6 +57,10 @@ impl WireError {
             WireError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
             WireError::UnknownFrameKind => ErrorCode::UnknownFrameKind,
             WireError::Invalid(_) => ErrorCode::InvalidField,
+            WireError::InvalidHello(invalid) if invalid.field == "Hello.access_token" => {
+                ErrorCode::Unauthenticated
+            }
+            WireError::InvalidHello(_) => ErrorCode::BadFrame,
             WireError::TextMessage => ErrorCode::TextMessageRefused,
         }
     }
@@ -59,8 +68,14 @@ impl WireError {
     /// The `client_msg_id` of the `Send` this error is about, when it could be read, so the
     /// `Error` frame can name it and the client can mark that message failed.
     pub fn client_msg_id(&self) -> Option<ClientMsgId> {
+        self.invalid_field()
+            .and_then(|invalid| invalid.client_msg_id)
+    }
+
+    /// The field at fault, for an invalid frame (a `Hello` included).
+    pub fn invalid_field(&self) -> Option<&InvalidField> {
         match self {
-            WireError::Invalid(invalid) => invalid.client_msg_id,
+            WireError::Invalid(invalid) | WireError::InvalidHello(invalid) => Some(invalid),
             _ => None,
         }
     }

@@ -177,7 +177,67 @@ fn has_control(text: &str, allow_newline: bool) -> bool {
         .any(|c| c.is_control() && !(allow_newline && c == '\n'))
 }
 
-/// 1–64 characters, no control characters; surrounding whitespace trimmed.
+/// Whether `c` lets one name pose as another: a bidirectional control (U+202E turns
+/// "gnp.exe" around; marks and isolates reorder what follows too), or a character that shows
+/// nothing (zero-width space, word joiner, soft hyphen, Hangul fillers, tags…). The joiners
+/// U+200C/U+200D are judged by [`deceptive_char`], which knows their neighbours.
+fn invisible_or_bidi(c: char) -> bool {
+    matches!(c,
+        // Bidirectional controls: Arabic letter mark, LRM, RLM, embeddings and overrides,
+        // isolates.
+        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+        // Invisible: soft hyphen, combining grapheme joiner, Hangul fillers, Khmer inherent
+        // vowels, Mongolian selectors and vowel separator, zero-width space, word joiner and
+        // invisible operators, deprecated format characters, line and paragraph separators,
+        // BOM, musical format controls, tags and variation selectors supplement.
+        | '\u{00AD}' | '\u{034F}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}' | '\u{200B}' | '\u{2028}' | '\u{2029}'
+        | '\u{2060}'..='\u{2064}' | '\u{206A}'..='\u{206F}' | '\u{3164}' | '\u{FEFF}'
+        | '\u{FFA0}' | '\u{FFF0}'..='\u{FFF8}' | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0000}'..='\u{E0FFF}'
+    )
+}
+
+/// The first character of `text` that lets a name pose as another ([`deceptive_at`]).
+pub fn deceptive_char(text: &str) -> Option<char> {
+    let chars: Vec<char> = text.chars().collect();
+    (0..chars.len())
+        .find(|&i| deceptive_at(&chars, i))
+        .map(|i| chars[i])
+}
+
+/// `text` with every character that lets a name pose as another replaced by `with` (for
+/// names that are kept rather than refused, such as an upload's file name).
+pub fn replace_deceptive(text: &str, with: char) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    (0..chars.len())
+        .map(|i| {
+            if deceptive_at(&chars, i) {
+                with
+            } else {
+                chars[i]
+            }
+        })
+        .collect()
+}
+
+/// Whether `chars[i]` lets a name pose as another ([`invisible_or_bidi`]). The zero-width
+/// non-joiner and joiner are kept where scripts (Persian, Indic) and emoji sequences need
+/// them: between two characters that are neither ASCII, spaces nor joiners.
+fn deceptive_at(chars: &[char], i: usize) -> bool {
+    let is_joiner = |c: char| matches!(c, '\u{200C}' | '\u{200D}');
+    let joins =
+        |n: Option<&char>| n.is_some_and(|&n| !n.is_ascii() && !n.is_whitespace() && !is_joiner(n));
+    match chars[i] {
+        c if is_joiner(c) => {
+            !(joins(i.checked_sub(1).and_then(|p| chars.get(p))) && joins(chars.get(i + 1)))
+        }
+        c => invisible_or_bidi(c),
+    }
+}
+
+/// 1–64 characters, no control, bidirectional or invisible characters ([`deceptive_char`]);
+/// surrounding whitespace trimmed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DisplayName(String);
 
@@ -194,6 +254,11 @@ impl DisplayName {
         }
         if has_control(name, false) {
             return Err(Invalid("display name must not hold control characters"));
+        }
+        if deceptive_char(name).is_some() {
+            return Err(Invalid(
+                "display name must not hold bidirectional controls or invisible characters",
+            ));
         }
         Ok(DisplayName(name.to_owned()))
     }
@@ -372,6 +437,37 @@ mod tests {
         assert!(Bio::parse("tab\there").is_err());
         assert!(AvatarRef::parse("media:01J/abc.png").is_ok());
         assert!(AvatarRef::parse("javascript:alert(1)").is_err());
+    }
+
+    /// One user must not be able to look like another: every bidi control and invisible
+    /// character is refused, the joiners only where no script or emoji needs them.
+    #[test]
+    fn names_refuse_bidi_controls_and_invisible_characters() {
+        let cases: &[(&str, bool)] = &[
+            ("Ada Lovelace", true),
+            ("Ayşe Gül Öztürk", true),
+            ("محمد", true),
+            ("می\u{200C}خواهم", true), // Persian: ZWNJ between letters
+            ("👨\u{200D}👩\u{200D}👧 family", true), // an emoji sequence
+            ("❤\u{FE0F}", true),       // a variation selector
+            ("admin\u{202E}nimda", false), // right-to-left override
+            ("\u{2067}Bob\u{2069}", false), // isolates
+            ("Bob\u{200F}", false),    // RLM
+            ("\u{061C}Ali", false),    // Arabic letter mark
+            ("Bo\u{200B}b", false),    // zero-width space
+            ("Bob\u{2060}", false),    // word joiner
+            ("\u{FEFF}Bob", false),    // BOM
+            ("Bo\u{00AD}b", false),    // soft hyphen
+            ("\u{3164}", false),       // Hangul filler: looks empty
+            ("Bob\u{E0041}", false),   // a tag character
+            ("Bo\u{200D}b", false),    // a joiner between ASCII letters
+            ("Bob\u{200C}", false),    // a joiner at the edge
+            ("\u{200D}👩", false),
+        ];
+        for &(name, ok) in cases {
+            assert_eq!(DisplayName::parse(name).is_ok(), ok, "{name:?}");
+            assert_eq!(deceptive_char(name).is_none(), ok, "{name:?}");
+        }
     }
 
     #[test]

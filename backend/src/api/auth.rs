@@ -30,7 +30,7 @@ pub struct RegisterRequest {
     /// 8–128 characters.
     #[schema(value_type = String, format = Password, min_length = 8, max_length = 128)]
     pub password: Password,
-    /// 1–64 characters.
+    /// 1–64 characters after trimming; no control characters, no bidirectional controls (U+202A–U+202E, U+2066–U+2069, LRM, RLM, ALM) and no invisible characters (zero-width space, word joiner, BOM, soft hyphen, Hangul fillers, tags); the zero-width joiner and non-joiner only between two non-ASCII characters (scripts and emoji sequences need them).
     #[schema(value_type = String, min_length = 1, max_length = 64, example = "Ada Lovelace")]
     pub display_name: DisplayName,
 }

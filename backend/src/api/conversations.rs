@@ -152,7 +152,8 @@ pub struct GroupView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CreateGroupRequest {
-    /// 1–64 characters (surrounding whitespace is trimmed), no control characters.
+    /// 1–64 characters (surrounding whitespace is trimmed), no control, bidirectional or
+    /// invisible characters (the rule of display names).
     #[schema(value_type = String, min_length = 1, max_length = 64, example = "Book club")]
     pub name: GroupName,
     /// Users to add as plain members (at most 256; duplicates and the caller are ignored).

@@ -171,9 +171,11 @@ pub(super) fn declared_kind(kind: Option<&str>, mime: Option<&str>) -> Result<Me
 }
 
 /// A file name safe to keep and to echo in `Content-Disposition`: no path, no control
-/// characters, no quotes, at most 255 bytes (cut on a character boundary).
+/// characters, no quotes, no bidirectional controls or invisible characters (U+202E would
+/// show "fdp.exe" as "exe.pdf"), at most 255 bytes (cut on a character boundary).
 pub fn clean_filename(name: &str) -> Option<String> {
     let base = name.rsplit(['/', '\\']).next().unwrap_or("");
+    let base = crate::accounts::names::replace_deceptive(base, '_');
     let mut clean = String::new();
     for c in base.chars() {
         let c = if c.is_control() || c == '"' { '_' } else { c };
@@ -212,7 +214,7 @@ pub(super) fn header_u64(headers: &HeaderMap, name: &str) -> Result<Option<u64>,
     tag = "media",
     params(
         ("kind" = Option<String>, Query, description = "`image`, `video`, `audio` or `file`. Absent: from the `Content-Type` header's type (`image/*` → image, …, anything else → file). The bytes must agree."),
-        ("filename" = Option<String>, Query, description = "Kept with the file (at most 255 bytes; path separators and control characters are dropped)"),
+        ("filename" = Option<String>, Query, description = "Kept with the file (at most 255 bytes; path separators, control, bidirectional and invisible characters are dropped or replaced)"),
     ),
     request_body(content = Vec<u8>, content_type = "application/octet-stream",
                  description = "The file's bytes"),
@@ -647,6 +649,10 @@ mod tests {
         assert_eq!(
             clean_filename("C:\\x\\a\"b\n.txt").as_deref(),
             Some("a_b_.txt")
+        );
+        assert_eq!(
+            clean_filename("invoice\u{202E}fdp.exe").as_deref(),
+            Some("invoice_fdp.exe")
         );
         assert_eq!(clean_filename(".."), None);
         assert_eq!(clean_filename("  "), None);

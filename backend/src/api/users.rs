@@ -110,6 +110,7 @@ pub struct RelationshipView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct UpdateMeRequest {
+    /// As at registration: 1–64 characters, no control, bidirectional or invisible characters.
     #[serde(default)]
     #[schema(value_type = Option<String>, min_length = 1, max_length = 64)]
     pub display_name: Option<DisplayName>,

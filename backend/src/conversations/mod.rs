@@ -91,7 +91,8 @@ impl<'de> Deserialize<'de> for GrantableRole {
     }
 }
 
-/// A group's name: 1–64 characters after trimming, no control characters.
+/// A group's name: 1–64 characters after trimming, no control, bidirectional or invisible
+/// characters (`accounts::names::deceptive_char`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupName(String);
 
@@ -108,6 +109,11 @@ impl GroupName {
         }
         if name.chars().any(char::is_control) {
             return Err(Invalid("name must not contain control characters"));
+        }
+        if crate::accounts::names::deceptive_char(name).is_some() {
+            return Err(Invalid(
+                "name must not contain bidirectional controls or invisible characters",
+            ));
         }
         Ok(GroupName(name.to_owned()))
     }

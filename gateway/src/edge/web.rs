@@ -78,6 +78,11 @@ fn realtime_body(web: &Web, hashes: Vec<serde_json::Value>) -> Response {
             "path": haberci_wire::WEBTRANSPORT_PATH,
             "certificateHashes": hashes,
         },
+        // Native QUIC shares the UDP port with HTTP/3 and WebTransport.
+        "quic": {
+            "port": web.webtransport_port,
+            "alpn": String::from_utf8_lossy(haberci_wire::ALPN),
+        },
         "webSocket": {
             "path": haberci_wire::WEBSOCKET_PATH,
             "subprotocol": haberci_wire::WEBSOCKET_SUBPROTOCOL,

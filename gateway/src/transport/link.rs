@@ -101,6 +101,14 @@ impl<P: Pipe> Link for StreamLink<P> {
                     return Some(frame);
                 }
                 Inbound::Finished => {
+                    // A stream that ends inside a frame is truncated: bad_frame, not a
+                    // goodbye. (After a framing error the session is closing already.)
+                    if !self.broken
+                        && let Err(err) = self.decoder.finish()
+                    {
+                        self.broken = true;
+                        return Some(Err(err));
+                    }
                     self.pipe.finished();
                     return None;
                 }

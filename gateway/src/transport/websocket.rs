@@ -58,10 +58,7 @@ impl Link for WebSocketLink {
                     return None;
                 }
                 None => return None,
-                Some(Err(err)) => {
-                    tracing::debug!(%err, "websocket read failed");
-                    return None;
-                }
+                Some(Err(err)) => return too_large(err, self.max).map(Err),
             };
             return Some(frame);
         }
@@ -86,6 +83,26 @@ impl Link for WebSocketLink {
                 reason: code.name().into(),
             })))
             .await;
+    }
+}
+
+/// A failed read that is the client's oversized message: tungstenite refuses a message, or a
+/// frame header announcing one, above `max_message_size` (max + 1) before buffering it. That
+/// is `frame_too_large`, answered with `Closing` and close code 4002; any other failure is
+/// the end of the connection.
+fn too_large(err: axum::Error, max: usize) -> Option<WireError> {
+    use tungstenite::error::{CapacityError, Error};
+    match err.into_inner().downcast_ref::<Error>() {
+        Some(Error::Capacity(CapacityError::MessageTooLong { size, .. })) => {
+            Some(WireError::FrameTooLarge {
+                declared: *size as u64,
+                max,
+            })
+        }
+        other => {
+            tracing::debug!(err = ?other, "websocket read failed");
+            None
+        }
     }
 }
 

@@ -70,8 +70,18 @@ enum Step {
     /// A frame one byte over the limit: on a stream its length prefix alone (the declared
     /// length is refused before any body is buffered), on a WebSocket the whole message.
     Oversized,
+    /// A WebSocket binary message of this many bytes.
+    Binary(usize),
+    /// A binary WebSocket message of this many bytes in three fragments, each under the limit.
+    Fragmented(usize),
+    /// A WebSocket frame header announcing a binary message of this many bytes, and no body.
+    Announce(u64),
+    /// The first bytes of a frame (a Ping missing its last byte), then the end of the stream.
+    Truncated,
     /// A WebSocket text message.
     Text(&'static str),
+    /// A Hello with no access token.
+    EmptyHello,
     /// The user logs out through the API, which announces the revocation.
     Logout,
     // What the client must see next.
@@ -175,6 +185,43 @@ const CASES: &[Case] = &[
         open: Open::Stream,
         on: ALL,
         steps: &[Oversized, closing(ErrorCode::FrameTooLarge)],
+    },
+    Case {
+        name: "a WebSocket message far over the limit is closed with frame_too_large",
+        setup: Setup::Api,
+        open: Open::Stream,
+        on: &[WebSocket],
+        steps: &[Binary(1 << 20), closing(ErrorCode::FrameTooLarge)],
+    },
+    Case {
+        name: "a WebSocket message over the limit in fragments under it is closed with frame_too_large",
+        setup: Setup::Api,
+        open: Open::Stream,
+        on: &[WebSocket],
+        steps: &[Fragmented(3 * 30_000), closing(ErrorCode::FrameTooLarge)],
+    },
+    Case {
+        // Refused from the header: the 4 GiB never have to arrive.
+        name: "a WebSocket frame header announcing too much is closed with frame_too_large",
+        setup: Setup::Api,
+        open: Open::Stream,
+        on: &[WebSocket],
+        steps: &[Announce(1 << 32), closing(ErrorCode::FrameTooLarge)],
+    },
+    Case {
+        name: "a stream that ends inside a frame is closed with bad_frame",
+        setup: Setup::Api,
+        open: Open::Stream,
+        on: &[Quic, WebTransport],
+        steps: &[Truncated, closing(ErrorCode::BadFrame)],
+    },
+    Case {
+        // Before Welcome nothing is answered with Error.
+        name: "a Hello without a token is closed with unauthenticated",
+        setup: Setup::Api,
+        open: Open::Stream,
+        on: ALL,
+        steps: &[EmptyHello, closing(ErrorCode::Unauthenticated)],
     },
     Case {
         // Only a WebSocket has text messages.
@@ -306,6 +353,11 @@ async fn play(case: &'static Case, kind: TransportKind, stack: Arc<Stack>) {
             }
             Raw(bytes) => conn.write_raw(bytes).await,
             Oversized => conn.write_oversized().await,
+            Binary(size) => conn.write_raw(&vec![0u8; size]).await,
+            Fragmented(size) => conn.write_fragmented(size).await,
+            Announce(size) => conn.announce(size).await,
+            Truncated => conn.write_truncated().await,
+            EmptyHello => conn.write_raw(&empty_hello(&conn)).await,
             Text(text) => conn.write_text(text).await,
             Logout => users::logout(stack.backend, &user().token).await,
             Welcome => match conn.read().await {
@@ -339,6 +391,16 @@ async fn play(case: &'static Case, kind: TransportKind, stack: Arc<Stack>) {
             }
             Closed(code) => conn.expect_closed(code).await,
         }
+    }
+}
+
+/// A Hello with an empty access token, as the transport carries it: the golden vector.
+fn empty_hello(conn: &Conn) -> Vec<u8> {
+    let stream = include_bytes!("../../../wire/tests/vectors/malformed_hello_empty_token.bin");
+    match conn {
+        // A WebSocket message is the body without its one-byte length prefix.
+        Conn::WebSocket(_) => stream[1..].to_vec(),
+        _ => stream.to_vec(),
     }
 }
 
@@ -403,6 +465,49 @@ impl Conn {
                 prefix.extend_from_slice(&[value as u8]);
                 self.write_raw(&prefix).await;
             }
+        }
+    }
+
+    async fn write_fragmented(&mut self, size: usize) {
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        let Conn::WebSocket(socket) = self else {
+            panic!("only a WebSocket has fragments")
+        };
+        let piece = size / 3;
+        for (i, opcode) in [Data::Binary, Data::Continue, Data::Continue]
+            .into_iter()
+            .enumerate()
+        {
+            let frame = Frame::message(vec![0u8; piece], OpCode::Data(opcode), i == 2);
+            socket.send(Message::Frame(frame)).await.unwrap();
+        }
+    }
+
+    /// RFC 6455 5.2: FIN + binary, masked, a 64-bit length, the mask key; no payload.
+    async fn announce(&mut self, size: u64) {
+        use tokio::io::AsyncWriteExt;
+        let Conn::WebSocket(socket) = self else {
+            panic!("only a WebSocket has frame headers")
+        };
+        let mut header = vec![0x82, 0x80 | 127];
+        header.extend_from_slice(&size.to_be_bytes());
+        header.extend_from_slice(&[1, 2, 3, 4]);
+        let tls = socket.get_mut();
+        tls.write_all(&header).await.unwrap();
+        tls.flush().await.unwrap();
+    }
+
+    async fn write_truncated(&mut self) {
+        let mut ping = BytesMut::new();
+        let frame = ClientFrame::Ping(haberci_wire::Ping { nonce: 1 });
+        haberci_wire::encode_delimited(&frame, haberci_wire::DEFAULT_MAX_FRAME_SIZE, &mut ping)
+            .unwrap();
+        let cut = &ping[..ping.len() - 1];
+        match self {
+            Conn::Quic(native) => native.finish_with(cut).await,
+            Conn::WebTransport(wt) => wt.finish_with(cut).await,
+            _ => panic!("only a stream can end inside a frame"),
         }
     }
 

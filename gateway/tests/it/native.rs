@@ -46,6 +46,12 @@ impl Native {
         self.write_bytes(&buf).await;
     }
 
+    /// Bytes on the stream, then its end (FIN).
+    pub async fn finish_with(&mut self, bytes: &[u8]) {
+        self.send.write_all(bytes).await.unwrap();
+        self.send.finish().unwrap();
+    }
+
     /// Bytes on the stream as they are, framed or not.
     pub async fn write_bytes(&mut self, bytes: &[u8]) {
         self.send.write_all(bytes).await.unwrap();

@@ -34,6 +34,8 @@ async fn realtime_publishes_the_current_and_next_certificate_hashes() {
         assert_eq!(hashes[1]["presented"], false);
         // The next certificate starts before the current one ends: no gap to fall into.
         assert!(hashes[1]["notBefore"].as_str() < hashes[0]["notAfter"].as_str());
+        assert_eq!(body["quic"]["port"], stack.gateway_udp.port(), "{body}");
+        assert_eq!(body["quic"]["alpn"], "haberci/1");
         assert_eq!(body["webSocket"]["path"], "/v1/ws");
         assert_eq!(body["webSocket"]["subprotocol"], "haberci.v1");
     }

@@ -513,24 +513,34 @@ export function decodeClientFrame(body: Uint8Array): ClientFrame {
   switch (f.frame) {
     case "hello": {
       const h = f.hello!;
-      const seen = new Set<string>();
-      const resume = (h.resume ?? []).map((r) => {
-        const conversationId = id("ResumePosition.conversation_id", r.conversationId);
-        if (seen.has(conversationId)) {
-          invalid("ResumePosition.conversation_id", "a conversation listed twice");
+      try {
+        const seen = new Set<string>();
+        const resume = (h.resume ?? []).map((r) => {
+          const conversationId = id("ResumePosition.conversation_id", r.conversationId);
+          if (seen.has(conversationId)) {
+            invalid("ResumePosition.conversation_id", "a conversation listed twice");
+          }
+          seen.add(conversationId);
+          return { conversationId, lastSeq: optionalSeq("ResumePosition.last_seq", r.lastSeq as number) ?? 0 };
+        });
+        return {
+          kind: "hello",
+          accessToken: nonEmpty("Hello.access_token", h.accessToken),
+          protocolVersion: h.protocolVersion ?? 0,
+          clientName: h.clientName ?? "",
+          clientVersion: h.clientVersion ?? "",
+          resume,
+          ...(h.maxErrorCode ? { maxErrorCode: h.maxErrorCode } : {}),
+        };
+      } catch (err) {
+        // Before Welcome there is no session to answer Error in: an invalid Hello closes,
+        // unauthenticated without a token, bad_frame otherwise.
+        if (err instanceof ProtocolError && err.code === "invalid_field") {
+          const code = err.field === "Hello.access_token" ? "unauthenticated" : "bad_frame";
+          throw new ProtocolError(code, err.message, err.field);
         }
-        seen.add(conversationId);
-        return { conversationId, lastSeq: optionalSeq("ResumePosition.last_seq", r.lastSeq as number) ?? 0 };
-      });
-      return {
-        kind: "hello",
-        accessToken: nonEmpty("Hello.access_token", h.accessToken),
-        protocolVersion: h.protocolVersion ?? 0,
-        clientName: h.clientName ?? "",
-        clientVersion: h.clientVersion ?? "",
-        resume,
-        ...(h.maxErrorCode ? { maxErrorCode: h.maxErrorCode } : {}),
-      };
+        throw err;
+      }
     }
     case "send": {
       const s = f.send!;

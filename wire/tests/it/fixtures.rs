@@ -249,7 +249,7 @@ pub fn server_frames() -> Vec<(&'static str, ServerFrame)> {
                 code: ErrorCode::ServerDraining,
                 reason: "gateway restarting".into(),
                 retry_after_ms: NonZeroU32::new(2_000),
-                supported_versions: SUPPORTED_VERSIONS.to_vec(),
+                supported_versions: Vec::new(),
             }),
         ),
         ("server_pong", ServerFrame::Pong(Pong { nonce: 7 })),

@@ -263,17 +263,36 @@ fn malformed() -> Vec<Malformed> {
                 "Send.recipient",
             )
         },
-        invalid(
-            "malformed_hello_empty_token",
-            "Hello without an access token.",
-            Client,
-            client_stream(client_proto("client_hello"), |f| {
-                if let CF::Hello(h) = f {
-                    h.access_token.clear();
-                }
-            }),
-            "Hello.access_token",
-        ),
+        Malformed {
+            field: Some("Hello.access_token"),
+            ..m(
+                "malformed_hello_empty_token",
+                "Hello without an access token: before Welcome every refusal closes.",
+                Client,
+                Stream,
+                client_stream(client_proto("client_hello"), |f| {
+                    if let CF::Hello(h) = f {
+                        h.access_token.clear();
+                    }
+                }),
+                C::Unauthenticated,
+            )
+        },
+        Malformed {
+            field: Some("ResumePosition.conversation_id"),
+            ..m(
+                "malformed_hello_duplicate_resume",
+                "Hello listing one conversation twice in resume: before Welcome every refusal closes.",
+                Client,
+                Stream,
+                client_stream(client_proto("client_hello"), |f| {
+                    if let CF::Hello(h) = f {
+                        h.resume.push(h.resume[0].clone());
+                    }
+                }),
+                C::BadFrame,
+            )
+        },
         invalid(
             "malformed_server_message_seq_zero",
             "Message with seq 0.",
@@ -411,9 +430,7 @@ fn expected_files() -> Vec<(String, Vec<u8>, String)> {
         // The definitions say what must happen; the decoder must agree before anything is
         // written or compared.
         assert_eq!(err.code(), m.code, "{}: {err}", m.name);
-        if let WireError::Invalid(invalid) = &err {
-            assert_eq!(Some(invalid.field), m.field, "{}", m.name);
-        }
+        assert_eq!(err.invalid_field().map(|i| i.field), m.field, "{}", m.name);
         assert_eq!(err.client_msg_id(), m.client_msg_id, "{}", m.name);
         let file: VectorFile<ClientFrame> = VectorFile {
             description: m.description.to_string(),
@@ -569,9 +586,11 @@ fn check_file<F>(
             );
             assert_eq!(expected.fatal, expected.code.is_fatal(), "{name}");
             assert_eq!(err.client_msg_id(), expected.client_msg_id, "{name}");
-            if let WireError::Invalid(invalid) = &err {
-                assert_eq!(Some(invalid.field), expected.field.as_deref(), "{name}");
-            }
+            assert_eq!(
+                err.invalid_field().map(|i| i.field),
+                expected.field.as_deref(),
+                "{name}"
+            );
         }
         _ => panic!("{name}: a vector has exactly one of frame and error"),
     }
