@@ -27,7 +27,8 @@ use std::sync::Arc;
 
 use haberci_seam::streams::Event;
 use haberci_wire::{
-    ConversationId, ErrorFrame, Message, ResumePosition, ServerFrame, SessionId, UserId,
+    ConversationId, ErrorFrame, Message, MessageStatus, ResumePosition, ServerFrame, SessionId,
+    UserId,
 };
 
 /// Live messages held per conversation while a gap is fetched. Above it the held messages
@@ -283,6 +284,7 @@ impl Delivery {
 
     fn message(&mut self, message: &Message) {
         let conversation = message.conversation_id;
+        let message = &seen_live_by(message, self.user);
         let Some(tracks) = self.tracks.as_mut() else {
             return;
         };
@@ -394,6 +396,19 @@ impl Delivery {
 pub enum Route {
     Direct(UserId),
     Group,
+}
+
+/// A live message's status as `viewer` sees it, by the one rule of docs/PROTOCOL.md
+/// ("Receipts"), which the backend's `status_for` computes for backlog and history: the
+/// sender's own message is `sent` (no other member has it yet); anyone else's is `delivered`
+/// (it is being delivered to them, and they cannot have read it yet).
+fn seen_live_by(message: &Message, viewer: UserId) -> Message {
+    let mut seen = message.clone();
+    seen.status = match message.sender_id == viewer {
+        true => MessageStatus::Sent,
+        false => MessageStatus::Delivered,
+    };
+    seen
 }
 
 fn hold(track: &mut Track, message: &Message) {
@@ -514,6 +529,30 @@ mod tests {
             live(&mut d, conv(), seq);
         }
         assert_eq!(drain(&mut d).0, vec![1, 2, 3]);
+    }
+
+    /// The status a live message carries is the viewer's, by the rule backlog and history
+    /// follow: someone else's message is `delivered` to me, my own (on my other sessions) is
+    /// `sent`.
+    #[test]
+    fn live_messages_carry_the_viewers_status() {
+        let mut d = delivery();
+        d.start(&[info(conv(), Some(user(PEER)), 0, 0)], &[]);
+        live(&mut d, conv(), 1);
+        let mut mine = msg(conv(), 2);
+        mine.sender_id = user(ME);
+        mine.recipient_id = user(PEER).into();
+        d.event(&Arc::new(Event::Message(mine)));
+        let statuses: Vec<_> = std::iter::from_fn(|| d.poll())
+            .filter_map(|need| match need {
+                Need::Frame(ServerFrame::Message(m)) => Some((m.seq.get(), m.status)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            statuses,
+            [(1, MessageStatus::Delivered), (2, MessageStatus::Sent)]
+        );
     }
 
     #[test]

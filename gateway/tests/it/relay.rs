@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use haberci_testkit::{Stack, TIMEOUT, User, env, users};
 use haberci_wire::{
-    ClientFrame, ClientMsgId, ClientTyping, ErrorCode, MessageKind, PresenceWatch, Recipient,
-    SendMessage, ServerFrame, TypingState, UserId,
+    ClientFrame, ClientMsgId, ClientTyping, ErrorCode, MessageKind, MessageStatus, PresenceWatch,
+    Recipient, SendMessage, ServerFrame, TypingState, UserId,
 };
 use quinn::{ConnectionError, VarInt};
 
@@ -508,4 +508,63 @@ async fn a_revoked_sessions_token_is_refused_at_hello_and_nothing_behind_it_is_s
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["conversations"], serde_json::json!([]), "{body}");
+}
+
+/// `Message.status` is the viewer's, by one rule on every path (docs/PROTOCOL.md,
+/// "Receipts"): live, Bob gets Alice's message as `delivered` and Alice's other session as
+/// `sent`; the history says the same to each of them.
+#[tokio::test]
+async fn a_messages_status_is_the_viewers_on_live_and_history_paths_alike() {
+    let stack = Stack::builder().relay().start().await;
+    let alice = register(&stack).await;
+    let bob = register(&stack).await;
+    // No acks: the watermarks stay where they are, so each view is known.
+    let connect = |token: &str| {
+        let mut config = stack.client_config(haberci_testkit::TransportKind::Quic, token);
+        config.auto_ack = false;
+        async move { haberci_client::Client::connect(config).await.unwrap() }
+    };
+    let (sender, _sender_events) = connect(&alice.token).await;
+    let (_other, mut other_events) = connect(&alice.token).await;
+    let (_bob_client, mut bob_events) = connect(&bob.token).await;
+    let ClientFrame::Send(send) = text(bob.id, "whose status?") else {
+        unreachable!()
+    };
+    let sent = sender.send(send).await.unwrap();
+    assert_eq!(
+        live_status(&mut bob_events, sent.message_id).await,
+        MessageStatus::Delivered
+    );
+    assert_eq!(
+        live_status(&mut other_events, sent.message_id).await,
+        MessageStatus::Sent
+    );
+    // Nobody acked or read: the history tells each viewer what the live frame told them.
+    let conversation = haberci_seam::streams::direct_conversation(alice.id, bob.id);
+    for (viewer, expected) in [(&bob, "delivered"), (&alice, "sent")] {
+        let (status, body) = haberci_testkit::api::call(
+            stack.backend,
+            http::Method::GET,
+            &format!("/v1/conversations/{conversation}/messages"),
+            serde_json::Value::Null,
+            Some(&viewer.token),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["messages"][0]["status"], expected, "{body}");
+    }
+}
+
+/// The status of the live `Message` with this id.
+async fn live_status(
+    events: &mut haberci_client::Events,
+    id: haberci_wire::MessageId,
+) -> MessageStatus {
+    loop {
+        match tokio::time::timeout(haberci_testkit::TIMEOUT, events.recv()).await {
+            Ok(Some(haberci_client::Event::Message(m))) if m.id == id => return m.status,
+            Ok(Some(_)) => continue,
+            other => panic!("no message {id}: {other:?}"),
+        }
+    }
 }
