@@ -13,6 +13,8 @@
 //! - `POST` [`SYNC_PATH`]: for a list of `(conversation, after)` positions, the messages the
 //!   user missed, ascending ([`SyncRequest`] → [`SyncAnswer`]; resume).
 //! - `GET` [`STATS_PATH`]: the API process's cache counters ([`Stats`]; operators, benchmarks).
+//! - `POST` [`PRESENCE_VISIBLE_PATH`]: which of some users a viewer may watch the presence of
+//!   ([`PresenceVisibleRequest`] → [`PresenceVisibleAnswer`]; `PresenceWatch`).
 
 use haberci_wire::{ConversationId, Message, SessionId, UserId};
 use serde::{Deserialize, Serialize};
@@ -35,6 +37,27 @@ pub const USER_CONVERSATIONS_ROUTE: &str = "/internal/v1/users/{userId}/conversa
 pub const SYNC_PATH: &str = "/internal/v1/sync";
 /// `GET`: [`Stats`].
 pub const STATS_PATH: &str = "/internal/v1/stats";
+/// `POST`: [`PresenceVisibleRequest`] → [`PresenceVisibleAnswer`].
+pub const PRESENCE_VISIBLE_PATH: &str = "/internal/v1/presence/visible";
+/// Most users one [`PresenceVisibleRequest`] may name (a `PresenceWatch`'s limit).
+pub const MAX_PRESENCE_USERS: usize = 256;
+
+/// Whose presence `viewer` may watch, among `user_ids` (at most [`MAX_PRESENCE_USERS`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PresenceVisibleRequest {
+    pub viewer: UserId,
+    pub user_ids: Vec<UserId>,
+}
+
+/// The users of the request whose presence the viewer may watch: themselves, and those who
+/// show their presence and share a conversation with the viewer or follow each other with
+/// them (docs/PROTOCOL.md, "Typing and presence").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PresenceVisibleAnswer {
+    pub user_ids: Vec<UserId>,
+}
 
 /// `GET`: [`UserConversations`] of `user`, once `session` is found to be an active session
 /// of `user` (`403` otherwise).

@@ -21,6 +21,8 @@ pub struct UserRecord {
     #[serde(default)]
     pub avatar_media_id: Option<MediaId>,
     pub is_private: bool,
+    /// Whether people with a relationship see my online state and last seen.
+    pub show_presence: bool,
     pub is_admin: bool,
     #[serde(with = "time::serde::rfc3339::option")]
     pub suspended_at: Option<OffsetDateTime>,
@@ -33,7 +35,7 @@ pub struct UserRecord {
     pub updated_at: OffsetDateTime,
 }
 
-const USER_COLUMNS: &str = "id, username::text AS username, email::text AS email, display_name, bio, avatar_ref, avatar_media_id, is_private, is_admin, suspended_at, followers_count, following_count, posts_count, created_at, updated_at";
+const USER_COLUMNS: &str = "id, username::text AS username, email::text AS email, display_name, bio, avatar_ref, avatar_media_id, is_private, show_presence, is_admin, suspended_at, followers_count, following_count, posts_count, created_at, updated_at";
 
 /// What registration stores.
 pub struct NewUser<'a> {
@@ -135,6 +137,7 @@ pub struct ProfileUpdate {
     /// Checked by the caller: an image upload of this user's.
     pub avatar_media_id: Option<Option<MediaId>>,
     pub private: Option<bool>,
+    pub show_presence: Option<bool>,
 }
 
 pub async fn update_profile(
@@ -153,6 +156,7 @@ pub async fn update_profile(
             avatar_ref = CASE WHEN $4 THEN $5 ELSE avatar_ref END,
             is_private = COALESCE($6, is_private),
             avatar_media_id = CASE WHEN $7 THEN $8 ELSE avatar_media_id END,
+            show_presence = COALESCE($9, show_presence),
             updated_at = now()
          WHERE id = $1
          RETURNING {USER_COLUMNS}"
@@ -165,6 +169,7 @@ pub async fn update_profile(
     .bind(update.private)
     .bind(update.avatar_media_id.is_some())
     .bind(update.avatar_media_id.flatten())
+    .bind(update.show_presence)
     .fetch_optional(db)
     .await
 }

@@ -11,9 +11,10 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::routing::{get, post};
 use haberci_seam::internal::{
-    CacheStats, ConversationKind, DEFAULT_SYNC_LIMIT, HEADER, MAX_SYNC_LIMIT, MAX_SYNC_MESSAGES,
-    MAX_SYNC_POSITIONS, STATS_PATH, SYNC_PATH, SessionQuery, Stats, SyncAnswer, SyncConversation,
-    SyncRequest, USER_CONVERSATIONS_ROUTE, UserConversation, UserConversations,
+    CacheStats, ConversationKind, DEFAULT_SYNC_LIMIT, HEADER, MAX_PRESENCE_USERS, MAX_SYNC_LIMIT,
+    MAX_SYNC_MESSAGES, MAX_SYNC_POSITIONS, PRESENCE_VISIBLE_PATH, PresenceVisibleAnswer,
+    PresenceVisibleRequest, STATS_PATH, SYNC_PATH, SessionQuery, Stats, SyncAnswer,
+    SyncConversation, SyncRequest, USER_CONVERSATIONS_ROUTE, UserConversation, UserConversations,
 };
 use haberci_wire::{ConversationId, Message, Seq, UserId};
 
@@ -28,6 +29,40 @@ pub fn router() -> axum::Router<AppState> {
         .route(USER_CONVERSATIONS_ROUTE, get(user_conversations))
         .route(SYNC_PATH, post(sync))
         .route(STATS_PATH, get(stats))
+        .route(PRESENCE_VISIBLE_PATH, post(presence_visible))
+}
+
+/// Whose presence the viewer may watch: themselves, and every user who shows it and shares a
+/// conversation with the viewer or follows them both ways (docs/PROTOCOL.md).
+async fn presence_visible(
+    _gateway: Gateway,
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<PresenceVisibleRequest>,
+) -> Result<Json<PresenceVisibleAnswer>, ApiError> {
+    if request.user_ids.len() > MAX_PRESENCE_USERS {
+        return Err(ApiError::invalid(
+            "userIds",
+            format!("at most {MAX_PRESENCE_USERS} users"),
+        ));
+    }
+    let asked: Vec<uuid::Uuid> = request.user_ids.iter().map(|u| u.as_uuid()).collect();
+    let visible: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT u.id FROM users u
+         WHERE u.id = ANY($2)
+           AND (u.id = $1 OR (u.show_presence AND (
+                EXISTS (SELECT 1 FROM members mine
+                        JOIN members theirs ON theirs.conversation_id = mine.conversation_id
+                        WHERE mine.user_id = $1 AND theirs.user_id = u.id)
+             OR (EXISTS (SELECT 1 FROM follows WHERE follower_id = $1 AND followee_id = u.id)
+                 AND EXISTS (SELECT 1 FROM follows WHERE follower_id = u.id AND followee_id = $1)))))",
+    )
+    .bind(request.viewer.as_uuid())
+    .bind(&asked)
+    .fetch_all(&state.db)
+    .await?;
+    Ok(Json(PresenceVisibleAnswer {
+        user_ids: visible.into_iter().filter_map(UserId::new).collect(),
+    }))
 }
 
 /// This API process's cache counters (operators, benchmarks).

@@ -35,6 +35,9 @@ pub struct UserView {
     pub avatar_thumb_url: Option<String>,
     /// A private account approves its followers; only they see its posts.
     pub private: bool,
+    /// Whether people I share a conversation with, or follow both ways, see whether I am
+    /// online and when I was last seen (realtime `presence`).
+    pub show_presence: bool,
     pub followers_count: i64,
     pub following_count: i64,
     pub posts_count: i64,
@@ -59,6 +62,7 @@ impl From<UserRecord> for UserView {
             avatar_url: user.avatar_media_id.map(|id| Variant::Original.path(id)),
             avatar_thumb_url: user.avatar_media_id.map(|id| Variant::Thumb.path(id)),
             private: user.is_private,
+            show_presence: user.show_presence,
             followers_count: user.followers_count,
             following_count: user.following_count,
             posts_count: user.posts_count,
@@ -130,6 +134,10 @@ pub struct UpdateMeRequest {
     /// Make the account private (follows become requests) or public again.
     #[serde(default)]
     pub private: Option<bool>,
+    /// Hide my online state and last seen from everyone (`false`), or show them again to
+    /// the people I share a conversation with or follow both ways (`true`, the default).
+    #[serde(default)]
+    pub show_presence: Option<bool>,
 }
 
 /// A field that is present (even as `null`) becomes `Some(..)`; absent stays `None`.
@@ -179,6 +187,7 @@ pub async fn update_me(
         avatar_ref: request.avatar_ref,
         avatar_media_id,
         private: request.private,
+        show_presence: request.show_presence,
     };
     let user = store::update_profile(&state.db, me.user, &update)
         .await?

@@ -362,3 +362,76 @@ async fn start(api: &Api, user: Uuid, session: String) -> Reply {
     let path = format!("/internal/v1/users/{user}/conversations?session={session}");
     api.internal("GET", &path, None, Some(INTERNAL_TOKEN)).await
 }
+
+/// Presence is shown only to people with a relationship — a shared conversation, or a follow
+/// both ways — and not at all by someone who hides it; a viewer always sees themselves.
+#[tokio::test]
+async fn presence_is_visible_only_with_a_relationship_and_when_shown() {
+    let api = Api::new();
+    let viewer = api.user().await;
+    let [in_group, mutual, followed, stranger, hidden] = [
+        api.user().await,
+        api.user().await,
+        api.user().await,
+        api.user().await,
+        api.user().await,
+    ];
+    create_group(&api, &viewer.token, &[in_group.id, hidden.id]).await;
+    let follow = |who: &crate::support::User, whom: &crate::support::User| {
+        let path = format!("/v1/users/{}/follow", whom.username);
+        let token = who.token.clone();
+        let api = &api;
+        async move {
+            let reply = api.call("POST", &path, Value::Null, Some(&token)).await;
+            assert!(reply.status.is_success(), "{}", reply.json);
+        }
+    };
+    follow(&viewer, &mutual).await;
+    follow(&mutual, &viewer).await;
+    follow(&viewer, &followed).await;
+    let reply = api
+        .call(
+            "PATCH",
+            "/v1/me",
+            json!({ "showPresence": false }),
+            Some(&hidden.token),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
+    assert_eq!(reply.json["showPresence"], false);
+
+    let everyone = [&viewer, &in_group, &mutual, &followed, &stranger, &hidden];
+    let reply = api
+        .internal(
+            "POST",
+            "/internal/v1/presence/visible",
+            Some(json!({
+                "viewer": viewer.id,
+                "userIds": everyone.iter().map(|u| u.id).chain([Uuid::now_v7()]).collect::<Vec<_>>(),
+            })),
+            Some(INTERNAL_TOKEN),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
+    let mut visible: Vec<Uuid> = serde_json::from_value(reply.json["userIds"].clone()).unwrap();
+    visible.sort();
+    let mut expected = vec![viewer.id, in_group.id, mutual.id];
+    expected.sort();
+    assert_eq!(visible, expected);
+
+    // More than a PresenceWatch may name is refused.
+    let reply = api
+        .internal(
+            "POST",
+            "/internal/v1/presence/visible",
+            Some(json!({ "viewer": viewer.id, "userIds": vec![viewer.id; 257] })),
+            Some(INTERNAL_TOKEN),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.json
+    );
+}

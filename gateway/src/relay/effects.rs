@@ -61,7 +61,12 @@ pub enum Done {
     SyncFailed,
     Fetched(Vec<Backlog>),
     FetchFailed(Vec<FetchFrom>),
-    Presence(Vec<PresenceFrame>),
+    /// The presence a `PresenceWatch` may follow (`visible`), and what to tell now of every
+    /// user it named.
+    Presence {
+        visible: Vec<UserId>,
+        states: Vec<PresenceFrame>,
+    },
 }
 
 /// What the session hears about a piece of relay work.
@@ -98,8 +103,8 @@ pub async fn carry_out(
         Work::Typing(identity, typing, route) => {
             publish_typing(&messaging.relay, identity, typing, route).await
         }
-        Work::PresenceWatch(_, watch) => {
-            watch_presence(&messaging.presence, attached, watch, done).await
+        Work::PresenceWatch(identity, watch) => {
+            watch_presence(messaging, identity, attached, watch, done).await
         }
         Work::Fetch(identity, from) => {
             fetch(messaging.relay.clone(), identity, from, done.clone());
@@ -227,10 +232,12 @@ async fn publish_typing(
     Outcome::Nothing
 }
 
-/// The session watches exactly `watch.user_ids` from now on; their current states follow (in a
-/// task), read after subscribing so that a change from here on arrives live.
+/// A new watch list: channels of users no longer named are left now; the backend says whose
+/// presence the user may see ([`Done::Presence`]), and [`watched`] joins those. Anyone else
+/// reads as offline and never seen, whether they exist or not, so a watch reveals nothing.
 async fn watch_presence(
-    presence: &Arc<Presence>,
+    messaging: &Messaging,
+    identity: Identity,
     attached: &mut Attached,
     watch: PresenceWatch,
     done: &mpsc::Sender<Done>,
@@ -243,22 +250,51 @@ async fn watch_presence(
             mailbox.leave(&streams::presence_channel(*user)).await;
         }
     }
-    for user in &watch.user_ids {
-        if let Err(err) = mailbox.join(streams::presence_channel(*user)).await {
+    attached.watching = watch.user_ids.clone();
+    let (relay, presence, done) = (
+        messaging.relay.clone(),
+        messaging.presence.clone(),
+        done.clone(),
+    );
+    tokio::spawn(async move {
+        let visible = match relay.presence_visible(identity.user, &watch.user_ids).await {
+            Ok(visible) => visible,
+            Err(err) => {
+                // Fails closed: nobody's presence until the client watches again.
+                tracing::warn!(%err, session = %identity.session, "presence visibility not known");
+                Vec::new()
+            }
+        };
+        let mut states = Vec::with_capacity(watch.user_ids.len());
+        for user in watch.user_ids {
+            states.push(match visible.contains(&user) {
+                true => presence.state(user).await,
+                false => PresenceFrame {
+                    user_id: user,
+                    online: false,
+                    last_seen: None,
+                },
+            });
+        }
+        let _ = done.send(Done::Presence { visible, states }).await;
+    });
+    Outcome::Nothing
+}
+
+/// The backend's answer to a watch: the channels of the visible users still watched are
+/// joined, the others' left.
+pub async fn watched(attached: &mut Attached, visible: &[UserId]) {
+    let Some(mailbox) = attached.mailbox.as_mut() else {
+        return;
+    };
+    for user in &attached.watching {
+        let channel = streams::presence_channel(*user);
+        if !visible.contains(user) {
+            mailbox.leave(&channel).await;
+        } else if let Err(err) = mailbox.join(channel).await {
             tracing::debug!(%err, "cannot watch presence");
         }
     }
-    attached.watching = watch.user_ids.clone();
-    let presence = presence.clone();
-    let done = done.clone();
-    tokio::spawn(async move {
-        let mut states = Vec::with_capacity(watch.user_ids.len());
-        for user in watch.user_ids {
-            states.push(presence.state(user).await);
-        }
-        let _ = done.send(Done::Presence(states)).await;
-    });
-    Outcome::Nothing
 }
 
 /// One backlog page of each conversation asked for, in a task; a failure comes back after

@@ -15,7 +15,8 @@ use std::time::Duration;
 use fred::prelude::*;
 use haberci_kit::shutdown::Shutdown;
 use haberci_seam::internal::{
-    self, ConversationKind, InternalToken, SyncAnswer, SyncPosition, SyncRequest, UserConversations,
+    self, ConversationKind, InternalToken, PRESENCE_VISIBLE_PATH, PresenceVisibleAnswer,
+    PresenceVisibleRequest, SyncAnswer, SyncPosition, SyncRequest, UserConversations,
 };
 use haberci_seam::streams::{self, Event, Inbound};
 use haberci_session::{Backlog, ConversationInfo, FetchFrom, Identity};
@@ -157,6 +158,28 @@ impl Relay {
                 delivered_seq: c.delivered_seq,
             })
             .collect())
+    }
+
+    /// The users of `users` whose presence `viewer` may watch (the backend's rule).
+    pub async fn presence_visible(
+        &self,
+        viewer: UserId,
+        users: &[UserId],
+    ) -> Result<Vec<UserId>, RelayError> {
+        let request = PresenceVisibleRequest {
+            viewer,
+            user_ids: users.to_vec(),
+        };
+        let answer: PresenceVisibleAnswer = self
+            .backend
+            .internal(
+                PRESENCE_VISIBLE_PATH,
+                &self.config.internal_token,
+                Some(&request),
+            )
+            .await
+            .map_err(|err| RelayError::Backend(err.to_string()))?;
+        Ok(answer.user_ids)
     }
 
     /// One page of each backlog asked for.

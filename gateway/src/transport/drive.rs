@@ -169,7 +169,8 @@ async fn run<L: Link>(
                         session.fetch_failed(f.conversation);
                     }
                 }
-                Done::Presence(states) => {
+                Done::Presence { visible, states } => {
+                    effects::watched(&mut attached, &visible).await;
                     let at = now();
                     for state in states {
                         session.handle_event(&Arc::new(Event::Presence(state)), at);

@@ -122,41 +122,72 @@ async fn typing_reaches_the_peer_of_a_direct_conversation() {
     assert_eq!(typing.state, TypingState::Stopped);
 }
 
+/// Presence reaches a watcher with a relationship (here a follow both ways) as it changes;
+/// a stranger reads as offline and never seen even while online (docs/PROTOCOL.md).
 #[tokio::test]
 async fn presence_follows_the_watched_users_sessions() {
     let stack = Stack::builder().relay().start().await;
-    let User {
-        id: alice_id,
-        token: alice_token,
-        ..
-    } = register(&stack).await;
-    let User {
-        token: bob_token, ..
-    } = register(&stack).await;
-    let alice = alice_id;
-    let mut bob = session(&stack, &bob_token).await;
-    bob.write(&ClientFrame::PresenceWatch(PresenceWatch {
-        user_ids: vec![alice],
-    }))
-    .await;
-    let now = next_presence(&mut bob).await;
-    assert_eq!((now.user_id, now.online), (alice, false), "{now:?}");
+    let alice = register(&stack).await;
+    let bob = register(&stack).await;
+    let carol = register(&stack).await;
+    befriend(&stack, &alice, &bob).await;
+    let _carol_session = session(&stack, &carol.token).await;
+    let mut watcher = session(&stack, &bob.token).await;
+    watcher
+        .write(&ClientFrame::PresenceWatch(PresenceWatch {
+            user_ids: vec![alice.id, carol.id],
+        }))
+        .await;
+    let mut now = [
+        next_presence(&mut watcher).await,
+        next_presence(&mut watcher).await,
+    ];
+    now.sort_by_key(|p| p.user_id != alice.id);
+    assert_eq!(
+        (now[0].user_id, now[0].online),
+        (alice.id, false),
+        "{now:?}"
+    );
+    assert_eq!(
+        (now[1].user_id, now[1].online, now[1].last_seen),
+        (carol.id, false, None),
+        "a stranger's presence is not shown: {now:?}"
+    );
 
-    let alice_session = session(&stack, &alice_token).await;
-    let online = next_presence(&mut bob).await;
-    assert_eq!((online.user_id, online.online), (alice, true), "{online:?}");
+    let alice_session = session(&stack, &alice.token).await;
+    let online = next_presence(&mut watcher).await;
+    assert_eq!(
+        (online.user_id, online.online),
+        (alice.id, true),
+        "{online:?}"
+    );
 
     alice_session
         .client
         .connection
         .close(VarInt::from_u32(0), b"bye");
-    let offline = next_presence(&mut bob).await;
+    let offline = next_presence(&mut watcher).await;
     assert_eq!(
         (offline.user_id, offline.online),
-        (alice, false),
+        (alice.id, false),
         "{offline:?}"
     );
     assert!(offline.last_seen.is_some(), "last seen is recorded");
+}
+
+/// `a` and `b` follow each other: each may watch the other's presence.
+async fn befriend(stack: &Stack, a: &User, b: &User) {
+    for (who, whom) in [(a, b), (b, a)] {
+        let (status, body) = haberci_testkit::api::call(
+            stack.backend,
+            http::Method::POST,
+            &format!("/v1/users/{}/follow", whom.username),
+            serde_json::Value::Null,
+            Some(&who.token),
+        )
+        .await;
+        assert!((200..300).contains(&status), "{body}");
+    }
 }
 
 /// A Redis client of the test's own, to play another gateway.
@@ -206,11 +237,10 @@ async fn the_users_of_a_dead_gateway_go_offline_for_their_watchers() {
     use haberci_seam::streams;
 
     let stack = presence_stack().await;
-    let User { id: alice_id, .. } = register(&stack).await;
-    let User {
-        token: bob_token, ..
-    } = register(&stack).await;
-    let alice = alice_id;
+    let alice_user = register(&stack).await;
+    let bob_user = register(&stack).await;
+    befriend(&stack, &alice_user, &bob_user).await;
+    let (alice, bob_token) = (alice_user.id, bob_user.token);
     // Another gateway holds Alice's session and is alive for a minute, as far as Redis knows.
     let redis = redis().await;
     let ghost = format!("ghost-{}", uuid::Uuid::new_v4().simple());
@@ -270,13 +300,10 @@ async fn a_user_redis_still_lists_after_their_session_closed_is_set_right() {
     use haberci_seam::streams;
 
     let stack = presence_stack().await;
-    let User { id: carol_id, .. } = register(&stack).await;
-    let User {
-        id: bob_id,
-        token: bob_token,
-        ..
-    } = register(&stack).await;
-    let carol = carol_id;
+    let carol_user = register(&stack).await;
+    let bob_user = register(&stack).await;
+    befriend(&stack, &carol_user, &bob_user).await;
+    let (carol, bob_id, bob_token) = (carol_user.id, bob_user.id, bob_user.token);
     // Bob's session claims him on the gateway: that names the gateway in Redis.
     let mut bob = session(&stack, &bob_token).await;
     let redis = redis().await;
