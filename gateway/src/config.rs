@@ -51,6 +51,9 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a gateway says in Redis that it is alive; its users read as offline three of
 /// these after it dies.
 pub const DEFAULT_PRESENCE_REFRESH: Duration = Duration::from_secs(20);
+/// Realtime sessions one user may have open at once, across every gateway: phones, tablets,
+/// browser tabs. Each costs a mailbox and a share of the user's fan-out.
+pub const DEFAULT_MAX_SESSIONS_PER_USER: u32 = 20;
 
 /// Every gateway setting, as a tree: where it listens, QUIC, HTTP, the relay, and realtime
 /// sessions. Read whole by [`GatewayConfig::from_env`] before anything binds; every duration is
@@ -174,6 +177,10 @@ pub struct Relay {
     pub internal_token: Option<InternalToken>,
     /// `HABERCI_PRESENCE_REFRESH_MS`.
     pub presence_refresh: Duration,
+    /// `HABERCI_SESSION_MAX_PER_USER`: realtime sessions one user may have open at once,
+    /// across every gateway (counted in the presence keys); one more is refused
+    /// `too_many_sessions`.
+    pub max_sessions_per_user: u32,
 }
 
 impl GatewayConfig {
@@ -249,6 +256,7 @@ impl GatewayConfig {
                 stream_prefix: streams::DEFAULT_STREAM_PREFIX.to_owned(),
                 internal_token: None,
                 presence_refresh: DEFAULT_PRESENCE_REFRESH,
+                max_sessions_per_user: DEFAULT_MAX_SESSIONS_PER_USER,
             },
             session: SessionConfig::default(),
         }
@@ -331,6 +339,13 @@ impl Relay {
         if stream_shards == 0 {
             env.problem("HABERCI_STREAM_SHARDS must be at least 1");
         }
+        let max_sessions_per_user = env.parse_or(
+            "HABERCI_SESSION_MAX_PER_USER",
+            DEFAULT_MAX_SESSIONS_PER_USER,
+        );
+        if max_sessions_per_user == 0 {
+            env.problem("HABERCI_SESSION_MAX_PER_USER must be at least 1");
+        }
         let internal_token = env.raw("HABERCI_INTERNAL_TOKEN").and_then(|text| {
             InternalToken::new(text)
                 .map_err(|why| env.problem(format!("HABERCI_INTERNAL_TOKEN: {why}")))
@@ -343,6 +358,7 @@ impl Relay {
             internal_token,
             presence_refresh: env
                 .millis_or("HABERCI_PRESENCE_REFRESH_MS", DEFAULT_PRESENCE_REFRESH),
+            max_sessions_per_user,
         }
     }
 }

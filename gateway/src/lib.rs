@@ -195,5 +195,9 @@ async fn start_messaging(
     // Its first round says this gateway is alive at once, without holding up the start while
     // Redis is away (the gateway serves HTTP meanwhile).
     tokio::spawn(presence.clone().run(shutdown.clone()));
-    Ok(Some(Messaging { relay, presence }))
+    Ok(Some(Messaging {
+        relay,
+        presence,
+        max_sessions_per_user: config.relay.max_sessions_per_user,
+    }))
 }

@@ -486,6 +486,18 @@ impl Session {
         }
     }
 
+    /// The user has `limit` realtime sessions open already (across every gateway): this one
+    /// is refused before `Welcome`, as its `Hello`'s `max_error_code` can read it.
+    pub fn refuse_too_many(&mut self, limit: u32) {
+        if let State::Checking { hello, .. } = &self.state {
+            let code = ErrorCode::TooManySessions.for_client(hello.max_error_code);
+            self.close(
+                code,
+                &format!("{limit} realtime sessions are open for this user; close one"),
+            );
+        }
+    }
+
     /// Something published on a channel this session listens to.
     pub fn handle_event(&mut self, event: &Arc<Event>, now: Now) {
         if let State::Open {
@@ -1233,6 +1245,30 @@ mod tests {
             "{out:?}"
         );
         assert!(!h.session.is_closed());
+    }
+
+    /// One session too many is refused before Welcome, with the code the client knows.
+    #[test]
+    fn one_session_too_many_is_refused_with_a_code_the_client_reads() {
+        for (max_error_code, expected) in [
+            (haberci_wire::LAST_CODE, ErrorCode::TooManySessions),
+            (19, ErrorCode::SlowConsumer),
+        ] {
+            let mut h = Harness::new();
+            let ClientFrame::Hello(mut frame) = hello(h.token(0, 900), 1) else {
+                unreachable!()
+            };
+            frame.max_error_code = max_error_code;
+            h.send(ClientFrame::Hello(frame), 0);
+            h.session.refuse_too_many(20);
+            let out = h.drain();
+            assert_eq!(closed_with(&out), expected);
+            assert!(
+                !out.iter()
+                    .any(|o| matches!(o, Output::Frame(ServerFrame::Welcome(_)))),
+                "{out:?}"
+            );
+        }
     }
 
     #[test]

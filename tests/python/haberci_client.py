@@ -62,6 +62,7 @@ CODES: dict[int, tuple[str, bool]] = {
     17: ("idle_timeout", True),
     18: ("blocked", False),
     19: ("media_refused", False),
+    20: ("too_many_sessions", True),
 }
 # The highest code this client knows: sent as Hello.max_error_code (0 = 17, the first v1
 # table), so the server may send every code above.
@@ -500,6 +501,20 @@ def _uuid_or_none(v: bytes) -> Optional[str]:
 
 
 def client_wire_to_json(w: dict) -> dict:
+    if w["kind"] == "hello":
+        # Before Welcome nothing is answered with Error: an invalid Hello closes the session,
+        # unauthenticated without a token, bad_frame for any other field (PROTOCOL.md).
+        try:
+            return _client_wire_to_json(w)
+        except ProtocolError as e:
+            if e.code != "invalid_field":
+                raise
+            code = "unauthenticated" if e.field == "Hello.access_token" else "bad_frame"
+            raise ProtocolError(code, str(e), e.field) from e
+    return _client_wire_to_json(w)
+
+
+def _client_wire_to_json(w: dict) -> dict:
     k = w["kind"]
     if k == "hello":
         v = _V("Hello")

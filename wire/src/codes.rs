@@ -65,6 +65,7 @@ pub enum ErrorCode {
     IdleTimeout = 17,
     Blocked = 18,
     MediaRefused = 19,
+    TooManySessions = 20,
 }
 
 /// One row of [`CODE_TABLE`].
@@ -118,7 +119,7 @@ use Fault::{Client, Peer, Server};
 
 /// The code table, in protocol-code order (row `i` has protocol code `i + 1`).
 #[rustfmt::skip]
-pub const CODE_TABLE: [CodeInfo; 19] = [
+pub const CODE_TABLE: [CodeInfo; 20] = [
     //  code                    name                    fault   retry  fatal  meaning
     row(C::BadFrame,           "bad_frame",            Client, false, true,  "The bytes are not a frame (malformed length prefix, zero-length or truncated frame, body that is not protobuf), a frame out of place (a reliable frame kind as a datagram, a second Hello), or a Hello that breaks a field rule other than its token (before Welcome nothing is answered with Error)."),
     row(C::FrameTooLarge,      "frame_too_large",      Client, false, true,  "A frame declared a length above the max frame size (announced in Welcome); rejected before it is buffered."),
@@ -139,6 +140,7 @@ pub const CODE_TABLE: [CodeInfo; 19] = [
     row(C::IdleTimeout,        "idle_timeout",         Client, true,  true,  "Nothing arrived for Welcome.limits.idle_timeout_ms (or no Hello in time). Send Ping more often; reconnect and resume."),
     row(C::Blocked,            "blocked",              Client, false, false, "A direct message between two users one of whom blocked the other (either way). Nothing was stored; the sender must unblock, or cannot write to this user. Sent only to a client whose Hello.max_error_code is at least 18; others get forbidden."),
     row(C::MediaRefused,       "media_refused",        Client, false, false, "A Send's media is unusable: no such upload, not uploaded by the sender, or its detected kind differs from the Send's type. Nothing was stored. Sent only to a client whose Hello.max_error_code is at least 19; others get invalid_field."),
+    row(C::TooManySessions,    "too_many_sessions",    Client, true,  true,  "The user already has as many realtime sessions open as the service allows, across all its servers (Haberci: 20). Close one, or wait for one to end, then reconnect with backoff. Sent only to a client whose Hello.max_error_code is at least 20; others get slow_consumer."),
 ];
 
 /// The last code of the table protocol version 1 started with. A client whose
@@ -206,6 +208,7 @@ impl ErrorCode {
         match self {
             ErrorCode::Blocked => ErrorCode::Forbidden,
             ErrorCode::MediaRefused => ErrorCode::InvalidField,
+            ErrorCode::TooManySessions => ErrorCode::SlowConsumer,
             other => other,
         }
     }

@@ -29,6 +29,8 @@ pub const FETCH_RETRY: Duration = Duration::from_millis(500);
 pub struct Messaging {
     pub relay: Arc<Relay>,
     pub presence: Arc<Presence>,
+    /// A user's realtime sessions open at once, across every gateway.
+    pub max_sessions_per_user: u32,
 }
 
 /// A session's footprint on the relay.
@@ -58,6 +60,8 @@ pub enum Done {
     Synced(Vec<ConversationInfo>),
     /// The backend found the session revoked, expired, unknown or another user's.
     SessionRefused,
+    /// The user has this many sessions open already.
+    TooManySessions(u32),
     SyncFailed,
     Fetched(Vec<Backlog>),
     FetchFailed(Vec<FetchFrom>),
@@ -149,10 +153,20 @@ async fn opened(
     }
     attached.mailbox = Some(inbox);
     attached.online = Some(messaging.presence.online(identity.user).await);
-    let relay = messaging.relay.clone();
+    let (relay, presence) = (messaging.relay.clone(), messaging.presence.clone());
+    let limit = messaging.max_sessions_per_user;
     let done = done.clone();
     tokio::spawn(async move {
-        let result = match relay.conversations(identity).await {
+        // The session check and the count of the user's sessions, at once: no extra wait.
+        let (listed, open) = tokio::join!(
+            relay.conversations(identity),
+            presence.sessions_of(identity.user)
+        );
+        let result = match listed {
+            Ok(_) if open > u64::from(limit) => {
+                tracing::info!(session = %identity.session, user = %identity.user, open, limit, "session refused: too many open");
+                Done::TooManySessions(limit)
+            }
             Ok(list) => Done::Synced(list),
             Err(RelayError::SessionRefused(why)) => {
                 tracing::info!(session = %identity.session, user = %identity.user, %why, "session refused at Hello");

@@ -2,8 +2,9 @@
 //!
 //! Kept in Redis, never in Postgres (ephemeral):
 //! - `presence:{user}` is a hash with one field per gateway holding a session of the user,
-//!   written when the user's first session on that gateway opens and removed when the last one
-//!   closes.
+//!   whose value is how many sessions of the user that gateway holds: written when one opens
+//!   or closes, removed when the last one closes. The sum over live gateways is what the
+//!   per-user session limit counts ([`Presence::sessions_of`]).
 //! - [`streams::GATEWAYS_KEY`] (a sorted set) says until when each gateway is alive. A gateway
 //!   pushes its own score [`Timing::ttl`] ahead every [`Timing::refresh`]: one command, however
 //!   many users it holds. A field of a gateway whose time has passed does not count, so the
@@ -39,6 +40,9 @@ const REAP_BATCH: usize = 500;
 const RECONCILE_EVERY: u64 = 15;
 /// Dead gateways looked at per refresh.
 const REAP_GATEWAYS: i64 = 16;
+/// A `presence:{user}` value above this is not a count but the claim time (Unix ms) a gateway
+/// of an earlier release wrote: it counts as one session.
+const MAX_COUNT_VALUE: i64 = 1_000_000;
 
 /// How often a gateway renews its liveness, and how long it lasts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,18 +111,20 @@ impl Presence {
 
     /// A session of `user` opened.
     pub async fn online(self: &Arc<Self>, user: UserId) -> Online {
-        let first = {
+        let count = {
             let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
             let count = sessions.entry(user).or_default();
             *count += 1;
-            *count == 1
+            *count
         };
-        if first {
+        if count == 1 {
             if let Err(err) = self.claim(&[user]).await {
                 tracing::debug!(%err, %user, "presence claim failed");
                 self.reconcile.store(true, Ordering::Relaxed);
             }
             self.announce(user, true, None).await;
+        } else {
+            self.count(user, count).await;
         }
         Online {
             presence: self.clone(),
@@ -127,22 +133,24 @@ impl Presence {
     }
 
     async fn offline(&self, user: UserId) {
-        let last = {
+        let left = {
             let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
             match sessions.get_mut(&user) {
                 Some(count) if *count > 1 => {
                     *count -= 1;
-                    false
+                    Some(*count)
                 }
                 Some(_) => {
                     sessions.remove(&user);
-                    true
+                    Some(0)
                 }
-                None => false,
+                None => None,
             }
         };
-        if !last {
-            return;
+        match left {
+            Some(0) => {}
+            Some(count) => return self.count(user, count).await,
+            None => return,
         }
         let pipeline = self.relay.redis().pipeline();
         let _: Result<(), _> = pipeline
@@ -174,13 +182,68 @@ impl Presence {
             .await;
     }
 
-    /// Marks `users` as held by this gateway.
+    /// Writes how many sessions of `user` this gateway holds, for the per-user limit.
+    async fn count(&self, user: UserId, count: usize) {
+        let written: Result<(), _> = self
+            .relay
+            .redis()
+            .hset(streams::presence_key(user), (self.gateway.as_str(), count))
+            .await;
+        if let Err(err) = written {
+            tracing::debug!(%err, %user, "presence count not written");
+        }
+    }
+
+    /// How many realtime sessions `user` has open: here, and on every live gateway as its
+    /// field of `presence:{user}` says. If Redis cannot tell, only the ones here count.
+    pub async fn sessions_of(&self, user: UserId) -> u64 {
+        let here = self
+            .sessions
+            .lock()
+            .map(|s| s.get(&user).copied().unwrap_or(0))
+            .unwrap_or(0) as u64;
+        let redis = self.relay.redis();
+        let claims: HashMap<String, i64> = redis
+            .hgetall(streams::presence_key(user))
+            .await
+            .unwrap_or_default();
+        let (gateways, counts): (Vec<String>, Vec<i64>) = claims
+            .into_iter()
+            .filter(|(gateway, _)| *gateway != self.gateway)
+            .unzip();
+        if gateways.is_empty() {
+            return here;
+        }
+        let alive: Vec<Option<f64>> = redis
+            .zmscore(streams::GATEWAYS_KEY, gateways)
+            .await
+            .unwrap_or_default();
+        let now = now_ms() as f64;
+        let elsewhere: u64 = alive
+            .iter()
+            .zip(counts)
+            .filter(|(until, _)| until.is_some_and(|until| until > now))
+            .map(|(_, count)| match count {
+                c if c > MAX_COUNT_VALUE => 1,
+                c => u64::try_from(c).unwrap_or(0),
+            })
+            .sum();
+        here + elsewhere
+    }
+
+    /// Marks `users` as held by this gateway, with how many sessions of each it holds.
     async fn claim(&self, users: &[UserId]) -> Result<(), fred::error::Error> {
-        let now = now_ms();
+        let counts: Vec<usize> = {
+            let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            users
+                .iter()
+                .map(|u| sessions.get(u).copied().unwrap_or(1).max(1))
+                .collect()
+        };
         let pipeline = self.relay.redis().pipeline();
-        for user in users {
+        for (user, count) in users.iter().zip(counts) {
             let _: () = pipeline
-                .hset(streams::presence_key(*user), (self.gateway.as_str(), now))
+                .hset(streams::presence_key(*user), (self.gateway.as_str(), count))
                 .await?;
         }
         let members: Vec<String> = users.iter().map(|u| u.to_string()).collect();

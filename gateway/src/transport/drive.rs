@@ -158,6 +158,7 @@ async fn run<L: Link>(
                     session.handle_sync(&conversations, &realtime.keys.current(), now())
                 }
                 Done::SessionRefused => session.refuse_session(),
+                Done::TooManySessions(limit) => session.refuse_too_many(limit),
                 Done::SyncFailed => session.close_unavailable("cannot list your conversations"),
                 Done::Fetched(pages) => {
                     for page in pages {

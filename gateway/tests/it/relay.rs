@@ -210,7 +210,8 @@ async fn presence_stack() -> Stack {
         .await
 }
 
-/// Writes what a gateway's claim of `user` leaves in Redis, as `gateway` would.
+/// Writes what a gateway's claim of `user` leaves in Redis, as a gateway of the previous
+/// release would (its claim time as the value, which now counts as one session).
 async fn claim(redis: &fred::clients::Client, gateway: &str, user: UserId) {
     use fred::prelude::*;
     use haberci_seam::streams;
@@ -594,4 +595,66 @@ async fn live_status(
             other => panic!("no message {id}: {other:?}"),
         }
     }
+}
+
+/// A user's realtime sessions are capped across every gateway: one more than the limit is
+/// refused `too_many_sessions` before Welcome, counting the sessions another live gateway
+/// holds (its field of `presence:{user}`), and a freed place can be taken again.
+#[tokio::test]
+async fn one_session_more_than_the_limit_is_refused_across_gateways() {
+    use fred::prelude::*;
+    use haberci_seam::streams;
+
+    let stack = Stack::builder()
+        .relay()
+        .configure(|config| config.relay.max_sessions_per_user = 2)
+        .start()
+        .await;
+    let alice = register(&stack).await;
+    let connect = || {
+        haberci_client::Client::connect(
+            stack.client_config(haberci_testkit::TransportKind::Quic, &alice.token),
+        )
+    };
+    let refused = |result: Result<_, haberci_client::ConnectError>| match result {
+        Ok(_) => panic!("a session over the limit was welcomed"),
+        Err(err) => assert_eq!(err.code(), Some(ErrorCode::TooManySessions), "{err}"),
+    };
+
+    // Another gateway, alive as far as Redis knows, holds two of Alice's sessions.
+    let redis = redis().await;
+    let ghost = format!("ghost-{}", uuid::Uuid::new_v4().simple());
+    let _: i64 = redis
+        .zadd(
+            streams::GATEWAYS_KEY,
+            None,
+            None,
+            false,
+            false,
+            ((now_ms() + 60_000) as f64, ghost.as_str()),
+        )
+        .await
+        .unwrap();
+    let _: () = redis
+        .hset(streams::presence_key(alice.id), (ghost.as_str(), 2))
+        .await
+        .unwrap();
+    refused(connect().await.map(|_| ()));
+
+    // It closes one of them: one place here.
+    let _: () = redis
+        .hset(streams::presence_key(alice.id), (ghost.as_str(), 1))
+        .await
+        .unwrap();
+    let (first, _events) = connect().await.unwrap();
+    refused(connect().await.map(|_| ()));
+
+    // That gateway is gone: a second place here, and no third.
+    let _: i64 = redis
+        .zrem(streams::GATEWAYS_KEY, ghost.as_str())
+        .await
+        .unwrap();
+    let (_second, _events2) = connect().await.unwrap();
+    refused(connect().await.map(|_| ()));
+    drop(first);
 }

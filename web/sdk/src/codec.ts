@@ -55,6 +55,7 @@ const CODE_TABLE = [
   ["idle_timeout", true, true],
   ["blocked", false, false],
   ["media_refused", false, false],
+  ["too_many_sessions", true, true],
 ] as const;
 
 /** The last code of this SDK's table: sent as `Hello.maxErrorCode`, so the server may send it all. */

@@ -100,6 +100,7 @@ fn severity_of_the_codes_that_matter() {
         Internal,
         TextMessageRefused,
         IdleTimeout,
+        TooManySessions,
     ];
     let non_fatal = [
         InvalidField,
@@ -131,8 +132,8 @@ fn severity_of_the_codes_that_matter() {
 #[test]
 fn newer_codes_fall_back_for_older_clients() {
     assert_eq!(V1_LAST_CODE, 17);
-    assert_eq!(LAST_CODE, ErrorCode::MediaRefused.protocol_code());
-    assert_eq!(LAST_CODE, 19);
+    assert_eq!(LAST_CODE, ErrorCode::TooManySessions.protocol_code());
+    assert_eq!(LAST_CODE, 20);
     for code in ErrorCode::ALL {
         for max_known in [0, 1, V1_LAST_CODE, 18, LAST_CODE, u32::MAX] {
             let sent = code.for_client(max_known);
@@ -162,6 +163,14 @@ fn newer_codes_fall_back_for_older_clients() {
     assert_eq!(
         ErrorCode::MediaRefused.for_client(19),
         ErrorCode::MediaRefused
+    );
+    assert_eq!(
+        ErrorCode::TooManySessions.for_client(19),
+        ErrorCode::SlowConsumer
+    );
+    assert_eq!(
+        ErrorCode::TooManySessions.for_client(20),
+        ErrorCode::TooManySessions
     );
 }
 

@@ -252,6 +252,15 @@ pub fn server_frames() -> Vec<(&'static str, ServerFrame)> {
                 supported_versions: Vec::new(),
             }),
         ),
+        (
+            "server_closing_too_many_sessions",
+            ServerFrame::Closing(Closing {
+                code: ErrorCode::TooManySessions,
+                reason: "20 realtime sessions are open for this user; close one".into(),
+                retry_after_ms: None,
+                supported_versions: Vec::new(),
+            }),
+        ),
         ("server_pong", ServerFrame::Pong(Pong { nonce: 7 })),
         (
             "server_notification",
