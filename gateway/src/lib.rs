@@ -85,6 +85,7 @@ impl Gateway {
         let state = edge::GatewayState {
             proxy: proxy::Proxy::new(
                 backend.clone(),
+                config.relay.internal_token.clone(),
                 config.http.max_body_bytes,
                 proxy::UploadLimits {
                     max_bytes: config.http.max_upload_bytes,

@@ -73,6 +73,11 @@ impl CorsOrigins {
             .map(CorsOrigins)
     }
 
+    /// Whether a browser page of `origin` may call across origins (it is on the list).
+    pub fn allows(&self, origin: &HeaderValue) -> bool {
+        self.0.iter().any(|allowed| allowed == origin)
+    }
+
     fn layer(&self) -> CorsLayer {
         CorsLayer::new()
             .allow_origin(AllowOrigin::list(self.0.iter().cloned()))

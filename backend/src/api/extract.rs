@@ -188,6 +188,7 @@ impl FromRequestParts<AppState> for ClientIp {
             peer.ip(),
             &parts.headers,
             &state.auth.settings.trusted_proxies,
+            state.settings.internal_token.as_ref(),
         )))
     }
 }

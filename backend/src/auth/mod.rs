@@ -73,13 +73,26 @@ pub fn unix_now() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
 }
 
-/// The client's address: the gateway's `x-haberci-client-ip` when the connection comes from a
-/// trusted gateway (`HABERCI_TRUSTED_PROXIES`), else the connection's own peer address.
+/// The client's address: the gateway's `x-haberci-client-ip` when the request comes from a
+/// trusted address (`HABERCI_TRUSTED_PROXIES`) **and** carries the internal secret
+/// (`x-haberci-internal`, which the gateway adds and strips from clients), else the
+/// connection's own peer address.
 ///
-/// API boundary: anyone else could write that header, so from an untrusted peer it is ignored.
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
+/// API boundary: anything else on a trusted host (another local process) could write that
+/// header, so without the secret it is ignored; with no secret configured it never counts.
+pub fn client_ip(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &TrustedProxies,
+    secret: Option<&haberci_seam::internal::InternalToken>,
+) -> IpAddr {
     let peer = peer.to_canonical();
-    if !trusted.contains(peer) {
+    let from_gateway = secret.is_some_and(|secret| {
+        headers
+            .get(haberci_seam::internal::HEADER)
+            .is_some_and(|presented| secret.admits(presented.as_bytes()))
+    });
+    if !trusted.contains(peer) || !from_gateway {
         return peer;
     }
     headers
@@ -94,14 +107,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_client_ip_header_is_believed_only_from_trusted_peers() {
+    fn the_client_ip_header_is_believed_only_from_trusted_peers_with_the_secret() {
         let trusted: TrustedProxies = "127.0.0.0/8,::1".parse().unwrap_or_default();
+        let secret = haberci_seam::internal::InternalToken::new("s".repeat(32))
+            .unwrap_or_else(|_| unreachable!("32 characters make a secret"));
         let mut headers = HeaderMap::new();
         headers.insert(
             CLIENT_IP_HEADER,
             axum::http::HeaderValue::from_static("198.51.100.4"),
         );
         let ip = |s: &str| s.parse::<IpAddr>().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        // Another local process writing the header without the secret is not believed, nor
+        // is anyone when no secret is configured.
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &headers, &trusted, Some(&secret)),
+            ip("127.0.0.1")
+        );
+        let mut wrong = headers.clone();
+        wrong.insert(
+            haberci_seam::internal::HEADER,
+            axum::http::HeaderValue::from_static("not-the-secret"),
+        );
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &wrong, &trusted, Some(&secret)),
+            ip("127.0.0.1")
+        );
+        headers.insert(
+            haberci_seam::internal::HEADER,
+            axum::http::HeaderValue::from_str(secret.as_str()).unwrap_or_else(|_| unreachable!()),
+        );
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &headers, &trusted, None),
+            ip("127.0.0.1")
+        );
+        let client_ip = |peer, headers: &HeaderMap, trusted: &TrustedProxies| {
+            client_ip(peer, headers, trusted, Some(&secret))
+        };
         assert_eq!(
             client_ip(ip("127.0.0.1"), &headers, &trusted),
             ip("198.51.100.4")

@@ -61,7 +61,7 @@ async fn internal_routes_need_the_shared_token_and_stay_out_of_the_public_docume
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{token:?}");
     }
     // An access token is not the internal token.
-    let reply = api.get(&path, Some(&user.token)).await;
+    let reply = api.internal("GET", &path, None, Some(&user.token)).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
         api.internal("GET", &path, None, Some(INTERNAL_TOKEN))

@@ -1,6 +1,6 @@
 //! Driving the API router like a gateway would: each request carries the peer address of the
 //! connection (`ConnectInfo`) and, from a trusted (loopback) peer, the client's IP in
-//! `x-haberci-client-ip`. Every test uses its own random client IP and usernames, so tests
+//! `x-haberci-client-ip` with the internal secret that makes the API believe it. Every test uses its own random client IP and usernames, so tests
 //! running in parallel (nextest: one process each) never share a rate-limit bucket or a name.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -154,11 +154,23 @@ impl Api {
     }
 
     pub async fn send(&self, mut request: Request<Body>) -> Reply {
-        request.extensions_mut().insert(ConnectInfo(self.peer));
+        self.as_gateway(&mut request);
+        self.dispatch(request).await
+    }
+
+    /// What the gateway's proxy adds: the peer, the client's address and the secret.
+    fn as_gateway(&self, request: &mut Request<Body>) {
         request.headers_mut().insert(
             "x-haberci-client-ip",
             self.client_ip.to_string().parse().unwrap(),
         );
+        request
+            .headers_mut()
+            .insert("x-haberci-internal", INTERNAL_TOKEN.parse().unwrap());
+    }
+
+    async fn dispatch(&self, mut request: Request<Body>) -> Reply {
+        request.extensions_mut().insert(ConnectInfo(self.peer));
         let response = self.router.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
@@ -179,11 +191,8 @@ impl Api {
 
     /// Sends `request` and returns the answer's raw bytes (downloads, HEAD, 204s).
     pub async fn send_raw(&self, mut request: Request<Body>) -> (StatusCode, HeaderMap, Vec<u8>) {
+        self.as_gateway(&mut request);
         request.extensions_mut().insert(ConnectInfo(self.peer));
-        request.headers_mut().insert(
-            "x-haberci-client-ip",
-            self.client_ip.to_string().parse().unwrap(),
-        );
         let response = self.router.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
@@ -234,7 +243,8 @@ impl Api {
             }
             None => Body::empty(),
         };
-        self.send(request.body(body).unwrap()).await
+        // The secret exactly as the test gives it (or none).
+        self.dispatch(request.body(body).unwrap()).await
     }
 
     /// Registers a fresh user; returns their id and access token.

@@ -19,7 +19,9 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
-use haberci_seam::internal::{CLIENT_IP_HEADER, PRIVATE_HEADER_PREFIX};
+use haberci_seam::internal::{
+    CLIENT_IP_HEADER, HEADER as INTERNAL_HEADER, InternalToken, PRIVATE_HEADER_PREFIX,
+};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tokio::sync::Notify;
 
@@ -96,15 +98,23 @@ impl RequestClass {
 #[derive(Clone)]
 pub struct Proxy {
     backend: Backend,
+    /// Sent with the client's address, which the API believes only with it.
+    internal_token: Option<InternalToken>,
     /// `HABERCI_MAX_BODY_BYTES`.
     max_body_bytes: usize,
     uploads: UploadLimits,
 }
 
 impl Proxy {
-    pub fn new(backend: Backend, max_body_bytes: usize, uploads: UploadLimits) -> Proxy {
+    pub fn new(
+        backend: Backend,
+        internal_token: Option<InternalToken>,
+        max_body_bytes: usize,
+        uploads: UploadLimits,
+    ) -> Proxy {
         Proxy {
             backend,
+            internal_token,
             max_body_bytes,
             uploads,
         }
@@ -154,6 +164,14 @@ impl Proxy {
         }
         if let Some(ip) = client_ip.and_then(|ip| HeaderValue::from_str(&ip.to_string()).ok()) {
             headers.insert(CLIENT_IP_HEADER, ip);
+            // The API believes the address only from a request that carries the secret.
+            if let Some(secret) = self
+                .internal_token
+                .as_ref()
+                .and_then(|t| HeaderValue::from_str(t.as_str()).ok())
+            {
+                headers.insert(INTERNAL_HEADER, secret);
+            }
         }
 
         // The body is streamed, with the size limit enforced as it flows.

@@ -103,8 +103,18 @@ async fn proxy(State(state): State<GatewayState>, request: Request) -> Response 
 /// `GET /v1/ws`: a client that offers the subprotocol gets a realtime session over WebSocket.
 async fn websocket_upgrade(
     State(state): State<GatewayState>,
+    headers: http::HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    // A browser says which page opens the socket; WebSockets are not under CORS, so the
+    // allow-list is applied here: the gateway's own pages and the listed origins only.
+    if !origin_allowed(&headers, &state.cors) {
+        return error_response(
+            StatusCode::FORBIDDEN,
+            "origin_refused",
+            "this page's origin may not open a realtime session; see HABERCI_CORS_ORIGINS",
+        );
+    }
     let offered = upgrade
         .requested_protocols()
         .any(|p| p.as_bytes() == haberci_wire::WEBSOCKET_SUBPROTOCOL.as_bytes());
@@ -126,6 +136,25 @@ async fn websocket_upgrade(
         .max_frame_size(max + 1)
         .on_upgrade(move |socket| websocket::serve(socket, state.realtime, state.shutdown))
         .into_response()
+}
+
+/// No `Origin` (not a browser), the gateway's own origin (`https://` + the `Host` it was
+/// reached at), or an origin on the CORS allow-list.
+fn origin_allowed(headers: &http::HeaderMap, cors: &haberci_kit::http::CorsOrigins) -> bool {
+    let Some(origin) = headers.get(http::header::ORIGIN) else {
+        return true;
+    };
+    if cors.allows(origin) {
+        return true;
+    }
+    let own = headers
+        .get(http::header::HOST)
+        .and_then(|host| host.to_str().ok());
+    let page = origin
+        .to_str()
+        .ok()
+        .and_then(|origin| origin.strip_prefix("https://"));
+    matches!((page, own), (Some(page), Some(own)) if page.eq_ignore_ascii_case(own))
 }
 
 async fn method_not_allowed() -> Response {

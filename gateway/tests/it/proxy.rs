@@ -59,6 +59,7 @@ async fn client_ip_comes_from_the_connection_and_cannot_be_spoofed() {
         let request = http::Request::get("https://localhost/v1/whoami")
             .header("x-haberci-client-ip", "6.6.6.6")
             .header("x-haberci-user", "admin")
+            .header("x-haberci-internal", "forged")
             .body(Full::new(RawBytes::new()))
             .unwrap();
         let reply = support::request(&stack, version, request).await;
@@ -69,6 +70,9 @@ async fn client_ip_comes_from_the_connection_and_cannot_be_spoofed() {
             "{version:?}: {ip}"
         );
         assert!(headers.get("x-haberci-user").is_none(), "{version:?}");
+        // The secret that makes the API believe the address is the gateway's own, never one a
+        // client sent (this stack has none configured, so none goes).
+        assert!(headers.get("x-haberci-internal").is_none(), "{version:?}");
     }
 }
 

@@ -21,10 +21,26 @@ pub async fn connect(
     stack: &Stack,
     subprotocol: Option<&str>,
 ) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+    connect_from(stack, subprotocol, None).await
+}
+
+/// As [`connect`], from a browser page of `origin` when given.
+pub async fn connect_from(
+    stack: &Stack,
+    subprotocol: Option<&str>,
+    origin: Option<&str>,
+) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
     let tls = tls::connect(stack.gateway_tcp, support::roots(stack), b"http/1.1")
         .await
         .unwrap();
-    let mut request = "wss://localhost/v1/ws".into_client_request().unwrap();
+    let mut request = format!("wss://localhost:{}/v1/ws", stack.gateway_tcp.port())
+        .into_client_request()
+        .unwrap();
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+    }
     if let Some(protocol) = subprotocol {
         request
             .headers_mut()
@@ -107,6 +123,36 @@ async fn a_client_close_is_answered_with_a_close() {
         None,
         "the server's Close comes back"
     );
+}
+
+/// WebSockets are not under CORS: a page of another site could open a session with its
+/// visitor's token. The gateway's own pages and the CORS allow-list may; others get 403.
+#[tokio::test]
+async fn an_upgrade_from_a_foreign_page_is_refused_and_from_allowed_ones_accepted() {
+    let stack = Stack::builder()
+        .configure(|config| {
+            config.http.cors =
+                haberci_kit::http::CorsOrigins::list(&["https://app.example"]).unwrap()
+        })
+        .start()
+        .await;
+    let own = format!("https://localhost:{}", stack.gateway_tcp.port());
+    let protocol = Some(haberci_wire::WEBSOCKET_SUBPROTOCOL);
+    for origin in [None, Some(own.as_str()), Some("https://app.example")] {
+        assert!(
+            connect_from(&stack, protocol, origin).await.is_ok(),
+            "{origin:?}"
+        );
+    }
+    for origin in ["https://evil.example", "http://localhost", "null"] {
+        match connect_from(&stack, protocol, Some(origin)).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 403, "{origin}");
+            }
+            Err(other) => panic!("{origin}: expected an HTTP refusal, got {other}"),
+            Ok(_) => panic!("{origin}: the upgrade must be refused"),
+        }
+    }
 }
 
 #[tokio::test]
