@@ -37,6 +37,11 @@ pub trait Link: Send {
     fn send(&mut self, frames: &[ServerFrame]) -> impl Future<Output = bool> + Send;
     /// Ends the connection with `code` (after the frames already sent, including `Closing`).
     fn close(self, code: ErrorCode) -> impl Future<Output = ()> + Send;
+    /// After [`Link::recv`] returned `None`: whether the link gave up on a client that stopped
+    /// taking bytes (rather than the client going away), to be closed as `slow_consumer`.
+    fn stalled(&self) -> bool {
+        false
+    }
 }
 
 /// Runs one realtime session over `link` until it ends.
@@ -129,6 +134,11 @@ async fn run<L: Link>(
             Wake::Handled => {}
             Wake::Input(Input::Frame(Some(frame))) => {
                 session.handle_frame(frame, &realtime.keys.current(), now())
+            }
+            Wake::Input(Input::Frame(None)) if link.link.stalled() => {
+                let session = session.identity().map(|identity| identity.session);
+                tracing::info!(?session, "client stopped taking bytes; closing as slow");
+                return Some(ErrorCode::SlowConsumer);
             }
             Wake::Input(Input::Frame(None)) => return None,
             Wake::Input(Input::Inbox(Some(first))) => {

@@ -398,6 +398,64 @@ async fn a_client_that_stops_reading_is_closed_as_slow_and_its_peer_goes_on() {
     assert_eq!(heard.sender_id, alice_id);
 }
 
+/// Over WebSocket the kernel takes megabytes before a write blocks, so a client that stops
+/// reading is found by the server's WebSocket Ping going unanswered: it is closed as slow
+/// (its watchers see it go offline) and its peer goes on.
+#[tokio::test]
+async fn a_websocket_client_that_stops_reading_is_closed_as_slow() {
+    use crate::websocket as ws;
+    let stack = Stack::builder()
+        .relay()
+        .configure(|config| {
+            config.session.send_rate_per_sec = 100_000;
+            config.session.send_burst = 100_000;
+            config.session.write_timeout = Duration::from_secs(1);
+        })
+        .start()
+        .await;
+    let alice = register(&stack).await;
+    let bob = register(&stack).await;
+    let carol = register(&stack).await;
+    befriend(&stack, &bob, &carol).await;
+    let mut sender = session(&stack, &alice.token).await;
+    let mut watcher = session(&stack, &carol.token).await;
+
+    // Bob reads his Welcome, then nothing more.
+    let mut reader = ws::open(&stack).await;
+    ws::write(&mut reader, &hello(&bob.token, 1)).await;
+    assert!(matches!(
+        ws::read(&mut reader).await,
+        Ok(ServerFrame::Welcome(_))
+    ));
+    watcher
+        .write(&ClientFrame::PresenceWatch(PresenceWatch {
+            user_ids: vec![bob.id],
+        }))
+        .await;
+    let now = next_presence(&mut watcher).await;
+    assert_eq!((now.user_id, now.online), (bob.id, true), "{now:?}");
+
+    for n in 0..200 {
+        sender.write(&text(bob.id, &format!("flood {n}"))).await;
+    }
+    let gone = next_presence(&mut watcher).await;
+    assert_eq!(
+        (gone.user_id, gone.online),
+        (bob.id, false),
+        "the reader that stopped is closed: {gone:?}"
+    );
+    drop(reader);
+
+    // Alice goes on.
+    sender.write(&text(carol.id, "still here")).await;
+    let heard = until(&mut watcher, |f| match f {
+        ServerFrame::Message(m) => Some(m),
+        _ => None,
+    })
+    .await;
+    assert_eq!(heard.content, "still here");
+}
+
 /// A notification the backend publishes on `u:{user}` (`social::live::publish`) reaches
 /// every open session of the user: here one over WebSocket and one over native QUIC.
 #[tokio::test]

@@ -69,9 +69,15 @@ pub async fn write(socket: &mut Socket, frame: &ClientFrame) {
 
 /// The next server frame, or the close frame (`None` when it has no code).
 pub async fn read(socket: &mut Socket) -> Result<ServerFrame, Option<Close>> {
-    let message = tokio::time::timeout(TIMEOUT, socket.next())
-        .await
-        .expect("a message in time");
+    // The server's Pings (its probe of a reader) are answered by tungstenite as it reads.
+    let message = loop {
+        let message = tokio::time::timeout(TIMEOUT, socket.next())
+            .await
+            .expect("a message in time");
+        if !matches!(message, Some(Ok(Message::Ping(_) | Message::Pong(_)))) {
+            break message;
+        }
+    };
     match message {
         Some(Ok(Message::Binary(payload))) => Ok(haberci_wire::websocket::decode(
             MessageType::Binary,
