@@ -370,6 +370,32 @@ pub fn sha256_hex(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))
 }
 
+/// The names a certificate is valid for (its subject alternative names: DNS names, wildcards
+/// included, and IP addresses, IPv6 in brackets), as a URL would carry them.
+pub fn host_names(der: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match *name {
+            GeneralName::DNSName(dns) => Some(dns.to_ascii_lowercase()),
+            GeneralName::IPAddress(&[a, b, c, d]) => {
+                Some(std::net::Ipv4Addr::new(a, b, c, d).to_string())
+            }
+            GeneralName::IPAddress(bytes) => <[u8; 16]>::try_from(bytes)
+                .ok()
+                .map(|v6| format!("[{}]", std::net::Ipv6Addr::from(v6))),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Reads the validity end of the first certificate in a PEM file.
 pub fn not_after(cert_path: &Path) -> Option<OffsetDateTime> {
     validity_window(cert_path).map(|(_, not_after)| not_after)
@@ -552,6 +578,17 @@ mod tests {
         assert_eq!(std::fs::read(paths.server_cert()).unwrap(), before);
     }
     use super::*;
+
+    #[test]
+    fn host_names_are_the_leafs_alternative_names() {
+        use rustls_pki_types::pem::PemObject;
+        let dir = tempfile::tempdir().unwrap();
+        let paths = CertPaths::new(dir.path());
+        ensure(&paths, OffsetDateTime::now_utc()).unwrap();
+        let der = rustls_pki_types::CertificateDer::from_pem_file(paths.server_cert()).unwrap();
+        assert_eq!(host_names(&der), ["localhost", "127.0.0.1", "[::1]"]);
+        assert!(host_names(b"not a certificate").is_empty());
+    }
 
     /// Regression: leaves were issued with an explicit `cA: FALSE`, which DER forbids (a
     /// default value must be left out) and Python's `cryptography` refuses.

@@ -144,7 +144,7 @@ pub async fn fallback(State(state): State<GatewayState>, request: Request) -> Re
     // Rebuilt files must show up at the next load; the files are small.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     if content_type.starts_with("text/html")
-        && let Ok(csp) = HeaderValue::from_str(&page_policy(&request, &state.web))
+        && let Ok(csp) = HeaderValue::from_str(&page_policy(&state.web))
     {
         headers.insert(header::CONTENT_SECURITY_POLICY, csp);
     }
@@ -180,21 +180,15 @@ fn file_for(dir: &Path, url_path: &str) -> Option<(PathBuf, &'static str)> {
 }
 
 /// The Content-Security-Policy of a page: its own scripts, styles and images; connections to
-/// this origin (the API and WebSocket) and to WebTransport on the UDP port of the host the
-/// page was loaded from.
-fn page_policy(request: &Request, web: &Web) -> String {
-    let host = match request.uri().authority() {
-        // HTTP/2 and HTTP/3 carry the host in `:authority`, HTTP/1.1 in `Host`.
-        Some(authority) => Some(authority.as_str()),
-        None => request
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok()),
-    };
-    let webtransport = host
-        .and_then(hostname)
-        .map(|host| format!(" https://{host}:{}", web.webtransport_port))
-        .unwrap_or_default();
+/// this origin (the API and WebSocket) and to WebTransport on the UDP port of every name the
+/// gateway's TLS certificate holds. Built from configuration (the certificate), never from
+/// the request: a `Host` header is the client's to choose.
+fn page_policy(web: &Web) -> String {
+    let webtransport: String = haberci_certs::host_names(&web.certs.tcp_cert_der())
+        .iter()
+        .filter(|name| safe_in_header(name))
+        .map(|name| format!(" https://{name}:{}", web.webtransport_port))
+        .collect();
     format!(
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
          media-src 'self'; connect-src 'self'{webtransport}; base-uri 'none'; form-action 'none'; \
@@ -202,18 +196,12 @@ fn page_policy(request: &Request, web: &Web) -> String {
     )
 }
 
-/// The host name (no port) of a `Host` value, if it is a plain DNS name or IP literal:
-/// anything else must not reach a header.
-fn hostname(host: &str) -> Option<String> {
-    let hostname = if let Some(rest) = host.strip_prefix('[') {
-        format!("[{}]", rest.split(']').next()?)
-    } else {
-        host.rsplit_once(':')
-            .map_or(host, |(name, _)| name)
-            .to_owned()
-    };
+/// Whether a certificate name can go into a CSP source as it is: a DNS name (a leading `*.`
+/// wildcard included) or an IP literal.
+fn safe_in_header(name: &str) -> bool {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']');
-    (!hostname.is_empty() && hostname.chars().all(allowed)).then_some(hostname)
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    !name.is_empty() && name.chars().all(allowed)
 }
 
 #[cfg(test)]
@@ -248,11 +236,17 @@ mod tests {
 
     #[test]
     fn only_plain_host_names_reach_the_policy() {
-        let host = hostname;
-        assert_eq!(host("localhost:8443").as_deref(), Some("localhost"));
-        assert_eq!(host("127.0.0.1").as_deref(), Some("127.0.0.1"));
-        assert_eq!(host("[::1]:8443").as_deref(), Some("[::1]"));
-        assert_eq!(host("evil; script-src *"), None);
-        assert_eq!(host(""), None);
+        for name in [
+            "localhost",
+            "127.0.0.1",
+            "[::1]",
+            "*.example.com",
+            "chat.example.com",
+        ] {
+            assert!(safe_in_header(name), "{name}");
+        }
+        for name in ["evil; script-src *", "", "*.", "a b", "x'y"] {
+            assert!(!safe_in_header(name), "{name}");
+        }
     }
 }

@@ -150,9 +150,10 @@ async fn the_web_directory_is_served_with_content_types_and_a_page_policy() {
         assert_eq!(&page.body[..], b"<!doctype html><title>Haberci</title>");
         let csp = page.headers["content-security-policy"].to_str().unwrap();
         assert!(csp.contains("script-src 'self'"), "{csp}");
+        // From the certificate's names (localhost, 127.0.0.1, ::1), not from the request.
+        let port = stack.gateway_udp.port();
         let webtransport = format!(
-            "connect-src 'self' https://localhost:{};",
-            stack.gateway_udp.port()
+            "connect-src 'self' https://localhost:{port} https://127.0.0.1:{port} https://[::1]:{port};"
         );
         assert!(csp.contains(&webtransport), "{csp}");
         assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
@@ -182,6 +183,14 @@ async fn the_web_directory_is_served_with_content_types_and_a_page_policy() {
             assert_eq!(reply.json()["error"]["code"], "not_found", "{path}");
         }
     }
+    // A Host header of the client's choosing does not reach the policy.
+    let forged = http::Request::get("https://localhost/")
+        .header("host", "evil.example")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let page = support::request(&stack, Version::Http1, forged).await;
+    let csp = page.headers["content-security-policy"].to_str().unwrap();
+    assert!(!csp.contains("evil"), "{csp}");
     let head = http::Request::head("https://localhost/app.js")
         .body(Full::new(Bytes::new()))
         .unwrap();
