@@ -45,6 +45,24 @@ pub const DEFAULT_QUIC_MAX_HANDSHAKES: usize = 256;
 /// TCP connections held at once. The process may hold 20,000 open files (hard limit here);
 /// the rest is left for the backend pool, Redis, logs and certificates.
 pub const DEFAULT_MAX_TCP_CONNECTIONS: usize = 16_000;
+/// Connections one client address may hold: a household or office behind one NAT address
+/// has many devices and tabs, an attacker's address no more than they.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
+/// Not counted per address: loopback.
+pub const DEFAULT_ADDRESS_LIMIT_EXEMPT: &str = "127.0.0.0/8,::1/128";
+
+/// Comma-separated CIDR ranges or single addresses.
+fn networks(text: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            part.parse::<ipnet::IpNet>()
+                .or_else(|_| part.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| format!("{part:?} is not a CIDR range or an IP address"))
+        })
+        .collect()
+}
 /// How long a client may take to send a request's headers (slowloris guard), on TCP and
 /// HTTP/3 alike.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -86,6 +104,12 @@ pub struct Listen {
     pub alt_svc_port: Option<u16>,
     /// `HABERCI_MAX_TCP_CONNECTIONS`: above it, new TCP connections wait in the kernel backlog.
     pub max_tcp_connections: usize,
+    /// `HABERCI_MAX_CONNECTIONS_PER_ADDRESS`: connections (TCP and QUIC together) one client
+    /// address (an IPv6 /64) may hold; more are closed at once.
+    pub max_connections_per_address: usize,
+    /// `HABERCI_ADDRESS_LIMIT_EXEMPT`: comma-separated CIDRs or addresses not counted (load
+    /// balancers that do not keep client addresses, health checks, local load tests).
+    pub address_limit_exempt: Vec<ipnet::IpNet>,
 }
 
 /// The certificates both listeners serve.
@@ -156,6 +180,9 @@ pub struct Http {
     pub body_idle_timeout: Duration,
     /// `HABERCI_HEADER_READ_TIMEOUT_MS`.
     pub header_read_timeout: Duration,
+    /// `HABERCI_FIRST_REQUEST_TIMEOUT_MS`: a TCP connection that has asked nothing this long
+    /// after its TLS handshake is dropped.
+    pub first_request_timeout: Duration,
     /// `HABERCI_CORS_ORIGINS`: browser origins allowed to call the API (comma-separated).
     pub cors: CorsOrigins,
     /// `HABERCI_WEB_DIR`: static files served at `/` (the demo page, `web/dist`); unset: none.
@@ -228,6 +255,8 @@ impl GatewayConfig {
                 udp_addr: addr("[::]:0"),
                 alt_svc_port: None,
                 max_tcp_connections: DEFAULT_MAX_TCP_CONNECTIONS,
+                max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+                address_limit_exempt: networks(DEFAULT_ADDRESS_LIMIT_EXEMPT).unwrap_or_default(),
             },
             tls: Tls {
                 cert_paths: CertPaths::new(cert_dir),
@@ -247,6 +276,7 @@ impl GatewayConfig {
                 max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
                 body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
                 header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+                first_request_timeout: DEFAULT_HEADER_READ_TIMEOUT,
                 cors: CorsOrigins::default(),
                 web_dir: None,
             },
@@ -275,12 +305,31 @@ impl Listen {
         if max_tcp_connections == 0 {
             env.problem("HABERCI_MAX_TCP_CONNECTIONS must be at least 1");
         }
+        let max_connections_per_address = env.parse_or(
+            "HABERCI_MAX_CONNECTIONS_PER_ADDRESS",
+            DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+        );
+        if max_connections_per_address == 0 {
+            env.problem("HABERCI_MAX_CONNECTIONS_PER_ADDRESS must be at least 1");
+        }
+        let exempt = env
+            .raw("HABERCI_ADDRESS_LIMIT_EXEMPT")
+            .unwrap_or_else(|| DEFAULT_ADDRESS_LIMIT_EXEMPT.to_owned());
+        let address_limit_exempt = match networks(&exempt) {
+            Ok(networks) => networks,
+            Err(why) => {
+                env.problem(format!("HABERCI_ADDRESS_LIMIT_EXEMPT: {why}"));
+                Vec::new()
+            }
+        };
         Listen {
             tcp_addr,
             metrics: MetricsConfig::from_env(env, addr(DEFAULT_METRICS_ADDR)),
             udp_addr,
             alt_svc_port,
             max_tcp_connections,
+            max_connections_per_address,
+            address_limit_exempt,
         }
     }
 }
@@ -321,6 +370,10 @@ impl Http {
             ),
             header_read_timeout: env.millis_or(
                 "HABERCI_HEADER_READ_TIMEOUT_MS",
+                DEFAULT_HEADER_READ_TIMEOUT,
+            ),
+            first_request_timeout: env.millis_or(
+                "HABERCI_FIRST_REQUEST_TIMEOUT_MS",
                 DEFAULT_HEADER_READ_TIMEOUT,
             ),
             cors: CorsOrigins::read(env),

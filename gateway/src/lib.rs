@@ -126,6 +126,11 @@ impl Gateway {
             config.tls.rotate_interval,
             shutdown.clone(),
         ));
+        // One count per client address over both listeners.
+        let per_address = edge::per_address::PerAddress::new(
+            config.listen.max_connections_per_address,
+            config.listen.address_limit_exempt.clone(),
+        );
         tasks.spawn(tcp::serve(
             tcp_listener,
             certs.clone(),
@@ -134,6 +139,8 @@ impl Gateway {
             tcp::Limits {
                 max_connections: config.listen.max_tcp_connections,
                 header_read_timeout: config.http.header_read_timeout,
+                first_request_timeout: config.http.first_request_timeout,
+                per_address: per_address.clone(),
             },
             shutdown.clone(),
         ));
@@ -146,6 +153,7 @@ impl Gateway {
             },
             realtime,
             quic::Admission::new(config.quic.max_handshakes),
+            per_address,
             shutdown,
         ));
         tracing::info!(%tcp_addr, %udp_addr, "gateway listening");

@@ -17,6 +17,7 @@
 //!   demo page's static files.
 
 pub mod h3;
+pub mod per_address;
 pub mod proxy;
 pub mod quic;
 pub mod router;
@@ -49,6 +50,12 @@ pub struct GatewayState {
 /// request extension.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
+
+/// What a TCP connection holds of the listener's limits (its place among the connections, and
+/// its address's). A request extension, so an upgraded WebSocket keeps holding it after the
+/// HTTP connection hands it over.
+#[derive(Clone)]
+pub struct ConnectionHold(pub std::sync::Arc<dyn Send + Sync>);
 
 /// The JSON error shape every Haberci response uses.
 pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use axum::Router;
 use haberci_kit::shutdown::Shutdown;
+use haberci_wire::ErrorCode;
 use quinn::crypto::rustls::{HandshakeData, QuicServerConfig};
 use quinn::{Endpoint, IdleTimeout, TransportConfig, VarInt};
 use tokio_util::task::TaskTracker;
@@ -42,6 +43,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Application close code used when the endpoint shuts down.
 pub const CLOSE_SHUTDOWN: u32 = 0;
+/// HTTP/3's H3_EXCESSIVE_LOAD (RFC 9114): a connection refused for load.
+pub const H3_EXCESSIVE_LOAD: u64 = 0x0107;
 /// How long requests in flight get to finish at shutdown before the endpoint closes.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -188,6 +191,7 @@ pub async fn serve(
     h3_limits: super::h3::Limits,
     realtime: crate::transport::Realtime,
     admission: Arc<Admission>,
+    per_address: Arc<super::per_address::PerAddress>,
     shutdown: Shutdown,
 ) {
     // Every connection and request task, so shutdown can let them finish before closing.
@@ -209,6 +213,7 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         let requests = tasks.clone();
         let realtime = realtime.clone();
+        let per_address = per_address.clone();
         tasks.spawn(async move {
             let peer = incoming.remote_address();
             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await;
@@ -228,6 +233,21 @@ pub async fn serve(
                     tracing::debug!(%peer, "quic handshake timed out");
                     return;
                 }
+            };
+            // Counted once the handshake proved the address (a spoofed one gets no further).
+            let Some(_address_slot) = per_address.admit(peer.ip()) else {
+                metrics::handshake(Listener::Quic, Handshake::Refused);
+                tracing::debug!(%peer, "too many connections from this address; closed");
+                // HTTP/3's H3_EXCESSIVE_LOAD; a native client reads `too_many_sessions`.
+                let code = match negotiated_alpn(&connection).as_deref() {
+                    Some(crate::ALPN_NATIVE) => ErrorCode::TooManySessions.quic_code(),
+                    _ => H3_EXCESSIVE_LOAD,
+                };
+                connection.close(
+                    VarInt::from_u64(code).unwrap_or(VarInt::from_u32(0)),
+                    b"too many connections from your address",
+                );
+                return;
             };
             // Each protocol's future is boxed on its own: inline, every connection's task
             // would be as large as the largest of them (the HTTP/3 one), idle or not.

@@ -103,6 +103,7 @@ async fn proxy(State(state): State<GatewayState>, request: Request) -> Response 
 /// `GET /v1/ws`: a client that offers the subprotocol gets a realtime session over WebSocket.
 async fn websocket_upgrade(
     State(state): State<GatewayState>,
+    hold: Option<axum::Extension<super::ConnectionHold>>,
     headers: http::HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
@@ -134,7 +135,11 @@ async fn websocket_upgrade(
         // `frame_too_large` itself rather than tungstenite failing the read.
         .max_message_size(max + 1)
         .max_frame_size(max + 1)
-        .on_upgrade(move |socket| websocket::serve(socket, state.realtime, state.shutdown))
+        .on_upgrade(move |socket| async move {
+            // The connection's places are the session's now.
+            let _hold = hold;
+            websocket::serve(socket, state.realtime, state.shutdown).await
+        })
         .into_response()
 }
 

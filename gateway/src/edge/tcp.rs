@@ -16,6 +16,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use super::ClientAddr;
+use super::per_address::PerAddress;
 use super::tls::CertStore;
 use crate::metrics::{self, Handshake, Listener};
 
@@ -31,12 +32,17 @@ pub const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const H2_MAX_CONCURRENT_STREAMS: u32 = 64;
 
 /// Bounds on what TCP clients may hold.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct Limits {
     /// Connections held at once; past it, `accept` waits (the kernel backlog absorbs bursts).
     pub max_connections: usize,
     /// A request's headers must arrive within this (slowloris guard).
     pub header_read_timeout: Duration,
+    /// A connection whose first request has not begun this long after its TLS handshake is
+    /// dropped: an idle connection holds a file descriptor and memory for nothing.
+    pub first_request_timeout: Duration,
+    /// Connections one client address may hold (shared with QUIC).
+    pub per_address: Arc<PerAddress>,
 }
 
 pub async fn serve(
@@ -84,15 +90,22 @@ pub async fn serve(
                 }
             },
         };
+        let Some(address_slot) = limits.per_address.admit(peer.ip()) else {
+            metrics::handshake(Listener::Tcp, Handshake::Refused);
+            tracing::debug!(%peer, "too many connections from this address; closed");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let router = router.clone();
         let alt_svc = alt_svc.clone();
         let watcher = graceful.watcher();
         let builder = builder.clone();
+        let first_request_timeout = limits.first_request_timeout;
         tokio::spawn(async move {
-            // The slot is released when this connection's task ends.
-            let _slot = slot;
+            // Released when this connection's task ends and no WebSocket it upgraded to lives.
+            let hold = super::ConnectionHold(Arc::new((slot, address_slot)));
             let tls =
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
@@ -110,9 +123,13 @@ pub async fn serve(
                         return;
                     }
                 };
+            let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let seen = asked.clone();
             let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+                seen.store(true, std::sync::atomic::Ordering::Relaxed);
                 let mut request = request.map(axum::body::Body::new);
                 request.extensions_mut().insert(ClientAddr(peer));
+                request.extensions_mut().insert(hold.clone());
                 let alt_svc = alt_svc.clone();
                 let router = router.clone();
                 async move {
@@ -122,8 +139,20 @@ pub async fn serve(
                 }
             });
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-            if let Err(err) = watcher.watch(connection.into_owned()).await {
-                tracing::debug!(%peer, %err, "http connection ended with an error");
+            let served = watcher.watch(connection.into_owned());
+            // A request's start is all it takes (headers have their own timeout); a
+            // connection that has asked nothing by the deadline is dropped.
+            let idle = async {
+                tokio::time::sleep(first_request_timeout).await;
+                if asked.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                result = served => if let Err(err) = result {
+                    tracing::debug!(%peer, %err, "http connection ended with an error");
+                },
+                () = idle => tracing::debug!(%peer, "no request in time; connection dropped"),
             }
         });
     }

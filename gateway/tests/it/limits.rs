@@ -137,3 +137,96 @@ async fn quic_connections_over_the_handshake_limit_are_refused_and_tcp_still_ans
     let reply = support::request(&stack, support::Version::Http2, request).await;
     assert_eq!(reply.status, 200);
 }
+
+/// A TLS connection that asks nothing is not held: it is dropped at the first-request
+/// deadline (the handshake has its own).
+#[tokio::test]
+async fn a_connection_that_asks_nothing_is_dropped_at_the_first_request_deadline() {
+    let stack = Stack::builder()
+        .backend(Backend::Down)
+        .configure(|config| {
+            config.http.first_request_timeout = std::time::Duration::from_millis(300);
+        })
+        .start()
+        .await;
+    let mut idle = raw_tls(&stack).await;
+    let answer = tokio::time::timeout(TIMEOUT, read_to_close(&mut idle))
+        .await
+        .expect("the gateway drops a connection that asks nothing");
+    assert_eq!(answer, "");
+    // One that asks in time is served.
+    let mut asking = raw_tls(&stack).await;
+    asking
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(TIMEOUT, read_to_close(&mut asking))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// One client address holds at most its share of connections, TCP and QUIC counted together;
+/// a closed one frees its place.
+#[tokio::test]
+async fn one_address_holds_at_most_its_connections_over_tcp_and_quic() {
+    let stack = Stack::builder()
+        .backend(Backend::Down)
+        .configure(|config| {
+            config.listen.max_connections_per_address = 2;
+            // Loopback is exempt by default; here it is an ordinary client.
+            config.listen.address_limit_exempt = Vec::new();
+        })
+        .start()
+        .await;
+    let quic = || {
+        support::QuicClient::connect(
+            stack.gateway_udp,
+            support::roots(&stack),
+            haberci_wire::ALPN,
+        )
+    };
+    let first = raw_tls(&stack).await;
+    let second = quic().await.unwrap();
+
+    // A third over TCP is closed at once, before or during its handshake.
+    let third = tls::connect(stack.gateway_tcp, support::roots(&stack), b"http/1.1").await;
+    if let Ok(mut stream) = third {
+        let answer = tokio::time::timeout(TIMEOUT, read_to_close(&mut stream))
+            .await
+            .expect("closed");
+        assert_eq!(answer, "");
+    }
+    // Over QUIC, once its handshake proved the address, with `too_many_sessions`.
+    let third = quic().await.unwrap();
+    match tokio::time::timeout(TIMEOUT, third.connection.closed()).await {
+        Ok(quinn::ConnectionError::ApplicationClosed(close)) => assert_eq!(
+            close.error_code,
+            quinn::VarInt::from_u64(haberci_wire::ErrorCode::TooManySessions.quic_code()).unwrap()
+        ),
+        other => panic!("expected an application close, got {other:?}"),
+    }
+
+    // The TCP connection goes: its place is free again (as soon as the gateway notices). A
+    // connection is in when its session answers: a Hello with no valid token gets Closing.
+    drop(first);
+    let served = |client: support::QuicClient| async move {
+        let Ok((mut send, mut recv)) = client.connection.open_bi().await else {
+            return false;
+        };
+        let hello = crate::support::hello("not.a.token", haberci_wire::PROTOCOL_VERSION);
+        let mut bytes = bytes::BytesMut::new();
+        haberci_wire::encode_delimited(&hello, haberci_wire::DEFAULT_MAX_FRAME_SIZE, &mut bytes)
+            .unwrap();
+        if send.write_all(&bytes).await.is_err() {
+            return false;
+        }
+        matches!(recv.read_chunk(1024, true).await, Ok(Some(_)))
+    };
+    tokio::time::timeout(TIMEOUT, async {
+        while !served(quic().await.unwrap()).await {}
+    })
+    .await
+    .expect("a freed place is taken again");
+    drop(second);
+}
