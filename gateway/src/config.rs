@@ -42,6 +42,11 @@ pub const DEFAULT_QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_QUIC_SOCKET_BUFFER_BYTES: usize = 16 << 20;
 /// QUIC handshakes in flight at once (see `edge::quic::Admission`).
 pub const DEFAULT_QUIC_MAX_HANDSHAKES: usize = 256;
+/// Handshakes in flight above which unproven addresses get a Retry: a quarter of the limit, so
+/// half-open handshakes from spoofed addresses never fill it.
+pub const DEFAULT_QUIC_RETRY_ABOVE: usize = 64;
+/// Handshakes in flight from one address.
+pub const DEFAULT_QUIC_HANDSHAKES_PER_ADDRESS: usize = 16;
 /// TCP connections held at once. The process may hold 20,000 open files (hard limit here);
 /// the rest is left for the backend pool, Redis, logs and certificates.
 pub const DEFAULT_MAX_TCP_CONNECTIONS: usize = 16_000;
@@ -160,6 +165,12 @@ pub struct Quic {
     /// `HABERCI_QUIC_MAX_HANDSHAKES`: QUIC handshakes in flight at once; more are refused at
     /// once and their clients back off (see `edge::quic::Admission`).
     pub max_handshakes: usize,
+    /// `HABERCI_QUIC_RETRY_ABOVE`: with this many handshakes in flight, a client whose address
+    /// is not proven yet gets a Retry first (stateless address validation).
+    pub retry_above: usize,
+    /// `HABERCI_QUIC_HANDSHAKES_PER_ADDRESS`: handshakes in flight from one address (IPv6:
+    /// one /64); an unproven address above it gets a Retry, a proven one is refused.
+    pub handshakes_per_address: usize,
 }
 
 /// HTTP on every version, and the backend it proxies to.
@@ -231,6 +242,11 @@ impl GatewayConfig {
             ),
             max_handshakes: env
                 .parse_or("HABERCI_QUIC_MAX_HANDSHAKES", DEFAULT_QUIC_MAX_HANDSHAKES),
+            retry_above: env.parse_or("HABERCI_QUIC_RETRY_ABOVE", DEFAULT_QUIC_RETRY_ABOVE),
+            handshakes_per_address: env.parse_or(
+                "HABERCI_QUIC_HANDSHAKES_PER_ADDRESS",
+                DEFAULT_QUIC_HANDSHAKES_PER_ADDRESS,
+            ),
         };
         let http = Http::read(&mut env);
         let relay = Relay::read(&mut env);
@@ -268,6 +284,8 @@ impl GatewayConfig {
                 idle_timeout: DEFAULT_QUIC_IDLE_TIMEOUT,
                 socket_buffer: DEFAULT_QUIC_SOCKET_BUFFER_BYTES,
                 max_handshakes: DEFAULT_QUIC_MAX_HANDSHAKES,
+                retry_above: DEFAULT_QUIC_RETRY_ABOVE,
+                handshakes_per_address: DEFAULT_QUIC_HANDSHAKES_PER_ADDRESS,
             },
             http: Http {
                 backend_url,

@@ -152,7 +152,12 @@ impl Gateway {
                 body_idle_timeout: config.http.body_idle_timeout,
             },
             realtime,
-            quic::Admission::new(config.quic.max_handshakes),
+            quic::Admission::with_retry(
+                config.quic.max_handshakes,
+                config.quic.retry_above,
+                config.quic.handshakes_per_address,
+                config.listen.address_limit_exempt.clone(),
+            ),
             per_address,
             shutdown,
         ));

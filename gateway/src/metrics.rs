@@ -38,8 +38,11 @@ pub enum Handshake {
     Ok,
     Failed,
     TimedOut,
-    /// Refused before any crypto: too many handshakes in flight (QUIC admission control).
+    /// Refused before any crypto: too many handshakes in flight (QUIC admission control), or
+    /// too many connections from one address.
     Refused,
+    /// Sent a QUIC Retry: the client must prove its address before its handshake starts.
+    Retried,
 }
 
 /// Gives every metric its help text and unit; called once at start.
@@ -132,6 +135,7 @@ pub fn handshake(listener: Listener, result: Handshake) {
         Handshake::Failed => "failed",
         Handshake::TimedOut => "timed_out",
         Handshake::Refused => "refused",
+        Handshake::Retried => "retried",
     };
     counter!("haberci_gateway_handshakes_total", "listener" => listener, "result" => result)
         .increment(1);

@@ -62,7 +62,7 @@ impl PerAddress {
 }
 
 /// IPv4 as it is; IPv6 by its /64.
-fn counted_as(ip: IpAddr) -> IpAddr {
+pub fn counted_as(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & (u128::MAX << 64)).into()),

@@ -101,10 +101,20 @@ pub fn bind(udp_addr: SocketAddr, config: &Quic, certs: &CertStore) -> anyhow::R
 /// the storm. 100,000 clients of two gateways, one killed: 97,359 sessions dropped and
 /// 95,669 never came back (docs/BENCHMARKS.md, "Reconnect storm"). Refusing is cheap; an
 /// admitted handshake finishes in milliseconds.
+///
+/// Spoofed Initials would fill those places with handshakes nobody finishes, so above
+/// `retry_above` handshakes in flight, and above `per_address` from one address, a client
+/// whose address is not proven gets a Retry first ([`Admission::verdict`]): one stateless
+/// packet whose token only the real owner of the address can echo.
 #[derive(Debug)]
 pub struct Admission {
     limit: usize,
+    retry_above: usize,
+    per_address: usize,
+    /// Not counted per address (the listeners' exempt list).
+    exempt: Vec<ipnet::IpNet>,
     in_flight: std::sync::atomic::AtomicUsize,
+    from: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     /// Refused since the last report.
     refused: std::sync::atomic::AtomicU64,
     /// When refusals were last reported, in ms since `started` (`u64::MAX`: never).
@@ -112,25 +122,58 @@ pub struct Admission {
     started: std::time::Instant,
 }
 
+/// What to do with a connection attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Start the handshake (if [`Admission::admit`] finds a place).
+    Admit,
+    /// Prove the address first: a Retry.
+    Retry,
+    /// Refuse at once: a proven address over its share.
+    Refuse,
+}
+
 /// Refusals are reported at most this often: one WARN per period while a storm lasts.
 pub const REFUSAL_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
-/// One admitted handshake; dropping it frees the place.
+/// One admitted handshake; dropping it frees the place (and its address's).
 #[derive(Debug)]
-pub struct Admitted(Arc<Admission>);
+pub struct Admitted(Arc<Admission>, Option<std::net::IpAddr>);
 
 impl Drop for Admitted {
     fn drop(&mut self) {
         self.0
             .in_flight
             .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        if let Some(key) = self.1 {
+            let mut from = self.0.from.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(count) = from.get_mut(&key) {
+                *count -= 1;
+                if *count == 0 {
+                    from.remove(&key);
+                }
+            }
+        }
     }
 }
 
 impl Admission {
     pub fn new(limit: usize) -> Arc<Admission> {
+        Admission::with_retry(limit, usize::MAX, usize::MAX, Vec::new())
+    }
+
+    pub fn with_retry(
+        limit: usize,
+        retry_above: usize,
+        per_address: usize,
+        exempt: Vec<ipnet::IpNet>,
+    ) -> Arc<Admission> {
         Arc::new(Admission {
             limit,
+            retry_above,
+            per_address,
+            exempt,
+            from: Default::default(),
             in_flight: Default::default(),
             refused: Default::default(),
             reported_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
@@ -138,15 +181,47 @@ impl Admission {
         })
     }
 
-    /// A place for one more handshake, or `None`: refuse it.
-    pub fn admit(self: &Arc<Self>) -> Option<Admitted> {
+    /// Whether an attempt from `ip` may start its handshake, must prove its address first
+    /// (`validated`: it echoed a Retry token; `may_retry`: it has not been sent one yet), or
+    /// is refused.
+    pub fn verdict(&self, ip: std::net::IpAddr, validated: bool, may_retry: bool) -> Verdict {
+        let busy = self.in_flight() >= self.retry_above;
+        let crowded = self
+            .key(ip)
+            .is_some_and(|key| self.in_flight_from(key) >= self.per_address);
+        match (validated, busy || crowded) {
+            (false, true) if may_retry => Verdict::Retry,
+            (true, _) if crowded => Verdict::Refuse,
+            _ => Verdict::Admit,
+        }
+    }
+
+    /// The per-address key of `ip` (an IPv6 /64); `None` when exempt.
+    fn key(&self, ip: std::net::IpAddr) -> Option<std::net::IpAddr> {
+        let ip = ip.to_canonical();
+        (!self.exempt.iter().any(|net| net.contains(&ip)))
+            .then(|| super::per_address::counted_as(ip))
+    }
+
+    fn in_flight_from(&self, key: std::net::IpAddr) -> usize {
+        let from = self.from.lock().unwrap_or_else(|p| p.into_inner());
+        from.get(&key).copied().unwrap_or(0)
+    }
+
+    /// A place for one more handshake (from `ip`), or `None`: refuse it.
+    pub fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<Admitted> {
         use std::sync::atomic::Ordering::{AcqRel, Acquire};
         let taken = self
             .in_flight
             .fetch_update(AcqRel, Acquire, |n| (n < self.limit).then_some(n + 1))
             .is_ok();
         if taken {
-            return Some(Admitted(self.clone()));
+            let key = self.key(ip);
+            if let Some(key) = key {
+                let mut from = self.from.lock().unwrap_or_else(|p| p.into_inner());
+                *from.entry(key).or_default() += 1;
+            }
+            return Some(Admitted(self.clone(), key));
         }
         self.refused.fetch_add(1, AcqRel);
         if let Some(refused) = self.report_due() {
@@ -204,7 +279,27 @@ pub async fn serve(
                 None => break,
             },
         };
-        let Some(admitted) = admission.admit() else {
+        let ip = incoming.remote_address().ip();
+        match admission.verdict(
+            ip,
+            incoming.remote_address_validated(),
+            incoming.may_retry(),
+        ) {
+            Verdict::Admit => {}
+            Verdict::Retry => {
+                metrics::handshake(Listener::Quic, Handshake::Retried);
+                if let Err(err) = incoming.retry() {
+                    err.into_incoming().refuse();
+                }
+                continue;
+            }
+            Verdict::Refuse => {
+                metrics::handshake(Listener::Quic, Handshake::Refused);
+                incoming.refuse();
+                continue;
+            }
+        }
+        let Some(admitted) = admission.admit(ip) else {
             metrics::handshake(Listener::Quic, Handshake::Refused);
             incoming.refuse();
             continue;
@@ -304,16 +399,51 @@ pub fn negotiated_alpn(connection: &quinn::Connection) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
+    const LOCAL: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    /// Unproven addresses prove themselves first once handshakes pile up, or once one address
+    /// has many in flight; a proven address over its share is refused; exempt ones never are.
+    #[test]
+    fn unproven_addresses_get_a_retry_under_pressure_and_crowded_ones_are_refused() {
+        let exempt = vec!["127.0.0.0/8".parse().unwrap_or_default()];
+        let admission = Admission::with_retry(10, 2, 3, exempt);
+        let a: std::net::IpAddr = std::net::Ipv4Addr::new(198, 51, 100, 7).into();
+        let b: std::net::IpAddr = std::net::Ipv4Addr::new(198, 51, 100, 8).into();
+        assert_eq!(admission.verdict(a, false, true), Verdict::Admit);
+        let held = [admission.admit(a), admission.admit(a)];
+        assert_eq!(admission.verdict(b, false, true), Verdict::Retry, "busy");
+        assert_eq!(admission.verdict(b, true, false), Verdict::Admit, "proven");
+        assert_eq!(
+            admission.verdict(b, false, false),
+            Verdict::Admit,
+            "retried once"
+        );
+        let third = admission.admit(a);
+        assert_eq!(
+            admission.verdict(a, true, false),
+            Verdict::Refuse,
+            "a's share"
+        );
+        assert_eq!(
+            admission.verdict(LOCAL, true, false),
+            Verdict::Admit,
+            "exempt"
+        );
+        drop((held, third));
+        assert_eq!(admission.verdict(a, false, true), Verdict::Admit);
+        assert_eq!(admission.in_flight(), 0);
+    }
+
     #[test]
     fn handshakes_above_the_limit_are_refused_until_one_finishes() {
         let admission = Admission::new(2);
-        let first = admission.admit().expect("first");
-        let second = admission.admit().expect("second");
-        assert!(admission.admit().is_none(), "a third is refused");
-        assert!(admission.admit().is_none(), "and a fourth");
+        let first = admission.admit(LOCAL).expect("first");
+        let second = admission.admit(LOCAL).expect("second");
+        assert!(admission.admit(LOCAL).is_none(), "a third is refused");
+        assert!(admission.admit(LOCAL).is_none(), "and a fourth");
         assert_eq!(admission.in_flight(), 2);
         drop(first);
-        let third = admission.admit().expect("a place freed");
+        let third = admission.admit(LOCAL).expect("a place freed");
         assert_eq!(admission.in_flight(), 2);
         drop((second, third));
         assert_eq!(admission.in_flight(), 0);
@@ -322,11 +452,11 @@ mod tests {
     #[test]
     fn refusals_are_reported_once_per_interval_not_once_each() {
         let admission = Admission::new(0);
-        assert!(admission.admit().is_none());
+        assert!(admission.admit(LOCAL).is_none());
         // The first refusal was reported (and its count taken); the next ones wait.
         assert_eq!(admission.report_due(), None);
         for _ in 0..1_000 {
-            assert!(admission.admit().is_none());
+            assert!(admission.admit(LOCAL).is_none());
         }
         assert_eq!(admission.report_due(), None, "within the interval");
         assert_eq!(
@@ -339,7 +469,7 @@ mod tests {
     #[test]
     fn a_limit_of_zero_refuses_everything() {
         let admission = Admission::new(0);
-        assert!(admission.admit().is_none());
+        assert!(admission.admit(LOCAL).is_none());
         assert_eq!(admission.in_flight(), 0);
     }
 }

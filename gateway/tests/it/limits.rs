@@ -230,3 +230,58 @@ async fn one_address_holds_at_most_its_connections_over_tcp_and_quic() {
     .expect("a freed place is taken again");
     drop(second);
 }
+
+/// One half-open QUIC handshake from an address that never answers, as a spoofed Initial
+/// makes: a real client's first packet, captured on a relay socket and sent on to the gateway
+/// from another socket, which never reads what comes back. Returns that socket (kept open, so
+/// the gateway hears no ICMP error) and the client's task.
+async fn half_open(stack: &Stack) -> (tokio::net::UdpSocket, tokio::task::JoinHandle<()>) {
+    let relay = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    let roots = support::roots(stack);
+    let client = tokio::spawn(async move {
+        let _ = support::QuicClient::connect(relay_addr, roots, haberci_wire::ALPN).await;
+    });
+    let mut initial = vec![0u8; 2048];
+    let (n, _) = tokio::time::timeout(TIMEOUT, relay.recv_from(&mut initial))
+        .await
+        .expect("the client's Initial")
+        .unwrap();
+    let spoofed = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let gateway = std::net::SocketAddr::from(([127, 0, 0, 1], stack.gateway_udp.port()));
+    spoofed.send_to(&initial[..n], gateway).await.unwrap();
+    (spoofed, client)
+}
+
+/// Initials from addresses that never answer used to hold the handshake places until they
+/// timed out, refusing real clients. Past the Retry threshold an unproven address gets a
+/// Retry instead, which costs the gateway no state: the places stay free and a real client
+/// (which echoes the token) connects.
+#[tokio::test]
+async fn half_open_handshakes_from_silent_addresses_do_not_keep_real_clients_out() {
+    let stack = Stack::builder()
+        .backend(Backend::Down)
+        .configure(|config| {
+            config.quic.max_handshakes = 8;
+            config.quic.retry_above = 2;
+        })
+        .start()
+        .await;
+    let mut flood = Vec::new();
+    for _ in 0..24 {
+        flood.push(half_open(&stack).await);
+    }
+    for _ in 0..3 {
+        let client = support::QuicClient::connect(
+            stack.gateway_udp,
+            support::roots(&stack),
+            haberci_wire::ALPN,
+        )
+        .await
+        .expect("a real client connects through the flood");
+        assert!(client.connection.close_reason().is_none());
+    }
+    for (_, task) in flood {
+        task.abort();
+    }
+}
