@@ -23,6 +23,8 @@ pub struct UserRecord {
     pub is_private: bool,
     /// Whether people with a relationship see my online state and last seen.
     pub show_presence: bool,
+    /// Who may add me to a group: `everyone`, `following`, `nobody`.
+    pub group_adds: String,
     pub is_admin: bool,
     #[serde(with = "time::serde::rfc3339::option")]
     pub suspended_at: Option<OffsetDateTime>,
@@ -35,7 +37,7 @@ pub struct UserRecord {
     pub updated_at: OffsetDateTime,
 }
 
-const USER_COLUMNS: &str = "id, username::text AS username, email::text AS email, display_name, bio, avatar_ref, avatar_media_id, is_private, show_presence, is_admin, suspended_at, followers_count, following_count, posts_count, created_at, updated_at";
+const USER_COLUMNS: &str = "id, username::text AS username, email::text AS email, display_name, bio, avatar_ref, avatar_media_id, is_private, show_presence, group_adds, is_admin, suspended_at, followers_count, following_count, posts_count, created_at, updated_at";
 
 /// What registration stores.
 pub struct NewUser<'a> {
@@ -138,6 +140,31 @@ pub struct ProfileUpdate {
     pub avatar_media_id: Option<Option<MediaId>>,
     pub private: Option<bool>,
     pub show_presence: Option<bool>,
+    pub group_adds: Option<GroupAdds>,
+}
+
+/// Who may add a user to a group (`users.group_adds`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupAdds {
+    /// Anyone (the default).
+    Everyone,
+    /// People I follow.
+    Following,
+    /// Nobody: I create my groups myself.
+    Nobody,
+}
+
+impl GroupAdds {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupAdds::Everyone => "everyone",
+            GroupAdds::Following => "following",
+            GroupAdds::Nobody => "nobody",
+        }
+    }
 }
 
 pub async fn update_profile(
@@ -157,6 +184,7 @@ pub async fn update_profile(
             is_private = COALESCE($6, is_private),
             avatar_media_id = CASE WHEN $7 THEN $8 ELSE avatar_media_id END,
             show_presence = COALESCE($9, show_presence),
+            group_adds = COALESCE($10, group_adds),
             updated_at = now()
          WHERE id = $1
          RETURNING {USER_COLUMNS}"
@@ -170,6 +198,7 @@ pub async fn update_profile(
     .bind(update.avatar_media_id.is_some())
     .bind(update.avatar_media_id.flatten())
     .bind(update.show_presence)
+    .bind(update.group_adds.map(GroupAdds::as_str))
     .fetch_optional(db)
     .await
 }

@@ -268,12 +268,35 @@ async fn member_view(
 
 // ---------------------------------------------------------------- groups
 
+/// 403 `not_addable`: `user`'s `groupAdds` setting does not let the caller add them.
+fn not_addable(user: UserId) -> ApiError {
+    ApiError::Refused {
+        status: StatusCode::FORBIDDEN,
+        code: "not_addable",
+        message: format!("user {user} does not let you add them to groups (their groupAdds)"),
+    }
+}
+
+/// 409 `too_many_groups`: `user` is in as many groups as one account may be.
+fn too_many_groups(user: UserId) -> ApiError {
+    ApiError::Refused {
+        status: StatusCode::CONFLICT,
+        code: "too_many_groups",
+        message: format!(
+            "user {user} is a member of {} groups already",
+            conversations::MAX_GROUPS_PER_USER
+        ),
+    }
+}
+
 /// Create a group; the caller becomes its owner.
 #[utoipa::path(post, path = "/v1/groups", tag = "groups",
     security(("bearer" = [])),
     request_body = CreateGroupRequest,
     responses(
         (status = 201, description = "The new group", body = GroupView),
+        (status = 403, description = "`not_addable`: a member's `groupAdds` does not let me add them", body = super::ErrorBody),
+        (status = 409, description = "`too_many_groups`: I, or a member, am in 500 groups already", body = super::ErrorBody),
         (status = 422, description = "`invalid_field`: a bad name, more than 256 `memberIds`, or a member id that names no user (`field` is `memberIds`)", body = super::ErrorBody),
     ))]
 pub async fn create_group(
@@ -297,6 +320,15 @@ pub async fn create_group(
             "memberIds",
             format!("no user has the id {first}"),
         ));
+    }
+    if let Some(refusing) = store::first_refusing_adds(&state.db, &members, me.user).await? {
+        return Err(not_addable(refusing));
+    }
+    let everyone: Vec<UserId> = std::iter::once(me.user)
+        .chain(members.iter().copied())
+        .collect();
+    if let Some(full) = store::first_at_group_limit(&state.db, &everyone).await? {
+        return Err(too_many_groups(full));
     }
     let id: GroupId = crate::db::new_id();
     let mut tx = state.db.begin().await?;
@@ -357,9 +389,9 @@ pub async fn group(
     request_body = AddMemberRequest,
     responses(
         (status = 201, description = "The new member", body = MemberView),
-        (status = 403, description = "`forbidden`: I am a plain member, or an admin adding an admin", body = super::ErrorBody),
+        (status = 403, description = "`forbidden`: I am a plain member, or an admin adding an admin; `not_addable`: the user's `groupAdds` does not let me add them", body = super::ErrorBody),
         (status = 404, description = "No such group, or I am not a member", body = super::ErrorBody),
-        (status = 409, description = "`already_member`, or `group_full` (10,000 members)", body = super::ErrorBody),
+        (status = 409, description = "`already_member`, `group_full` (10,000 members), or `too_many_groups` (the user is in 500 groups)", body = super::ErrorBody),
         (status = 422, description = "`invalid_field`: `userId` names no user, or a bad `role`", body = super::ErrorBody),
     ))]
 pub async fn add_member(
@@ -392,6 +424,18 @@ pub async fn add_member(
         .is_some()
     {
         return Err(ApiError::AlreadyMember);
+    }
+    if store::first_refusing_adds(&mut *tx, &[request.user_id], me.user)
+        .await?
+        .is_some()
+    {
+        return Err(not_addable(request.user_id));
+    }
+    if store::first_at_group_limit(&mut *tx, &[request.user_id])
+        .await?
+        .is_some()
+    {
+        return Err(too_many_groups(request.user_id));
     }
     let count = store::count_members(&mut *tx, id).await?;
     if usize::try_from(count).unwrap_or(usize::MAX) >= MAX_GROUP_MEMBERS {

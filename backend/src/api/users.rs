@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::extract::{ApiJson, ApiPath, Authenticated};
 use super::{ApiError, AppState};
-use crate::accounts::store::{self, ProfileUpdate, UserRecord};
+use crate::accounts::store::{self, GroupAdds, ProfileUpdate, UserRecord};
 use crate::accounts::{AvatarRef, Bio, DisplayName, Username};
 use crate::media::links::Variant;
 
@@ -38,6 +38,10 @@ pub struct UserView {
     /// Whether people I share a conversation with, or follow both ways, see whether I am
     /// online and when I was last seen (realtime `presence`).
     pub show_presence: bool,
+    /// Who may add me to a group: `everyone` (the default), `following` (people I follow)
+    /// or `nobody`.
+    #[schema(value_type = String, example = "everyone")]
+    pub group_adds: String,
     pub followers_count: i64,
     pub following_count: i64,
     pub posts_count: i64,
@@ -63,6 +67,7 @@ impl From<UserRecord> for UserView {
             avatar_thumb_url: user.avatar_media_id.map(|id| Variant::Thumb.path(id)),
             private: user.is_private,
             show_presence: user.show_presence,
+            group_adds: user.group_adds,
             followers_count: user.followers_count,
             following_count: user.following_count,
             posts_count: user.posts_count,
@@ -138,6 +143,9 @@ pub struct UpdateMeRequest {
     /// the people I share a conversation with or follow both ways (`true`, the default).
     #[serde(default)]
     pub show_presence: Option<bool>,
+    /// Who may add me to a group: `everyone`, `following` (people I follow) or `nobody`.
+    #[serde(default)]
+    pub group_adds: Option<GroupAdds>,
 }
 
 /// A field that is present (even as `null`) becomes `Some(..)`; absent stays `None`.
@@ -188,6 +196,7 @@ pub async fn update_me(
         avatar_media_id,
         private: request.private,
         show_presence: request.show_presence,
+        group_adds: request.group_adds,
     };
     let user = store::update_profile(&state.db, me.user, &update)
         .await?

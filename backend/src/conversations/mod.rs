@@ -32,6 +32,9 @@ use crate::accounts::Invalid;
 pub const MAX_INITIAL_MEMBERS: usize = 256;
 /// Members a group may have, owner included.
 pub const MAX_GROUP_MEMBERS: usize = 10_000;
+/// Groups one user may be a member of: each is a channel every session of theirs subscribes
+/// and a backlog it fetches at start.
+pub const MAX_GROUPS_PER_USER: usize = 500;
 
 /// What a member may do in a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]

@@ -63,6 +63,44 @@ pub async fn unknown_users(db: impl PgExecutor<'_>, ids: &[UserId]) -> sqlx::Res
     .await
 }
 
+/// Of `users`, the first who is in [`super::MAX_GROUPS_PER_USER`] groups already.
+pub async fn first_at_group_limit(
+    db: impl PgExecutor<'_>,
+    users: &[UserId],
+) -> sqlx::Result<Option<UserId>> {
+    sqlx::query_scalar::<_, UserId>(
+        "SELECT m.user_id FROM members m JOIN conversations c ON c.id = m.conversation_id
+         WHERE m.user_id = ANY($1) AND c.kind = 'group'
+         GROUP BY m.user_id HAVING count(*) >= $2
+         LIMIT 1",
+    )
+    .bind(users)
+    .bind(i64::try_from(super::MAX_GROUPS_PER_USER).unwrap_or(i64::MAX))
+    .fetch_optional(db)
+    .await
+}
+
+/// Of `users`, the first who does not let `adder` add them to a group: their `group_adds`
+/// is `nobody`, or `following` and they do not follow `adder`.
+pub async fn first_refusing_adds(
+    db: impl PgExecutor<'_>,
+    users: &[UserId],
+    adder: UserId,
+) -> sqlx::Result<Option<UserId>> {
+    sqlx::query_scalar::<_, UserId>(
+        "SELECT u.id FROM users u
+         WHERE u.id = ANY($1) AND u.id <> $2
+           AND (u.group_adds = 'nobody'
+             OR (u.group_adds = 'following' AND NOT EXISTS (
+                   SELECT 1 FROM follows f WHERE f.follower_id = u.id AND f.followee_id = $2)))
+         LIMIT 1",
+    )
+    .bind(users)
+    .bind(adder)
+    .fetch_optional(db)
+    .await
+}
+
 /// Creates a group owned by `owner` with `members` (not containing `owner`) as plain members.
 /// Call inside a transaction, after checking that every member exists.
 pub async fn create_group(

@@ -769,3 +769,112 @@ async fn the_conversation_list_orders_by_activity_with_unread_counts_and_pages()
         assert_eq!(reply.field(), Some(field), "{query}");
     }
 }
+
+/// Nobody is put in a group against their setting (`groupAdds`), and nobody is in more than
+/// `MAX_GROUPS_PER_USER` groups: each is a channel and a backlog every session of theirs pays.
+#[tokio::test]
+async fn group_adds_need_consent_and_an_account_joins_a_bounded_number_of_groups() {
+    let api = Api::new();
+    let (owner, private, picky, newcomer) = (
+        api.user().await,
+        api.user().await,
+        api.user().await,
+        api.user().await,
+    );
+    let group = create_group(&api, &owner, "consent", &[]).await;
+    let set = |who: &User, value: &'static str| {
+        let token = who.token.clone();
+        let api = &api;
+        async move {
+            let reply = api
+                .call(
+                    "PATCH",
+                    "/v1/me",
+                    json!({ "groupAdds": value }),
+                    Some(&token),
+                )
+                .await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
+            assert_eq!(reply.json["groupAdds"], value);
+        }
+    };
+    set(&private, "nobody").await;
+    set(&picky, "following").await;
+    expect(
+        &add(&api, group, &owner, &private, None).await,
+        StatusCode::FORBIDDEN,
+        "not_addable",
+    );
+    expect(
+        &add(&api, group, &owner, &picky, None).await,
+        StatusCode::FORBIDDEN,
+        "not_addable",
+    );
+    let reply = api
+        .call(
+            "POST",
+            "/v1/groups",
+            json!({ "name": "x", "memberIds": [private.id] }),
+            Some(&owner.token),
+        )
+        .await;
+    expect(&reply, StatusCode::FORBIDDEN, "not_addable");
+    // Once Picky follows the owner, the owner may add her.
+    let reply = api
+        .call(
+            "POST",
+            &format!("/v1/users/{}/follow", owner.username),
+            Value::Null,
+            Some(&picky.token),
+        )
+        .await;
+    assert!(reply.status.is_success(), "{}", reply.json);
+    assert_eq!(
+        add(&api, group, &owner, &picky, None).await.status,
+        StatusCode::CREATED
+    );
+    let reply = api
+        .call(
+            "PATCH",
+            "/v1/me",
+            json!({ "groupAdds": "sometimes" }),
+            Some(&picky.token),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.json
+    );
+
+    // The newcomer is in as many groups as an account may be (made with SQL: creating 500
+    // groups through the API would be slow): one more is refused, creating one too.
+    let max = haberci_backend::conversations::MAX_GROUPS_PER_USER;
+    sqlx::query(
+        "WITH g AS (
+             INSERT INTO conversations (id, kind, name, created_by)
+             SELECT gen_random_uuid(), 'group', 'filler', $1 FROM generate_series(1, $2)
+             RETURNING id)
+         INSERT INTO members (conversation_id, user_id, role) SELECT id, $1, 'owner' FROM g",
+    )
+    .bind(newcomer.id)
+    .bind(i32::try_from(max).unwrap())
+    .execute(&api.state.db)
+    .await
+    .unwrap();
+    expect(
+        &add(&api, group, &owner, &newcomer, None).await,
+        StatusCode::CONFLICT,
+        "too_many_groups",
+    );
+    let reply = api
+        .call(
+            "POST",
+            "/v1/groups",
+            json!({ "name": "one more" }),
+            Some(&newcomer.token),
+        )
+        .await;
+    expect(&reply, StatusCode::CONFLICT, "too_many_groups");
+}

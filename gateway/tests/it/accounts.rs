@@ -188,7 +188,7 @@ async fn the_account_lifecycle_gets_the_same_answers_on_every_http_version() {
         (
             "me",
             200,
-            "avatarMediaId,avatarRef,avatarThumbUrl,avatarUrl,bio,createdAt,displayName,email,followersCount,followingCount,id,postsCount,private,showPresence,updatedAt,username",
+            "avatarMediaId,avatarRef,avatarThumbUrl,avatarUrl,bio,createdAt,displayName,email,followersCount,followingCount,groupAdds,id,postsCount,private,showPresence,updatedAt,username",
         ),
         (
             "refresh",
