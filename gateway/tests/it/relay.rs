@@ -210,6 +210,22 @@ async fn presence_stack() -> Stack {
         .await
 }
 
+/// Says in Redis that `gateway` is alive until `until` (Unix ms), as a gateway renews itself.
+async fn alive_until(redis: &fred::clients::Client, gateway: &str, until: i64) {
+    use fred::prelude::*;
+    let _: i64 = redis
+        .zadd(
+            haberci_seam::streams::GATEWAYS_KEY,
+            None,
+            None,
+            false,
+            false,
+            (until as f64, gateway),
+        )
+        .await
+        .unwrap();
+}
+
 /// Writes what a gateway's claim of `user` leaves in Redis, as a gateway of the previous
 /// release would (its claim time as the value, which now counts as one session).
 async fn claim(redis: &fred::clients::Client, gateway: &str, user: UserId) {
@@ -245,18 +261,7 @@ async fn the_users_of_a_dead_gateway_go_offline_for_their_watchers() {
     // Another gateway holds Alice's session and is alive for a minute, as far as Redis knows.
     let redis = redis().await;
     let ghost = format!("ghost-{}", uuid::Uuid::new_v4().simple());
-    let alive = |until: i64| (until as f64, ghost.clone());
-    let _: i64 = redis
-        .zadd(
-            streams::GATEWAYS_KEY,
-            None,
-            None,
-            false,
-            false,
-            alive(now_ms() + 60_000),
-        )
-        .await
-        .unwrap();
+    alive_until(&redis, &ghost, now_ms() + 60_000).await;
     claim(&redis, &ghost, alice).await;
 
     let mut bob = session(&stack, &bob_token).await;
@@ -269,17 +274,7 @@ async fn the_users_of_a_dead_gateway_go_offline_for_their_watchers() {
 
     // That gateway stops renewing and its time runs out: the live gateway takes its users
     // offline, tells the watchers, and forgets it.
-    let _: i64 = redis
-        .zadd(
-            streams::GATEWAYS_KEY,
-            None,
-            None,
-            false,
-            false,
-            alive(now_ms() - 1),
-        )
-        .await
-        .unwrap();
+    alive_until(&redis, &ghost, now_ms() - 1).await;
     let after = next_presence(&mut bob).await;
     assert_eq!((after.user_id, after.online), (alice, false), "{after:?}");
     assert!(after.last_seen.is_some(), "last seen is recorded");
@@ -339,9 +334,10 @@ async fn a_user_redis_still_lists_after_their_session_closed_is_set_right() {
     assert!(!listed, "and she is no longer listed on the gateway");
 }
 
-#[tokio::test]
-async fn a_client_that_stops_reading_is_closed_as_slow_and_its_peer_goes_on() {
-    let stack = Stack::builder()
+/// A relay stack where one client may flood another, and a client that takes no bytes for a
+/// second is slow.
+async fn flood_stack() -> Stack {
+    Stack::builder()
         .relay()
         .configure(|config| {
             config.session.send_rate_per_sec = 100_000;
@@ -349,7 +345,12 @@ async fn a_client_that_stops_reading_is_closed_as_slow_and_its_peer_goes_on() {
             config.session.write_timeout = Duration::from_secs(1);
         })
         .start()
-        .await;
+        .await
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_as_slow_and_its_peer_goes_on() {
+    let stack = flood_stack().await;
     let User {
         id: alice_id,
         token: alice_token,
@@ -404,15 +405,7 @@ async fn a_client_that_stops_reading_is_closed_as_slow_and_its_peer_goes_on() {
 #[tokio::test]
 async fn a_websocket_client_that_stops_reading_is_closed_as_slow() {
     use crate::websocket as ws;
-    let stack = Stack::builder()
-        .relay()
-        .configure(|config| {
-            config.session.send_rate_per_sec = 100_000;
-            config.session.send_burst = 100_000;
-            config.session.write_timeout = Duration::from_secs(1);
-        })
-        .start()
-        .await;
+    let stack = flood_stack().await;
     let alice = register(&stack).await;
     let bob = register(&stack).await;
     let carol = register(&stack).await;
@@ -682,17 +675,7 @@ async fn one_session_more_than_the_limit_is_refused_across_gateways() {
     // Another gateway, alive as far as Redis knows, holds two of Alice's sessions.
     let redis = redis().await;
     let ghost = format!("ghost-{}", uuid::Uuid::new_v4().simple());
-    let _: i64 = redis
-        .zadd(
-            streams::GATEWAYS_KEY,
-            None,
-            None,
-            false,
-            false,
-            ((now_ms() + 60_000) as f64, ghost.as_str()),
-        )
-        .await
-        .unwrap();
+    alive_until(&redis, &ghost, now_ms() + 60_000).await;
     let _: () = redis
         .hset(streams::presence_key(alice.id), (ghost.as_str(), 2))
         .await
