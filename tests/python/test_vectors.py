@@ -147,10 +147,12 @@ class VectorTest(unittest.TestCase):
         err = {"kind": "error", "code": "blocked", "message": "", "clientMsgId": None}
         self.assertEqual(hc.decode_server(hc.encode_server(err)), err)
 
-    def test_media_refused_is_code_19_and_hello_says_so(self):
+    def test_media_refused_is_code_19_too_many_sessions_20_and_hello_says_so(self):
         self.assertEqual(hc.CODE_BY_NAME["media_refused"], 19)
         self.assertEqual(hc.CODES[19], ("media_refused", False))
-        self.assertEqual(hc.MAX_ERROR_CODE, 19)
+        self.assertEqual(hc.CODE_BY_NAME["too_many_sessions"], 20)
+        self.assertEqual(hc.CODES[20], ("too_many_sessions", True))
+        self.assertEqual(hc.MAX_ERROR_CODE, 20)
 
     def _media_message(self, **media) -> dict:
         frame = json.loads((DEFAULT_DIR / "server_message_media.json").read_text())["frame"]
