@@ -284,7 +284,7 @@ impl Delivery {
 
     fn message(&mut self, message: &Message) {
         let conversation = message.conversation_id;
-        let message = &seen_live_by(message, self.user);
+        let viewer = self.user;
         let Some(tracks) = self.tracks.as_mut() else {
             return;
         };
@@ -312,16 +312,18 @@ impl Delivery {
             return; // a duplicate of what the client has
         }
         if track.fetching {
-            hold(track, message);
+            hold(track, seen_live_by(message, viewer));
             return;
         }
         if seq == track.pos + 1 {
             track.pos = seq;
             self.needs
-                .push_back(Need::Frame(ServerFrame::Message(message.clone())));
+                .push_back(Need::Frame(ServerFrame::Message(seen_live_by(
+                    message, viewer,
+                ))));
             Self::release(track, conversation, &mut self.needs);
         } else {
-            hold(track, message);
+            hold(track, seen_live_by(message, viewer));
             track.fetching = true;
             self.needs.push_back(Need::Fetch(vec![FetchFrom {
                 conversation,
@@ -398,10 +400,10 @@ pub enum Route {
     Group,
 }
 
-/// A live message's status as `viewer` sees it, by the one rule of docs/PROTOCOL.md
-/// ("Receipts"), which the backend's `status_for` computes for backlog and history: the
-/// sender's own message is `sent` (no other member has it yet); anyone else's is `delivered`
-/// (it is being delivered to them, and they cannot have read it yet).
+/// A live message as `viewer` is given it (the one copy made per session), its status by the
+/// rule of docs/PROTOCOL.md ("Receipts") that the backend's `status_for` applies to backlog
+/// and history: the sender's own message is `sent` (no other member has it yet); anyone
+/// else's is `delivered` (it is being delivered to them and cannot have been read yet).
 fn seen_live_by(message: &Message, viewer: UserId) -> Message {
     let mut seen = message.clone();
     seen.status = match message.sender_id == viewer {
@@ -411,9 +413,9 @@ fn seen_live_by(message: &Message, viewer: UserId) -> Message {
     seen
 }
 
-fn hold(track: &mut Track, message: &Message) {
+fn hold(track: &mut Track, message: Message) {
     if track.pending.len() < MAX_PENDING {
-        track.pending.insert(message.seq.get(), message.clone());
+        track.pending.insert(message.seq.get(), message);
     }
 }
 
