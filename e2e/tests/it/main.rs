@@ -4,11 +4,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod bad_input;
+mod chaos;
 mod exchange;
 mod faults;
 mod idempotency;
+mod impair;
 mod ledger;
 mod peer;
+mod private_pg;
 mod raw_ws;
 mod smoke;
 mod support;

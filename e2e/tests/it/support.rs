@@ -4,7 +4,9 @@
 //! - one `haberci-backend api`, any number of `haberci-backend worker`s and `haberci-gateway`s,
 //!   run from the binaries cargo built next to this test executable;
 //! - the shared test database (`HABERCI_TEST_DATABASE_URL`, through PgBouncer), where every
-//!   test uses users of its own, and a stream prefix of its own on its own Redis.
+//!   test uses users of its own, and a stream prefix of its own on its own Redis; or, for a
+//!   test that crashes them ([`Cluster::start_private`]), a Postgres and PgBouncer of its own
+//!   ([`crate::private_pg`]).
 //!
 //! Every wait is on an event (a log line, an answer) and bounded by [`TIMEOUT`]; every
 //! process is killed when the [`Cluster`] is dropped.
@@ -21,6 +23,8 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
+
+use crate::private_pg::{PgBouncer, Postgres};
 
 /// Bounds every wait: longer than `haberci_testkit::TIMEOUT`, for processes that start cold.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
@@ -64,8 +68,18 @@ impl Process {
         log_dir: &Path,
     ) -> Process {
         let mut command = Command::new(program);
+        command.args(args);
+        Process::spawn_command(name, command, envs, log_dir).await
+    }
+
+    /// [`Process::spawn`] of a prepared command (its program, arguments and user).
+    pub async fn spawn_command(
+        name: &str,
+        mut command: Command,
+        envs: &[(String, String)],
+        log_dir: &Path,
+    ) -> Process {
         command
-            .args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HABERCI_LOG_FORMAT", "json")
@@ -191,6 +205,26 @@ impl Process {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
+
+    /// Waits until the process has exited by itself.
+    pub async fn wait_exit(&mut self) {
+        let name = self.name.clone();
+        tokio::time::timeout(TIMEOUT, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{name} did not exit within {TIMEOUT:?}"))
+            .unwrap_or_else(|e| panic!("wait for {name}: {e}"));
+    }
+
+    /// Sends `signal` (a name `kill -s` knows, e.g. `STOP`, `CONT`).
+    pub async fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("the process runs");
+        let status = Command::new("kill")
+            .args(["-s", signal, &pid.to_string()])
+            .status()
+            .await
+            .expect("run kill");
+        assert!(status.success(), "kill -s {signal} {}", self.name);
+    }
 }
 
 /// A private Redis with AOF, restartable on the same port and data.
@@ -241,6 +275,24 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// SIGSTOP: Redis keeps its sockets open and answers nothing, which is what a network
+    /// partition looks like to its clients. [`Redis::thaw`] ends it.
+    pub async fn freeze(&self) {
+        self.process
+            .as_ref()
+            .expect("redis runs")
+            .signal("STOP")
+            .await;
+    }
+
+    pub async fn thaw(&self) {
+        self.process
+            .as_ref()
+            .expect("redis runs")
+            .signal("CONT")
+            .await;
+    }
+
     /// Stops Redis (SIGKILL: nothing is flushed beyond what AOF already holds) and starts it
     /// again on the same port and data.
     pub async fn restart(&mut self, log_dir: &Path) {
@@ -265,6 +317,18 @@ impl GatewayProcess {
     }
 }
 
+/// A Postgres and PgBouncer of one cluster's own.
+pub struct PrivateDatabase {
+    pub postgres: Postgres,
+    pub bouncer: PgBouncer,
+}
+
+fn new_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("logs")).expect("logs dir");
+    dir
+}
+
 /// The whole deployment of one test.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
@@ -277,6 +341,10 @@ pub struct Cluster {
     pub prefix: String,
     /// The database the processes use, through PgBouncer.
     database_url: String,
+    /// The same database, directly.
+    direct_url: String,
+    /// Postgres and PgBouncer of this cluster's own ([`Cluster::start_private`]).
+    pub private_db: Option<PrivateDatabase>,
     internal_token: String,
     key_dir: PathBuf,
 }
@@ -290,9 +358,39 @@ impl Cluster {
 
     /// [`Cluster::start`] on the database at `database_url` (through PgBouncer).
     pub async fn start_on(database_url: String, workers: usize, gateways: usize) -> Cluster {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = new_dir();
+        Cluster::launch(
+            dir,
+            database_url,
+            env::direct_database_url(),
+            None,
+            workers,
+            gateways,
+        )
+        .await
+    }
+
+    /// [`Cluster::start`] on a Postgres and a PgBouncer of its own, which the test may crash
+    /// and restart ([`Cluster::private_db`]).
+    pub async fn start_private(workers: usize, gateways: usize) -> Cluster {
+        let dir = new_dir();
         let logs = dir.path().join("logs");
-        std::fs::create_dir_all(&logs).expect("logs dir");
+        let postgres = Postgres::start(&dir.path().join("pg"), &logs).await;
+        let bouncer = PgBouncer::start(&dir.path().join("pgbouncer"), &postgres, &logs).await;
+        let (pooled, direct) = (bouncer.url(), postgres.url());
+        let private = PrivateDatabase { postgres, bouncer };
+        Cluster::launch(dir, pooled, direct, Some(private), workers, gateways).await
+    }
+
+    async fn launch(
+        dir: tempfile::TempDir,
+        database_url: String,
+        direct_url: String,
+        private_db: Option<PrivateDatabase>,
+        workers: usize,
+        gateways: usize,
+    ) -> Cluster {
+        let logs = dir.path().join("logs");
         let redis_dir = dir.path().join("redis");
         std::fs::create_dir_all(&redis_dir).expect("redis dir");
         let redis = Redis::start(&redis_dir, &logs).await;
@@ -325,19 +423,12 @@ impl Cluster {
             certs,
             prefix,
             database_url,
+            direct_url,
+            private_db,
             internal_token,
             key_dir,
         };
-        let mut api = Process::spawn(
-            "api",
-            &binary("haberci-backend"),
-            &["api"],
-            &cluster.common_env(),
-            &cluster.logs(),
-        )
-        .await;
-        api.wait_for_log("api listening").await;
-        cluster.api = Some(api);
+        cluster.spawn_api().await;
         for _ in 0..workers {
             cluster.add_worker().await;
         }
@@ -345,6 +436,49 @@ impl Cluster {
             cluster.add_gateway().await;
         }
         cluster
+    }
+
+    async fn spawn_api(&mut self) {
+        let mut api = Process::spawn(
+            "api",
+            &binary("haberci-backend"),
+            &["api"],
+            &self.common_env(),
+            &self.logs(),
+        )
+        .await;
+        api.wait_for_log("api listening").await;
+        self.api = Some(api);
+    }
+
+    /// SIGKILL of the api, and a new one on the same address.
+    pub async fn kill_and_restart_api(&mut self) {
+        if let Some(mut api) = self.api.take() {
+            api.kill().await;
+        }
+        self.spawn_api().await;
+    }
+
+    /// SIGKILL of worker `index`, and a new worker in its place.
+    pub async fn kill_and_replace_worker(&mut self, index: usize) {
+        self.workers[index].kill().await;
+        self.workers.remove(index);
+        self.add_worker().await;
+    }
+
+    /// SIGKILL of gateway `index`, without a restart (its clients move to another).
+    pub async fn kill_gateway(&mut self, index: usize) {
+        self.gateways[index].process.kill().await;
+    }
+
+    /// A new gateway on gateway `index`'s ports, in its place (after [`Cluster::kill_gateway`]).
+    pub async fn restart_gateway(&mut self, index: usize) {
+        let (tcp, udp) = (
+            self.gateways[index].tcp.port(),
+            self.gateways[index].udp.port(),
+        );
+        let name = format!("gateway{}", index + 1);
+        self.gateways[index] = self.spawn_gateway(&name, tcp, udp).await;
     }
 
     pub fn logs(&self) -> PathBuf {
@@ -393,7 +527,11 @@ impl Cluster {
 
     pub async fn add_gateway(&mut self) {
         let name = format!("gateway{}", self.gateways.len() + 1);
-        let (tcp_port, udp_port) = (free_port(), free_port());
+        let gateway = self.spawn_gateway(&name, free_port(), free_port()).await;
+        self.gateways.push(gateway);
+    }
+
+    async fn spawn_gateway(&self, name: &str, tcp_port: u16, udp_port: u16) -> GatewayProcess {
         let mut env = self.common_env();
         env.push((
             "HABERCI_GATEWAY_TCP_ADDR".into(),
@@ -408,13 +546,13 @@ impl Cluster {
         env.push(("HABERCI_SESSION_SEND_RATE".into(), "5000".into()));
         env.push(("HABERCI_SESSION_SEND_BURST".into(), "5000".into()));
         let mut process =
-            Process::spawn(&name, &binary("haberci-gateway"), &[], &env, &self.logs()).await;
+            Process::spawn(name, &binary("haberci-gateway"), &[], &env, &self.logs()).await;
         process.wait_for_log("gateway ready").await;
-        self.gateways.push(GatewayProcess {
+        GatewayProcess {
             process,
             tcp: format!("127.0.0.1:{tcp_port}").parse().expect("addr"),
             udp: format!("127.0.0.1:{udp_port}").parse().expect("addr"),
-        });
+        }
     }
 
     /// A request to the api (as a gateway on loopback would send it); the JSON answer.
@@ -464,11 +602,11 @@ impl Cluster {
         config
     }
 
-    /// The shared test database, directly (not through PgBouncer): for checking what is stored.
+    /// The cluster's database, directly (not through PgBouncer): for checking what is stored.
     pub async fn db(&self) -> sqlx::PgPool {
         sqlx::postgres::PgPoolOptions::new()
             .max_connections(2)
-            .connect(&env::direct_database_url())
+            .connect(&self.direct_url)
             .await
             .expect("connect to the test database")
     }
@@ -495,8 +633,9 @@ fn time_now() -> time::OffsetDateTime {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        // A failed test keeps its processes' logs: the temp dir goes, a copy stays.
-        if std::thread::panicking() {
+        // A failed test keeps its processes' logs (any test, with HABERCI_E2E_KEEP_LOGS set):
+        // the temp dir goes, a copy stays.
+        if std::thread::panicking() || std::env::var_os("HABERCI_E2E_KEEP_LOGS").is_some() {
             let keep =
                 std::env::temp_dir().join(format!("haberci-e2e-{}", uuid::Uuid::new_v4().simple()));
             if std::fs::create_dir_all(&keep).is_ok() {
