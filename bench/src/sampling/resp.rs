@@ -129,7 +129,7 @@ pub struct Redis {
 }
 
 impl Redis {
-    /// `redis://[:password@]host:port[/db]`.
+    /// `redis://[[user]:password@]host:port[/db]`.
     pub async fn connect(url: &str) -> anyhow::Result<Redis> {
         let rest = url
             .strip_prefix("redis://")
@@ -150,9 +150,10 @@ impl Redis {
             stream,
             buf: Vec::new(),
         };
-        if let Some(auth) = auth {
-            let password = auth.rsplit(':').next().unwrap_or(auth);
-            redis.ok(&["AUTH", password]).await?;
+        match auth.map(|auth| auth.split_once(':').unwrap_or(("", auth))) {
+            Some(("", password)) => redis.ok(&["AUTH", password]).await?,
+            Some((user, password)) => redis.ok(&["AUTH", user, password]).await?,
+            None => {}
         }
         if let Some(db) = db {
             redis.ok(&["SELECT", db]).await?;

@@ -13,5 +13,6 @@ mod ledger;
 mod peer;
 mod private_pg;
 mod raw_ws;
+mod redis_acl;
 mod smoke;
 mod support;

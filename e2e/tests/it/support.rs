@@ -1,6 +1,7 @@
 //! A whole Haberci deployment per test, as real processes:
 //!
-//! - a private `redis-server` (AOF on) in a temp dir, so a test may kill or restart it;
+//! - a private `redis-server` (AOF on) in a temp dir, so a test may kill or restart it, with the
+//!   deployment's users (deploy/redis/users.acl): each process runs as its own;
 //! - one `haberci-backend api`, any number of `haberci-backend worker`s and `haberci-gateway`s,
 //!   run from the binaries cargo built next to this test executable;
 //! - the shared test database (`HABERCI_TEST_DATABASE_URL`, through PgBouncer), where every
@@ -227,18 +228,53 @@ impl Process {
     }
 }
 
-/// A private Redis with AOF, restartable on the same port and data.
+/// The Redis users of deploy/redis/users.acl that the processes run as.
+pub const REDIS_USERS: [&str; 5] = [
+    "haberci-admin",
+    "haberci-exporter",
+    "haberci-gateway",
+    "haberci-worker",
+    "haberci-api",
+];
+
+/// A private Redis with AOF, restartable on the same port and data, with the deployment's
+/// users (deploy/redis/users.acl) for this cluster's stream prefix.
 pub struct Redis {
     pub port: u16,
     dir: PathBuf,
+    /// user → password.
+    passwords: std::collections::HashMap<&'static str, String>,
     process: Option<Process>,
 }
 
 impl Redis {
-    async fn start(dir: &Path, log_dir: &Path) -> Redis {
+    async fn start(dir: &Path, log_dir: &Path, stream_prefix: &str) -> Redis {
+        let passwords: std::collections::HashMap<&'static str, String> = REDIS_USERS
+            .iter()
+            .map(|user| (*user, unique::secret()))
+            .collect();
+        let template = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/redis/users.acl");
+        // Redis's ACL files take no comments.
+        let mut acl: String = std::fs::read_to_string(template)
+            .expect("deploy/redis/users.acl")
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        acl = acl.replace("@STREAM_PREFIX@", stream_prefix);
+        for (user, password) in &passwords {
+            let var = user.trim_start_matches("haberci-").to_uppercase();
+            acl = acl.replace(&format!("#@{var}_HASH@"), &format!(">{password}"));
+        }
+        assert!(
+            !acl.contains("_HASH@") && !acl.contains("@STREAM_PREFIX@"),
+            "{template}: a variable left: {acl}"
+        );
+        std::fs::write(dir.join("users.acl"), acl).expect("users.acl");
         let mut redis = Redis {
             port: free_port(),
             dir: dir.to_path_buf(),
+            passwords,
             process: None,
         };
         redis.launch(log_dir).await;
@@ -248,6 +284,7 @@ impl Redis {
     async fn launch(&mut self, log_dir: &Path) {
         let port = self.port.to_string();
         let dir = self.dir.display().to_string();
+        let acl = self.dir.join("users.acl").display().to_string();
         let args = [
             "--port",
             &port,
@@ -255,6 +292,8 @@ impl Redis {
             "127.0.0.1",
             "--dir",
             &dir,
+            "--aclfile",
+            &acl,
             "--appendonly",
             "yes",
             "--appendfsync",
@@ -271,7 +310,22 @@ impl Redis {
         self.process = Some(process);
     }
 
+    /// As the admin user (everything allowed).
     pub fn url(&self) -> String {
+        self.url_as("haberci-admin")
+    }
+
+    /// As `user`, one of [`REDIS_USERS`].
+    pub fn url_as(&self, user: &str) -> String {
+        let password = self
+            .passwords
+            .get(user)
+            .unwrap_or_else(|| panic!("no Redis user {user}"));
+        format!("redis://{user}:{password}@127.0.0.1:{}", self.port)
+    }
+
+    /// Without a user: what anyone on the host could try.
+    pub fn anonymous_url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
@@ -393,7 +447,8 @@ impl Cluster {
         let logs = dir.path().join("logs");
         let redis_dir = dir.path().join("redis");
         std::fs::create_dir_all(&redis_dir).expect("redis dir");
-        let redis = Redis::start(&redis_dir, &logs).await;
+        let prefix = unique::stream_prefix("e2e");
+        let redis = Redis::start(&redis_dir, &logs, &prefix).await;
 
         let certs = haberci_certs::CertPaths::new(dir.path().join("certs"));
         haberci_certs::ensure(&certs, time_now()).expect("certs");
@@ -409,7 +464,6 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
 
-        let prefix = unique::stream_prefix("e2e");
         let internal_token = unique::secret();
         let api_port = free_port();
         let api_addr: SocketAddr = format!("127.0.0.1:{api_port}").parse().expect("addr");
@@ -443,7 +497,7 @@ impl Cluster {
             "api",
             &binary("haberci-backend"),
             &["api"],
-            &self.common_env(),
+            &self.common_env("haberci-api"),
             &self.logs(),
         )
         .await;
@@ -485,10 +539,11 @@ impl Cluster {
         self.dir.path().join("logs")
     }
 
-    fn common_env(&self) -> Vec<(String, String)> {
+    /// What every process is given; each is the Redis user `redis_user`.
+    fn common_env(&self, redis_user: &str) -> Vec<(String, String)> {
         let mut env = vec![
             ("HABERCI_DATABASE_URL", self.database_url.clone()),
-            ("HABERCI_REDIS_URL", self.redis.url()),
+            ("HABERCI_REDIS_URL", self.redis.url_as(redis_user)),
             ("HABERCI_API_ADDR", self.api_addr.to_string()),
             ("HABERCI_BACKEND_URL", format!("http://{}", self.api_addr)),
             ("HABERCI_JWT_KEY_DIR", self.key_dir.display().to_string()),
@@ -517,7 +572,7 @@ impl Cluster {
             &name,
             &binary("haberci-backend"),
             &["worker"],
-            &self.common_env(),
+            &self.common_env("haberci-worker"),
             &self.logs(),
         )
         .await;
@@ -532,7 +587,7 @@ impl Cluster {
     }
 
     async fn spawn_gateway(&self, name: &str, tcp_port: u16, udp_port: u16) -> GatewayProcess {
-        let mut env = self.common_env();
+        let mut env = self.common_env("haberci-gateway");
         env.push((
             "HABERCI_GATEWAY_TCP_ADDR".into(),
             format!("127.0.0.1:{tcp_port}"),
