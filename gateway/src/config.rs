@@ -71,6 +71,9 @@ fn networks(text: &str) -> Result<Vec<ipnet::IpNet>, String> {
 /// How long a client may take to send a request's headers (slowloris guard), on TCP and
 /// HTTP/3 alike.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Between requests on one TCP connection (nginx's `keepalive_timeout` is 75 s; browsers keep
+/// an HTTP/2 connection open for minutes and reconnect when it is gone).
+pub const DEFAULT_HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often a gateway says in Redis that it is alive; its users read as offline three of
 /// these after it dies.
 pub const DEFAULT_PRESENCE_REFRESH: Duration = Duration::from_secs(20);
@@ -194,6 +197,9 @@ pub struct Http {
     /// `HABERCI_FIRST_REQUEST_TIMEOUT_MS`: a TCP connection that has asked nothing this long
     /// after its TLS handshake is dropped.
     pub first_request_timeout: Duration,
+    /// `HABERCI_HTTP_IDLE_TIMEOUT_MS`: a TCP connection (HTTP/1.1 keep-alive, HTTP/2) with no
+    /// request in flight this long after its last one is dropped.
+    pub idle_timeout: Duration,
     /// `HABERCI_CORS_ORIGINS`: browser origins allowed to call the API (comma-separated).
     pub cors: CorsOrigins,
     /// `HABERCI_WEB_DIR`: static files served at `/` (the demo page, `web/dist`); unset: none.
@@ -295,6 +301,7 @@ impl GatewayConfig {
                 body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
                 header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
                 first_request_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+                idle_timeout: DEFAULT_HTTP_IDLE_TIMEOUT,
                 cors: CorsOrigins::default(),
                 web_dir: None,
             },
@@ -394,6 +401,7 @@ impl Http {
                 "HABERCI_FIRST_REQUEST_TIMEOUT_MS",
                 DEFAULT_HEADER_READ_TIMEOUT,
             ),
+            idle_timeout: env.millis_or("HABERCI_HTTP_IDLE_TIMEOUT_MS", DEFAULT_HTTP_IDLE_TIMEOUT),
             cors: CorsOrigins::read(env),
             web_dir,
         }

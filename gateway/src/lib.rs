@@ -140,6 +140,7 @@ impl Gateway {
                 max_connections: config.listen.max_tcp_connections,
                 header_read_timeout: config.http.header_read_timeout,
                 first_request_timeout: config.http.first_request_timeout,
+                idle_timeout: config.http.idle_timeout,
                 per_address: per_address.clone(),
             },
             shutdown.clone(),

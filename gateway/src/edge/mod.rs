@@ -17,6 +17,7 @@
 //!   demo page's static files.
 
 pub mod h3;
+pub mod idle;
 pub mod per_address;
 pub mod proxy;
 pub mod quic;

@@ -15,9 +15,9 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use super::ClientAddr;
 use super::per_address::PerAddress;
 use super::tls::CertStore;
+use super::{ClientAddr, idle};
 use crate::metrics::{self, Handshake, Listener};
 
 /// A TLS handshake that takes longer than this is dropped.
@@ -41,6 +41,8 @@ pub struct Limits {
     /// A connection whose first request has not begun this long after its TLS handshake is
     /// dropped: an idle connection holds a file descriptor and memory for nothing.
     pub first_request_timeout: Duration,
+    /// A connection with no request in flight this long after its last one is dropped.
+    pub idle_timeout: Duration,
     /// Connections one client address may hold (shared with QUIC).
     pub per_address: Arc<PerAddress>,
 }
@@ -102,7 +104,8 @@ pub async fn serve(
         let alt_svc = alt_svc.clone();
         let watcher = graceful.watcher();
         let builder = builder.clone();
-        let first_request_timeout = limits.first_request_timeout;
+        let (first_request_timeout, idle_timeout) =
+            (limits.first_request_timeout, limits.idle_timeout);
         tokio::spawn(async move {
             // Released when this connection's task ends and no WebSocket it upgraded to lives.
             let hold = super::ConnectionHold(Arc::new((slot, address_slot)));
@@ -123,10 +126,10 @@ pub async fn serve(
                         return;
                     }
                 };
-            let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let seen = asked.clone();
+            let activity = idle::Activity::new();
+            let requests = activity.clone();
             let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-                seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                let in_flight = requests.begin();
                 let mut request = request.map(axum::body::Body::new);
                 request.extensions_mut().insert(ClientAddr(peer));
                 request.extensions_mut().insert(hold.clone());
@@ -135,24 +138,23 @@ pub async fn serve(
                 async move {
                     let mut response = router.oneshot(request).await?;
                     response.headers_mut().insert(header::ALT_SVC, alt_svc);
-                    Ok::<_, std::convert::Infallible>(response)
+                    Ok::<_, std::convert::Infallible>(
+                        response.map(|body| idle::TrackedBody::new(body, in_flight)),
+                    )
                 }
             });
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
             let served = watcher.watch(connection.into_owned());
             // A request's start is all it takes (headers have their own timeout); a
-            // connection that has asked nothing by the deadline is dropped.
-            let idle = async {
-                tokio::time::sleep(first_request_timeout).await;
-                if asked.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::future::pending::<()>().await;
-                }
-            };
+            // connection that has asked nothing by the first-request deadline, or nothing
+            // more for the idle timeout, is dropped.
             tokio::select! {
                 result = served => if let Err(err) = result {
                     tracing::debug!(%peer, %err, "http connection ended with an error");
                 },
-                () = idle => tracing::debug!(%peer, "no request in time; connection dropped"),
+                () = activity.idle_past(first_request_timeout, idle_timeout) => {
+                    tracing::debug!(%peer, "idle past its deadline; connection dropped");
+                }
             }
         });
     }

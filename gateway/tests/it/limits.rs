@@ -166,6 +166,55 @@ async fn a_connection_that_asks_nothing_is_dropped_at_the_first_request_deadline
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
+/// A connection that asked and then went quiet is dropped at the idle timeout, over HTTP/1.1
+/// keep-alive and HTTP/2 alike.
+#[tokio::test]
+async fn a_connection_quiet_after_its_requests_is_dropped_at_the_idle_timeout() {
+    let stack = Stack::builder()
+        .backend(Backend::Down)
+        .configure(|config| {
+            config.http.idle_timeout = std::time::Duration::from_millis(300);
+        })
+        .start()
+        .await;
+    // HTTP/1.1, kept alive: the answer, then the close.
+    let mut quiet = raw_tls(&stack).await;
+    quiet
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(TIMEOUT, read_to_close(&mut quiet))
+        .await
+        .expect("the gateway drops a keep-alive connection gone quiet");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // HTTP/2: the connection ends by itself after its one request.
+    let tls = tls::connect(stack.gateway_tcp, support::roots(&stack), b"h2")
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get(format!(
+        "https://localhost:{}/healthz",
+        stack.gateway_tcp.port()
+    ))
+    .body(Full::new(Bytes::new()))
+    .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    drop(response);
+    tokio::time::timeout(TIMEOUT, connection)
+        .await
+        .expect("the gateway closes an HTTP/2 connection gone quiet")
+        .unwrap()
+        .ok();
+}
+
 /// One client address holds at most its share of connections, TCP and QUIC counted together;
 /// a closed one frees its place.
 #[tokio::test]
