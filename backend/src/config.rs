@@ -54,15 +54,15 @@ impl StoreConfig {
         let redis_url = env.string_or("HABERCI_REDIS_URL", DEFAULT_REDIS_URL);
         // fred is built without a TLS feature (one TLS stack in the workspace, see the root
         // Cargo.toml), and would then connect to a rediss:// URL in clear text.
-        if redis_url.starts_with("rediss://") {
+        if redis_url.starts_with("rediss://") || redis_url.starts_with("rediss-cluster://") {
             env.problem(format!(
                 "HABERCI_REDIS_URL {:?}: rediss:// (TLS) is not supported by this build; use \
                  redis:// on a private network or through a TLS tunnel",
                 redact(&redis_url)
             ));
-        } else if !redis_url.starts_with("redis://") {
+        } else if !haberci_seam::streams::is_redis_url(&redis_url) {
             env.problem(format!(
-                "HABERCI_REDIS_URL must be a redis:// URL, got {:?}",
+                "HABERCI_REDIS_URL must be a redis:// or redis-cluster:// URL, got {:?}",
                 redact(&redis_url)
             ));
         }

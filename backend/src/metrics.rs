@@ -48,14 +48,18 @@ pub fn describe() {
     );
 }
 
-/// A request refused by the rate-limit bucket `key` (`rl:{action}:…`).
+/// A request refused by the rate-limit bucket `key` (`rl:{<action>}:…`).
 pub fn rate_limited(key: &str) {
     counter!("haberci_api_rate_limited_total", "action" => action_label(key)).increment(1);
 }
 
 /// The action of a rate-limit key as a label: one of the known actions, else `other`.
 fn action_label(key: &str) -> &'static str {
-    match key.split(':').nth(1) {
+    match key
+        .split(':')
+        .nth(1)
+        .map(|tag| tag.trim_start_matches('{').trim_end_matches('}'))
+    {
         Some("login") => "login",
         Some("register") => "register",
         Some("refresh") => "refresh",
@@ -119,10 +123,10 @@ mod tests {
     #[test]
     fn rate_limit_actions_come_from_the_key_and_unknown_ones_are_other() {
         for (key, label) in [
-            ("rl:login:ip:10/60s:203.0.113.7", "login"),
-            ("rl:post:account:60/3600s:user:x", "post"),
-            ("rl:follow:account:400/86400s:user:x", "follow"),
-            ("rl:something-new:ip:1/1s:x", "other"),
+            ("rl:{login}:ip:10/60s:203.0.113.7", "login"),
+            ("rl:{post}:account:60/3600s:user:x", "post"),
+            ("rl:{follow}:account:400/86400s:user:x", "follow"),
+            ("rl:{something-new}:ip:1/1s:x", "other"),
             ("garbage", "other"),
         ] {
             assert_eq!(super::action_label(key), label, "{key}");

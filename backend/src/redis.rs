@@ -52,3 +52,30 @@ fn connect_with_timeout(
     let _connection = client.connect();
     Ok(client)
 }
+
+/// `DEL` of `keys`: one command on a single Redis; on a Redis Cluster, one per hash slot
+/// (a multi-key command must stay in one slot), pipelined.
+pub async fn del_each(redis: &Client, keys: Vec<String>) -> Result<(), fred::error::Error> {
+    if !redis.is_clustered() {
+        let _: i64 = redis.del(keys).await?;
+        return Ok(());
+    }
+    let pipeline = redis.pipeline();
+    for (_, keys) in fred::util::group_by_hash_slot(keys)? {
+        let _: () = pipeline.del(Vec::from(keys)).await?;
+    }
+    let _: Vec<Value> = pipeline.all().await?;
+    Ok(())
+}
+
+/// `keys` as the groups one multi-key command (or script) may take: all of them on a single
+/// Redis, one group per hash slot on a Redis Cluster.
+pub fn slot_groups(redis: &Client, keys: Vec<String>) -> Result<Vec<Vec<Key>>, fred::error::Error> {
+    if !redis.is_clustered() {
+        return Ok(vec![keys.into_iter().map(Key::from).collect()]);
+    }
+    Ok(fred::util::group_by_hash_slot(keys)?
+        .into_values()
+        .map(Vec::from)
+        .collect())
+}

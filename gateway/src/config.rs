@@ -411,8 +411,8 @@ impl Http {
 impl Relay {
     fn read(env: &mut Env<'_>) -> Relay {
         let redis_url = env.string_or("HABERCI_REDIS_URL", DEFAULT_REDIS_URL);
-        if !redis_url.starts_with("redis://") {
-            env.problem("HABERCI_REDIS_URL must be a redis:// URL");
+        if !streams::is_redis_url(&redis_url) {
+            env.problem("HABERCI_REDIS_URL must be a redis:// or redis-cluster:// URL");
         }
         let stream_shards = env.parse_or("HABERCI_STREAM_SHARDS", streams::DEFAULT_SHARDS);
         if stream_shards == 0 {

@@ -72,6 +72,13 @@ pub fn shard_of(conversation: ConversationId, shards: u16) -> u16 {
 /// their own so that workers of parallel tests never read each other's entries.
 pub const DEFAULT_STREAM_PREFIX: &str = "msg:in:";
 
+/// Whether `url` names a Redis every process can use: one server (`redis://`) or a Redis
+/// Cluster (`redis-cluster://[user:password@]host:port?node=host:port&node=…`, fred's form;
+/// list several nodes so a client can start while one is down). TLS is not built in.
+pub fn is_redis_url(url: &str) -> bool {
+    url.starts_with("redis://") || url.starts_with("redis-cluster://")
+}
+
 /// The inbound stream of one shard: `msg:in:{3}` with the default prefix.
 pub fn stream_key(prefix: &str, shard: u16) -> String {
     format!("{prefix}{{{shard}}}")

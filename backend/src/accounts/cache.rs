@@ -111,7 +111,7 @@ impl Profiles {
         if keys.is_empty() {
             return;
         }
-        let deleted: Result<i64, _> = redis.del(keys).await;
+        let deleted = crate::redis::del_each(redis, keys).await;
         if let Err(err) = deleted {
             tracing::warn!(%err, "profile cache: not invalidated; entries expire by TTL");
         }

@@ -8,11 +8,13 @@
 //! request (e.g. per IP and per account) and consumes from all of them only when all allow, so
 //! a refused request costs nothing. It reads Redis' `TIME`, so processes need no common clock.
 //!
-//! Keys: `rl:{action}:{dimension}:{count}/{period}s:{subject}`, e.g.
-//! `rl:login:ip:10/60s:203.0.113.7`, `rl:login:ip:10/60s:2001:db8:1:2::/64` or
-//! `rl:login:account:10/300s:user:0192…`. The limit is part of the key so that processes
-//! configured differently (or a changed setting) never misread each other's TAT. Each key
-//! expires when its bucket is full again. Subjects: [`ip_subject`] and [`Account`].
+//! Keys: `rl:{<action>}:{dimension}:{count}/{period}s:{subject}`, e.g.
+//! `rl:{login}:ip:10/60s:203.0.113.7`, `rl:{login}:ip:10/60s:2001:db8:1:2::/64` or
+//! `rl:{login}:account:10/300s:user:0192…`. The braces are a hash tag: every bucket of one
+//! action is in one Redis Cluster slot, so the script that checks a request's buckets together
+//! may touch them all. The limit is part of the key so that processes configured differently
+//! (or a changed setting) never misread each other's TAT. Each key expires when its bucket is
+//! full again. Subjects: [`ip_subject`] and [`Account`].
 
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
@@ -98,7 +100,7 @@ impl Bucket {
     pub fn new(action: &str, dimension: &str, subject: &str, rate: Rate) -> Bucket {
         Bucket {
             key: format!(
-                "rl:{action}:{dimension}:{}/{}s:{subject}",
+                "rl:{{{action}}}:{dimension}:{}/{}s:{subject}",
                 rate.count,
                 rate.period.as_secs()
             ),
@@ -180,7 +182,7 @@ mod tests {
         let key = |text: &str| Bucket::ip("login", ip(text), rate).key;
         assert_eq!(
             key("2001:db8:1:2::1"),
-            "rl:login:ip:10/60s:2001:db8:1:2::/64"
+            "rl:{login}:ip:10/60s:2001:db8:1:2::/64"
         );
         assert_eq!(
             key("2001:db8:1:2::1"),
@@ -188,7 +190,7 @@ mod tests {
             "one /64, one bucket"
         );
         assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
-        assert_eq!(key("203.0.113.7"), "rl:login:ip:10/60s:203.0.113.7");
+        assert_eq!(key("203.0.113.7"), "rl:{login}:ip:10/60s:203.0.113.7");
         assert_ne!(key("203.0.113.7"), key("203.0.113.8"));
         assert_eq!(key("::ffff:203.0.113.7"), key("203.0.113.7"));
     }
@@ -199,11 +201,11 @@ mod tests {
         let id = UserId::new(uuid::Uuid::from_u128(1)).unwrap_or_else(|| unreachable!());
         assert_eq!(
             Bucket::account("login", Account::User(id), rate).key,
-            "rl:login:account:10/300s:user:00000000-0000-0000-0000-000000000001"
+            "rl:{login}:account:10/300s:user:00000000-0000-0000-0000-000000000001"
         );
         assert_eq!(
             Bucket::account("login", Account::Name("alice"), rate).key,
-            "rl:login:account:10/300s:name:alice"
+            "rl:{login}:account:10/300s:name:alice"
         );
     }
 }

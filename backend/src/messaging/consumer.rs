@@ -12,6 +12,7 @@ use sqlx::PgPool;
 
 use super::batch::{self, Decoded, Refusal, SendRequest, Watermarks};
 use super::linger::Linger;
+use super::shard_readers::ShardReaders;
 use super::store::{self, Audience, Committed, Failure, SendOutcome};
 use super::streams::{EntryId, RawEntry, Shards, StreamError};
 use crate::config::MessagingSettings;
@@ -106,6 +107,8 @@ pub struct Consumer {
     redis: Client,
     /// `XREADGROUP BLOCK` only (a blocked connection serves nothing else).
     blocking: Client,
+    /// On a Redis Cluster: one reader per shard (a command may not span hash slots).
+    readers: Option<ShardReaders>,
     shards: Shards,
     settings: MessagingSettings,
     linger: Linger,
@@ -126,6 +129,7 @@ impl Consumer {
             db,
             redis,
             blocking,
+            readers: None,
             shards: Shards::new(&settings.stream_prefix, settings.shards, name),
             linger: Linger::new(
                 settings.linger,
@@ -151,7 +155,14 @@ impl Consumer {
         if !self.drain_own_pending(&shutdown).await {
             return;
         }
-        let block_ms = u64::try_from(self.settings.block.as_millis()).unwrap_or(u64::MAX);
+        if self.blocking.is_clustered() {
+            self.readers = Some(ShardReaders::start(
+                &self.shards,
+                &self.blocking,
+                self.settings.batch_size,
+                self.settings.block,
+            ));
+        }
         let mut next_claim = Instant::now();
         let mut next_trim = Instant::now() + self.settings.trim_interval;
         while !shutdown.is_cancelled() {
@@ -167,10 +178,7 @@ impl Consumer {
             }
             // Not raced with shutdown: a read cancelled in flight could leave entries
             // delivered to us and unprocessed. The block bounds how long shutdown waits.
-            let read = self
-                .shards
-                .read_new(&self.blocking, self.settings.batch_size, Some(block_ms))
-                .await;
+            let read = self.read_new(self.settings.batch_size, true).await;
             match read {
                 Ok(mut entries) => {
                     self.redis_outage.recovered();
@@ -193,6 +201,9 @@ impl Consumer {
                 }
             }
         }
+        if let Some(readers) = self.readers.take() {
+            readers.stop().await;
+        }
         if let Err(err) = self.shards.leave(&self.redis).await {
             tracing::debug!(%err, "could not remove this consumer from its groups");
         }
@@ -213,11 +224,29 @@ impl Consumer {
             .batch_size
             .saturating_sub(u32::try_from(entries.len()).unwrap_or(u32::MAX));
         if room > 0
-            && let Ok(more) = self.shards.read_new(&self.blocking, room, None).await
+            && let Ok(more) = self.read_new(room, false).await
         {
             entries.extend(more);
         }
         self.linger.read_again(Instant::now());
+    }
+
+    /// New entries from every shard, at most about `count` (per shard on a single Redis);
+    /// `block`: wait up to the configured block for the first.
+    async fn read_new(&mut self, count: u32, block: bool) -> Result<Vec<RawEntry>, StreamError> {
+        match &mut self.readers {
+            Some(readers) => {
+                let wait = block.then_some(self.settings.block);
+                readers
+                    .read(usize::try_from(count).unwrap_or(usize::MAX), wait)
+                    .await
+            }
+            None => {
+                let block_ms = block
+                    .then(|| u64::try_from(self.settings.block.as_millis()).unwrap_or(u64::MAX));
+                self.shards.read_new(&self.blocking, count, block_ms).await
+            }
+        }
     }
 
     /// Creates the groups, retrying through a Redis outage. `false`: shutdown.

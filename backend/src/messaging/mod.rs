@@ -52,6 +52,7 @@ pub mod batch;
 pub mod consumer;
 pub mod linger;
 pub mod plan;
+pub mod shard_readers;
 pub mod store;
 pub mod streams;
 

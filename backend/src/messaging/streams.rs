@@ -158,6 +158,29 @@ impl Shards {
         self.parse_read(reply)
     }
 
+    /// [`Shards::read_new`] of one shard: on a Redis Cluster the shards are in different hash
+    /// slots, which one command may not span (see `shard_readers`).
+    pub async fn read_new_from(
+        &self,
+        blocking: &Client,
+        shard: u16,
+        count: u32,
+        block_ms: Option<u64>,
+    ) -> Result<Vec<RawEntry>, StreamError> {
+        let reply: Value = blocking
+            .xreadgroup(
+                streams::CONSUMER_GROUP,
+                self.consumer.as_str(),
+                Some(u64::from(count)),
+                block_ms,
+                false,
+                self.key(shard),
+                ">",
+            )
+            .await?;
+        self.parse_read(reply)
+    }
+
     /// This consumer's own pending entries of one shard after `after` (reading history, as
     /// after a restart under the same name).
     pub async fn read_pending(

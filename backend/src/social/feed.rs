@@ -396,21 +396,21 @@ impl Feed {
         users: &[UserId],
         post: PostId,
     ) -> Result<(), fred::error::Error> {
+        let args = vec![
+            super::score(post.as_uuid()).to_string(),
+            post.to_string(),
+            self.settings.cap.to_string(),
+            self.ttl_secs().to_string(),
+        ];
         for chunk in users.chunks(FANOUT_CHUNK) {
             let keys: Vec<String> = chunk.iter().map(|u| timeline_key(*u)).collect();
-            let _: i64 = self
-                .add
-                .evalsha_with_reload(
-                    redis,
-                    keys,
-                    vec![
-                        super::score(post.as_uuid()).to_string(),
-                        post.to_string(),
-                        self.settings.cap.to_string(),
-                        self.ttl_secs().to_string(),
-                    ],
-                )
-                .await?;
+            // A script's keys must share a hash slot on a Redis Cluster.
+            for keys in crate::redis::slot_groups(redis, keys)? {
+                let _: i64 = self
+                    .add
+                    .evalsha_with_reload(redis, keys, args.clone())
+                    .await?;
+            }
         }
         Ok(())
     }
@@ -424,10 +424,12 @@ impl Feed {
     ) -> Result<(), fred::error::Error> {
         for chunk in users.chunks(FANOUT_CHUNK) {
             let keys: Vec<String> = chunk.iter().map(|u| timeline_key(*u)).collect();
-            let _: i64 = self
-                .remove
-                .evalsha_with_reload(redis, keys, vec![post.to_string()])
-                .await?;
+            for keys in crate::redis::slot_groups(redis, keys)? {
+                let _: i64 = self
+                    .remove
+                    .evalsha_with_reload(redis, keys, vec![post.to_string()])
+                    .await?;
+            }
         }
         Ok(())
     }

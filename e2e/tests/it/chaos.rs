@@ -85,7 +85,7 @@ impl Fault {
 }
 
 /// One message a sender was told is stored.
-struct Entry {
+pub(crate) struct Entry {
     phase: usize,
     sent: Sent,
     /// From the first attempt to `Sent`.
@@ -93,7 +93,7 @@ struct Entry {
 }
 
 /// One pair's ledger.
-struct Pair {
+pub(crate) struct Pair {
     sender: Peer,
     recipient: Peer,
     recipient_user: User,
@@ -116,24 +116,24 @@ impl Pair {
 
 /// What the run measured for one fault.
 #[derive(Debug, Default)]
-struct Row {
-    sent: usize,
-    lost: usize,
-    duplicated: usize,
-    out_of_order: usize,
-    slowest_send: Duration,
+pub(crate) struct Row {
+    pub sent: usize,
+    pub lost: usize,
+    pub duplicated: usize,
+    pub out_of_order: usize,
+    pub slowest_send: Duration,
 }
 
-struct Traffic {
+pub(crate) struct Traffic {
     pairs: Vec<Arc<Pair>>,
-    phase: Arc<AtomicUsize>,
+    pub(crate) phase: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     progress: watch::Receiver<u64>,
     senders: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Traffic {
-    fn start(pairs: Vec<Arc<Pair>>) -> Traffic {
+    pub(crate) fn start(pairs: Vec<Arc<Pair>>) -> Traffic {
         let phase = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (bump, progress) = watch::channel(0u64);
@@ -179,7 +179,7 @@ impl Traffic {
     }
 
     /// Waits until every pair has at least `n` messages stored in `phase`.
-    async fn wait_for(&mut self, phase: usize, n: usize) {
+    pub(crate) async fn wait_for(&mut self, phase: usize, n: usize) {
         let pairs = self.pairs.clone();
         tokio::time::timeout(
             TIMEOUT * 2,
@@ -195,7 +195,7 @@ impl Traffic {
     }
 
     /// From `healed`: until a message each pair sends now is stored and delivered.
-    async fn recovery(&self, phase: usize, healed: Instant) -> Duration {
+    pub(crate) async fn recovery(&self, phase: usize, healed: Instant) -> Duration {
         let probes = self.pairs.iter().map(|pair| async move {
             let started = Instant::now();
             let sent = pair
@@ -224,13 +224,71 @@ impl Traffic {
             .unwrap_or_default()
     }
 
-    async fn stop(self) -> Vec<Arc<Pair>> {
+    pub(crate) async fn stop(self) -> Vec<Arc<Pair>> {
         self.stop.store(true, Ordering::Relaxed);
         for sender in self.senders {
             sender.await.expect("a sender panicked");
         }
         self.pairs
     }
+}
+
+/// Where a client of a transport kind reaches gateway number `g`.
+pub(crate) type Target<'a> = dyn Fn(&Cluster, usize, TransportKind) -> Transport + 'a;
+
+/// `n` pairs of new users, sender and recipient on different gateways and transports (half the
+/// senders on native QUIC, half on WebSocket), each client reconnecting to its gateway, else
+/// the other; and every QUIC client among them.
+pub(crate) async fn chat_pairs(
+    cluster: &Cluster,
+    n: usize,
+    target: &Target<'_>,
+) -> (Vec<Arc<Pair>>, Vec<Peer>) {
+    let connect = |user: &User, g: usize, kind: TransportKind| {
+        let mut config = ClientConfig::new(
+            target(cluster, g, kind),
+            haberci_client::Roots::PemFile(cluster.certs.ca_cert()),
+            &user.token,
+        );
+        config.server_name = Some("localhost".into());
+        config.client_name = "haberci-chaos".into();
+        // A gateway that died without a word is found within about a second.
+        config.ping_interval = Duration::from_millis(300);
+        config.pong_timeout = Duration::from_secs(1);
+        let targets = vec![target(cluster, g, kind), target(cluster, 1 - g, kind)];
+        let user = user.clone();
+        async move {
+            let peer = Peer::connect(&user, config).await;
+            peer.reconnect_automatically(targets);
+            peer
+        }
+    };
+    let mut pairs = Vec::new();
+    let mut quic_peers = Vec::new();
+    for p in 0..n {
+        let g = p % 2;
+        let (kind, other) = if (p / 2) % 2 == 0 {
+            (TransportKind::Quic, TransportKind::WebSocket)
+        } else {
+            (TransportKind::WebSocket, TransportKind::Quic)
+        };
+        let sender_user = cluster.register(&format!("chaos_s{p}")).await;
+        let recipient_user = cluster.register(&format!("chaos_r{p}")).await;
+        let sender = connect(&sender_user, g, kind).await;
+        let recipient = connect(&recipient_user, 1 - g, other).await;
+        quic_peers.push(if kind == TransportKind::Quic {
+            sender.clone()
+        } else {
+            recipient.clone()
+        });
+        pairs.push(Arc::new(Pair {
+            sender,
+            recipient,
+            recipient_user,
+            entries: Mutex::new(Vec::new()),
+        }));
+    }
+    (pairs, quic_peers)
 }
 
 fn knob(name: &str, default: usize) -> usize {
@@ -256,57 +314,7 @@ async fn chaos_every_fault_loses_doubles_and_reorders_nothing() {
         },
         _ => cluster.gateways[g].transport(kind),
     };
-    let connect = |cluster: &Cluster, user: &User, g: usize, kind: TransportKind| {
-        let mut config = ClientConfig::new(
-            target(cluster, g, kind),
-            haberci_client::Roots::PemFile(cluster.certs.ca_cert()),
-            &user.token,
-        );
-        config.server_name = Some("localhost".into());
-        config.client_name = "haberci-chaos".into();
-        // A gateway that died without a word is found within about a second.
-        config.ping_interval = Duration::from_millis(300);
-        config.pong_timeout = Duration::from_secs(1);
-        let targets = vec![target(cluster, g, kind), target(cluster, 1 - g, kind)];
-        let user = user.clone();
-        async move {
-            let peer = Peer::connect(&user, config).await;
-            peer.reconnect_automatically(targets);
-            peer
-        }
-    };
-
-    let mut pairs = Vec::new();
-    // Every QUIC client: an address change must not cost any of them its connection.
-    let mut quic_peers = Vec::new();
-    for p in 0..pairs_n {
-        let g = p % 2;
-        let kind = if (p / 2) % 2 == 0 {
-            TransportKind::Quic
-        } else {
-            TransportKind::WebSocket
-        };
-        let other = if kind == TransportKind::Quic {
-            TransportKind::WebSocket
-        } else {
-            TransportKind::Quic
-        };
-        let sender_user = cluster.register(&format!("chaos_s{p}")).await;
-        let recipient_user = cluster.register(&format!("chaos_r{p}")).await;
-        let sender = connect(&cluster, &sender_user, g, kind).await;
-        let recipient = connect(&cluster, &recipient_user, 1 - g, other).await;
-        quic_peers.push(if kind == TransportKind::Quic {
-            sender.clone()
-        } else {
-            recipient.clone()
-        });
-        pairs.push(Arc::new(Pair {
-            sender,
-            recipient,
-            recipient_user,
-            entries: Mutex::new(Vec::new()),
-        }));
-    }
+    let (pairs, quic_peers) = chat_pairs(&cluster, pairs_n, &target).await;
 
     let mut traffic = Traffic::start(pairs);
     traffic.wait_for(0, per_fault).await;
@@ -387,7 +395,7 @@ async fn chaos_every_fault_loses_doubles_and_reorders_nothing() {
     }
     let pairs = traffic.stop().await;
 
-    let rows = ledger(&cluster, &pairs).await;
+    let rows = ledger(&cluster, &pairs, FAULTS.len() + 1).await;
     let impaired = relays.iter().map(|r| r.counts()).collect::<Vec<_>>();
     let mut table = table(&rows, &recoveries, pairs_n);
     let total = |f: fn(&crate::impair::Counts) -> u64| impaired.iter().map(f).sum::<u64>();
@@ -417,8 +425,8 @@ async fn chaos_every_fault_loses_doubles_and_reorders_nothing() {
 
 /// Counts, per phase (0 is the warm-up), what the recipients hold and the database stored
 /// against what the senders were told.
-async fn ledger(cluster: &Cluster, pairs: &[Arc<Pair>]) -> Vec<Row> {
-    let mut rows: Vec<Row> = (0..=FAULTS.len()).map(|_| Row::default()).collect();
+pub(crate) async fn ledger(cluster: &Cluster, pairs: &[Arc<Pair>], phases: usize) -> Vec<Row> {
+    let mut rows: Vec<Row> = (0..phases).map(|_| Row::default()).collect();
     let db = cluster.db().await;
     for pair in pairs {
         let conversation = pair.conversation().expect("the pair chatted");

@@ -14,5 +14,6 @@ mod peer;
 mod private_pg;
 mod raw_ws;
 mod redis_acl;
+mod redis_cluster;
 mod smoke;
 mod support;

@@ -25,6 +25,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
+use haberci_bench::sampling::resp::Redis as RespClient;
+
 use crate::private_pg::{PgBouncer, Postgres};
 
 /// Bounds every wait: longer than `haberci_testkit::TIMEOUT`, for processes that start cold.
@@ -238,17 +240,68 @@ pub const REDIS_USERS: [&str; 5] = [
 ];
 
 /// A private Redis with AOF, restartable on the same port and data, with the deployment's
-/// users (deploy/redis/users.acl) for this cluster's stream prefix.
+/// users (deploy/redis/users.acl) for this cluster's stream prefix: one server, or a Redis
+/// Cluster of 3 masters and 3 replicas ([`Redis::start_cluster`]).
 pub struct Redis {
-    pub port: u16,
     dir: PathBuf,
     /// user → password.
     passwords: std::collections::HashMap<&'static str, String>,
+    nodes: Vec<RedisNode>,
+    clustered: bool,
+}
+
+struct RedisNode {
+    port: u16,
+    /// The cluster bus (gossip between nodes).
+    bus_port: u16,
     process: Option<Process>,
 }
 
+/// A Redis Cluster's node timeout here: how long a master may be silent before its replica
+/// takes over (Redis's default is 15 s).
+pub const CLUSTER_NODE_TIMEOUT_MS: u64 = 2000;
+
 impl Redis {
     async fn start(dir: &Path, log_dir: &Path, stream_prefix: &str) -> Redis {
+        let mut redis = Redis::prepare(dir, stream_prefix, 1, false);
+        redis.launch(0, log_dir).await;
+        redis
+    }
+
+    /// Six nodes in cluster mode, joined by `redis-cli --cluster create` (one replica per
+    /// master), and ready: every slot served, every replica in sync.
+    pub async fn start_cluster(dir: &Path, log_dir: &Path, stream_prefix: &str) -> Redis {
+        let mut redis = Redis::prepare(dir, stream_prefix, 6, true);
+        for node in 0..6 {
+            redis.launch(node, log_dir).await;
+        }
+        let mut create = Command::new("redis-cli");
+        create
+            .args([
+                "--no-auth-warning",
+                "--user",
+                "haberci-admin",
+                "--cluster",
+                "create",
+            ])
+            .args(redis.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .env("REDISCLI_AUTH", &redis.passwords["haberci-admin"]);
+        let out = create
+            .output()
+            .await
+            .expect("run redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        redis.wait_until_healthy().await;
+        redis
+    }
+
+    fn prepare(dir: &Path, stream_prefix: &str, nodes: usize, clustered: bool) -> Redis {
         let passwords: std::collections::HashMap<&'static str, String> = REDIS_USERS
             .iter()
             .map(|user| (*user, unique::secret()))
@@ -271,21 +324,27 @@ impl Redis {
             "{template}: a variable left: {acl}"
         );
         std::fs::write(dir.join("users.acl"), acl).expect("users.acl");
-        let mut redis = Redis {
-            port: free_port(),
+        Redis {
             dir: dir.to_path_buf(),
             passwords,
-            process: None,
-        };
-        redis.launch(log_dir).await;
-        redis
+            nodes: (0..nodes)
+                .map(|_| RedisNode {
+                    port: free_port(),
+                    bus_port: free_port(),
+                    process: None,
+                })
+                .collect(),
+            clustered,
+        }
     }
 
-    async fn launch(&mut self, log_dir: &Path) {
-        let port = self.port.to_string();
-        let dir = self.dir.display().to_string();
+    async fn launch(&mut self, node: usize, log_dir: &Path) {
+        let port = self.nodes[node].port.to_string();
+        let dir = self.dir.join(format!("node{node}"));
+        std::fs::create_dir_all(&dir).expect("redis node dir");
+        let dir = dir.display().to_string();
         let acl = self.dir.join("users.acl").display().to_string();
-        let args = [
+        let mut args: Vec<String> = [
             "--port",
             &port,
             "--bind",
@@ -302,12 +361,124 @@ impl Redis {
             "",
             "--loglevel",
             "notice",
-        ];
+        ]
+        .map(String::from)
+        .to_vec();
+        if self.clustered {
+            args.extend(
+                [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &self.nodes[node].bus_port.to_string(),
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    &CLUSTER_NODE_TIMEOUT_MS.to_string(),
+                    // Replicas log in to their master as the admin (the default user is off).
+                    "--masteruser",
+                    "haberci-admin",
+                    "--masterauth",
+                    &self.passwords["haberci-admin"],
+                ]
+                .map(String::from),
+            );
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let name = if self.clustered {
+            format!("redis{}", node + 1)
+        } else {
+            "redis".to_owned()
+        };
         let mut process =
-            Process::spawn("redis", Path::new("redis-server"), &args, &[], log_dir).await;
+            Process::spawn(&name, Path::new("redis-server"), &args, &[], log_dir).await;
         // Redis logs plain text; it says so once the AOF is loaded and the port is open.
         process.wait_for_text("Ready to accept connections").await;
-        self.process = Some(process);
+        self.nodes[node].process = Some(process);
+    }
+
+    /// The nodes that run (not killed).
+    pub fn live_nodes(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|n| self.nodes[*n].process.is_some())
+            .collect()
+    }
+
+    /// Polls until every live node says the cluster is ok and every replica's link to its
+    /// master is up (bounded by [`TIMEOUT`]).
+    pub async fn wait_until_healthy(&self) {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let mut healthy = true;
+            for node in self.live_nodes() {
+                let Ok(mut redis) = RespClient::connect(&self.node_url(node)).await else {
+                    healthy = false;
+                    break;
+                };
+                let info = redis.command(&["CLUSTER", "INFO"]).await;
+                let replication = redis.command(&["INFO", "replication"]).await;
+                let ok = info
+                    .ok()
+                    .and_then(|v| v.text().ok())
+                    .is_some_and(|t| t.contains("cluster_state:ok"));
+                let linked = replication
+                    .ok()
+                    .and_then(|v| v.text().ok())
+                    .is_some_and(|t| {
+                        !t.contains("role:slave") || t.contains("master_link_status:up")
+                    });
+                healthy &= ok && linked;
+            }
+            if healthy {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the Redis Cluster is not healthy within {TIMEOUT:?}"
+            );
+            // Polling the cluster's own view: gossip has no event to wait on.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The node that serves `key` as master now.
+    pub async fn master_of(&self, key: &str) -> usize {
+        for node in self.live_nodes() {
+            let mut redis = RespClient::connect(&self.node_url(node))
+                .await
+                .expect("connect to a node");
+            let role = redis.command(&["ROLE"]).await.expect("ROLE");
+            let is_master = match &role {
+                haberci_bench::sampling::resp::Value::Array(Some(fields)) => fields
+                    .first()
+                    .and_then(|f| f.text().ok())
+                    .is_some_and(|r| r == "master"),
+                _ => false,
+            };
+            if !is_master {
+                continue;
+            }
+            // A master answers for its own slots; for others it redirects.
+            if redis.command(&["EXISTS", key]).await.is_ok() {
+                return node;
+            }
+        }
+        panic!("no master serves {key}");
+    }
+
+    /// SIGKILL of node `node`, left down.
+    pub async fn kill_node(&mut self, node: usize) {
+        if let Some(mut process) = self.nodes[node].process.take() {
+            process.kill().await;
+        }
+    }
+
+    /// Node `node` directly, as the admin.
+    pub fn node_url(&self, node: usize) -> String {
+        format!(
+            "redis://haberci-admin:{}@127.0.0.1:{}",
+            self.passwords["haberci-admin"], self.nodes[node].port
+        )
     }
 
     /// As the admin user (everything allowed).
@@ -315,45 +486,53 @@ impl Redis {
         self.url_as("haberci-admin")
     }
 
-    /// As `user`, one of [`REDIS_USERS`].
+    /// As `user`, one of [`REDIS_USERS`]; on a cluster, fred's `redis-cluster://` form naming
+    /// every node.
     pub fn url_as(&self, user: &str) -> String {
         let password = self
             .passwords
             .get(user)
             .unwrap_or_else(|| panic!("no Redis user {user}"));
-        format!("redis://{user}:{password}@127.0.0.1:{}", self.port)
+        let first = self.nodes[0].port;
+        if !self.clustered {
+            return format!("redis://{user}:{password}@127.0.0.1:{first}");
+        }
+        let others: Vec<String> = self.nodes[1..]
+            .iter()
+            .map(|n| format!("node=127.0.0.1:{}", n.port))
+            .collect();
+        format!(
+            "redis-cluster://{user}:{password}@127.0.0.1:{first}?{}",
+            others.join("&")
+        )
     }
 
     /// Without a user: what anyone on the host could try.
     pub fn anonymous_url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis://127.0.0.1:{}", self.nodes[0].port)
+    }
+
+    fn single(&self) -> &Process {
+        assert!(!self.clustered, "a single-server operation on a cluster");
+        self.nodes[0].process.as_ref().expect("redis runs")
     }
 
     /// SIGSTOP: Redis keeps its sockets open and answers nothing, which is what a network
     /// partition looks like to its clients. [`Redis::thaw`] ends it.
     pub async fn freeze(&self) {
-        self.process
-            .as_ref()
-            .expect("redis runs")
-            .signal("STOP")
-            .await;
+        self.single().signal("STOP").await;
     }
 
     pub async fn thaw(&self) {
-        self.process
-            .as_ref()
-            .expect("redis runs")
-            .signal("CONT")
-            .await;
+        self.single().signal("CONT").await;
     }
 
     /// Stops Redis (SIGKILL: nothing is flushed beyond what AOF already holds) and starts it
     /// again on the same port and data.
     pub async fn restart(&mut self, log_dir: &Path) {
-        if let Some(mut process) = self.process.take() {
-            process.kill().await;
-        }
-        self.launch(log_dir).await;
+        self.single();
+        self.kill_node(0).await;
+        self.launch(0, log_dir).await;
     }
 }
 
@@ -418,6 +597,21 @@ impl Cluster {
             database_url,
             env::direct_database_url(),
             None,
+            false,
+            workers,
+            gateways,
+        )
+        .await
+    }
+
+    /// [`Cluster::start`] on a Redis Cluster (3 masters, 3 replicas) instead of one Redis.
+    pub async fn start_on_redis_cluster(workers: usize, gateways: usize) -> Cluster {
+        Cluster::launch(
+            new_dir(),
+            env::database_url(),
+            env::direct_database_url(),
+            None,
+            true,
             workers,
             gateways,
         )
@@ -433,7 +627,7 @@ impl Cluster {
         let bouncer = PgBouncer::start(&dir.path().join("pgbouncer"), &postgres, &logs).await;
         let (pooled, direct) = (bouncer.url(), postgres.url());
         let private = PrivateDatabase { postgres, bouncer };
-        Cluster::launch(dir, pooled, direct, Some(private), workers, gateways).await
+        Cluster::launch(dir, pooled, direct, Some(private), false, workers, gateways).await
     }
 
     async fn launch(
@@ -441,6 +635,7 @@ impl Cluster {
         database_url: String,
         direct_url: String,
         private_db: Option<PrivateDatabase>,
+        clustered_redis: bool,
         workers: usize,
         gateways: usize,
     ) -> Cluster {
@@ -448,7 +643,11 @@ impl Cluster {
         let redis_dir = dir.path().join("redis");
         std::fs::create_dir_all(&redis_dir).expect("redis dir");
         let prefix = unique::stream_prefix("e2e");
-        let redis = Redis::start(&redis_dir, &logs, &prefix).await;
+        let redis = if clustered_redis {
+            Redis::start_cluster(&redis_dir, &logs, &prefix).await
+        } else {
+            Redis::start(&redis_dir, &logs, &prefix).await
+        };
 
         let certs = haberci_certs::CertPaths::new(dir.path().join("certs"));
         haberci_certs::ensure(&certs, time_now()).expect("certs");
