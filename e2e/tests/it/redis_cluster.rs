@@ -2,7 +2,8 @@
 //! cluster mode), through fred's cluster client: the multi-key paths (rate-limit buckets,
 //! feed fan-out to timelines in many slots), the worker reading shards that live on different
 //! nodes, sharded pub/sub — and a chat that goes on while a master is killed and its replica
-//! takes over, checked by the chaos ledger: nothing lost, doubled or reordered.
+//! takes over, then while every master hands its slots to its replica (a planned failover),
+//! checked by the chaos ledger: nothing lost, doubled or reordered.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -100,10 +101,22 @@ async fn every_process_runs_on_a_redis_cluster_and_a_chat_survives_a_master_fail
         "a replica took over"
     );
     traffic.wait_for(1, 12).await;
+
+    // A planned failover of every master: slots move without a disconnect, and Redis tells a
+    // subscriber of the moved channels only by an unsubscribe message.
+    traffic.phase.store(2, Ordering::Relaxed);
+    traffic.wait_for(2, 4).await;
+    cluster.redis.fail_over_every_master().await;
+    let moved = Instant::now();
+    let after_move = traffic.recovery(2, moved).await;
+    traffic.wait_for(2, 12).await;
     let pairs = traffic.stop().await;
 
-    let rows = chaos::ledger(&cluster, &pairs, 2).await;
-    eprintln!("master killed: recovered after {recovery:?}; ledger {rows:?}");
+    let rows = chaos::ledger(&cluster, &pairs, 3).await;
+    eprintln!(
+        "master killed: recovered after {recovery:?}; planned failover: after {after_move:?}; \
+         ledger {rows:?}"
+    );
     for (phase, row) in rows.iter().enumerate() {
         assert!(row.sent > 0, "phase {phase}: nothing sent");
         assert_eq!(

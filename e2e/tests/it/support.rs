@@ -447,15 +447,7 @@ impl Redis {
             let mut redis = RespClient::connect(&self.node_url(node))
                 .await
                 .expect("connect to a node");
-            let role = redis.command(&["ROLE"]).await.expect("ROLE");
-            let is_master = match &role {
-                haberci_bench::sampling::resp::Value::Array(Some(fields)) => fields
-                    .first()
-                    .and_then(|f| f.text().ok())
-                    .is_some_and(|r| r == "master"),
-                _ => false,
-            };
-            if !is_master {
+            if self.role(node).await != "master" {
                 continue;
             }
             // A master answers for its own slots; for others it redirects.
@@ -464,6 +456,51 @@ impl Redis {
             }
         }
         panic!("no master serves {key}");
+    }
+
+    /// A node's role now: `master` or `slave`.
+    async fn role(&self, node: usize) -> String {
+        let mut redis = RespClient::connect(&self.node_url(node))
+            .await
+            .expect("connect to a node");
+        match redis.command(&["ROLE"]).await.expect("ROLE") {
+            haberci_bench::sampling::resp::Value::Array(Some(fields)) => fields
+                .first()
+                .and_then(|f| f.text().ok())
+                .unwrap_or_default(),
+            other => panic!("ROLE answered {other:?}"),
+        }
+    }
+
+    /// A planned failover of every master that has a replica (`CLUSTER FAILOVER` on the
+    /// replica): every slot they served moves, with no connection closed. Returns once each
+    /// of those replicas is a master.
+    pub async fn fail_over_every_master(&self) {
+        let mut promoted = Vec::new();
+        for node in self.live_nodes() {
+            if self.role(node).await == "slave" {
+                let mut redis = RespClient::connect(&self.node_url(node))
+                    .await
+                    .expect("connect to a node");
+                redis
+                    .command(&["CLUSTER", "FAILOVER"])
+                    .await
+                    .expect("CLUSTER FAILOVER");
+                promoted.push(node);
+            }
+        }
+        assert!(!promoted.is_empty(), "no replica to promote");
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        for node in promoted {
+            while self.role(node).await != "master" {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "node {node} was not promoted within {TIMEOUT:?}"
+                );
+                // The handover is the cluster's own protocol: nothing to wait on but its state.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 
     /// SIGKILL of node `node`, left down.

@@ -23,6 +23,12 @@ pub const MAILBOX_CAPACITY: usize = 512;
 /// Pub/sub messages buffered by the subscriber before it lags (fred's default, 32, is far
 /// too small for a gateway's fan-in).
 pub const SUBSCRIBER_BUFFER: usize = 65_536;
+/// On a Redis Cluster, how often the subscriber re-reads the cluster's slot map. A planned
+/// failover or a resharding moves slots without closing any connection, and Redis tells a
+/// subscriber of the moved channels only by an unsolicited `SUNSUBSCRIBE`, which fred drops:
+/// until the hub subscribes again at the new owner, those channels are silent. This bounds
+/// that window (plus the resync that follows).
+pub const TOPOLOGY_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What reaches a session's mailbox.
 #[derive(Debug, Clone)]
@@ -191,9 +197,28 @@ impl Hub {
     pub async fn listen(self: Arc<Self>, shutdown: Shutdown) {
         let mut messages = self.subscriber.message_rx();
         let mut reconnects = self.subscriber.reconnect_rx();
+        let mut topology = self.subscriber.cluster_change_rx();
+        let clustered = self.subscriber.is_clustered();
+        let mut topology_check = tokio::time::interval(TOPOLOGY_CHECK);
+        topology_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = topology_check.tick(), if clustered => {
+                    if let Err(err) = self.subscriber.sync_cluster().await {
+                        tracing::debug!(%err, "cannot read the Redis Cluster's slot map");
+                    }
+                }
+                changed = topology.recv() => {
+                    if let Err(tokio::sync::broadcast::error::RecvError::Closed) = changed {
+                        break;
+                    }
+                    // Slots moved: subscribe again where each channel lives now, then fetch
+                    // what was published meanwhile.
+                    self.resubscribe().await;
+                    tracing::warn!("redis cluster slots moved; resubscribed, sessions resync from the backend");
+                    self.resync_all();
+                }
                 reconnected = reconnects.recv() => {
                     if reconnected.is_err() {
                         break;
