@@ -168,12 +168,14 @@ impl Counts {
 }
 
 /// A database of this test's own, migrated; dropped at the end.
-struct Database {
+/// A database of the test's own on the shared Postgres, migrated: its counters, and its
+/// queues (the feed outbox), are the test's alone.
+pub(crate) struct Database {
     name: String,
 }
 
 impl Database {
-    async fn create() -> Database {
+    pub(crate) async fn create() -> Database {
         let name = format!(
             "haberci_ledger_{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
@@ -204,11 +206,15 @@ impl Database {
         database
     }
 
-    fn pooled_url(&self) -> String {
+    pub(crate) fn pooled_url(&self) -> String {
         with_database(&env::database_url(), &self.name)
     }
 
-    async fn drop(self) {
+    pub(crate) fn direct_url(&self) -> String {
+        with_database(&env::direct_database_url(), &self.name)
+    }
+
+    pub(crate) async fn drop(self) {
         let mut admin = PgConnection::connect(&env::direct_database_url())
             .await
             .expect("connect to the test database");

@@ -13,6 +13,7 @@ use haberci_testkit::{TransportKind, users};
 use serde_json::json;
 
 use crate::chaos::{self, Traffic};
+use crate::ledger::Database;
 use crate::support::{Cluster, TIMEOUT};
 
 /// Runs `args` on whichever master serves its key (the others answer `MOVED`).
@@ -32,7 +33,11 @@ async fn on_owner(cluster: &Cluster, args: &[&str]) -> haberci_bench::sampling::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_process_runs_on_a_redis_cluster_and_a_chat_survives_a_master_failover() {
-    let mut cluster = Cluster::start_on_redis_cluster(2, 2).await;
+    // A database of its own: the feed outbox is a queue that any worker on the same database
+    // takes jobs from, and other tests' workers write to other Redis servers.
+    let database = Database::create().await;
+    let mut cluster =
+        Cluster::start_on_redis_cluster(database.pooled_url(), database.direct_url(), 2, 2).await;
 
     // Rate limits: registration and login check several buckets in one script.
     let author = cluster.register("rc_author").await;
@@ -125,4 +130,6 @@ async fn every_process_runs_on_a_redis_cluster_and_a_chat_survives_a_master_fail
             "phase {phase}: {row:?}"
         );
     }
+    drop(cluster);
+    database.drop().await;
 }

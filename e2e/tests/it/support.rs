@@ -641,12 +641,18 @@ impl Cluster {
         .await
     }
 
-    /// [`Cluster::start`] on a Redis Cluster (3 masters, 3 replicas) instead of one Redis.
-    pub async fn start_on_redis_cluster(workers: usize, gateways: usize) -> Cluster {
+    /// [`Cluster::start_on`] a Redis Cluster (3 masters, 3 replicas) instead of one Redis, and
+    /// the database at `database_url` (through PgBouncer) and `direct_url`.
+    pub async fn start_on_redis_cluster(
+        database_url: String,
+        direct_url: String,
+        workers: usize,
+        gateways: usize,
+    ) -> Cluster {
         Cluster::launch(
             new_dir(),
-            env::database_url(),
-            env::direct_database_url(),
+            database_url,
+            direct_url,
             None,
             true,
             workers,
