@@ -9,8 +9,7 @@
 //!
 //! What a reader has read is pending for this consumer until the batch it lands in is
 //! acknowledged. Entries still in the channel when the worker stops stay pending, and another
-//! worker claims them after `HABERCI_CLAIM_IDLE` (or this one, restarted under its name): late,
-//! never lost.
+//! worker claims them after `HABERCI_CLAIM_IDLE`: late, never lost.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

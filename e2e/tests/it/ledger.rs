@@ -167,7 +167,6 @@ impl Counts {
     }
 }
 
-/// A database of this test's own, migrated; dropped at the end.
 /// A database of the test's own on the shared Postgres, migrated: its counters, and its
 /// queues (the feed outbox), are the test's alone.
 pub(crate) struct Database {
