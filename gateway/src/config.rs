@@ -174,6 +174,9 @@ pub struct Quic {
     /// `HABERCI_QUIC_HANDSHAKES_PER_ADDRESS`: handshakes in flight from one address (IPv6:
     /// one /64); an unproven address above it gets a Retry, a proven one is refused.
     pub handshakes_per_address: usize,
+    /// `HABERCI_QUIC_SERVER_ID`: this gateway's id in the connection IDs it issues, for a
+    /// balancer that routes QUIC by CID (`edge::cid`); unique per gateway of a deployment.
+    pub server_id: u16,
 }
 
 /// HTTP on every version, and the backend it proxies to.
@@ -253,6 +256,7 @@ impl GatewayConfig {
                 "HABERCI_QUIC_HANDSHAKES_PER_ADDRESS",
                 DEFAULT_QUIC_HANDSHAKES_PER_ADDRESS,
             ),
+            server_id: env.parse_or("HABERCI_QUIC_SERVER_ID", 0),
         };
         let http = Http::read(&mut env);
         let relay = Relay::read(&mut env);
@@ -292,6 +296,7 @@ impl GatewayConfig {
                 max_handshakes: DEFAULT_QUIC_MAX_HANDSHAKES,
                 retry_above: DEFAULT_QUIC_RETRY_ABOVE,
                 handshakes_per_address: DEFAULT_QUIC_HANDSHAKES_PER_ADDRESS,
+                server_id: 0,
             },
             http: Http {
                 backend_url,

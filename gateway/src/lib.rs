@@ -33,7 +33,7 @@ use haberci_kit::shutdown::Shutdown;
 use tokio::task::JoinSet;
 
 pub use config::GatewayConfig;
-use edge::{h3, proxy, quic, router, tcp, tls, web};
+use edge::{cid, h3, proxy, quic, router, tcp, tls, web};
 use relay::backend::Backend;
 use relay::effects::Messaging;
 use relay::{keys, presence, revocation};
@@ -78,7 +78,11 @@ impl Gateway {
             .await
             .map_err(|err| anyhow::anyhow!("cannot bind TCP {}: {err}", config.listen.tcp_addr))?;
         let tcp_addr = tcp_listener.local_addr()?;
-        let endpoint = quic::bind(config.listen.udp_addr, &config.quic, &certs)?;
+        let fleet = match &config.relay.internal_token {
+            Some(secret) => cid::FleetKeys::derive(secret.as_str().as_bytes()),
+            None => cid::FleetKeys::random(),
+        };
+        let endpoint = quic::bind(config.listen.udp_addr, &config.quic, &certs, &fleet)?;
         let udp_addr = endpoint.local_addr()?;
         let advertised_udp_port = config.listen.alt_svc_port.unwrap_or(udp_addr.port());
 

@@ -253,6 +253,54 @@ async fn clients_of_a_killed_gateway_resume_on_another_with_no_gap_and_no_duplic
     assert_stored_once(&cluster, &alice, 4 * 3 * PER_PHASE).await;
 }
 
+/// A gateway that crashes and comes back on its address holds none of its old connections, but
+/// it knows their connection IDs for its fleet's and answers their packets with a stateless
+/// reset (RFC 9000 §10.3). A client that sends learns at once that its connection is gone,
+/// instead of waiting for its heartbeat: here it has none, so only the reset can end it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_restarted_after_a_crash_resets_the_quic_connections_it_lost() {
+    let mut cluster = Cluster::start(1, 1).await;
+    let alice_user = cluster.register("alice").await;
+    let bob_user = cluster.register("bob").await;
+    let mut config = cluster.client_config(0, TransportKind::Quic, &alice_user.token);
+    config.ping_interval = Duration::ZERO;
+    let alice = Peer::connect(&alice_user, config).await;
+    alice.reconnect_automatically(vec![cluster.gateways[0].transport(TransportKind::Quic)]);
+    let to_bob = |text: &str| {
+        haberci_client::message(
+            Recipient::User(bob_user.id),
+            MessageKind::Text,
+            text.to_owned(),
+        )
+    };
+    let first = alice.send_reliably(to_bob("before the crash")).await;
+
+    cluster.kill_gateway(0).await;
+    cluster.restart_gateway(0).await;
+    // Goes out on the old connection; the answer is the reset, then the same send again on a
+    // new connection.
+    let second = alice.send_reliably(to_bob("after the restart")).await;
+
+    let log = alice.log();
+    assert_eq!(
+        log.disconnects,
+        vec![haberci_client::Disconnect::Transport(
+            quinn::ConnectionError::Reset.to_string()
+        )],
+        "the old connection ended by a stateless reset"
+    );
+    assert!(
+        log.retries
+            .iter()
+            .all(|retry| matches!(retry, crate::peer::Retry::Disconnected)),
+        "the send was answered by the reset, not by a timeout: {:?}",
+        log.retries
+    );
+    assert_eq!(log.connections, 2);
+    assert_eq!(second.conversation_id, first.conversation_id);
+    assert_eq!(second.seq.get(), first.seq.get() + 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_pauses_sending_and_loses_nothing_that_was_sent() {
     const N: usize = 150;

@@ -16,6 +16,7 @@
 //! - [`web`]: `/v1/realtime` (realtime endpoints, WebTransport certificate hashes) and the
 //!   demo page's static files.
 
+pub mod cid;
 pub mod h3;
 pub mod idle;
 pub mod per_address;

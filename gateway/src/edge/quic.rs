@@ -14,6 +14,7 @@ use quinn::crypto::rustls::{HandshakeData, QuicServerConfig};
 use quinn::{Endpoint, IdleTimeout, TransportConfig, VarInt};
 use tokio_util::task::TaskTracker;
 
+use super::cid::FleetKeys;
 use super::tls::CertStore;
 use crate::config::Quic;
 use crate::metrics::{self, Handshake, Listener};
@@ -48,8 +49,14 @@ pub const H3_EXCESSIVE_LOAD: u64 = 0x0107;
 /// How long requests in flight get to finish at shutdown before the endpoint closes.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Binds the endpoint with the gateway's TLS and transport settings.
-pub fn bind(udp_addr: SocketAddr, config: &Quic, certs: &CertStore) -> anyhow::Result<Endpoint> {
+/// Binds the endpoint with the gateway's TLS and transport settings, its connection IDs and
+/// stateless resets keyed by `keys` ([`super::cid`]).
+pub fn bind(
+    udp_addr: SocketAddr,
+    config: &Quic,
+    certs: &CertStore,
+    keys: &FleetKeys,
+) -> anyhow::Result<Endpoint> {
     let crypto = QuicServerConfig::try_from(super::tls::quic_server_config(certs))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = TransportConfig::default();
@@ -83,7 +90,7 @@ pub fn bind(udp_addr: SocketAddr, config: &Quic, certs: &CertStore) -> anyhow::R
     let runtime =
         quinn::default_runtime().ok_or_else(|| anyhow::anyhow!("no async runtime for quinn"))?;
     Endpoint::new(
-        quinn::EndpointConfig::default(),
+        keys.endpoint_config(config.server_id),
         Some(server),
         socket,
         runtime,
