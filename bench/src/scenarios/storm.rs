@@ -73,8 +73,9 @@ pub struct StormArgs {
     /// as an upgrade rolls them: SIGTERM, exit, start again, ready (`revival::roll`).
     #[arg(long, value_delimiter = ',')]
     pub roll: Vec<String>,
-    /// Client heartbeat: a QUIC client notices a dead gateway only by a missing Pong
-    /// (WebSocket clients get a reset at once). Default: the SDK's.
+    /// Client heartbeat: a QUIC client of a gateway that is not restarted notices its death
+    /// only by a missing Pong; with `--back same`, by the restarted gateway's stateless reset
+    /// to its next packet (WebSocket clients get a TCP reset at once). Default: the SDK's.
     #[arg(long, default_value_t = haberci_client::DEFAULT_PING_INTERVAL.as_millis() as u64)]
     pub ping_ms: u64,
     #[arg(long, default_value_t = haberci_client::DEFAULT_PONG_TIMEOUT.as_millis() as u64)]
