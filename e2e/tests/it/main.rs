@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod bad_input;
+mod balancer;
 mod chaos;
 mod exchange;
 mod faults;
@@ -12,6 +13,7 @@ mod impair;
 mod ledger;
 mod peer;
 mod private_pg;
+mod quic_lb;
 mod raw_ws;
 mod redis_acl;
 mod redis_cluster;

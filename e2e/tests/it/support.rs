@@ -581,6 +581,11 @@ pub struct GatewayProcess {
 }
 
 impl GatewayProcess {
+    /// The QUIC server id of gateway `index` (`HABERCI_QUIC_SERVER_ID`).
+    pub fn server_id(index: usize) -> u16 {
+        u16::try_from(index + 1).expect("a few gateways")
+    }
+
     /// Where a client reaches this gateway over `kind`.
     pub fn transport(&self, kind: TransportKind) -> Transport {
         kind.client_transport(self.tcp, self.udp)
@@ -773,8 +778,7 @@ impl Cluster {
             self.gateways[index].tcp.port(),
             self.gateways[index].udp.port(),
         );
-        let name = format!("gateway{}", index + 1);
-        self.gateways[index] = self.spawn_gateway(&name, tcp, udp).await;
+        self.gateways[index] = self.spawn_gateway(index, tcp, udp).await;
     }
 
     pub fn logs(&self) -> PathBuf {
@@ -823,13 +827,20 @@ impl Cluster {
     }
 
     pub async fn add_gateway(&mut self) {
-        let name = format!("gateway{}", self.gateways.len() + 1);
-        let gateway = self.spawn_gateway(&name, free_port(), free_port()).await;
+        let gateway = self
+            .spawn_gateway(self.gateways.len(), free_port(), free_port())
+            .await;
         self.gateways.push(gateway);
     }
 
-    async fn spawn_gateway(&self, name: &str, tcp_port: u16, udp_port: u16) -> GatewayProcess {
+    /// Gateway `index` (0-based) is `gateway{index + 1}`, with QUIC server id `index + 1`.
+    async fn spawn_gateway(&self, index: usize, tcp_port: u16, udp_port: u16) -> GatewayProcess {
+        let name = format!("gateway{}", index + 1);
         let mut env = self.common_env("haberci-gateway");
+        env.push((
+            "HABERCI_QUIC_SERVER_ID".into(),
+            GatewayProcess::server_id(index).to_string(),
+        ));
         env.push((
             "HABERCI_GATEWAY_TCP_ADDR".into(),
             format!("127.0.0.1:{tcp_port}"),
@@ -843,7 +854,7 @@ impl Cluster {
         env.push(("HABERCI_SESSION_SEND_RATE".into(), "5000".into()));
         env.push(("HABERCI_SESSION_SEND_BURST".into(), "5000".into()));
         let mut process =
-            Process::spawn(name, &binary("haberci-gateway"), &[], &env, &self.logs()).await;
+            Process::spawn(&name, &binary("haberci-gateway"), &[], &env, &self.logs()).await;
         process.wait_for_log("gateway ready").await;
         GatewayProcess {
             process,
