@@ -86,6 +86,17 @@ pub struct ApiConfig {
     /// `HABERCI_JWT_SIGNING_KID`: which key signs (default: the one whose kid sorts last).
     pub jwt_signing_kid: Option<String>,
     pub settings: ApiSettings,
+    /// `HABERCI_REPLICA_DATABASE_URL`: a streaming replica (through PgBouncer) for reads
+    /// that may lag (`crate::replica`); none by default.
+    pub replica: Option<ReplicaConfig>,
+}
+
+/// A read replica and how stale a read from it may be.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    pub url: String,
+    /// `HABERCI_REPLICA_MAX_STALENESS_MS`.
+    pub max_staleness: std::time::Duration,
 }
 
 impl ApiConfig {
@@ -99,6 +110,21 @@ impl ApiConfig {
         let jwt_key_dir = PathBuf::from(env.string_or("HABERCI_JWT_KEY_DIR", DEFAULT_JWT_KEY_DIR));
         let jwt_signing_kid = env.raw("HABERCI_JWT_SIGNING_KID");
         let settings = ApiSettings::read(&mut env);
+        let replica = env.raw("HABERCI_REPLICA_DATABASE_URL").map(|url| {
+            if !url.starts_with("postgres") {
+                env.problem(format!(
+                    "HABERCI_REPLICA_DATABASE_URL must be a postgres:// URL, got {:?}",
+                    redact(&url)
+                ));
+            }
+            ReplicaConfig {
+                url,
+                max_staleness: env.millis_or(
+                    "HABERCI_REPLICA_MAX_STALENESS_MS",
+                    crate::replica::DEFAULT_MAX_STALENESS,
+                ),
+            }
+        });
         env.finish()?;
         Ok(ApiConfig {
             listen,
@@ -107,6 +133,7 @@ impl ApiConfig {
             jwt_key_dir,
             jwt_signing_kid,
             settings,
+            replica,
         })
     }
 }

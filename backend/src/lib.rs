@@ -36,5 +36,6 @@ pub mod messaging;
 pub mod metrics;
 pub mod migration_rules;
 pub mod redis;
+pub mod replica;
 pub mod social;
 pub mod worker;

@@ -9,6 +9,15 @@ use metrics::{counter, describe_counter, describe_histogram, histogram};
 
 /// Gives every metric its help text and unit; called once at start.
 pub fn describe() {
+    metrics::describe_gauge!(
+        "haberci_db_replica_staleness_seconds",
+        metrics::Unit::Seconds,
+        "How old the read replica's data may be: since the newest moment all of whose primary commits it has replayed (+Inf: never fresh yet). Above HABERCI_REPLICA_MAX_STALENESS_MS reads go to the primary."
+    );
+    describe_counter!(
+        "haberci_db_stale_reads_total",
+        "Reads that may lag, by the server that served them (replica, primary)."
+    );
     describe_counter!(
         "haberci_api_rate_limited_total",
         "Requests refused by a rate limit (429), by action (login, register, refresh, post, comment, like, follow)."

@@ -711,13 +711,28 @@ pub async fn history(
         .and_then(conversations::stored_seq)
         .unwrap_or(i64::MAX);
     let limit = i64::try_from(limit).unwrap_or(1);
-    let rows = store::history(&state.db, id, membership.joined_seq, before, limit).await?;
-    // The other members' watermarks matter only for my own messages; a big group pays for
-    // the scan of its members only when the page holds one.
-    let others = if rows.iter().any(|m| m.sender_id == me.user) {
-        store::others_watermarks(&state.db, id, me.user).await?
+    // An older page (`before` given) may come from a replica, but only one that holds every
+    // message before it: the page below a message the client has must have no hole. The
+    // newest page is the primary's.
+    let joined = membership.joined_seq;
+    let page = |db: sqlx::PgPool| async move {
+        let rows = store::history(&db, id, joined, before, limit).await?;
+        // The other members' watermarks matter only for my own messages; a big group pays
+        // for the scan of its members only when the page holds one.
+        let others = if rows.iter().any(|m| m.sender_id == me.user) {
+            store::others_watermarks(&db, id, me.user).await?
+        } else {
+            OthersWatermarks::default()
+        };
+        Ok::<_, sqlx::Error>((rows, others))
+    };
+    let (rows, others) = if before == i64::MAX {
+        page(state.db.clone()).await?
     } else {
-        OthersWatermarks::default()
+        state
+            .reads
+            .on_replica_if(|replica| store::holds_seq(replica, id, before - 1), page)
+            .await?
     };
     let pair = membership.pair();
     let messages = rows

@@ -57,6 +57,8 @@ pub const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct AppState {
     pub db: PgPool,
+    /// Reads that may lag: a fresh replica's, else `db`'s ([`crate::replica`]).
+    pub reads: crate::replica::Replicas,
     pub redis: fred::clients::Client,
     pub auth: Arc<crate::auth::Auth>,
     pub settings: Arc<ApiSettings>,
@@ -89,6 +91,7 @@ impl AppState {
         keys: Arc<crate::auth::keys::KeyStore>,
     ) -> AppState {
         AppState {
+            reads: crate::replica::Replicas::primary_only(db.clone()),
             db,
             redis,
             auth: Arc::new(crate::auth::Auth::new(settings.auth.clone(), keys)),
@@ -288,7 +291,16 @@ pub async fn run(config: ApiConfig, shutdown: Shutdown) -> anyhow::Result<()> {
     // start-up here, with its reason, rather than at the first upload.
     crate::media::Media::open(config.settings.media.clone())
         .map_err(|err| anyhow::anyhow!("media store {:?}: {err}", config.settings.media.store))?;
-    let state = AppState::with_keys(db, redis, config.settings, keys);
+    let mut state = AppState::with_keys(db.clone(), redis, config.settings, keys);
+    if let Some(replica) = &config.replica {
+        let pool = crate::db::connect_pool(&replica.url, config.store.db_pool_size)?;
+        state.reads = crate::replica::Replicas::with_replica(db, pool, replica.max_staleness);
+        tokio::spawn(state.reads.clone().watch(shutdown.clone()));
+        tracing::info!(
+            max_staleness_ms = replica.max_staleness.as_millis() as u64,
+            "reads that may lag go to the replica while it is fresh"
+        );
+    }
     tokio::spawn(crate::media::gc::run(state.media.clone(), state.db.clone()));
     let app = app(state);
     serve(listener, app, shutdown).await?;

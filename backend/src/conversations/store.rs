@@ -345,6 +345,17 @@ pub async fn history(
         .await
 }
 
+/// Whether `db` holds `conversation`'s messages up to `seq`: its `last_seq` (written in the
+/// same transaction as the messages) has reached it. Asked of a replica before it serves a
+/// history page.
+pub async fn holds_seq(db: PgPool, conversation: ConversationId, seq: i64) -> sqlx::Result<bool> {
+    let last: Option<i64> = sqlx::query_scalar("SELECT last_seq FROM conversations WHERE id = $1")
+        .bind(conversation)
+        .fetch_optional(&db)
+        .await?;
+    Ok(last.is_some_and(|last| last >= seq))
+}
+
 /// Where a page of the conversation list starts: after this (activity, id). A position, not
 /// necessarily a conversation: any UUID orders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,5 +17,6 @@ mod quic_lb;
 mod raw_ws;
 mod redis_acl;
 mod redis_cluster;
+mod replica;
 mod smoke;
 mod support;

@@ -83,6 +83,8 @@ pub struct Postgres {
     data: PathBuf,
     run_as: RunAs,
     process: Option<Process>,
+    /// A streaming replica (hot standby) rather than a primary.
+    standby: bool,
 }
 
 impl Postgres {
@@ -113,6 +115,7 @@ impl Postgres {
             data,
             run_as,
             process: None,
+            standby: false,
         };
         postgres.launch(log_dir).await;
         let out = tokio::process::Command::new(binary("haberci-backend"))
@@ -131,6 +134,74 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
         postgres
+    }
+
+    /// A streaming replica of `primary` (a base backup, then hot standby), started.
+    pub async fn start_replica(primary: &Postgres, dir: &Path, log_dir: &Path) -> Postgres {
+        let run_as = RunAs::detect();
+        std::fs::create_dir_all(dir).expect("replica dir");
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+        run_as.own(dir);
+        let data = dir.join("data");
+        let out = run_as
+            .command(&pg_bin().join("pg_basebackup"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                USER,
+                "-X",
+                "stream",
+                "-R",
+                "-c",
+                "fast",
+            ])
+            .args(["--no-sync", "-p", &primary.port.to_string(), "-D"])
+            .arg(&data)
+            .output()
+            .await
+            .expect("run pg_basebackup");
+        assert!(
+            out.status.success(),
+            "pg_basebackup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut replica = Postgres {
+            port: free_port(),
+            data,
+            run_as,
+            process: None,
+            standby: true,
+        };
+        replica.launch(log_dir).await;
+        replica
+    }
+
+    /// Stops at once (as a crash would), without a restart.
+    pub async fn stop(&mut self) {
+        self.stop_immediately().await;
+        if let Some(mut process) = self.process.take() {
+            process.wait_exit().await;
+        }
+    }
+
+    /// Starts again after [`Postgres::stop`].
+    pub async fn start_again(&mut self, log_dir: &Path) {
+        self.launch(log_dir).await;
+    }
+
+    /// Runs `sql` on this server's database, directly; the first column of the first row, as
+    /// text (`None` for no row or NULL).
+    pub async fn query(&self, sql: &str) -> Option<String> {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&self.url())
+            .await
+            .expect("connect to the private Postgres");
+        sqlx::query_scalar::<_, Option<String>>(sql)
+            .fetch_optional(&mut conn)
+            .await
+            .unwrap_or_else(|err| panic!("{sql}: {err}"))
+            .flatten()
     }
 
     async fn create_database(&self) -> String {
@@ -161,10 +232,16 @@ impl Postgres {
             "-c",
             "max_connections=200",
         ]);
-        let mut process = Process::spawn_command("postgres", command, &[], log_dir).await;
-        process
-            .wait_for_text("database system is ready to accept connections")
-            .await;
+        let (name, ready) = if self.standby {
+            (
+                "postgres-replica",
+                "database system is ready to accept read-only connections",
+            )
+        } else {
+            ("postgres", "database system is ready to accept connections")
+        };
+        let mut process = Process::spawn_command(name, command, &[], log_dir).await;
+        process.wait_for_text(ready).await;
         self.process = Some(process);
     }
 
@@ -222,7 +299,14 @@ pub struct PgBouncer {
 }
 
 impl PgBouncer {
-    pub async fn start(dir: &Path, postgres: &Postgres, log_dir: &Path) -> PgBouncer {
+    /// In front of `postgres`, and of `replica` as database `haberci_replica` (without one,
+    /// that name reaches the primary too).
+    pub async fn start(
+        dir: &Path,
+        postgres: &Postgres,
+        replica: Option<&Postgres>,
+        log_dir: &Path,
+    ) -> PgBouncer {
         let run_as = RunAs::detect();
         std::fs::create_dir_all(dir).expect("pgbouncer dir");
         let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
@@ -238,6 +322,10 @@ impl PgBouncer {
         let settings = std::fs::read_to_string(template)
             .expect("deploy/pgbouncer/pgbouncer.ini")
             .replace("@PG_PORT@", &postgres.port.to_string())
+            .replace(
+                "@PG_REPLICA_PORT@",
+                &replica.unwrap_or(postgres).port.to_string(),
+            )
             .replace("@PGBOUNCER_PORT@", &port.to_string())
             .replace("@PGBOUNCER_DIR@", &dir.display().to_string())
             .replace("@PG_USER@", USER)
@@ -271,6 +359,14 @@ impl PgBouncer {
 
     pub fn url(&self) -> String {
         format!("postgres://{USER}@127.0.0.1:{}/{DATABASE}", self.port)
+    }
+
+    /// The replica through this PgBouncer.
+    pub fn replica_url(&self) -> String {
+        format!(
+            "postgres://{USER}@127.0.0.1:{}/{DATABASE}_replica",
+            self.port
+        )
     }
 
     /// SIGKILL (every client connection drops at once) and a start on the same port.

@@ -596,7 +596,13 @@ impl GatewayProcess {
 pub struct PrivateDatabase {
     pub postgres: Postgres,
     pub bouncer: PgBouncer,
+    /// Its streaming replica ([`Cluster::start_private_with_replica`]).
+    pub replica: Option<Postgres>,
 }
+
+/// How stale a replica read may be in a cluster with a replica: long, so that a test can tell
+/// a replica's answer from the primary's before the api stops trusting it.
+pub const REPLICA_MAX_STALENESS: Duration = Duration::from_secs(20);
 
 fn new_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -669,12 +675,38 @@ impl Cluster {
     /// [`Cluster::start`] on a Postgres and a PgBouncer of its own, which the test may crash
     /// and restart ([`Cluster::private_db`]).
     pub async fn start_private(workers: usize, gateways: usize) -> Cluster {
+        Cluster::start_private_with(false, workers, gateways).await
+    }
+
+    /// [`Cluster::start_private`], and a streaming replica of its Postgres that the api reads
+    /// from (`HABERCI_REPLICA_DATABASE_URL`, through the PgBouncer) while it is fresh: at most
+    /// [`REPLICA_MAX_STALENESS`] behind.
+    pub async fn start_private_with_replica(workers: usize, gateways: usize) -> Cluster {
+        Cluster::start_private_with(true, workers, gateways).await
+    }
+
+    async fn start_private_with(replica: bool, workers: usize, gateways: usize) -> Cluster {
         let dir = new_dir();
         let logs = dir.path().join("logs");
         let postgres = Postgres::start(&dir.path().join("pg"), &logs).await;
-        let bouncer = PgBouncer::start(&dir.path().join("pgbouncer"), &postgres, &logs).await;
+        let replica = if replica {
+            Some(Postgres::start_replica(&postgres, &dir.path().join("pg-replica"), &logs).await)
+        } else {
+            None
+        };
+        let bouncer = PgBouncer::start(
+            &dir.path().join("pgbouncer"),
+            &postgres,
+            replica.as_ref(),
+            &logs,
+        )
+        .await;
         let (pooled, direct) = (bouncer.url(), postgres.url());
-        let private = PrivateDatabase { postgres, bouncer };
+        let private = PrivateDatabase {
+            postgres,
+            bouncer,
+            replica,
+        };
         Cluster::launch(dir, pooled, direct, Some(private), false, workers, gateways).await
     }
 
@@ -740,11 +772,22 @@ impl Cluster {
     }
 
     async fn spawn_api(&mut self) {
+        let mut env = self.common_env("haberci-api");
+        if let Some(private) = self.private_db.as_ref().filter(|p| p.replica.is_some()) {
+            env.push((
+                "HABERCI_REPLICA_DATABASE_URL".into(),
+                private.bouncer.replica_url(),
+            ));
+            env.push((
+                "HABERCI_REPLICA_MAX_STALENESS_MS".into(),
+                REPLICA_MAX_STALENESS.as_millis().to_string(),
+            ));
+        }
         let mut api = Process::spawn(
             "api",
             &binary("haberci-backend"),
             &["api"],
-            &self.common_env("haberci-api"),
+            &env,
             &self.logs(),
         )
         .await;

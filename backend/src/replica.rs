@@ -1,0 +1,245 @@
+//! Reads that may lag, served by a streaming read replica while it is fresh enough.
+//!
+//! The api sends a few reads that a user would not miss a second of to the replica (older
+//! history pages, other users' follower lists and posts: docs/SCALING.md, "Postgres"); every
+//! write, and every read a user expects to show their own writes, stays on the primary.
+//!
+//! **Freshness is measured, not assumed.** Every [`CHECK_INTERVAL`] the watcher reads the
+//! primary's WAL position and remembers when it read it; it then reads how far the replica
+//! has replayed. Once the replica has replayed past a position sampled at time `t`, it holds
+//! every transaction the primary had committed by `t` (a commit's record is written before
+//! the commit returns). So the replica is known fresh as of the newest such `t`, and a read
+//! goes there only while `now - t` is within [`Replicas::max_staleness`]. A replica that stops
+//! replaying, falls behind or goes down stops advancing `t`, and within the bound every read
+//! is back on the primary without a failed request. Nothing is read staler than the bound.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use haberci_kit::shutdown::Shutdown;
+use sqlx::PgPool;
+
+/// How often the watcher samples both servers.
+pub const CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// How long one sample may take before it counts as failed.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a read may take on the replica before it is asked of the primary instead. The
+/// reads sent there are small pages, answered in milliseconds by a healthy replica.
+pub const REPLICA_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// `HABERCI_REPLICA_MAX_STALENESS_MS` by default.
+pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(2);
+
+/// The primary, and a replica if one is configured.
+#[derive(Clone)]
+pub struct Replicas {
+    primary: PgPool,
+    replica: Option<Arc<Replica>>,
+}
+
+struct Replica {
+    pool: PgPool,
+    max_staleness: Duration,
+    /// Everything the primary committed before this instant is on the replica.
+    fresh_as_of: Mutex<Option<Instant>>,
+}
+
+/// Which server answered a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Server {
+    Primary,
+    Replica,
+}
+
+impl Server {
+    fn label(self) -> &'static str {
+        match self {
+            Server::Primary => "primary",
+            Server::Replica => "replica",
+        }
+    }
+}
+
+impl Replicas {
+    /// Every read on the primary.
+    pub fn primary_only(primary: PgPool) -> Replicas {
+        Replicas {
+            primary,
+            replica: None,
+        }
+    }
+
+    /// Reads that may lag go to `replica` while it is at most `max_staleness` behind. Nothing
+    /// goes there until [`Replicas::watch`] has seen it fresh.
+    pub fn with_replica(primary: PgPool, replica: PgPool, max_staleness: Duration) -> Replicas {
+        Replicas {
+            primary,
+            replica: Some(Arc::new(Replica {
+                pool: replica,
+                max_staleness,
+                fresh_as_of: Mutex::new(None),
+            })),
+        }
+    }
+
+    pub fn primary(&self) -> &PgPool {
+        &self.primary
+    }
+
+    /// The replica, if it is fresh now; `None` sends the read to the primary.
+    fn fresh_replica(&self) -> Option<(&Replica, &PgPool)> {
+        let replica = self.replica.as_deref()?;
+        let fresh_as_of = *replica
+            .fresh_as_of
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        fresh_as_of
+            .filter(|t| t.elapsed() <= replica.max_staleness)
+            .map(|_| (replica, &replica.pool))
+    }
+
+    /// Runs `read` on the replica if it is fresh, else on the primary; a read that fails on
+    /// the replica (it went down) runs again on the primary, and the replica gets no more
+    /// reads until the watcher sees it fresh again. Counted by the server that answered.
+    pub async fn stale_ok<T, F, Fut>(&self, read: F) -> Result<T, sqlx::Error>
+    where
+        F: Fn(PgPool) -> Fut,
+        Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+    {
+        self.on_replica_if(|_| async { Ok(true) }, read).await
+    }
+
+    /// [`Replicas::stale_ok`] for a read that must also see what `complete` checks on the
+    /// replica first (e.g. a conversation's messages up to a seq); if it does not, the read
+    /// goes to the primary.
+    pub async fn on_replica_if<T, C, CFut, F, Fut>(
+        &self,
+        complete: C,
+        read: F,
+    ) -> Result<T, sqlx::Error>
+    where
+        C: FnOnce(PgPool) -> CFut,
+        CFut: std::future::Future<Output = Result<bool, sqlx::Error>>,
+        F: Fn(PgPool) -> Fut,
+        Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+    {
+        if let Some((replica, pool)) = self.fresh_replica() {
+            // A replica that went down can hold a read for as long as its pool retries
+            // connecting: bounded, then the primary answers.
+            let attempt = async {
+                match complete(pool.clone()).await {
+                    Ok(true) => Some(read(pool.clone()).await),
+                    Ok(false) => None,
+                    Err(err) => Some(Err(err)),
+                }
+            };
+            let answer = tokio::time::timeout(REPLICA_READ_TIMEOUT, attempt)
+                .await
+                .unwrap_or(Some(Err(sqlx::Error::PoolTimedOut)));
+            match answer {
+                Some(Ok(value)) => {
+                    count(Server::Replica);
+                    return Ok(value);
+                }
+                Some(Err(err)) => {
+                    tracing::warn!(error = %err, "a replica read failed; reading the primary");
+                    *replica
+                        .fresh_as_of
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = None;
+                }
+                None => {}
+            }
+        }
+        count(Server::Primary);
+        read(self.primary.clone()).await
+    }
+
+    /// Samples both servers every [`CHECK_INTERVAL`] until `shutdown`, keeping the replica's
+    /// freshness (and its gauge) current. Does nothing without a replica.
+    pub async fn watch(self, shutdown: Shutdown) {
+        let Some(replica) = self.replica.clone() else {
+            return;
+        };
+        // Primary positions and when they were read, oldest first; older than the bound they
+        // can no longer make the replica fresh, so they are dropped.
+        let mut samples: VecDeque<(Instant, u64)> = VecDeque::new();
+        let mut tick = tokio::time::interval(CHECK_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            let sampled_at = Instant::now();
+            match tokio::time::timeout(CHECK_TIMEOUT, wal_position(&self.primary, PRIMARY_LSN))
+                .await
+            {
+                Ok(Ok(lsn)) => samples.push_back((sampled_at, lsn)),
+                Ok(Err(err)) => tracing::debug!(error = %err, "primary WAL position"),
+                Err(_) => tracing::debug!("primary WAL position: timed out"),
+            }
+            while samples
+                .front()
+                .is_some_and(|(t, _)| t.elapsed() > replica.max_staleness)
+            {
+                samples.pop_front();
+            }
+            let replayed =
+                tokio::time::timeout(CHECK_TIMEOUT, wal_position(&replica.pool, REPLAY_LSN)).await;
+            let mut fresh_as_of = replica
+                .fresh_as_of
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match replayed {
+                Ok(Ok(replayed)) => {
+                    if let Some((t, _)) = samples.iter().rev().find(|(_, lsn)| *lsn <= replayed) {
+                        if fresh_as_of.is_none_or(|old| *t > old) {
+                            *fresh_as_of = Some(*t);
+                        }
+                    }
+                }
+                Ok(Err(err)) => tracing::debug!(error = %err, "replica replay position"),
+                Err(_) => tracing::debug!("replica replay position: timed out"),
+            }
+            let staleness = fresh_as_of.map_or(f64::INFINITY, |t| t.elapsed().as_secs_f64());
+            metrics::gauge!("haberci_db_replica_staleness_seconds").set(staleness);
+        }
+    }
+}
+
+/// The primary's WAL write position: every committed transaction's record is before it.
+const PRIMARY_LSN: &str = "SELECT pg_current_wal_lsn()::text";
+/// How far a replica has replayed (NULL on a primary, which is then never fresh).
+const REPLAY_LSN: &str = "SELECT pg_last_wal_replay_lsn()::text";
+
+async fn wal_position(pool: &PgPool, sql: &str) -> Result<u64, sqlx::Error> {
+    let text: Option<String> = sqlx::query_scalar(sql).fetch_one(pool).await?;
+    text.as_deref()
+        .and_then(parse_lsn)
+        .ok_or_else(|| sqlx::Error::Protocol(format!("no WAL position from {sql:?}")))
+}
+
+/// A `pg_lsn` as text (`16/B374D848`) as one number.
+fn parse_lsn(text: &str) -> Option<u64> {
+    let (high, low) = text.split_once('/')?;
+    Some((u64::from_str_radix(high, 16).ok()? << 32) | u64::from_str_radix(low, 16).ok()?)
+}
+
+fn count(server: Server) {
+    metrics::counter!("haberci_db_stale_reads_total", "server" => server.label()).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wal_positions_compare_as_numbers() {
+        assert_eq!(parse_lsn("0/0"), Some(0));
+        assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374_D848));
+        assert!(parse_lsn("1/FFFFFFFF") < parse_lsn("2/0"));
+        assert_eq!(parse_lsn("nonsense"), None);
+        assert_eq!(parse_lsn("1/zz"), None);
+    }
+}
