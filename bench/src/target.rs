@@ -110,6 +110,10 @@ pub struct Target {
     /// handshakes resume (as reconnecting devices do); `false`: every handshake is full.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub tls_resume: bool,
+    /// QUIC sessions send a transport PING after this many ms without sending
+    /// (`ClientConfig::quic_keep_alive`); default none, as the SDK.
+    #[arg(long)]
+    pub quic_keep_alive_ms: Option<u64>,
     /// Loopback source addresses for setup API calls (127.0.0.2 …).
     #[arg(long, default_value_t = crate::users::DEFAULT_SOURCE_ADDRESSES)]
     pub source_addresses: u8,

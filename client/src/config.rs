@@ -93,6 +93,12 @@ pub struct ClientConfig {
     /// A `Pong` later than this ends the connection with `Disconnect::PongTimeout`.
     pub pong_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Native QUIC and WebTransport: a QUIC PING after this long without sending, below the
+    /// heartbeat (no frame reaches the server's session, so it is cheaper than `Ping`). A
+    /// gateway restarted after a crash answers it with a stateless reset, so the client learns
+    /// within this interval that its connection is gone. `None` (the default): no PINGs,
+    /// which is what a phone's radio wants.
+    pub quic_keep_alive: Option<Duration>,
     /// A QUIC endpoint (UDP socket) to share between many connections, as a load generator
     /// wants (native QUIC and WebTransport). `None`: each connection binds its own.
     pub quic_endpoint: Option<quinn::Endpoint>,
@@ -119,6 +125,7 @@ impl ClientConfig {
             ping_interval: DEFAULT_PING_INTERVAL,
             pong_timeout: DEFAULT_PONG_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            quic_keep_alive: None,
             quic_endpoint: None,
             tickets: Arc::new(rustls::client::ClientSessionMemoryCache::new(
                 TICKET_STORE_SERVERS,
@@ -159,6 +166,7 @@ impl fmt::Debug for ClientConfig {
             .field("ping_interval", &self.ping_interval)
             .field("pong_timeout", &self.pong_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("quic_keep_alive", &self.quic_keep_alive)
             .field("quic_endpoint", &self.quic_endpoint.is_some())
             .finish()
     }

@@ -219,6 +219,7 @@ pub(crate) fn common(target: &Target, side: &Side, shards: usize, deadline: Dura
         deadline_secs: deadline.as_secs(),
         socketio_plain: matches!(side, Side::SocketIo { plain: true, .. }),
         tls_resume: target.tls_resume,
+        quic_keep_alive_ms: target.quic_keep_alive_ms,
     }
 }
 

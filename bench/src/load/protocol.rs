@@ -49,6 +49,9 @@ pub struct Common {
     pub socketio_plain: bool,
     /// Sessions share TLS session tickets (`--tls-resume`).
     pub tls_resume: bool,
+    /// `--quic-keep-alive-ms`.
+    #[serde(default)]
+    pub quic_keep_alive_ms: Option<u64>,
 }
 
 /// One session to open.

@@ -327,6 +327,7 @@ pub(crate) fn client_config(
     config.client_name = "haberci-bench".into();
     config.connect_timeout = Duration::from_millis(common.connect_timeout_ms);
     config.quic_endpoint = endpoint;
+    config.quic_keep_alive = common.quic_keep_alive_ms.map(Duration::from_millis);
     if common.tls_resume {
         config.tickets = tickets();
     }

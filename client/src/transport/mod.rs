@@ -66,13 +66,13 @@ pub(crate) async fn connect(
         Transport::Quic { addr } => {
             let tls = tls::client_config(roots, haberci_wire::ALPN, true, config.tickets.clone())?;
             let (sink, stream) =
-                quic::connect(addr, &server_name, tls, config.quic_endpoint.clone()).await?;
+                quic::connect(addr, &server_name, tls, quic::Dial::of(config)).await?;
             Ok((FrameSink::Quic(sink), FrameStream::Quic(Box::new(stream))))
         }
         Transport::WebTransport { url } => {
             let tls = tls::client_config(roots, b"h3", true, config.tickets.clone())?;
             let (sink, stream) =
-                webtransport::connect(url, &server_name, tls, config.quic_endpoint.clone()).await?;
+                webtransport::connect(url, &server_name, tls, quic::Dial::of(config)).await?;
             Ok((
                 FrameSink::WebTransport(sink),
                 FrameStream::WebTransport(Box::new(stream)),

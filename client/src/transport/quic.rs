@@ -39,10 +39,10 @@ pub(crate) async fn connect(
     addr: &str,
     server_name: &str,
     tls: rustls::ClientConfig,
-    shared_endpoint: Option<quinn::Endpoint>,
+    dial_with: Dial,
 ) -> Result<(Sink, Stream), ConnectError> {
     let (host, port) = split_host_port(addr)?;
-    let dialed = dial(host, port, server_name, tls, shared_endpoint).await?;
+    let dialed = dial(host, port, server_name, tls, dial_with).await?;
     // The stream exists for the server once Hello is written on it.
     let (send, recv) = dialed
         .connection
@@ -91,6 +91,22 @@ impl Dialed {
     }
 }
 
+/// What [`dial`] takes from the client's configuration.
+pub(crate) struct Dial {
+    /// A UDP socket shared with other connections, if any.
+    pub shared_endpoint: Option<quinn::Endpoint>,
+    pub keep_alive: Option<Duration>,
+}
+
+impl Dial {
+    pub(crate) fn of(config: &crate::ClientConfig) -> Dial {
+        Dial {
+            shared_endpoint: config.quic_endpoint.clone(),
+            keep_alive: config.quic_keep_alive,
+        }
+    }
+}
+
 /// Resolves `host`, binds a UDP socket unless one is shared, and completes the QUIC
 /// handshake (ALPN as `tls` offers it). Shared by native QUIC and WebTransport.
 pub(crate) async fn dial(
@@ -98,7 +114,10 @@ pub(crate) async fn dial(
     port: u16,
     server_name: &str,
     tls: rustls::ClientConfig,
-    shared_endpoint: Option<quinn::Endpoint>,
+    Dial {
+        shared_endpoint,
+        keep_alive,
+    }: Dial,
 ) -> Result<Dialed, ConnectError> {
     let target: SocketAddr = tokio::net::lookup_host((host, port))
         .await
@@ -112,6 +131,7 @@ pub(crate) async fn dial(
     // quinn's default (30 s) would leave 5 s past the 25 s ping; the server's is 60 s and the
     // lower of the two applies.
     transport.max_idle_timeout(Some(VarInt::from_u32(QUIC_IDLE_TIMEOUT_MS).into()));
+    transport.keep_alive_interval(keep_alive);
     client_config.transport_config(Arc::new(transport));
     let (endpoint, owned) = match shared_endpoint {
         Some(endpoint) => (endpoint, false),

@@ -26,7 +26,7 @@ pub(crate) async fn connect(
     url: &str,
     server_name: &str,
     tls: rustls::ClientConfig,
-    shared_endpoint: Option<quinn::Endpoint>,
+    dial_with: quic::Dial,
 ) -> Result<(Sink, Stream), ConnectError> {
     let url = parse_url(url)?;
     let host = url
@@ -36,7 +36,7 @@ pub(crate) async fn connect(
         .trim_end_matches(']')
         .to_owned();
     let port = url.port_or_known_default().unwrap_or(443);
-    let dialed = quic::dial(&host, port, server_name, tls, shared_endpoint).await?;
+    let dialed = quic::dial(&host, port, server_name, tls, dial_with).await?;
     let connection = dialed.connection.clone();
     let h3 = H3Streams::open(&connection, url).await?;
     let session_id = h3.session_id;

@@ -301,6 +301,30 @@ async fn a_gateway_restarted_after_a_crash_resets_the_quic_connections_it_lost()
     assert_eq!(second.seq.get(), first.seq.get() + 1);
 }
 
+/// A client that sends nothing learns of the crash from its QUIC keep-alive
+/// (`ClientConfig::quic_keep_alive`): the restarted gateway resets the PING's connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_client_with_a_quic_keep_alive_hears_of_a_restarted_gateway() {
+    let mut cluster = Cluster::start(1, 1).await;
+    let alice_user = cluster.register("alice").await;
+    let mut config = cluster.client_config(0, TransportKind::Quic, &alice_user.token);
+    config.ping_interval = Duration::ZERO;
+    config.quic_keep_alive = Some(Duration::from_millis(200));
+    let alice = Peer::connect(&alice_user, config).await;
+
+    cluster.kill_gateway(0).await;
+    cluster.restart_gateway(0).await;
+    alice
+        .wait("the keep-alive's reset", |log| !log.disconnects.is_empty())
+        .await;
+    assert_eq!(
+        alice.log().disconnects,
+        vec![haberci_client::Disconnect::Transport(
+            quinn::ConnectionError::Reset.to_string()
+        )]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_pauses_sending_and_loses_nothing_that_was_sent() {
     const N: usize = 150;
