@@ -176,7 +176,11 @@ pub struct Quic {
     pub handshakes_per_address: usize,
     /// `HABERCI_QUIC_SERVER_ID`: this gateway's id in the connection IDs it issues, for a
     /// balancer that routes QUIC by CID (`edge::cid`); unique per gateway of a deployment.
-    pub server_id: u16,
+    /// Unset: id 0 with keys of this process alone (a restart resets nothing).
+    pub server_id: Option<u16>,
+    /// `HABERCI_QUIC_RESET_FLEET`: reset any gateway's lost connections, not only this one's
+    /// (`edge::cid::ResetScope`); only behind a balancer that routes by CID.
+    pub reset_fleet: bool,
 }
 
 /// HTTP on every version, and the backend it proxies to.
@@ -256,7 +260,10 @@ impl GatewayConfig {
                 "HABERCI_QUIC_HANDSHAKES_PER_ADDRESS",
                 DEFAULT_QUIC_HANDSHAKES_PER_ADDRESS,
             ),
-            server_id: env.parse_or("HABERCI_QUIC_SERVER_ID", 0),
+            server_id: env
+                .raw("HABERCI_QUIC_SERVER_ID")
+                .map(|_| env.parse_or("HABERCI_QUIC_SERVER_ID", 0)),
+            reset_fleet: env.parse_or("HABERCI_QUIC_RESET_FLEET", false),
         };
         let http = Http::read(&mut env);
         let relay = Relay::read(&mut env);
@@ -296,7 +303,8 @@ impl GatewayConfig {
                 max_handshakes: DEFAULT_QUIC_MAX_HANDSHAKES,
                 retry_above: DEFAULT_QUIC_RETRY_ABOVE,
                 handshakes_per_address: DEFAULT_QUIC_HANDSHAKES_PER_ADDRESS,
-                server_id: 0,
+                server_id: None,
+                reset_fleet: false,
             },
             http: Http {
                 backend_url,

@@ -78,9 +78,11 @@ impl Gateway {
             .await
             .map_err(|err| anyhow::anyhow!("cannot bind TCP {}: {err}", config.listen.tcp_addr))?;
         let tcp_addr = tcp_listener.local_addr()?;
-        let fleet = match &config.relay.internal_token {
-            Some(secret) => cid::FleetKeys::derive(secret.as_str().as_bytes()),
-            None => cid::FleetKeys::random(),
+        // Keys shared with the fleet need a server id of this gateway's own: two gateways on
+        // one id and one secret could reset each other's live connections.
+        let fleet = match (&config.relay.internal_token, config.quic.server_id) {
+            (Some(secret), Some(_)) => cid::FleetKeys::derive(secret.as_str().as_bytes()),
+            _ => cid::FleetKeys::random(),
         };
         let endpoint = quic::bind(config.listen.udp_addr, &config.quic, &certs, &fleet)?;
         let udp_addr = endpoint.local_addr()?;

@@ -884,6 +884,9 @@ impl Cluster {
             "HABERCI_QUIC_SERVER_ID".into(),
             GatewayProcess::server_id(index).to_string(),
         ));
+        // Each gateway has an address of its own, except behind quic_lb.rs's balancer, which
+        // routes by CID: either way no packet of a live connection reaches another gateway.
+        env.push(("HABERCI_QUIC_RESET_FLEET".into(), "true".into()));
         env.push((
             "HABERCI_GATEWAY_TCP_ADDR".into(),
             format!("127.0.0.1:{tcp_port}"),

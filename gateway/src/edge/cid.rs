@@ -24,8 +24,10 @@
 //! connection's CIDs to one gateway among all of its connections, which QUIC-LB accepts for
 //! its plaintext mode.
 //!
-//! Invariant: every gateway of one deployment derives the same two keys from the same secret
-//! (`HABERCI_INTERNAL_TOKEN`), so a reset from any of them is one the client verifies.
+//! Invariant: every gateway of one deployment derives the same keys from the same secret
+//! (`HABERCI_INTERNAL_TOKEN`): the CID key, and one reset key per server id, so a gateway
+//! restarted with its server id signs the tokens its previous life gave out. Which lost
+//! connections it resets is [`ResetScope`]'s question.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,10 +51,27 @@ const TAG: std::ops::Range<usize> = 8..CID_LEN;
 /// is smaller than the packet that caused it, so a faster rate amplifies nothing.
 pub const MIN_RESET_INTERVAL: Duration = Duration::from_micros(100);
 
+/// Which lost connections a gateway answers with a stateless reset.
+///
+/// RFC 9000 §21.11: endpoints that share a reset key MUST see every packet of a live
+/// connection arrive at the one endpoint holding it; else anyone who saw a connection ID can
+/// send it from elsewhere, land on another endpoint, learn the reset token from its answer,
+/// and end the live connection. So by default a gateway resets only connections with its own
+/// server id (its previous life's); only behind a balancer that routes by CID, which sends a
+/// packet elsewhere only when its gateway is down, may it reset the whole fleet's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetScope {
+    /// CIDs with this gateway's server id.
+    Own,
+    /// Every CID of the fleet (`HABERCI_QUIC_RESET_FLEET=1`).
+    Fleet,
+}
+
 /// The fleet's keys for stateless resets and CID tags.
 #[derive(Clone)]
 pub struct FleetKeys {
-    reset: Arc<hmac::Key>,
+    /// The reset key of each server id derives from this one.
+    reset_root: Arc<hmac::Key>,
     cid: Arc<hmac::Key>,
 }
 
@@ -73,12 +92,13 @@ impl FleetKeys {
             ))
         };
         FleetKeys {
-            reset: sub(b"haberci quic stateless reset v1"),
+            reset_root: sub(b"haberci quic stateless reset v1"),
             cid: sub(b"haberci quic connection id v1"),
         }
     }
 
-    /// Keys of this process alone (no fleet secret): resets work only within its lifetime.
+    /// Keys of this process alone (no fleet secret, or no server id of its own): resets work
+    /// only within its lifetime.
     pub fn random() -> FleetKeys {
         let mut secret = [0u8; 32];
         // The OS's generator failing leaves nothing to fall back to.
@@ -89,22 +109,75 @@ impl FleetKeys {
         FleetKeys::derive(&secret)
     }
 
+    /// The reset key of the gateway with `server_id`: tokens of its CIDs are signed with it.
+    fn reset_key(&self, server_id: u16) -> hmac::Key {
+        let mut label = b"server ".to_vec();
+        label.extend_from_slice(&server_id.to_be_bytes());
+        hmac::Key::new(
+            hmac::HMAC_SHA256,
+            hmac::sign(&self.reset_root, &label).as_ref(),
+        )
+    }
+
     /// quinn's endpoint settings with these keys, CIDs carrying `server_id`.
-    pub fn endpoint_config(&self, server_id: u16) -> quinn::EndpointConfig {
-        let mut config = quinn::EndpointConfig::new(self.reset.clone() as Arc<dyn HmacKey>);
+    pub fn endpoint_config(&self, server_id: u16, scope: ResetScope) -> quinn::EndpointConfig {
+        let reset = ResetKeys {
+            own: self.reset_key(server_id),
+            own_id: server_id,
+            fleet: self.clone(),
+        };
+        let mut config = quinn::EndpointConfig::new(Arc::new(reset));
         let keys = self.clone();
         config
-            .cid_generator(move || Box::new(keys.generator(server_id)))
+            .cid_generator(move || Box::new(keys.generator(server_id, scope)))
             .min_reset_interval(MIN_RESET_INTERVAL);
         config
     }
 
-    pub fn generator(&self, server_id: u16) -> Generator {
+    pub fn generator(&self, server_id: u16, scope: ResetScope) -> Generator {
         Generator {
             key: self.cid.clone(),
             server_id,
+            scope,
             random: SystemRandom::new(),
         }
+    }
+}
+
+/// The reset tokens quinn signs (`HMAC(key, cid)`): with the key of the CID's server id, so
+/// that a gateway resetting another's connection ([`ResetScope::Fleet`]) signs the token
+/// that gateway gave its client.
+struct ResetKeys {
+    own: hmac::Key,
+    own_id: u16,
+    fleet: FleetKeys,
+}
+
+impl ResetKeys {
+    fn key_for(&self, cid: &[u8]) -> std::borrow::Cow<'_, hmac::Key> {
+        match server_id(cid) {
+            Some(id) if id != self.own_id => std::borrow::Cow::Owned(self.fleet.reset_key(id)),
+            _ => std::borrow::Cow::Borrowed(&self.own),
+        }
+    }
+}
+
+impl HmacKey for ResetKeys {
+    fn sign(&self, data: &[u8], signature_out: &mut [u8]) {
+        signature_out.copy_from_slice(hmac::sign(&self.key_for(data), data).as_ref());
+    }
+
+    fn signature_len(&self) -> usize {
+        hmac::HMAC_SHA256.digest_algorithm().output_len()
+    }
+
+    fn verify(
+        &self,
+        data: &[u8],
+        signature: &[u8],
+    ) -> Result<(), quinn_proto::crypto::CryptoError> {
+        hmac::verify(&self.key_for(data), data, signature)
+            .map_err(|_| quinn_proto::crypto::CryptoError)
     }
 }
 
@@ -112,6 +185,7 @@ impl FleetKeys {
 pub struct Generator {
     key: Arc<hmac::Key>,
     server_id: u16,
+    scope: ResetScope,
     random: SystemRandom,
 }
 
@@ -150,7 +224,8 @@ impl quinn::ConnectionIdGenerator for Generator {
         // forging one buys a reset that matches no connection (its token has its own key).
         let valid = cid.len() == CID_LEN
             && cid[0] == FIRST_OCTET
-            && self.tag(&cid[..TAG.start])[..] == cid[TAG];
+            && self.tag(&cid[..TAG.start])[..] == cid[TAG]
+            && (self.scope == ResetScope::Fleet || server_id(cid) == Some(self.server_id));
         if valid {
             Ok(())
         } else {
@@ -176,40 +251,67 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_cid_from_one_gateway_validates_at_every_gateway_of_the_fleet_and_nowhere_else() {
-        let fleet = FleetKeys::derive(b"the deployment's internal token, 32+ chars");
-        let cid = fleet.generator(7).generate_cid();
+    fn a_cid_validates_at_its_own_gateway_restarted_and_at_others_only_for_a_fleet() {
+        let secret = b"the deployment's internal token, 32+ chars";
+        let cid = FleetKeys::derive(secret)
+            .generator(7, ResetScope::Own)
+            .generate_cid();
         assert_eq!(cid.len(), CID_LEN);
         assert_eq!(server_id(&cid), Some(7));
-        // Another gateway of the fleet, or this one restarted.
-        let again = FleetKeys::derive(b"the deployment's internal token, 32+ chars");
-        assert!(again.generator(9).validate(&cid).is_ok());
-        assert!(FleetKeys::random().generator(7).validate(&cid).is_err());
-        let mut forged = cid.to_vec();
-        forged[SERVER_ID.start] ^= 1;
+        let again = FleetKeys::derive(secret);
+        // The same gateway after a restart.
+        assert!(again.generator(7, ResetScope::Own).validate(&cid).is_ok());
+        // Another gateway: only behind a balancer that routes by CID.
+        assert!(again.generator(9, ResetScope::Own).validate(&cid).is_err());
+        assert!(again.generator(9, ResetScope::Fleet).validate(&cid).is_ok());
         assert!(
-            again
-                .generator(7)
-                .validate(&ConnectionId::new(&forged))
+            FleetKeys::random()
+                .generator(7, ResetScope::Fleet)
+                .validate(&cid)
                 .is_err()
         );
-        assert!(
-            again
-                .generator(7)
-                .validate(&ConnectionId::new(&cid[..8]))
-                .is_err()
+        let mut forged = cid.to_vec();
+        forged[SERVER_ID.start] ^= 1;
+        let fleet = again.generator(7, ResetScope::Fleet);
+        assert!(fleet.validate(&ConnectionId::new(&forged)).is_err());
+        assert!(fleet.validate(&ConnectionId::new(&cid[..8])).is_err());
+    }
+
+    #[test]
+    fn a_reset_token_is_the_issuing_gateways_whoever_signs_it() {
+        let fleet = FleetKeys::derive(b"secret");
+        let cid = fleet.generator(1, ResetScope::Own).generate_cid();
+        let sign = |own_id: u16| {
+            let keys = ResetKeys {
+                own: fleet.reset_key(own_id),
+                own_id,
+                fleet: fleet.clone(),
+            };
+            let mut out = [0u8; 32];
+            keys.sign(&cid, &mut out);
+            assert!(keys.verify(&cid, &out).is_ok());
+            out
+        };
+        assert_eq!(
+            sign(1),
+            sign(2),
+            "gateway 2 signs gateway 1's token for its CID"
+        );
+        assert_ne!(
+            hmac::sign(&fleet.reset_key(1), &cid).as_ref(),
+            hmac::sign(&fleet.reset_key(2), &cid).as_ref()
         );
     }
 
     #[test]
-    fn cids_differ_and_the_reset_key_is_not_the_cid_key() {
+    fn cids_differ_and_the_reset_keys_are_not_the_cid_key() {
         let fleet = FleetKeys::derive(b"secret");
-        let mut generator = fleet.generator(1);
+        let mut generator = fleet.generator(1, ResetScope::Own);
         let (a, b) = (generator.generate_cid(), generator.generate_cid());
         assert_ne!(a, b);
         assert_eq!(server_id(&a), server_id(&b));
         assert_ne!(
-            hmac::sign(&fleet.reset, b"x").as_ref(),
+            hmac::sign(&fleet.reset_key(1), b"x").as_ref(),
             hmac::sign(&fleet.cid, b"x").as_ref()
         );
         assert_eq!(server_id(&[0u8; 8]), None);

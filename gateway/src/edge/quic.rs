@@ -14,7 +14,7 @@ use quinn::crypto::rustls::{HandshakeData, QuicServerConfig};
 use quinn::{Endpoint, IdleTimeout, TransportConfig, VarInt};
 use tokio_util::task::TaskTracker;
 
-use super::cid::FleetKeys;
+use super::cid::{FleetKeys, ResetScope};
 use super::tls::CertStore;
 use crate::config::Quic;
 use crate::metrics::{self, Handshake, Listener};
@@ -90,7 +90,14 @@ pub fn bind(
     let runtime =
         quinn::default_runtime().ok_or_else(|| anyhow::anyhow!("no async runtime for quinn"))?;
     Endpoint::new(
-        keys.endpoint_config(config.server_id),
+        keys.endpoint_config(
+            config.server_id.unwrap_or(0),
+            if config.reset_fleet {
+                ResetScope::Fleet
+            } else {
+                ResetScope::Own
+            },
+        ),
         Some(server),
         socket,
         runtime,
