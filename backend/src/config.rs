@@ -771,6 +771,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_read_replica_is_optional_and_its_url_checked() {
+        let url = ("HABERCI_DATABASE_URL", "postgres://x@y/z");
+        let api = ApiConfig::from_env(Env::from_pairs(&[url])).expect("no replica");
+        assert!(api.replica.is_none());
+        let pairs = [url, ("HABERCI_REPLICA_DATABASE_URL", "postgres://x@r/z")];
+        let replica = ApiConfig::from_env(Env::from_pairs(&pairs))
+            .expect("a replica")
+            .replica
+            .expect("configured");
+        assert_eq!(replica.max_staleness, crate::replica::DEFAULT_MAX_STALENESS);
+        let pairs = [
+            url,
+            ("HABERCI_REPLICA_DATABASE_URL", "mysql://x@r/z"),
+            ("HABERCI_REPLICA_MAX_STALENESS_MS", "soon"),
+        ];
+        let text = ApiConfig::from_env(Env::from_pairs(&pairs))
+            .expect_err("bad replica settings")
+            .to_string();
+        for needle in [
+            "HABERCI_REPLICA_DATABASE_URL must be a postgres:// URL",
+            "HABERCI_REPLICA_MAX_STALENESS_MS",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from {text}");
+        }
+    }
+
+    #[test]
     fn bad_settings_are_listed_together() {
         let pairs = [
             ("HABERCI_API_ADDR", "nowhere"),

@@ -1,8 +1,10 @@
 //! Reads that may lag, served by a streaming read replica while it is fresh enough.
 //!
-//! The api sends a few reads that a user would not miss a second of to the replica (older
-//! history pages, other users' follower lists and posts: docs/SCALING.md, "Postgres"); every
-//! write, and every read a user expects to show their own writes, stays on the primary.
+//! The api sends reads that may lag to the replica: older pages of a conversation's history,
+//! whose messages never change once stored (docs/OPERATIONS.md, "Read replica"). Every write,
+//! and every read that may show the user's own recent writes (lists filtered by blocks,
+//! `liked` flags, statuses), stays on the primary: a replica cannot tell whose writes it
+//! has not replayed yet.
 //!
 //! **Freshness is measured, not assumed.** Every [`CHECK_INTERVAL`] the watcher reads the
 //! primary's WAL position and remembers when it read it; it then reads how far the replica
@@ -98,20 +100,11 @@ impl Replicas {
             .map(|_| (replica, &replica.pool))
     }
 
-    /// Runs `read` on the replica if it is fresh, else on the primary; a read that fails on
-    /// the replica (it went down) runs again on the primary, and the replica gets no more
-    /// reads until the watcher sees it fresh again. Counted by the server that answered.
-    pub async fn stale_ok<T, F, Fut>(&self, read: F) -> Result<T, sqlx::Error>
-    where
-        F: Fn(PgPool) -> Fut,
-        Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
-    {
-        self.on_replica_if(|_| async { Ok(true) }, read).await
-    }
-
-    /// [`Replicas::stale_ok`] for a read that must also see what `complete` checks on the
-    /// replica first (e.g. a conversation's messages up to a seq); if it does not, the read
-    /// goes to the primary.
+    /// Runs `read` on the replica if it is fresh and `complete` (a check of what the read
+    /// needs, e.g. a conversation's messages up to a seq) holds there; else on the primary.
+    /// A read that fails on the replica (it went down) runs again on the primary, and the
+    /// replica gets no more reads until the watcher sees it fresh again. Counted by the
+    /// server that answered.
     pub async fn on_replica_if<T, C, CFut, F, Fut>(
         &self,
         complete: C,
@@ -209,6 +202,9 @@ impl Replicas {
 }
 
 /// The primary's WAL write position: every committed transaction's record is before it.
+/// Invariant: commits are synchronous (`synchronous_commit = on`, deploy/postgres): a
+/// transaction becomes visible only once its commit record is written, so before this
+/// position. A session with `synchronous_commit = off` would break the freshness argument.
 const PRIMARY_LSN: &str = "SELECT pg_current_wal_lsn()::text";
 /// How far a replica has replayed (NULL on a primary, which is then never fresh).
 const REPLAY_LSN: &str = "SELECT pg_last_wal_replay_lsn()::text";

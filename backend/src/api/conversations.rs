@@ -715,24 +715,24 @@ pub async fn history(
     // message before it: the page below a message the client has must have no hole. The
     // newest page is the primary's.
     let joined = membership.joined_seq;
-    let page = |db: sqlx::PgPool| async move {
-        let rows = store::history(&db, id, joined, before, limit).await?;
-        // The other members' watermarks matter only for my own messages; a big group pays
-        // for the scan of its members only when the page holds one.
-        let others = if rows.iter().any(|m| m.sender_id == me.user) {
-            store::others_watermarks(&db, id, me.user).await?
-        } else {
-            OthersWatermarks::default()
-        };
-        Ok::<_, sqlx::Error>((rows, others))
-    };
-    let (rows, others) = if before == i64::MAX {
-        page(state.db.clone()).await?
+    let rows = if before == i64::MAX {
+        store::history(&state.db, id, joined, before, limit).await?
     } else {
         state
             .reads
-            .on_replica_if(|replica| store::holds_seq(replica, id, before - 1), page)
+            .on_replica_if(
+                |replica| store::holds_seq(replica, id, before - 1),
+                |db| async move { store::history(&db, id, joined, before, limit).await },
+            )
             .await?
+    };
+    // The other members' watermarks matter only for my own messages; a big group pays for
+    // the scan of its members only when the page holds one. Always the primary's: a status
+    // must not go back from what the newest page showed.
+    let others = if rows.iter().any(|m| m.sender_id == me.user) {
+        store::others_watermarks(&state.db, id, me.user).await?
+    } else {
+        OthersWatermarks::default()
     };
     let pair = membership.pair();
     let messages = rows

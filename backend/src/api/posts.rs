@@ -956,19 +956,8 @@ pub async fn user_posts(
 ) -> Result<Json<PostPage>, ApiError> {
     let user = visible_user(&state, me.user, &username).await?;
     let limit = page_limit(&query)?;
-    // Another user's posts may lag a little (a replica's); my own must show my writes.
-    let before = before(&query)?;
-    let rows = if user.id == me.user {
-        store::profile_posts(&state.db, me.user, user.id, before, limit + 1).await?
-    } else {
-        let (viewer, author) = (me.user, user.id);
-        state
-            .reads
-            .stale_ok(|db| async move {
-                store::profile_posts(&db, viewer, author, before, limit + 1).await
-            })
-            .await?
-    };
+    let rows =
+        store::profile_posts(&state.db, me.user, user.id, before(&query)?, limit + 1).await?;
     Ok(Json(page_with_media(&state, post_page(rows, limit)).await?))
 }
 

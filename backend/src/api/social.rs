@@ -144,17 +144,7 @@ async fn user_page(
 ) -> Result<UserPage, ApiError> {
     let limit = page_limit(query)?;
     let after = query.text("cursor").map(cursor::decode_time).transpose()?;
-    // Another user's followers and following may lag a little (a replica's); lists of my
-    // own, and likers (which may hold my own like), must show my writes.
-    let mut rows = match list {
-        UserList::Followers(user) | UserList::Following(user) if user != me => {
-            state
-                .reads
-                .stale_ok(|db| async move { store::users(&db, me, list, after, limit + 1).await })
-                .await?
-        }
-        _ => store::users(&state.db, me, list, after, limit + 1).await?,
-    };
+    let mut rows = store::users(&state.db, me, list, after, limit + 1).await?;
     let more = rows.len() > usize::try_from(limit).unwrap_or(0);
     rows.truncate(usize::try_from(limit).unwrap_or(0));
     let next_cursor = more.then(|| rows.last()).flatten().map(|u| {
