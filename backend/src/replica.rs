@@ -41,9 +41,65 @@ pub struct Replicas {
 
 struct Replica {
     pool: PgPool,
+    freshness: Mutex<Freshness>,
+}
+
+/// What is known of a replica's freshness: the decision alone, fed by [`Replicas::watch`]
+/// (no I/O, no clock of its own).
+#[derive(Debug)]
+struct Freshness {
     max_staleness: Duration,
+    /// Primary positions and when they were read, oldest first; older than the bound they can
+    /// no longer make the replica fresh, so they are dropped.
+    samples: VecDeque<(Instant, u64)>,
     /// Everything the primary committed before this instant is on the replica.
-    fresh_as_of: Mutex<Option<Instant>>,
+    fresh_as_of: Option<Instant>,
+}
+
+impl Freshness {
+    fn new(max_staleness: Duration) -> Freshness {
+        Freshness {
+            max_staleness,
+            samples: VecDeque::new(),
+            fresh_as_of: None,
+        }
+    }
+
+    /// The primary's WAL position `lsn`, read at `at`.
+    fn primary_at(&mut self, at: Instant, lsn: u64) {
+        self.samples.push_back((at, lsn));
+        while self
+            .samples
+            .front()
+            .is_some_and(|(t, _)| at.saturating_duration_since(*t) > self.max_staleness)
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    /// The replica has replayed up to `lsn`: it holds what the primary had committed when it
+    /// was at any sampled position up to there.
+    fn replayed(&mut self, lsn: u64) {
+        if let Some((t, _)) = self.samples.iter().rev().find(|(_, at)| *at <= lsn)
+            && self.fresh_as_of.is_none_or(|old| *t > old)
+        {
+            self.fresh_as_of = Some(*t);
+        }
+    }
+
+    /// A read of the replica failed: no more reads until it is seen fresh again.
+    fn failed(&mut self) {
+        self.fresh_as_of = None;
+    }
+
+    /// How old the replica's data may be at `now` (`None`: unknown, never fresh).
+    fn staleness(&self, now: Instant) -> Option<Duration> {
+        self.fresh_as_of.map(|t| now.saturating_duration_since(t))
+    }
+
+    fn fresh(&self, now: Instant) -> bool {
+        self.staleness(now).is_some_and(|s| s <= self.max_staleness)
+    }
 }
 
 /// Which server answered a read.
@@ -78,8 +134,7 @@ impl Replicas {
             primary,
             replica: Some(Arc::new(Replica {
                 pool: replica,
-                max_staleness,
-                fresh_as_of: Mutex::new(None),
+                freshness: Mutex::new(Freshness::new(max_staleness)),
             })),
         }
     }
@@ -91,13 +146,10 @@ impl Replicas {
     /// The replica, if it is fresh now; `None` sends the read to the primary.
     fn fresh_replica(&self) -> Option<(&Replica, &PgPool)> {
         let replica = self.replica.as_deref()?;
-        let fresh_as_of = *replica
-            .fresh_as_of
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        fresh_as_of
-            .filter(|t| t.elapsed() <= replica.max_staleness)
-            .map(|_| (replica, &replica.pool))
+        replica
+            .freshness()
+            .fresh(Instant::now())
+            .then_some((replica, &replica.pool))
     }
 
     /// Runs `read` on the replica if it is fresh and `complete` (a check of what the read
@@ -136,10 +188,7 @@ impl Replicas {
                 }
                 Some(Err(err)) => {
                     tracing::warn!(error = %err, "a replica read failed; reading the primary");
-                    *replica
-                        .fresh_as_of
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner) = None;
+                    replica.freshness().failed();
                 }
                 None => {}
             }
@@ -154,9 +203,6 @@ impl Replicas {
         let Some(replica) = self.replica.clone() else {
             return;
         };
-        // Primary positions and when they were read, oldest first; older than the bound they
-        // can no longer make the replica fresh, so they are dropped.
-        let mut samples: VecDeque<(Instant, u64)> = VecDeque::new();
         let mut tick = tokio::time::interval(CHECK_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -168,36 +214,30 @@ impl Replicas {
             match tokio::time::timeout(CHECK_TIMEOUT, wal_position(&self.primary, PRIMARY_LSN))
                 .await
             {
-                Ok(Ok(lsn)) => samples.push_back((sampled_at, lsn)),
+                Ok(Ok(lsn)) => replica.freshness().primary_at(sampled_at, lsn),
                 Ok(Err(err)) => tracing::debug!(error = %err, "primary WAL position"),
                 Err(_) => tracing::debug!("primary WAL position: timed out"),
             }
-            while samples
-                .front()
-                .is_some_and(|(t, _)| t.elapsed() > replica.max_staleness)
+            match tokio::time::timeout(CHECK_TIMEOUT, wal_position(&replica.pool, REPLAY_LSN)).await
             {
-                samples.pop_front();
-            }
-            let replayed =
-                tokio::time::timeout(CHECK_TIMEOUT, wal_position(&replica.pool, REPLAY_LSN)).await;
-            let mut fresh_as_of = replica
-                .fresh_as_of
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            match replayed {
-                Ok(Ok(replayed)) => {
-                    if let Some((t, _)) = samples.iter().rev().find(|(_, lsn)| *lsn <= replayed) {
-                        if fresh_as_of.is_none_or(|old| *t > old) {
-                            *fresh_as_of = Some(*t);
-                        }
-                    }
-                }
+                Ok(Ok(lsn)) => replica.freshness().replayed(lsn),
                 Ok(Err(err)) => tracing::debug!(error = %err, "replica replay position"),
                 Err(_) => tracing::debug!("replica replay position: timed out"),
             }
-            let staleness = fresh_as_of.map_or(f64::INFINITY, |t| t.elapsed().as_secs_f64());
+            let staleness = replica
+                .freshness()
+                .staleness(Instant::now())
+                .map_or(f64::INFINITY, |s| s.as_secs_f64());
             metrics::gauge!("haberci_db_replica_staleness_seconds").set(staleness);
         }
+    }
+}
+
+impl Replica {
+    fn freshness(&self) -> std::sync::MutexGuard<'_, Freshness> {
+        self.freshness
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -229,6 +269,71 @@ fn count(server: Server) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const BOUND: Duration = Duration::from_secs(2);
+
+    fn ms(t0: Instant, ms: u64) -> Instant {
+        t0 + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn a_replica_is_fresh_as_of_the_newest_primary_position_it_has_replayed() {
+        let t0 = Instant::now();
+        let mut f = Freshness::new(BOUND);
+        assert!(!f.fresh(t0), "unknown until seen");
+        f.primary_at(t0, 100);
+        f.primary_at(ms(t0, 250), 200);
+        f.replayed(150);
+        assert_eq!(f.staleness(ms(t0, 500)), Some(Duration::from_millis(500)));
+        f.replayed(200);
+        assert_eq!(f.staleness(ms(t0, 500)), Some(Duration::from_millis(250)));
+        // A lower replay position later (a restarted replica) never moves it back.
+        f.replayed(100);
+        assert_eq!(f.staleness(ms(t0, 500)), Some(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn an_idle_primary_keeps_a_caught_up_replica_fresh() {
+        let t0 = Instant::now();
+        let mut f = Freshness::new(BOUND);
+        for i in 0..20 {
+            f.primary_at(ms(t0, 250 * i), 100);
+            f.replayed(100);
+        }
+        assert!(f.fresh(ms(t0, 250 * 19)));
+    }
+
+    #[test]
+    fn a_replica_that_stops_replaying_is_fresh_until_the_bound_and_not_beyond() {
+        let t0 = Instant::now();
+        let mut f = Freshness::new(BOUND);
+        f.primary_at(t0, 100);
+        f.replayed(100);
+        for i in 1..=12 {
+            f.primary_at(ms(t0, 250 * i), 100 + i);
+            f.replayed(100);
+        }
+        assert!(f.fresh(ms(t0, 2_000)));
+        assert!(!f.fresh(ms(t0, 2_001)));
+        // Samples past the bound are dropped: only recent ones can make it fresh again.
+        assert!(f.samples.iter().all(|(t, _)| *t >= ms(t0, 1_000)));
+        f.replayed(112);
+        assert!(f.fresh(ms(t0, 3_000)));
+    }
+
+    #[test]
+    fn a_failed_read_distrusts_the_replica_until_it_is_seen_fresh_again() {
+        let t0 = Instant::now();
+        let mut f = Freshness::new(BOUND);
+        f.primary_at(t0, 100);
+        f.replayed(100);
+        f.failed();
+        assert!(!f.fresh(t0));
+        assert_eq!(f.staleness(t0), None);
+        f.primary_at(ms(t0, 250), 100);
+        f.replayed(100);
+        assert!(f.fresh(ms(t0, 250)));
+    }
 
     #[test]
     fn wal_positions_compare_as_numbers() {
