@@ -139,10 +139,6 @@ impl Replicas {
         }
     }
 
-    pub fn primary(&self) -> &PgPool {
-        &self.primary
-    }
-
     /// The replica, if it is fresh now; `None` sends the read to the primary.
     fn fresh_replica(&self) -> Option<(&Replica, &PgPool)> {
         let replica = self.replica.as_deref()?;

@@ -266,20 +266,17 @@ async fn a_gateway_restarted_after_a_crash_resets_the_quic_connections_it_lost()
     config.ping_interval = Duration::ZERO;
     let alice = Peer::connect(&alice_user, config).await;
     alice.reconnect_automatically(vec![cluster.gateways[0].transport(TransportKind::Quic)]);
-    let to_bob = |text: &str| {
-        haberci_client::message(
-            Recipient::User(bob_user.id),
-            MessageKind::Text,
-            text.to_owned(),
-        )
-    };
-    let first = alice.send_reliably(to_bob("before the crash")).await;
+    let first = alice
+        .send_reliably(support::text_to(&bob_user, "before the crash"))
+        .await;
 
     cluster.kill_gateway(0).await;
     cluster.restart_gateway(0).await;
     // Goes out on the old connection; the answer is the reset, then the same send again on a
     // new connection.
-    let second = alice.send_reliably(to_bob("after the restart")).await;
+    let second = alice
+        .send_reliably(support::text_to(&bob_user, "after the restart"))
+        .await;
 
     let log = alice.log();
     assert_eq!(

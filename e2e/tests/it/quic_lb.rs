@@ -6,14 +6,13 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use haberci_client::{Disconnect, MessageKind, Recipient, SendMessage, Transport};
+use haberci_client::{Disconnect, Transport};
 use haberci_testkit::TransportKind;
 
 use crate::balancer::QuicBalancer;
 use crate::peer::{Peer, Retry};
-use haberci_testkit::User;
 
-use crate::support::{Cluster, GatewayProcess};
+use crate::support::{Cluster, GatewayProcess, text_to};
 
 async fn balancer_for(cluster: &Cluster) -> QuicBalancer {
     QuicBalancer::start(
@@ -31,10 +30,6 @@ fn through(balancer: &QuicBalancer) -> Transport {
     Transport::Quic {
         addr: balancer.addr.to_string(),
     }
-}
-
-fn text_to(user: &User, text: &str) -> SendMessage {
-    haberci_client::message(Recipient::User(user.id), MessageKind::Text, text.to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,14 +6,14 @@
 //! from its `/metrics`). The test makes the replica fall behind by pausing its WAL replay
 //! (`pg_wal_replay_pause()`).
 
-use haberci_client::{ConversationId, MessageKind, Recipient};
+use haberci_client::ConversationId;
 use haberci_testkit::{TransportKind, User};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::peer::Peer;
 use crate::private_pg::Postgres;
-use crate::support::{Cluster, REPLICA_MAX_STALENESS, TIMEOUT};
+use crate::support::{Cluster, REPLICA_MAX_STALENESS, TIMEOUT, text_to};
 
 fn replica(cluster: &Cluster) -> &Postgres {
     cluster
@@ -106,11 +106,7 @@ async fn conversation_of(cluster: &Cluster, n: u32) -> (Peer, User, Conversation
     .await;
     let mut conversation = None;
     for i in 1..=n {
-        let message = haberci_client::message(
-            Recipient::User(bob_user.id),
-            MessageKind::Text,
-            format!("message {i}"),
-        );
+        let message = text_to(&bob_user, format!("message {i}"));
         conversation = Some(alice.send_reliably(message).await.conversation_id);
     }
     let conversation = conversation.expect("a conversation");
@@ -172,12 +168,9 @@ async fn an_older_history_page_comes_from_a_fresh_replica_and_never_with_a_hole(
 
     pause_replay(replica(&cluster)).await;
     for i in 4..=6 {
-        let message = haberci_client::message(
-            Recipient::User(bob.id),
-            MessageKind::Text,
-            format!("message {i}"),
-        );
-        alice.send_reliably(message).await;
+        alice
+            .send_reliably(text_to(&bob, format!("message {i}")))
+            .await;
     }
     // The page below seq 6 holds 5 and 4, which only the primary has: the primary answers.
     let (replica_before, primary_before) = stale_reads(&mut cluster).await;
@@ -203,12 +196,7 @@ async fn a_replica_that_stops_replaying_answers_within_the_bound_and_not_beyond(
     pause_replay(replica(&cluster)).await;
     // A write the replica does not replay: from here on it falls behind (a replica of a
     // primary that writes nothing is never stale).
-    let message = haberci_client::message(
-        Recipient::User(bob.id),
-        MessageKind::Text,
-        "not replayed".to_owned(),
-    );
-    alice.send_reliably(message).await;
+    alice.send_reliably(text_to(&bob, "not replayed")).await;
     // Until the replica's data is older than the bound the replica answers, then the primary.
     let deadline = tokio::time::Instant::now() + REPLICA_MAX_STALENESS + TIMEOUT;
     loop {

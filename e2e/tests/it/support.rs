@@ -967,6 +967,15 @@ impl Cluster {
 }
 
 /// How many rows `messages` holds for each `client_msg_id` of `sender`.
+/// A text message from whoever sends it to `user`.
+pub fn text_to(user: &User, text: impl Into<String>) -> haberci_client::SendMessage {
+    haberci_client::message(
+        haberci_client::Recipient::User(user.id),
+        haberci_client::MessageKind::Text,
+        text,
+    )
+}
+
 pub async fn stored_per_client_msg_id(
     db: &sqlx::PgPool,
     sender: UserId,
