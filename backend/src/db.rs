@@ -25,6 +25,25 @@ pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The embedded migrations from `migrations/` at the workspace root.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
+/// The migration that stages the partitioned `messages` ([`crate::partitioning`]).
+pub const PARTITIONING_MIGRATION: i64 = 20261205000003;
+
+/// The embedded migrations older than `version`: a database as a release before it left it
+/// (the partitioning test and the `db` bench start from the schema before
+/// [`PARTITIONING_MIGRATION`]).
+pub fn migrator_before(version: i64) -> sqlx::migrate::Migrator {
+    sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(
+            MIGRATOR
+                .iter()
+                .filter(|m| m.version < version)
+                .cloned()
+                .collect(),
+        ),
+        ..sqlx::migrate::Migrator::DEFAULT
+    }
+}
+
 /// A pool to PgBouncer. Connections are opened lazily so a process can start (and say it is not
 /// ready) while the database is still coming up.
 pub fn connect_pool(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {

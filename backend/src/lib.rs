@@ -1,4 +1,4 @@
-//! Haberci's backend tier. One binary, `haberci-backend`, with four subcommands:
+//! Haberci's backend tier. One binary, `haberci-backend`, with five subcommands:
 //!
 //! - `api` ([`api::run`]): the HTTP JSON API, built as [`api::app`] so tests drive the router
 //!   without a socket. Reached by clients only through a gateway, which proxies `/v1/*` to it.
@@ -7,6 +7,8 @@
 //!   refresh tokens ([`auth::sessions::prune`]).
 //! - `migrate` ([`db::migrate`]): applies `migrations/` directly to Postgres (never through
 //!   PgBouncer: DDL and advisory locks need a real session).
+//! - `partition-messages` ([`partitioning::run`]): the online copy and swap that finish the
+//!   move of `messages` to a partitioned table on a database that already holds messages.
 //! - `keys` ([`auth::keys::ensure_key`], [`auth::keys::add_key`]): the access-token signing keys.
 //!
 //! Ids are `haberci_wire`'s newtypes (`UserId`, `ConversationId`, `PostId`, …) everywhere, in
@@ -35,6 +37,7 @@ pub mod media;
 pub mod messaging;
 pub mod metrics;
 pub mod migration_rules;
+pub mod partitioning;
 pub mod redis;
 pub mod replica;
 pub mod social;

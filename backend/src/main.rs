@@ -1,4 +1,4 @@
-//! `haberci-backend api | worker | migrate | keys`. Parses the command line and config, sets
+//! `haberci-backend api | worker | migrate | partition-messages | keys`. Parses the command line and config, sets
 //! up logging and the runtime, and calls into the library.
 
 use std::future::Future;
@@ -28,6 +28,13 @@ enum Command {
     Worker,
     /// Apply database migrations directly to Postgres.
     Migrate,
+    /// Copy `messages` into its partitioned table and swap them, while the service runs
+    /// (after `migrate`; docs/OPERATIONS.md "Partitioned messages").
+    PartitionMessages {
+        /// Rows per copy statement.
+        #[arg(long, default_value_t = haberci_backend::partitioning::DEFAULT_BATCH_ROWS)]
+        batch_rows: i64,
+    },
     /// Manage the Ed25519 keys that sign access tokens.
     Keys {
         #[command(subcommand)]
@@ -59,6 +66,11 @@ fn main() -> ExitCode {
             haberci_backend::worker::run(config, haberci_kit::shutdown::on_signals())
         }),
         Command::Migrate => start(MigrateConfig::from_env, migrate),
+        Command::PartitionMessages { batch_rows } => {
+            start(MigrateConfig::from_env, move |config| {
+                partition_messages(config, batch_rows)
+            })
+        }
         // No runtime and no logging: a file or an error, printed.
         Command::Keys { command } => run_keys(&command),
     }
@@ -112,6 +124,25 @@ async fn migrate(config: MigrateConfig) -> anyhow::Result<()> {
     let applied = haberci_backend::db::migrate(&config.database_url).await?;
     tracing::info!(applied, "migrations up to date");
     println!("migrations: {applied} applied");
+    Ok(())
+}
+
+async fn partition_messages(config: MigrateConfig, batch_rows: i64) -> anyhow::Result<()> {
+    let report = haberci_backend::partitioning::run(&config.database_url, batch_rows).await?;
+    if report.swap_attempts == 0 {
+        println!("partition-messages: `messages` is already partitioned");
+    } else {
+        println!(
+            "partition-messages: {} rows copied in {} batches ({:.1} s), checked in {:.1} s, \
+             swapped in {} ms ({} attempt(s)); the old table is `messages_legacy`",
+            report.rows,
+            report.batches,
+            report.copy.as_secs_f64(),
+            report.check.as_secs_f64(),
+            report.swap.as_millis(),
+            report.swap_attempts
+        );
+    }
     Ok(())
 }
 

@@ -24,7 +24,12 @@
 //!    (ms) comes with this statement: read after the lock, timestamps never go backwards
 //!    along a conversation's seqs. Then group membership (one statement, group sends only)
 //!    and media uploads (one statement, 4b, media sends only).
-//! 5. Seqs `last_seq + 1 …` in entry order; the messages inserted, `last_seq` updated and
+//!    The lookup reads the view `message_originals` (`message_keys`, then the message's
+//!    partition), so it does not depend on whether `messages` is partitioned yet (the
+//!    migration `20261205000003_partitioned_messages.sql`).
+//! 5. Seqs `last_seq + 1 …` in entry order; the messages inserted with their idempotency keys
+//!    (`message_keys`, whose primary key is the cross-conversation uniqueness), `last_seq`
+//!    updated and
 //! 6. the receipts' `delivered_seq`/`read_seq` raised (never lowered, clamped to `last_seq`),
 //!    all in one statement of data-modifying CTEs. A batch of receipts alone is that one
 //!    statement with no explicit transaction.
@@ -332,7 +337,7 @@ async fn originals_and_clock(
          FROM (SELECT date_trunc('milliseconds', clock_timestamp()) AS at) AS now
          LEFT JOIN (
            SELECT m.sender_id, m.client_msg_id, m.conversation_id, m.seq, m.id, m.created_at
-           FROM messages m
+           FROM message_originals m
            JOIN unnest($1::uuid[], $2::uuid[]) AS t(sender, client_msg_id)
              ON m.sender_id = t.sender AND m.client_msg_id = t.client_msg_id
          ) AS o ON true",
@@ -579,6 +584,9 @@ async fn write(
            SELECT n.*, $11
            FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[], $5::uuid[],
                        $6::text[], $7::text[], $8::uuid[], $9::text[], $10::bigint[]) AS n
+         ), keyed AS (
+           INSERT INTO message_keys (sender_id, client_msg_id, conversation_id, seq)
+           SELECT * FROM unnest($4::uuid[], $5::uuid[], $1::uuid[], $2::bigint[])
          ), numbered AS (
            UPDATE conversations c SET last_seq = l.last_seq
            FROM unnest($12::uuid[], $13::bigint[]) AS l(id, last_seq)

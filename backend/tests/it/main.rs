@@ -19,6 +19,7 @@ mod ids;
 mod internal_sync;
 mod media;
 mod migrations;
+mod partitioning;
 mod pgbouncer_safety;
 mod redis_outage;
 mod social;

@@ -11,11 +11,18 @@
 //!    messages stored per second and commit latency, on top of the big table;
 //! 3. **history queries**: `HISTORY_SQL` (`GET /v1/conversations/{id}/messages?before&limit`)
 //!    through PgBouncer, on random conversations, newest page and random pages.
+//!
+//! With `--online-partition` the history table is generated in the layout before the
+//! partitioned `messages` (the migrations older than `db::PARTITIONING_MIGRATION`); then the
+//! staging migration runs and `partition-messages` (`haberci_backend::partitioning::run`)
+//! moves it while `--writers` commit batches of the first `--batch-sizes` all along, and the
+//! phases above run on the partitioned table. The report says how long the move took and what
+//! the writers' commits saw during it.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -75,6 +82,12 @@ pub struct DbArgs {
     /// Keep the database (named after its size) and reuse it next time.
     #[arg(long)]
     pub keep: bool,
+    /// Generate the table in the layout before partitioning and move it online (see above).
+    #[arg(long, conflicts_with = "keep")]
+    pub online_partition: bool,
+    /// Rows per copy statement of the online move.
+    #[arg(long, default_value_t = haberci_backend::partitioning::DEFAULT_BATCH_ROWS)]
+    pub partition_batch_rows: i64,
 }
 
 /// `url` with its database name replaced.
@@ -128,11 +141,28 @@ pub struct DbFigures {
     pub inserts: Vec<InsertFigures>,
     pub queries: Vec<QueryFigures>,
     pub history_plan: String,
+    pub partition: Option<PartitionFigures>,
+}
+
+/// The online move (`--online-partition`).
+#[derive(Debug, Serialize)]
+pub struct PartitionFigures {
+    pub rows_copied: u64,
+    pub batches: u64,
+    pub copy_seconds: f64,
+    pub check_seconds: f64,
+    pub swap_ms: f64,
+    pub swap_attempts: u32,
+    /// The writers' commits from the staging migration to the end of the move.
+    pub during: InsertFigures,
 }
 
 impl DbFigures {
     pub fn counts_add_up(&self, args: &DbArgs) -> bool {
-        self.messages_in_table >= args.messages as i64
+        self.partition
+            .as_ref()
+            .is_none_or(|p| p.rows_copied >= args.messages && p.during.failed_batches == 0)
+            && self.messages_in_table >= args.messages as i64
             && self
                 .inserts
                 .iter()
@@ -184,6 +214,8 @@ async fn generate(
     .bind(conversations)
     .execute(&mut *conn)
     .await?;
+    let partitioned = haberci_backend::partitioning::layout(conn).await?
+        == haberci_backend::partitioning::Layout::Partitioned;
     let kept = constraints(conn).await?;
     for (name, _) in &kept {
         sqlx::query(&format!("ALTER TABLE messages DROP CONSTRAINT {name}"))
@@ -217,6 +249,16 @@ async fn generate(
         .execute(&mut *conn)
         .await?;
         progress.inc(part.len() as u64 * per as u64);
+    }
+    if partitioned {
+        // The idempotency keys, as the worker writes them (the old layout keeps them in its
+        // unique constraint; the online move copies them).
+        sqlx::query(
+            "INSERT INTO message_keys (sender_id, client_msg_id, conversation_id, seq)
+             SELECT sender_id, client_msg_id, conversation_id, seq FROM messages",
+        )
+        .execute(&mut *conn)
+        .await?;
     }
     progress.set_message("constraints and indexes");
     for (name, definition) in &kept {
@@ -265,11 +307,28 @@ async fn insert_users(conn: &mut PgConnection, n: usize) -> anyhow::Result<Vec<U
 
 const PAIRS_PER_WRITER: usize = 50;
 
+/// When an insert phase ends.
+#[derive(Clone)]
+enum Until {
+    Time(Instant),
+    Flag(Arc<AtomicBool>),
+}
+
+impl Until {
+    fn reached(&self) -> bool {
+        match self {
+            Until::Time(at) => Instant::now() >= *at,
+            Until::Flag(flag) => flag.load(Ordering::Acquire),
+        }
+    }
+}
+
 async fn insert_phase(
     pool: &PgPool,
     users: &[UserId],
     args: &DbArgs,
     batch: usize,
+    until: Until,
     servers: &ServerSet,
     progress: &indicatif::ProgressBar,
 ) -> anyhow::Result<InsertFigures> {
@@ -277,7 +336,6 @@ async fn insert_phase(
     let cpu_before = servers.cpu();
     let stored = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let until = started + Duration::from_secs_f64(args.insert_seconds);
     let mut tasks = Vec::new();
     for w in 0..args.writers.max(1) {
         let pairs: Vec<(UserId, UserId)> = (0..PAIRS_PER_WRITER)
@@ -286,12 +344,17 @@ async fn insert_phase(
                 (users[i], users[i + 1])
             })
             .collect();
-        let (pool, stored, progress) = (pool.clone(), stored.clone(), progress.clone());
+        let (pool, stored, progress, until) = (
+            pool.clone(),
+            stored.clone(),
+            progress.clone(),
+            until.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut commit = Latency::new();
             let (mut batches, mut refused, mut failed) = (0u64, 0u64, 0u64);
             let mut next = 0usize;
-            while Instant::now() < until {
+            while !until.reached() {
                 let sends: Vec<SendRequest> = (0..batch)
                     .map(|_| {
                         let (a, b) = pairs[next % pairs.len()];
@@ -457,7 +520,9 @@ pub async fn db(args: DbArgs) -> anyhow::Result<bool> {
     let load_before = crate::sampling::procfs::load_average();
     let servers = ServerSet::discover(&target.dev_dir, &target.server_pids)?;
     let multi = report::progress();
-    let database = if args.keep {
+    let database = if args.online_partition {
+        format!("haberci_bench_online_{}", Uuid::new_v4().simple())
+    } else if args.keep {
         format!("haberci_bench_history_{}", args.messages)
     } else {
         format!("haberci_bench_{}", Uuid::new_v4().simple())
@@ -534,10 +599,17 @@ async fn run(
     servers: &ServerSet,
     multi: &indicatif::MultiProgress,
 ) -> anyhow::Result<DbFigures> {
-    haberci_backend::db::migrate(direct)
-        .await
-        .with_context(|| format!("migrating {database}"))?;
     let mut conn = PgConnection::connect(direct).await?;
+    if args.online_partition {
+        haberci_backend::db::migrator_before(haberci_backend::db::PARTITIONING_MIGRATION)
+            .run(&mut conn)
+            .await
+            .with_context(|| format!("migrating {database} to the layout before partitioning"))?;
+    } else {
+        haberci_backend::db::migrate(direct)
+            .await
+            .with_context(|| format!("migrating {database}"))?;
+    }
     let complete: Option<i64> = sqlx::query_scalar(
         "SELECT messages FROM bench_meta WHERE to_regclass('bench_meta') IS NOT NULL",
     )
@@ -571,10 +643,16 @@ async fn run(
         (args.writers.max(args.query_concurrency) + 2) as u32,
     )?;
     let users = insert_users(&mut conn, 2 * PAIRS_PER_WRITER * args.writers.max(1)).await?;
+    let partition = if args.online_partition {
+        Some(move_online(direct, &pool, &users, args, servers, multi).await?)
+    } else {
+        None
+    };
     let mut inserts = Vec::new();
     for &batch in &args.batch_sizes {
         let progress = bar(multi, 0, &format!("batch {batch}"));
-        let figures = insert_phase(&pool, &users, args, batch, servers, &progress).await?;
+        let until = Until::Time(Instant::now() + Duration::from_secs_f64(args.insert_seconds));
+        let figures = insert_phase(&pool, &users, args, batch, until, servers, &progress).await?;
         progress.finish_with_message(format!("{:.0} messages/s", figures.messages_per_sec));
         inserts.push(figures);
     }
@@ -606,9 +684,12 @@ async fn run(
     )
     .fetch_one(&mut conn)
     .await?;
-    let table_bytes: i64 = sqlx::query_scalar("SELECT pg_total_relation_size('messages')")
-        .fetch_one(&mut conn)
-        .await?;
+    // A partitioned table's own size is zero: its partitions hold the rows.
+    let table_bytes: i64 = sqlx::query_scalar(
+        "SELECT sum(pg_total_relation_size(relid))::bigint FROM pg_partition_tree('messages')",
+    )
+    .fetch_one(&mut conn)
+    .await?;
     pool.close().await;
     let _ = conn.close().await;
     Ok(DbFigures {
@@ -621,6 +702,54 @@ async fn run(
         inserts,
         queries,
         history_plan: plan.join("\n"),
+        partition,
+    })
+}
+
+/// `--online-partition`: the staging migration, then the move, with writers committing until
+/// it is done.
+async fn move_online(
+    direct: &str,
+    pool: &PgPool,
+    users: &[UserId],
+    args: &DbArgs,
+    servers: &ServerSet,
+    multi: &indicatif::MultiProgress,
+) -> anyhow::Result<PartitionFigures> {
+    let done = Arc::new(AtomicBool::new(false));
+    let progress = bar(multi, 0, "writes during the move");
+    let batch = args.batch_sizes.first().copied().unwrap_or(1);
+    let writers = insert_phase(
+        pool,
+        users,
+        args,
+        batch,
+        Until::Flag(done.clone()),
+        servers,
+        &progress,
+    );
+    let moved = async {
+        let staged = haberci_backend::db::migrate(direct).await;
+        let moved = match staged {
+            Ok(_) => haberci_backend::partitioning::run(direct, args.partition_batch_rows)
+                .await
+                .map_err(anyhow::Error::from),
+            Err(err) => Err(anyhow::Error::from(err)),
+        };
+        done.store(true, Ordering::Release);
+        moved
+    };
+    let (during, report) = tokio::join!(writers, moved);
+    let (during, report) = (during?, report.context("the online move")?);
+    progress.finish_with_message(format!("{} stored", during.stored));
+    Ok(PartitionFigures {
+        rows_copied: report.rows,
+        batches: report.batches,
+        copy_seconds: report.copy.as_secs_f64(),
+        check_seconds: report.check.as_secs_f64(),
+        swap_ms: report.swap.as_secs_f64() * 1000.0,
+        swap_attempts: report.swap_attempts,
+        during,
     })
 }
 
@@ -684,6 +813,29 @@ fn markdown(args: &DbArgs, f: &DbFigures, machine: &Machine) -> String {
         );
     }
     let _ = writeln!(md, "\n```\n{}\n```", f.history_plan);
+    if let Some(p) = &f.partition {
+        let d = &p.during;
+        let _ = writeln!(
+            md,
+            "\nOnline move to the partitioned table (`partition-messages`, {} rows per batch): {} rows copied in {} batches in {:.1} s, checked in {:.1} s, swapped in {:.1} ms ({} attempt(s)). Meanwhile {} writer(s) committed batches of {}: {} messages in {:.1} s ({:.0}/s), commit p50 {:.2} ms, p99 {:.2} ms, max **{:.1} ms**, {} failed batches.",
+            args.partition_batch_rows,
+            p.rows_copied,
+            p.batches,
+            p.copy_seconds,
+            p.check_seconds,
+            p.swap_ms,
+            p.swap_attempts,
+            d.writers,
+            d.batch_size,
+            d.stored,
+            d.seconds,
+            d.messages_per_sec,
+            d.commit.p50_ms,
+            d.commit.p99_ms,
+            d.commit.max_ms,
+            d.failed_batches
+        );
+    }
     md
 }
 
