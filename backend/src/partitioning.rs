@@ -9,8 +9,8 @@
 //!    here is `ON CONFLICT DO NOTHING`, so the two never collide.
 //! 2. **check** that no row of today's table is missing from the partitioned one or from
 //!    `message_keys` (one scan, no lock that blocks writes);
-//! 3. **swap** the tables in one transaction under `lock_timeout`
-//!    ([`SWAP_LOCK_TIMEOUT`]): a few catalog changes, retried if the locks are not had in time.
+//! 3. **swap** the tables in one transaction under a short `lock_timeout`
+//!    ([`SWAP_LOCK_TIMEOUT`]): a few catalog changes, retried until the locks are had.
 //!
 //! Invariant: after the copy, every committed row of today's table is in the partitioned one —
 //! copied, or inserted by the trigger in the transaction that stored it — and cascaded deletes
@@ -26,11 +26,21 @@ use uuid::Uuid;
 /// that a batch holds its row locks (the foreign keys' `KEY SHARE` on conversations) briefly.
 pub const DEFAULT_BATCH_ROWS: i64 = 5_000;
 
-/// How long the swap waits for its locks before giving up (and trying again).
-pub const SWAP_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '2s'";
+/// How long the swap waits for its locks before giving up and trying again. Shorter than
+/// Postgres's `deadlock_timeout` (1 s) on purpose: a worker transaction that read `messages`
+/// (its idempotency lookup) and then inserts into it queues behind the swap's request, a
+/// deadlock Postgres would break by aborting one of the two after 1 s. The swap gives up first,
+/// so no worker transaction fails; a worker waits at most this long.
+pub const SWAP_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '50ms'";
 
-/// Swap attempts before the command fails (each waits up to [`SWAP_LOCK_TIMEOUT`]).
-pub const SWAP_ATTEMPTS: u32 = 5;
+/// Swap attempts before the command fails, [`SWAP_RETRY_PAUSE`] apart.
+pub const SWAP_ATTEMPTS: u32 = 100;
+
+/// Between two swap attempts: the writers' queue drains.
+pub const SWAP_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// The advisory lock a run holds (any constant unique to this command).
+const RUN_LOCK: i64 = 0x6861_6265_7263_6970; // "habercip"
 
 /// Which layout the database has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +75,8 @@ pub enum Error {
          nothing was swapped (run again: the copy resumes)"
     )]
     Missing(i64),
+    #[error("another partition-messages is running on this database")]
+    Running,
     #[error("the swap did not get its locks in {SWAP_ATTEMPTS} attempts; nothing was swapped")]
     Locked,
     #[error(transparent)]
@@ -94,6 +106,14 @@ pub async fn run(url: &str, batch_rows: i64) -> Result<Report, Error> {
         .log_slow_statements(tracing::log::LevelFilter::Off, Duration::ZERO);
     let mut conn = PgConnection::connect_with(&options).await?;
     let mut report = Report::default();
+    // One run at a time (the lock is the session's: it ends with the connection).
+    let alone: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(RUN_LOCK)
+        .fetch_one(&mut conn)
+        .await?;
+    if !alone {
+        return Err(Error::Running);
+    }
     match layout(&mut conn).await? {
         Layout::Partitioned => return Ok(report),
         Layout::Unmigrated => return Err(Error::Unmigrated),
@@ -180,15 +200,19 @@ async fn copy(conn: &mut PgConnection, batch_rows: i64, report: &mut Report) -> 
     }
 }
 
-/// Rows of the old table without their copy or their key.
+/// Rows of the old table without their copy or their key. Two anti-joins, not one scan with
+/// `NOT EXISTS … OR NOT EXISTS`: that form cannot be planned as a join, and probed both tables
+/// once per row (10M rows: minutes).
 async fn missing(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT count(*) FROM messages l
-         WHERE NOT EXISTS (SELECT 1 FROM messages_partitioned p
-                           WHERE p.conversation_id = l.conversation_id AND p.seq = l.seq)
-            OR NOT EXISTS (SELECT 1 FROM message_keys k
-                           WHERE k.sender_id = l.sender_id
-                             AND k.client_msg_id = l.client_msg_id)",
+        "SELECT (SELECT count(*) FROM messages l
+                 WHERE NOT EXISTS (SELECT 1 FROM messages_partitioned p
+                                   WHERE p.conversation_id = l.conversation_id
+                                     AND p.seq = l.seq))
+              + (SELECT count(*) FROM messages l
+                 WHERE NOT EXISTS (SELECT 1 FROM message_keys k
+                                   WHERE k.sender_id = l.sender_id
+                                     AND k.client_msg_id = l.client_msg_id))",
     )
     .fetch_one(&mut *conn)
     .await
@@ -212,12 +236,14 @@ async fn swap(conn: &mut PgConnection, report: &mut Report) -> Result<(), Error>
                 report.swap = started.elapsed();
                 return Ok(());
             }
-            // lock_not_available: a long transaction holds one of the tables. Nothing
-            // changed; let it finish and try again.
-            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("55P03") => {
+            // lock_not_available (or, should it come first, a deadlock): transactions hold
+            // the tables. Nothing changed; let them finish and try again.
+            Err(sqlx::Error::Database(db))
+                if matches!(db.code().as_deref(), Some("55P03" | "40P01")) =>
+            {
                 tx.rollback().await?;
-                tracing::warn!(attempt, "the swap waited too long for its locks");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tracing::debug!(attempt, "the swap did not get its locks in time");
+                tokio::time::sleep(SWAP_RETRY_PAUSE).await;
             }
             Err(err) => return Err(err.into()),
         }

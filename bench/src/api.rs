@@ -80,6 +80,41 @@ impl ApiTarget {
         })
     }
 
+    /// The API of `target` (`--api`). An API addressed by IP (a balancer's, `./dev hosts`)
+    /// is checked against `--server-name`, the name its certificate carries.
+    pub async fn of(
+        target: &crate::target::Target,
+        roots: rustls::RootCertStore,
+    ) -> anyhow::Result<ApiTarget> {
+        ApiTarget::named(&target.api, roots, &target.server_name).await
+    }
+
+    /// [`ApiTarget::new`], with `server_name` as the TLS name when `base`'s host is an IP.
+    pub async fn named(
+        base: &str,
+        roots: rustls::RootCertStore,
+        server_name: &str,
+    ) -> anyhow::Result<ApiTarget> {
+        let mut api = ApiTarget::new(base, roots).await?;
+        if api.host.parse::<IpAddr>().is_ok()
+            && let Some((_, name)) = api.tls.as_mut()
+        {
+            *name = ServerName::try_from(server_name.to_owned())?;
+        }
+        Ok(api)
+    }
+
+    /// Source addresses for setup calls: `count` loopback addresses (127.0.0.2 …) for an API on
+    /// loopback, whose per-address limits they spread over; else the kernel's choice (a
+    /// client host of its own, `./dev hosts`).
+    pub fn sources(&self, count: u8) -> Vec<IpAddr> {
+        if self.addr.ip().is_loopback() {
+            crate::users::loopback_sources(count)
+        } else {
+            vec![IpAddr::from([0, 0, 0, 0])]
+        }
+    }
+
     /// One keep-alive connection from `source`.
     pub async fn connect(&self, source: IpAddr) -> anyhow::Result<ApiConnection> {
         let socket = TcpSocket::new_v4()?;

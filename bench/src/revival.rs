@@ -1,5 +1,5 @@
 //! Stopping a gateway of the dev stack and starting it again as it was (same command line,
-//! environment, directory, log and pid file): `--fresh-gateways` restarts every gateway before
+//! environment, directory, log and pid file, network namespace): `--fresh-gateways` restarts every gateway before
 //! a run, and `storm` kills one mid-run and brings it back.
 
 use std::net::SocketAddr;
@@ -66,6 +66,31 @@ pub(crate) struct Revival {
     pid_file: PathBuf,
     stamp: String,
     log: PathBuf,
+    /// The named network namespace it ran in (`./dev hosts`), if not the bench's own.
+    netns: Option<String>,
+}
+
+/// The name (under /run/netns, as `ip netns` names them) of the network namespace `pid` runs
+/// in, when it is not this process's.
+fn netns_of(pid: u32) -> Option<String> {
+    let theirs = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+    if std::fs::read_link("/proc/self/ns/net").ok()? == theirs {
+        return None;
+    }
+    // `net:[4026532]`: the inode of the namespace, which its /run/netns file has too.
+    let inode: u64 = theirs
+        .to_str()?
+        .strip_prefix("net:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()?;
+    std::fs::read_dir("/run/netns")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            use std::os::unix::fs::MetadataExt;
+            (entry.metadata().ok()?.ino() == inode).then(|| entry.file_name().into_string().ok())?
+        })
 }
 
 impl Revival {
@@ -107,6 +132,7 @@ impl Revival {
             pid_file,
             stamp,
             log: dev_dir.join(format!("log/{role}.log")),
+            netns: netns_of(pid),
         })
     }
 
@@ -120,8 +146,21 @@ impl Revival {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = std::process::Command::new(&self.argv[0])
-            .args(&self.argv[1..])
+        // In its host's namespace again: `ip netns exec` execs the program, so the pid is
+        // the program's.
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut ip = std::process::Command::new("ip");
+                ip.args(["netns", "exec", ns]).args(&self.argv);
+                ip
+            }
+            None => {
+                let mut own = std::process::Command::new(&self.argv[0]);
+                own.args(&self.argv[1..]);
+                own
+            }
+        };
+        let child = command
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.cwd)

@@ -155,11 +155,16 @@ pub async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
 }
 
 pub(crate) fn ca_store(target: &Target) -> anyhow::Result<rustls::RootCertStore> {
+    ca_file_store(&target.ca)
+}
+
+/// The certificates of the PEM file at `path`, as TLS roots.
+pub fn ca_file_store(path: &std::path::Path) -> anyhow::Result<rustls::RootCertStore> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let mut store = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(&target.ca)
-        .with_context(|| format!("reading the CA {}", target.ca.display()))?
+    for cert in CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("reading the CA {}", path.display()))?
     {
         store.add(cert?)?;
     }

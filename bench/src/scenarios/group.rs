@@ -36,7 +36,6 @@ use crate::sampling::ledger::{self, Ledger, Stores};
 use crate::sampling::servers::ServerSet;
 use crate::sampling::{Sampler, ServerSample};
 use crate::target::{Mix, Target, ca_store};
-use crate::users::loopback_sources;
 
 /// The API's limit on a group's size.
 pub const MAX_GROUP_MEMBERS: usize = 10_000;
@@ -166,7 +165,7 @@ async fn ensure_group(
     k: usize,
     progress: &indicatif::ProgressBar,
 ) -> anyhow::Result<(uuid::Uuid, bool)> {
-    let sources = loopback_sources(target.source_addresses);
+    let sources = api.sources(target.source_addresses);
     let owner = &members[0];
     let ids: Vec<uuid::Uuid> = members.iter().map(|m| m.id).collect();
     let mut conn = None;
@@ -396,7 +395,7 @@ pub async fn group(args: GroupArgs) -> anyhow::Result<bool> {
 
     // Groups through the API, cached.
     let t_groups = Instant::now();
-    let api = ApiTarget::new(&target.api, ca_store(target)?).await?;
+    let api = ApiTarget::of(target, ca_store(target)?).await?;
     let cache_path = groups_file(target);
     let mut cache = load(&cache_path, &target.api)?;
     let progress = bar(&multi, users_n as u64, "members");

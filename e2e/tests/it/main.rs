@@ -8,6 +8,7 @@ mod balancer;
 mod chaos;
 mod exchange;
 mod faults;
+mod hosts;
 mod idempotency;
 mod impair;
 mod ledger;

@@ -38,7 +38,7 @@ use crate::api::{ApiTarget, resolve_v4};
 use crate::report::{self, Machine, bar, command_line};
 use crate::sampling::servers::ServerSet;
 use crate::target::{Target, ca_store};
-use crate::users::{Pool, SetupStats, loopback_sources};
+use crate::users::{Pool, SetupStats};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -168,7 +168,7 @@ pub async fn media(args: MediaArgs) -> anyhow::Result<bool> {
 
     // Users and tokens that outlive the run (access tokens live 15 minutes).
     let multi = report::progress();
-    let api = ApiTarget::new(&target.api, roots).await?;
+    let api = ApiTarget::of(target, roots).await?;
     let pool_file = args
         .pool_file
         .clone()
@@ -180,7 +180,7 @@ pub async fn media(args: MediaArgs) -> anyhow::Result<bool> {
             &api,
             args.users,
             Duration::from_secs(12 * 60),
-            &loopback_sources(target.source_addresses),
+            &api.sources(target.source_addresses),
             target.setup_concurrency,
             &progress,
         )

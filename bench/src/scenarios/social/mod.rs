@@ -48,7 +48,7 @@ use crate::report::plots::Chart;
 use crate::report::{self, Machine, bar, command_line, run_id};
 use crate::sampling::servers::ServerSet;
 use crate::target::{Target, ca_store};
-use crate::users::{Pool, SetupStats, loopback_sources};
+use crate::users::{Pool, SetupStats};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -400,13 +400,13 @@ async fn prepare(
         args.drivers,
     )?;
     // The driven users exist before the graph that includes them.
-    let api = ApiTarget::new(&target.api, ca_store(target)?).await?;
+    let api = ApiTarget::of(target, ca_store(target)?).await?;
     let pool_file = args
         .pool_file
         .clone()
         .unwrap_or_else(|| target.dev_dir.join("bench/social-users.json"));
     let mut pool = Pool::open(&pool_file, &target.api)?;
-    let sources = loopback_sources(target.source_addresses);
+    let sources = api.sources(target.source_addresses);
     let progress = bar(multi, args.drivers as u64, "users");
     let registered = pool
         .prepare(
