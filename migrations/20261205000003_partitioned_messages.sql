@@ -30,6 +30,8 @@ CREATE TABLE message_keys (
     seq             bigint NOT NULL,
     PRIMARY KEY (sender_id, client_msg_id)
 );
+-- A deleted conversation's keys go with it (the cascade finds them here).
+CREATE INDEX message_keys_conversation_idx ON message_keys (conversation_id);
 
 -- The same columns, checks and foreign keys as `messages`; ids are UUIDv7 made by the worker
 -- and are not looked up alone, so they are not constrained unique across partitions.
@@ -62,6 +64,9 @@ $$;
 
 CREATE INDEX messages_partitioned_media_idx ON messages_partitioned (media_id)
     WHERE media_id IS NOT NULL;
+-- A deleted user's messages go with them (the cascade finds them here; the old table's unique
+-- (sender_id, client_msg_id) served it).
+CREATE INDEX messages_partitioned_sender_idx ON messages_partitioned (sender_id);
 
 -- Where the worker looks up a send's original by its idempotency key. Before the swap: today's
 -- `messages`, whose unique key answers it. After: `message_keys`, then the one partition that
@@ -70,7 +75,9 @@ CREATE VIEW message_originals AS
     SELECT sender_id, client_msg_id, conversation_id, seq, id, created_at FROM messages;
 
 -- Every row stored in today's `messages` while the copy runs also lands in the partitioned
--- table. Its key is inserted by the worker itself (store.rs), in the same statement.
+-- table, with its key. This release's worker inserts the key itself in the same statement
+-- (store.rs; the trigger, firing after it, then finds it there); a worker of the release
+-- before, still running during a rolling upgrade, does not.
 CREATE FUNCTION messages_mirror() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO messages_partitioned (conversation_id, seq, id, sender_id, client_msg_id, type,
@@ -78,6 +85,9 @@ BEGIN
                                       created_at)
     VALUES (NEW.conversation_id, NEW.seq, NEW.id, NEW.sender_id, NEW.client_msg_id, NEW.type,
             NEW.content, NEW.media_id, NEW.media_content_type, NEW.media_size, NEW.created_at)
+    ON CONFLICT DO NOTHING;
+    INSERT INTO message_keys (sender_id, client_msg_id, conversation_id, seq)
+    VALUES (NEW.sender_id, NEW.client_msg_id, NEW.conversation_id, NEW.seq)
     ON CONFLICT DO NOTHING;
     RETURN NULL;
 END
@@ -108,6 +118,7 @@ BEGIN
     ALTER TABLE messages_partitioned RENAME TO messages;
     ALTER INDEX messages_partitioned_pkey RENAME TO messages_pkey;
     ALTER INDEX messages_partitioned_media_idx RENAME TO messages_media_idx;
+    ALTER INDEX messages_partitioned_sender_idx RENAME TO messages_sender_idx;
     CREATE OR REPLACE VIEW message_originals AS
         SELECT k.sender_id, k.client_msg_id, m.conversation_id, m.seq, m.id, m.created_at
         FROM message_keys k

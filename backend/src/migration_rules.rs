@@ -5,7 +5,9 @@
 //!
 //! On a table the same migration did not create:
 //! - an index is built `CONCURRENTLY` (and the migration starts `-- no-transaction`, since
-//!   `CREATE INDEX CONCURRENTLY` cannot run in a transaction);
+//!   `CREATE INDEX CONCURRENTLY` cannot run in a transaction); on a partitioned table, which
+//!   refuses `CONCURRENTLY`, `ON ONLY` the parent, then `CONCURRENTLY` on each partition and
+//!   `ALTER INDEX … ATTACH PARTITION`;
 //! - no column changes type and none becomes `NOT NULL` (a rewrite or a full scan under the
 //!   strictest lock);
 //! - a `CHECK` or foreign key is added `NOT VALID` (validated by a later statement, which
@@ -55,8 +57,11 @@ pub fn violations(sql: &str) -> Vec<String> {
                 .strip_prefix("ON ")
                 .or_else(|| target.split_once(" ON ").map(|(_, on)| on));
             if let Some(on) = on {
+                // `ON ONLY` a partitioned table: the parent's index alone, catalog-only and
+                // not valid until each partition's (built CONCURRENTLY) is attached.
+                let parent_only = on.starts_with("ONLY ");
                 let table = table_name(on.trim_start_matches("ONLY "));
-                if existing(&table) && !concurrently {
+                if existing(&table) && !concurrently && !parent_only {
                     found.push(format!(
                         "`{s}`: an index on the existing table {table} is built CONCURRENTLY"
                     ));
@@ -178,8 +183,10 @@ mod tests {
 
     #[test]
     fn the_rules_catch_what_locks_a_live_table() {
-        let cases: [(&str, usize); 19] = [
+        let cases: [(&str, usize); 20] = [
             ("CREATE TABLE t (id int); CREATE INDEX t_id ON t (id);", 0),
+            // The partitioned table's way: the parent only, then each partition concurrently.
+            ("CREATE INDEX m_x ON ONLY messages (created_at);", 0),
             ("CREATE INDEX m_x ON messages (created_at);", 1),
             ("CREATE UNIQUE INDEX m_x ON public.messages (id);", 1),
             ("CREATE INDEX CONCURRENTLY m_x ON messages (created_at);", 1),

@@ -8,7 +8,8 @@
 //!    resumes there. Rows stored meanwhile are copied by the migration's trigger; every insert
 //!    here is `ON CONFLICT DO NOTHING`, so the two never collide.
 //! 2. **check** that no row of today's table is missing from the partitioned one or from
-//!    `message_keys` (one scan, no lock that blocks writes);
+//!    `message_keys` (two anti-joins, no lock that blocks writes); rows the copy never saw
+//!    (behind a resumed copy's position, or without a key) are copied then, and checked again;
 //! 3. **swap** the tables in one transaction under a short `lock_timeout`
 //!    ([`SWAP_LOCK_TIMEOUT`]): a few catalog changes, retried until the locks are had.
 //!
@@ -61,6 +62,8 @@ pub struct Report {
     pub batches: u64,
     pub copy: Duration,
     pub check: Duration,
+    /// Rows and keys the check found missing and copied (usually none).
+    pub repaired: u64,
     /// The swap transaction that succeeded, from `BEGIN` to `COMMIT`.
     pub swap: Duration,
     pub swap_attempts: u32,
@@ -71,8 +74,8 @@ pub enum Error {
     #[error("the database is not migrated to the partitioned layout yet: run `migrate` first")]
     Unmigrated,
     #[error(
-        "{0} rows of the old `messages` are missing from the partitioned table or `message_keys`; \
-         nothing was swapped (run again: the copy resumes)"
+        "{0} rows of the old `messages` are still missing from the partitioned table or \
+         `message_keys` after copying them again; nothing was swapped"
     )]
     Missing(i64),
     #[error("another partition-messages is running on this database")]
@@ -123,11 +126,17 @@ pub async fn run(url: &str, batch_rows: i64) -> Result<Report, Error> {
     copy(&mut conn, batch_rows.max(1), &mut report).await?;
     report.copy = started.elapsed();
     let started = Instant::now();
-    let missing = missing(&mut conn).await?;
-    report.check = started.elapsed();
-    if missing > 0 {
-        return Err(Error::Missing(missing));
+    if missing(&mut conn).await? > 0 {
+        // Rows the copy never saw: behind its position when it resumed from a record left by
+        // an earlier run, or stored without a key by a worker of the release before this one
+        // (the trigger adds keys; a row written before the trigger existed has none).
+        report.repaired = repair(&mut conn).await?;
+        let still = missing(&mut conn).await?;
+        if still > 0 {
+            return Err(Error::Missing(still));
+        }
     }
+    report.check = started.elapsed();
     swap(&mut conn, &mut report).await?;
     let _ = conn.close().await;
     Ok(report)
@@ -216,6 +225,44 @@ async fn missing(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
     )
     .fetch_one(&mut *conn)
     .await
+}
+
+/// Copies every row and key of the old table that the new ones lack; returns how many.
+const REPAIR_SQL: &str = "WITH copied AS (
+    INSERT INTO messages_partitioned (conversation_id, seq, id, sender_id, client_msg_id, type,
+                                      content, media_id, media_content_type, media_size,
+                                      created_at)
+    SELECT conversation_id, seq, id, sender_id, client_msg_id, type, content, media_id,
+           media_content_type, media_size, created_at
+    FROM messages l
+    WHERE NOT EXISTS (SELECT 1 FROM messages_partitioned p
+                      WHERE p.conversation_id = l.conversation_id AND p.seq = l.seq)
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+), keyed AS (
+    INSERT INTO message_keys (sender_id, client_msg_id, conversation_id, seq)
+    SELECT sender_id, client_msg_id, conversation_id, seq
+    FROM messages l
+    WHERE NOT EXISTS (SELECT 1 FROM message_keys k
+                      WHERE k.sender_id = l.sender_id AND k.client_msg_id = l.client_msg_id)
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM copied) + (SELECT count(*) FROM keyed)";
+
+async fn repair(conn: &mut PgConnection) -> Result<u64, Error> {
+    loop {
+        match sqlx::query_scalar::<_, i64>(REPAIR_SQL)
+            .fetch_one(&mut *conn)
+            .await
+        {
+            Ok(n) => return Ok(u64::try_from(n).unwrap_or(0)),
+            // As in the copy: a row whose conversation or sender was deleted meanwhile.
+            Err(sqlx::Error::Database(db))
+                if matches!(db.code().as_deref(), Some("23503" | "40P01")) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
 }
 
 async fn swap(conn: &mut PgConnection, report: &mut Report) -> Result<(), Error> {

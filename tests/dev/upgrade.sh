@@ -2,7 +2,8 @@
 # The zero-downtime upgrade drill (docs/OPERATIONS.md "Upgrades"), on the running stack while
 # pairs chat (`./dev bench storm`):
 #  1. schema changes run on the live messages table the way OPERATIONS' migration rules say
-#     (an index built and dropped CONCURRENTLY; a CHECK constraint added NOT VALID, validated,
+#     (an index on the partitioned table built partition by partition CONCURRENTLY and
+#     attached, then dropped; a CHECK constraint added NOT VALID, validated,
 #     dropped), every statement under a 2 s lock timeout, a few rounds during the chat. The
 #     index is partial and empty (`WHERE false`): building it takes the same locks and scans
 #     as a real one, without writing a copy of a big table's index to the WAL (and the WAL
@@ -27,9 +28,27 @@ sql() { psql -h 127.0.0.1 -p "${HABERCI_PG_PORT:-55432}" -U haberci -d haberci -
 # Whatever a round left behind (a statement that timed out, a run cut short) goes first.
 tidy() {
   sql <<'SQL'
+SET lock_timeout = '2s';
 ALTER TABLE messages DROP CONSTRAINT IF EXISTS messages_upgrade_drill;
-DROP INDEX CONCURRENTLY IF EXISTS messages_upgrade_drill;
+DROP INDEX IF EXISTS messages_upgrade_drill;
 SQL
+  local p
+  for p in $(seq -w 0 15); do
+    echo "DROP INDEX CONCURRENTLY IF EXISTS messages_p${p}_upgrade_drill;"
+  done | sql
+}
+# An index on the partitioned `messages`, as docs/OPERATIONS.md says to build one live: on the
+# parent only (catalog-only, not valid yet), then CONCURRENTLY on each partition, attached.
+index_round() {
+  local p
+  echo "SET lock_timeout = '2s';"
+  echo "CREATE INDEX IF NOT EXISTS messages_upgrade_drill ON ONLY messages (created_at) WHERE false;"
+  for p in $(seq -w 0 15); do
+    echo "CREATE INDEX CONCURRENTLY IF NOT EXISTS messages_p${p}_upgrade_drill ON messages_p${p} (created_at) WHERE false;"
+    echo "ALTER INDEX messages_upgrade_drill ATTACH PARTITION messages_p${p}_upgrade_drill;"
+  done
+  # Dropping the parent's index drops its partitions' (a brief lock of the table).
+  echo "DROP INDEX messages_upgrade_drill;"
 }
 finish() {
   touch "$OUT/stop"
@@ -44,10 +63,9 @@ tidy
 schema_changes() {
   local rounds=0
   while [ ! -e "$OUT/stop" ] && [ "$rounds" -lt 10 ]; do
+    index_round | sql
     sql <<'SQL'
 SET lock_timeout = '2s';
-CREATE INDEX CONCURRENTLY IF NOT EXISTS messages_upgrade_drill ON messages (created_at) WHERE false;
-DROP INDEX CONCURRENTLY IF EXISTS messages_upgrade_drill;
 ALTER TABLE messages ADD CONSTRAINT messages_upgrade_drill CHECK (length(content) <= 100000) NOT VALID;
 ALTER TABLE messages VALIDATE CONSTRAINT messages_upgrade_drill;
 ALTER TABLE messages DROP CONSTRAINT messages_upgrade_drill;

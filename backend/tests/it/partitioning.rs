@@ -175,6 +175,71 @@ async fn a_database_without_messages_is_partitioned_by_the_migration_itself() {
     drop(conn);
 }
 
+/// A run that resumes from where an earlier one recorded it got to copies only what lies
+/// after that position; the rows before it, which that earlier run did not finish, are found
+/// missing by the check, copied with their keys, and the swap follows.
+#[tokio::test]
+async fn a_resumed_copy_repairs_what_lies_behind_its_position() {
+    let scratch = Scratch::new().await;
+    let mut conn = scratch.conn().await;
+    let people = users(&mut conn, 2).await;
+    let conversation = haberci_seam::streams::direct_conversation(people[0], people[1]);
+    let (low, high) = if people[0].as_uuid() < people[1].as_uuid() {
+        (people[0], people[1])
+    } else {
+        (people[1], people[0])
+    };
+    sqlx::query(
+        "INSERT INTO conversations (id, kind, user_low, user_high, last_seq)
+         VALUES ($1, 'direct', $2, $3, 200)",
+    )
+    .bind(conversation.as_uuid())
+    .bind(low.as_uuid())
+    .bind(high.as_uuid())
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO messages (conversation_id, seq, id, sender_id, client_msg_id, type, content)
+         SELECT $1, s, gen_random_uuid(), $2, gen_random_uuid(), 'text', 'old ' || s
+         FROM generate_series(1, 200) s",
+    )
+    .bind(conversation.as_uuid())
+    .bind(low.as_uuid())
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    haberci_backend::db::migrate(&scratch.url).await.unwrap();
+    // What an earlier run left: its position after seq 120, none of its copies.
+    sqlx::query("INSERT INTO messages_partitioning (conversation_id, seq) VALUES ($1, 120)")
+        .bind(conversation.as_uuid())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+
+    let report = partitioning::run(&scratch.url, 50).await.unwrap();
+
+    assert_eq!(
+        report.rows, 80,
+        "the copy resumed after seq 120: {report:?}"
+    );
+    assert_eq!(
+        report.repaired,
+        2 * 120,
+        "120 rows and their keys: {report:?}"
+    );
+    assert_eq!(layout(&scratch).await, Layout::Partitioned);
+    let (rows, keys, gapless): (i64, i64, bool) = sqlx::query_as(
+        "SELECT count(*), (SELECT count(*) FROM message_keys),
+                array_agg(seq ORDER BY seq) = array(SELECT generate_series(1, 200)::bigint)
+         FROM messages",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!((rows, keys, gapless), (200, 200, true));
+}
+
 /// The whole move, with sends committed all along: nothing lost, nothing stored twice, every
 /// conversation's seqs still gapless, and idempotency kept across the swap for messages stored
 /// before it (a retry is answered with the original; the id reused elsewhere is refused).
@@ -238,6 +303,23 @@ async fn messages_move_to_the_partitioned_table_while_sends_are_stored() {
     haberci_backend::db::migrate(&scratch.url).await.unwrap();
     assert_eq!(layout(&scratch).await, Layout::Staged);
 
+    // A worker of the release before, still running: it stores a message without its key.
+    // The staging trigger writes the key (had it not, the check would have copied it).
+    let late: (Uuid, Uuid, Uuid, i64, Uuid) = sqlx::query_as(
+        "WITH c AS (UPDATE conversations SET last_seq = last_seq + 1
+                    WHERE id = $1 RETURNING id, last_seq)
+         INSERT INTO messages (conversation_id, seq, id, sender_id, client_msg_id, type, content)
+         SELECT c.id, c.last_seq, gen_random_uuid(), $2, gen_random_uuid(), 'text', 'late'
+         FROM c
+         RETURNING sender_id, client_msg_id, conversation_id, seq, id",
+    )
+    .bind(haberci_seam::streams::direct_conversation(people[0], people[4]).as_uuid())
+    .bind(people[0].as_uuid())
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let before = before + 1;
+
     // Writers on every conversation until the move is done, then a few more after it.
     let done = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
@@ -294,7 +376,7 @@ async fn messages_move_to_the_partitioned_table_while_sends_are_stored() {
 
     // A retry of a message stored before the move gets its original; its id reused for another
     // conversation is refused.
-    for (sender, client_msg_id, _, seq, id) in old.iter().step_by(601) {
+    for (sender, client_msg_id, _, seq, id) in old.iter().step_by(601).chain([&late]) {
         let sender = UserId::new(*sender).unwrap();
         let w = people.iter().position(|p| *p == sender).unwrap();
         match commit(&db, &send(sender, people[4 + w], *client_msg_id, 0)).await {

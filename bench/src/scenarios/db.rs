@@ -153,7 +153,9 @@ pub struct PartitionFigures {
     pub check_seconds: f64,
     pub swap_ms: f64,
     pub swap_attempts: u32,
-    /// The writers' commits from the staging migration to the end of the move.
+    /// Rows and keys the check found missing and copied.
+    pub repaired: u64,
+    /// The writers' commits from the start of the move to its end.
     pub during: InsertFigures,
 }
 
@@ -716,6 +718,11 @@ async fn move_online(
     servers: &ServerSet,
     multi: &indicatif::MultiProgress,
 ) -> anyhow::Result<PartitionFigures> {
+    // The staging migration first: the writers run this release's code, which needs the
+    // tables it creates.
+    haberci_backend::db::migrate(direct)
+        .await
+        .context("the staging migration")?;
     let done = Arc::new(AtomicBool::new(false));
     let progress = bar(multi, 0, "writes during the move");
     let batch = args.batch_sizes.first().copied().unwrap_or(1);
@@ -729,13 +736,7 @@ async fn move_online(
         &progress,
     );
     let moved = async {
-        let staged = haberci_backend::db::migrate(direct).await;
-        let moved = match staged {
-            Ok(_) => haberci_backend::partitioning::run(direct, args.partition_batch_rows)
-                .await
-                .map_err(anyhow::Error::from),
-            Err(err) => Err(anyhow::Error::from(err)),
-        };
+        let moved = haberci_backend::partitioning::run(direct, args.partition_batch_rows).await;
         done.store(true, Ordering::Release);
         moved
     };
@@ -749,6 +750,7 @@ async fn move_online(
         check_seconds: report.check.as_secs_f64(),
         swap_ms: report.swap.as_secs_f64() * 1000.0,
         swap_attempts: report.swap_attempts,
+        repaired: report.repaired,
         during,
     })
 }
@@ -817,12 +819,13 @@ fn markdown(args: &DbArgs, f: &DbFigures, machine: &Machine) -> String {
         let d = &p.during;
         let _ = writeln!(
             md,
-            "\nOnline move to the partitioned table (`partition-messages`, {} rows per batch): {} rows copied in {} batches in {:.1} s, checked in {:.1} s, swapped in {:.1} ms ({} attempt(s)). Meanwhile {} writer(s) committed batches of {}: {} messages in {:.1} s ({:.0}/s), commit p50 {:.2} ms, p99 {:.2} ms, max **{:.1} ms**, {} failed batches.",
+            "\nOnline move to the partitioned table (`partition-messages`, {} rows per batch): {} rows copied in {} batches in {:.1} s, checked in {:.1} s ({} rows and keys repaired), swapped in {:.1} ms ({} attempt(s)). Meanwhile {} writer(s) committed batches of {}: {} messages in {:.1} s ({:.0}/s), commit p50 {:.2} ms, p99 {:.2} ms, max **{:.1} ms**, {} failed batches.",
             args.partition_batch_rows,
             p.rows_copied,
             p.batches,
             p.copy_seconds,
             p.check_seconds,
+            p.repaired,
             p.swap_ms,
             p.swap_attempts,
             d.writers,
