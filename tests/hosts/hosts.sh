@@ -62,18 +62,19 @@ hosts_net_up() {
     veth="hb-${ns#haberci-}"
     if ! ip link show "$veth" >/dev/null 2>&1; then
       ip link add "$veth" type veth peer name eth0 netns "$ns"
-      ip link set "$veth" master hb-back up
       in_ns "$ns" ip addr add "$(host_addr "$ns")/24" dev eth0
       in_ns "$ns" ip link set eth0 up
     fi
+    # Every time: a bridge made again does not take back the links it had.
+    ip link set "$veth" master hb-back up
   done
   # The balancer's front leg, and its forwarding (this namespace's setting only).
   if ! ip link show hb-lb-front >/dev/null 2>&1; then
     ip link add hb-lb-front type veth peer name eth1 netns haberci-lb
-    ip link set hb-lb-front master hb-front up
     in_ns haberci-lb ip addr add "$HOSTS_VIP/24" dev eth1
     in_ns haberci-lb ip link set eth1 up
   fi
+  ip link set hb-lb-front master hb-front up
   in_ns haberci-lb sysctl -qw net.ipv4.ip_forward=1
   # Replies to clients go back through the balancer, which undoes its address translation.
   for ns in $(seq 1 "$HOSTS_APPS"); do
@@ -128,8 +129,10 @@ hosts_postgres() {
     pg_in_ns haberci-db "$PGBIN/pg_ctl" -D "$data" -w -t 60 -l "$home/postgres.log" start >/dev/null \
       || die "postgres did not start; see $home/postgres.log"
   fi
-  export PGOPTIONS="-c client_min_messages=warning"
-  local psql=("$PGBIN/psql" -h "$home/run" -p "$PG_PORT" -U postgres -d postgres -qAtX)
+  # Quiet (no NOTICE for what exists); for psql only: the services must not inherit it
+  # (sqlx would send it on, and PgBouncer refuses the `options` startup parameter).
+  local psql=(env "PGOPTIONS=-c client_min_messages=warning" "$PGBIN/psql" -h "$home/run"
+    -p "$PG_PORT" -U postgres -d postgres -qAtX)
   printf '%s\n' "DO \$\$ BEGIN
       IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_USER') THEN
         CREATE ROLE $PG_USER LOGIN CREATEDB PASSWORD '$PGPASS';
@@ -137,8 +140,7 @@ hosts_postgres() {
     ALTER ROLE $PG_USER PASSWORD '$PGPASS'; GRANT pg_monitor TO $PG_USER;" | as_pg "${psql[@]}" >/dev/null
   [ "$(as_pg "${psql[@]}" -c "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'")" = 1 ] \
     || as_pg "${psql[@]}" -c "CREATE DATABASE $PG_DB OWNER $PG_USER" >/dev/null
-  as_pg "$PGBIN/psql" -h "$home/run" -p "$PG_PORT" -U postgres -d "$PG_DB" -qAtX \
-    -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" >/dev/null
+  as_pg "${psql[@]}" -d "$PG_DB" -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" >/dev/null
   HABERCI_MIGRATE_DATABASE_URL="postgres://$PG_USER:$PGPASS@$addr:$PG_PORT/$PG_DB" HABERCI_LOG=warn \
     "$RELEASE_BIN/haberci-backend" migrate >/dev/null || die "migrations failed on the db host"
 }
@@ -179,14 +181,29 @@ hosts_redis() {
   fi
 }
 
-# hosts_service NS NAME BINARY ARGS...: NAME (its pid file and log) in host NS, unless running.
+# hosts_service NS NAME BINARY ARGS...: NAME (its pid file and log) in host NS; restarted when
+# its binary or settings changed, as ./dev up does its services.
 hosts_service() {
   local ns=$1 name=$2 bin=$3; shift 3
-  if pid_alive "$HOSTS/run/$name.pid" "$(basename "$bin")"; then return; fi
+  local pidfile="$HOSTS/run/$name.pid" comm stamp
+  comm=$(basename "$bin")
+  stamp="$(stat -c '%Y %s' "$bin") $(env | grep '^HABERCI_' | grep -v -e '^HABERCI_TEST_' | sort | sha256sum | cut -c1-16)"
+  if pid_alive "$pidfile" "$comm"; then
+    [ "$(sed -n 2p "$pidfile")" != "$stamp" ] || return 0
+    stop_pid "$name" "$pidfile" "$comm"
+  fi
   : >"$HOSTS/log/$name.log"
   setsid nohup ip netns exec "$ns" "$bin" "$@" >>"$HOSTS/log/$name.log" 2>&1 </dev/null &
   # `ip netns exec` execs the program: this pid is the service's.
-  printf '%s\n%s\n' "$!" hosts >"$HOSTS/run/$name.pid"
+  printf '%s\n%s\n' "$!" "$stamp" >"$pidfile"
+}
+
+# The program a pid file of the hosts names.
+hosts_comm() {
+  case "$(basename "$1" .pid)" in
+    gateway*) echo haberci-gateway ;;
+    *) echo haberci-backend ;;
+  esac
 }
 
 hosts_apps() {
@@ -245,7 +262,7 @@ hosts_down() {
   local file home
   for file in "$HOSTS"/run/*.pid; do
     [ -e "$file" ] || continue
-    stop_pid "$(basename "$file" .pid)" "$file" "$(cat "/proc/$(head -n 1 "$file")/comm" 2>/dev/null || echo none)"
+    stop_pid "$(basename "$file" .pid)" "$file" "$(hosts_comm "$file")"
   done
   if [ -f "$HOSTS/redis/redis.pid" ] && pid_alive "$HOSTS/redis/redis.pid" redis-server; then
     kill "$(cat "$HOSTS/redis/redis.pid")"

@@ -87,7 +87,7 @@ impl Hosts {
 /// A QUIC client that changes its address (a new UDP port, six times) keeps its connection:
 /// the balancer sends each new flow's first packet, a short-header packet, to the gateway
 /// whose server id its connection ID carries. Hashed by address and port instead, as new
-/// connections are, six moves would all land on the same gateway one time in 32.
+/// connections are, six moves would all land on the same gateway one time in 64.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quic_client_that_changes_address_keeps_its_connection_through_the_kernel_balancer() {
     let hosts = Hosts::from_env();
