@@ -89,6 +89,34 @@ async fn users(conn: &mut PgConnection, n: usize) -> Vec<UserId> {
     ids
 }
 
+/// A direct conversation of `a` and `b` as the old schema stored one, numbered up to
+/// `last_seq`; returns it and its lower user (who sends its messages here).
+async fn direct(
+    conn: &mut PgConnection,
+    a: UserId,
+    b: UserId,
+    last_seq: i64,
+) -> (haberci_wire::ConversationId, UserId) {
+    let conversation = haberci_seam::streams::direct_conversation(a, b);
+    let (low, high) = if a.as_uuid() < b.as_uuid() {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    sqlx::query(
+        "INSERT INTO conversations (id, kind, user_low, user_high, last_seq)
+         VALUES ($1, 'direct', $2, $3, $4)",
+    )
+    .bind(conversation.as_uuid())
+    .bind(low.as_uuid())
+    .bind(high.as_uuid())
+    .bind(last_seq)
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    (conversation, low)
+}
+
 fn send(sender: UserId, recipient: UserId, client_msg_id: Uuid, n: usize) -> SendRequest {
     SendRequest {
         sender,
@@ -175,6 +203,44 @@ async fn a_database_without_messages_is_partitioned_by_the_migration_itself() {
     drop(conn);
 }
 
+/// A swap that never gets its locks (a transaction holds `messages` throughout) gives up with
+/// a clear error, swaps nothing, and a later run completes the move.
+#[tokio::test]
+async fn a_swap_that_cannot_get_its_locks_changes_nothing() {
+    let scratch = Scratch::new().await;
+    let mut conn = scratch.conn().await;
+    let people = users(&mut conn, 2).await;
+    let (conversation, low) = direct(&mut conn, people[0], people[1], 1).await;
+    sqlx::query(
+        "INSERT INTO messages (conversation_id, seq, id, sender_id, client_msg_id, type, content)
+         VALUES ($1, 1, gen_random_uuid(), $2, gen_random_uuid(), 'text', 'held')",
+    )
+    .bind(conversation.as_uuid())
+    .bind(low.as_uuid())
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    haberci_backend::db::migrate(&scratch.url).await.unwrap();
+    let mut holder = scratch.conn().await;
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT count(*) FROM messages")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+
+    let err = partitioning::run(&scratch.url, 100).await.unwrap_err();
+
+    assert!(
+        matches!(err, partitioning::Error::Locked),
+        "unexpected: {err}"
+    );
+    assert!(err.to_string().contains("nothing was swapped"), "{err}");
+    assert_eq!(layout(&scratch).await, Layout::Staged);
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    partitioning::run(&scratch.url, 100).await.unwrap();
+    assert_eq!(layout(&scratch).await, Layout::Partitioned);
+}
+
 /// A run that resumes from where an earlier one recorded it got to copies only what lies
 /// after that position; the rows before it, which that earlier run did not finish, are found
 /// missing by the check, copied with their keys, and the swap follows.
@@ -183,22 +249,7 @@ async fn a_resumed_copy_repairs_what_lies_behind_its_position() {
     let scratch = Scratch::new().await;
     let mut conn = scratch.conn().await;
     let people = users(&mut conn, 2).await;
-    let conversation = haberci_seam::streams::direct_conversation(people[0], people[1]);
-    let (low, high) = if people[0].as_uuid() < people[1].as_uuid() {
-        (people[0], people[1])
-    } else {
-        (people[1], people[0])
-    };
-    sqlx::query(
-        "INSERT INTO conversations (id, kind, user_low, user_high, last_seq)
-         VALUES ($1, 'direct', $2, $3, 200)",
-    )
-    .bind(conversation.as_uuid())
-    .bind(low.as_uuid())
-    .bind(high.as_uuid())
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    let (conversation, low) = direct(&mut conn, people[0], people[1], 200).await;
     sqlx::query(
         "INSERT INTO messages (conversation_id, seq, id, sender_id, client_msg_id, type, content)
          SELECT $1, s, gen_random_uuid(), $2, gen_random_uuid(), 'text', 'old ' || s
