@@ -585,6 +585,12 @@ pub struct MessagingSettings {
     /// arrive fast enough that more are expected meanwhile (`0ms`: never; see
     /// `messaging::linger`).
     pub linger: Duration,
+    /// `HABERCI_RECEIPT_HOLD`: how long a batch of receipts alone (`Ack`, `Read`) waits for
+    /// sends to share a transaction with (`0ms`: never; see `messaging::consumer`). Nobody
+    /// waits on a receipt the way a sender waits on `Sent`: a `Status` is this much later at
+    /// most, and under load a receipt rides with the next sends instead of costing a
+    /// transaction of its own.
+    pub receipt_hold: Duration,
     /// `HABERCI_CLAIM_INTERVAL`: how often the worker looks for entries other consumers read
     /// and never acknowledged (`XAUTOCLAIM`).
     pub claim_interval: Duration,
@@ -601,6 +607,10 @@ pub const DEFAULT_BATCH_LINGER: Duration = Duration::from_millis(2);
 /// A linger is a few milliseconds of batching, not a schedule: the worker does not race it
 /// with shutdown.
 pub const MAX_BATCH_LINGER: Duration = Duration::from_millis(100);
+pub const DEFAULT_RECEIPT_HOLD: Duration = Duration::from_millis(50);
+/// Held receipts are pending entries: far below the claim idle time, and a `Status` should
+/// not lag by more than a moment.
+pub const MAX_RECEIPT_HOLD: Duration = Duration::from_secs(1);
 pub const DEFAULT_CLAIM_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_CLAIM_IDLE: Duration = Duration::from_secs(30);
 pub const DEFAULT_TRIM_INTERVAL: Duration = Duration::from_secs(30);
@@ -614,6 +624,7 @@ impl Default for MessagingSettings {
             batch_size: DEFAULT_BATCH_SIZE,
             block: DEFAULT_BATCH_BLOCK,
             linger: DEFAULT_BATCH_LINGER,
+            receipt_hold: DEFAULT_RECEIPT_HOLD,
             claim_interval: DEFAULT_CLAIM_INTERVAL,
             claim_idle: DEFAULT_CLAIM_IDLE,
             trim_interval: DEFAULT_TRIM_INTERVAL,
@@ -636,6 +647,9 @@ impl MessagingSettings {
         let linger = env
             .parse_or("HABERCI_BATCH_LINGER", HumanDuration(d.linger))
             .0;
+        let receipt_hold = env
+            .parse_or("HABERCI_RECEIPT_HOLD", HumanDuration(d.receipt_hold))
+            .0;
         let mut duration = |key: &str, default: Duration| {
             let value = env.parse_or(key, HumanDuration(default)).0;
             if value.is_zero() {
@@ -652,12 +666,16 @@ impl MessagingSettings {
                 "HABERCI_BATCH_LINGER must be at most 100ms and not above HABERCI_BATCH_BLOCK",
             );
         }
+        if receipt_hold > MAX_RECEIPT_HOLD {
+            env.problem("HABERCI_RECEIPT_HOLD must be at most 1s");
+        }
         MessagingSettings {
             shards,
             stream_prefix,
             batch_size,
             block,
             linger,
+            receipt_hold,
             claim_interval,
             claim_idle,
             trim_interval,
@@ -944,6 +962,7 @@ mod tests {
             ("HABERCI_CLAIM_IDLE", "250ms"),
             ("HABERCI_CLAIM_INTERVAL", "2m"),
             ("HABERCI_BATCH_LINGER", "0ms"),
+            ("HABERCI_RECEIPT_HOLD", "0ms"),
         ];
         let config = WorkerConfig::from_env(Env::from_pairs(&pairs)).expect("valid");
         assert_eq!(
@@ -951,6 +970,7 @@ mod tests {
             Duration::ZERO,
             "0ms turns lingering off"
         );
+        assert_eq!(config.messaging.receipt_hold, Duration::ZERO);
         assert_eq!(config.messaging.shards, 3);
         assert_eq!(config.messaging.stream_prefix, "t:in:");
         assert_eq!(config.messaging.claim_idle, Duration::from_millis(250));
@@ -963,9 +983,10 @@ mod tests {
             ("HABERCI_TRIM_INTERVAL", "0s"),
             ("HABERCI_BATCH_BLOCK", "1d"),
             ("HABERCI_BATCH_LINGER", "2"),
+            ("HABERCI_RECEIPT_HOLD", "2s"),
         ];
         let err = WorkerConfig::from_env(Env::from_pairs(&pairs)).expect_err("bad config");
-        assert_eq!(err.problems.len(), 6, "{err}");
+        assert_eq!(err.problems.len(), 7, "{err}");
         // Lingering longer than a read may block, or than a moment, makes no sense.
         for (block, linger) in [("50ms", "60ms"), ("1s", "101ms")] {
             let pairs = [

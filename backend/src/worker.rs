@@ -63,7 +63,6 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> anyhow::Result<()>
         db.clone(),
         redis.clone(),
         crate::social::feed::Feed::new(config.feed),
-        crate::social::fanout::DEFAULT_POLL,
         shutdown.clone(),
     ));
     let mut prune_tick = tokio::time::interval(config.prune.interval);

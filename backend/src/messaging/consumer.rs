@@ -11,7 +11,7 @@ use haberci_wire::{ErrorFrame, Sent};
 use sqlx::PgPool;
 
 use super::batch::{self, Decoded, Refusal, SendRequest, Watermarks};
-use super::linger::Linger;
+use super::linger::{Held, Hold, Linger};
 use super::shard_readers::ShardReaders;
 use super::store::{self, Audience, Committed, Failure, SendOutcome};
 use super::streams::{EntryId, RawEntry, Shards, StreamError};
@@ -112,6 +112,10 @@ pub struct Consumer {
     shards: Shards,
     settings: MessagingSettings,
     linger: Linger,
+    /// Receipts alone, held for sends to share their transaction ([`Hold`]); pending in the
+    /// streams meanwhile, like any entry read and not yet acknowledged.
+    hold: Hold,
+    held: Vec<RawEntry>,
     postgres_outage: Outage,
     redis_outage: Outage,
 }
@@ -135,6 +139,11 @@ impl Consumer {
                 settings.linger,
                 usize::try_from(settings.batch_size).unwrap_or(usize::MAX),
             ),
+            hold: Hold::new(
+                settings.receipt_hold,
+                usize::try_from(settings.batch_size).unwrap_or(usize::MAX),
+            ),
+            held: Vec::new(),
             settings,
             postgres_outage: Outage::new("postgres"),
             redis_outage: Outage::new("redis"),
@@ -178,12 +187,15 @@ impl Consumer {
             }
             // Not raced with shutdown: a read cancelled in flight could leave entries
             // delivered to us and unprocessed. The block bounds how long shutdown waits.
-            let read = self.read_new(self.settings.batch_size, true).await;
+            let block = self.hold.read_block(self.settings.block, Instant::now());
+            let read = self.read_new(self.settings.batch_size, block).await;
             match read {
                 Ok(mut entries) => {
                     self.redis_outage.recovered();
                     self.linger_for_more(&mut entries).await;
-                    if !entries.is_empty() && !self.process(entries, &shutdown).await {
+                    if let Some(batch) = self.hold_receipts(entries)
+                        && !self.process(batch, &shutdown).await
+                    {
                         break;
                     }
                 }
@@ -200,6 +212,11 @@ impl Consumer {
                     }
                 }
             }
+        }
+        let held = std::mem::take(&mut self.held);
+        if !held.is_empty() {
+            // Shutdown arriving while Postgres is down leaves them pending, for others.
+            self.process(held, &shutdown).await;
         }
         if let Some(readers) = self.readers.take() {
             readers.stop().await;
@@ -224,26 +241,50 @@ impl Consumer {
             .batch_size
             .saturating_sub(u32::try_from(entries.len()).unwrap_or(u32::MAX));
         if room > 0
-            && let Ok(more) = self.read_new(room, false).await
+            && let Ok(more) = self.read_new(room, None).await
         {
             entries.extend(more);
         }
         self.linger.read_again(Instant::now());
     }
 
+    /// Adds `entries` to the receipts held and returns the batch to commit now, if it is time
+    /// ([`Hold`]): at once when any entry is not a receipt.
+    fn hold_receipts(&mut self, entries: Vec<RawEntry>) -> Option<Vec<RawEntry>> {
+        let receipts_only = entries
+            .iter()
+            .all(|entry| matches!(batch::decode(entry.payload.as_deref()), Decoded::Receipt(_)));
+        self.held.extend(entries);
+        if self.held.is_empty() {
+            return None;
+        }
+        match self
+            .hold
+            .decide(self.held.len(), receipts_only, Instant::now())
+        {
+            Held::Go => Some(std::mem::take(&mut self.held)),
+            Held::Until(_) => None,
+        }
+    }
+
     /// New entries from every shard, at most about `count` (per shard on a single Redis);
-    /// `block`: wait up to the configured block for the first.
-    async fn read_new(&mut self, count: u32, block: bool) -> Result<Vec<RawEntry>, StreamError> {
+    /// `block`: how long to wait for the first (`None`: not at all).
+    async fn read_new(
+        &mut self,
+        count: u32,
+        block: Option<Duration>,
+    ) -> Result<Vec<RawEntry>, StreamError> {
+        // `BLOCK 0` would wait forever.
+        let block = block.filter(|wait| !wait.is_zero());
         match &mut self.readers {
             Some(readers) => {
-                let wait = block.then_some(self.settings.block);
                 readers
-                    .read(usize::try_from(count).unwrap_or(usize::MAX), wait)
+                    .read(usize::try_from(count).unwrap_or(usize::MAX), block)
                     .await
             }
             None => {
-                let block_ms = block
-                    .then(|| u64::try_from(self.settings.block.as_millis()).unwrap_or(u64::MAX));
+                let block_ms =
+                    block.map(|wait| u64::try_from(wait.as_millis().max(1)).unwrap_or(u64::MAX));
                 self.shards.read_new(&self.blocking, count, block_ms).await
             }
         }
@@ -461,10 +502,8 @@ impl Consumer {
         for entry in &entries {
             by_shard.entry(entry.shard).or_default().push(entry.id);
         }
-        for (shard, ids) in by_shard {
-            if let Err(err) = self.shards.ack(&self.redis, shard, &ids).await {
-                tracing::warn!(shard, %err, "acknowledging a committed batch failed; its entries will be reclaimed");
-            }
+        if let Err(err) = self.shards.ack(&self.redis, &by_shard).await {
+            tracing::warn!(%err, "acknowledging a committed batch failed; its entries will be reclaimed");
         }
         true
     }

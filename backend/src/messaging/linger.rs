@@ -9,6 +9,10 @@
 //! is sparse (fewer than one entry expected in the wait) nothing waits: a lone message is not
 //! held back for nobody.
 //!
+//! Receipts wait longer, by another rule ([`Hold`]): a batch of receipts alone (`Ack`,
+//! `Read`) is held until a send arrives to share its transaction, for at most
+//! `HABERCI_RECEIPT_HOLD`. Nobody waits on a receipt the way a sender waits on its `Sent`.
+//!
 //! Pure: fed the reads' sizes and times, it answers with a wait. The consumer does the waiting.
 
 use std::time::{Duration, Instant};
@@ -71,11 +75,103 @@ impl Linger {
     }
 }
 
+/// What to do with the entries in hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// Commit them now.
+    Go,
+    /// Receipts alone: read again, blocking no later than this, and decide again.
+    Until(Instant),
+}
+
+/// Holds receipts alone until sends come to share their transaction, or for at most `max`.
+#[derive(Debug, Clone)]
+pub struct Hold {
+    /// The longest receipts wait (`HABERCI_RECEIPT_HOLD`); zero: never.
+    max: Duration,
+    /// This many entries go at once.
+    capacity: usize,
+    /// When the receipts in hand began to wait.
+    since: Option<Instant>,
+}
+
+impl Hold {
+    pub fn new(max: Duration, capacity: usize) -> Hold {
+        Hold {
+            max,
+            capacity: capacity.max(1),
+            since: None,
+        }
+    }
+
+    /// After a read at `now`, `entries` are in hand (held ones included); `receipts_only`:
+    /// none of them is a send. Call only with entries in hand.
+    pub fn decide(&mut self, entries: usize, receipts_only: bool, now: Instant) -> Held {
+        let since = *self.since.get_or_insert(now);
+        let until = since + self.max;
+        if !receipts_only || entries >= self.capacity || now >= until {
+            self.since = None;
+            return Held::Go;
+        }
+        Held::Until(until)
+    }
+
+    /// How long the next read may block: `block` while nothing is held, else what is left of
+    /// the hold (`None`: do not block at all).
+    pub fn read_block(&self, block: Duration, now: Instant) -> Option<Duration> {
+        match self.since {
+            None => Some(block),
+            Some(since) => {
+                let left = (since + self.max).saturating_duration_since(now).min(block);
+                (!left.is_zero()).then_some(left)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const MAX: Duration = Duration::from_millis(2);
+    const HOLD: Duration = Duration::from_millis(50);
+    const BLOCK: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn receipts_alone_wait_for_a_send_or_the_hold_and_anything_else_goes() {
+        let start = Instant::now();
+        let ms = |n: u64| start + Duration::from_millis(n);
+        let mut hold = Hold::new(HOLD, 256);
+        assert_eq!(hold.read_block(BLOCK, start), Some(BLOCK), "nothing held");
+        assert_eq!(hold.decide(3, true, start), Held::Until(ms(50)));
+        // The next read blocks only for what is left of the hold.
+        assert_eq!(
+            hold.read_block(BLOCK, ms(20)),
+            Some(Duration::from_millis(30))
+        );
+        // More receipts: still held, the deadline unchanged.
+        assert_eq!(hold.decide(5, true, ms(20)), Held::Until(ms(50)));
+        // A send came: all go with it, and the next receipts start a fresh hold.
+        assert_eq!(hold.decide(6, false, ms(30)), Held::Go);
+        assert_eq!(hold.read_block(BLOCK, ms(30)), Some(BLOCK));
+        assert_eq!(hold.decide(1, true, ms(40)), Held::Until(ms(90)));
+        // The hold is over: they go alone, and a read in between does not block.
+        assert_eq!(hold.read_block(BLOCK, ms(90)), None);
+        assert_eq!(hold.decide(1, true, ms(90)), Held::Go);
+        // A full batch goes at once; a hold of zero never holds.
+        assert_eq!(Hold::new(HOLD, 4).decide(4, true, start), Held::Go);
+        assert_eq!(
+            Hold::new(Duration::ZERO, 256).decide(1, true, start),
+            Held::Go
+        );
+        // A hold never blocks a read longer than the configured block.
+        let mut long = Hold::new(Duration::from_secs(1), 256);
+        long.decide(1, true, start);
+        assert_eq!(
+            long.read_block(Duration::from_millis(100), start),
+            Some(Duration::from_millis(100))
+        );
+    }
 
     /// Feeds reads of `entries` every `every`, returning the last answer.
     fn steady(linger: &mut Linger, start: Instant, entries: usize, every: Duration) -> Duration {

@@ -10,7 +10,7 @@
 //! |---|---|---|---|
 //! | 1 | [`Plan::users`] | which of them exist | [`Plan::users_found`]: sender gone, unknown recipient |
 //! | 1b | [`Plan::direct_pairs`] | blocks either way | [`Plan::blocks_found`]: held back until step 4 |
-//! | 2 | [`Plan::direct_conversations`] | create them | |
+//! | 2 | [`Plan::direct_conversations`] (asked with step 1) | create those whose users exist, unblocked (in step 1's statement) | |
 //! | 3 | [`Plan::conversations`] | lock them, with kind and `last_seq` | |
 //! | 4 | [`Plan::idempotency_keys`] | the originals stored under them | [`Plan::locked`]: duplicates, reused ids, blocks, wrong or missing conversation |
 //! | 4 | [`Plan::group_senders`] | their memberships | [`Plan::members_found`]: not a member |
@@ -235,7 +235,10 @@ impl<'a> Plan<'a> {
     }
 
     /// Step 2: the direct conversations to create if missing, in id order. None for a
-    /// blocked send, so the blocker never sees an empty conversation appear.
+    /// blocked send, so the blocker never sees an empty conversation appear. The store asks
+    /// before users and blocks are known (step 2 runs in step 1's statement), so its SQL
+    /// keeps only the pairs whose two users exist and have no block between them: what this
+    /// answers once [`Plan::users_found`] and [`Plan::blocks_found`] have run.
     pub fn direct_conversations(&self) -> Vec<NewDirect> {
         let mut pairs = BTreeMap::new();
         for (i, send) in self.undecided() {
@@ -749,10 +752,12 @@ mod tests {
     /// `world` (and skipping a statement whose input is empty, as the store does).
     fn run(world: &World, sends: &[SendRequest]) -> Run {
         let mut world = world.clone();
-        // Users and blocks are one round trip, the pairs taken before users are refused.
+        // Users, blocks and the creation of direct conversations are one round trip, the
+        // pairs and the conversations to create taken before users are refused.
         let mut trips = vec!["users"];
         let mut plan = Plan::new(sends);
         let pairs = plan.direct_pairs();
+        let offered = plan.direct_conversations();
         let existing = plan
             .users()
             .into_iter()
@@ -774,12 +779,24 @@ mod tests {
             .collect();
         plan.blocks_found(&blocks);
 
-        let new = plan.direct_conversations();
+        // What the statement creates, by its SQL's rule: both users exist, no block either
+        // way. The plan, knowing users and blocks now, names the same conversations.
+        let kept: Vec<NewDirect> = offered
+            .into_iter()
+            .filter(|d| {
+                world.users.contains(&d.low)
+                    && world.users.contains(&d.high)
+                    && !world.blocks.contains(&(d.low, d.high))
+                    && !world.blocks.contains(&(d.high, d.low))
+            })
+            .collect();
+        assert_eq!(
+            kept,
+            plan.direct_conversations(),
+            "the SQL's rule is the plan's"
+        );
         let mut created = Vec::new();
-        if !new.is_empty() {
-            trips.push("create");
-        }
-        for direct in new {
+        for direct in kept {
             assert!(direct.low < direct.high, "{direct:?}");
             if !world.conversations.contains_key(&direct.conversation) {
                 world = world.at(direct.conversation, Kind::Direct, 0);
@@ -847,7 +864,7 @@ mod tests {
         let ac = direct(AYSE, CEM);
         let bc = direct(BURAK, CEM);
         let kulup = of_group(KULUP);
-        let all = "users create lock originals write";
+        let all = "users lock originals write";
         let max = Seq::MAX.get();
         let max_i64 = i64::try_from(max).unwrap_or(i64::MAX);
         vec![
@@ -898,7 +915,7 @@ mod tests {
                     Stored(5),
                     Stored(2),
                 ],
-                trips: "users create lock originals members write",
+                trips: "users lock originals members write",
                 created: vec![ac],
                 last_seqs: vec![(ab, 5), (kulup, 9), (ac, 2)],
             },
@@ -931,7 +948,7 @@ mod tests {
                     .at(kulup, Kind::Group, -1),
                 sends: vec![dm(AYSE, BURAK, 1), post(AYSE, KULUP, 2)],
                 want: vec![Refused(CONVERSATION_FULL), Refused(CONVERSATION_FULL)],
-                trips: "users create lock originals members",
+                trips: "users lock originals members",
                 created: vec![],
                 last_seqs: vec![],
             },
@@ -993,7 +1010,7 @@ mod tests {
                     .at(of_group(NO_GROUP), Kind::Direct, 0),
                 sends: vec![dm(AYSE, CEM, 1), post(AYSE, NO_GROUP, 2)],
                 want: vec![Refused(UNKNOWN_RECIPIENT), Refused(UNKNOWN_RECIPIENT)],
-                trips: "users create lock originals",
+                trips: "users lock originals",
                 created: vec![],
                 last_seqs: vec![],
             },
@@ -1040,7 +1057,7 @@ mod tests {
                     Stored(1),
                     Stored(8),
                 ],
-                trips: "users create lock originals members write",
+                trips: "users lock originals members write",
                 created: vec![bc],
                 last_seqs: vec![(ab, 4), (bc, 1), (kulup, 8)],
             },
@@ -1059,7 +1076,7 @@ mod tests {
                 world: World::base().stored(AYSE, 1, ab, 2),
                 sends: vec![dm(AYSE, BURAK, 1)],
                 want: vec![Duplicate(2)],
-                trips: "users create lock originals",
+                trips: "users lock originals",
                 created: vec![],
                 last_seqs: vec![],
             },
@@ -1086,7 +1103,7 @@ mod tests {
                 world: World::base().stored(AYSE, 1, ab, 2),
                 sends: vec![with_media(dm(AYSE, BURAK, 1), MessageKind::Image, NO_MEDIA)],
                 want: vec![Duplicate(2)],
-                trips: "users create lock originals",
+                trips: "users lock originals",
                 created: vec![],
                 last_seqs: vec![],
             },
@@ -1104,7 +1121,7 @@ mod tests {
                 world: World::base().stored(AYSE, 1, kulup, 5),
                 sends: vec![dm(AYSE, BURAK, 1)],
                 want: vec![Refused(ID_REUSED)],
-                trips: "users create lock originals",
+                trips: "users lock originals",
                 created: vec![],
                 last_seqs: vec![],
             },
@@ -1113,7 +1130,7 @@ mod tests {
                 world: World::base().unreadable(AYSE, 1, ab),
                 sends: vec![dm(AYSE, BURAK, 1)],
                 want: vec![Refused(UNREADABLE_ORIGINAL)],
-                trips: "users create lock originals",
+                trips: "users lock originals",
                 created: vec![],
                 last_seqs: vec![],
             },
@@ -1141,7 +1158,7 @@ mod tests {
                 world: World::base(),
                 sends: vec![post(AYSE, KULUP, 1), dm(AYSE, CEM, 1)],
                 want: vec![Stored(8), Refused(ID_REUSED)],
-                trips: "users create lock originals members write",
+                trips: "users lock originals members write",
                 // Created before the numbering finds the repeat: a conversation with no
                 // message, as before this plan.
                 created: vec![ac],
@@ -1161,7 +1178,7 @@ mod tests {
                 world: World::base(),
                 sends: vec![post(CEM, KULUP, 1), dm(CEM, AYSE, 1)],
                 want: vec![Refused(NOT_A_MEMBER), Stored(1)],
-                trips: "users create lock originals members write",
+                trips: "users lock originals members write",
                 created: vec![ac],
                 last_seqs: vec![(ac, 1)],
             },
@@ -1174,7 +1191,7 @@ mod tests {
                     with_media(post(BURAK, KULUP, 2), MessageKind::File, DOC),
                 ],
                 want: vec![Stored(4), Stored(8)],
-                trips: "users create lock originals members media write",
+                trips: "users lock originals members media write",
                 created: vec![],
                 last_seqs: vec![(ab, 4), (kulup, 8)],
             },
@@ -1195,7 +1212,7 @@ mod tests {
                     Refused(MEDIA_REFUSED),
                     Stored(4),
                 ],
-                trips: "users create lock originals media write",
+                trips: "users lock originals media write",
                 created: vec![],
                 last_seqs: vec![(ab, 4)],
             },
@@ -1216,7 +1233,7 @@ mod tests {
                     dm(AYSE, BURAK, 2),
                 ],
                 want: vec![Refused(MEDIA_REFUSED), Stored(4)],
-                trips: "users create lock originals media write",
+                trips: "users lock originals media write",
                 created: vec![],
                 last_seqs: vec![(ab, 4)],
             },
@@ -1250,7 +1267,7 @@ mod tests {
                     Duplicate(1),
                     Stored(8),
                 ],
-                trips: "users create lock originals members media write",
+                trips: "users lock originals members media write",
                 created: vec![ac],
                 last_seqs: vec![(ac, 1), (kulup, 8)],
             },

@@ -2,16 +2,19 @@
 //! its receipt watermarks. What to read and what each send becomes is decided by
 //! [`super::plan`]; this module runs its statements.
 //!
-//! Order inside the transaction, and why (five round trips for a batch of new direct
-//! messages with receipts, plus `BEGIN` and `COMMIT`; the ledger test in
-//! `e2e/tests/it/ledger.rs` bounds them):
+//! Order inside the transaction, and why (four round trips for a batch of direct messages
+//! with receipts, plus `BEGIN` and `COMMIT`; the ledger test in `e2e/tests/it/ledger.rs`
+//! bounds them):
 //!
 //! 1. Senders and direct recipients must exist, and blocks between a direct message's two
 //!    users (either way) are read, in one statement; a blocked send is refused with `blocked`
 //!    after step 4 (a retry of a message stored before the block is still answered with its
 //!    original `Sent`) and creates no conversation in step 2.
-//! 2. Missing direct conversations are created with both members (`INSERT … ON CONFLICT DO
-//!    NOTHING`, in id order).
+//! 2. In the same statement, missing direct conversations are created with both members
+//!    (`INSERT … ON CONFLICT DO NOTHING`, in id order), for the pairs whose two users exist
+//!    and have no block between them: the sends step 1 leaves open. (A statement of its own
+//!    until #18's fourth round: one round trip per batch, for what is nearly always a
+//!    conversation that exists.)
 //! 3. The batch's conversations are locked `FOR UPDATE` in id order. Invariant: whoever
 //!    numbers messages or changes a group's membership holds this lock, so from here on
 //!    `last_seq` and membership cannot change under us. Membership is checked against the
@@ -166,13 +169,19 @@ async fn plan_sends(
     sends: &[SendRequest],
 ) -> Result<(Decided, Option<Timestamp>), sqlx::Error> {
     let mut plan = Plan::new(sends);
-    // 1, 1b in one round trip. The pairs are read before unknown users are refused: a pair
-    // with a refused user is no longer undecided, so `blocks_found` passes it over.
-    let (users, blocks) = users_and_blocks(tx, &plan.users(), &plan.direct_pairs()).await?;
+    // 1, 1b and 2 in one round trip. The pairs are read before unknown users are refused: a
+    // pair with a refused user is no longer undecided, so `blocks_found` passes it over. The
+    // conversations offered for creation are every direct send's; the statement keeps those
+    // the plan would keep once it knows users and blocks.
+    let (users, blocks) = users_blocks_and_create(
+        tx,
+        &plan.users(),
+        &plan.direct_pairs(),
+        &plan.direct_conversations(),
+    )
+    .await?;
     plan.users_found(&users);
     plan.blocks_found(&blocks);
-    // 2.
-    create_direct(tx, &plan.direct_conversations()).await?;
     // 3, 4: the lock, then what it protects (the clock comes with the originals: it is read
     // after the lock either way).
     let locked = lock(tx, &plan.conversations()).await?;
@@ -186,23 +195,46 @@ async fn plan_sends(
     Ok((plan.number(now, crate::db::new_id::<MessageId>), now))
 }
 
-/// Steps 1 and 1b in one statement: which of `users` exist, and the `(sender, recipient)`
-/// pairs with a block between them, either way.
-async fn users_and_blocks(
+/// Steps 1, 1b and 2 in one statement: which of `users` exist, the `(sender, recipient)`
+/// pairs with a block between them (either way), and the direct conversations of `new`
+/// created with both members where both users exist and no block stands between them.
+async fn users_blocks_and_create(
     tx: &mut PgConnection,
     users: &[UserId],
     pairs: &[(UserId, UserId)],
+    new: &[NewDirect],
 ) -> Result<(HashSet<UserId>, HashMap<(UserId, UserId), Block>), sqlx::Error> {
     let ids: Vec<Uuid> = users.iter().map(UserId::as_uuid).collect();
     let (senders, peers): (Vec<Uuid>, Vec<Uuid>) = pairs
         .iter()
         .map(|(sender, peer)| (sender.as_uuid(), peer.as_uuid()))
         .unzip();
+    let conversations: Vec<Uuid> = new.iter().map(|d| d.conversation.as_uuid()).collect();
+    let lows: Vec<Uuid> = new.iter().map(|d| d.low.as_uuid()).collect();
+    let highs: Vec<Uuid> = new.iter().map(|d| d.high.as_uuid()).collect();
     // A row with no peer is a user that exists; a row with one is a blocked pair. `blocks` is
     // keyed (blocker_id, blocked_id) with an index on (blocked_id, blocker_id): both
-    // directions are index probes.
+    // directions are index probes. The data-modifying CTEs run whether or not the query reads
+    // them; the reads see the users and blocks as of the statement's start, as the creation
+    // does.
     let rows = sqlx::query_as::<_, (Uuid, Option<Uuid>, Option<bool>)>(
-        "SELECT id, NULL::uuid, NULL::boolean FROM users WHERE id = ANY($1)
+        "WITH created AS (
+             INSERT INTO conversations (id, kind, user_low, user_high)
+             SELECT t.id, 'direct', t.low, t.high
+             FROM unnest($4::uuid[], $5::uuid[], $6::uuid[]) AS t(id, low, high)
+             WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = t.low)
+               AND EXISTS (SELECT 1 FROM users u WHERE u.id = t.high)
+               AND NOT blocked_between(t.low, t.high)
+             ORDER BY t.id
+             ON CONFLICT (id) DO NOTHING
+             RETURNING id, user_low, user_high),
+         joined AS (
+             INSERT INTO members (conversation_id, user_id, role)
+             SELECT id, user_low, 'member' FROM created
+             UNION ALL
+             SELECT id, user_high, 'member' FROM created
+             ON CONFLICT DO NOTHING)
+         SELECT id, NULL::uuid, NULL::boolean FROM users WHERE id = ANY($1)
          UNION ALL
          SELECT t.sender, t.peer,
                 EXISTS (SELECT 1 FROM blocks b
@@ -213,6 +245,9 @@ async fn users_and_blocks(
     .bind(&ids)
     .bind(&senders)
     .bind(&peers)
+    .bind(&conversations)
+    .bind(&lows)
+    .bind(&highs)
     .fetch_all(&mut *tx)
     .await?;
     let mut existing = HashSet::new();
@@ -236,36 +271,6 @@ async fn users_and_blocks(
         }
     }
     Ok((existing, blocks))
-}
-
-/// Step 2: direct conversations, created with both members the first time.
-async fn create_direct(tx: &mut PgConnection, new: &[NewDirect]) -> Result<(), sqlx::Error> {
-    if new.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<Uuid> = new.iter().map(|d| d.conversation.as_uuid()).collect();
-    let lows: Vec<Uuid> = new.iter().map(|d| d.low.as_uuid()).collect();
-    let highs: Vec<Uuid> = new.iter().map(|d| d.high.as_uuid()).collect();
-    sqlx::query(
-        "WITH created AS (
-             INSERT INTO conversations (id, kind, user_low, user_high)
-             SELECT id, 'direct', low, high
-             FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) AS t(id, low, high)
-             ORDER BY id
-             ON CONFLICT (id) DO NOTHING
-             RETURNING id, user_low, user_high)
-         INSERT INTO members (conversation_id, user_id, role)
-         SELECT id, user_low, 'member' FROM created
-         UNION ALL
-         SELECT id, user_high, 'member' FROM created
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(&ids)
-    .bind(&lows)
-    .bind(&highs)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
 }
 
 /// Step 3: the numbering lock, in id order. A missing conversation is absent from the answer.

@@ -2,6 +2,7 @@
 //! Replies are parsed from fred's raw [`Value`]s here, so the rest of the worker sees
 //! [`RawEntry`]s only.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -239,20 +240,25 @@ impl Shards {
         Ok((entries, next))
     }
 
-    /// Acknowledges `ids` of one shard.
+    /// Acknowledges `ids`, by shard, on one pipeline: one round trip for a batch, however
+    /// many shards it spans (a Redis Cluster sends each node its part).
     pub async fn ack(
         &self,
         redis: &Client,
-        shard: u16,
-        ids: &[EntryId],
+        ids: &BTreeMap<u16, Vec<EntryId>>,
     ) -> Result<(), StreamError> {
-        if ids.is_empty() {
-            return Ok(());
+        let pipeline = redis.pipeline();
+        let mut any = false;
+        for (shard, ids) in ids.iter().filter(|(_, ids)| !ids.is_empty()) {
+            let ids: Vec<String> = ids.iter().map(EntryId::to_string).collect();
+            let () = pipeline
+                .xack(self.key(*shard), streams::CONSUMER_GROUP, ids)
+                .await?;
+            any = true;
         }
-        let ids: Vec<String> = ids.iter().map(EntryId::to_string).collect();
-        let _: i64 = redis
-            .xack(self.key(shard), streams::CONSUMER_GROUP, ids)
-            .await?;
+        if any {
+            let _: Vec<Value> = pipeline.all().await?;
+        }
         Ok(())
     }
 

@@ -1,22 +1,40 @@
 //! The worker's fan-out loop: takes jobs from `feed_outbox` (written in the transaction that
 //! created or deleted a post) and applies them to the Redis timelines ([`super::feed`]).
 //!
+//! It does not poll an empty outbox: a trigger on `feed_outbox` sends `NOTIFY feed_outbox`
+//! with each insert (delivered at commit), and the loop sleeps until one arrives. Before, an
+//! idle worker ran three statements every 50 ms, 20 of the 225 Postgres transactions per
+//! 1,000 deliveries of a chat (docs/BENCHMARKS.md, "Fourth round"). A notification is lost
+//! only while the listening connection is down; the listener then wakes the loop once it is
+//! back, and the loop looks at the outbox every [`FALLBACK_POLL`] regardless.
+//!
 //! Invariant: a job is deleted in the same transaction that locked it (`FOR UPDATE SKIP
 //! LOCKED`, so workers share the outbox), after its Redis writes succeeded. A worker that dies
 //! or a Redis that fails midway leaves the job to be done again; applying a job twice is
 //! harmless (ZADD and ZREM are idempotent).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use fred::clients::Client;
 use haberci_kit::shutdown::Shutdown;
 use haberci_wire::{PostId, UserId};
 use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::Notify;
 
 use super::feed::{Feed, fanout_targets};
 
-/// How often an idle worker looks at the outbox.
-pub const DEFAULT_POLL: Duration = Duration::from_millis(50);
+/// The channel the outbox's trigger notifies (migration `20261206000001`).
+pub const CHANNEL: &str = "feed_outbox";
+/// How often an idle worker looks at the outbox without being told: the safety net for a
+/// notification lost while the listening connection was down.
+pub const FALLBACK_POLL: Duration = Duration::from_secs(10);
+/// Takes up to [`BATCH`] jobs (`$1`), skipping those another worker holds.
+pub const OUTBOX_SQL: &str = "SELECT id, post_id, author_id, action FROM feed_outbox
+ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED";
+/// Pause before listening again after the listener failed.
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
 /// Jobs taken in one transaction.
 pub const BATCH: i64 = 32;
 
@@ -29,7 +47,9 @@ struct Job {
 }
 
 /// Runs until `shutdown`; finishes the batch in hand first.
-pub async fn run(db: PgPool, redis: Client, feed: Feed, poll: Duration, shutdown: Shutdown) {
+pub async fn run(db: PgPool, redis: Client, feed: Feed, shutdown: Shutdown) {
+    let wake = Arc::new(Notify::new());
+    let listener = tokio::spawn(listen(db.clone(), wake.clone()));
     loop {
         let done = match once(&db, &redis, &feed).await {
             Ok(done) => done,
@@ -41,23 +61,61 @@ pub async fn run(db: PgPool, redis: Client, feed: Feed, poll: Duration, shutdown
         if done > 0 {
             continue;
         }
+        // A notification that came while the batch ran left a permit: no wake-up is lost.
         tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(poll) => {}
+            _ = shutdown.cancelled() => break,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(FALLBACK_POLL) => {}
         }
     }
+    listener.abort();
+}
+
+/// Listens on [`CHANNEL`] on a connection of its own (taken from the pool; PgBouncer runs in
+/// session mode, so `LISTEN` holds) and wakes the loop once it listens, for each
+/// notification, and once whenever the connection was lost (what came meanwhile was not
+/// heard). Runs until aborted.
+pub async fn listen(db: PgPool, wake: Arc<Notify>) {
+    let mut listener: Option<PgListener> = None;
+    loop {
+        let Some(active) = listener.as_mut() else {
+            match listening(&db).await {
+                Ok(fresh) => listener = Some(fresh),
+                Err(err) => {
+                    tracing::debug!(%err, "fan-out cannot listen yet; polling meanwhile");
+                    tokio::time::sleep(LISTEN_RETRY).await;
+                }
+            }
+            // Listening now (or not yet): whatever was inserted before is looked at.
+            wake.notify_one();
+            continue;
+        };
+        match active.try_recv().await {
+            Ok(Some(_)) => wake.notify_one(),
+            // Lost and reconnected on the next call: look, in case something came meanwhile.
+            Ok(None) => wake.notify_one(),
+            Err(err) => {
+                tracing::debug!(%err, "fan-out listener failed; listening again");
+                listener = None;
+                tokio::time::sleep(LISTEN_RETRY).await;
+            }
+        }
+    }
+}
+
+async fn listening(db: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(db).await?;
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
 }
 
 /// Applies one batch of jobs; how many.
 pub async fn once(db: &PgPool, redis: &Client, feed: &Feed) -> anyhow::Result<usize> {
     let mut tx = db.begin().await?;
-    let jobs = sqlx::query_as::<_, Job>(
-        "SELECT id, post_id, author_id, action FROM feed_outbox
-         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-    )
-    .bind(BATCH)
-    .fetch_all(&mut *tx)
-    .await?;
+    let jobs = sqlx::query_as::<_, Job>(OUTBOX_SQL)
+        .bind(BATCH)
+        .fetch_all(&mut *tx)
+        .await?;
     if jobs.is_empty() {
         return Ok(0);
     }

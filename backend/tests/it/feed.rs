@@ -292,3 +292,29 @@ async fn feed_pages_equal_the_reference_query_while_authors_post_and_followers_c
         }
     }
 }
+
+/// The fan-out loop does not poll an empty outbox: the trigger's `NOTIFY` wakes it. The
+/// listener wakes once when it begins listening; after that, only a notification can wake it
+/// again (its fallback is the loop's ten-second look, which this does not run).
+#[tokio::test]
+async fn a_new_post_wakes_the_fan_out_listener() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use haberci_backend::social::fanout;
+    use tokio::sync::Notify;
+
+    let api = Api::new();
+    let author = api.user().await;
+    let wake = Arc::new(Notify::new());
+    let listener = tokio::spawn(fanout::listen(api.state.db.clone(), wake.clone()));
+    tokio::time::timeout(Duration::from_secs(30), wake.notified())
+        .await
+        .expect("the listener listens");
+    let post = say(&api, &author, "wake up").await;
+    tokio::time::timeout(Duration::from_secs(30), wake.notified())
+        .await
+        .expect("the outbox insert notified the listener");
+    listener.abort();
+    fanned_out(&api, &[post]).await;
+}

@@ -838,7 +838,10 @@ async fn trimming_removes_only_acknowledged_entries() {
         )
         .await
         .unwrap();
-    shards.ack(redis, 0, &ids[..2]).await.unwrap();
+    shards
+        .ack(redis, &[(0, ids[..2].to_vec())].into())
+        .await
+        .unwrap();
     for n in 3..5 {
         let id = world
             .xadd_raw(&key, vec![(streams::ENTRY_FIELD, format!("{n}"))])
@@ -851,7 +854,10 @@ async fn trimming_removes_only_acknowledged_entries() {
     assert_eq!(len(redis.clone(), key.clone()).await, 3);
 
     // Acknowledged, nothing pending: trimmed up to the last delivered, never the unread.
-    shards.ack(redis, 0, &ids[2..3]).await.unwrap();
+    shards
+        .ack(redis, &[(0, ids[2..3].to_vec())].into())
+        .await
+        .unwrap();
     let point = shards.trim_point(redis, 0).await.unwrap().unwrap();
     assert_eq!(point, ids[2].next());
     assert_eq!(shards.trim(redis, 0, point).await.unwrap(), 1);
