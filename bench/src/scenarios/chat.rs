@@ -52,6 +52,11 @@ pub struct ChatArgs {
     /// Seconds to wait for deliveries after the last send.
     #[arg(long, default_value_t = 10)]
     pub drain: u64,
+    /// Seconds between the last session connected and the first send, outside the measured
+    /// window: what sessions do after their `Welcome` (the backlog a reused user's session
+    /// syncs) is not charged to the chat.
+    #[arg(long, default_value_t = 0)]
+    pub settle: u64,
     /// Bytes of message content.
     #[arg(long, default_value_t = 100)]
     pub content_bytes: usize,
@@ -146,6 +151,7 @@ pub struct ChatPlan {
     pub duration_s: f64,
     pub messages: Option<u64>,
     pub drain: u64,
+    pub settle: u64,
     pub content_bytes: usize,
 }
 
@@ -157,6 +163,7 @@ impl From<&ChatArgs> for ChatPlan {
             duration_s: a.duration,
             messages: a.messages,
             drain: a.drain,
+            settle: a.settle,
             content_bytes: a.content_bytes,
         }
     }
@@ -238,6 +245,9 @@ pub async fn measure_chat(
         "{} connected, {} failed",
         counts.connected, counts.connect_failed
     ));
+    if plan.settle > 0 {
+        tokio::time::sleep(Duration::from_secs(plan.settle)).await;
+    }
     let ticks = procfs::clock_ticks_per_sec();
     let stores = match side {
         Side::Haberci => Stores::from_env(),

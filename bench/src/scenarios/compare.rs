@@ -52,6 +52,10 @@ pub struct CompareArgs {
     /// chat: seconds to wait for deliveries after the last send.
     #[arg(long, default_value_t = 10)]
     pub drain: u64,
+    /// Seconds between connected and the first send, outside the measured window (as in
+    /// `chat --settle`).
+    #[arg(long, default_value_t = 0)]
+    pub settle: u64,
     #[arg(long, default_value_t = 100)]
     pub content_bytes: usize,
     /// The Socket.IO peer's folder (`npm ci` done there).
@@ -191,6 +195,7 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
         duration_s: args.duration,
         messages: args.messages,
         drain: args.drain,
+        settle: args.settle,
         content_bytes: args.content_bytes,
     };
     let run = async {
