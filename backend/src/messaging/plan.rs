@@ -12,7 +12,7 @@
 //! | 1b | [`Plan::direct_pairs`] | blocks either way | [`Plan::blocks_found`]: held back until step 4 |
 //! | 2 | [`Plan::direct_conversations`] (asked with step 1) | create those whose users exist, unblocked (in step 1's statement) | |
 //! | 3 | [`Plan::conversations`] | lock them, with kind and `last_seq` | |
-//! | 4 | [`Plan::idempotency_keys`] | the originals stored under them | [`Plan::locked`]: duplicates, reused ids, blocks, wrong or missing conversation |
+//! | 4 | [`Plan::idempotency_keys`] | the originals stored under them (with step 3 in one round trip, read after the lock) | [`Plan::locked`]: duplicates, reused ids, blocks, wrong or missing conversation |
 //! | 4 | [`Plan::group_senders`] | their memberships | [`Plan::members_found`]: not a member |
 //! | 4b | [`Plan::media`] | the uploads | [`Plan::uploads_found`]: media refused |
 //! | 5 | [`Plan::needs_clock`] | the database clock | [`Plan::number`]: duplicates within the batch, seqs, full conversations, the rows |
@@ -804,18 +804,16 @@ mod tests {
             }
         }
 
+        // The lock, the clock and the originals are one round trip.
         let conversations = plan.conversations();
-        if !conversations.is_empty() {
+        let keys = plan.idempotency_keys();
+        if !conversations.is_empty() || !keys.is_empty() {
             trips.push("lock");
         }
         let locked = conversations
             .into_iter()
             .filter_map(|c| Some((c, *world.conversations.get(&c)?)))
             .collect();
-        let keys = plan.idempotency_keys();
-        if !keys.is_empty() {
-            trips.push("originals");
-        }
         let originals = keys
             .into_iter()
             .filter_map(|key| Some((key, *world.originals.get(&key)?)))
@@ -864,7 +862,7 @@ mod tests {
         let ac = direct(AYSE, CEM);
         let bc = direct(BURAK, CEM);
         let kulup = of_group(KULUP);
-        let all = "users lock originals write";
+        let all = "users lock write";
         let max = Seq::MAX.get();
         let max_i64 = i64::try_from(max).unwrap_or(i64::MAX);
         vec![
@@ -915,7 +913,7 @@ mod tests {
                     Stored(5),
                     Stored(2),
                 ],
-                trips: "users lock originals members write",
+                trips: "users lock members write",
                 created: vec![ac],
                 last_seqs: vec![(ab, 5), (kulup, 9), (ac, 2)],
             },
@@ -948,7 +946,7 @@ mod tests {
                     .at(kulup, Kind::Group, -1),
                 sends: vec![dm(AYSE, BURAK, 1), post(AYSE, KULUP, 2)],
                 want: vec![Refused(CONVERSATION_FULL), Refused(CONVERSATION_FULL)],
-                trips: "users lock originals members",
+                trips: "users lock members",
                 created: vec![],
                 last_seqs: vec![],
             },
@@ -981,7 +979,7 @@ mod tests {
                 world: World::base(),
                 sends: vec![post(BURAK, KULUP, 1)],
                 want: vec![Stored(8)],
-                trips: "users lock originals members write",
+                trips: "users lock members write",
                 created: vec![],
                 last_seqs: vec![(kulup, 8)],
             },
@@ -990,7 +988,7 @@ mod tests {
                 world: World::base(),
                 sends: vec![post(CEM, KULUP, 1), post(AYSE, KULUP, 2)],
                 want: vec![Refused(NOT_A_MEMBER), Stored(8)],
-                trips: "users lock originals members write",
+                trips: "users lock members write",
                 created: vec![],
                 last_seqs: vec![(kulup, 8)],
             },
@@ -999,7 +997,7 @@ mod tests {
                 world: World::base(),
                 sends: vec![post(AYSE, NO_GROUP, 1)],
                 want: vec![Refused(UNKNOWN_RECIPIENT)],
-                trips: "users lock originals",
+                trips: "users lock",
                 created: vec![],
                 last_seqs: vec![],
             },
@@ -1010,7 +1008,7 @@ mod tests {
                     .at(of_group(NO_GROUP), Kind::Direct, 0),
                 sends: vec![dm(AYSE, CEM, 1), post(AYSE, NO_GROUP, 2)],
                 want: vec![Refused(UNKNOWN_RECIPIENT), Refused(UNKNOWN_RECIPIENT)],
-                trips: "users lock originals",
+                trips: "users lock",
                 created: vec![],
                 last_seqs: vec![],
             },
@@ -1020,7 +1018,7 @@ mod tests {
                 world: World::base().block(CEM, AYSE),
                 sends: vec![dm(AYSE, CEM, 1)],
                 want: vec![Refused(BLOCKED_BY_RECIPIENT)],
-                trips: "users lock originals",
+                trips: "users lock",
                 created: vec![],
                 last_seqs: vec![],
             },
@@ -1029,7 +1027,7 @@ mod tests {
                 world: World::base().block(AYSE, BURAK),
                 sends: vec![dm(AYSE, BURAK, 1)],
                 want: vec![Refused(BLOCKED_BY_SENDER)],
-                trips: "users lock originals",
+                trips: "users lock",
                 created: vec![],
                 last_seqs: vec![],
             },
@@ -1038,7 +1036,7 @@ mod tests {
                 world: World::base().block(AYSE, CEM).block(CEM, AYSE),
                 sends: vec![dm(CEM, AYSE, 1)],
                 want: vec![Refused(BLOCKED_BY_SENDER)],
-                trips: "users lock originals",
+                trips: "users lock",
                 created: vec![],
                 last_seqs: vec![],
             },
@@ -1057,7 +1055,7 @@ mod tests {
                     Stored(1),
                     Stored(8),
                 ],
-                trips: "users lock originals members write",
+                trips: "users lock members write",
                 created: vec![bc],
                 last_seqs: vec![(ab, 4), (bc, 1), (kulup, 8)],
             },
@@ -1066,7 +1064,7 @@ mod tests {
                 world: World::base().block(BURAK, AYSE),
                 sends: vec![post(AYSE, KULUP, 1)],
                 want: vec![Stored(8)],
-                trips: "users lock originals members write",
+                trips: "users lock members write",
                 created: vec![],
                 last_seqs: vec![(kulup, 8)],
             },
@@ -1076,7 +1074,7 @@ mod tests {
                 world: World::base().stored(AYSE, 1, ab, 2),
                 sends: vec![dm(AYSE, BURAK, 1)],
                 want: vec![Duplicate(2)],
-                trips: "users lock originals",
+                trips: "users lock",
                 created: vec![],
                 last_seqs: vec![],
             },
@@ -1085,7 +1083,7 @@ mod tests {
                 world: World::base().stored(AYSE, 1, ab, 2).block(BURAK, AYSE),
                 sends: vec![dm(AYSE, BURAK, 1), dm(AYSE, BURAK, 2)],
                 want: vec![Duplicate(2), Refused(BLOCKED_BY_RECIPIENT)],
-                trips: "users lock originals",
+                trips: "users lock",
                 created: vec![],
                 last_seqs: vec![],
             },
@@ -1094,7 +1092,7 @@ mod tests {
                 world: World::base().stored(CEM, 1, kulup, 5),
                 sends: vec![post(CEM, KULUP, 1), post(CEM, KULUP, 2)],
                 want: vec![Duplicate(5), Refused(NOT_A_MEMBER)],
-                trips: "users lock originals members",
+                trips: "users lock members",
                 created: vec![],
                 last_seqs: vec![],
             },
@@ -1103,7 +1101,7 @@ mod tests {
                 world: World::base().stored(AYSE, 1, ab, 2),
                 sends: vec![with_media(dm(AYSE, BURAK, 1), MessageKind::Image, NO_MEDIA)],
                 want: vec![Duplicate(2)],
-                trips: "users lock originals",
+                trips: "users lock",
                 created: vec![],
                 last_seqs: vec![],
             },
@@ -1121,7 +1119,7 @@ mod tests {
                 world: World::base().stored(AYSE, 1, kulup, 5),
                 sends: vec![dm(AYSE, BURAK, 1)],
                 want: vec![Refused(ID_REUSED)],
-                trips: "users lock originals",
+                trips: "users lock",
                 created: vec![],
                 last_seqs: vec![],
             },
@@ -1130,7 +1128,7 @@ mod tests {
                 world: World::base().unreadable(AYSE, 1, ab),
                 sends: vec![dm(AYSE, BURAK, 1)],
                 want: vec![Refused(UNREADABLE_ORIGINAL)],
-                trips: "users lock originals",
+                trips: "users lock",
                 created: vec![],
                 last_seqs: vec![],
             },
@@ -1158,7 +1156,7 @@ mod tests {
                 world: World::base(),
                 sends: vec![post(AYSE, KULUP, 1), dm(AYSE, CEM, 1)],
                 want: vec![Stored(8), Refused(ID_REUSED)],
-                trips: "users lock originals members write",
+                trips: "users lock members write",
                 // Created before the numbering finds the repeat: a conversation with no
                 // message, as before this plan.
                 created: vec![ac],
@@ -1178,7 +1176,7 @@ mod tests {
                 world: World::base(),
                 sends: vec![post(CEM, KULUP, 1), dm(CEM, AYSE, 1)],
                 want: vec![Refused(NOT_A_MEMBER), Stored(1)],
-                trips: "users lock originals members write",
+                trips: "users lock members write",
                 created: vec![ac],
                 last_seqs: vec![(ac, 1)],
             },
@@ -1191,7 +1189,7 @@ mod tests {
                     with_media(post(BURAK, KULUP, 2), MessageKind::File, DOC),
                 ],
                 want: vec![Stored(4), Stored(8)],
-                trips: "users lock originals members media write",
+                trips: "users lock members media write",
                 created: vec![],
                 last_seqs: vec![(ab, 4), (kulup, 8)],
             },
@@ -1212,7 +1210,7 @@ mod tests {
                     Refused(MEDIA_REFUSED),
                     Stored(4),
                 ],
-                trips: "users lock originals media write",
+                trips: "users lock media write",
                 created: vec![],
                 last_seqs: vec![(ab, 4)],
             },
@@ -1221,7 +1219,7 @@ mod tests {
                 world: World::base(),
                 sends: vec![with_media(post(CEM, KULUP, 1), MessageKind::Image, PHOTO)],
                 want: vec![Refused(NOT_A_MEMBER)],
-                trips: "users lock originals members",
+                trips: "users lock members",
                 created: vec![],
                 last_seqs: vec![],
             },
@@ -1233,7 +1231,7 @@ mod tests {
                     dm(AYSE, BURAK, 2),
                 ],
                 want: vec![Refused(MEDIA_REFUSED), Stored(4)],
-                trips: "users lock originals media write",
+                trips: "users lock media write",
                 created: vec![],
                 last_seqs: vec![(ab, 4)],
             },
@@ -1267,7 +1265,7 @@ mod tests {
                     Duplicate(1),
                     Stored(8),
                 ],
-                trips: "users lock originals members media write",
+                trips: "users lock members media write",
                 created: vec![ac],
                 last_seqs: vec![(ac, 1), (kulup, 8)],
             },

@@ -2,9 +2,9 @@
 //! its receipt watermarks. What to read and what each send becomes is decided by
 //! [`super::plan`]; this module runs its statements.
 //!
-//! Order inside the transaction, and why (four round trips for a batch of direct messages
-//! with receipts, plus `BEGIN` and `COMMIT`; the ledger test in `e2e/tests/it/ledger.rs`
-//! bounds them):
+//! Order inside the transaction, and why (three round trips for a batch of direct messages
+//! with receipts, plus `BEGIN` and `COMMIT`: steps 1–2, steps 3–4, steps 5–6; the ledger test
+//! in `e2e/tests/it/ledger.rs` bounds them):
 //!
 //! 1. Senders and direct recipients must exist, and blocks between a direct message's two
 //!    users (either way) are read, in one statement; a blocked send is refused with `blocked`
@@ -21,7 +21,8 @@
 //!    database inside the lock: correct by construction (a cache is a later optimisation).
 //! 4. Duplicates by `(sender_id, client_msg_id)` are looked up *after* the lock: under READ
 //!    COMMITTED each statement sees what committed before it, so a concurrent worker's
-//!    insert of the same message is visible once its lock is released. A duplicate (in the
+//!    insert of the same message is visible once its lock is released. Steps 3 and 4 are two
+//!    statements of one function (`worker_lock_and_originals`), one round trip. A duplicate (in the
 //!    database, or earlier in the same batch) is answered with the original's id, seq and
 //!    timestamp; the same id reused for another conversation is refused. The database clock
 //!    (ms) comes with this statement: read after the lock, timestamps never go backwards
@@ -182,10 +183,10 @@ async fn plan_sends(
     .await?;
     plan.users_found(&users);
     plan.blocks_found(&blocks);
-    // 3, 4: the lock, then what it protects (the clock comes with the originals: it is read
-    // after the lock either way).
-    let locked = lock(tx, &plan.conversations()).await?;
-    let (originals, clock) = originals_and_clock(tx, &plan.idempotency_keys()).await?;
+    // 3, 4 in one round trip: the lock, then what it protects (the clock comes with the
+    // originals: it is read after the lock either way).
+    let (locked, originals, clock) =
+        lock_and_originals(tx, &plan.conversations(), &plan.idempotency_keys()).await?;
     plan.locked(locked, &originals);
     plan.members_found(&members(tx, &plan.group_senders()).await?);
     // 4b.
@@ -273,32 +274,6 @@ async fn users_blocks_and_create(
     Ok((existing, blocks))
 }
 
-/// Step 3: the numbering lock, in id order. A missing conversation is absent from the answer.
-async fn lock(
-    tx: &mut PgConnection,
-    conversations: &[ConversationId],
-) -> Result<HashMap<ConversationId, Locked>, sqlx::Error> {
-    if conversations.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let ids: Vec<Uuid> = conversations.iter().map(ConversationId::as_uuid).collect();
-    let rows = sqlx::query_as::<_, (Uuid, String, i64)>(
-        "SELECT id, kind, last_seq FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await?;
-    // The table's CHECK allows only the kinds `conversations::Kind` knows; a row of any other
-    // would be no conversation a send can go to, as if missing.
-    Ok(rows
-        .into_iter()
-        .filter_map(|(id, kind, last_seq)| {
-            let kind = conversations::Kind::try_from(kind).ok()?;
-            Some((ConversationId::new(id)?, Locked { kind, last_seq }))
-        })
-        .collect())
-}
-
 /// A stored message found by its idempotency key.
 struct OriginalRow {
     sender_id: Uuid,
@@ -319,79 +294,119 @@ impl OriginalRow {
     }
 }
 
-/// Step 4: the messages already stored under these idempotency keys, and the database's time
-/// to the millisecond (step 5's clock). Read after the lock, so timestamps never go backwards
-/// along a conversation's seqs. (Not in the locking statement: its expressions are computed
-/// before it waits for the lock.)
-async fn originals_and_clock(
+type Originals = HashMap<(UserId, ClientMsgId), Original>;
+
+/// Steps 3 and 4 in one round trip (the function `worker_lock_and_originals`, migration
+/// `20261206000002`): the numbering lock on `conversations` in id order, then, in a statement
+/// of its own and so in a snapshot taken after the lock was granted, the database's time to
+/// the millisecond and the messages already stored under these idempotency keys. A
+/// concurrent worker's insert of the same message is visible once it released the lock, and
+/// timestamps never go backwards along a conversation's seqs. A missing conversation is
+/// absent from the answer. Both inputs are empty or neither is (the plan's open sends).
+async fn lock_and_originals(
     tx: &mut PgConnection,
+    conversations: &[ConversationId],
     keys: &[(UserId, ClientMsgId)],
-) -> Result<(HashMap<(UserId, ClientMsgId), Original>, Option<Timestamp>), sqlx::Error> {
-    if keys.is_empty() {
-        // Nothing undecided: nothing to number either.
-        return Ok((HashMap::new(), None));
+) -> Result<
+    (
+        HashMap<ConversationId, Locked>,
+        Originals,
+        Option<Timestamp>,
+    ),
+    sqlx::Error,
+> {
+    if conversations.is_empty() && keys.is_empty() {
+        // Nothing undecided: nothing to lock or number either.
+        return Ok((HashMap::new(), HashMap::new(), None));
     }
+    let ids: Vec<Uuid> = conversations.iter().map(ConversationId::as_uuid).collect();
     let (senders, client_ids): (Vec<Uuid>, Vec<Uuid>) = keys
         .iter()
         .map(|(sender, id)| (sender.as_uuid(), id.as_uuid()))
         .unzip();
-    // One row at least: the clock, with the originals (if any) joined to it.
-    let rows = sqlx::query_as::<_, ClockedRow>(
-        "SELECT now.at, o.sender_id, o.client_msg_id, o.conversation_id, o.seq, o.id,
-                o.created_at
-         FROM (SELECT date_trunc('milliseconds', clock_timestamp()) AS at) AS now
-         LEFT JOIN (
-           SELECT m.sender_id, m.client_msg_id, m.conversation_id, m.seq, m.id, m.created_at
-           FROM message_originals m
-           JOIN unnest($1::uuid[], $2::uuid[]) AS t(sender, client_msg_id)
-             ON m.sender_id = t.sender AND m.client_msg_id = t.client_msg_id
-         ) AS o ON true",
+    let rows = sqlx::query_as::<_, LockedRow>(
+        "SELECT row_kind, conversation_id, kind, last_seq, at, sender_id, client_msg_id, seq,
+                message_id, created_at
+         FROM worker_lock_and_originals($1, $2, $3)",
     )
+    .bind(&ids)
     .bind(&senders)
     .bind(&client_ids)
     .fetch_all(&mut *tx)
     .await?;
-    let clock = rows
-        .first()
-        .map(|row| Timestamp::from_datetime(row.at).unwrap_or(Timestamp::UNIX_EPOCH));
-    let originals = rows
-        .iter()
-        .filter_map(ClockedRow::original)
-        .filter_map(|row| {
-            let key = (
-                UserId::new(row.sender_id)?,
-                ClientMsgId::new(row.client_msg_id)?,
-            );
-            let original = Original {
-                conversation: ConversationId::new(row.conversation_id),
-                stored: row.stored_as(),
-            };
-            Some((key, original))
-        })
-        .collect();
-    Ok((originals, clock))
+    let mut locked = HashMap::new();
+    let mut originals = HashMap::new();
+    let mut clock = None;
+    for row in rows {
+        match row.row_kind.as_str() {
+            // The table's CHECK allows only the kinds `conversations::Kind` knows; a row of
+            // any other would be no conversation a send can go to, as if missing.
+            "conversation" => {
+                let found = (|| {
+                    let kind = conversations::Kind::try_from(row.kind?).ok()?;
+                    let id = ConversationId::new(row.conversation_id?)?;
+                    Some((
+                        id,
+                        Locked {
+                            kind,
+                            last_seq: row.last_seq?,
+                        },
+                    ))
+                })();
+                locked.extend(found);
+            }
+            "clock" => {
+                clock = row
+                    .at
+                    .map(|at| Timestamp::from_datetime(at).unwrap_or(Timestamp::UNIX_EPOCH));
+            }
+            _ => {
+                let Some(original) = row.original() else {
+                    continue;
+                };
+                let (Some(sender), Some(client_msg_id)) = (
+                    UserId::new(original.sender_id),
+                    ClientMsgId::new(original.client_msg_id),
+                ) else {
+                    continue;
+                };
+                originals.insert(
+                    (sender, client_msg_id),
+                    Original {
+                        conversation: ConversationId::new(original.conversation_id),
+                        stored: original.stored_as(),
+                    },
+                );
+            }
+        }
+    }
+    Ok((locked, originals, clock))
 }
 
-/// The clock, and an original when one was found (its columns all null otherwise).
+/// One row of `worker_lock_and_originals`: a locked conversation, the clock, or an original
+/// (the columns of the other kinds null).
 #[derive(sqlx::FromRow)]
-struct ClockedRow {
-    at: OffsetDateTime,
+struct LockedRow {
+    row_kind: String,
+    conversation_id: Option<Uuid>,
+    kind: Option<String>,
+    last_seq: Option<i64>,
+    at: Option<OffsetDateTime>,
     sender_id: Option<Uuid>,
     client_msg_id: Option<Uuid>,
-    conversation_id: Option<Uuid>,
     seq: Option<i64>,
-    id: Option<Uuid>,
+    message_id: Option<Uuid>,
     created_at: Option<OffsetDateTime>,
 }
 
-impl ClockedRow {
+impl LockedRow {
     fn original(&self) -> Option<OriginalRow> {
         Some(OriginalRow {
             sender_id: self.sender_id?,
             client_msg_id: self.client_msg_id?,
             conversation_id: self.conversation_id?,
             seq: self.seq?,
-            id: self.id?,
+            id: self.message_id?,
             created_at: self.created_at?,
         })
     }
