@@ -17,8 +17,9 @@ pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:56379";
 /// connection.
 pub const DEFAULT_DB_POOL_SIZE: u32 = 16;
 /// Connections a worker keeps to PgBouncer at most: one for the consumer's batch, one for
-/// pruning, one spare (the feed fan-out).
-pub const DEFAULT_WORKER_DB_POOL_SIZE: u32 = 3;
+/// pruning, one for the feed fan-out's batch, one its listener holds for good (`LISTEN
+/// feed_outbox`).
+pub const DEFAULT_WORKER_DB_POOL_SIZE: u32 = 4;
 
 /// Where the backend finds Postgres (through PgBouncer) and Redis.
 #[derive(Debug, Clone)]
@@ -669,6 +670,13 @@ impl MessagingSettings {
         if receipt_hold > MAX_RECEIPT_HOLD {
             env.problem("HABERCI_RECEIPT_HOLD must be at most 1s");
         }
+        // Held receipts are pending entries: another consumer must not take them over as
+        // abandoned while they wait.
+        if receipt_hold + linger >= claim_idle {
+            env.problem(
+                "HABERCI_RECEIPT_HOLD plus HABERCI_BATCH_LINGER must stay below HABERCI_CLAIM_IDLE",
+            );
+        }
         MessagingSettings {
             shards,
             stream_prefix,
@@ -997,6 +1005,14 @@ mod tests {
             let err = WorkerConfig::from_env(Env::from_pairs(&pairs)).expect_err("bad config");
             assert_eq!(err.problems.len(), 1, "{err}");
         }
+        // Held receipts must not look abandoned to the other consumers.
+        let pairs = [
+            ("HABERCI_DATABASE_URL", "postgres://x@y/z"),
+            ("HABERCI_CLAIM_IDLE", "500ms"),
+            ("HABERCI_RECEIPT_HOLD", "500ms"),
+        ];
+        let err = WorkerConfig::from_env(Env::from_pairs(&pairs)).expect_err("bad config");
+        assert_eq!(err.problems.len(), 1, "{err}");
     }
 
     #[test]

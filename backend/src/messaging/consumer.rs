@@ -206,6 +206,12 @@ impl Consumer {
                     }
                 }
                 Err(err) => {
+                    // Held receipts do not wait out the outage's backoff: they go now (their
+                    // acknowledgement may fail too; then they are reclaimed).
+                    let held = std::mem::take(&mut self.held);
+                    if !held.is_empty() && !self.process(held, &shutdown).await {
+                        break;
+                    }
                     let delay = self.redis_outage.failed(&err);
                     if pause(delay, &shutdown).await {
                         break;

@@ -111,6 +111,9 @@ pub fn classify(err: &sqlx::Error) -> Failure {
     match err {
         sqlx::Error::Database(db) => match db.code().as_deref() {
             Some("23505" | "40001" | "40P01") => Failure::Conflict,
+            // An undefined function or table: the database is behind this release (its
+            // migrations have not run yet). Nothing is wrong with the data: wait for them.
+            Some("42883" | "42P01") => Failure::Outage,
             // Connection exceptions, insufficient resources, operator intervention (shutdown,
             // cancel), system errors: the server, not the data.
             Some(code)
@@ -360,7 +363,7 @@ async fn lock_and_originals(
                     .at
                     .map(|at| Timestamp::from_datetime(at).unwrap_or(Timestamp::UNIX_EPOCH));
             }
-            _ => {
+            "original" => {
                 let Some(original) = row.original() else {
                     continue;
                 };
@@ -378,6 +381,7 @@ async fn lock_and_originals(
                     },
                 );
             }
+            _ => {}
         }
     }
     Ok((locked, originals, clock))

@@ -6,7 +6,8 @@
 //! idle worker ran three statements every 50 ms, 20 of the 225 Postgres transactions per
 //! 1,000 deliveries of a chat (docs/BENCHMARKS.md, "Fourth round"). A notification is lost
 //! only while the listening connection is down; the listener then wakes the loop once it is
-//! back, and the loop looks at the outbox every [`FALLBACK_POLL`] regardless.
+//! back, and the loop looks at the outbox every [`FALLBACK_POLL`] regardless. A batch that
+//! failed is retried on a backoff of its own (nothing would notify again).
 //!
 //! Invariant: a job is deleted in the same transaction that locked it (`FOR UPDATE SKIP
 //! LOCKED`, so workers share the outbox), after its Redis writes succeeded. A worker that dies
@@ -35,6 +36,9 @@ pub const OUTBOX_SQL: &str = "SELECT id, post_id, author_id, action FROM feed_ou
 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED";
 /// Pause before listening again after the listener failed.
 const LISTEN_RETRY: Duration = Duration::from_secs(1);
+/// After a failed batch the loop tries again this soon, doubling up to [`RETRY_MAX`].
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 /// Jobs taken in one transaction.
 pub const BATCH: i64 = 32;
 
@@ -50,12 +54,23 @@ struct Job {
 pub async fn run(db: PgPool, redis: Client, feed: Feed, shutdown: Shutdown) {
     let wake = Arc::new(Notify::new());
     let listener = tokio::spawn(listen(db.clone(), wake.clone()));
+    let mut retry = RETRY_MIN;
     loop {
         let done = match once(&db, &redis, &feed).await {
-            Ok(done) => done,
+            Ok(done) => {
+                retry = RETRY_MIN;
+                done
+            }
             Err(err) => {
-                tracing::warn!(%err, "fan-out batch failed; retrying");
-                0
+                // The jobs are still there and nobody will be told about them again: retry on
+                // a schedule of our own, not at the next notification.
+                tracing::warn!(%err, ?retry, "fan-out batch failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(retry) => {}
+                }
+                retry = (retry * 2).min(RETRY_MAX);
+                continue;
             }
         };
         if done > 0 {
@@ -71,8 +86,8 @@ pub async fn run(db: PgPool, redis: Client, feed: Feed, shutdown: Shutdown) {
     listener.abort();
 }
 
-/// Listens on [`CHANNEL`] on a connection of its own (taken from the pool; PgBouncer runs in
-/// session mode, so `LISTEN` holds) and wakes the loop once it listens, for each
+/// Listens on [`CHANNEL`] on a connection of its own (taken from the pool for good; PgBouncer
+/// runs in session mode, so `LISTEN` holds) and wakes the loop once it listens, for each
 /// notification, and once whenever the connection was lost (what came meanwhile was not
 /// heard). Runs until aborted.
 pub async fn listen(db: PgPool, wake: Arc<Notify>) {
@@ -80,14 +95,16 @@ pub async fn listen(db: PgPool, wake: Arc<Notify>) {
     loop {
         let Some(active) = listener.as_mut() else {
             match listening(&db).await {
-                Ok(fresh) => listener = Some(fresh),
+                Ok(fresh) => {
+                    listener = Some(fresh);
+                    // Listening now: whatever was inserted before is looked at.
+                    wake.notify_one();
+                }
                 Err(err) => {
-                    tracing::debug!(%err, "fan-out cannot listen yet; polling meanwhile");
+                    tracing::debug!(%err, "fan-out cannot listen yet; the fallback poll covers");
                     tokio::time::sleep(LISTEN_RETRY).await;
                 }
             }
-            // Listening now (or not yet): whatever was inserted before is looked at.
-            wake.notify_one();
             continue;
         };
         match active.try_recv().await {

@@ -159,13 +159,18 @@ impl World {
 
     /// Waits (bounded) until nothing is pending in `key`'s group.
     async fn until_acknowledged(&self, key: &str) {
+        self.pending_becomes(key, 0).await;
+    }
+
+    /// Waits (bounded) until exactly `count` entries are pending in `key`'s group.
+    async fn pending_becomes(&self, key: &str, count: u64) {
         tokio::time::timeout(TIMEOUT, async {
-            while self.pending(key).await > 0 {
+            while self.pending(key).await != count {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
         .await
-        .unwrap_or_else(|_| panic!("entries of {key} stayed pending"));
+        .unwrap_or_else(|_| panic!("{key} never had {count} entries pending"));
     }
 
     async fn stored(&self, conversation: ConversationId) -> Vec<(i64, Uuid, Uuid)> {
@@ -1133,4 +1138,75 @@ async fn a_blocked_send_in_a_batch_leaves_the_others_and_a_retry_of_a_stored_one
             .len(),
         1
     );
+}
+
+/// A database behind this release (a function or table its migrations add is missing) is
+/// an outage to wait out, not bad data: a batch refused as data would answer every send
+/// `invalid_field` and acknowledge it. A value Postgres cannot store stays bad data.
+#[tokio::test]
+async fn a_database_behind_this_release_is_waited_for_and_bad_data_is_not() {
+    let db = haberci_backend::db::connect_pool(&env("HABERCI_TEST_DATABASE_URL"), 1).unwrap();
+    let missing_function = sqlx::query("SELECT worker_function_of_a_later_release($1)")
+        .bind(1_i64)
+        .execute(&db)
+        .await
+        .unwrap_err();
+    assert_eq!(store::classify(&missing_function), store::Failure::Outage);
+    let missing_table = sqlx::query("SELECT 1 FROM table_of_a_later_release")
+        .execute(&db)
+        .await
+        .unwrap_err();
+    assert_eq!(store::classify(&missing_table), store::Failure::Outage);
+    let nul = sqlx::query("SELECT $1::text")
+        .bind("a\0b")
+        .execute(&db)
+        .await
+        .unwrap_err();
+    assert_eq!(store::classify(&nul), store::Failure::Data, "{nul}");
+}
+
+/// Receipts alone are held for sends to share their transaction: read, pending, not yet
+/// stored. A send that comes takes them along; held ones still there at shutdown are
+/// committed before the worker stops.
+#[tokio::test]
+async fn receipts_alone_wait_for_a_send_and_are_committed_at_shutdown() {
+    // A hold far longer than the test: only a send or the shutdown can release them.
+    let world = World::with(|s| s.receipt_hold = Duration::from_secs(600)).await;
+    let (alice, bob) = (world.user().await, world.user().await);
+    let conversation = streams::direct_conversation(alice, bob);
+    let mut alice_rx = world.listen(vec![streams::user_channel(alice)]).await;
+    let worker = world.start_worker();
+    for n in 0..3 {
+        world
+            .xadd(&send(alice, Recipient::User(bob), cmid(), &format!("m{n}")).1)
+            .await;
+    }
+    alice_rx.take(3).await;
+    let key = world.key_of(conversation);
+    world.until_acknowledged(&key).await;
+    let ack = |n| Inbound::Ack {
+        user: bob,
+        conversation,
+        seq: seq(n),
+    };
+
+    // Held: the worker has read it (pending), and the watermark has not moved.
+    world.xadd(&ack(1)).await;
+    world.pending_becomes(&key, 1).await;
+    assert_eq!(world.watermarks(conversation, bob).await, (0, 0));
+
+    // A send takes it along: both in one batch, the receipt stored and announced.
+    world
+        .xadd(&send(alice, Recipient::User(bob), cmid(), "m3").1)
+        .await;
+    world.pending_becomes(&key, 0).await;
+    assert_eq!(world.watermarks(conversation, bob).await, (1, 0));
+
+    // Held again, then the shutdown commits it.
+    world.xadd(&ack(3)).await;
+    world.pending_becomes(&key, 1).await;
+    assert_eq!(world.watermarks(conversation, bob).await, (1, 0));
+    worker.stop().await;
+    assert_eq!(world.watermarks(conversation, bob).await, (3, 0));
+    world.pending_becomes(&key, 0).await;
 }
