@@ -5,7 +5,10 @@
 //! the postmaster's children), never by name alone: other worktrees and the e2e tests run
 //! gateways and Redis servers of their own on this machine, and charging their CPU to a run
 //! would be wrong. Processes outside the stack (a gateway started by hand) are added with
-//! `--server-pid ROLE=PID`.
+//! `--server-pid ROLE=PID`. The stack's watchers are not charged either: Prometheus, the
+//! exporters, fail2ban and Pebble (see [`WATCHERS`]) run beside the system under test, not in
+//! it, and the peer has none (before this rule, #18's fourth round counted ≈ 30 ms of them per
+//! 1,000 deliveries).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +25,17 @@ pub struct Server {
     pub role: String,
     pub pid: u32,
 }
+
+/// Services `./dev` runs that watch the stack rather than serve it: never sampled.
+pub const WATCHERS: &[&str] = &[
+    "prometheus",
+    "node-exporter",
+    "postgres-exporter",
+    "redis-exporter",
+    "pgbouncer-metrics",
+    "fail2ban",
+    "pebble",
+];
 
 /// Where the server processes are.
 #[derive(Clone, Debug)]
@@ -48,6 +62,7 @@ impl ServerSet {
                 let role = path.file_stem()?.to_str()?.to_owned();
                 Some((role, path))
             })
+            .filter(|(role, _)| !WATCHERS.contains(&role.as_str()))
             .collect();
         files.sort();
         files.push(("redis".into(), dev_dir.join("redis/redis.pid")));
@@ -209,6 +224,32 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn the_stacks_watchers_are_not_charged_to_a_run() {
+        let dev = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dev.path().join("run")).unwrap();
+        // This process stands in for every service: only the role decides.
+        let me = std::process::id();
+        for role in [
+            "api",
+            "gateway",
+            "worker",
+            "s3",
+            "prometheus",
+            "node-exporter",
+            "fail2ban",
+        ] {
+            std::fs::write(
+                dev.path().join(format!("run/{role}.pid")),
+                format!("{me}\n"),
+            )
+            .unwrap();
+        }
+        let set = ServerSet::discover(dev.path(), &[]).unwrap();
+        let roles: Vec<&str> = set.fixed.iter().map(|s| s.role.as_str()).collect();
+        assert_eq!(roles, ["api", "gateway", "s3", "worker"]);
+    }
 
     #[test]
     fn deltas_add_up_per_role_and_count_new_processes_from_zero() {
