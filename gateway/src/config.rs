@@ -181,6 +181,12 @@ pub struct Quic {
     /// `HABERCI_QUIC_RESET_FLEET`: reset any gateway's lost connections, not only this one's
     /// (`edge::cid::ResetScope`); only behind a balancer that routes by CID.
     pub reset_fleet: bool,
+    /// `HABERCI_QUIC_ROSTER`: the file listing this gateway's QUIC connections, which its next
+    /// life (after a crash) reads to reset them unprompted (`edge::roster`); unset: none.
+    /// Needs a server id and the internal token (the keys the resets are signed with).
+    pub roster: Option<std::path::PathBuf>,
+    /// `HABERCI_QUIC_CALLBACK_RATE`: those resets per second, at most.
+    pub callback_rate: u32,
 }
 
 /// HTTP on every version, and the backend it proxies to.
@@ -264,9 +270,25 @@ impl GatewayConfig {
                 .raw("HABERCI_QUIC_SERVER_ID")
                 .map(|_| env.parse_or("HABERCI_QUIC_SERVER_ID", 0)),
             reset_fleet: env.parse_or("HABERCI_QUIC_RESET_FLEET", false),
+            roster: env
+                .raw("HABERCI_QUIC_ROSTER")
+                .filter(|path| !path.is_empty())
+                .map(std::path::PathBuf::from),
+            callback_rate: env.parse_or(
+                "HABERCI_QUIC_CALLBACK_RATE",
+                crate::edge::roster::DEFAULT_CALLBACK_RATE,
+            ),
         };
+        if quic.callback_rate == 0 {
+            env.problem("HABERCI_QUIC_CALLBACK_RATE: must be at least 1 (resets per second)");
+        }
         let http = Http::read(&mut env);
         let relay = Relay::read(&mut env);
+        if quic.roster.is_some() && (quic.server_id.is_none() || relay.internal_token.is_none()) {
+            env.problem(
+                "HABERCI_QUIC_ROSTER: needs HABERCI_QUIC_SERVER_ID and HABERCI_INTERNAL_TOKEN (the next life's resets are signed with keys derived from them)",
+            );
+        }
         let session = read_session(&mut env);
         env.finish()?;
         Ok(GatewayConfig {
@@ -305,6 +327,8 @@ impl GatewayConfig {
                 handshakes_per_address: DEFAULT_QUIC_HANDSHAKES_PER_ADDRESS,
                 server_id: None,
                 reset_fleet: false,
+                roster: None,
+                callback_rate: crate::edge::roster::DEFAULT_CALLBACK_RATE,
             },
             http: Http {
                 backend_url,
@@ -521,9 +545,16 @@ mod tests {
             ("HABERCI_GATEWAY_BODY_IDLE_TIMEOUT_MS", "0"),
             ("HABERCI_SESSION_IDLE_TIMEOUT_MS", "0"),
             ("HABERCI_INTERNAL_TOKEN", "short"),
+            ("HABERCI_QUIC_CALLBACK_RATE", "0"),
+            // No server id (and the token above is refused): no keys for the next life's resets.
+            ("HABERCI_QUIC_ROSTER", "/run/gateway.roster"),
         ];
         let err = GatewayConfig::from_env(Env::from_pairs(&pairs)).expect_err("bad");
-        assert_eq!(err.problems.len(), 10, "{err}");
+        assert_eq!(err.problems.len(), 12, "{err}");
+        assert!(
+            err.to_string().contains("HABERCI_QUIC_ROSTER: needs"),
+            "{err}"
+        );
         assert!(
             !err.to_string().contains("short\""),
             "the secret is never printed: {err}"

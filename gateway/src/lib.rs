@@ -33,7 +33,7 @@ use haberci_kit::shutdown::Shutdown;
 use tokio::task::JoinSet;
 
 pub use config::GatewayConfig;
-use edge::{cid, h3, proxy, quic, router, tcp, tls, web};
+use edge::{cid, h3, proxy, quic, roster, router, tcp, tls, web};
 use relay::backend::Backend;
 use relay::effects::Messaging;
 use relay::{keys, presence, revocation};
@@ -84,7 +84,8 @@ impl Gateway {
             (Some(secret), Some(_)) => cid::FleetKeys::derive(secret.as_str().as_bytes()),
             _ => cid::FleetKeys::random(),
         };
-        let endpoint = quic::bind(config.listen.udp_addr, &config.quic, &certs, &fleet)?;
+        let (endpoint, reset_socket) =
+            quic::bind(config.listen.udp_addr, &config.quic, &certs, &fleet)?;
         let udp_addr = endpoint.local_addr()?;
         let advertised_udp_port = config.listen.alt_svc_port.unwrap_or(udp_addr.port());
 
@@ -151,6 +152,37 @@ impl Gateway {
             },
             shutdown.clone(),
         ));
+        let admission = quic::Admission::with_retry(
+            config.quic.max_handshakes,
+            config.quic.retry_above,
+            config.quic.handshakes_per_address,
+            config.listen.address_limit_exempt.clone(),
+        );
+        // The previous life's connections (if it crashed), told at once that they are gone.
+        let roster = match (&config.quic.roster, config.quic.server_id) {
+            (Some(path), Some(server_id)) => {
+                let (roster, lost) = roster::Roster::open(path).map_err(|err| {
+                    anyhow::anyhow!("cannot open the QUIC roster {}: {err}", path.display())
+                })?;
+                if !lost.is_empty() {
+                    tracing::info!(
+                        connections = lost.len(),
+                        "the previous life left QUIC connections: resetting them"
+                    );
+                }
+                tasks.spawn(roster::call_back(
+                    reset_socket,
+                    lost,
+                    fleet.clone(),
+                    server_id,
+                    config.quic.callback_rate,
+                    admission.clone(),
+                    shutdown.clone(),
+                ));
+                Some(roster)
+            }
+            _ => None,
+        };
         tasks.spawn(quic::serve(
             endpoint,
             router,
@@ -159,13 +191,11 @@ impl Gateway {
                 body_idle_timeout: config.http.body_idle_timeout,
             },
             realtime,
-            quic::Admission::with_retry(
-                config.quic.max_handshakes,
-                config.quic.retry_above,
-                config.quic.handshakes_per_address,
-                config.listen.address_limit_exempt.clone(),
-            ),
-            per_address,
+            quic::Arrivals {
+                admission,
+                per_address,
+                roster,
+            },
             shutdown,
         ));
         tracing::info!(%tcp_addr, %udp_addr, "gateway listening");

@@ -71,6 +71,10 @@ pub fn describe() {
         "haberci_gateway_handshakes_total",
         "TLS handshakes by listener (tcp, quic) and result (ok, failed, timed_out, refused)."
     );
+    describe_counter!(
+        "haberci_gateway_quic_callbacks_total",
+        "Stateless resets sent unprompted to the QUIC clients of this gateway's previous life (its roster), so they reconnect at once."
+    );
     describe_histogram!(
         "haberci_gateway_send_seconds",
         metrics::Unit::Seconds,
@@ -123,6 +127,11 @@ pub fn frame_received(kind: &'static str) {
 
 pub fn frame_sent(kind: &'static str) {
     counter!("haberci_gateway_frames_sent_total", "kind" => kind).increment(1);
+}
+
+/// Resets sent to a previous life's clients (`edge::roster::call_back`).
+pub fn callbacks(count: u64) {
+    counter!("haberci_gateway_quic_callbacks_total").increment(count);
 }
 
 pub fn handshake(listener: Listener, result: Handshake) {

@@ -322,6 +322,43 @@ async fn an_idle_client_with_a_quic_keep_alive_hears_of_a_restarted_gateway() {
     );
 }
 
+/// A client that neither sends nor pings gives the restarted gateway no packet to answer: only
+/// the roster tells the gateway's next life whom to reset (`HABERCI_QUIC_ROSTER`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_gateway_resets_its_idle_clients_unprompted() {
+    let mut cluster = Cluster::start(1, 1).await;
+    let alice_user = cluster.register("alice").await;
+    let mut config = cluster.client_config(0, TransportKind::Quic, &alice_user.token);
+    config.ping_interval = Duration::ZERO;
+    let alice = Peer::connect(&alice_user, config).await;
+    // The roster is written within a second of the connect.
+    let roster = cluster.roster(0);
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !std::fs::read_to_string(&roster).is_ok_and(|text| text.starts_with("+ ")) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gateway never listed the connection in {}",
+            roster.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    cluster.kill_gateway(0).await;
+    cluster.restart_gateway(0).await;
+    alice
+        .wait("the restarted gateway's reset", |log| {
+            !log.disconnects.is_empty()
+        })
+        .await;
+    assert_eq!(
+        alice.log().disconnects,
+        vec![haberci_client::Disconnect::Transport(
+            quinn::ConnectionError::Reset.to_string()
+        )],
+        "ended by a stateless reset, not by the idle timeout"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_pauses_sending_and_loses_nothing_that_was_sent() {
     const N: usize = 150;

@@ -824,6 +824,11 @@ impl Cluster {
         self.gateways[index] = self.spawn_gateway(index, tcp, udp).await;
     }
 
+    /// Where gateway `index` lists its QUIC connections (`HABERCI_QUIC_ROSTER`).
+    pub fn roster(&self, index: usize) -> PathBuf {
+        self.dir.path().join(format!("gateway{}.roster", index + 1))
+    }
+
     pub fn logs(&self) -> PathBuf {
         self.dir.path().join("logs")
     }
@@ -887,6 +892,11 @@ impl Cluster {
         // Each gateway has an address of its own, except behind quic_lb.rs's balancer, which
         // routes by CID: either way no packet of a live connection reaches another gateway.
         env.push(("HABERCI_QUIC_RESET_FLEET".into(), "true".into()));
+        // As deployed: a restarted gateway resets its previous life's connections unprompted.
+        env.push((
+            "HABERCI_QUIC_ROSTER".into(),
+            self.roster(index).display().to_string(),
+        ));
         env.push((
             "HABERCI_GATEWAY_TCP_ADDR".into(),
             format!("127.0.0.1:{tcp_port}"),

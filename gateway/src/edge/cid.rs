@@ -45,6 +45,25 @@ const SERVER_ID: std::ops::Range<usize> = 1..3;
 const NONCE: std::ops::Range<usize> = 3..8;
 const TAG: std::ops::Range<usize> = 8..CID_LEN;
 
+/// Bytes of a stateless-reset token (RFC 9000 §10.3).
+pub const RESET_TOKEN_LEN: usize = 16;
+
+thread_local! {
+    /// The CID this thread's [`Generator`] issued last.
+    static LAST_ISSUED: std::cell::Cell<Option<ConnectionId>> = const { std::cell::Cell::new(None) };
+}
+
+/// Takes the CID the [`Generator`] issued last on this thread.
+///
+/// quinn generates a new connection's first CID inside `Incoming::accept`, synchronously and on
+/// the calling thread (under the endpoint's lock; the later `NEW_CONNECTION_ID`s come from its
+/// driver). So a call before `accept` (to clear it) and one right after give the CID the
+/// client sends its packets to until it migrates: the one a stateless reset must name
+/// ([`super::roster`]). quinn offers no accessor for it.
+pub fn take_last_issued() -> Option<ConnectionId> {
+    LAST_ISSUED.with(std::cell::Cell::take)
+}
+
 /// At most one stateless reset per this interval. quinn's default (20 ms, 50 a second) is a
 /// defence against reset floods; after a crash thousands of clients each need one reset, and
 /// a client whose packet got none waits for its next retransmission, which backs off. A reset
@@ -117,6 +136,18 @@ impl FleetKeys {
             hmac::HMAC_SHA256,
             hmac::sign(&self.reset_root, &label).as_ref(),
         )
+    }
+
+    /// The stateless-reset token gateway `server_id` gave its client for `cid`: what quinn
+    /// puts in the transport parameters and `NEW_CONNECTION_ID` frames (the first
+    /// [`RESET_TOKEN_LEN`] bytes of [`ResetKeys`]'s signature), for resets this gateway sends
+    /// unprompted ([`super::roster`]).
+    pub fn reset_token(&self, server_id: u16, cid: &[u8]) -> [u8; RESET_TOKEN_LEN] {
+        let mut token = [0u8; RESET_TOKEN_LEN];
+        token.copy_from_slice(
+            &hmac::sign(&self.reset_key(server_id), cid).as_ref()[..RESET_TOKEN_LEN],
+        );
+        token
     }
 
     /// quinn's endpoint settings with these keys, CIDs carrying `server_id`.
@@ -216,7 +247,9 @@ impl quinn::ConnectionIdGenerator for Generator {
             .expect("the system's random generator works");
         let tag = self.tag(&bytes[..TAG.start]);
         bytes[TAG].copy_from_slice(&tag);
-        ConnectionId::new(&bytes)
+        let cid = ConnectionId::new(&bytes);
+        LAST_ISSUED.with(|last| last.set(Some(cid)));
+        cid
     }
 
     fn validate(&self, cid: &ConnectionId) -> Result<(), quinn_proto::InvalidCid> {
@@ -301,6 +334,25 @@ mod tests {
             hmac::sign(&fleet.reset_key(1), &cid).as_ref(),
             hmac::sign(&fleet.reset_key(2), &cid).as_ref()
         );
+    }
+
+    #[test]
+    fn the_token_of_an_unprompted_reset_is_the_one_quinn_gave_out() {
+        let fleet = FleetKeys::derive(b"secret");
+        let mut generator = fleet.generator(3, ResetScope::Own);
+        assert_eq!(take_last_issued(), None);
+        let cid = generator.generate_cid();
+        assert_eq!(take_last_issued(), Some(cid), "the last one issued here");
+        assert_eq!(take_last_issued(), None, "taken");
+        let keys = ResetKeys {
+            own: fleet.reset_key(3),
+            own_id: 3,
+            fleet: fleet.clone(),
+        };
+        let mut signature = [0u8; 32];
+        keys.sign(&cid, &mut signature);
+        assert_eq!(fleet.reset_token(3, &cid)[..], signature[..RESET_TOKEN_LEN]);
+        assert_ne!(fleet.reset_token(4, &cid), fleet.reset_token(3, &cid));
     }
 
     #[test]

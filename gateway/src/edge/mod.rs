@@ -6,6 +6,8 @@
 //! - [`quic`]: one quinn endpoint on UDP (with handshake [`quic::Admission`]); each connection
 //!   is dispatched by its ALPN to [`h3`] (`h3`) or native QUIC (`haberci/1`,
 //!   `transport::native`). Unknown ALPNs fail the TLS handshake.
+//! - [`cid`]: connection IDs and stateless-reset tokens keyed for the fleet; [`roster`]: the
+//!   QUIC connections listed in a file, which a gateway's next life resets unprompted.
 //! - [`tls`]: the certificate store both listeners share, reloaded when the files change or on
 //!   SIGHUP, without dropping open connections.
 //! - [`h3`]: HTTP/3 requests onto the [`router`]; a WebTransport CONNECT to `/v1/rt` becomes a
@@ -22,6 +24,7 @@ pub mod idle;
 pub mod per_address;
 pub mod proxy;
 pub mod quic;
+pub mod roster;
 pub mod router;
 pub mod tcp;
 pub mod tls;

@@ -50,13 +50,15 @@ pub const H3_EXCESSIVE_LOAD: u64 = 0x0107;
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Binds the endpoint with the gateway's TLS and transport settings, its connection IDs and
-/// stateless resets keyed by `keys` ([`super::cid`]).
+/// stateless resets keyed by `keys` ([`super::cid`]). Also returns a second handle on its
+/// socket, for resets sent unprompted ([`super::roster::call_back`]): a client accepts a
+/// reset only from the address it talks to.
 pub fn bind(
     udp_addr: SocketAddr,
     config: &Quic,
     certs: &CertStore,
     keys: &FleetKeys,
-) -> anyhow::Result<Endpoint> {
+) -> anyhow::Result<(Endpoint, std::net::UdpSocket)> {
     let crypto = QuicServerConfig::try_from(super::tls::quic_server_config(certs))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = TransportConfig::default();
@@ -89,7 +91,8 @@ pub fn bind(
     }
     let runtime =
         quinn::default_runtime().ok_or_else(|| anyhow::anyhow!("no async runtime for quinn"))?;
-    Endpoint::new(
+    let second = socket.try_clone()?;
+    let endpoint = Endpoint::new(
         keys.endpoint_config(
             config.server_id.unwrap_or(0),
             if config.reset_fleet {
@@ -102,7 +105,8 @@ pub fn bind(
         socket,
         runtime,
     )
-    .map_err(|err| anyhow::anyhow!("cannot start QUIC on UDP {}: {err}", udp_addr))
+    .map_err(|err| anyhow::anyhow!("cannot start QUIC on UDP {}: {err}", udp_addr))?;
+    Ok((endpoint, second))
 }
 
 /// Admission control for handshakes: at most `limit` in flight; above that a new connection
@@ -271,6 +275,22 @@ impl Admission {
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(std::sync::atomic::Ordering::Acquire)
     }
+
+    /// Whether unprompted resets may go out now ([`super::roster::call_back`]): each brings a
+    /// handshake a moment later, so they wait while half the places are taken.
+    pub fn has_room_for_callbacks(&self) -> bool {
+        self.in_flight() < self.limit.div_ceil(2)
+    }
+}
+
+/// What a new connection passes through.
+pub struct Arrivals {
+    /// Handshakes in flight.
+    pub admission: Arc<Admission>,
+    /// Connections per client address, counted once the handshake proved the address.
+    pub per_address: Arc<super::per_address::PerAddress>,
+    /// Where established connections are listed for the next life ([`super::roster`]).
+    pub roster: Option<super::roster::Roster>,
 }
 
 /// Accepts connections until shutdown, then closes the endpoint.
@@ -279,10 +299,14 @@ pub async fn serve(
     router: Router,
     h3_limits: super::h3::Limits,
     realtime: crate::transport::Realtime,
-    admission: Arc<Admission>,
-    per_address: Arc<super::per_address::PerAddress>,
+    arrivals: Arrivals,
     shutdown: Shutdown,
 ) {
+    let Arrivals {
+        admission,
+        per_address,
+        roster,
+    } = arrivals;
     // Every connection and request task, so shutdown can let them finish before closing.
     let tasks = TaskTracker::new();
     loop {
@@ -323,9 +347,17 @@ pub async fn serve(
         let requests = tasks.clone();
         let realtime = realtime.clone();
         let per_address = per_address.clone();
+        let roster = roster.clone();
         tasks.spawn(async move {
             let peer = incoming.remote_address();
-            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await;
+            super::cid::take_last_issued();
+            let connecting = incoming.accept();
+            // Invariant: read right after `accept`, on its thread (see `take_last_issued`).
+            let cid = super::cid::take_last_issued();
+            let handshake = match connecting {
+                Ok(connecting) => tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await,
+                Err(err) => Ok(Err(err)),
+            };
             drop(admitted);
             let connection = match handshake {
                 Ok(Ok(connection)) => {
@@ -358,6 +390,10 @@ pub async fn serve(
                 );
                 return;
             };
+            let _listed = roster
+                .as_ref()
+                .zip(cid)
+                .map(|(roster, cid)| roster.list(cid, connection.remote_address()));
             // Each protocol's future is boxed on its own: inline, every connection's task
             // would be as large as the largest of them (the HTTP/3 one), idle or not.
             match negotiated_alpn(&connection).as_deref() {

@@ -1,0 +1,449 @@
+//! The QUIC connections a gateway holds, kept in a file so that its next life can end them at
+//! once.
+//!
+//! A gateway restarted after a crash answers its lost connections' packets with a stateless
+//! reset ([`super::cid`]), but a client that sends nothing (a phone waiting for messages)
+//! sends no packet until its heartbeat: up to 35 s of not hearing anything, while its
+//! messages wait. So the gateway lists, per connection, the client's address and the
+//! connection ID the client sends to; its next life reads the list and sends each client a
+//! stateless reset unprompted ([`call_back`]), paced so that the reconnects it causes fit its
+//! handshake admission. A client ends its connection when the token matches (RFC 9000 §10.3)
+//! and reconnects; one whose connection is already gone, or that is now on a new one, drops
+//! the packet (its token matches nothing).
+//!
+//! The file is a journal of lines `+ <cid hex> <address>` and `- <cid hex>`, appended by one
+//! thread ([`Roster::open`]) at most every [`FLUSH_INTERVAL`]: a connection opened within the
+//! last interval before a crash is missed, and its client hears of the crash at its
+//! heartbeat, as it would without a roster. A crash needs no `fsync`: the page cache outlives
+//! the process (a machine that crashes has lost its clients' connections anyway). The
+//! journal is rewritten with the live connections alone once it holds more than twice as many
+//! lines as there are connections, plus [`COMPACT_SLACK`].
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use haberci_kit::shutdown::Shutdown;
+use quinn::ConnectionId;
+use ring::rand::{SecureRandom, SystemRandom};
+
+use super::cid::{FleetKeys, RESET_TOKEN_LEN};
+use super::quic::Admission;
+
+/// How often the journal's new lines are written out.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// Lines beyond twice the live connections a journal may hold before it is rewritten.
+pub const COMPACT_SLACK: usize = 10_000;
+/// Resets sent per second by default (`HABERCI_QUIC_CALLBACK_RATE`).
+pub const DEFAULT_CALLBACK_RATE: u32 = 1_000;
+/// Resets go out in bursts this often.
+const CALLBACK_TICK: Duration = Duration::from_millis(10);
+/// Bytes of an unprompted reset: a short-header packet's first byte, 24 unpredictable bytes,
+/// the token. RFC 9000 §10.3 asks for at least 21; this one looks like a small 1-RTT packet.
+const RESET_PACKET_LEN: usize = 41;
+const _: () = assert!(RESET_PACKET_LEN >= 21);
+
+/// One connection of a previous life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lost {
+    pub cid: ConnectionId,
+    pub addr: SocketAddr,
+}
+
+enum Change {
+    Opened(ConnectionId, SocketAddr),
+    Closed(ConnectionId),
+}
+
+/// Where connections are listed as they open and close. Cloned into every connection's task.
+#[derive(Clone)]
+pub struct Roster {
+    changes: mpsc::Sender<Change>,
+}
+
+/// A listed connection; dropping it (when the connection's task ends) takes it off the list.
+pub struct Listed {
+    changes: mpsc::Sender<Change>,
+    cid: ConnectionId,
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        let _ = self.changes.send(Change::Closed(self.cid));
+    }
+}
+
+impl Roster {
+    /// Reads what the previous life listed at `path`, then starts a new list there, written
+    /// by a thread of its own until every [`Roster`] and [`Listed`] is dropped.
+    pub fn open(path: &Path) -> std::io::Result<(Roster, Vec<Lost>)> {
+        let lost = match std::fs::File::open(path) {
+            Ok(file) => read(std::io::BufReader::new(file))?,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(err) => return Err(err),
+        };
+        let file = append_to_new(path)?;
+        let (changes, receiver) = mpsc::channel();
+        let journal = Journal {
+            path: path.to_owned(),
+            file,
+            live: HashMap::new(),
+            lines: 0,
+            pending: Vec::new(),
+        };
+        std::thread::Builder::new()
+            .name("quic-roster".into())
+            .spawn(move || journal.run(receiver))?;
+        Ok((Roster { changes }, lost))
+    }
+
+    /// Lists a connection whose client sends to `cid` from `addr`, until the guard is dropped.
+    pub fn list(&self, cid: ConnectionId, addr: SocketAddr) -> Listed {
+        let _ = self.changes.send(Change::Opened(cid, addr));
+        Listed {
+            changes: self.changes.clone(),
+            cid,
+        }
+    }
+}
+
+/// The live connections of a journal: every `+` not followed by its `-`. A line that does not
+/// parse (the last one may be torn by the crash) is skipped.
+fn read(input: impl BufRead) -> std::io::Result<Vec<Lost>> {
+    let mut live: HashMap<ConnectionId, SocketAddr> = HashMap::new();
+    let mut order: Vec<ConnectionId> = Vec::new();
+    for line in input.lines() {
+        let line = match line {
+            Ok(line) => line,
+            // Bytes that are not UTF-8: a torn write.
+            Err(err) if err.kind() == std::io::ErrorKind::InvalidData => continue,
+            Err(err) => return Err(err),
+        };
+        let mut words = line.split(' ');
+        match (words.next(), words.next().and_then(parse_cid), words.next()) {
+            (Some("+"), Some(cid), Some(addr)) => {
+                if let Ok(addr) = addr.parse() {
+                    if live.insert(cid, addr).is_none() {
+                        order.push(cid);
+                    }
+                }
+            }
+            (Some("-"), Some(cid), None) => {
+                live.remove(&cid);
+            }
+            _ => {}
+        }
+    }
+    Ok(order
+        .into_iter()
+        .filter_map(|cid| live.remove(&cid).map(|addr| Lost { cid, addr }))
+        .collect())
+}
+
+/// `path` emptied, open for appending.
+fn append_to_new(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::File::create(path)?;
+    std::fs::OpenOptions::new().append(true).open(path)
+}
+
+fn parse_cid(hex: &str) -> Option<ConnectionId> {
+    if hex.is_empty() || hex.len() % 2 != 0 || hex.len() > 40 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    Some(ConnectionId::new(&bytes?))
+}
+
+fn cid_hex(cid: &ConnectionId) -> String {
+    cid.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+struct Journal {
+    path: PathBuf,
+    file: std::fs::File,
+    live: HashMap<ConnectionId, SocketAddr>,
+    /// Lines in the file.
+    lines: usize,
+    /// Lines not written yet.
+    pending: Vec<u8>,
+}
+
+impl Journal {
+    fn run(mut self, changes: mpsc::Receiver<Change>) {
+        let mut failed = false;
+        let mut due = Instant::now() + FLUSH_INTERVAL;
+        loop {
+            match changes.recv_timeout(due.saturating_duration_since(Instant::now())) {
+                Ok(change) => self.apply(change),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let _ = self.flush();
+                    return;
+                }
+            }
+            if Instant::now() < due {
+                continue;
+            }
+            due = Instant::now() + FLUSH_INTERVAL;
+            match self.flush() {
+                Ok(()) => failed = false,
+                Err(err) if !failed => {
+                    failed = true;
+                    tracing::warn!(path = %self.path.display(), %err, "cannot write the QUIC roster: after a crash, idle clients will hear of it only at their heartbeat");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::Opened(cid, addr) => {
+                self.live.insert(cid, addr);
+                writeln!(self.pending, "+ {} {addr}", cid_hex(&cid)).ok();
+            }
+            Change::Closed(cid) => {
+                if self.live.remove(&cid).is_none() {
+                    return;
+                }
+                writeln!(self.pending, "- {}", cid_hex(&cid)).ok();
+            }
+        }
+        self.lines += 1;
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.lines > 2 * self.live.len() + COMPACT_SLACK {
+            return self.compact();
+        }
+        if !self.pending.is_empty() {
+            self.file.write_all(&self.pending)?;
+            self.pending.clear();
+        }
+        Ok(())
+    }
+
+    /// Rewrites the journal with the live connections alone (a new file renamed over it).
+    fn compact(&mut self) -> std::io::Result<()> {
+        let fresh = self.path.with_extension("compacting");
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&fresh)?);
+        for (cid, addr) in &self.live {
+            writeln!(out, "+ {} {addr}", cid_hex(cid))?;
+        }
+        out.into_inner().map_err(|err| err.into_error())?;
+        std::fs::rename(&fresh, &self.path)?;
+        self.file = std::fs::OpenOptions::new().append(true).open(&self.path)?;
+        self.lines = self.live.len();
+        self.pending.clear();
+        Ok(())
+    }
+}
+
+/// Sends each of `lost` a stateless reset from `socket` (the endpoint's own address, which
+/// the client checks), at most `rate` a second, and waits while half of the admission's
+/// handshake places are taken: the reconnects come at the pace the gateway takes them in.
+pub async fn call_back(
+    socket: std::net::UdpSocket,
+    lost: Vec<Lost>,
+    keys: FleetKeys,
+    server_id: u16,
+    rate: u32,
+    admission: Arc<Admission>,
+    shutdown: Shutdown,
+) {
+    if lost.is_empty() {
+        return;
+    }
+    let socket = match socket
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UdpSocket::from_std(socket))
+    {
+        Ok(socket) => socket,
+        Err(err) => {
+            tracing::warn!(%err, "cannot send the lost connections' resets");
+            return;
+        }
+    };
+    let v6 = socket.local_addr().is_ok_and(|addr| addr.is_ipv6());
+    let per_tick = (rate as usize * CALLBACK_TICK.as_millis() as usize / 1000).max(1);
+    let random = SystemRandom::new();
+    let mut tick = tokio::time::interval(CALLBACK_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut sent, mut failed) = (0u64, 0u64);
+    let mut rest = lost.as_slice();
+    while !rest.is_empty() {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if !admission.has_room_for_callbacks() {
+            continue;
+        }
+        let (now, later) = rest.split_at(per_tick.min(rest.len()));
+        rest = later;
+        for one in now {
+            let packet = reset_packet(keys.reset_token(server_id, &one.cid), &random);
+            match socket.send_to(&packet, for_socket(one.addr, v6)).await {
+                Ok(_) => sent += 1,
+                Err(_) => failed += 1,
+            }
+        }
+        crate::metrics::callbacks(now.len() as u64);
+    }
+    tracing::info!(
+        sent,
+        failed,
+        left = rest.len(),
+        "told the previous life's QUIC clients that their connections are gone"
+    );
+}
+
+/// A stateless reset (RFC 9000 §10.3): `0b01` and unpredictable bits, then the token.
+fn reset_packet(token: [u8; RESET_TOKEN_LEN], random: &SystemRandom) -> [u8; RESET_PACKET_LEN] {
+    let mut packet = [0u8; RESET_PACKET_LEN];
+    // Without randomness the packet is still a valid reset; only its disguise is weaker.
+    let _ = random.fill(&mut packet[..RESET_PACKET_LEN - RESET_TOKEN_LEN]);
+    packet[0] = 0x40 | (packet[0] & 0x3f);
+    packet[RESET_PACKET_LEN - RESET_TOKEN_LEN..].copy_from_slice(&token);
+    packet
+}
+
+/// `addr` as the socket can send to it: a dual-stack IPv6 socket takes IPv4 addresses mapped.
+fn for_socket(addr: SocketAddr, v6: bool) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(v4) if v6 => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn cid(n: u8) -> ConnectionId {
+        ConnectionId::new(&[n; 12])
+    }
+
+    #[test]
+    fn a_journal_lists_what_opened_and_did_not_close_and_skips_torn_lines() {
+        let a: SocketAddr = "[::ffff:127.0.0.1]:5000".parse().unwrap();
+        let b: SocketAddr = "192.0.2.1:6000".parse().unwrap();
+        let text = format!(
+            "+ {c1} {a}\n+ {c2} {b}\n- {c1}\nnonsense\n+ zz {a}\n- {c3}\n+ {c3} {b}\n+ {c4} 19",
+            c1 = cid_hex(&cid(1)),
+            c2 = cid_hex(&cid(2)),
+            c3 = cid_hex(&cid(3)),
+            c4 = cid_hex(&cid(4)),
+        );
+        let lost = read(text.as_bytes()).unwrap();
+        assert_eq!(
+            lost,
+            vec![
+                Lost {
+                    cid: cid(2),
+                    addr: b
+                },
+                Lost {
+                    cid: cid(3),
+                    addr: b
+                },
+            ]
+        );
+        assert_eq!(read(&b"\xff\xfe\n"[..]).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn a_roster_is_what_the_next_life_reads_and_starts_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.roster");
+        let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let (roster, lost) = Roster::open(&path).unwrap();
+        assert!(lost.is_empty(), "no previous life");
+        let kept = roster.list(cid(1), addr);
+        let closed = roster.list(cid(2), addr);
+        drop(closed);
+        drop(roster);
+        // The writer ends (and flushes) once the last handle is gone.
+        drop(kept);
+        let written = wait_for(&path, |text| text.lines().count() == 4);
+        assert_eq!(read(written.as_bytes()).unwrap(), vec![]);
+
+        // A crash: the connection is still listed.
+        let (roster, _) = Roster::open(&path).unwrap();
+        let _alive = roster.list(cid(7), addr);
+        wait_for(&path, |text| text.contains(&cid_hex(&cid(7))));
+        let (_next, lost) = Roster::open(&path).unwrap();
+        assert_eq!(lost, vec![Lost { cid: cid(7), addr }]);
+    }
+
+    #[test]
+    fn a_long_journal_is_rewritten_with_the_live_connections_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.roster");
+        let file = append_to_new(&path).unwrap();
+        let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let mut journal = Journal {
+            path: path.clone(),
+            file,
+            live: HashMap::new(),
+            lines: 0,
+            pending: Vec::new(),
+        };
+        journal.apply(Change::Opened(cid(1), addr));
+        for _ in 0..=COMPACT_SLACK / 2 {
+            journal.apply(Change::Opened(cid(2), addr));
+            journal.apply(Change::Closed(cid(2)));
+        }
+        journal.flush().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, format!("+ {} {addr}\n", cid_hex(&cid(1))));
+        assert_eq!(journal.lines, 1);
+        journal.apply(Change::Closed(cid(1)));
+        journal.flush().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            read(text.as_bytes()).unwrap(),
+            vec![],
+            "appended after the rewrite"
+        );
+    }
+
+    #[test]
+    fn an_unprompted_reset_is_a_short_header_packet_ending_in_the_token() {
+        let token = [9u8; RESET_TOKEN_LEN];
+        let packet = reset_packet(token, &SystemRandom::new());
+        assert_eq!(packet[0] & 0xc0, 0x40, "short header, fixed bit");
+        assert_eq!(packet[RESET_PACKET_LEN - RESET_TOKEN_LEN..], token);
+        let v4: SocketAddr = "192.0.2.1:6000".parse().unwrap();
+        assert_eq!(for_socket(v4, false), v4);
+        assert_eq!(
+            for_socket(v4, true),
+            "[::ffff:192.0.2.1]:6000".parse::<SocketAddr>().unwrap()
+        );
+    }
+
+    /// The writer's thread writes within a flush interval; waits (bounded) for its result.
+    fn wait_for(path: &Path, done: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            if done(&text) {
+                return text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the roster was not written: {text:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
