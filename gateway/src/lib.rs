@@ -161,9 +161,11 @@ impl Gateway {
         // The previous life's connections (if it crashed), told at once that they are gone.
         let roster = match (&config.quic.roster, config.quic.server_id) {
             (Some(path), Some(server_id)) => {
-                let (roster, lost) = roster::Roster::open(path).map_err(|err| {
+                let (roster, mut lost) = roster::Roster::open(path).map_err(|err| {
                     anyhow::anyhow!("cannot open the QUIC roster {}: {err}", path.display())
                 })?;
+                // Only this gateway's: another's tokens are signed with another key.
+                lost.retain(|one| cid::server_id(&one.cid) == Some(server_id));
                 if !lost.is_empty() {
                     tracing::info!(
                         connections = lost.len(),

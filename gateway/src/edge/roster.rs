@@ -144,10 +144,25 @@ fn read(input: impl BufRead) -> std::io::Result<Vec<Lost>> {
         .collect())
 }
 
-/// `path` emptied, open for appending.
+/// `path` emptied (created readable by this user alone: it lists clients' addresses), open
+/// for appending.
 fn append_to_new(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::File::create(path)?;
+    private(path)?;
     std::fs::OpenOptions::new().append(true).open(path)
+}
+
+/// `path` created empty (or emptied), mode 0600.
+fn private(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // An existing file keeps its mode through `open`.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(file)
 }
 
 fn parse_cid(hex: &str) -> Option<ConnectionId> {
@@ -233,7 +248,7 @@ impl Journal {
     /// Rewrites the journal with the live connections alone (a new file renamed over it).
     fn compact(&mut self) -> std::io::Result<()> {
         let fresh = self.path.with_extension("compacting");
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&fresh)?);
+        let mut out = std::io::BufWriter::new(private(&fresh)?);
         for (cid, addr) in &self.live {
             writeln!(out, "+ {} {addr}", cid_hex(cid))?;
         }
@@ -383,6 +398,9 @@ mod tests {
         wait_for(&path, |text| text.contains(&cid_hex(&cid(7))));
         let (_next, lost) = Roster::open(&path).unwrap();
         assert_eq!(lost, vec![Lost { cid: cid(7), addr }]);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "clients' addresses are private");
     }
 
     #[test]
