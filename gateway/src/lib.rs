@@ -44,6 +44,9 @@ pub const ALPN_H3: &[u8] = b"h3";
 pub const ALPN_NATIVE: &[u8] = b"haberci/1";
 
 /// A running gateway.
+/// How long an exiting gateway waits for the QUIC roster's last lines.
+const ROSTER_FINISH_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 pub struct Gateway {
     pub tcp_addr: SocketAddr,
     pub udp_addr: SocketAddr,
@@ -53,6 +56,8 @@ pub struct Gateway {
     /// The realtime sessions held here, by session id, for revocation.
     pub revocations: Arc<revocation::Revocations>,
     tasks: JoinSet<()>,
+    /// Writes the QUIC roster until the listeners and connections are gone.
+    roster_writer: Option<roster::Writer>,
 }
 
 impl Gateway {
@@ -159,31 +164,35 @@ impl Gateway {
             config.listen.address_limit_exempt.clone(),
         );
         // The previous life's connections (if it crashed), told at once that they are gone.
-        let roster = match (&config.quic.roster, config.quic.server_id) {
-            (Some(path), Some(server_id)) => {
-                let (roster, mut lost) = roster::Roster::open(path).map_err(|err| {
-                    anyhow::anyhow!("cannot open the QUIC roster {}: {err}", path.display())
-                })?;
-                // Only this gateway's: another's tokens are signed with another key.
-                lost.retain(|one| cid::server_id(&one.cid) == Some(server_id));
-                if !lost.is_empty() {
-                    tracing::info!(
-                        connections = lost.len(),
-                        "the previous life left QUIC connections: resetting them"
-                    );
+        let (roster, roster_writer) = match (&config.quic.roster, config.quic.server_id) {
+            (Some(path), Some(server_id)) => match roster::Roster::open(path) {
+                Ok((roster, mut lost, writer)) => {
+                    // Only this gateway's: another's tokens are signed with another key.
+                    lost.retain(|one| cid::server_id(&one.cid) == Some(server_id));
+                    if !lost.is_empty() {
+                        tracing::info!(
+                            connections = lost.len(),
+                            "the previous life left QUIC connections: resetting them"
+                        );
+                    }
+                    tasks.spawn(roster::call_back(
+                        reset_socket,
+                        lost,
+                        fleet.clone(),
+                        server_id,
+                        config.quic.callback_rate,
+                        admission.clone(),
+                        shutdown.clone(),
+                    ));
+                    (Some(roster), Some(writer))
                 }
-                tasks.spawn(roster::call_back(
-                    reset_socket,
-                    lost,
-                    fleet.clone(),
-                    server_id,
-                    config.quic.callback_rate,
-                    admission.clone(),
-                    shutdown.clone(),
-                ));
-                Some(roster)
-            }
-            _ => None,
+                // Optional: without it, clients hear of a crash at their heartbeat.
+                Err(err) => {
+                    tracing::error!(path = %path.display(), %err, "cannot open the QUIC roster: running without it");
+                    (None, None)
+                }
+            },
+            _ => (None, None),
         };
         tasks.spawn(quic::serve(
             endpoint,
@@ -208,12 +217,17 @@ impl Gateway {
             keys,
             revocations,
             tasks,
+            roster_writer,
         })
     }
 
     /// Waits until every listener has stopped (after shutdown).
     pub async fn wait(mut self) {
         while self.tasks.join_next().await.is_some() {}
+        // The connections are closed: their lines are the last the roster writes.
+        if let Some(writer) = self.roster_writer.take() {
+            writer.finish(ROSTER_FINISH_LIMIT).await;
+        }
     }
 }
 

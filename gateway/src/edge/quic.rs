@@ -390,10 +390,13 @@ pub async fn serve(
                 );
                 return;
             };
-            let _listed = roster
-                .as_ref()
-                .zip(cid)
-                .map(|(roster, cid)| roster.list(cid, connection.remote_address()));
+            let _listed = roster.as_ref().zip(cid).map(|(roster, cid)| {
+                let path = super::roster::Path {
+                    client: connection.remote_address(),
+                    local: connection.local_ip(),
+                };
+                roster.list(cid, path)
+            });
             // Each protocol's future is boxed on its own: inline, every connection's task
             // would be as large as the largest of them (the HTTP/3 one), idle or not.
             match negotiated_alpn(&connection).as_deref() {

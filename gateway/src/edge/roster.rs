@@ -21,8 +21,8 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -47,15 +47,24 @@ const CALLBACK_TICK: Duration = Duration::from_millis(10);
 const RESET_PACKET_LEN: usize = 41;
 const _: () = assert!(RESET_PACKET_LEN >= 21);
 
+/// Where a connection's packets go: the client's address, and the gateway's own address the
+/// client sends to (a client accepts a reset only from there; `None` where the platform does
+/// not tell, and the kernel chooses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Path {
+    pub client: SocketAddr,
+    pub local: Option<IpAddr>,
+}
+
 /// One connection of a previous life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lost {
     pub cid: ConnectionId,
-    pub addr: SocketAddr,
+    pub path: Path,
 }
 
 enum Change {
-    Opened(ConnectionId, SocketAddr),
+    Opened(ConnectionId, Path),
     Closed(ConnectionId),
 }
 
@@ -79,8 +88,9 @@ impl Drop for Listed {
 
 impl Roster {
     /// Reads what the previous life listed at `path`, then starts a new list there, written
-    /// by a thread of its own until every [`Roster`] and [`Listed`] is dropped.
-    pub fn open(path: &Path) -> std::io::Result<(Roster, Vec<Lost>)> {
+    /// by a thread of its own until every [`Roster`] and [`Listed`] is dropped (join it at
+    /// exit, so the last lines are written: [`Writer::finish`]).
+    pub fn open(path: &std::path::Path) -> std::io::Result<(Roster, Vec<Lost>, Writer)> {
         let lost = match std::fs::File::open(path) {
             Ok(file) => read(std::io::BufReader::new(file))?,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -94,16 +104,19 @@ impl Roster {
             live: HashMap::new(),
             lines: 0,
             pending: Vec::new(),
+            rewrite: false,
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("quic-roster".into())
             .spawn(move || journal.run(receiver))?;
-        Ok((Roster { changes }, lost))
+        Ok((Roster { changes }, lost, Writer(thread)))
     }
 
-    /// Lists a connection whose client sends to `cid` from `addr`, until the guard is dropped.
-    pub fn list(&self, cid: ConnectionId, addr: SocketAddr) -> Listed {
-        let _ = self.changes.send(Change::Opened(cid, addr));
+    /// Lists a connection whose client sends to `cid` along `path`, until the guard is
+    /// dropped. The path is the one of the handshake: a client that migrates (a new address,
+    /// a new CID) is missed, and hears of a crash at its heartbeat.
+    pub fn list(&self, cid: ConnectionId, path: Path) -> Listed {
+        let _ = self.changes.send(Change::Opened(cid, path));
         Listed {
             changes: self.changes.clone(),
             cid,
@@ -111,28 +124,52 @@ impl Roster {
     }
 }
 
+/// The thread that writes a [`Roster`].
+pub struct Writer(std::thread::JoinHandle<()>);
+
+impl Writer {
+    /// Waits (at most `limit`) for the writer to write its last lines; it ends once every
+    /// [`Roster`] and [`Listed`] is gone. A drained gateway so leaves an empty list.
+    pub async fn finish(self, limit: Duration) {
+        let joined = tokio::task::spawn_blocking(move || self.0.join());
+        if tokio::time::timeout(limit, joined).await.is_err() {
+            tracing::warn!("the QUIC roster was still open at exit: its last lines may be missing");
+        }
+    }
+}
+
 /// The live connections of a journal: every `+` not followed by its `-`. A line that does not
-/// parse (the last one may be torn by the crash) is skipped.
-fn read(input: impl BufRead) -> std::io::Result<Vec<Lost>> {
-    let mut live: HashMap<ConnectionId, SocketAddr> = HashMap::new();
+/// parse is skipped, and so is a last line without its newline (torn by the crash: it might
+/// parse, with a cut address).
+fn read(mut input: impl BufRead) -> std::io::Result<Vec<Lost>> {
+    let mut live: HashMap<ConnectionId, Path> = HashMap::new();
     let mut order: Vec<ConnectionId> = Vec::new();
-    for line in input.lines() {
-        let line = match line {
-            Ok(line) => line,
-            // Bytes that are not UTF-8: a torn write.
-            Err(err) if err.kind() == std::io::ErrorKind::InvalidData => continue,
-            Err(err) => return Err(err),
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if input.read_until(b'\n', &mut line)? == 0 || line.last() != Some(&b'\n') {
+            break;
+        }
+        // Bytes that are not UTF-8: a torn write.
+        let Ok(text) = std::str::from_utf8(&line[..line.len() - 1]) else {
+            continue;
         };
-        let mut words = line.split(' ');
-        match (words.next(), words.next().and_then(parse_cid), words.next()) {
-            (Some("+"), Some(cid), Some(addr)) => {
-                if let Ok(addr) = addr.parse() {
-                    if live.insert(cid, addr).is_none() {
+        let mut words = text.split(' ');
+        let (kind, cid) = (words.next(), words.next().and_then(parse_cid));
+        let rest: Vec<&str> = words.collect();
+        match (kind, cid, rest.as_slice()) {
+            (Some("+"), Some(cid), [client, local]) => {
+                let local = match *local {
+                    "-" => Ok(None),
+                    ip => ip.parse().map(Some),
+                };
+                if let (Ok(client), Ok(local)) = (client.parse(), local) {
+                    if live.insert(cid, Path { client, local }).is_none() {
                         order.push(cid);
                     }
                 }
             }
-            (Some("-"), Some(cid), None) => {
+            (Some("-"), Some(cid), []) => {
                 live.remove(&cid);
             }
             _ => {}
@@ -140,19 +177,27 @@ fn read(input: impl BufRead) -> std::io::Result<Vec<Lost>> {
     }
     Ok(order
         .into_iter()
-        .filter_map(|cid| live.remove(&cid).map(|addr| Lost { cid, addr }))
+        .filter_map(|cid| live.remove(&cid).map(|path| Lost { cid, path }))
         .collect())
+}
+
+/// A journal line listing `cid`.
+fn opened_line(out: &mut impl Write, cid: &ConnectionId, path: &Path) -> std::io::Result<()> {
+    match path.local {
+        Some(local) => writeln!(out, "+ {} {} {local}", cid_hex(cid), path.client),
+        None => writeln!(out, "+ {} {} -", cid_hex(cid), path.client),
+    }
 }
 
 /// `path` emptied (created readable by this user alone: it lists clients' addresses), open
 /// for appending.
-fn append_to_new(path: &Path) -> std::io::Result<std::fs::File> {
+fn append_to_new(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     private(path)?;
     std::fs::OpenOptions::new().append(true).open(path)
 }
 
 /// `path` created empty (or emptied), mode 0600.
-fn private(path: &Path) -> std::io::Result<std::fs::File> {
+fn private(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let file = std::fs::OpenOptions::new()
         .write(true)
@@ -183,11 +228,13 @@ fn cid_hex(cid: &ConnectionId) -> String {
 struct Journal {
     path: PathBuf,
     file: std::fs::File,
-    live: HashMap<ConnectionId, SocketAddr>,
+    live: HashMap<ConnectionId, Path>,
     /// Lines in the file.
     lines: usize,
     /// Lines not written yet.
     pending: Vec<u8>,
+    /// A write failed (the file may end in part of a line): the next flush rewrites it whole.
+    rewrite: bool,
 }
 
 impl Journal {
@@ -220,9 +267,9 @@ impl Journal {
 
     fn apply(&mut self, change: Change) {
         match change {
-            Change::Opened(cid, addr) => {
-                self.live.insert(cid, addr);
-                writeln!(self.pending, "+ {} {addr}", cid_hex(&cid)).ok();
+            Change::Opened(cid, path) => {
+                self.live.insert(cid, path);
+                opened_line(&mut self.pending, &cid, &path).ok();
             }
             Change::Closed(cid) => {
                 if self.live.remove(&cid).is_none() {
@@ -235,12 +282,22 @@ impl Journal {
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        if self.lines > 2 * self.live.len() + COMPACT_SLACK {
-            return self.compact();
+        if self.rewrite || self.lines > 2 * self.live.len() + COMPACT_SLACK {
+            // What is pending is in `live` too; kept only if the rewrite fails, it would grow
+            // without bound.
+            self.pending.clear();
+            self.rewrite = true;
+            self.compact()?;
+            self.rewrite = false;
+            return Ok(());
         }
         if !self.pending.is_empty() {
-            self.file.write_all(&self.pending)?;
+            let written = self.file.write_all(&self.pending);
             self.pending.clear();
+            if written.is_err() {
+                self.rewrite = true;
+            }
+            written?;
         }
         Ok(())
     }
@@ -249,8 +306,8 @@ impl Journal {
     fn compact(&mut self) -> std::io::Result<()> {
         let fresh = self.path.with_extension("compacting");
         let mut out = std::io::BufWriter::new(private(&fresh)?);
-        for (cid, addr) in &self.live {
-            writeln!(out, "+ {} {addr}", cid_hex(cid))?;
+        for (cid, path) in &self.live {
+            opened_line(&mut out, cid, path)?;
         }
         out.into_inner().map_err(|err| err.into_error())?;
         std::fs::rename(&fresh, &self.path)?;
@@ -261,9 +318,10 @@ impl Journal {
     }
 }
 
-/// Sends each of `lost` a stateless reset from `socket` (the endpoint's own address, which
-/// the client checks), at most `rate` a second, and waits while half of the admission's
-/// handshake places are taken: the reconnects come at the pace the gateway takes them in.
+/// Sends each of `lost` a stateless reset from `socket` (the endpoint's port, and the local
+/// address the client sent to: it accepts a reset from there alone), at most `rate` a second,
+/// pausing while half of the admission's handshake places are taken. The clients reconnect
+/// 250–500 ms later; those the admission still refuses back off and come again.
 pub async fn call_back(
     socket: std::net::UdpSocket,
     lost: Vec<Lost>,
@@ -276,20 +334,24 @@ pub async fn call_back(
     if lost.is_empty() {
         return;
     }
-    let socket = match socket
+    let opened = socket
         .set_nonblocking(true)
         .and_then(|()| tokio::net::UdpSocket::from_std(socket))
-    {
-        Ok(socket) => socket,
+        .and_then(|socket| {
+            let state = quinn::udp::UdpSocketState::new((&socket).into())?;
+            Ok((socket, state))
+        });
+    let (socket, state) = match opened {
+        Ok(opened) => opened,
         Err(err) => {
             tracing::warn!(%err, "cannot send the lost connections' resets");
             return;
         }
     };
     let v6 = socket.local_addr().is_ok_and(|addr| addr.is_ipv6());
-    let per_tick = (rate as usize * CALLBACK_TICK.as_millis() as usize / 1000).max(1);
+    let (every, per_tick) = pace(rate);
     let random = SystemRandom::new();
-    let mut tick = tokio::time::interval(CALLBACK_TICK);
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut sent, mut failed) = (0u64, 0u64);
     let mut rest = lost.as_slice();
@@ -303,14 +365,28 @@ pub async fn call_back(
         }
         let (now, later) = rest.split_at(per_tick.min(rest.len()));
         rest = later;
+        let mut sent_now = 0;
         for one in now {
             let packet = reset_packet(keys.reset_token(server_id, &one.cid), &random);
-            match socket.send_to(&packet, for_socket(one.addr, v6)).await {
-                Ok(_) => sent += 1,
+            let transmit = quinn::udp::Transmit {
+                destination: for_socket(one.path.client, v6),
+                ecn: None,
+                contents: &packet,
+                segment_size: None,
+                src_ip: one.path.local,
+            };
+            let result = socket
+                .async_io(tokio::io::Interest::WRITABLE, || {
+                    state.send((&socket).into(), &transmit)
+                })
+                .await;
+            match result {
+                Ok(()) => sent_now += 1,
                 Err(_) => failed += 1,
             }
         }
-        crate::metrics::callbacks(now.len() as u64);
+        sent += sent_now;
+        crate::metrics::callbacks(sent_now);
     }
     tracing::info!(
         sent,
@@ -318,6 +394,17 @@ pub async fn call_back(
         left = rest.len(),
         "told the previous life's QUIC clients that their connections are gone"
     );
+}
+
+/// How often resets go out, and how many each time, for `rate` a second (at least 1).
+fn pace(rate: u32) -> (Duration, usize) {
+    let rate = rate.max(1);
+    let per_second = 1000 / CALLBACK_TICK.as_millis() as u32;
+    if rate >= per_second {
+        (CALLBACK_TICK, (rate / per_second) as usize)
+    } else {
+        (Duration::from_secs(1) / rate, 1)
+    }
 }
 
 /// A stateless reset (RFC 9000 §10.3): `0b01` and unpredictable bits, then the token.
@@ -348,30 +435,44 @@ mod tests {
         ConnectionId::new(&[n; 12])
     }
 
+    fn path(client: &str, local: Option<&str>) -> Path {
+        Path {
+            client: client.parse().unwrap(),
+            local: local.map(|ip| ip.parse().unwrap()),
+        }
+    }
+
     #[test]
     fn a_journal_lists_what_opened_and_did_not_close_and_skips_torn_lines() {
-        let a: SocketAddr = "[::ffff:127.0.0.1]:5000".parse().unwrap();
-        let b: SocketAddr = "192.0.2.1:6000".parse().unwrap();
-        let text = format!(
-            "+ {c1} {a}\n+ {c2} {b}\n- {c1}\nnonsense\n+ zz {a}\n- {c3}\n+ {c3} {b}\n+ {c4} 19",
+        let a = path("[::ffff:127.0.0.1]:5000", Some("::ffff:127.0.0.1"));
+        let b = path("192.0.2.1:6000", None);
+        let mut text = Vec::new();
+        opened_line(&mut text, &cid(1), &a).unwrap();
+        opened_line(&mut text, &cid(2), &b).unwrap();
+        let more = format!(
+            "- {c1}\nnonsense\n+ zz {a} -\n+ {c5} {a}\n- {c3}\n+ {c3} {b} -\n+ {c4} 192.0.2.1:60",
             c1 = cid_hex(&cid(1)),
-            c2 = cid_hex(&cid(2)),
             c3 = cid_hex(&cid(3)),
             c4 = cid_hex(&cid(4)),
+            c5 = cid_hex(&cid(5)),
+            a = a.client,
+            b = b.client,
         );
-        let lost = read(text.as_bytes()).unwrap();
+        text.extend_from_slice(more.as_bytes());
+        let lost = read(&text[..]).unwrap();
         assert_eq!(
             lost,
             vec![
                 Lost {
                     cid: cid(2),
-                    addr: b
+                    path: b
                 },
                 Lost {
                     cid: cid(3),
-                    addr: b
+                    path: b
                 },
-            ]
+            ],
+            "1 closed; 5 without its local address; 4 torn at the crash (no newline)"
         );
         assert_eq!(read(&b"\xff\xfe\n"[..]).unwrap(), vec![]);
     }
@@ -379,60 +480,109 @@ mod tests {
     #[test]
     fn a_roster_is_what_the_next_life_reads_and_starts_afresh() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("gateway.roster");
-        let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        let (roster, lost) = Roster::open(&path).unwrap();
+        let file = dir.path().join("gateway.roster");
+        let at = path("127.0.0.1:4000", Some("127.0.0.1"));
+        let (roster, lost, writer) = Roster::open(&file).unwrap();
         assert!(lost.is_empty(), "no previous life");
-        let kept = roster.list(cid(1), addr);
-        let closed = roster.list(cid(2), addr);
+        let kept = roster.list(cid(1), at);
+        let closed = roster.list(cid(2), at);
         drop(closed);
         drop(roster);
-        // The writer ends (and flushes) once the last handle is gone.
         drop(kept);
-        let written = wait_for(&path, |text| text.lines().count() == 4);
+        // The writer writes its last lines once the last handle is gone.
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(writer.finish(Duration::from_secs(10)));
+        let written = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(written.lines().count(), 4, "{written}");
         assert_eq!(read(written.as_bytes()).unwrap(), vec![]);
 
         // A crash: the connection is still listed.
-        let (roster, _) = Roster::open(&path).unwrap();
-        let _alive = roster.list(cid(7), addr);
-        wait_for(&path, |text| text.contains(&cid_hex(&cid(7))));
-        let (_next, lost) = Roster::open(&path).unwrap();
-        assert_eq!(lost, vec![Lost { cid: cid(7), addr }]);
+        let (roster, _, _) = Roster::open(&file).unwrap();
+        let _alive = roster.list(cid(7), at);
+        wait_for(&file, |text| text.contains(&cid_hex(&cid(7))));
+        let (_next, lost, _) = Roster::open(&file).unwrap();
+        assert_eq!(
+            lost,
+            vec![Lost {
+                cid: cid(7),
+                path: at
+            }]
+        );
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "clients' addresses are private");
+    }
+
+    fn journal(file: &std::path::Path) -> Journal {
+        Journal {
+            path: file.to_owned(),
+            file: append_to_new(file).unwrap(),
+            live: HashMap::new(),
+            lines: 0,
+            pending: Vec::new(),
+            rewrite: false,
+        }
     }
 
     #[test]
     fn a_long_journal_is_rewritten_with_the_live_connections_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("gateway.roster");
-        let file = append_to_new(&path).unwrap();
-        let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        let mut journal = Journal {
-            path: path.clone(),
-            file,
-            live: HashMap::new(),
-            lines: 0,
-            pending: Vec::new(),
-        };
-        journal.apply(Change::Opened(cid(1), addr));
+        let file = dir.path().join("gateway.roster");
+        let at = path("127.0.0.1:4000", None);
+        let mut journal = journal(&file);
+        journal.apply(Change::Opened(cid(1), at));
         for _ in 0..=COMPACT_SLACK / 2 {
-            journal.apply(Change::Opened(cid(2), addr));
+            journal.apply(Change::Opened(cid(2), at));
             journal.apply(Change::Closed(cid(2)));
         }
         journal.flush().unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text, format!("+ {} {addr}\n", cid_hex(&cid(1))));
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(text, format!("+ {} {} -\n", cid_hex(&cid(1)), at.client));
         assert_eq!(journal.lines, 1);
         journal.apply(Change::Closed(cid(1)));
         journal.flush().unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
         assert_eq!(
             read(text.as_bytes()).unwrap(),
             vec![],
             "appended after the rewrite"
         );
+    }
+
+    #[test]
+    fn a_failed_write_is_repaired_by_a_rewrite_and_holds_nothing_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gateway.roster");
+        let at = path("127.0.0.1:4000", None);
+        let mut journal = journal(&file);
+        // A handle that cannot write: every append fails.
+        journal.file = std::fs::File::open(&file).unwrap();
+        journal.apply(Change::Opened(cid(1), at));
+        assert!(journal.flush().is_err());
+        assert!(journal.pending.is_empty(), "not kept to grow");
+        assert!(journal.rewrite);
+        journal.apply(Change::Opened(cid(2), at));
+        journal.flush().unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let mut listed: Vec<_> = read(text.as_bytes())
+            .unwrap()
+            .iter()
+            .map(|l| l.cid)
+            .collect();
+        listed.sort();
+        assert_eq!(listed, vec![cid(1), cid(2)], "rebuilt from the live ones");
+        assert!(!journal.rewrite);
+    }
+
+    #[test]
+    fn resets_are_paced_at_the_rate_asked_even_below_one_per_tick() {
+        assert_eq!(pace(1000), (CALLBACK_TICK, 10));
+        assert_eq!(pace(100), (CALLBACK_TICK, 1));
+        assert_eq!(pace(20), (Duration::from_millis(50), 1));
+        assert_eq!(pace(0), (Duration::from_secs(1), 1));
     }
 
     #[test]
@@ -450,10 +600,10 @@ mod tests {
     }
 
     /// The writer's thread writes within a flush interval; waits (bounded) for its result.
-    fn wait_for(path: &Path, done: impl Fn(&str) -> bool) -> String {
+    fn wait_for(file: &std::path::Path, done: impl Fn(&str) -> bool) -> String {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let text = std::fs::read_to_string(file).unwrap_or_default();
             if done(&text) {
                 return text;
             }
