@@ -43,10 +43,10 @@ pub const ALPN_H3: &[u8] = b"h3";
 /// ALPN of the native QUIC protocol.
 pub const ALPN_NATIVE: &[u8] = b"haberci/1";
 
-/// A running gateway.
 /// How long an exiting gateway waits for the QUIC roster's last lines.
 const ROSTER_FINISH_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// A running gateway.
 pub struct Gateway {
     pub tcp_addr: SocketAddr,
     pub udp_addr: SocketAddr,

@@ -271,6 +271,8 @@ async fn a_gateway_restarted_after_a_crash_resets_the_quic_connections_it_lost()
         .await;
 
     cluster.kill_gateway(0).await;
+    // Without it the next life would reset Alice unprompted, before her packet.
+    cluster.forget_roster(0);
     cluster.restart_gateway(0).await;
     // Goes out on the old connection; the answer is the reset, then the same send again on a
     // new connection.
@@ -310,6 +312,8 @@ async fn an_idle_client_with_a_quic_keep_alive_hears_of_a_restarted_gateway() {
     let alice = Peer::connect(&alice_user, config).await;
 
     cluster.kill_gateway(0).await;
+    // Else the next life's unprompted reset would come first.
+    cluster.forget_roster(0);
     cluster.restart_gateway(0).await;
     alice
         .wait("the keep-alive's reset", |log| !log.disconnects.is_empty())

@@ -824,6 +824,12 @@ impl Cluster {
         self.gateways[index] = self.spawn_gateway(index, tcp, udp).await;
     }
 
+    /// Removes gateway `index`'s roster (after [`Cluster::kill_gateway`]): its next life
+    /// resets no client unprompted, so a test sees what else tells a client of the crash.
+    pub fn forget_roster(&self, index: usize) {
+        std::fs::remove_file(self.roster(index)).expect("the roster of a gateway that ran");
+    }
+
     /// Where gateway `index` lists its QUIC connections (`HABERCI_QUIC_ROSTER`).
     pub fn roster(&self, index: usize) -> PathBuf {
         self.dir.path().join(format!("gateway{}.roster", index + 1))
