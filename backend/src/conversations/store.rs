@@ -532,41 +532,15 @@ impl SyncRow {
 /// The resume/sync query: for each position `(conversation, after)` in the order given, the
 /// user's membership and up to `$4` messages with `seq > max(after, joined_seq)`, ascending.
 /// The other members' watermarks are computed only for conversations where the user's own
-/// messages are returned (that is what needs them).
-pub const SYNC_SQL: &str = "WITH rows AS MATERIALIZED (
-    SELECT p.conversation_id AS position, p.ord, mem.user_id IS NOT NULL AS member,
-           c.user_low, c.user_high, mem.read_seq,
-           msg.seq, msg.id, msg.sender_id, msg.type, msg.content, msg.created_at,
-           msg.media_id, msg.media_content_type, msg.media_size, msg.media_width,
-           msg.media_height, msg.media_duration_ms, msg.media_blurhash, msg.media_filename
-    FROM unnest($2::uuid[], $3::bigint[]) WITH ORDINALITY AS p(conversation_id, after, ord)
-    LEFT JOIN members mem ON mem.conversation_id = p.conversation_id AND mem.user_id = $1
-    LEFT JOIN conversations c ON c.id = mem.conversation_id
-    LEFT JOIN LATERAL (
-        SELECT m.seq, m.id, m.sender_id, m.type, m.content, m.created_at,
-               m.media_id, m.media_content_type, m.media_size, md.width AS media_width,
-               md.height AS media_height, md.duration_ms AS media_duration_ms,
-               md.blurhash AS media_blurhash, md.filename AS media_filename
-        FROM messages m LEFT JOIN media md ON md.id = m.media_id
-        WHERE mem.user_id IS NOT NULL AND m.conversation_id = p.conversation_id
-          AND m.seq > GREATEST(p.after, mem.joined_seq)
-        ORDER BY m.seq
-        LIMIT $4
-    ) msg ON true
-), others AS (
-    SELECT w.conversation_id, min(w.delivered_seq) AS delivered, min(w.read_seq) AS read
-    FROM members w
-    WHERE w.conversation_id IN (SELECT position FROM rows WHERE sender_id = $1)
-      AND w.user_id <> $1
-    GROUP BY w.conversation_id
-)
-SELECT r.position, r.member, r.user_low, r.user_high, r.read_seq,
-       r.seq, r.id, r.sender_id, r.type, r.content, r.created_at,
-       r.media_id, r.media_content_type, r.media_size, r.media_width, r.media_height,
-       r.media_duration_ms, r.media_blurhash, r.media_filename,
-       COALESCE(o.delivered, 0) AS others_delivered, COALESCE(o.read, 0) AS others_read
-FROM rows r LEFT JOIN others o ON o.conversation_id = r.position
-ORDER BY r.ord, r.seq";
+/// messages are returned (that is what needs them). The statement is the function
+/// `conversation_sync` (migration `20261207000001`), which runs it with a generic plan:
+/// planned per call, it cost four times its execution.
+pub const SYNC_SQL: &str =
+    "SELECT position, member, user_low, user_high, read_seq, seq, id, sender_id,
+       type, content, created_at, media_id, media_content_type, media_size, media_width,
+       media_height, media_duration_ms, media_blurhash, media_filename,
+       others_delivered, others_read
+FROM conversation_sync($1, $2, $3, $4)";
 
 pub async fn sync(
     db: &PgPool,

@@ -258,6 +258,28 @@ async fn sync_returns_missed_messages_ascending_with_more_and_marks_non_members(
     );
 }
 
+/// The sync statement is planned once per connection: planned per call (Postgres's choice
+/// for it as a prepared statement) it cost ≈ 1 ms, four times its execution
+/// (docs/BENCHMARKS.md, "Fifth round"). The application calls the function that pins it.
+#[tokio::test]
+async fn the_sync_statement_keeps_its_generic_plan() {
+    let api = Api::new();
+    let config: Option<Vec<String>> =
+        sqlx::query_scalar("SELECT proconfig FROM pg_proc WHERE proname = 'conversation_sync'")
+            .fetch_one(&api.state.db)
+            .await
+            .expect("the function conversation_sync exists");
+    assert_eq!(
+        config,
+        Some(vec!["plan_cache_mode=force_generic_plan".to_owned()])
+    );
+    assert!(
+        haberci_backend::conversations::store::SYNC_SQL
+            .contains("FROM conversation_sync($1, $2, $3, $4)"),
+        "the application's sync statement calls the function"
+    );
+}
+
 #[tokio::test]
 async fn sync_refuses_bad_requests_naming_the_field() {
     let api = Api::new();
