@@ -5,9 +5,9 @@
 //!
 //! On a table the same migration did not create:
 //! - an index is built `CONCURRENTLY` (and the migration starts `-- no-transaction`, since
-//!   `CREATE INDEX CONCURRENTLY` cannot run in a transaction); on a partitioned table, which
-//!   refuses `CONCURRENTLY`, `ON ONLY` the parent, then `CONCURRENTLY` on each partition and
-//!   `ALTER INDEX … ATTACH PARTITION`;
+//!   `CREATE INDEX CONCURRENTLY` cannot run in a transaction, and holds that one statement);
+//!   on a partitioned table, which refuses `CONCURRENTLY`, `ON ONLY` the parent, then
+//!   `CONCURRENTLY` on each partition and `ALTER INDEX … ATTACH PARTITION`;
 //! - no column changes type and none becomes `NOT NULL` (a rewrite or a full scan under the
 //!   strictest lock);
 //! - a `CHECK` or foreign key is added `NOT VALID` (validated by a later statement, which
@@ -38,6 +38,14 @@ pub fn violations(sql: &str) -> Vec<String> {
         .collect();
     let existing = |name: &str| !created.contains(name);
     let mut found = Vec::new();
+    if no_transaction && statements.len() > 1 {
+        // Postgres runs the statements of one query string in an implicit transaction, and
+        // sqlx sends a `-- no-transaction` migration as one string: CONCURRENTLY refuses it.
+        found.push(format!(
+            "{} statements after `{NO_TRANSACTION}`: one per migration (several run as one implicit transaction)",
+            statements.len()
+        ));
+    }
     for s in &statements {
         if let Some(rest) = s
             .strip_prefix("CREATE INDEX ")
@@ -183,7 +191,7 @@ mod tests {
 
     #[test]
     fn the_rules_catch_what_locks_a_live_table() {
-        let cases: [(&str, usize); 20] = [
+        let cases: [(&str, usize); 21] = [
             ("CREATE TABLE t (id int); CREATE INDEX t_id ON t (id);", 0),
             // The partitioned table's way: the parent only, then each partition concurrently.
             ("CREATE INDEX m_x ON ONLY messages (created_at);", 0),
@@ -193,6 +201,10 @@ mod tests {
             (
                 "-- no-transaction\nCREATE INDEX CONCURRENTLY m_x ON messages (created_at);",
                 0,
+            ),
+            (
+                "-- no-transaction\nDROP INDEX CONCURRENTLY IF EXISTS m_x;\nCREATE INDEX CONCURRENTLY m_x ON messages (created_at);",
+                1,
             ),
             ("ALTER TABLE messages ALTER COLUMN seq TYPE numeric;", 1),
             (

@@ -29,3 +29,37 @@ async fn migrating_an_unreachable_database_fails_with_an_error() {
     let url = format!("postgres://nobody:x@127.0.0.1:{port}/none");
     assert!(haberci_backend::db::migrate(&url).await.is_err());
 }
+
+/// Every foreign key has an index that starts with its columns: deleting or re-keying the
+/// referenced row (an account deletion cascades through a dozen tables) finds the referencing
+/// rows by an index probe, not by a scan of the referencing table per row. Before
+/// 20261207000002 deleting one account scanned `conversations` three times.
+#[tokio::test]
+async fn every_foreign_key_is_backed_by_an_index() {
+    let url = env("HABERCI_TEST_DIRECT_DATABASE_URL");
+    haberci_backend::db::migrate(&url).await.unwrap();
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    // Partitions inherit their parent's keys and indexes; the parent is what is checked.
+    let unbacked: Vec<String> = sqlx::query_scalar(
+        "SELECT format('%s (%s) -> %s', c.conrelid::regclass,
+                      (SELECT string_agg(a.attname, ', ' ORDER BY k.n)
+                       FROM unnest(c.conkey) WITH ORDINALITY AS k(attnum, n)
+                       JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum),
+                      c.confrelid::regclass)
+         FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid
+         WHERE c.contype = 'f' AND NOT r.relispartition
+           AND r.relnamespace = 'public'::regnamespace
+           AND NOT EXISTS (
+               SELECT 1 FROM pg_index i
+               WHERE i.indrelid = c.conrelid
+                 AND (i.indkey::int2[])[0:cardinality(c.conkey) - 1] @> c.conkey
+                 AND (i.indkey::int2[])[0:cardinality(c.conkey) - 1] <@ c.conkey)
+         ORDER BY 1",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(unbacked, Vec::<String>::new());
+}
