@@ -7,7 +7,8 @@
 //! - an index is built `CONCURRENTLY` (and the migration starts `-- no-transaction`, since
 //!   `CREATE INDEX CONCURRENTLY` cannot run in a transaction, and holds that one statement);
 //!   on a partitioned table, which refuses `CONCURRENTLY`, `ON ONLY` the parent, then
-//!   `CONCURRENTLY` on each partition and `ALTER INDEX … ATTACH PARTITION`;
+//!   `CONCURRENTLY` on each partition (a migration each) and `ALTER INDEX … ATTACH
+//!   PARTITION`;
 //! - no column changes type and none becomes `NOT NULL` (a rewrite or a full scan under the
 //!   strictest lock);
 //! - a `CHECK` or foreign key is added `NOT VALID` (validated by a later statement, which

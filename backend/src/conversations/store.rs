@@ -534,13 +534,16 @@ impl SyncRow {
 /// The other members' watermarks are computed only for conversations where the user's own
 /// messages are returned (that is what needs them). The statement is the function
 /// `conversation_sync` (migration `20261207000001`), which runs it with a generic plan:
-/// planned per call, it cost four times its execution.
+/// planned per call, it cost four times its execution. The function returns its rows in
+/// order (positions as given, seqs ascending); the `ORDER BY` keeps that order, which the
+/// caller's `more` rests on, a promise of SQL rather than of the executor.
 pub const SYNC_SQL: &str =
     "SELECT position, member, user_low, user_high, read_seq, seq, id, sender_id,
        type, content, created_at, media_id, media_content_type, media_size, media_width,
        media_height, media_duration_ms, media_blurhash, media_filename,
        others_delivered, others_read
-FROM conversation_sync($1, $2, $3, $4)";
+FROM conversation_sync($1, $2, $3, $4) WITH ORDINALITY AS s
+ORDER BY s.ordinality";
 
 pub async fn sync(
     db: &PgPool,

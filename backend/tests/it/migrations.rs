@@ -30,10 +30,12 @@ async fn migrating_an_unreachable_database_fails_with_an_error() {
     assert!(haberci_backend::db::migrate(&url).await.is_err());
 }
 
-/// Every foreign key has an index that starts with its columns: deleting or re-keying the
+/// Every foreign key has a valid index that starts with its columns and holds every row the
+/// key can match (no predicate but `IS NOT NULL`): deleting or re-keying the
 /// referenced row (an account deletion cascades through a dozen tables) finds the referencing
 /// rows by an index probe, not by a scan of the referencing table per row. Before
-/// 20261207000002 deleting one account scanned `conversations` three times.
+/// 20261207000002 deleting one account scanned `conversations` three times and `sessions`
+/// once (its only index was partial, `WHERE revoked_at IS NULL`).
 #[tokio::test]
 async fn every_foreign_key_is_backed_by_an_index() {
     let url = env("HABERCI_TEST_DIRECT_DATABASE_URL");
@@ -52,10 +54,19 @@ async fn every_foreign_key_is_backed_by_an_index() {
          WHERE c.contype = 'f' AND NOT r.relispartition
            AND r.relnamespace = 'public'::regnamespace
            AND NOT EXISTS (
+               -- A valid index whose leading key columns are the key's, with no predicate
+               -- but `<the key's column> IS NOT NULL` (which the action's `= $1` implies).
                SELECT 1 FROM pg_index i
-               WHERE i.indrelid = c.conrelid
+               WHERE i.indrelid = c.conrelid AND i.indisvalid
+                 AND i.indnkeyatts >= cardinality(c.conkey)
                  AND (i.indkey::int2[])[0:cardinality(c.conkey) - 1] @> c.conkey
-                 AND (i.indkey::int2[])[0:cardinality(c.conkey) - 1] <@ c.conkey)
+                 AND (i.indkey::int2[])[0:cardinality(c.conkey) - 1] <@ c.conkey
+                 AND (i.indpred IS NULL
+                      OR (cardinality(c.conkey) = 1
+                          AND pg_get_expr(i.indpred, i.indrelid) = format(
+                              '(%s IS NOT NULL)',
+                              (SELECT quote_ident(a.attname) FROM pg_attribute a
+                               WHERE a.attrelid = c.conrelid AND a.attnum = c.conkey[1])))))
          ORDER BY 1",
     )
     .fetch_all(&mut conn)
