@@ -36,12 +36,81 @@ pub fn free_addr() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-/// A port nobody listens on right now, over TCP and UDP, for a child process to bind.
+/// A port for a child process to bind, over TCP and UDP: nobody listens on it now, no other
+/// test process on this machine is handed it while this one runs, and the kernel never hands
+/// it out by itself.
+///
+/// A port chosen by binding port 0 and releasing it comes from the ephemeral range, which
+/// the kernel also gives every outgoing connection and every other `bind(0)`: between the
+/// release and the child's bind, a parallel test's client could take it. So the port is
+/// drawn below the ephemeral range instead, and reserved across processes by an exclusive
+/// lock on a file named after it, held until this process exits.
 pub fn free_port() -> u16 {
+    let below = ephemeral_low().clamp(RESERVED_FLOOR + 1_000, u16::MAX);
     loop {
-        let port = free_addr().port();
-        if UdpSocket::bind(("::", port)).is_ok() && UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        let draw = u16::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..2].try_into().unwrap());
+        let port = RESERVED_FLOOR + draw % (below - RESERVED_FLOOR);
+        if reserve(port)
+            && TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && UdpSocket::bind(("::", port)).is_ok()
+            && UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
             return port;
         }
+    }
+}
+
+/// The lowest port `free_port` hands out: above the well-known services and the dev stack's
+/// fixed ports below it.
+const RESERVED_FLOOR: u16 = 20_000;
+
+/// The first port of the kernel's ephemeral range (32768 when it cannot be read).
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
+}
+
+/// Takes `port` for this process, unless another process holds it. The lock lives as long as
+/// the process: a test's children are gone by then.
+fn reserve(port: u16) -> bool {
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("haberci-test-ports");
+    if std::fs::create_dir_all(&dir).is_err() {
+        return false;
+    }
+    let Ok(file) = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(port.to_string()))
+    else {
+        return false;
+    };
+    if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        return false;
+    }
+    HELD.lock().unwrap_or_else(|e| e.into_inner()).push(file);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn a_port_is_handed_out_once_and_never_from_the_ephemeral_range() {
+        let below = ephemeral_low();
+        let ports: HashSet<u16> = (0..50).map(|_| free_port()).collect();
+        assert_eq!(ports.len(), 50, "each call hands out a port of its own");
+        assert!(ports.iter().all(|p| (RESERVED_FLOOR..below).contains(p)));
+        let held = *ports.iter().next().unwrap();
+        assert!(
+            !reserve(held),
+            "a port held by a process is not reserved again"
+        );
     }
 }
