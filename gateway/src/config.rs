@@ -187,6 +187,10 @@ pub struct Quic {
     pub roster: Option<std::path::PathBuf>,
     /// `HABERCI_QUIC_CALLBACK_RATE`: those resets per second, at most.
     pub callback_rate: u32,
+    /// `HABERCI_QUIC_FLEET_TICKETS` (default on): seal QUIC's TLS session tickets with keys
+    /// the gateways share through Redis (`edge::tickets`), so a reconnect to any gateway
+    /// resumes; off: keys of this process alone.
+    pub fleet_tickets: bool,
 }
 
 /// HTTP on every version, and the backend it proxies to.
@@ -278,6 +282,7 @@ impl GatewayConfig {
                 "HABERCI_QUIC_CALLBACK_RATE",
                 crate::edge::roster::DEFAULT_CALLBACK_RATE,
             ),
+            fleet_tickets: env.parse_or("HABERCI_QUIC_FLEET_TICKETS", true),
         };
         if quic.callback_rate == 0 {
             env.problem("HABERCI_QUIC_CALLBACK_RATE: must be at least 1 (resets per second)");
@@ -329,6 +334,7 @@ impl GatewayConfig {
                 reset_fleet: false,
                 roster: None,
                 callback_rate: crate::edge::roster::DEFAULT_CALLBACK_RATE,
+                fleet_tickets: true,
             },
             http: Http {
                 backend_url,

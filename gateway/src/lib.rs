@@ -33,7 +33,7 @@ use haberci_kit::shutdown::Shutdown;
 use tokio::task::JoinSet;
 
 pub use config::GatewayConfig;
-use edge::{cid, h3, proxy, quic, roster, router, tcp, tls, web};
+use edge::{cid, h3, proxy, quic, roster, router, tcp, tickets, tls, web};
 use relay::backend::Backend;
 use relay::effects::Messaging;
 use relay::{keys, presence, revocation};
@@ -89,8 +89,28 @@ impl Gateway {
             (Some(secret), Some(_)) => cid::FleetKeys::derive(secret.as_str().as_bytes()),
             _ => cid::FleetKeys::random(),
         };
-        let (endpoint, reset_socket) =
-            quic::bind(config.listen.udp_addr, &config.quic, &certs, &fleet)?;
+        let quic_tickets: Arc<dyn rustls::server::ProducesTickets> = match &realtime.messaging {
+            Some(messaging) if config.quic.fleet_tickets => {
+                let tickets = Arc::new(tickets::FleetTickets::new());
+                // The fleet's keys before the endpoint opens, so its first tickets resume at
+                // any gateway; Redis away delays the start by `FIRST_FETCH` at most.
+                tickets::first_fetch(&tickets, messaging.relay.redis()).await;
+                tokio::spawn(tickets::keep(
+                    tickets.clone(),
+                    messaging.relay.redis().clone(),
+                    shutdown.clone(),
+                ));
+                tickets
+            }
+            _ => certs.tickets.clone(),
+        };
+        let (endpoint, reset_socket) = quic::bind(
+            config.listen.udp_addr,
+            &config.quic,
+            &certs,
+            quic_tickets,
+            &fleet,
+        )?;
         let udp_addr = endpoint.local_addr()?;
         let advertised_udp_port = config.listen.alt_svc_port.unwrap_or(udp_addr.port());
 

@@ -68,6 +68,10 @@ pub fn describe() {
         "Frames written to clients, by kind."
     );
     describe_counter!(
+        "haberci_gateway_tls_tickets_total",
+        "QUIC TLS session tickets, by outcome: sealed, opened (the session resumes), unknown_key, refused."
+    );
+    describe_counter!(
         "haberci_gateway_handshakes_total",
         "TLS handshakes by listener (tcp, quic) and result (ok, failed, timed_out, refused)."
     );
@@ -148,6 +152,29 @@ pub fn handshake(listener: Listener, result: Handshake) {
     };
     counter!("haberci_gateway_handshakes_total", "listener" => listener, "result" => result)
         .increment(1);
+}
+
+/// What became of a QUIC session ticket (`edge::tickets`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ticket {
+    Sealed,
+    /// Presented and opened: the session resumes.
+    Opened,
+    /// Presented, sealed with a key this gateway does not hold (too old, or another process's
+    /// own key).
+    UnknownKey,
+    /// Presented, damaged or forged.
+    Refused,
+}
+
+pub fn ticket(outcome: Ticket) {
+    let outcome = match outcome {
+        Ticket::Sealed => "sealed",
+        Ticket::Opened => "opened",
+        Ticket::UnknownKey => "unknown_key",
+        Ticket::Refused => "refused",
+    };
+    counter!("haberci_gateway_tls_tickets_total", "outcome" => outcome).increment(1);
 }
 
 pub fn send_answered(took: Duration) {
@@ -233,6 +260,7 @@ const STATUS_FAMILIES: &[&str] = &[
     "haberci_gateway_sessions_opened_total",
     "haberci_gateway_session_closes_total",
     "haberci_gateway_handshakes_total",
+    "haberci_gateway_tls_tickets_total",
     "haberci_gateway_revocations_total",
     "haberci_gateway_certificate_expiry_timestamp_seconds",
     "haberci_gateway_udp_receive_buffer_errors_total",

@@ -126,6 +126,12 @@ pub fn last_seen_key(user: UserId) -> String {
     format!("seen:{{{user}}}")
 }
 
+/// The key of the TLS session-ticket key of rotation period `epoch` (32 random bytes, shared by
+/// the gateways; gateway `edge::tickets`). Only the gateways' Redis user may read it.
+pub fn ticket_key(epoch: u64) -> String {
+    format!("tls:ticket-key:{epoch}")
+}
+
 /// One entry of an inbound stream.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "camelCase")]

@@ -41,3 +41,62 @@ pub async fn connect(
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
 }
+
+/// A certificate verifier that counts the certificates it checks: a resumed handshake has
+/// none to check, so an unchanged count after a reconnect proves it resumed.
+#[derive(Debug)]
+pub struct CountingVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    checked: std::sync::atomic::AtomicUsize,
+}
+
+impl CountingVerifier {
+    pub fn new(roots: rustls::RootCertStore) -> Arc<CountingVerifier> {
+        Arc::new(CountingVerifier {
+            inner: rustls::client::WebPkiServerVerifier::builder(Arc::new(roots))
+                .build()
+                .unwrap(),
+            checked: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// Certificates checked so far: one per full handshake.
+    pub fn checked(&self) -> usize {
+        self.checked.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for CountingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.checked
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}

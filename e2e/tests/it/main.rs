@@ -19,5 +19,6 @@ mod raw_ws;
 mod redis_acl;
 mod redis_cluster;
 mod replica;
+mod resumption;
 mod smoke;
 mod support;

@@ -173,6 +173,11 @@ async fn each_process_is_refused_what_it_must_not_do() {
     )
     .await;
 
+    // Only the gateways hold the keys that open QUIC's TLS session tickets.
+    let ticket_key = haberci_seam::streams::ticket_key(1);
+    refused(&mut api, "api", &["GET", &ticket_key]).await;
+    refused(&mut worker, "worker", &["GET", &ticket_key]).await;
+
     // The exporter reads and nothing else.
     let mut exporter = as_user(&cluster, "haberci-exporter").await;
     exporter

@@ -27,6 +27,7 @@ pub mod quic;
 pub mod roster;
 pub mod router;
 pub mod tcp;
+pub mod tickets;
 pub mod tls;
 pub mod web;
 

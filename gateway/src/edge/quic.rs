@@ -57,9 +57,10 @@ pub fn bind(
     udp_addr: SocketAddr,
     config: &Quic,
     certs: &CertStore,
+    tickets: Arc<dyn rustls::server::ProducesTickets>,
     keys: &FleetKeys,
 ) -> anyhow::Result<(Endpoint, std::net::UdpSocket)> {
-    let crypto = QuicServerConfig::try_from(super::tls::quic_server_config(certs))?;
+    let crypto = QuicServerConfig::try_from(super::tls::quic_server_config(certs, tickets))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = TransportConfig::default();
     transport

@@ -78,14 +78,13 @@ pub struct CertStore {
     pub tcp: Arc<Slot>,
     /// Presented on QUIC (HTTP/3, WebTransport, native).
     pub quic: Arc<Slot>,
-    /// Seals TLS 1.3 session tickets for both listeners, so a reconnecting client resumes
-    /// instead of a full handshake (no certificate signature, no chain to send or verify).
-    /// Stateless: the server keeps nothing per session. Keys are random per process and
-    /// rotate every 6 hours, so a ticket resumes only at the gateway that issued it; a client
-    /// that reconnects elsewhere makes a full handshake. A TLS 1.3 resumption keeps an (EC)DHE
-    /// exchange (rustls offers no PSK-only mode), so forward secrecy holds. TLS 1.2 (TCP only,
-    /// for old WebSocket clients) resumes from the ticket alone: such a session's secrecy
-    /// rests on the ticket key, which lives only in this process's memory, 12 hours at most.
+    /// Seals the TCP listener's session tickets, so a reconnecting client resumes instead of
+    /// a full handshake (no certificate signature, no chain to send or verify). Stateless:
+    /// the server keeps nothing per session. Keys are random per process and rotate every 6
+    /// hours, so a ticket resumes only at the gateway that issued it. TLS 1.2 (for old
+    /// WebSocket clients) resumes from the ticket alone: such a session's secrecy rests on
+    /// the ticket key, which therefore lives only in this process's memory, 12 hours at
+    /// most. QUIC's tickets (TLS 1.3 only) use the fleet's keys instead (`super::tickets`).
     pub tickets: Arc<dyn rustls::server::ProducesTickets>,
     stamp: std::sync::Mutex<Stamp>,
     /// Counts reloads that swapped something in; tests and operators can wait on it.
@@ -325,13 +324,16 @@ pub fn tcp_server_config(store: &CertStore) -> rustls::ServerConfig {
 /// fails the handshake with `no_application_protocol`. Session tickets resume; 0-RTT is
 /// refused (`max_early_data_size` 0): early data can be replayed by anyone who captured it, and
 /// a session's first frames (`Hello`, then `Send`s) are not all safe to run twice.
-pub fn quic_server_config(store: &CertStore) -> rustls::ServerConfig {
+pub fn quic_server_config(
+    store: &CertStore,
+    tickets: Arc<dyn rustls::server::ProducesTickets>,
+) -> rustls::ServerConfig {
     let mut config =
         rustls::ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
             .with_no_client_auth()
             .with_cert_resolver(store.quic.clone());
     config.alpn_protocols = vec![crate::ALPN_H3.to_vec(), crate::ALPN_NATIVE.to_vec()];
     config.max_early_data_size = 0;
-    config.ticketer = store.tickets.clone();
+    config.ticketer = tickets;
     config
 }

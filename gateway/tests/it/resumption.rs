@@ -2,7 +2,6 @@
 //! skips the certificate (no signature made, no chain sent or checked). 0-RTT stays refused.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use haberci_testkit::{Backend, Stack, TIMEOUT, tls};
 use rustls::HandshakeKind;
@@ -60,48 +59,6 @@ async fn a_tcp_client_that_reconnects_resumes_its_tls_session_however_many_came_
     assert_eq!(get_healthz(&stack, &config).await, HandshakeKind::Resumed);
 }
 
-/// A certificate verifier that counts the certificates it checks: a resumed handshake has
-/// none to check.
-#[derive(Debug)]
-struct CountingVerifier {
-    inner: Arc<rustls::client::WebPkiServerVerifier>,
-    checked: AtomicUsize,
-}
-
-impl rustls::client::danger::ServerCertVerifier for CountingVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &rustls_pki_types::CertificateDer<'_>,
-        intermediates: &[rustls_pki_types::CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: rustls_pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        self.checked.fetch_add(1, Ordering::SeqCst);
-        self.inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls_pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls_pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
 /// A QUIC client endpoint whose TLS is `tls`.
 fn quic_endpoint(tls: rustls::ClientConfig) -> quinn::Endpoint {
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
@@ -115,13 +72,7 @@ fn quic_endpoint(tls: rustls::ClientConfig) -> quinn::Endpoint {
 #[tokio::test]
 async fn a_quic_client_that_reconnects_resumes_however_many_came_between() {
     let stack = Stack::start(Backend::Down).await;
-    let roots = Arc::new(support::roots(&stack));
-    let verifier = Arc::new(CountingVerifier {
-        inner: rustls::client::WebPkiServerVerifier::builder(roots.clone())
-            .build()
-            .unwrap(),
-        checked: AtomicUsize::new(0),
-    });
+    let verifier = tls::CountingVerifier::new(support::roots(&stack));
     let mut tls = tls::client_config(support::roots(&stack), &[b"h3"]);
     tls.dangerous().set_certificate_verifier(verifier.clone());
     let endpoint = quic_endpoint(tls);
@@ -146,11 +97,7 @@ async fn a_quic_client_that_reconnects_resumes_however_many_came_between() {
         connection.close(0u32.into(), b"bye");
     };
     hold(connect(&endpoint).await).await;
-    assert_eq!(
-        verifier.checked.load(Ordering::SeqCst),
-        1,
-        "a full handshake"
-    );
+    assert_eq!(verifier.checked(), 1, "a full handshake");
     for _ in 0..OTHER_CLIENTS {
         let other = quic_endpoint(tls::client_config(support::roots(&stack), &[b"h3"]));
         let connection = connect(&other).await;
@@ -158,7 +105,7 @@ async fn a_quic_client_that_reconnects_resumes_however_many_came_between() {
     }
     hold(connect(&endpoint).await).await;
     assert_eq!(
-        verifier.checked.load(Ordering::SeqCst),
+        verifier.checked(),
         1,
         "the reconnect resumed: no certificate to check"
     );
