@@ -107,6 +107,9 @@ struct Keeper {
     roots: rustls::RootCertStore,
     endpoint: quinn::Endpoint,
     live: Arc<Live>,
+    /// This device's own TLS session tickets (`--tls-resume`): its reconnects offer the ticket
+    /// its last connection was given, wherever they go.
+    tickets: Option<Arc<dyn rustls::client::ClientSessionStore>>,
 }
 
 impl Keeper {
@@ -125,6 +128,9 @@ impl Keeper {
         );
         config.ping_interval = Duration::from_millis(self.job.ping_ms);
         config.pong_timeout = Duration::from_millis(self.job.pong_timeout_ms);
+        if let Some(tickets) = &self.tickets {
+            config.tickets = tickets.clone();
+        }
         config
     }
 
@@ -348,6 +354,10 @@ pub(crate) async fn shard(
         roots: roots.clone(),
         endpoint: endpoints[i / job.common.sessions_per_socket.max(1)].clone(),
         live: live.clone(),
+        tickets: job.common.tls_resume.then(|| {
+            Arc::new(rustls::client::ClientSessionMemoryCache::new(1))
+                as Arc<dyn rustls::client::ClientSessionStore>
+        }),
     };
     // Recipients first, then senders, at the ramp rate.
     let mut specs: Vec<&SessionSpec> = job.pairs.iter().map(|p| &p.recipient).collect();

@@ -5,7 +5,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use haberci_testkit::{TIMEOUT, tls};
+use haberci_client::Client;
+use haberci_testkit::{TIMEOUT, TransportKind, tls};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::Cluster;
 
@@ -74,4 +76,69 @@ async fn a_quic_ticket_resumes_at_another_gateway_and_after_a_crash() {
     .await;
     assert_eq!(stranger.checked(), 1);
     client.wait_idle().await;
+}
+
+/// `haberci_gateway_tls_tickets_total{outcome="opened"}` of gateway `index`: the QUIC handshakes
+/// it resumed.
+async fn tickets_opened(cluster: &mut Cluster, index: usize) -> u64 {
+    let line = cluster.gateways[index]
+        .process
+        .wait_for_log("serving metrics")
+        .await;
+    let addr: SocketAddr = line["addr"]
+        .as_str()
+        .or(line["fields"]["addr"].as_str())
+        .expect("the metrics address")
+        .parse()
+        .expect("an address");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: gateway\r\n\r\n")
+        .await
+        .unwrap();
+    let mut page = String::new();
+    tokio::time::timeout(TIMEOUT, stream.read_to_string(&mut page))
+        .await
+        .expect("the metrics in time")
+        .unwrap();
+    page.lines()
+        .find_map(|l| l.strip_prefix("haberci_gateway_tls_tickets_total{outcome=\"opened\"} "))
+        .map_or(0, |n| n.trim().parse().expect("a count"))
+}
+
+/// The SDK keeps its tickets across reconnects and offers them: a reconnect resumes, at its
+/// gateway and at another (rustls offers a ticket only to a client config with the verifier
+/// the ticket's connection had, which the SDK keeps per process).
+#[tokio::test]
+async fn the_sdk_resumes_when_it_reconnects_over_quic() {
+    let mut cluster = Cluster::start(0, 2).await;
+    let user = cluster.register("resume").await;
+    let config = cluster.client_config(0, TransportKind::Quic, &user.token);
+    let (client, _events) = Client::connect(config.clone()).await.expect("connect");
+    client.close().await;
+    assert_eq!(
+        tickets_opened(&mut cluster, 0).await,
+        0,
+        "a first connection"
+    );
+
+    let (client, _events) = Client::connect(client.resume_config())
+        .await
+        .expect("reconnect");
+    client.close().await;
+    assert_eq!(
+        tickets_opened(&mut cluster, 0).await,
+        1,
+        "the reconnect resumed"
+    );
+
+    let mut elsewhere = cluster.client_config(1, TransportKind::Quic, &user.token);
+    elsewhere.tickets = config.tickets.clone();
+    let (client, _events) = Client::connect(elsewhere).await.expect("connect elsewhere");
+    client.close().await;
+    assert_eq!(
+        tickets_opened(&mut cluster, 1).await,
+        1,
+        "another gateway resumed the device's session"
+    );
 }
