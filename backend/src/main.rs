@@ -92,17 +92,18 @@ where
         return ExitCode::FAILURE;
     }
     haberci_backend::metrics::describe();
-    let config = match read(Env::process()) {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("haberci-backend: {err}");
+    let mut runtime_env = Env::process();
+    let threads = haberci_kit::runtime::threads(&mut runtime_env);
+    let config = match (read(Env::process()), runtime_env.finish()) {
+        (Ok(config), Ok(())) => config,
+        (config, runtime) => {
+            for err in [config.err(), runtime.err()].into_iter().flatten() {
+                eprintln!("haberci-backend: {err}");
+            }
             return ExitCode::from(EXIT_BAD_CONFIG as u8);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match haberci_kit::runtime::build(threads) {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("haberci-backend: cannot start the runtime: {err}");

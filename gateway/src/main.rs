@@ -8,17 +8,21 @@ use haberci_kit::config::{EXIT_BAD_CONFIG, Env};
 fn main() -> ExitCode {
     haberci_kit::telemetry::init("gateway");
     haberci_kit::crypto::install_crypto_provider();
-    let config = match GatewayConfig::from_env(Env::process()) {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("haberci-gateway: {err}");
+    let mut runtime_env = Env::process();
+    let threads = haberci_kit::runtime::threads(&mut runtime_env);
+    let config = match (
+        GatewayConfig::from_env(Env::process()),
+        runtime_env.finish(),
+    ) {
+        (Ok(config), Ok(())) => config,
+        (config, runtime) => {
+            for err in [config.err(), runtime.err()].into_iter().flatten() {
+                eprintln!("haberci-gateway: {err}");
+            }
             return ExitCode::from(EXIT_BAD_CONFIG as u8);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match haberci_kit::runtime::build(threads) {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("haberci-gateway: cannot start the runtime: {err}");

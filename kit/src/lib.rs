@@ -15,6 +15,7 @@ pub mod config;
 pub mod crypto;
 pub mod http;
 pub mod metrics;
+pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
 pub mod udp;
