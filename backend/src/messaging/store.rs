@@ -220,12 +220,16 @@ async fn users_blocks_and_create(
     // keyed (blocker_id, blocked_id) with an index on (blocked_id, blocker_id): both
     // directions are index probes. The data-modifying CTEs run whether or not the query reads
     // them; the reads see the users and blocks as of the statement's start, as the creation
-    // does.
+    // does. Nearly every conversation exists already: the fence (`OFFSET 0`) keeps the planner
+    // from checking users and blocks before that one probe rules it out (#18, sixth round).
     let rows = sqlx::query_as::<_, (Uuid, Option<Uuid>, Option<bool>)>(
         "WITH created AS (
              INSERT INTO conversations (id, kind, user_low, user_high)
              SELECT t.id, 'direct', t.low, t.high
-             FROM unnest($4::uuid[], $5::uuid[], $6::uuid[]) AS t(id, low, high)
+             FROM (SELECT n.id, n.low, n.high
+                   FROM unnest($4::uuid[], $5::uuid[], $6::uuid[]) AS n(id, low, high)
+                   WHERE NOT EXISTS (SELECT 1 FROM conversations c WHERE c.id = n.id)
+                   OFFSET 0) AS t
              WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = t.low)
                AND EXISTS (SELECT 1 FROM users u WHERE u.id = t.high)
                AND NOT blocked_between(t.low, t.high)
