@@ -89,15 +89,17 @@ impl Gateway {
             (Some(secret), Some(_)) => cid::FleetKeys::derive(secret.as_str().as_bytes()),
             _ => cid::FleetKeys::random(),
         };
+        let mut ticket_keeper = None;
         let quic_tickets: Arc<dyn rustls::server::ProducesTickets> = match &realtime.messaging {
             Some(messaging) if config.quic.fleet_tickets => {
                 let tickets = Arc::new(tickets::FleetTickets::new());
                 // The fleet's keys before the endpoint opens, so its first tickets resume at
                 // any gateway; Redis away delays the start by `FIRST_FETCH` at most.
-                tickets::first_fetch(&tickets, messaging.relay.redis()).await;
-                tokio::spawn(tickets::keep(
+                let ready = tickets::first_fetch(&tickets, messaging.relay.redis()).await;
+                ticket_keeper = Some(tickets::keep(
                     tickets.clone(),
                     messaging.relay.redis().clone(),
+                    ready,
                     shutdown.clone(),
                 ));
                 tickets
@@ -138,6 +140,9 @@ impl Gateway {
 
         let mut tasks = JoinSet::new();
         tasks.spawn(keys::refresh(keys.clone(), backend, shutdown.clone()));
+        if let Some(keeper) = ticket_keeper {
+            tasks.spawn(keeper);
+        }
         match &config.relay.redis_url {
             Some(url) => {
                 tasks.spawn(revocation::listen(

@@ -14,13 +14,15 @@ pub const MAX_THREADS: usize = 1024;
 /// Reads `HABERCI_RUNTIME_THREADS` (1 to [`MAX_THREADS`]); `None` when unset. A bad value is
 /// recorded as a problem of `env`.
 pub fn threads(env: &mut Env<'_>) -> Option<usize> {
-    env.raw(THREADS_KEY)?;
-    let threads: usize = env.parse_or(THREADS_KEY, 0);
-    if (1..=MAX_THREADS).contains(&threads) {
-        Some(threads)
-    } else {
-        env.problem(format!("{THREADS_KEY} must be from 1 to {MAX_THREADS}"));
-        None
+    let value = env.raw(THREADS_KEY)?;
+    match value.parse::<usize>() {
+        Ok(threads) if (1..=MAX_THREADS).contains(&threads) => Some(threads),
+        _ => {
+            env.problem(format!(
+                "{THREADS_KEY}={value:?}: must be a number from 1 to {MAX_THREADS}"
+            ));
+            None
+        }
     }
 }
 

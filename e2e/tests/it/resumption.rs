@@ -21,6 +21,17 @@ fn endpoint(cluster: &Cluster, verifier: Arc<tls::CountingVerifier>) -> quinn::E
     endpoint
 }
 
+/// Waits until every gateway of `cluster` holds the fleet's ticket keys (a start waits for them
+/// a second at most, then goes on with keys of its own).
+async fn keys_ready(cluster: &mut Cluster) {
+    for gateway in &mut cluster.gateways {
+        gateway
+            .process
+            .wait_for_log("fleet TLS ticket keys ready")
+            .await;
+    }
+}
+
 /// A connection to `gateway`, held for one stream's round trip: the tickets come after the
 /// handshake, and the round trip waits for them.
 async fn visit(endpoint: &quinn::Endpoint, gateway: SocketAddr) {
@@ -41,6 +52,7 @@ async fn visit(endpoint: &quinn::Endpoint, gateway: SocketAddr) {
 #[tokio::test]
 async fn a_quic_ticket_resumes_at_another_gateway_and_after_a_crash() {
     let mut cluster = Cluster::start(0, 2).await;
+    keys_ready(&mut cluster).await;
     let verifier = tls::CountingVerifier::new(tls::roots(&[&cluster.certs.ca_cert()]));
     let client = endpoint(&cluster, verifier.clone());
 
@@ -60,6 +72,7 @@ async fn a_quic_ticket_resumes_at_another_gateway_and_after_a_crash() {
 
     cluster.kill_gateway(0).await;
     cluster.restart_gateway(0).await;
+    keys_ready(&mut cluster).await;
     visit(&client, cluster.gateways[0].udp).await;
     assert_eq!(
         verifier.checked(),
@@ -112,6 +125,7 @@ async fn tickets_opened(cluster: &mut Cluster, index: usize) -> u64 {
 #[tokio::test]
 async fn the_sdk_resumes_when_it_reconnects_over_quic() {
     let mut cluster = Cluster::start(0, 2).await;
+    keys_ready(&mut cluster).await;
     let user = cluster.register("resume").await;
     let config = cluster.client_config(0, TransportKind::Quic, &user.token);
     let (client, _events) = Client::connect(config.clone()).await.expect("connect");

@@ -20,6 +20,7 @@ mod relay;
 mod resumption;
 mod shutdown;
 mod streaming;
+mod tickets;
 mod web;
 mod websocket;
 mod webtransport;
