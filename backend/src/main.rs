@@ -92,14 +92,10 @@ where
         return ExitCode::FAILURE;
     }
     haberci_backend::metrics::describe();
-    let mut runtime_env = Env::process();
-    let threads = haberci_kit::runtime::threads(&mut runtime_env);
-    let config = match (read(Env::process()), runtime_env.finish()) {
-        (Ok(config), Ok(())) => config,
-        (config, runtime) => {
-            for err in [config.err(), runtime.err()].into_iter().flatten() {
-                eprintln!("haberci-backend: {err}");
-            }
+    let (config, threads) = match haberci_kit::runtime::settings(read) {
+        Ok(read) => read,
+        Err(err) => {
+            eprintln!("haberci-backend: {err}");
             return ExitCode::from(EXIT_BAD_CONFIG as u8);
         }
     };

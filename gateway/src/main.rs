@@ -3,22 +3,15 @@
 use std::process::ExitCode;
 
 use haberci_gateway::{Gateway, GatewayConfig};
-use haberci_kit::config::{EXIT_BAD_CONFIG, Env};
+use haberci_kit::config::EXIT_BAD_CONFIG;
 
 fn main() -> ExitCode {
     haberci_kit::telemetry::init("gateway");
     haberci_kit::crypto::install_crypto_provider();
-    let mut runtime_env = Env::process();
-    let threads = haberci_kit::runtime::threads(&mut runtime_env);
-    let config = match (
-        GatewayConfig::from_env(Env::process()),
-        runtime_env.finish(),
-    ) {
-        (Ok(config), Ok(())) => config,
-        (config, runtime) => {
-            for err in [config.err(), runtime.err()].into_iter().flatten() {
-                eprintln!("haberci-gateway: {err}");
-            }
+    let (config, threads) = match haberci_kit::runtime::settings(GatewayConfig::from_env) {
+        Ok(read) => read,
+        Err(err) => {
+            eprintln!("haberci-gateway: {err}");
             return ExitCode::from(EXIT_BAD_CONFIG as u8);
         }
     };

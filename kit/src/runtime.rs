@@ -5,7 +5,7 @@
 //! whole stack on one small machine) does better with fewer: a second worker thread there buys
 //! cross-thread wake-ups, not parallelism (docs/BENCHMARKS.md, "The gateway's runtime").
 
-use crate::config::Env;
+use crate::config::{ConfigError, Env};
 
 pub const THREADS_KEY: &str = "HABERCI_RUNTIME_THREADS";
 /// The most worker threads a setting may ask for.
@@ -23,6 +23,25 @@ pub fn threads(env: &mut Env<'_>) -> Option<usize> {
             ));
             None
         }
+    }
+}
+
+/// A process's settings, read from its environment by `read`, with its runtime threads; every
+/// bad setting of both in one error.
+pub fn settings<C>(
+    read: impl FnOnce(Env<'static>) -> Result<C, ConfigError>,
+) -> Result<(C, Option<usize>), ConfigError> {
+    let mut env = Env::process();
+    let threads = threads(&mut env);
+    match (read(Env::process()), env.finish()) {
+        (Ok(config), Ok(())) => Ok((config, threads)),
+        (config, runtime) => Err(ConfigError {
+            problems: [config.err(), runtime.err()]
+                .into_iter()
+                .flatten()
+                .flat_map(|err| err.problems)
+                .collect(),
+        }),
     }
 }
 
