@@ -42,6 +42,22 @@ pub async fn connect(
         .await
 }
 
+/// A QUIC client endpoint on an ephemeral loopback port whose connections use `tls` and the
+/// `transport` settings (quinn's defaults if `None`).
+pub fn quic_endpoint(
+    tls: rustls::ClientConfig,
+    transport: Option<quinn::TransportConfig>,
+) -> quinn::Endpoint {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    if let Some(transport) = transport {
+        config.transport_config(Arc::new(transport));
+    }
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(config);
+    endpoint
+}
+
 /// A certificate verifier that counts the certificates it checks: a resumed handshake has
 /// none to check, so an unchanged count after a reconnect proves it resumed.
 #[derive(Debug)]

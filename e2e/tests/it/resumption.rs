@@ -15,10 +15,7 @@ use crate::support::Cluster;
 fn endpoint(cluster: &Cluster, verifier: Arc<tls::CountingVerifier>) -> quinn::Endpoint {
     let mut config = tls::client_config(tls::roots(&[&cluster.certs.ca_cert()]), &[b"h3"]);
     config.dangerous().set_certificate_verifier(verifier);
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(config).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    endpoint
+    tls::quic_endpoint(config, None)
 }
 
 /// Waits until every gateway of `cluster` holds the fleet's ticket keys (a start waits for them

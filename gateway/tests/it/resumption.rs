@@ -59,14 +59,6 @@ async fn a_tcp_client_that_reconnects_resumes_its_tls_session_however_many_came_
     assert_eq!(get_healthz(&stack, &config).await, HandshakeKind::Resumed);
 }
 
-/// A QUIC client endpoint whose TLS is `tls`.
-fn quic_endpoint(tls: rustls::ClientConfig) -> quinn::Endpoint {
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    endpoint
-}
-
 /// QUIC carries the same TLS 1.3 handshake: a client that reconnects with its ticket checks
 /// no certificate, however many other clients came between.
 #[tokio::test]
@@ -75,7 +67,7 @@ async fn a_quic_client_that_reconnects_resumes_however_many_came_between() {
     let verifier = tls::CountingVerifier::new(support::roots(&stack));
     let mut tls = tls::client_config(support::roots(&stack), &[b"h3"]);
     tls.dangerous().set_certificate_verifier(verifier.clone());
-    let endpoint = quic_endpoint(tls);
+    let endpoint = tls::quic_endpoint(tls, None);
     let target = std::net::SocketAddr::from(([127, 0, 0, 1], stack.gateway_udp.port()));
     let connect = |endpoint: &quinn::Endpoint| {
         let connecting = endpoint.connect(target, "localhost").unwrap();
@@ -99,7 +91,7 @@ async fn a_quic_client_that_reconnects_resumes_however_many_came_between() {
     hold(connect(&endpoint).await).await;
     assert_eq!(verifier.checked(), 1, "a full handshake");
     for _ in 0..OTHER_CLIENTS {
-        let other = quic_endpoint(tls::client_config(support::roots(&stack), &[b"h3"]));
+        let other = tls::quic_endpoint(tls::client_config(support::roots(&stack), &[b"h3"]), None);
         let connection = connect(&other).await;
         connection.close(0u32.into(), b"bye");
     }

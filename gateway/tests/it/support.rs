@@ -3,7 +3,6 @@
 //! users and settings come from `haberci_testkit`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 use haberci_testkit::{Stack, TIMEOUT, tls};
@@ -137,12 +136,7 @@ impl QuicClient {
         alpn: &[u8],
         transport: quinn::TransportConfig,
     ) -> Result<Self, quinn::ConnectionError> {
-        let tls = tls::client_config(roots, &[alpn]);
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(Arc::new(transport));
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        endpoint.set_default_client_config(config);
+        let endpoint = tls::quic_endpoint(tls::client_config(roots, &[alpn]), Some(transport));
         let target = SocketAddr::from(([127, 0, 0, 1], addr.port()));
         let connection =
             tokio::time::timeout(TIMEOUT, endpoint.connect(target, "localhost").unwrap())
