@@ -5,10 +5,14 @@
 //! Invariant: no notification is stored for oneself, across a block (either way), or from
 //! someone the recipient muted ([`notify`] checks in the same statement as the insert).
 
+use std::sync::LazyLock;
+
 use haberci_wire::{CommentId, NotificationId, PostId, UserId};
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+use super::store::unblocked;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -66,22 +70,26 @@ pub async fn notify(tx: &mut PgConnection, event: Event) -> sqlx::Result<Option<
         return Ok(None);
     }
     let id: NotificationId = crate::db::new_id();
-    let stored = sqlx::query(
-        "INSERT INTO notifications (id, user_id, kind, actor_id, post_id, comment_id, group_key)
-         SELECT $1, $2, $3, $4, $5, $6, $7
-         WHERE NOT blocked_between($2, $4)
-           AND NOT EXISTS (SELECT 1 FROM mutes WHERE muter_id = $2 AND muted_id = $4)",
-    )
-    .bind(id)
-    .bind(event.user)
-    .bind(event.kind.as_str())
-    .bind(event.actor)
-    .bind(event.post)
-    .bind(event.comment)
-    .bind(event.group_key(id))
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "INSERT INTO notifications (id, user_id, kind, actor_id, post_id, comment_id, group_key)
+             SELECT $1, $2, $3, $4, $5, $6, $7
+             WHERE {}
+               AND NOT EXISTS (SELECT 1 FROM mutes WHERE muter_id = $2 AND muted_id = $4)",
+            unblocked("$2", "$4")
+        )
+    });
+    let stored = sqlx::query(&SQL)
+        .bind(id)
+        .bind(event.user)
+        .bind(event.kind.as_str())
+        .bind(event.actor)
+        .bind(event.post)
+        .bind(event.comment)
+        .bind(event.group_key(id))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
         == 1;
     Ok(stored.then_some(Stored { id, event }))
 }
@@ -91,7 +99,8 @@ pub async fn notify(tx: &mut PgConnection, event: Event) -> sqlx::Result<Option<
 pub async fn announce(db: &PgPool, redis: &fred::clients::Client, stored: &[Stored]) {
     for one in stored {
         let facts = sqlx::query_as::<_, (String, i64)>(&format!(
-            "SELECT (SELECT username::text FROM users WHERE id = $2), ({UNREAD_SQL})"
+            "SELECT (SELECT username::text FROM users WHERE id = $2), ({})",
+            *UNREAD_SQL
         ))
         .bind(one.event.user)
         .bind(one.event.actor)
@@ -168,12 +177,13 @@ pub async fn list(
     before: Uuid,
     limit: i64,
 ) -> sqlx::Result<Vec<GroupRow>> {
-    sqlx::query_as::<_, GroupRow>(
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
         "WITH visible AS (
             SELECT n.* , a.username::text AS actor_username FROM notifications n
             JOIN users a ON a.id = n.actor_id
             WHERE n.user_id = $1 AND a.suspended_at IS NULL
-              AND NOT blocked_between($1, n.actor_id)
+              AND {}
               AND NOT EXISTS (SELECT 1 FROM mutes WHERE muter_id = $1 AND muted_id = n.actor_id)
          ), groups AS (
             SELECT group_key, (array_agg(id ORDER BY id DESC))[1] AS latest, count(DISTINCT actor_id) AS actor_count,
@@ -187,23 +197,31 @@ pub async fn list(
          FROM groups g JOIN visible v ON v.id = g.latest
          WHERE g.latest < $2
          ORDER BY g.latest DESC LIMIT $3",
-    )
-    .bind(user)
-    .bind(before)
-    .bind(limit)
-    .bind(ACTORS_SHOWN)
-    .fetch_all(db)
-    .await
+        unblocked("$1", "n.actor_id")
+        )
+    });
+    sqlx::query_as::<_, GroupRow>(&SQL)
+        .bind(user)
+        .bind(before)
+        .bind(limit)
+        .bind(ACTORS_SHOWN)
+        .fetch_all(db)
+        .await
 }
 
 /// Unread notifications from actors the user still hears from (no block, no mute).
-const UNREAD_SQL: &str = "SELECT count(*) FROM notifications n
-     WHERE n.user_id = $1 AND n.read_at IS NULL
-       AND NOT blocked_between($1, n.actor_id)
-       AND NOT EXISTS (SELECT 1 FROM mutes WHERE muter_id = $1 AND muted_id = n.actor_id)";
+static UNREAD_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT count(*) FROM notifications n
+         WHERE n.user_id = $1 AND n.read_at IS NULL
+           AND {}
+           AND NOT EXISTS (SELECT 1 FROM mutes WHERE muter_id = $1 AND muted_id = n.actor_id)",
+        unblocked("$1", "n.actor_id")
+    )
+});
 
 pub async fn unread_count(db: &PgPool, user: UserId) -> sqlx::Result<i64> {
-    sqlx::query_scalar(UNREAD_SQL)
+    sqlx::query_scalar(&UNREAD_SQL)
         .bind(user)
         .fetch_one(db)
         .await

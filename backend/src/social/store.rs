@@ -21,10 +21,10 @@ use super::Visibility;
 /// Postgres called it per candidate row (≈ 40 µs each; docs/BENCHMARKS.md, "Social"); inline,
 /// its probes are plain index lookups in the plan.
 pub fn visible(p: &str, u: &str) -> String {
+    let unblocked = unblocked("$1", &format!("{p}.author_id"));
     format!(
         "({p}.author_id = $1 OR ({u}.suspended_at IS NULL
-          AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.blocker_id = {p}.author_id AND b.blocked_id = $1)
-          AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.blocker_id = $1 AND b.blocked_id = {p}.author_id)
+          AND {unblocked}
           AND CASE {p}.visibility
               WHEN 'public' THEN NOT {u}.is_private
                   OR EXISTS (SELECT 1 FROM follows f WHERE f.follower_id = $1 AND f.followee_id = {p}.author_id)
@@ -32,6 +32,18 @@ pub fn visible(p: &str, u: &str) -> String {
                   EXISTS (SELECT 1 FROM follows f WHERE f.follower_id = $1 AND f.followee_id = {p}.author_id)
               ELSE EXISTS (SELECT 1 FROM post_mentions m WHERE m.post_id = {p}.id AND m.user_id = $1)
           END))"
+    )
+}
+
+/// No block either way between the users `a` and `b` (SQL expressions): two index probes of
+/// `blocks`. Written out for the reason [`visible`] is: the SQL function `blocked_between`
+/// has sub-queries, so Postgres never inlines it; it ran once per row (≈ 7 µs, 20× the
+/// probes) and parsed and planned its body in every statement (docs/BENCHMARKS.md, seventh
+/// round of #18). The function stays for a previous release's processes during an upgrade.
+pub fn unblocked(a: &str, b: &str) -> String {
+    format!(
+        "(NOT EXISTS (SELECT 1 FROM blocks blk WHERE blk.blocker_id = {a} AND blk.blocked_id = {b})
+          AND NOT EXISTS (SELECT 1 FROM blocks blk WHERE blk.blocker_id = {b} AND blk.blocked_id = {a}))"
     )
 }
 
@@ -336,9 +348,9 @@ pub async fn users(
     };
     // The viewer's own block list shows the blocked; every other list hides them.
     let hide_blocked = if matches!(list, UserList::Blocked(_)) {
-        "true"
+        "true".to_owned()
     } else {
-        "NOT blocked_between($2, u.id)"
+        unblocked("$2", "u.id")
     };
     sqlx::query_as::<_, UserSummary>(&format!(
         "SELECT u.id, u.username::text AS username, u.display_name, u.avatar_ref, s.at
@@ -777,7 +789,7 @@ pub async fn tag_posts(
         post_query(
             "",
             "JOIN post_hashtags h ON h.post_id = p.id AND h.tag = $2",
-            "h.post_id < $3 AND NOT blocked_between($1, p.author_id)",
+            &format!("h.post_id < $3 AND {}", unblocked("$1", "p.author_id")),
             "ORDER BY h.post_id DESC LIMIT $4",
         )
     });
@@ -825,21 +837,25 @@ pub async fn search_users(
     query: &str,
     limit: i64,
 ) -> sqlx::Result<Vec<UserSummary>> {
-    sqlx::query_as::<_, UserSummary>(
-        "SELECT u.id, u.username::text AS username, u.display_name, u.avatar_ref, u.created_at AS at
-         FROM users u
-         WHERE u.suspended_at IS NULL AND NOT blocked_between($1, u.id)
-           AND (search_fold($2) <% search_fold(u.username::text)
-                OR search_fold($2) <% search_fold(u.display_name))
-         ORDER BY greatest(word_similarity(search_fold($2), search_fold(u.username::text)),
-                           word_similarity(search_fold($2), search_fold(u.display_name))) DESC, u.id
-         LIMIT $3",
-    )
-    .bind(viewer)
-    .bind(query)
-    .bind(limit)
-    .fetch_all(db)
-    .await
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT u.id, u.username::text AS username, u.display_name, u.avatar_ref, u.created_at AS at
+             FROM users u
+             WHERE u.suspended_at IS NULL AND {}
+               AND (search_fold($2) <% search_fold(u.username::text)
+                    OR search_fold($2) <% search_fold(u.display_name))
+             ORDER BY greatest(word_similarity(search_fold($2), search_fold(u.username::text)),
+                               word_similarity(search_fold($2), search_fold(u.display_name))) DESC, u.id
+             LIMIT $3",
+            unblocked("$1", "u.id")
+        )
+    });
+    sqlx::query_as::<_, UserSummary>(&SQL)
+        .bind(viewer)
+        .bind(query)
+        .bind(limit)
+        .fetch_all(db)
+        .await
 }
 
 // ---------------------------------------------------------------- comments
@@ -956,20 +972,24 @@ pub async fn comments(
     after: Uuid,
     limit: i64,
 ) -> sqlx::Result<Vec<CommentRow>> {
-    sqlx::query_as::<_, CommentRow>(
-        "SELECT c.id, c.post_id, c.parent_id, c.author_id, u.username::text AS author_username,
-                u.display_name AS author_display_name, c.content, c.created_at
-         FROM comments c JOIN users u ON u.id = c.author_id
-         WHERE c.post_id = $2 AND c.id > $3 AND c.deleted_at IS NULL
-           AND u.suspended_at IS NULL AND NOT blocked_between($1, c.author_id)
-         ORDER BY c.id LIMIT $4",
-    )
-    .bind(viewer)
-    .bind(post)
-    .bind(after)
-    .bind(limit)
-    .fetch_all(db)
-    .await
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT c.id, c.post_id, c.parent_id, c.author_id, u.username::text AS author_username,
+                    u.display_name AS author_display_name, c.content, c.created_at
+             FROM comments c JOIN users u ON u.id = c.author_id
+             WHERE c.post_id = $2 AND c.id > $3 AND c.deleted_at IS NULL
+               AND u.suspended_at IS NULL AND {}
+             ORDER BY c.id LIMIT $4",
+            unblocked("$1", "c.author_id")
+        )
+    });
+    sqlx::query_as::<_, CommentRow>(&SQL)
+        .bind(viewer)
+        .bind(post)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(db)
+        .await
 }
 
 // ---------------------------------------------------------------- moderation
