@@ -27,7 +27,7 @@ use haberci_wire::{PostId, UserId};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::store::{MAX_ID, MIN_ID, NOT_MUTED, PostRow, post_query};
+use super::store::{MAX_ID, MIN_ID, NOT_MUTED, PostRow, follows, post_query};
 
 /// Followers above which an author's posts are merged at read time instead of fanned out.
 pub const DEFAULT_FANOUT_LIMIT: i64 = 10_000;
@@ -489,7 +489,8 @@ async fn window(
             "JOIN cand ON cand.id = p.id",
             &format!(
                 "p.id < $4 AND p.id >= $3
-                 AND (p.author_id = $1 OR follows_user($1, p.author_id)) AND {NOT_MUTED}"
+                 AND (p.author_id = $1 OR {}) AND {NOT_MUTED}",
+                follows("$1", "p.author_id")
             ),
             "ORDER BY p.id DESC LIMIT $6",
         )

@@ -682,8 +682,10 @@ async fn a_block_ends_follows_and_hides_each_from_the_other_everywhere() {
         .get(&format!("/v1/posts/{a_post}/thread"), Some(&a.token))
         .await;
     assert_eq!(thread.json["comments"], json!([]));
-    // Nor b's like among a's notifications.
+    // Nor b's like among a's notifications, nor b's follow, like and comment in the unread
+    // count: c's like is all that is left.
     let notes = api.get("/v1/notifications", Some(&a.token)).await;
+    assert_eq!(count(&notes, "unreadCount"), 1, "{}", notes.json);
     for n in notes.json["notifications"].as_array().unwrap() {
         assert!(
             !n["actors"]
