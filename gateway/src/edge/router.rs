@@ -2,7 +2,8 @@
 //! HTTP/3 from [`super::h3`]), so the public API is identical on all three.
 //!
 //! - `GET /healthz`: the gateway process is alive.
-//! - `GET /readyz`: the backend API answers its own `/readyz`.
+//! - `GET /readyz`: the backend API answers its own `/readyz`, and the access-token keys are
+//!   loaded.
 //! - `GET /v1/ws`: a realtime session over WebSocket ([`websocket_upgrade`], then
 //!   `transport::websocket`).
 //! - `GET /v1/realtime`: the realtime endpoints and WebTransport certificate hashes
@@ -85,15 +86,20 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<GatewayState>) -> Response {
-    if state.proxy.backend().ready().await {
-        axum::Json(json!({ "status": "ok", "backend": "ok" })).into_response()
+    let backend = state.proxy.backend().ready().await;
+    // Until the backend's token keys are loaded, every realtime Hello waits for them.
+    let keys = state.realtime.keys.is_loaded();
+    let body = json!({
+        "status": if backend && keys { "ok" } else { "unavailable" },
+        "backend": if backend { "ok" } else { "unavailable" },
+        "keys": if keys { "ok" } else { "loading" },
+    });
+    let status = if backend && keys {
+        StatusCode::OK
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({ "status": "unavailable", "backend": "unavailable" })),
-        )
-            .into_response()
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 async fn proxy(State(state): State<GatewayState>, request: Request) -> Response {

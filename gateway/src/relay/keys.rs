@@ -3,8 +3,10 @@
 //! The gateway verifies realtime sessions' tokens with the public keys alone ([`Verifier`]);
 //! it never sees a signing key. [`refresh`] loads the JWKS at start (retrying every second until
 //! the backend answers) and then every [`DEFAULT_JWKS_REFRESH`], so a key published by the
-//! backend is accepted here within that interval. Until the first load, every token is refused
-//! (`unauthenticated`).
+//! backend is accepted here within that interval. Until the first load there is nothing to
+//! verify a token with: a session's `Hello` waits for the load (at most its `hello_timeout`),
+//! then is told to come back (`server_draining`, retryable), never `unauthenticated`: a client
+//! that reconnects to a gateway just started would otherwise give up for good.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +45,11 @@ impl TokenKeys {
     pub fn replace(&self, verifier: Verifier) {
         self.current.store(Arc::new(verifier));
         self.loaded.send_replace(true);
+    }
+
+    /// Whether keys have been loaded at least once.
+    pub fn is_loaded(&self) -> bool {
+        *self.loaded.borrow()
     }
 
     /// Resolves once keys have been loaded at least once.

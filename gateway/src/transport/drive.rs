@@ -58,6 +58,16 @@ pub async fn drive<L: Link>(link: L, transport: Transport, realtime: Realtime, s
     }
 }
 
+/// A frame that came before the access-token keys were ever loaded (the gateway has just
+/// started and not yet heard from the backend) waits for them, at most the session's
+/// `hello_timeout`. Verified against no keys, a `Hello` would be refused `unauthenticated`,
+/// which a client does not retry (docs/PROTOCOL.md, error codes).
+async fn keys_loaded(realtime: &Realtime) -> bool {
+    tokio::time::timeout(realtime.session.hello_timeout, realtime.keys.loaded())
+        .await
+        .is_ok()
+}
+
 /// The session's loop; returns the code to close the connection with, or `None` when the
 /// client is gone.
 async fn run<L: Link>(
@@ -133,7 +143,12 @@ async fn run<L: Link>(
         match next(&mut session, &revocable, &shutdown, &mut draining, input).await {
             Wake::Handled => {}
             Wake::Input(Input::Frame(Some(frame))) => {
-                session.handle_frame(frame, &realtime.keys.current(), now())
+                // Boxed: only a gateway's first moments wait here; idle sessions carry no room.
+                if realtime.keys.is_loaded() || Box::pin(keys_loaded(&realtime)).await {
+                    session.handle_frame(frame, &realtime.keys.current(), now())
+                } else {
+                    session.close_unavailable("the gateway is starting: try again shortly")
+                }
             }
             Wake::Input(Input::Frame(None)) if link.link.stalled() => {
                 let session = session.identity().map(|identity| identity.session);

@@ -20,7 +20,7 @@ use haberci_wire::{
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::native::Native;
-use crate::support::{self, QuicClient};
+use crate::support::{self, QuicClient, Version};
 use crate::websocket;
 use crate::webtransport::{Wt, WtStream};
 
@@ -249,6 +249,23 @@ const CASES: &[Case] = &[
         steps: &[Closed(ErrorCode::IdleTimeout)],
     },
     Case {
+        // No backend, so no token keys ever: the Hello waits for them (its handshake
+        // deadline), then is told to come back; never refused `unauthenticated`, which a
+        // client would not retry.
+        name: "a Hello to a gateway without token keys is told to come back, not refused",
+        setup: Setup::ShortHelloTimeout,
+        open: Open::Stream,
+        on: ALL,
+        steps: &[
+            Hello(Token::Garbage, VERSION),
+            Closing {
+                code: ErrorCode::ServerDraining,
+                reason: "starting",
+                versions: false,
+            },
+        ],
+    },
+    Case {
         name: "a revoked session is closed with unauthenticated",
         setup: Setup::Revocations,
         open: Open::Stream,
@@ -279,6 +296,100 @@ async fn webtransport() {
 #[tokio::test]
 async fn websocket() {
     run(WebSocket).await;
+}
+
+/// A gateway that has just started has not loaded the backend's token keys yet: a Hello that
+/// comes then waits for them and is welcomed (a browser reconnecting to a restarted gateway
+/// was refused `unauthenticated` here, and gave up for good).
+#[tokio::test]
+async fn a_hello_before_the_token_keys_load_waits_for_them() {
+    for kind in TransportKind::ALL {
+        let label = format!("{kind}: a Hello before the keys load");
+        haberci_testkit::labelled(label, hello_before_keys(kind)).await;
+    }
+}
+
+async fn hello_before_keys(kind: TransportKind) {
+    let keys = Arc::new(haberci_token::KeySet::generate("later").unwrap());
+    let jwks = Arc::new(LateJwks::default());
+    let router = axum::Router::new()
+        .route(
+            "/v1/auth/jwks",
+            axum::routing::get({
+                let (keys, jwks) = (keys.clone(), jwks.clone());
+                move || async move { jwks.answer(&keys) }
+            }),
+        )
+        .route("/readyz", axum::routing::get(|| async { "ok" }));
+    let backend = support::serve_router(router).await;
+    let stack = Stack::builder()
+        .backend(Backend::At(backend))
+        .configure(|config| config.session.hello_timeout = Duration::from_secs(20))
+        .start()
+        .await;
+    let user = uuid::Uuid::now_v7();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let token = keys.sign(&haberci_token::Claims::new(
+        user,
+        uuid::Uuid::now_v7(),
+        now,
+        600,
+    ));
+    let mut conn = Conn::open(&stack, kind, Open::Stream).await;
+    conn.write(&support::hello(&token, VERSION)).await;
+    // The gateway asks again every second: by its second try since the Hello was written, the
+    // Hello has long been read, and is waiting.
+    jwks.asked_more(2).await;
+    assert!(!stack.gateway.keys.is_loaded());
+    // Not ready meanwhile, though its backend is: a balancer sends nobody here yet.
+    let ready = support::request(&stack, Version::Http1, support::get("/readyz")).await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()["backend"], "ok");
+    assert_eq!(ready.json()["keys"], "loading");
+    jwks.release();
+    match conn.read().await {
+        ServerFrame::Welcome(welcome) => assert_eq!(welcome.user_id.as_uuid(), user),
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+    let ready = support::request(&stack, Version::Http1, support::get("/readyz")).await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["keys"], "ok");
+}
+
+/// A backend's JWKS route that answers `503` until released.
+#[derive(Default)]
+struct LateJwks {
+    released: std::sync::atomic::AtomicBool,
+    asked: tokio::sync::watch::Sender<u32>,
+}
+
+impl LateJwks {
+    fn answer(&self, keys: &haberci_token::KeySet) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        self.asked.send_modify(|n| *n += 1);
+        if self.released.load(std::sync::atomic::Ordering::SeqCst) {
+            axum::Json(keys.jwks()).into_response()
+        } else {
+            http::StatusCode::SERVICE_UNAVAILABLE.into_response()
+        }
+    }
+
+    /// Resolves once the JWKS has been asked for `more` times after this call.
+    async fn asked_more(&self, more: u32) {
+        let mut asked = self.asked.subscribe();
+        let from = *asked.borrow_and_update();
+        let waited = tokio::time::timeout(
+            haberci_testkit::TIMEOUT,
+            asked.wait_for(|n| *n >= from + more),
+        )
+        .await;
+        assert!(waited.is_ok(), "the gateway stopped asking for the JWKS");
+    }
+
+    fn release(&self) {
+        self.released
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Every row that applies to `kind`, one after another, each on a connection of its own.
