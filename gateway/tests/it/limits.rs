@@ -219,8 +219,9 @@ async fn a_connection_quiet_after_its_requests_is_dropped_at_the_idle_timeout() 
 /// a closed one frees its place.
 #[tokio::test]
 async fn one_address_holds_at_most_its_connections_over_tcp_and_quic() {
+    // The API's token keys, so a Hello is answered at once (without keys it waits for them).
     let stack = Stack::builder()
-        .backend(Backend::Down)
+        .backend(Backend::Api)
         .configure(|config| {
             config.listen.max_connections_per_address = 2;
             // Loopback is exempt by default; here it is an ordinary client.
