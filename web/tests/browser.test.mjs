@@ -262,8 +262,7 @@ describe("the demo page in Chromium", { timeout: 10 * TIMEOUT }, () => {
   test("every page reconnects on its own across a gateway restart; messages sent meanwhile arrive once, in order", { timeout: 2 * TIMEOUT }, async () => {
     const { alice: a, bob: b, carol: c } = pages;
     execFileSync("bash", ["-c", required("HABERCI_TEST_GATEWAY_STOP")], { stdio: "inherit" });
-    await a.waitForSelector("#connection:not([data-state=open])");
-    await c.waitForSelector("#connection:not([data-state=open])");
+    for (const page of [a, b, c]) await page.waitForSelector("#connection:not([data-state=open])");
     // Sent while no gateway runs: held by the SDK until a session takes them.
     await sendText(a, "while you were away 1");
     await sendText(a, "while you were away 2");

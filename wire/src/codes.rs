@@ -133,7 +133,7 @@ pub const CODE_TABLE: [CodeInfo; 20] = [
     row(C::ContentTooLarge,    "content_too_large",    Client, false, false, "The message content is above the server's content limit."),
     row(C::RateLimited,        "rate_limited",         Client, true,  false, "Too many frames; back off (Welcome.limits gives the rate) and resend the same Send (same client_msg_id)."),
     row(C::SlowConsumer,       "slow_consumer",        Client, true,  true,  "The client did not read fast enough and the server's send queue overflowed. Reconnect and resume."),
-    row(C::ServerDraining,     "server_draining",      Server, true,  true,  "This server is shutting down. Reconnect (to any server) after retry_after_ms and resume."),
+    row(C::ServerDraining,     "server_draining",      Server, true,  true,  "This server is shutting down, has just started and cannot verify tokens yet, or cannot check the session in time. Reconnect (to any server) after retry_after_ms and resume."),
     row(C::Unavailable,        "unavailable",          Peer,   true,  false, "A service behind the server is unavailable; the frame was not processed. Resend the same frame later."),
     row(C::Internal,           "internal",             Server, true,  true,  "A bug on the server. Reconnect with backoff and resume; unacknowledged sends are resent (idempotent)."),
     row(C::TextMessageRefused, "text_message_refused", Client, false, true,  "WebSocket only: a text message arrived; frames travel as binary messages."),

@@ -4,9 +4,10 @@
 //! it never sees a signing key. [`refresh`] loads the JWKS at start (retrying every second until
 //! the backend answers) and then every [`DEFAULT_JWKS_REFRESH`], so a key published by the
 //! backend is accepted here within that interval. Until the first load there is nothing to
-//! verify a token with: a session's `Hello` waits for the load (at most its `hello_timeout`),
-//! then is told to come back (`server_draining`, retryable), never `unauthenticated`: a client
-//! that reconnects to a gateway just started would otherwise give up for good.
+//! verify a token with: a session's `Hello` waits for the load (a few seconds at most,
+//! `transport::drive`), then is told to come back (`server_draining`, retryable), never
+//! `unauthenticated`: a client that reconnects to a gateway just started would otherwise give
+//! up for good.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +51,11 @@ impl TokenKeys {
     /// Whether keys have been loaded at least once.
     pub fn is_loaded(&self) -> bool {
         *self.loaded.borrow()
+    }
+
+    /// How many are waiting in [`TokenKeys::loaded`] (tests: a `Hello` is held).
+    pub fn waiting(&self) -> usize {
+        self.loaded.receiver_count()
     }
 
     /// Resolves once keys have been loaded at least once.

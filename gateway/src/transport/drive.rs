@@ -58,14 +58,27 @@ pub async fn drive<L: Link>(link: L, transport: Transport, realtime: Realtime, s
     }
 }
 
-/// A frame that came before the access-token keys were ever loaded (the gateway has just
-/// started and not yet heard from the backend) waits for them, at most the session's
-/// `hello_timeout`. Verified against no keys, a `Hello` would be refused `unauthenticated`,
-/// which a client does not retry (docs/PROTOCOL.md, error codes).
-async fn keys_loaded(realtime: &Realtime) -> bool {
-    tokio::time::timeout(realtime.session.hello_timeout, realtime.keys.loaded())
-        .await
-        .is_ok()
+/// How long a `Hello` that came before the access-token keys were ever loaded waits for them
+/// (at most the session's `hello_timeout`). Well inside the clients' own wait for `Welcome`
+/// (10 s in both SDKs), so the answer reaches a client that is still listening.
+const KEYS_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether `frame` is a `Hello` this session would verify a token for: one that must wait
+/// while the keys were never loaded (the gateway has just started). Verified against no keys
+/// it would be refused `unauthenticated`, which a client does not retry. Every other frame,
+/// and a `Hello` of a version not spoken here, is answered as ever.
+fn needs_keys(frame: &Result<ClientFrame, WireError>, realtime: &Realtime) -> bool {
+    matches!(frame, Ok(ClientFrame::Hello(hello)) if haberci_wire::is_supported_version(hello.protocol_version))
+        && !realtime.keys.is_loaded()
+}
+
+/// Waits for the keys; `false` if they did not come in time, or the gateway began to stop.
+async fn keys_loaded(realtime: &Realtime, shutdown: &Shutdown) -> bool {
+    let wait = KEYS_WAIT.min(realtime.session.hello_timeout);
+    tokio::select! {
+        loaded = tokio::time::timeout(wait, realtime.keys.loaded()) => loaded.is_ok(),
+        _ = shutdown.cancelled() => false,
+    }
 }
 
 /// The session's loop; returns the code to close the connection with, or `None` when the
@@ -144,7 +157,9 @@ async fn run<L: Link>(
             Wake::Handled => {}
             Wake::Input(Input::Frame(Some(frame))) => {
                 // Boxed: only a gateway's first moments wait here; idle sessions carry no room.
-                if realtime.keys.is_loaded() || Box::pin(keys_loaded(&realtime)).await {
+                if !needs_keys(&frame, &realtime)
+                    || Box::pin(keys_loaded(&realtime, &shutdown)).await
+                {
                     session.handle_frame(frame, &realtime.keys.current(), now())
                 } else {
                     session.close_unavailable("the gateway is starting: try again shortly")
