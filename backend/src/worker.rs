@@ -19,7 +19,7 @@ pub const DEFAULT_DEPENDENCY_RETRY: Duration = Duration::from_millis(500);
 
 /// Runs until `shutdown` is cancelled.
 pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> anyhow::Result<()> {
-    let db = crate::db::connect_pool(&config.store.database_url, config.store.db_pool_size)?;
+    let db = crate::db::connect_worker_pool(&config.store.database_url, config.store.db_pool_size)?;
     let redis = crate::redis::connect(&config.store.redis_url)?;
     haberci_kit::metrics::serve_if_configured(config.metrics, shutdown.clone())
         .await

@@ -58,7 +58,9 @@ impl World {
         redis.wait_for_connect().await.unwrap();
         World {
             settings,
-            db: haberci_backend::db::connect_pool(&env("HABERCI_TEST_DATABASE_URL"), 4).unwrap(),
+            // The worker's own pool: its statements run on generic plans here too.
+            db: haberci_backend::db::connect_worker_pool(&env("HABERCI_TEST_DATABASE_URL"), 4)
+                .unwrap(),
             redis,
             redis_url,
         }
@@ -1138,6 +1140,26 @@ async fn a_blocked_send_in_a_batch_leaves_the_others_and_a_retry_of_a_stored_one
             .len(),
         1
     );
+}
+
+/// The worker's connections plan each statement once (docs/BENCHMARKS.md, #18 ninth round):
+/// left to `auto`, Postgres planned every execution of a batch of one again.
+#[tokio::test]
+async fn the_workers_connections_plan_each_statement_once() {
+    let db =
+        haberci_backend::db::connect_worker_pool(&env("HABERCI_TEST_DATABASE_URL"), 1).unwrap();
+    let mode: String = sqlx::query_scalar("SELECT current_setting('plan_cache_mode')")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(mode, "force_generic_plan");
+    // Only the worker's: the API's connections keep Postgres's default.
+    let api = haberci_backend::db::connect_pool(&env("HABERCI_TEST_DATABASE_URL"), 1).unwrap();
+    let mode: String = sqlx::query_scalar("SELECT current_setting('plan_cache_mode')")
+        .fetch_one(&api)
+        .await
+        .unwrap();
+    assert_eq!(mode, "auto");
 }
 
 /// A database behind this release (a function or table its migrations add is missing) is

@@ -85,6 +85,10 @@ pub struct DbArgs {
     /// Generate the table in the layout before partitioning and move it online (see above).
     #[arg(long, conflicts_with = "keep")]
     pub online_partition: bool,
+    /// Writers plan as the API's connections do (`plan_cache_mode = auto`), not as the
+    /// worker's (`db::connect_worker_pool`): the comparison of #18's ninth round.
+    #[arg(long)]
+    pub custom_plans: bool,
     /// Rows per copy statement of the online move.
     #[arg(long, default_value_t = haberci_backend::partitioning::DEFAULT_BATCH_ROWS)]
     pub partition_batch_rows: i64,
@@ -650,11 +654,18 @@ async fn run(
     } else {
         None
     };
+    // The writers connect as the worker does.
+    let writers = if args.custom_plans {
+        pool.clone()
+    } else {
+        haberci_backend::db::connect_worker_pool(bouncer, (args.writers + 2) as u32)?
+    };
     let mut inserts = Vec::new();
     for &batch in &args.batch_sizes {
         let progress = bar(multi, 0, &format!("batch {batch}"));
         let until = Until::Time(Instant::now() + Duration::from_secs_f64(args.insert_seconds));
-        let figures = insert_phase(&pool, &users, args, batch, until, servers, &progress).await?;
+        let figures =
+            insert_phase(&writers, &users, args, batch, until, servers, &progress).await?;
         progress.finish_with_message(format!("{:.0} messages/s", figures.messages_per_sec));
         inserts.push(figures);
     }
@@ -692,6 +703,7 @@ async fn run(
     )
     .fetch_one(&mut conn)
     .await?;
+    writers.close().await;
     pool.close().await;
     let _ = conn.close().await;
     Ok(DbFigures {
