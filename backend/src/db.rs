@@ -50,14 +50,17 @@ pub fn connect_pool(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Err
     Ok(pool_options(max_connections).connect_lazy_with(connect_options(url)?))
 }
 
-/// The worker's pool: [`connect_pool`] whose connections plan each statement once
-/// (`plan_cache_mode = force_generic_plan`, set on every new connection).
+/// The worker's pool for the message consumer and the feed fan-out: [`connect_pool`] whose
+/// connections plan each statement once (`plan_cache_mode = force_generic_plan`, set on every
+/// new connection).
 ///
-/// The worker runs a handful of statements over and over with arrays of varying length. Left
-/// to `auto`, Postgres planned a third of their executions again (a custom plan is chosen
-/// whenever its average cost stays below the generic plan's), and planning was a quarter of
-/// its CPU at 300 msg/s (#18, ninth round). Each statement's generic plan is as good: every
-/// lookup is an index probe whatever the arrays hold, and `messages` is pruned at run time.
+/// The consumer runs a handful of statements over and over with arrays of varying length.
+/// Left to `auto`, Postgres keeps custom plans while their average estimate stays below the
+/// generic plan's, which with batches of one message is for ever: it planned every
+/// execution, a quarter of its CPU at 300 msg/s (#18, ninth round). These statements are key
+/// and array lookups whose generic plan is the custom plan's shape (`messages` pruned at run
+/// time). Not for statements whose plan depends on a value's selectivity (the worker's
+/// pruning by cutoff time keeps [`connect_pool`]).
 pub fn connect_worker_pool(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     Ok(pool_options(max_connections)
         .after_connect(|conn, _| {

@@ -19,7 +19,11 @@ pub const DEFAULT_DEPENDENCY_RETRY: Duration = Duration::from_millis(500);
 
 /// Runs until `shutdown` is cancelled.
 pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+    // The consumer and the fan-out run key and array lookups, planned once per connection.
+    // Pruning deletes by a cutoff time, whose selectivity only a custom plan sees (a generic
+    // plan would scan `sessions` instead of its prune indexes): it keeps Postgres's default.
     let db = crate::db::connect_worker_pool(&config.store.database_url, config.store.db_pool_size)?;
+    let prune_db = crate::db::connect_pool(&config.store.database_url, 1)?;
     let redis = crate::redis::connect(&config.store.redis_url)?;
     haberci_kit::metrics::serve_if_configured(config.metrics, shutdown.clone())
         .await
@@ -73,7 +77,7 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> anyhow::Result<()>
             _ = prune_tick.tick() => {
                 // A pass finishes its current batch even when shutdown arrives meanwhile: each
                 // batch is one short DELETE.
-                prune_once(&db, &config.prune).await;
+                prune_once(&prune_db, &config.prune).await;
             }
         }
     }
@@ -87,6 +91,7 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> anyhow::Result<()>
         Err(err) => tracing::error!(%err, "message consumer failed"),
     }
     db.close().await;
+    prune_db.close().await;
     let _ = redis.quit().await;
     Ok(())
 }

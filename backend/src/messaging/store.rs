@@ -28,9 +28,9 @@
 //!    (ms) comes with this statement: read after the lock, timestamps never go backwards
 //!    along a conversation's seqs. Then group membership (one statement, group sends only)
 //!    and media uploads (one statement, 4b, media sends only).
-//!    The lookup reads the view `message_originals` (`message_keys`, then the message's
-//!    partition), so it does not depend on whether `messages` is partitioned yet (the
-//!    migration `20261205000003_partitioned_messages.sql`).
+//!    The lookup reads `message_keys`, then the partition of each key found (a retried send);
+//!    while `messages` is being partitioned online it reads the view `message_originals`
+//!    instead (migrations `20261205000003_partitioned_messages.sql`, `20261209000001`).
 //! 5. Seqs `last_seq + 1 …` in entry order; the messages inserted with their idempotency keys
 //!    (`message_keys`, whose primary key is the cross-conversation uniqueness), `last_seq`
 //!    updated and
@@ -313,8 +313,8 @@ impl OriginalRow {
 
 type Originals = HashMap<(UserId, ClientMsgId), Original>;
 
-/// Steps 3 and 4 in one round trip (the function `worker_lock_and_originals`, migration
-/// `20261206000002`): the numbering lock on `conversations` in id order, then, in a statement
+/// Steps 3 and 4 in one round trip (the function `worker_lock_and_originals`, migrations
+/// `20261206000002` and `20261209000001`): the numbering lock on `conversations` in id order, then, in a statement
 /// of its own and so in a snapshot taken after the lock was granted, the database's time to
 /// the millisecond and the messages already stored under these idempotency keys. A
 /// concurrent worker's insert of the same message is visible once it released the lock, and

@@ -14,7 +14,6 @@ use haberci_backend::partitioning::{self, Layout};
 use haberci_wire::{
     ClientMsgId, ErrorCode, MessageKind, Recipient, SendMessage, SessionId, UserId,
 };
-use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -301,11 +300,8 @@ async fn messages_move_to_the_partitioned_table_while_sends_are_stored() {
     let scratch = Scratch::new().await;
     let mut conn = scratch.conn().await;
     let people = users(&mut conn, 8).await;
-    let db = PgPoolOptions::new()
-        .max_connections(6)
-        .connect(&scratch.url)
-        .await
-        .unwrap();
+    // The worker's own pool: its statements run on generic plans, staged and after the swap.
+    let db = haberci_backend::db::connect_worker_pool(&scratch.url, 6).unwrap();
 
     // Before the staging migration, as the old code stored them: four direct conversations,
     // 750 messages each, so the copy takes many batches.

@@ -1153,7 +1153,9 @@ async fn the_workers_connections_plan_each_statement_once() {
         .await
         .unwrap();
     assert_eq!(mode, "force_generic_plan");
-    // Only the worker's: the API's connections keep Postgres's default.
+    // Only the worker's: the API's connections keep Postgres's default, also on the server
+    // connection PgBouncer hands on once the worker's client has gone (`DISCARD ALL`).
+    db.close().await;
     let api = haberci_backend::db::connect_pool(&env("HABERCI_TEST_DATABASE_URL"), 1).unwrap();
     let mode: String = sqlx::query_scalar("SELECT current_setting('plan_cache_mode')")
         .fetch_one(&api)
